@@ -1,0 +1,57 @@
+//! Command-line interface. Every `run` flag is also a key of the config file
+//! (`config.rs`); a flag given on the command line wins.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default pin directory, as `bpftool` and Cilium lay out bpffs.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "eBPF Kubernetes Service dataplane")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent in the current network namespace.
+    Run(RunArgs),
+    /// Print the Services, backends and counters from the pinned maps.
+    Status(PinDirArgs),
+    /// Remove the programs, links and pinned maps (like `kube-proxy --cleanup`).
+    Cleanup(PinDirArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// YAML config file; every flag below is also a key there.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of Service and EndpointSlice manifests, watched for changes.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// Pod-facing interfaces: comma-separated names or globs, e.g. `veth*,eth0`.
+    #[arg(long)]
+    pub interfaces: Option<String>,
+    /// Service CIDR: reject unallocated addresses in it and unknown ports of ClusterIPs.
+    #[arg(long)]
+    pub service_cidr: Option<String>,
+    /// bpffs directory for the pinned maps and links (mounted if needed).
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// Conntrack map size (entries; two per flow).
+    #[arg(long)]
+    pub conntrack_size: Option<u32>,
+    /// Log filter (`info`, `debug`, …); `RUST_LOG` overrides it.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PinDirArgs {
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}

@@ -1,0 +1,188 @@
+//! The agent's configuration: one YAML file whose keys are the flags of
+//! `sluice run` (kebab-case), merged with the command line (flags win).
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use sluice_abi::{config::DataplaneConfig, maps::DEFAULT_CONNTRACK_SIZE};
+use thiserror::Error;
+
+use crate::{
+    cli::{DEFAULT_PIN_DIR, RunArgs},
+    interfaces::{InterfaceMatcher, PatternError},
+};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file `{}`: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("no Service source: give `--manifests DIR` (or `manifests:` in the config file)")]
+    NoSource,
+    #[error("no interfaces: give `--interfaces LIST` (or `interfaces:` in the config file)")]
+    NoInterfaces,
+    #[error("`service-cidr`: `{0}` is not an IPv4 CIDR such as 10.96.0.0/12")]
+    ServiceCidr(String),
+    #[error("`conntrack-size` must be at least 2 (two entries per flow)")]
+    ConntrackSize,
+    #[error("`interfaces`")]
+    Interfaces(#[source] PatternError),
+}
+
+/// Interfaces as a comma-separated string or a YAML list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InterfaceList {
+    Joined(String),
+    List(Vec<String>),
+}
+
+/// The config file. Unknown keys are an error that names the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    manifests: Option<PathBuf>,
+    interfaces: Option<InterfaceList>,
+    service_cidr: Option<String>,
+    pin_dir: Option<PathBuf>,
+    conntrack_size: Option<u32>,
+    log_level: Option<String>,
+}
+
+/// Everything `sluice run` needs, validated.
+#[derive(Debug)]
+pub struct RunConfig {
+    pub manifests: PathBuf,
+    pub interfaces: InterfaceMatcher,
+    pub pin_dir: PathBuf,
+    pub conntrack_size: u32,
+    pub dataplane: DataplaneConfig,
+}
+
+impl RunConfig {
+    pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
+        let RunArgs { config, manifests, interfaces, service_cidr, pin_dir, conntrack_size, log_level: _ } = args;
+        let file = match &config {
+            Some(path) => load(path)?,
+            None => FileConfig::default(),
+        };
+        let manifests = manifests.or(file.manifests).ok_or(ConfigError::NoSource)?;
+        let interfaces = match (interfaces, file.interfaces) {
+            (Some(s), _) | (None, Some(InterfaceList::Joined(s))) => split(&s),
+            (None, Some(InterfaceList::List(l))) => l,
+            (None, None) => return Err(ConfigError::NoInterfaces),
+        };
+        if interfaces.is_empty() {
+            return Err(ConfigError::NoInterfaces);
+        }
+        let interfaces = InterfaceMatcher::new(&interfaces).map_err(ConfigError::Interfaces)?;
+        let dataplane = match service_cidr.or(file.service_cidr) {
+            Some(cidr) => {
+                let (net, len) = parse_cidr(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
+                DataplaneConfig::with_service_cidr(net, len)
+            }
+            None => DataplaneConfig::default(),
+        };
+        let conntrack_size = conntrack_size.or(file.conntrack_size).unwrap_or(DEFAULT_CONNTRACK_SIZE);
+        if conntrack_size < 2 {
+            return Err(ConfigError::ConntrackSize);
+        }
+        Ok(Self {
+            manifests,
+            interfaces,
+            pin_dir: pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            conntrack_size,
+            dataplane,
+        })
+    }
+}
+
+/// The log level from the config file, for logging set up before the rest.
+pub fn file_log_level(path: &Path) -> Option<String> {
+    load(path).ok().and_then(|f| f.log_level)
+}
+
+fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (net, len) = cidr.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((net.parse().ok()?, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(yaml: &str, args: RunArgs) -> Result<RunConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.yaml");
+        fs::write(&path, yaml).unwrap();
+        RunConfig::from_args(RunArgs { config: Some(path), ..args })
+    }
+
+    #[test]
+    fn every_flag_has_a_key_and_flags_win() {
+        let c = with_file(
+            "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 1024\nlog-level: debug\n",
+            RunArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.manifests, PathBuf::from("/m"));
+        assert!(c.interfaces.matches("veth12") && c.interfaces.matches("eth0") && !c.interfaces.matches("eth1"));
+        assert!(c.dataplane.in_service_cidr([10, 100, 0, 1]));
+        assert_eq!(c.pin_dir, PathBuf::from("/p"));
+        assert_eq!(c.conntrack_size, 1024);
+
+        let c = with_file(
+            "manifests: /m\ninterfaces: 'veth*'\n",
+            RunArgs { manifests: Some("/flag".into()), conntrack_size: Some(64), ..RunArgs::default() },
+        )
+        .unwrap();
+        assert_eq!(c.manifests, PathBuf::from("/flag"));
+        assert_eq!(c.conntrack_size, 64);
+        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let err = with_file("manifests: /m\nintefaces: eth0\n", RunArgs::default()).unwrap_err();
+        let msg = format!("{err}");
+        assert!(msg.contains("unknown field `intefaces`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let args = || RunArgs { manifests: Some("/m".into()), interfaces: Some("eth0".into()), ..RunArgs::default() };
+        let err = RunConfig::from_args(RunArgs { service_cidr: Some("10.96.0.0/33".into()), ..args() }).unwrap_err();
+        assert!(err.to_string().contains("service-cidr"));
+        assert!(matches!(RunConfig::from_args(RunArgs { manifests: None, ..args() }), Err(ConfigError::NoSource)));
+        assert!(matches!(
+            RunConfig::from_args(RunArgs { interfaces: Some(" , ".into()), ..args() }),
+            Err(ConfigError::NoInterfaces)
+        ));
+    }
+}

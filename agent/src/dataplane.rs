@@ -1,0 +1,173 @@
+//! The dataplane: sole owner of the loaded eBPF object, its maps and its
+//! links. Map updates and attachments happen here and nowhere else.
+//!
+//! Maps and links are pinned under the pin directory, so that a stopped
+//! agent leaves the dataplane serving (as kube-proxy leaves its rules) and a
+//! restarted one adopts the pinned maps and swaps its program into the
+//! pinned links atomically, without dropping a flow.
+
+mod attach;
+mod bpffs;
+pub mod maps;
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapError},
+    programs::{ProgramError, SchedClassifier, links::PinnedLink},
+};
+pub use bpffs::cleanup;
+use sluice_abi::{config::DataplaneConfig, maps as names};
+use thiserror::Error;
+
+use crate::{
+    EBPF_OBJ,
+    model::Desired,
+    reconcile::{Current, reconcile},
+};
+
+/// The TC program's function name in the eBPF object.
+const TC_PROGRAM: &str = "tc_ingress";
+/// The load-time configuration global in the eBPF object.
+const CONFIG_GLOBAL: &str = "CONFIG";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("bpffs at `{}`", path.display())]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to load the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the embedded eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("failed to load program `{name}` into the kernel")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("cannot count the possible CPUs")]
+    Cpus(#[source] io::Error),
+    #[error("failed to attach to interface `{iface}`")]
+    Attach {
+        iface: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("failed to pin the link of `{iface}` at `{}`", path.display())]
+    PinLink {
+        iface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How to load the dataplane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pin_dir: PathBuf,
+    pub conntrack_size: u32,
+    pub config: DataplaneConfig,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    maps: maps::Maps,
+    pin_dir: PathBuf,
+    links: BTreeMap<String, PinnedLink>,
+    current: Current,
+}
+
+impl Dataplane {
+    /// Loads the programs, creating the pinned maps or adopting existing ones.
+    pub fn load(opts: &Options) -> Result<Self, Error> {
+        bpffs::ensure(&opts.pin_dir)?;
+        bpffs::drop_incompatible_pins(&opts.pin_dir, opts.conntrack_size);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .map_max_entries(names::CONNTRACK, opts.conntrack_size)
+            .override_global(CONFIG_GLOBAL, &opts.config, true)
+            .load(EBPF_OBJ)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let prog = tc_program(&mut ebpf)?;
+        prog.load().map_err(|e| Error::Program { name: TC_PROGRAM, source: Box::new(e) })?;
+        let maps = maps::Maps::take(&mut ebpf)?;
+        let current = maps.adopt()?;
+        if !current.frontends.is_empty() {
+            tracing::info!(
+                frontends = current.frontends.len(),
+                backends = current.backend_count(),
+                "adopted the pinned maps"
+            );
+        }
+        Ok(Self { ebpf, maps, pin_dir: opts.pin_dir.clone(), links: BTreeMap::new(), current })
+    }
+
+    /// Writes what changed between the maps and `desired`; returns the number
+    /// of map operations.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub fn sync(&mut self, desired: &Desired) -> Result<usize, Error> {
+        let ops = reconcile(desired, &mut self.current);
+        for op in &ops {
+            if let Err(e) = self.maps.apply(op) {
+                // Start the next sync from what the maps really hold.
+                self.current = self.maps.adopt().unwrap_or_default();
+                return Err(e);
+            }
+        }
+        Ok(ops.len())
+    }
+
+    /// Attaches the TC program to an interface's ingress, replacing the
+    /// program in a pinned link atomically when one exists.
+    pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
+        if self.links.contains_key(iface) {
+            return Ok(());
+        }
+        let path = attach::link_pin_path(&self.pin_dir, iface);
+        let prog = tc_program(&mut self.ebpf)?;
+        let link = attach::attach_pinned(prog, iface, &path)?;
+        self.links.insert(iface.to_owned(), link);
+        Ok(())
+    }
+
+    /// The interface is gone: its link went with it; remove the pin.
+    pub fn forget(&mut self, iface: &str) {
+        self.links.remove(iface);
+        attach::remove_pin(&attach::link_pin_path(&self.pin_dir, iface));
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.links.keys().map(String::as_str)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {
+    ebpf.program_mut(TC_PROGRAM)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(TC_PROGRAM))
+}
+
+/// Opens one pinned map of the pin directory.
+pub(crate) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<MapData, Error> {
+    MapData::from_pin(pin_dir.join(name)).map_err(|e| Error::Map { name, source: Box::new(e) })
+}

@@ -1,0 +1,54 @@
+//! `sluice`: the node agent binary. Argument parsing, logging, then the
+//! subcommand; everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sluice_agent::{app, cli, config, dataplane, status};
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let log_level = match &cli.command {
+        cli::Command::Run(args) => {
+            args.log_level.clone().or_else(|| args.config.as_deref().and_then(config::file_log_level))
+        }
+        _ => None,
+    };
+    init_tracing(log_level.as_deref());
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Run(args) => {
+            let config = config::RunConfig::from_args(args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(app::run(config))
+        }
+        cli::Command::Status(args) => {
+            let out = status::render(&args.pin_dir)?;
+            print!("{out}");
+            Ok(())
+        }
+        cli::Command::Cleanup(args) => {
+            dataplane::cleanup(&args.pin_dir)?;
+            tracing::info!(pin_dir = %args.pin_dir.display(), "removed Sluice's programs, links and pinned maps");
+            Ok(())
+        }
+    }
+}
+
+/// `RUST_LOG` wins over `--log-level`; aya's `log` records are bridged in.
+fn init_tracing(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,342 @@
+//! The desired-state model: Services and EndpointSlices as the dataplane (and
+//! later DNS) need them, whichever source they came from.
+//!
+//! Sources (the manifest directory now, the apiserver later) translate
+//! Kubernetes objects into `ServiceInfo` and `SliceInfo` and publish a whole
+//! `Model`; consumers derive what they need from it, e.g. `Model::desired`.
+
+pub mod translate;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use sluice_abi::{proto, service::ServiceKey};
+
+/// Label that joins an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Services carrying this label belong to another proxy (kube-proxy skips them).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Namespace and name of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number, if the dataplane handles it.
+    pub const fn ip_proto(self) -> Option<u8> {
+        match self {
+            Self::Tcp => Some(proto::TCP),
+            Self::Udp => Some(proto::UDP),
+            Self::Sctp => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// Has virtual IPs (ClusterIP, NodePort and LoadBalancer Services).
+    ClusterIp { ips: Vec<IpAddr> },
+    /// `clusterIP: None`: no virtual IP, DNS answers with endpoints.
+    Headless,
+    /// A DNS alias.
+    ExternalName { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// Empty for the single unnamed port.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub key: ObjectKey,
+    pub kind: ServiceKind,
+    pub ports: Vec<ServicePortInfo>,
+    /// Labelled for another proxy: no dataplane entry.
+    pub other_proxy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePortInfo {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub addresses: Vec<IpAddr>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub hostname: Option<String>,
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub key: ObjectKey,
+    /// The Service it belongs to (`kubernetes.io/service-name`), if labelled.
+    pub service: Option<String>,
+    pub ports: Vec<SlicePortInfo>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// Every Service and EndpointSlice a source knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub services: BTreeMap<ObjectKey, ServiceInfo>,
+    pub slices: BTreeMap<ObjectKey, SliceInfo>,
+}
+
+/// One frontend the dataplane should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    /// `namespace/name:port-name`, for `sluice status`.
+    pub name: String,
+    pub backends: BTreeSet<(Ipv4Addr, u16)>,
+}
+
+/// What the dataplane maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    /// Every allocated IPv4 ClusterIP (for rejecting unknown ports).
+    pub cluster_ips: BTreeSet<Ipv4Addr>,
+}
+
+impl Model {
+    /// The frontends and backends this model asks for, with kube-proxy's
+    /// semantics.
+    pub fn desired(&self) -> Desired {
+        let mut by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
+        for slice in self.slices.values() {
+            if let Some(service) = &slice.service {
+                let key = ObjectKey { namespace: slice.key.namespace.clone(), name: service.clone() };
+                by_service.entry(key).or_default().push(slice);
+            }
+        }
+        let mut desired = Desired::default();
+        for svc in self.services.values() {
+            let ServiceKind::ClusterIp { ips } = &svc.kind else { continue };
+            if svc.other_proxy {
+                continue;
+            }
+            let slices = by_service.get(&svc.key).map_or(&[][..], Vec::as_slice);
+            for ip in ips {
+                let IpAddr::V4(ip) = *ip else { continue };
+                desired.cluster_ips.insert(ip);
+                for port in &svc.ports {
+                    let Some(ip_proto) = port.protocol.ip_proto() else { continue };
+                    let name = if port.name.is_empty() {
+                        svc.key.to_string()
+                    } else {
+                        format!("{}:{}", svc.key, port.name)
+                    };
+                    let backends = backends_for(port, slices);
+                    desired
+                        .frontends
+                        .insert(ServiceKey::new(ip, port.port, ip_proto), DesiredFrontend { name, backends });
+                }
+            }
+        }
+        desired
+    }
+}
+
+/// The IPv4 backends of one Service port across its slices.
+///
+/// kube-proxy: the endpoint port is the slice port with the same name and
+/// protocol (the targetPort was resolved into it when the slice was made);
+/// only the first address of an endpoint is used; ready endpoints are used,
+/// and only when none is ready, the serving and terminating ones
+/// (KEP-1669, ProxyTerminatingEndpoints).
+fn backends_for(port: &ServicePortInfo, slices: &[&SliceInfo]) -> BTreeSet<(Ipv4Addr, u16)> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        let Some(slice_port) =
+            slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else { continue };
+            if ep.ready {
+                ready.insert((addr, slice_port.port));
+            } else if ep.serving && ep.terminating {
+                terminating.insert((addr, slice_port.port));
+            }
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey { namespace: ns.into(), name: name.into() }
+    }
+
+    fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
+        ServiceInfo {
+            key: key("default", name),
+            kind: ServiceKind::ClusterIp { ips: vec![ip.parse().unwrap()] },
+            ports: ports
+                .iter()
+                .map(|&(n, p, protocol)| ServicePortInfo { name: n.into(), port: p, protocol })
+                .collect(),
+            other_proxy: false,
+        }
+    }
+
+    fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
+        EndpointInfo {
+            addresses: vec![ip.parse().unwrap()],
+            ready,
+            serving,
+            terminating,
+            hostname: None,
+            node_name: None,
+        }
+    }
+
+    fn slice(name: &str, service: &str, ports: &[(&str, u16, Protocol)], eps: Vec<EndpointInfo>) -> SliceInfo {
+        SliceInfo {
+            key: key("default", name),
+            service: Some(service.into()),
+            ports: ports
+                .iter()
+                .map(|&(n, p, protocol)| SlicePortInfo { name: n.into(), port: p, protocol })
+                .collect(),
+            endpoints: eps,
+        }
+    }
+
+    fn model(services: Vec<ServiceInfo>, slices: Vec<SliceInfo>) -> Model {
+        Model {
+            services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
+            slices: slices.into_iter().map(|s| (s.key.clone(), s)).collect(),
+        }
+    }
+
+    fn backends(d: &Desired, ip: &str, port: u16, proto: u8) -> Vec<(Ipv4Addr, u16)> {
+        d.frontends[&ServiceKey::new(ip.parse().unwrap(), port, proto)].backends.iter().copied().collect()
+    }
+
+    #[test]
+    fn named_ports_map_to_the_slice_port_of_the_same_name_and_protocol() {
+        let m = model(
+            vec![svc("web", "10.96.0.10", &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)])],
+            vec![slice(
+                "web-1",
+                "web",
+                &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp), ("http", 9999, Protocol::Udp)],
+                vec![ep("10.0.0.1", true, true, false)],
+            )],
+        );
+        let d = m.desired();
+        assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP), vec![("10.0.0.1".parse().unwrap(), 8080)]);
+        assert_eq!(backends(&d, "10.96.0.10", 53, proto::UDP), vec![("10.0.0.1".parse().unwrap(), 5353)]);
+        assert_eq!(d.frontends.len(), 2);
+        assert!(d.cluster_ips.contains(&"10.96.0.10".parse().unwrap()));
+        assert_eq!(d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)].name, "default/web:http");
+    }
+
+    #[test]
+    fn only_ready_endpoints_unless_none_then_serving_terminating() {
+        let ports = &[("", 80, Protocol::Tcp)];
+        let with_ready = model(
+            vec![svc("web", "10.96.0.10", ports)],
+            vec![slice(
+                "web-1",
+                "web",
+                ports,
+                vec![
+                    ep("10.0.0.1", true, true, false),
+                    ep("10.0.0.2", false, true, true),
+                    ep("10.0.0.3", false, false, false),
+                ],
+            )],
+        );
+        assert_eq!(backends(&with_ready.desired(), "10.96.0.10", 80, proto::TCP), vec![("10.0.0.1".parse().unwrap(), 80)]);
+
+        let none_ready = model(
+            vec![svc("web", "10.96.0.10", ports)],
+            vec![slice(
+                "web-1",
+                "web",
+                ports,
+                vec![ep("10.0.0.2", false, true, true), ep("10.0.0.3", false, false, true), ep("10.0.0.4", false, true, false)],
+            )],
+        );
+        assert_eq!(backends(&none_ready.desired(), "10.96.0.10", 80, proto::TCP), vec![("10.0.0.2".parse().unwrap(), 80)]);
+    }
+
+    #[test]
+    fn slices_merge_and_join_only_their_own_service() {
+        let ports = &[("", 80, Protocol::Tcp)];
+        let m = model(
+            vec![svc("web", "10.96.0.10", ports), svc("api", "10.96.0.11", ports)],
+            vec![
+                slice("web-1", "web", ports, vec![ep("10.0.0.1", true, true, false)]),
+                slice("web-2", "web", ports, vec![ep("10.0.0.2", true, true, false), ep("10.0.0.1", true, true, false)]),
+                slice("api-1", "api", ports, vec![ep("10.0.0.9", true, true, false)]),
+            ],
+        );
+        let d = m.desired();
+        assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP).len(), 2);
+        assert_eq!(backends(&d, "10.96.0.11", 80, proto::TCP), vec![("10.0.0.9".parse().unwrap(), 80)]);
+    }
+
+    #[test]
+    fn headless_other_proxy_and_sctp_get_no_frontend() {
+        let ports = &[("", 80, Protocol::Tcp)];
+        let mut headless = svc("h", "10.96.0.1", ports);
+        headless.kind = ServiceKind::Headless;
+        let mut other = svc("o", "10.96.0.2", ports);
+        other.other_proxy = true;
+        let sctp = svc("s", "10.96.0.3", &[("", 80, Protocol::Sctp)]);
+        let d = model(vec![headless, other, sctp], vec![]).desired();
+        assert!(d.frontends.is_empty());
+        assert_eq!(d.cluster_ips.len(), 1, "the SCTP Service's ClusterIP is still allocated");
+    }
+
+    #[test]
+    fn a_service_without_endpoints_has_an_empty_frontend() {
+        let d = model(vec![svc("web", "10.96.0.10", &[("", 80, Protocol::Tcp)])], vec![]).desired();
+        assert!(backends(&d, "10.96.0.10", 80, proto::TCP).is_empty());
+    }
+}

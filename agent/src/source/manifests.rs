@@ -1,0 +1,386 @@
+//! The manifest-directory source: `*.yaml`, `*.yml` and `*.json` files
+//! (multi-document YAML and `kind: List` included) holding `v1 Service` and
+//! `discovery.k8s.io/v1 EndpointSlice` objects.
+//!
+//! Each file is parsed on its own. A file that does not parse keeps all its
+//! objects' last good state; an object that is invalid keeps its own last
+//! good state; everything else is applied. Every problem is reported with the
+//! file name and, where known, the object.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::model::{
+    Model, ObjectKey, ServiceInfo, SliceInfo,
+    translate::{self, InvalidObject},
+};
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest directory `{}`", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{}`: cannot read the file", file.display())]
+    ReadFile {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{}`: {message}; keeping the file's last good objects", file.display())]
+    Parse { file: PathBuf, message: String },
+    #[error("`{}`: {source}; keeping its last good state", file.display())]
+    Invalid {
+        file: PathBuf,
+        #[source]
+        source: InvalidObject,
+    },
+    #[error("`{}`: {kind} `{object}` is also defined in `{}`; using that one", file.display(), first.display())]
+    Duplicate { file: PathBuf, first: PathBuf, kind: &'static str, object: ObjectKey },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ObjectId {
+    Service(ObjectKey),
+    Slice(ObjectKey),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Object {
+    Service(ServiceInfo),
+    Slice(SliceInfo),
+}
+
+#[derive(Default)]
+struct FileState {
+    content: Vec<u8>,
+    objects: BTreeMap<ObjectId, Object>,
+}
+
+/// The objects of one manifest directory, file by file.
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// What a rescan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Whether any file was added, changed or removed.
+    pub changed: bool,
+    pub problems: Vec<ManifestError>,
+}
+
+impl ManifestDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), files: BTreeMap::new() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Rereads the directory, parsing only files whose content changed.
+    pub fn rescan(&mut self) -> Result<Scan, ManifestError> {
+        let read_dir = |source| ManifestError::ReadDir { dir: self.dir.clone(), source };
+        let mut present = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(read_dir)? {
+            let path = entry.map_err(read_dir)?.path();
+            let is_manifest = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            // Editors' temporary and hidden files are not manifests.
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            if is_manifest && !hidden && path.is_file() {
+                present.push(path);
+            }
+        }
+        present.sort();
+
+        let mut scan = Scan::default();
+        let before = self.files.len();
+        self.files.retain(|path, _| present.contains(path));
+        scan.changed |= self.files.len() != before;
+
+        for path in present {
+            let content = match fs::read(&path) {
+                Ok(c) => c,
+                // Removed between listing and reading: the next event rescans.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    scan.problems.push(ManifestError::ReadFile { file: path, source });
+                    continue;
+                }
+            };
+            if self.files.get(&path).is_some_and(|old| old.content == content) {
+                continue;
+            }
+            scan.changed = true;
+            let old = self.files.remove(&path).unwrap_or_default();
+            let objects = parse_file(&path, &content, &old.objects, &mut scan.problems);
+            let objects = objects.unwrap_or(old.objects);
+            self.files.insert(path, FileState { content, objects });
+        }
+        if scan.changed {
+            self.check_duplicates(&mut scan.problems);
+        }
+        Ok(scan)
+    }
+
+    fn check_duplicates(&self, problems: &mut Vec<ManifestError>) {
+        let mut seen: BTreeMap<&ObjectId, &PathBuf> = BTreeMap::new();
+        for (path, state) in &self.files {
+            for id in state.objects.keys() {
+                if let Some(first) = seen.get(id) {
+                    let (kind, object) = match id {
+                        ObjectId::Service(k) => ("Service", k.clone()),
+                        ObjectId::Slice(k) => ("EndpointSlice", k.clone()),
+                    };
+                    problems.push(ManifestError::Duplicate {
+                        file: path.clone(),
+                        first: (*first).clone(),
+                        kind,
+                        object,
+                    });
+                } else {
+                    seen.insert(id, path);
+                }
+            }
+        }
+    }
+
+    /// The union of all files' objects; for duplicates, the first file wins.
+    pub fn model(&self) -> Model {
+        let mut model = Model::default();
+        for state in self.files.values() {
+            for object in state.objects.values() {
+                match object {
+                    Object::Service(s) => {
+                        model.services.entry(s.key.clone()).or_insert_with(|| s.clone());
+                    }
+                    Object::Slice(s) => {
+                        model.slices.entry(s.key.clone()).or_insert_with(|| s.clone());
+                    }
+                }
+            }
+        }
+        model
+    }
+}
+
+/// Parses one file. `None` when the file as a whole does not parse.
+fn parse_file(
+    path: &Path,
+    content: &[u8],
+    previous: &BTreeMap<ObjectId, Object>,
+    problems: &mut Vec<ManifestError>,
+) -> Option<BTreeMap<ObjectId, Object>> {
+    let parse_error = |message: String| ManifestError::Parse { file: path.to_path_buf(), message };
+    let Ok(text) = std::str::from_utf8(content) else {
+        problems.push(parse_error("not UTF-8".into()));
+        return None;
+    };
+    let json = path.extension().is_some_and(|e| e == "json");
+    let mut documents = Vec::new();
+    if json {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => documents.push(v),
+            Err(e) => {
+                problems.push(parse_error(format!("invalid JSON: {e}")));
+                return None;
+            }
+        }
+    } else {
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            match serde::Deserialize::deserialize(doc) {
+                Ok(Value::Null) => {}
+                Ok(v) => documents.push(v),
+                Err(e) => {
+                    problems.push(parse_error(format!("invalid YAML: {e}")));
+                    return None;
+                }
+            }
+        }
+    }
+    // `kind: List` (as `kubectl get -o yaml` writes) holds its objects in items.
+    let mut objects_in = Vec::new();
+    for doc in documents {
+        if doc.get("kind").and_then(Value::as_str) == Some("List") {
+            objects_in.extend(doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        } else {
+            objects_in.push(doc);
+        }
+    }
+
+    let mut objects = BTreeMap::new();
+    for value in objects_in {
+        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let result = match (api_version, kind) {
+            ("v1", "Service") => decode::<Service>(&value, "Service")
+                .and_then(|s| translate::service(&s))
+                .map(|s| (ObjectId::Service(s.key.clone()), Object::Service(s))),
+            ("discovery.k8s.io/v1", "EndpointSlice") => decode::<EndpointSlice>(&value, "EndpointSlice")
+                .and_then(|s| translate::endpoint_slice(&s))
+                .map(|s| (ObjectId::Slice(s.key.clone()), Object::Slice(s))),
+            _ => {
+                tracing::debug!(file = %path.display(), api_version, kind, "ignoring an object of another kind");
+                continue;
+            }
+        };
+        match result {
+            Ok((id, object)) => {
+                objects.insert(id, object);
+            }
+            Err(source) => {
+                // Keep the last good state of this object, if it had one.
+                if let Some(id) = object_id(&value, kind)
+                    && let Some(old) = previous.get(&id)
+                {
+                    objects.insert(id, old.clone());
+                }
+                problems.push(ManifestError::Invalid { file: path.to_path_buf(), source });
+            }
+        }
+    }
+    Some(objects)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: &Value, kind: &'static str) -> Result<T, InvalidObject> {
+    serde_json::from_value(value.clone()).map_err(|e| InvalidObject {
+        kind,
+        object: object_id(value, kind).map_or_else(|| "?".into(), |id| match id {
+            ObjectId::Service(k) | ObjectId::Slice(k) => k.to_string(),
+        }),
+        field: "(schema)".into(),
+        message: e.to_string(),
+    })
+}
+
+fn object_id(value: &Value, kind: &str) -> Option<ObjectId> {
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?.to_owned();
+    let namespace = meta.get("namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
+    let key = ObjectKey { namespace, name };
+    match kind {
+        "Service" => Some(ObjectId::Service(key)),
+        "EndpointSlice" => Some(ObjectId::Slice(key)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::model::ServiceKind;
+
+    const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{name: http, port: 80}]\n";
+    const WEB_SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}]\n";
+
+    fn write(dir: &Path, name: &str, content: &str) {
+        fs::write(dir.join(name), content).unwrap();
+    }
+
+    fn cluster_ip(m: &Model, name: &str) -> IpAddr {
+        match &m.services[&ObjectKey { namespace: "default".into(), name: name.into() }].kind {
+            ServiceKind::ClusterIp { ips } => ips[0],
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn multi_document_yaml_json_and_lists_load() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", &format!("{WEB}---\n{WEB_SLICE}---\n"));
+        write(
+            d.path(),
+            "b.json",
+            r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"prod"},"spec":{"clusterIP":"10.96.0.11","ports":[{"port":443}]}}]}"#,
+        );
+        write(d.path(), "c.yml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n");
+        write(d.path(), "notes.txt", "not a manifest");
+        let mut m = ManifestDir::new(d.path());
+        let scan = m.rescan().unwrap();
+        assert!(scan.changed);
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        let model = m.model();
+        assert_eq!(model.services.len(), 2);
+        assert_eq!(model.slices.len(), 1);
+        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert!(!m.rescan().unwrap().changed, "an unchanged directory is not reparsed");
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_objects_and_the_rest_applies() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "web.yaml", WEB);
+        write(d.path(), "slice.yaml", WEB_SLICE);
+        let mut m = ManifestDir::new(d.path());
+        m.rescan().unwrap();
+        write(d.path(), "web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web\n");
+        write(d.path(), "slice.yaml", &WEB_SLICE.replace("10.0.0.1", "10.0.0.2"));
+        let scan = m.rescan().unwrap();
+        assert_eq!(scan.problems.len(), 1);
+        let msg = scan.problems[0].to_string();
+        assert!(msg.contains("web.yaml") && msg.contains("invalid YAML"), "{msg}");
+        let model = m.model();
+        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        let slice = model.slices.values().next().unwrap();
+        assert_eq!(slice.endpoints[0].addresses[0], "10.0.0.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn an_invalid_object_keeps_its_last_good_state_and_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let api = "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 443}]}\n";
+        write(d.path(), "svc.yaml", &format!("{WEB}---\n{api}"));
+        let mut m = ManifestDir::new(d.path());
+        m.rescan().unwrap();
+        // web gets a bad IP, api a new port: api changes, web keeps 10.96.0.10.
+        let bad = WEB.replace("10.96.0.10", "10.96.0.999");
+        write(d.path(), "svc.yaml", &format!("{bad}---\n{}", api.replace("443", "8443")));
+        let scan = m.rescan().unwrap();
+        assert_eq!(scan.problems.len(), 1);
+        let msg = scan.problems[0].to_string();
+        assert!(msg.contains("svc.yaml") && msg.contains("Service `default/web`") && msg.contains("spec.clusterIP"), "{msg}");
+        let model = m.model();
+        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        let api = &model.services[&ObjectKey { namespace: "default".into(), name: "api".into() }];
+        assert_eq!(api.ports[0].port, 8443);
+        // A schema error (a string where a number belongs) is reported the same way.
+        write(d.path(), "svc.yaml", &WEB.replace("port: 80", "port: eighty"));
+        let scan = m.rescan().unwrap();
+        assert!(scan.problems[0].to_string().contains("Service `default/web`"), "{}", scan.problems[0]);
+        assert_eq!(m.model().services.len(), 1, "api was removed from the file");
+    }
+
+    #[test]
+    fn removed_files_remove_their_objects_and_duplicates_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", WEB);
+        write(d.path(), "b.yaml", &WEB.replace("10.96.0.10", "10.96.0.20"));
+        let mut m = ManifestDir::new(d.path());
+        let scan = m.rescan().unwrap();
+        assert_eq!(scan.problems.len(), 1);
+        assert!(scan.problems[0].to_string().contains("also defined"), "{}", scan.problems[0]);
+        assert_eq!(cluster_ip(&m.model(), "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        fs::remove_file(d.path().join("a.yaml")).unwrap();
+        assert!(m.rescan().unwrap().changed);
+        assert_eq!(cluster_ip(&m.model(), "web"), "10.96.0.20".parse::<IpAddr>().unwrap());
+        fs::remove_file(d.path().join("b.yaml")).unwrap();
+        m.rescan().unwrap();
+        assert!(m.model().services.is_empty());
+    }
+}

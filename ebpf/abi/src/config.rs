@@ -1,0 +1,62 @@
+//! Load-time configuration of the programs (an `aya_ebpf::Global`).
+
+use core::net::Ipv4Addr;
+
+use crate::pod;
+
+/// `DataplaneConfig::flags`: a service CIDR is set; unallocated addresses in
+/// it, and ClusterIPs on ports no Service has, are rejected (kube-proxy's
+/// nftables mode).
+pub const CFG_SERVICE_CIDR: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    pub service_net_be: [u8; 4],
+    pub service_mask_be: [u8; 4],
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<DataplaneConfig>() == 16);
+
+impl DataplaneConfig {
+    pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
+        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len as u32) };
+        let net = net.to_bits() & mask;
+        Self {
+            service_net_be: net.to_be_bytes(),
+            service_mask_be: mask.to_be_bytes(),
+            flags: CFG_SERVICE_CIDR,
+            _pad: 0,
+        }
+    }
+
+    /// Whether `addr_be` lies in the configured service CIDR.
+    #[inline(always)]
+    pub const fn in_service_cidr(&self, addr_be: [u8; 4]) -> bool {
+        if self.flags & CFG_SERVICE_CIDR == 0 {
+            return false;
+        }
+        let a = u32::from_ne_bytes(addr_be);
+        let m = u32::from_ne_bytes(self.service_mask_be);
+        a & m == u32::from_ne_bytes(self.service_net_be)
+    }
+}
+
+pod!(DataplaneConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_cidr_membership() {
+        let c = DataplaneConfig::with_service_cidr(Ipv4Addr::new(10, 96, 0, 0), 12);
+        assert!(c.in_service_cidr([10, 96, 0, 1]));
+        assert!(c.in_service_cidr([10, 111, 255, 255]));
+        assert!(!c.in_service_cidr([10, 112, 0, 0]));
+        assert!(!DataplaneConfig::default().in_service_cidr([10, 96, 0, 1]));
+        let all = DataplaneConfig::with_service_cidr(Ipv4Addr::new(1, 2, 3, 4), 0);
+        assert!(all.in_service_cidr([8, 8, 8, 8]));
+    }
+}

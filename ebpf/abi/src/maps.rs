@@ -1,0 +1,47 @@
+//! Map names and default capacities.
+//!
+//! The names are the `#[map]` statics in `ebpf/programs/src/maps.rs` and the
+//! file names under the pin directory; the kernel truncates names to 15
+//! bytes, so none is longer. A change of a pinned layout gets a new name
+//! (`…_V2`), as Cilium does, instead of a migration in place.
+
+/// Frontends: `ServiceKey` → `ServiceValue`.
+pub const SERVICES: &str = "SLUICE_SVC";
+/// Backend slots of each frontend: `SlotKey` → `Backend`.
+pub const SLOTS: &str = "SLUICE_SLOT";
+/// Live backends by id: `u32` → `Backend`; a conntrack entry whose backend id
+/// is gone from here is stale.
+pub const BACKENDS: &str = "SLUICE_BACKEND";
+/// Connection tracking (LRU): `CtKey` → `CtValue`.
+pub const CONNTRACK: &str = "SLUICE_CT";
+/// Per-CPU counters per frontend id: `u32` → `TrafficStats`.
+pub const SERVICE_STATS: &str = "SLUICE_SVC_STAT";
+/// Per-CPU counters per backend id: `u32` → `TrafficStats`.
+pub const BACKEND_STATS: &str = "SLUICE_BE_STAT";
+/// Per-CPU drop counters, indexed by `DropReason`.
+pub const DROPS: &str = "SLUICE_DROPS";
+/// Per-CPU event counters, indexed by `Event`.
+pub const EVENTS: &str = "SLUICE_EVENTS";
+/// Display names of frontends for `sluice status`: `u32` → `ServiceName`.
+/// The kernel never reads it; it is pinned so that status works from the pins.
+pub const SERVICE_NAMES: &str = "SLUICE_SVC_NAME";
+
+/// Every pinned map, for cleanup and status.
+pub const PINNED: [&str; 9] = [
+    SERVICES,
+    SLOTS,
+    BACKENDS,
+    CONNTRACK,
+    SERVICE_STATS,
+    BACKEND_STATS,
+    DROPS,
+    EVENTS,
+    SERVICE_NAMES,
+];
+
+/// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backend slots and backends, summed over all frontends.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Conntrack entries; two per flow (original and reply direction).
+pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;

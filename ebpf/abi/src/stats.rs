@@ -1,0 +1,103 @@
+//! Counters: per frontend, per backend, per drop reason and per event.
+//!
+//! `DropReason` and `Event` are indices into per-CPU arrays, never map values.
+
+use crate::pod;
+
+/// Traffic through one frontend or backend, both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<TrafficStats>() == 24);
+
+impl TrafficStats {
+    #[must_use]
+    pub const fn sum(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_flows: self.new_flows.wrapping_add(other.new_flows),
+        }
+    }
+}
+
+pod!(TrafficStats);
+
+macro_rules! counter_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $label:literal,)* }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $value,)*
+        }
+
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case label, for tables and metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $(Self::$variant => $label,)* }
+            }
+        }
+
+        impl TryFrom<u32> for $name {
+            type Error = u32;
+            fn try_from(v: u32) -> Result<Self, u32> {
+                match v { $($value => Ok(Self::$variant),)* other => Err(other) }
+            }
+        }
+    };
+}
+
+counter_enum! {
+    /// Why a packet was dropped (or, for rejects, answered with ICMP instead).
+    DropReason {
+        /// IPv4 header truncated, or IHL below 5.
+        MalformedIp = 0 => "malformed_ip",
+        /// TCP or UDP header truncated.
+        MalformedL4 = 1 => "malformed_l4",
+        /// A fragment addressed to a ClusterIP: ports are not in every fragment.
+        Fragment = 2 => "fragment",
+        /// Rejected: the Service has no usable endpoint.
+        NoEndpoints = 3 => "no_endpoints",
+        /// Rejected: a ClusterIP on a port no Service has.
+        UnknownPort = 4 => "unknown_port",
+        /// Rejected: an unallocated address in the service CIDR.
+        UnallocatedIp = 5 => "unallocated_ip",
+        /// A frontend's backend slot was missing.
+        NoBackend = 6 => "no_backend",
+        /// A conntrack entry could not be created.
+        CtInsert = 7 => "ct_insert",
+        /// A packet rewrite helper failed.
+        Rewrite = 8 => "rewrite",
+        /// Building or sending the ICMP reject failed.
+        RejectFailed = 9 => "reject_failed",
+    }
+}
+
+counter_enum! {
+    /// Things the dataplane did, counted per CPU.
+    Event {
+        /// A new flow was balanced to a backend.
+        NewFlow = 0 => "new_flow",
+        /// A packet of a tracked flow was DNATed.
+        Established = 1 => "established",
+        /// A reply was reverse-NATed.
+        Reply = 2 => "reply",
+        /// An ICMP port-unreachable was sent back.
+        RejectSent = 3 => "reject_sent",
+        /// A slot lookup missed during an update and slot 0 was used.
+        SlotFallback = 4 => "slot_fallback",
+        /// A tracked flow picked a new backend (its backend left, it idled out,
+        /// or a closed TCP tuple was reused).
+        Reselect = 5 => "reselect",
+        /// A packet that is not Service traffic passed untouched.
+        Pass = 6 => "pass",
+    }
+}

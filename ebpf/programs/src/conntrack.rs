@@ -1,0 +1,152 @@
+//! Connection tracking of NATed flows: lookup, validation and creation.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use sluice_abi::{
+    conntrack::{
+        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_REFRESH_NS, CT_TCP_FIN, CT_TCP_RST, CT_UDP_TIMEOUT_NS,
+        CtKey, CtValue,
+    },
+    service::Backend,
+    stats::{DropReason, Event},
+};
+
+use crate::{
+    maps,
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats,
+};
+
+/// The backend a tracked flow is bound to.
+#[derive(Clone, Copy)]
+pub struct Binding {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub backend_id: u32,
+}
+
+impl From<Backend> for Binding {
+    #[inline(always)]
+    fn from(b: Backend) -> Self {
+        Self { addr: b.addr_be, port: b.port_be, backend_id: b.id }
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The key of a packet in its own direction.
+#[inline(always)]
+pub const fn key(p: &Packet, dir: u8) -> CtKey {
+    CtKey {
+        saddr_be: p.saddr,
+        daddr_be: p.daddr,
+        sport_be: p.sport,
+        dport_be: p.dport,
+        proto: p.proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// The key under which the backend's replies to this flow are tracked.
+#[inline(always)]
+const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
+    CtKey {
+        saddr_be: to.addr,
+        daddr_be: p.saddr,
+        sport_be: to.port,
+        dport_be: p.sport,
+        proto: p.proto,
+        dir: CT_DIR_REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Looks up the original-direction entry of a client packet and returns its
+/// backend if the flow may keep it.
+///
+/// A flow picks again when its backend is gone and it can move without
+/// breaking anything: a UDP flow (kube-proxy clears stale UDP conntrack for
+/// the same reason, kubernetes#125467), a UDP flow idle past its timeout, or
+/// a TCP SYN reusing the tuple of a closed connection. An established TCP
+/// connection to a removed endpoint keeps it and drains, as with kube-proxy.
+#[inline(always)]
+pub fn lookup_original(p: &Packet, now: u64) -> Option<Binding> {
+    let k = key(p, CT_DIR_ORIGINAL);
+    let entry = maps::conntrack(&k)?;
+    let v: CtValue = unsafe { *entry };
+    let bound = Binding { addr: v.nat_addr_be, port: v.nat_port_be, backend_id: v.backend_id };
+    let keep = if p.is_tcp() {
+        let new_syn = p.tcp_has(TCP_SYN) && !p.tcp_has(TCP_ACK);
+        !new_syn || (v.tcp_flags & (CT_TCP_FIN | CT_TCP_RST) == 0 && backend_live(&bound))
+    } else {
+        now.wrapping_sub(v.last_seen_ns) < CT_UDP_TIMEOUT_NS && backend_live(&bound)
+    };
+    if !keep {
+        stats::event(Event::Reselect);
+        maps::conntrack_remove(&reply_key(p, &bound));
+        return None;
+    }
+    let mut flags = v.tcp_flags;
+    if p.tcp_has(TCP_FIN) {
+        flags |= CT_TCP_FIN;
+    }
+    if p.tcp_has(TCP_RST) {
+        flags |= CT_TCP_RST;
+    }
+    if flags != v.tcp_flags || now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
+        unsafe {
+            (*entry).tcp_flags = flags;
+            (*entry).last_seen_ns = now;
+        }
+    }
+    Some(bound)
+}
+
+/// Whether the backend id still names the same backend (ids are reused).
+#[inline(always)]
+fn backend_live(b: &Binding) -> bool {
+    maps::backend(b.backend_id).is_some_and(|live| live.addr_be == b.addr && live.port_be == b.port)
+}
+
+/// Records a new flow from the client in `p` to `to`, for service `service_id`
+/// whose frontend is `p`'s destination.
+#[inline(always)]
+pub fn create(p: &Packet, to: &Binding, service_id: u32, now: u64) -> Result<(), DropReason> {
+    let mut flags = 0;
+    if p.tcp_has(TCP_FIN) {
+        flags |= CT_TCP_FIN;
+    }
+    if p.tcp_has(TCP_RST) {
+        flags |= CT_TCP_RST;
+    }
+    let original = CtValue {
+        nat_addr_be: to.addr,
+        nat_port_be: to.port,
+        tcp_flags: flags,
+        _pad: 0,
+        service_id,
+        backend_id: to.backend_id,
+        last_seen_ns: now,
+    };
+    let reply = CtValue {
+        nat_addr_be: p.daddr,
+        nat_port_be: p.dport,
+        tcp_flags: 0,
+        _pad: 0,
+        service_id,
+        backend_id: to.backend_id,
+        last_seen_ns: now,
+    };
+    // Reply entry first: once the original entry exists, the backend may answer.
+    maps::conntrack_insert(&reply_key(p, to), &reply).map_err(|_| DropReason::CtInsert)?;
+    maps::conntrack_insert(&key(p, CT_DIR_ORIGINAL), &original).map_err(|_| DropReason::CtInsert)
+}
+
+/// Looks up the reply-direction entry of a packet from a backend.
+#[inline(always)]
+pub fn lookup_reply(p: &Packet) -> Option<CtValue> {
+    maps::conntrack(&key(p, CT_DIR_REPLY)).map(|e| unsafe { *e })
+}

@@ -1,0 +1,135 @@
+//! Sluice's kernel programs.
+//!
+//! `tc_ingress` runs on the host side of pod-facing interfaces. It DNATs
+//! client packets sent to a Service frontend to a backend, reverse-NATs the
+//! backends' replies, rejects what kube-proxy rejects, and passes everything
+//! else untouched.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod stats;
+
+use aya_ebpf::{
+    Global,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use sluice_abi::{
+    config::DataplaneConfig,
+    service::{ServiceKey, ServiceValue},
+    stats::{DropReason, Event},
+};
+
+use crate::{
+    conntrack::Binding,
+    parse::{Packet, Parsed},
+};
+
+/// Set by the agent at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig {
+    service_net_be: [0; 4],
+    service_mask_be: [0; 4],
+    flags: 0,
+    _pad: 0,
+});
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    match try_tc_ingress(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::dropped(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    maps::touch_names();
+    let p = match parse::parse(ctx)? {
+        Parsed::Packet(p) => p,
+        Parsed::NotOurs => return Ok(pass()),
+        Parsed::Fragment { daddr } => {
+            // Only the first fragment has ports, so Service traffic cannot be
+            // NATed fragment by fragment; anything else is not ours.
+            if lb::is_cluster_ip(daddr) {
+                return Err(DropReason::Fragment);
+            }
+            return Ok(pass());
+        }
+    };
+    if let Some((key, svc)) = lb::frontend(&p) {
+        return to_service(ctx, &p, &key, &svc);
+    }
+    if let Some(reply) = conntrack::lookup_reply(&p) {
+        nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
+        stats::traffic(reply.service_id, reply.backend_id, p.len, false);
+        stats::event(Event::Reply);
+        return Ok(TC_ACT_OK as i32);
+    }
+    // kube-proxy nftables mode: with a service CIDR known, traffic to an
+    // unallocated address in it, or to a ClusterIP on a port no Service has,
+    // is rejected rather than sent towards a default route.
+    let config = CONFIG.load();
+    if config.flags != 0 {
+        if lb::is_cluster_ip(p.daddr) {
+            return reject::reject(ctx, &p, DropReason::UnknownPort);
+        }
+        if config.in_service_cidr(p.daddr) {
+            return reject::reject(ctx, &p, DropReason::UnallocatedIp);
+        }
+    }
+    Ok(pass())
+}
+
+/// A packet from a client to a Service frontend.
+#[inline(always)]
+fn to_service(
+    ctx: &TcContext,
+    p: &Packet,
+    _key: &ServiceKey,
+    svc: &ServiceValue,
+) -> Result<i32, DropReason> {
+    let now = conntrack::now();
+    let (to, new_flow) = if let Some(bound) = conntrack::lookup_original(p, now) {
+        stats::event(Event::Established);
+        (bound, false)
+    } else {
+        if svc.count == 0 {
+            // kube-proxy: a Service with no endpoints REJECTs.
+            return reject::reject(ctx, p, DropReason::NoEndpoints);
+        }
+        let to = Binding::from(lb::select(svc)?);
+        conntrack::create(p, &to, svc.id, now)?;
+        stats::event(Event::NewFlow);
+        (to, true)
+    };
+    nat::rewrite_dst(ctx, p, to.addr, to.port)?;
+    stats::traffic(svc.id, to.backend_id, p.len, new_flow);
+    Ok(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+fn pass() -> i32 {
+    stats::event(Event::Pass);
+    TC_ACT_OK as i32
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

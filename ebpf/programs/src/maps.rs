@@ -1,0 +1,116 @@
+//! Every map of the dataplane, one line on the purpose of each.
+//!
+//! Maps that user space rewrites while packets read them are
+//! `BPF_F_NO_PREALLOC`: an update then swaps in a new element and frees the
+//! old one after an RCU grace period, so a reader never sees a half-written
+//! value (preallocated hash elements are recycled at once).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use sluice_abi::{
+    conntrack::{CtKey, CtValue},
+    maps::{DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES},
+    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    stats::{DropReason, Event, TrafficStats},
+};
+
+/// Frontends (ClusterIP, port, protocol) and ClusterIP markers.
+#[map]
+static SLUICE_SVC: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Backend slots `0..count` of each frontend.
+#[map]
+static SLUICE_SLOT: HashMap<SlotKey, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Live backends by id; conntrack entries are checked against it.
+#[map]
+static SLUICE_BACKEND: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Connection tracking, both directions of every NATed flow.
+#[map]
+static SLUICE_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+
+/// Traffic per frontend id; entries are created by the agent.
+#[map]
+static SLUICE_SVC_STAT: PerCpuHashMap<u32, TrafficStats> =
+    PerCpuHashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Traffic per backend id; entries are created by the agent.
+#[map]
+static SLUICE_BE_STAT: PerCpuHashMap<u32, TrafficStats> =
+    PerCpuHashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Drops by reason.
+#[map]
+static SLUICE_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+/// Events by kind.
+#[map]
+static SLUICE_EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::COUNT, 0);
+
+/// Names of frontends for `sluice status`; never read here.
+#[map]
+static SLUICE_SVC_NAME: HashMap<u32, ServiceName> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Copies a frontend out of the map (a value, not a pointer into it).
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    SLUICE_SVC.get_ptr(key).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn slot(key: &SlotKey) -> Option<Backend> {
+    SLUICE_SLOT.get_ptr(key).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    SLUICE_BACKEND.get_ptr(&id).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn conntrack(key: &CtKey) -> Option<*mut CtValue> {
+    SLUICE_CT.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn conntrack_insert(key: &CtKey, value: &CtValue) -> Result<(), i32> {
+    SLUICE_CT.insert(key, value, 0)
+}
+
+#[inline(always)]
+pub fn conntrack_remove(key: &CtKey) {
+    // A missing entry is fine: it may have been evicted.
+    let _ = SLUICE_CT.remove(key);
+}
+
+#[inline(always)]
+pub fn service_stats(id: u32) -> Option<*mut TrafficStats> {
+    SLUICE_SVC_STAT.get_ptr_mut(&id)
+}
+
+#[inline(always)]
+pub fn backend_stats(id: u32) -> Option<*mut TrafficStats> {
+    SLUICE_BE_STAT.get_ptr_mut(&id)
+}
+
+#[inline(always)]
+pub fn drop_counter(reason: DropReason) -> Option<*mut u64> {
+    SLUICE_DROPS.get_ptr_mut(reason as u32)
+}
+
+#[inline(always)]
+pub fn event_counter(event: Event) -> Option<*mut u64> {
+    SLUICE_EVENTS.get_ptr_mut(event as u32)
+}
+
+/// Keeps the name map in the object although no program reads it.
+#[inline(always)]
+pub fn touch_names() {
+    let _ = &SLUICE_SVC_NAME;
+}

@@ -1,0 +1,141 @@
+//! Bounds-checked header access and the parse of one IPv4 TCP/UDP packet.
+
+use aya_ebpf::programs::TcContext;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+use sluice_abi::{proto, stats::DropReason};
+
+/// TCP flag bits in byte 13 of the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Offset of the IPv4 header: pod-facing interfaces are Ethernet.
+pub const IP_OFF: usize = EthHdr::LEN;
+/// Offsets inside the IPv4 header.
+pub const IP_CHECK_OFF: usize = IP_OFF + 10;
+pub const IP_SADDR_OFF: usize = IP_OFF + 12;
+pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+
+/// What the dataplane needs of a TCP or UDP packet, copied out of it.
+pub struct Packet {
+    /// Offset of the L4 header (honours IPv4 options).
+    pub l4_off: usize,
+    /// IPv4 header length in bytes, 20..=60.
+    pub ihl_bytes: usize,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    /// Raw TCP flags; 0 for UDP.
+    pub tcp_flags: u8,
+    /// Length of the whole frame, for byte counters.
+    pub len: u32,
+}
+
+impl Packet {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub const fn l4_check_off(&self) -> usize {
+        if self.proto == proto::TCP { self.l4_off + 16 } else { self.l4_off + 6 }
+    }
+
+    #[inline(always)]
+    pub const fn is_tcp(&self) -> bool {
+        self.proto == proto::TCP
+    }
+
+    #[inline(always)]
+    pub const fn tcp_has(&self, flag: u8) -> bool {
+        self.tcp_flags & flag != 0
+    }
+}
+
+pub enum Parsed {
+    /// Not IPv4 TCP/UDP: pass it.
+    NotOurs,
+    /// An IPv4 TCP/UDP fragment to `daddr`: ports may be absent.
+    Fragment { daddr: [u8; 4] },
+    Packet(Packet),
+}
+
+/// Returns a pointer to a `T` at `off`, if the linear data holds it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Like `ptr_at`, but pulls non-linear data in first when the packet is long
+/// enough: headers of forwarded packets are not always in the linear area.
+#[inline(always)]
+fn header<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    if let Some(p) = ptr_at::<T>(ctx, off) {
+        return Some(p);
+    }
+    let want = off + size_of::<T>();
+    if (ctx.len() as usize) < want {
+        return None;
+    }
+    ctx.pull_data(want as u32).ok()?;
+    ptr_at::<T>(ctx, off)
+}
+
+/// Parses Ethernet, IPv4 and the TCP/UDP ports.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(Parsed::NotOurs);
+    };
+    // Compare the raw field: never read an enum from packet memory.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Ok(Parsed::NotOurs);
+    }
+    let ip = header::<Ipv4Hdr>(ctx, IP_OFF).ok_or(DropReason::MalformedIp)?;
+    let (vihl, l4proto, frags, saddr, daddr) =
+        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
+    if vihl >> 4 != 4 {
+        return Err(DropReason::MalformedIp);
+    }
+    let ihl_bytes = usize::from(vihl & 0x0f) * 4;
+    if ihl_bytes < Ipv4Hdr::LEN {
+        return Err(DropReason::MalformedIp);
+    }
+    if l4proto != proto::TCP && l4proto != proto::UDP {
+        return Ok(Parsed::NotOurs);
+    }
+    // More-fragments flag or a non-zero offset.
+    if u16::from_be_bytes(frags) & 0x3fff != 0 {
+        return Ok(Parsed::Fragment { daddr });
+    }
+    let l4_off = IP_OFF + ihl_bytes;
+    let len = ctx.len();
+    let (sport, dport, tcp_flags) = if l4proto == proto::TCP {
+        let tcp = header::<[u8; 20]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
+        let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, _, flags, ..] = unsafe { *tcp };
+        ([s0, s1], [d0, d1], flags)
+    } else {
+        let udp = header::<[u8; 8]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
+        let [s0, s1, d0, d1, ..] = unsafe { *udp };
+        ([s0, s1], [d0, d1], 0)
+    };
+    Ok(Parsed::Packet(Packet {
+        l4_off,
+        ihl_bytes,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: l4proto,
+        tcp_flags,
+        len,
+    }))
+}

@@ -1,0 +1,41 @@
+//! Counter updates. Per-CPU values: plain adds, no atomics needed.
+
+use sluice_abi::stats::{DropReason, Event, TrafficStats};
+
+use crate::maps;
+
+#[inline(always)]
+pub fn dropped(reason: DropReason) {
+    if let Some(c) = maps::drop_counter(reason) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn event(event: Event) {
+    if let Some(c) = maps::event_counter(event) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds one packet of `bytes` (and maybe a new flow) to a frontend and a backend.
+#[inline(always)]
+pub fn traffic(service_id: u32, backend_id: u32, bytes: u32, new_flow: bool) {
+    if let Some(s) = maps::service_stats(service_id) {
+        add(s, bytes, new_flow);
+    }
+    if let Some(s) = maps::backend_stats(backend_id) {
+        add(s, bytes, new_flow);
+    }
+}
+
+#[inline(always)]
+fn add(s: *mut TrafficStats, bytes: u32, new_flow: bool) {
+    unsafe {
+        (*s).packets += 1;
+        (*s).bytes += u64::from(bytes);
+        if new_flow {
+            (*s).new_flows += 1;
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The lab topology: one node namespace, pods wired to it by routed veths.
+//!
+//! ```text
+//!   pod ns: eth0 10.244.1.N/32, default via 10.244.0.1 (onlink)
+//!      │ veth
+//!   node ns: vethN (no address), route 10.244.1.N/32 dev vethN;
+//!            10.244.0.1/32 on lo (answers ARP on every veth);
+//!            ip_forward=1, rp_filter=0; the agent's TC program on vethN
+//! ```
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::mount::{MntFlags, umount2};
+
+use crate::{
+    Agent, AgentOptions, Netns, Responder,
+    netns::{owner_is_dead, unique_stem},
+};
+
+/// The pods' default gateway: an address of the node namespace.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+const LAB_DIR_PREFIX: &str = "sluice-lab-";
+
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The host side of its veth, in the node namespace.
+    pub host_if: String,
+    pub ns: Netns,
+}
+
+pub struct Lab {
+    dir: PathBuf,
+    stem: String,
+    // Field order is drop order: agent, responders, pods, node.
+    agent: Option<Agent>,
+    responders: Vec<Responder>,
+    pods: Vec<Pod>,
+    node: Netns,
+}
+
+impl Lab {
+    /// A node namespace and an empty manifest directory.
+    pub fn new() -> Result<Self> {
+        let stem = unique_stem();
+        let dir = std::env::temp_dir().join(format!("{LAB_DIR_PREFIX}{stem}"));
+        fs::create_dir_all(dir.join("manifests")).with_context(|| format!("creating {}", dir.display()))?;
+        let node = Netns::create(&format!("{stem}-node"))?;
+        let lab = Self { dir, stem, agent: None, responders: Vec::new(), pods: Vec::new(), node };
+        lab.node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
+        lab.node.sysctl("net.ipv4.ip_forward", "1")?;
+        // Replies are reverse-NATed to the ClusterIP before routing; the
+        // ClusterIP has no route back through the backend's veth.
+        lab.node.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        lab.node.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        Ok(lab)
+    }
+
+    pub fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// Adds a pod namespace with address `ip`, wired to the node.
+    pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<&Pod> {
+        let ns = Netns::create(&format!("{}-{name}", self.stem))?;
+        let host_if = format!("veth{}", self.pods.len());
+        self.node.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", &GATEWAY.to_string(), "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", &GATEWAY.to_string(), "dev", "eth0"])?;
+        self.node.ip(&["link", "set", &host_if, "up"])?;
+        self.node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+        self.pods.push(Pod { name: name.to_owned(), ip, host_if, ns });
+        self.pods.last().ok_or_else(|| anyhow!("pod vanished"))
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod `{name}` in the lab"))
+    }
+
+    /// Runs a responder in pod `name` on the given ports.
+    pub fn serve(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
+        let responder = Responder::start(&self.pod(name).ns, name, tcp, udp)?;
+        self.responders.push(responder);
+        Ok(())
+    }
+
+    /// Writes a manifest atomically (a hidden temporary file, then rename),
+    /// as `kubectl cp` or a ConfigMap update would.
+    pub fn write_manifest(&self, file: &str, content: &str) -> Result<()> {
+        let dir = self.manifests_dir();
+        let tmp = dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, content)?;
+        fs::rename(&tmp, dir.join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        Ok(fs::remove_file(self.manifests_dir().join(file))?)
+    }
+
+    /// Starts the agent in the node namespace and waits until it is ready.
+    pub fn start_agent(&mut self, opts: &AgentOptions) -> Result<&mut Agent> {
+        if self.agent.is_some() {
+            bail!("the agent is already running");
+        }
+        let agent = Agent::start(&self.node, &self.manifests_dir(), &self.pin_dir(), opts)?;
+        Ok(self.agent.insert(agent))
+    }
+
+    pub fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("the agent is not running")
+    }
+
+    /// Takes the running agent out (to stop or kill it).
+    pub fn take_agent(&mut self) -> Option<Agent> {
+        self.agent.take()
+    }
+
+    /// `sluice status` against this lab's pins.
+    pub fn status(&self, bin: &Path) -> Result<String> {
+        crate::run(std::process::Command::new(bin).arg("status").arg("--pin-dir").arg(self.pin_dir()))
+    }
+}
+
+impl Pod {
+    /// One request over a new TCP connection; returns the answer line.
+    pub fn tcp_request(&self, to: SocketAddr, timeout: Duration) -> Result<String> {
+        self.ns.run(move || -> Result<String> {
+            let mut s = TcpStream::connect_timeout(&to, timeout)?;
+            request_line(&mut s, timeout)
+        })?
+    }
+
+    /// Opens a TCP connection from this pod (for long-lived flows).
+    pub fn tcp_connect(&self, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        Ok(self.ns.run(move || TcpStream::connect_timeout(&to, timeout))??)
+    }
+
+    /// One UDP request/response from a fresh socket.
+    pub fn udp_request(&self, to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
+        self.ns.run(move || -> Result<(String, SocketAddr)> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send_to(b"hello\n", to)?;
+            let mut buf = [0u8; 2048];
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok((String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned(), from))
+        })?
+    }
+
+    /// A UDP socket in this pod.
+    pub fn udp_socket(&self) -> Result<UdpSocket> {
+        Ok(self.ns.run(|| UdpSocket::bind("0.0.0.0:0"))??)
+    }
+}
+
+/// Sends one request line on a connection and reads the answer line.
+pub fn request_line(s: &mut TcpStream, timeout: Duration) -> Result<String> {
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"hello\n")?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::by_ref(s).take(4096)).read_line(&mut line)?;
+    if line.is_empty() {
+        bail!("the connection closed without an answer");
+    }
+    Ok(line)
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.responders.clear();
+        self.pods.clear();
+        // The node namespace is dropped after this body; the pin directory is
+        // a bpffs the agent mounted: unmount it, which drops every pin.
+        let pin = self.pin_dir();
+        let _ = umount2(&pin, MntFlags::MNT_DETACH);
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Unmounts and removes lab directories of processes that are gone.
+pub(crate) fn reap_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_prefix(LAB_DIR_PREFIX) else { continue };
+        if owner_is_dead(stem) {
+            let _ = umount2(&entry.path().join("bpf"), MntFlags::MNT_DETACH);
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}

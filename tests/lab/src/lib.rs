@@ -1,0 +1,55 @@
+//! A lab of network namespaces for Sluice's end-to-end tests, benchmarks and
+//! `cargo xtask run`: a node namespace with routed veths to pod namespaces
+//! (/32 pod addresses and a route per pod, as Calico and Cilium wire pods),
+//! responders in the pods, and the agent running in the node namespace.
+//!
+//! Everything lives in namespaces the lab creates; nothing is added to the
+//! root network namespace. Names carry the process id, and every namespace,
+//! mount and process is removed on drop, also when a test panics.
+
+mod agent;
+mod lab;
+pub mod manifest;
+mod netns;
+mod responder;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+pub use agent::{Agent, AgentOptions};
+pub use lab::{GATEWAY, Lab, Pod};
+pub use netns::{Netns, reap_stale};
+pub use responder::Responder;
+
+/// Whether this process may load BPF programs and create namespaces.
+pub fn privileged() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// For privileged tests: `true` to go on. Without privileges the test is
+/// skipped with a message, except under `CI=true`, where a skip is a failure.
+pub fn require_privileges(test: &str) -> bool {
+    if privileged() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: privileged test cannot run without root, and CI=true forbids skipping it"
+    );
+    eprintln!("skipping {test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+    false
+}
+
+/// Runs a command; fails with its stderr when it exits non-zero.
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `ip ARGS…`
+pub(crate) fn ip(args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(args))
+}

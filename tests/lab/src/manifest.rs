@@ -1,0 +1,95 @@
+//! Service and EndpointSlice manifests for the lab, as YAML text.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+/// One Service port: name (may be empty), port, protocol.
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub name: String,
+    pub port: u16,
+    pub protocol: &'static str,
+}
+
+impl Port {
+    pub fn tcp(name: &str, port: u16) -> Self {
+        Self { name: name.into(), port, protocol: "TCP" }
+    }
+
+    pub fn udp(name: &str, port: u16) -> Self {
+        Self { name: name.into(), port, protocol: "UDP" }
+    }
+}
+
+/// One endpoint of a slice and its conditions.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    pub fn ready(ip: Ipv4Addr) -> Self {
+        Self { ip, ready: true, serving: true, terminating: false }
+    }
+}
+
+fn ports_yaml(out: &mut String, ports: &[Port], target: bool) {
+    if ports.is_empty() {
+        return;
+    }
+    out.push_str(if target { "ports:\n" } else { "  ports:\n" });
+    let indent = if target { "" } else { "  " };
+    for p in ports {
+        let _ = writeln!(out, "{indent}- port: {}\n{indent}  protocol: {}", p.port, p.protocol);
+        if !p.name.is_empty() {
+            let _ = writeln!(out, "{indent}  name: {}", p.name);
+        }
+    }
+}
+
+/// A ClusterIP Service (no selector: the slices are written by hand).
+pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  clusterIP: {cluster_ip}\n"
+    );
+    ports_yaml(&mut out, ports, false);
+    out
+}
+
+/// An EndpointSlice of `service`; `ports` carry the endpoint (target) ports.
+pub fn endpoint_slice(name: &str, service: &str, ports: &[Port], endpoints: &[Endpoint]) -> String {
+    let mut out = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n"
+    );
+    ports_yaml(&mut out, ports, true);
+    out.push_str("endpoints:\n");
+    if endpoints.is_empty() {
+        out.truncate(out.len() - 1);
+        out.push_str(" []\n");
+    }
+    for e in endpoints {
+        let _ = writeln!(
+            out,
+            "- addresses: [\"{}\"]\n  conditions: {{ready: {}, serving: {}, terminating: {}}}",
+            e.ip, e.ready, e.serving, e.terminating
+        );
+    }
+    out
+}
+
+/// A Service and its one slice, as one multi-document file.
+pub fn service_with_endpoints(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    ports: &[Port],
+    target_ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    format!(
+        "{}---\n{}",
+        service(name, cluster_ip, ports),
+        endpoint_slice(&format!("{name}-1"), name, target_ports, endpoints)
+    )
+}

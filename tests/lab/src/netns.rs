@@ -1,0 +1,118 @@
+//! Named network namespaces (`ip netns`), entered per thread.
+
+use std::{
+    fs::{self, File},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use nix::sched::{CloneFlags, setns};
+
+use crate::ip;
+
+/// Prefix of every namespace the lab creates: `sl<pid>x<n>-<role>`.
+const PREFIX: &str = "sl";
+const NETNS_DIR: &str = "/run/netns";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name stem for this process: `sl<pid>x<n>`.
+pub fn unique_stem() -> String {
+    format!("{PREFIX}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name])?;
+        let ns = Self { name: name.to_owned() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS…`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Sets a sysctl inside the namespace (through its own /proc/sys view).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        self.run(move || fs::write(&path, value).with_context(|| format!("writing {path}")))?
+    }
+
+    /// Opens the namespace file, for `setns`.
+    pub fn open(&self) -> Result<File> {
+        File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets made
+    /// there stay in the namespace wherever they are used afterwards.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file = self.open()?;
+        thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread in namespace {} panicked", self.name))?
+    }
+
+    /// Spawns `f` on a thread in this namespace and returns its handle.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<thread::JoinHandle<Result<T>>> {
+        let file = self.open()?;
+        Ok(thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+            Ok(f())
+        }))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("warning: removing netns {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Removes namespaces and lab mounts left by lab processes that died without
+/// cleaning up (SIGKILL, OOM); those of live processes are left alone.
+pub fn reap_stale() {
+    let Ok(entries) = fs::read_dir(NETNS_DIR) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if owner_is_dead(&name) {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+    crate::lab::reap_stale_dirs();
+}
+
+/// `sl<pid>x…` names whose pid no longer runs.
+pub(crate) fn owner_is_dead(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    let Some((pid, _)) = rest.split_once('x') else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    !PathBuf::from(format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,49 @@
+//! Developer tasks: `setup`, `doctor`, `build`, `run`, `test`.
+//!
+//! `run` and `test` call `setup` first when something is missing, so a fresh
+//! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
+
+mod prereqs;
+mod run;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Sluice developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (idempotent: does nothing when all are present).
+    Setup,
+    /// Say what is missing and why, without changing anything.
+    Doctor,
+    /// Build the agent (and with it the embedded eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run Sluice in a local lab of network namespaces until Ctrl-C.
+    Run(run::Args),
+    /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and end-to-end.
+    Test(test::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => prereqs::setup(),
+        Command::Doctor => prereqs::doctor(),
+        Command::Build { release } => {
+            prereqs::ensure()?;
+            run::build_agent(release).map(drop)
+        }
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::test(&args),
+    }
+}
