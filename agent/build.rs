@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (ebpf/programs) with aya-build and leaves the
-//! object in OUT_DIR, where `src/lib.rs` embeds it.
+//! object in `OUT_DIR`, where `src/lib.rs` embeds it.
 //!
 //! With `AYA_BUILD_SKIP=1` (lint runs on machines without bpf-linker) an empty
 //! stub is written instead, so `include_bytes_aligned!` still finds a file;

@@ -30,7 +30,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     // Watch before the first scan, so that no change falls in between.
     let (tx, mut changes) = mpsc::unbounded_channel();
-    let _watcher = watch_dir(&manifests, tx)
+    let watcher = watch_dir(&manifests, tx)
         .with_context(|| format!("watching manifest directory `{}`", manifests.display()))?;
     let mut dir = ManifestDir::new(&manifests);
     let first = dir.rescan().context("reading the manifests")?;
@@ -84,7 +84,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
     }
     // Drain: stop watching first; the programs and maps stay pinned.
-    drop(_watcher);
+    drop(watcher);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
 }

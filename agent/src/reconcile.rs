@@ -278,8 +278,8 @@ mod tests {
             }
         }
 
-        fn backends_of(&self, key: &ServiceKey) -> BTreeSet<(Ipv4Addr, u16)> {
-            let v = self.services[key];
+        fn backends_of(&self, key: ServiceKey) -> BTreeSet<(Ipv4Addr, u16)> {
+            let v = self.services[&key];
             (0..u32::from(v.count))
                 .map(|slot| {
                     let b = self.slots[&SlotKey { service_id: v.id, slot }];
@@ -325,7 +325,7 @@ mod tests {
             last = reconcile(d, &mut current);
             maps.apply(&last, &allowed);
             for (key, f) in &d.frontends {
-                assert_eq!(maps.backends_of(key), f.backends, "{key:?} after the update");
+                assert_eq!(maps.backends_of(*key), f.backends, "{key:?} after the update");
             }
             assert_eq!(maps.services.len(), d.frontends.len() + d.cluster_ips.len());
             before = now;

@@ -21,7 +21,7 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-fn frontend(k: &ServiceKey) -> String {
+fn frontend(k: ServiceKey) -> String {
     format!("{}:{}/{}", k.addr(), k.port(), proto_name(k.proto))
 }
 
@@ -55,7 +55,7 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
     );
     for (key, value) in &services {
         let name = names.get(&value.id).map_or("?", String::as_str);
-        row(&mut out, name, &frontend(key), &value.count.to_string(), svc_stats(value.id));
+        row(&mut out, name, &frontend(*key), &value.count.to_string(), svc_stats(value.id));
         let mut backends = slots.remove(&value.id).unwrap_or_default();
         backends.sort_by_key(|(slot, _)| *slot);
         for (slot, b) in backends {

@@ -258,7 +258,7 @@ fn bpf_linker_state() -> Result<BpfLinker> {
     // bpf-linker ≥ 0.11 links libLLVM dynamically; its soname carries the major.
     let ldd = output(Command::new("ldd").arg(&path)).unwrap_or_default();
     let llvm_major = ldd.lines().find_map(|l| {
-        let name = l.trim().split_whitespace().next()?;
+        let name = l.split_whitespace().next()?;
         let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
         parse_major(rest.trim_end_matches(".so")).ok()
     });

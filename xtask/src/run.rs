@@ -1,15 +1,154 @@
-//! `cargo xtask run`: the agent in a local lab.
-use std::path::PathBuf;
+//! `cargo xtask run`: Sluice on its embedded default, a local lab.
+//!
+//! A node namespace with a client pod and three backend pods, the example
+//! manifests (manifests/examples/) in a watched directory, the agent on the
+//! node, and a client that keeps sending requests through the ClusterIP and
+//! prints which backend answered. Ctrl-C tears the lab down.
 
-use anyhow::Result;
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use sluice_lab::{AgentOptions, Lab};
+
+use crate::prereqs;
+
+/// Addresses in manifests/examples/web.yaml.
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const BACKENDS: [(&str, Ipv4Addr); 3] = [
+    ("web-0", Ipv4Addr::new(10, 244, 1, 10)),
+    ("web-1", Ipv4Addr::new(10, 244, 1, 11)),
+    ("web-2", Ipv4Addr::new(10, 244, 1, 12)),
+];
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+const TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args)]
-pub struct Args {}
-
-pub fn build_agent(_release: bool) -> Result<PathBuf> {
-    anyhow::bail!("todo")
+pub struct Args {
+    /// Stop after this many requests, and fail unless every backend answered
+    /// (a non-interactive check of the demo).
+    #[arg(long)]
+    pub requests: Option<u32>,
+    /// Build and run the agent in release mode.
+    #[arg(long)]
+    pub release: bool,
 }
 
-pub fn run(_args: &Args) -> Result<()> {
-    anyhow::bail!("todo")
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds `sluice` (and with it the eBPF object); returns the binary's path.
+pub fn build_agent(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args(["build", "-p", "sluice-agent", "--bin", "sluice"]);
+    if release {
+        cmd.arg("--release");
+    }
+    prereqs::run(&mut cmd)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target.join(if release { "release" } else { "debug" }).join("sluice"))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    prereqs::ensure()?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`cargo xtask run` needs root: it creates network namespaces and loads BPF programs");
+    }
+    let bin = build_agent(args.release)?;
+    sluice_lab::reap_stale();
+    let handler = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        sigaction(Signal::SIGINT, &handler)?;
+        sigaction(Signal::SIGTERM, &handler)?;
+    }
+
+    let mut lab = Lab::new()?;
+    lab.add_pod("client", CLIENT)?;
+    for (name, ip) in BACKENDS {
+        lab.add_pod(name, ip)?;
+        lab.serve(name, &[8080], &[5353])?;
+    }
+    let examples = workspace_root().join("manifests/examples");
+    for entry in fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            lab.write_manifest(name, &fs::read_to_string(&path)?)?;
+        }
+    }
+    let interactive = args.requests.is_none();
+    let opts = AgentOptions {
+        bin: bin.clone(),
+        service_cidr: Some(SERVICE_CIDR.into()),
+        echo: interactive,
+        ..AgentOptions::default()
+    };
+    lab.start_agent(&opts)?;
+    let client = lab.pod("client");
+    println!("\nSluice is running in namespace {}; pods are namespaces too:", lab.node().name());
+    println!("  client {CLIENT}  (ip netns exec {} …)", client.ns.name());
+    for (name, ip) in BACKENDS {
+        println!("  {name} {ip}");
+    }
+    println!("Manifests (edit them, the agent applies changes at once): {}", lab.manifests_dir().display());
+    println!("Status:  {} status --pin-dir {}", bin.display(), lab.pin_dir().display());
+    println!(
+        "Try:     ip netns exec {} bash -c 'exec 3<>/dev/tcp/{WEB_VIP}/80; echo hi >&3; head -1 <&3'\n",
+        client.ns.name()
+    );
+
+    let refused = client.tcp_request(SocketAddr::from((EMPTY_VIP, 80)), TIMEOUT);
+    println!("default/empty ({EMPTY_VIP}:80, no endpoints): {}", refused.as_ref().map_or_else(|e| format!("{e:#}"), Clone::clone).trim());
+    let udp = client.udp_request(SocketAddr::from((WEB_VIP, 53)), TIMEOUT);
+    println!("default/web UDP ({WEB_VIP}:53): {}", udp.as_ref().map_or_else(|e| format!("{e:#}"), |(a, from)| format!("{} from {from}", a.trim())));
+
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut sent = 0u32;
+    while !STOP.load(Ordering::SeqCst) && args.requests.is_none_or(|n| sent < n) {
+        sent += 1;
+        match client.tcp_request(SocketAddr::from((WEB_VIP, 80)), TIMEOUT) {
+            Ok(answer) => {
+                let backend = answer.split_whitespace().next().unwrap_or("?").to_owned();
+                *counts.entry(backend.clone()).or_default() += 1;
+                let tally: Vec<String> = counts.iter().map(|(b, n)| format!("{b}={n}")).collect();
+                println!("request {sent:>4} to {WEB_VIP}:80 answered by {backend:<6} [{}]", tally.join(" "));
+            }
+            Err(e) => println!("request {sent:>4} to {WEB_VIP}:80 failed: {e:#}"),
+        }
+        if interactive {
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+    println!("\n{}", lab.status(&bin)?);
+    drop(lab);
+    println!("lab torn down");
+
+    if args.requests.is_some() {
+        if counts.len() != BACKENDS.len() {
+            bail!("not every backend answered: {counts:?}");
+        }
+        if refused.is_ok() {
+            bail!("a Service without endpoints answered");
+        }
+        udp.context("UDP through the ClusterIP")?;
+    }
+    Ok(())
 }

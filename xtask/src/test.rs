@@ -1,9 +1,82 @@
-//! `cargo xtask test`.
-use anyhow::Result;
+//! `cargo xtask test`: every test, in three tiers.
+//!
+//! 1. host unit tests (abi, agent, lab, xtask);
+//! 2. lints (clippy on the host crates and on the eBPF crate for its target);
+//! 3. privileged tests, one at a time: packet tests through
+//!    BPF_PROG_TEST_RUN and end-to-end tests in network namespaces, against
+//!    the `sluice` binary built here;
+//! 4. a smoke run of `cargo xtask run` (the README's first command).
+//!
+//! Under `CI=true` a privileged test that cannot run fails instead of
+//! skipping (see `sluice_lab::require_privileges`).
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{prereqs, run};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Only run tests whose name contains this filter (all tiers).
+    filter: Option<String>,
+    /// Skip clippy.
+    #[arg(long)]
+    no_lint: bool,
+}
 
-pub fn test(_args: &Args) -> Result<()> {
-    anyhow::bail!("todo")
+pub fn test(args: &Args) -> Result<()> {
+    prereqs::ensure()?;
+    if !nix::unistd::geteuid().is_root() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("CI=true: the privileged tests must run, and they need root");
+    }
+    sluice_lab::reap_stale();
+    let bin = run::build_agent(false)?;
+    let filter: Vec<&str> = args.filter.iter().map(String::as_str).collect();
+
+    step("unit tests");
+    cargo(&["test", "--workspace", "--exclude", "sluice-ebpf", "--exclude", "sluice-e2e"], &filter, &[])?;
+
+    if !args.no_lint {
+        step("lints");
+        cargo(&["clippy", "--workspace", "--exclude", "sluice-ebpf", "--all-targets", "--", "-D", "warnings"], &[], &[])?;
+        let mut ebpf = Command::new("cargo");
+        // aya-build passes the same cfg: it selects the helper bindings.
+        ebpf.env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH));
+        ebpf.current_dir(run::workspace_root().join("ebpf/programs")).args([
+            "+nightly", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core",
+            "--", "-D", "warnings",
+        ]);
+        prereqs::run(&mut ebpf)?;
+    }
+
+    step("privileged tests: packet (BPF_PROG_TEST_RUN) and end-to-end (network namespaces)");
+    let bin_env = bin.display().to_string();
+    let mut e2e_args = vec!["--test-threads=1"];
+    e2e_args.extend(&filter);
+    cargo(&["test", "-p", "sluice-e2e"], &e2e_args, &[("SLUICE_BIN", bin_env.as_str())])?;
+
+    if args.filter.is_none() {
+        step("smoke run of `cargo xtask run`");
+        run::run(&run::Args { requests: Some(30), release: false })?;
+    }
+    println!("\nall tests passed");
+    Ok(())
+}
+
+fn step(name: &str) {
+    println!("\n==> {name}");
+}
+
+fn cargo(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args);
+    if !test_args.is_empty() && args.first() == Some(&"test") {
+        if !args.contains(&"--") {
+            cmd.arg("--");
+        }
+        cmd.args(test_args);
+    }
+    cmd.envs(env.iter().copied());
+    prereqs::run(&mut cmd)
 }

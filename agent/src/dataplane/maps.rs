@@ -99,21 +99,21 @@ impl Maps {
                 }
                 self.services.insert(key, value, 0).map_err(map_err(names::SERVICES))
             }
-            Op::DeleteSlot(slot) => remove(&mut self.slots, slot, names::SLOTS),
+            Op::DeleteSlot(slot) => removed(self.slots.remove(slot), names::SLOTS),
             Op::DeleteService { key, id } => {
-                remove(&mut self.services, key, names::SERVICES)?;
-                remove(&mut self.names, id, names::SERVICE_NAMES)?;
-                remove_stats(&mut self.service_stats, id, names::SERVICE_STATS)
+                removed(self.services.remove(key), names::SERVICES)?;
+                removed(self.names.remove(id), names::SERVICE_NAMES)?;
+                removed(self.service_stats.remove(id), names::SERVICE_STATS)
             }
             Op::DeleteBackend(id) => {
-                remove(&mut self.backends, id, names::BACKENDS)?;
-                remove_stats(&mut self.backend_stats, id, names::BACKEND_STATS)
+                removed(self.backends.remove(id), names::BACKENDS)?;
+                removed(self.backend_stats.remove(id), names::BACKEND_STATS)
             }
             Op::PutMarker(ip) => {
                 let value = ServiceValue { id: 0, count: 0, flags: SVC_FLAG_MARKER };
                 self.services.insert(ServiceKey::marker(*ip), value, 0).map_err(map_err(names::SERVICES))
             }
-            Op::DeleteMarker(ip) => remove(&mut self.services, &ServiceKey::marker(*ip), names::SERVICES),
+            Op::DeleteMarker(ip) => removed(self.services.remove(&ServiceKey::marker(*ip)), names::SERVICES),
         }
     }
 }
@@ -126,20 +126,8 @@ fn collect<K, V>(
 }
 
 /// Deleting what is already gone is fine: the goal state is reached.
-fn remove<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    key: &K,
-    name: &'static str,
-) -> Result<(), Error> {
-    match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(map_err(name)(e)),
-    }
-}
-
-fn remove_stats(map: &mut PerCpuHashMap<MapData, u32, TrafficStats>, id: &u32, name: &'static str) -> Result<(), Error> {
-    match map.remove(id) {
+fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), Error> {
+    match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(map_err(name)(e)),

@@ -6,6 +6,10 @@
 //! order as byte arrays (fields ending in `_be`): the kernel copies them into
 //! packets without swapping. No map value holds an enum, `bool` or `Option`.
 #![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "the eBPF programs use these helpers; the verifier is happier without BPF-to-BPF calls"
+)]
 
 pub mod config;
 pub mod conntrack;

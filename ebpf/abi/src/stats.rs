@@ -38,9 +38,10 @@ macro_rules! counter_enum {
 
         impl $name {
             pub const ALL: &[Self] = &[$(Self::$variant,)*];
+            #[expect(clippy::cast_possible_truncation, reason = "a handful of variants")]
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
-            /// Stable snake_case label, for tables and metrics.
+            /// Stable `snake_case` label, for tables and metrics.
             pub const fn label(self) -> &'static str {
                 match self { $(Self::$variant => $label,)* }
             }
@@ -86,7 +87,7 @@ counter_enum! {
     Event {
         /// A new flow was balanced to a backend.
         NewFlow = 0 => "new_flow",
-        /// A packet of a tracked flow was DNATed.
+        /// A packet of a tracked flow was DNAT-ed.
         Established = 1 => "established",
         /// A reply was reverse-NATed.
         Reply = 2 => "reply",

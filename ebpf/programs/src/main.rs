@@ -15,12 +15,7 @@ mod parse;
 mod reject;
 mod stats;
 
-use aya_ebpf::{
-    Global,
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{Global, macros::classifier, programs::TcContext};
 use sluice_abi::{
     config::DataplaneConfig,
     service::{ServiceKey, ServiceValue},
@@ -31,6 +26,11 @@ use crate::{
     conntrack::Binding,
     parse::{Packet, Parsed},
 };
+
+/// TC verdicts (linux/pkt_cls.h), as the classifier returns them.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// Set by the agent at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -47,7 +47,7 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             stats::dropped(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -74,7 +74,7 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
         stats::traffic(reply.service_id, reply.backend_id, p.len, false);
         stats::event(Event::Reply);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // kube-proxy nftables mode: with a service CIDR known, traffic to an
     // unallocated address in it, or to a ClusterIP on a port no Service has,
@@ -115,13 +115,13 @@ fn to_service(
     };
     nat::rewrite_dst(ctx, p, to.addr, to.port)?;
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }
 
 #[inline(always)]
 fn pass() -> i32 {
     stats::event(Event::Pass);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

@@ -70,7 +70,7 @@ pub fn slot(key: &SlotKey) -> Option<Backend> {
 
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Backend> {
-    SLUICE_BACKEND.get_ptr(&id).map(|p| unsafe { core::ptr::read_volatile(p) })
+    SLUICE_BACKEND.get_ptr(id).map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 #[inline(always)]
@@ -91,12 +91,12 @@ pub fn conntrack_remove(key: &CtKey) {
 
 #[inline(always)]
 pub fn service_stats(id: u32) -> Option<*mut TrafficStats> {
-    SLUICE_SVC_STAT.get_ptr_mut(&id)
+    SLUICE_SVC_STAT.get_ptr_mut(id)
 }
 
 #[inline(always)]
 pub fn backend_stats(id: u32) -> Option<*mut TrafficStats> {
-    SLUICE_BE_STAT.get_ptr_mut(&id)
+    SLUICE_BE_STAT.get_ptr_mut(id)
 }
 
 #[inline(always)]

@@ -7,7 +7,6 @@
 //! instead of timing out.
 
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -15,6 +14,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use sluice_abi::{csum, proto, stats::{DropReason, Event}};
 
 use crate::{
+    TC_ACT_REDIRECT,
     parse::{IP_OFF, Packet},
     stats,
 };
@@ -45,7 +45,7 @@ pub fn reject(ctx: &TcContext, p: &Packet, reason: DropReason) -> Result<i32, Dr
         return Err(DropReason::RejectFailed);
     }
     stats::event(Event::RejectSent);
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 #[inline(always)]

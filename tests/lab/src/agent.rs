@@ -31,11 +31,19 @@ pub struct AgentOptions {
     pub interfaces: String,
     pub service_cidr: Option<String>,
     pub extra_args: Vec<String>,
+    /// Print the agent's log lines as they come (also with `SLUICE_LAB_ECHO`).
+    pub echo: bool,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { bin: default_bin(), interfaces: "veth*".into(), service_cidr: None, extra_args: Vec::new() }
+        Self {
+            bin: default_bin(),
+            interfaces: "veth*".into(),
+            service_cidr: None,
+            extra_args: Vec::new(),
+            echo: env::var_os("SLUICE_LAB_ECHO").is_some(),
+        }
     }
 }
 
@@ -98,10 +106,10 @@ impl Agent {
         let log = Arc::new(Log::default());
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            readers.push(pump(BufReader::new(out), log.clone()));
+            readers.push(pump(BufReader::new(out), log.clone(), opts.echo));
         }
         if let Some(err) = child.stderr.take() {
-            readers.push(pump(BufReader::new(err), log.clone()));
+            readers.push(pump(BufReader::new(err), log.clone(), opts.echo));
         }
         let mut agent = Self { child: Some(child), log, readers };
         agent.wait_for(READY, 0, START_TIMEOUT).context("the agent did not become ready")?;
@@ -180,11 +188,11 @@ impl Agent {
     }
 }
 
-fn pump(reader: impl BufRead + Send + 'static, log: Arc<Log>) -> thread::JoinHandle<()> {
+fn pump(reader: impl BufRead + Send + 'static, log: Arc<Log>, echo: bool) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in reader.lines() {
             let Ok(line) = line else { return };
-            if env::var_os("SLUICE_LAB_ECHO").is_some() {
+            if echo {
                 eprintln!("agent: {line}");
             }
             if let Ok(mut lines) = log.lines.lock() {

@@ -102,7 +102,7 @@ impl Lab {
     }
 
     /// Writes a manifest atomically (a hidden temporary file, then rename),
-    /// as `kubectl cp` or a ConfigMap update would.
+    /// as `kubectl cp` or a `ConfigMap` update would.
     pub fn write_manifest(&self, file: &str, content: &str) -> Result<()> {
         let dir = self.manifests_dir();
         let tmp = dir.join(format!(".{file}.tmp"));

@@ -6,6 +6,7 @@
 //! Everything lives in namespaces the lab creates; nothing is added to the
 //! root network namespace. Names carry the process id, and every namespace,
 //! mount and process is removed on drop, also when a test panics.
+#![allow(clippy::expect_used, reason = "test harness: a failed expectation fails the test")]
 
 mod agent;
 mod lab;
