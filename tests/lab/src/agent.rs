@@ -86,7 +86,7 @@ impl Agent {
             .arg(pin_dir)
             .args(opts.service_cidr.iter().flat_map(|c| ["--service-cidr", c.as_str()]))
             .args(&opts.extra_args)
-            .env("RUST_LOG", env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -100,6 +100,10 @@ impl Agent {
                 }
                 Ok(())
             });
+        }
+        // SLUICE_LOG sets the agent's RUST_LOG; otherwise its flags decide.
+        if let Ok(filter) = env::var("SLUICE_LOG") {
+            cmd.env("RUST_LOG", filter);
         }
         let mut child = cmd.spawn().with_context(|| format!("starting {}", opts.bin.display()))?;
         drop(netns);

@@ -26,7 +26,7 @@ use crate::{
 
 /// The pods' default gateway: an address of the node namespace.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
-const LAB_DIR_PREFIX: &str = "sluice-lab-";
+pub(crate) const LAB_DIR_PREFIX: &str = "sluice-lab-";
 
 pub struct Pod {
     pub name: String,
@@ -165,10 +165,65 @@ impl Pod {
         })?
     }
 
+    /// Sends a raw Ethernet frame out of the pod's eth0 (an `AF_PACKET` socket),
+    /// e.g. a malformed packet no socket API would build.
+    pub fn send_raw_frame(&self, frame: Vec<u8>) -> Result<()> {
+        self.ns.run(move || -> Result<()> {
+            let ifindex = nix::net::if_::if_nametoindex("eth0")?;
+            // SAFETY: plain socket(2)/sendto(2) calls on a descriptor we own,
+            // with a zeroed and filled-in sockaddr_ll.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+                }
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = u16::try_from(libc::AF_PACKET)?;
+                addr.sll_ifindex = i32::try_from(ifindex)?;
+                addr.sll_halen = 6;
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    std::ptr::from_ref(&addr).cast(),
+                    u32::try_from(size_of::<libc::sockaddr_ll>())?,
+                );
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if sent < 0 {
+                    bail!("sendto: {err}");
+                }
+            }
+            Ok(())
+        })?
+    }
+
+    /// The MAC address of an interface in this pod's namespace.
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        mac_of(&self.ns, iface)
+    }
+
     /// A UDP socket in this pod.
     pub fn udp_socket(&self) -> Result<UdpSocket> {
         Ok(self.ns.run(|| UdpSocket::bind("0.0.0.0:0"))??)
     }
+}
+
+/// The MAC address of `iface` in `ns`, from `ip link show`.
+pub fn mac_of(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&["link", "show", iface])?;
+    let text = out
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no MAC address for {iface}"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next().ok_or_else(|| anyhow!("bad MAC {text}"))?, 16)?;
+    }
+    Ok(mac)
 }
 
 /// Sends one request line on a connection and reads the answer line.

@@ -9,7 +9,8 @@
 #![allow(clippy::expect_used, reason = "test harness: a failed expectation fails the test")]
 
 mod agent;
-mod lab;
+mod bpffs;
+pub mod lab;
 pub mod manifest;
 mod netns;
 mod responder;
@@ -17,7 +18,8 @@ mod responder;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-pub use agent::{Agent, AgentOptions};
+pub use agent::{Agent, AgentOptions, default_bin};
+pub use bpffs::Bpffs;
 pub use lab::{GATEWAY, Lab, Pod};
 pub use netns::{Netns, reap_stale};
 pub use responder::Responder;

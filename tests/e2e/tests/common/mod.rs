@@ -1,0 +1,101 @@
+//! Shared set-up of the end-to-end tests: the `web` Service lab.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(clippy::unwrap_used, reason = "test helpers: a failure fails the test")]
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use sluice_lab::{
+    Lab,
+    manifest::{self, Endpoint, Port},
+};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const T: Duration = Duration::from_secs(2);
+/// How long the agent may take to apply a manifest change (it takes
+/// milliseconds; this only bounds the wait for its log line).
+pub const APPLY: Duration = Duration::from_secs(5);
+
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, 10 + u8::try_from(i).unwrap())
+}
+
+pub fn backend_name(i: usize) -> String {
+    format!("b{i}")
+}
+
+pub fn http() -> SocketAddr {
+    SocketAddr::from((VIP, 80))
+}
+
+pub fn dns() -> SocketAddr {
+    SocketAddr::from((VIP, 53))
+}
+
+/// `web`: http 80/TCP → 8080 and dns 53/UDP → 5353 on the given backends.
+pub fn web_manifest(backends: &[usize]) -> String {
+    let eps: Vec<Endpoint> = backends.iter().map(|&i| Endpoint::ready(backend_ip(i))).collect();
+    manifest::service_with_endpoints(
+        "web",
+        VIP,
+        &[Port::tcp("http", 80), Port::udp("dns", 53)],
+        &[Port::tcp("http", 8080), Port::udp("dns", 5353)],
+        &eps,
+    )
+}
+
+/// A lab with a client and `n` backends serving 8080/TCP and 5353/UDP, and
+/// `web` pointing at all of them. The agent is not started.
+pub fn web_lab(n: usize) -> Lab {
+    let mut lab = Lab::new().unwrap();
+    lab.add_pod("client", CLIENT).unwrap();
+    for i in 0..n {
+        lab.add_pod(&backend_name(i), backend_ip(i)).unwrap();
+        lab.serve(&backend_name(i), &[8080], &[5353]).unwrap();
+    }
+    lab.write_manifest("web.yaml", &web_manifest(&(0..n).collect::<Vec<_>>())).unwrap();
+    lab
+}
+
+/// The backend name in a responder's answer (`<name> <peer>`).
+pub fn who(answer: &str) -> String {
+    answer.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// The peer the backend saw, from its answer.
+pub fn peer(answer: &str) -> SocketAddr {
+    answer.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends up to `max` requests over new connections until every name in
+/// `want` answered; returns how often each backend answered.
+pub fn spread(lab: &Lab, to: SocketAddr, want: usize, max: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..max {
+        let answer = lab.pod("client").tcp_request(to, T).unwrap();
+        *seen.entry(who(&answer)).or_insert(0) += 1;
+        if seen.len() == want {
+            break;
+        }
+    }
+    seen
+}
+
+/// Writes a manifest and waits for the agent to log that it applied it.
+pub fn apply(lab: &mut Lab, file: &str, content: &str) -> String {
+    let mark = lab.agent().log_len();
+    lab.write_manifest(file, content).unwrap();
+    lab.agent().wait_for("manifests applied", mark, APPLY).unwrap()
+}
+
+/// Removes a manifest and waits for the agent to apply that.
+pub fn delete(lab: &mut Lab, file: &str) {
+    let mark = lab.agent().log_len();
+    lab.remove_manifest(file).unwrap();
+    lab.agent().wait_for("manifests applied", mark, APPLY).unwrap();
+}
