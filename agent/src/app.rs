@@ -24,9 +24,19 @@ use crate::{
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    let RunConfig { manifests, interfaces, pin_dir, conntrack_size, dataplane: config } = cfg;
-    let mut dp = Dataplane::load(&dataplane::Options { pin_dir, conntrack_size, config })
-        .context("loading the dataplane")?;
+    let RunConfig {
+        manifests,
+        interfaces,
+        pin_dir,
+        conntrack_size,
+        dataplane: config,
+    } = cfg;
+    let mut dp = Dataplane::load(&dataplane::Options {
+        pin_dir,
+        conntrack_size,
+        config,
+    })
+    .context("loading the dataplane")?;
 
     // Watch before the first scan, so that no change falls in between.
     let (tx, mut changes) = mpsc::unbounded_channel();
@@ -92,7 +102,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 fn sync(dir: &ManifestDir, dp: &mut Dataplane) {
     let desired = dir.model().desired();
     match dp.sync(&desired) {
-        Ok(ops) => tracing::info!(frontends = desired.frontends.len(), map_ops = ops, "manifests applied"),
+        Ok(ops) => tracing::info!(
+            frontends = desired.frontends.len(),
+            map_ops = ops,
+            "manifests applied"
+        ),
         Err(e) => tracing::error!("applying the manifests: {:#}", anyhow::Error::from(e)),
     }
 }
@@ -107,7 +121,10 @@ fn attach(dp: &mut Dataplane, interfaces: &InterfaceMatcher, name: &str) {
     }
 }
 
-fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+fn watch_dir(
+    dir: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Our own reads show up as access events: ignore them.
         let relevant = event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)));

@@ -74,7 +74,15 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
-        let RunArgs { config, manifests, interfaces, service_cidr, pin_dir, conntrack_size, log_level: _ } = args;
+        let RunArgs {
+            config,
+            manifests,
+            interfaces,
+            service_cidr,
+            pin_dir,
+            conntrack_size,
+            log_level: _,
+        } = args;
         let file = match &config {
             Some(path) => load(path)?,
             None => FileConfig::default(),
@@ -96,14 +104,18 @@ impl RunConfig {
             }
             None => DataplaneConfig::default(),
         };
-        let conntrack_size = conntrack_size.or(file.conntrack_size).unwrap_or(DEFAULT_CONNTRACK_SIZE);
+        let conntrack_size = conntrack_size
+            .or(file.conntrack_size)
+            .unwrap_or(DEFAULT_CONNTRACK_SIZE);
         if conntrack_size < 2 {
             return Err(ConfigError::ConntrackSize);
         }
         Ok(Self {
             manifests,
             interfaces,
-            pin_dir: pin_dir.or(file.pin_dir).unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            pin_dir: pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             conntrack_size,
             dataplane,
         })
@@ -116,15 +128,25 @@ pub fn file_log_level(path: &Path) -> Option<String> {
 }
 
 fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
 }
 
 fn split(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
@@ -141,7 +163,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.yaml");
         fs::write(&path, yaml).unwrap();
-        RunConfig::from_args(RunArgs { config: Some(path), ..args })
+        RunConfig::from_args(RunArgs {
+            config: Some(path),
+            ..args
+        })
     }
 
     #[test]
@@ -152,14 +177,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.manifests, PathBuf::from("/m"));
-        assert!(c.interfaces.matches("veth12") && c.interfaces.matches("eth0") && !c.interfaces.matches("eth1"));
+        assert!(
+            c.interfaces.matches("veth12")
+                && c.interfaces.matches("eth0")
+                && !c.interfaces.matches("eth1")
+        );
         assert!(c.dataplane.in_service_cidr([10, 100, 0, 1]));
         assert_eq!(c.pin_dir, PathBuf::from("/p"));
         assert_eq!(c.conntrack_size, 1024);
 
         let c = with_file(
             "manifests: /m\ninterfaces: 'veth*'\n",
-            RunArgs { manifests: Some("/flag".into()), conntrack_size: Some(64), ..RunArgs::default() },
+            RunArgs {
+                manifests: Some("/flag".into()),
+                conntrack_size: Some(64),
+                ..RunArgs::default()
+            },
         )
         .unwrap();
         assert_eq!(c.manifests, PathBuf::from("/flag"));
@@ -176,12 +209,29 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let args = || RunArgs { manifests: Some("/m".into()), interfaces: Some("eth0".into()), ..RunArgs::default() };
-        let err = RunConfig::from_args(RunArgs { service_cidr: Some("10.96.0.0/33".into()), ..args() }).unwrap_err();
+        let args = || RunArgs {
+            manifests: Some("/m".into()),
+            interfaces: Some("eth0".into()),
+            ..RunArgs::default()
+        };
+        let err = RunConfig::from_args(RunArgs {
+            service_cidr: Some("10.96.0.0/33".into()),
+            ..args()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("service-cidr"));
-        assert!(matches!(RunConfig::from_args(RunArgs { manifests: None, ..args() }), Err(ConfigError::NoSource)));
         assert!(matches!(
-            RunConfig::from_args(RunArgs { interfaces: Some(" , ".into()), ..args() }),
+            RunConfig::from_args(RunArgs {
+                manifests: None,
+                ..args()
+            }),
+            Err(ConfigError::NoSource)
+        ));
+        assert!(matches!(
+            RunConfig::from_args(RunArgs {
+                interfaces: Some(" , ".into()),
+                ..args()
+            }),
             Err(ConfigError::NoInterfaces)
         ));
     }

@@ -105,7 +105,10 @@ impl Dataplane {
             .load(EBPF_OBJ)
             .map_err(|e| Error::Load(Box::new(e)))?;
         let prog = tc_program(&mut ebpf)?;
-        prog.load().map_err(|e| Error::Program { name: TC_PROGRAM, source: Box::new(e) })?;
+        prog.load().map_err(|e| Error::Program {
+            name: TC_PROGRAM,
+            source: Box::new(e),
+        })?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?;
         if !current.frontends.is_empty() {
@@ -115,7 +118,13 @@ impl Dataplane {
                 "adopted the pinned maps"
             );
         }
-        Ok(Self { ebpf, maps, pin_dir: opts.pin_dir.clone(), links: BTreeMap::new(), current })
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir: opts.pin_dir.clone(),
+            links: BTreeMap::new(),
+            current,
+        })
     }
 
     /// Writes what changed between the maps and `desired`; returns the number
@@ -169,5 +178,8 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {
 
 /// Opens one pinned map of the pin directory.
 pub(crate) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<MapData, Error> {
-    MapData::from_pin(pin_dir.join(name)).map_err(|e| Error::Map { name, source: Box::new(e) })
+    MapData::from_pin(pin_dir.join(name)).map_err(|e| Error::Map {
+        name,
+        source: Box::new(e),
+    })
 }

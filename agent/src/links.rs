@@ -24,8 +24,14 @@ pub enum LinksError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
     /// The interface exists (new, or changed state or name).
-    Present { index: u32, name: String },
-    Gone { index: u32, name: String },
+    Present {
+        index: u32,
+        name: String,
+    },
+    Gone {
+        index: u32,
+        name: String,
+    },
 }
 
 /// Subscribed to link notifications; `list` then `next` sees every
@@ -38,16 +44,22 @@ pub struct LinkWatcher {
 impl LinkWatcher {
     /// Must be called inside a tokio runtime.
     pub fn start() -> Result<Self, LinksError> {
-        let (conn, handle, messages) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinksError::Socket)?;
+        let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .map_err(LinksError::Socket)?;
         tokio::spawn(conn);
         Ok(Self { handle, messages })
     }
 
     /// Every interface now.
     pub async fn list(&self) -> Result<Vec<(u32, String)>, LinksError> {
-        let links: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(LinksError::Dump)?;
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(LinksError::Dump)?;
         Ok(links.iter().filter_map(name_of).collect())
     }
 
@@ -55,7 +67,9 @@ impl LinkWatcher {
     pub async fn next(&mut self) -> Option<LinkEvent> {
         loop {
             let (msg, _) = self.messages.next().await?;
-            let NetlinkPayload::InnerMessage(inner) = msg.payload else { continue };
+            let NetlinkPayload::InnerMessage(inner) = msg.payload else {
+                continue;
+            };
             match inner {
                 RouteNetlinkMessage::NewLink(link) => {
                     if let Some((index, name)) = name_of(&link) {

@@ -9,9 +9,10 @@ use sluice_agent::{app, cli, config, dataplane, status};
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let log_level = match &cli.command {
-        cli::Command::Run(args) => {
-            args.log_level.clone().or_else(|| args.config.as_deref().and_then(config::file_log_level))
-        }
+        cli::Command::Run(args) => args
+            .log_level
+            .clone()
+            .or_else(|| args.config.as_deref().and_then(config::file_log_level)),
         _ => None,
     };
     init_tracing(log_level.as_deref());
@@ -28,7 +29,10 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(args) => {
             let config = config::RunConfig::from_args(args)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             runtime.block_on(app::run(config))
         }
         cli::Command::Status(args) => {
@@ -50,5 +54,9 @@ fn init_tracing(level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -142,13 +142,18 @@ impl Model {
         let mut by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
         for slice in self.slices.values() {
             if let Some(service) = &slice.service {
-                let key = ObjectKey { namespace: slice.key.namespace.clone(), name: service.clone() };
+                let key = ObjectKey {
+                    namespace: slice.key.namespace.clone(),
+                    name: service.clone(),
+                };
                 by_service.entry(key).or_default().push(slice);
             }
         }
         let mut desired = Desired::default();
         for svc in self.services.values() {
-            let ServiceKind::ClusterIp { ips } = &svc.kind else { continue };
+            let ServiceKind::ClusterIp { ips } = &svc.kind else {
+                continue;
+            };
             if svc.other_proxy {
                 continue;
             }
@@ -157,16 +162,19 @@ impl Model {
                 let IpAddr::V4(ip) = *ip else { continue };
                 desired.cluster_ips.insert(ip);
                 for port in &svc.ports {
-                    let Some(ip_proto) = port.protocol.ip_proto() else { continue };
+                    let Some(ip_proto) = port.protocol.ip_proto() else {
+                        continue;
+                    };
                     let name = if port.name.is_empty() {
                         svc.key.to_string()
                     } else {
                         format!("{}:{}", svc.key, port.name)
                     };
                     let backends = backends_for(port, slices);
-                    desired
-                        .frontends
-                        .insert(ServiceKey::new(ip, port.port, ip_proto), DesiredFrontend { name, backends });
+                    desired.frontends.insert(
+                        ServiceKey::new(ip, port.port, ip_proto),
+                        DesiredFrontend { name, backends },
+                    );
                 }
             }
         }
@@ -185,13 +193,17 @@ fn backends_for(port: &ServicePortInfo, slices: &[&SliceInfo]) -> BTreeSet<(Ipv4
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
-        let Some(slice_port) =
-            slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol)
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
         else {
             continue;
         };
         for ep in &slice.endpoints {
-            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else { continue };
+            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
+                continue;
+            };
             if ep.ready {
                 ready.insert((addr, slice_port.port));
             } else if ep.serving && ep.terminating {
@@ -207,16 +219,25 @@ mod tests {
     use super::*;
 
     fn key(ns: &str, name: &str) -> ObjectKey {
-        ObjectKey { namespace: ns.into(), name: name.into() }
+        ObjectKey {
+            namespace: ns.into(),
+            name: name.into(),
+        }
     }
 
     fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
         ServiceInfo {
             key: key("default", name),
-            kind: ServiceKind::ClusterIp { ips: vec![ip.parse().unwrap()] },
+            kind: ServiceKind::ClusterIp {
+                ips: vec![ip.parse().unwrap()],
+            },
             ports: ports
                 .iter()
-                .map(|&(n, p, protocol)| ServicePortInfo { name: n.into(), port: p, protocol })
+                .map(|&(n, p, protocol)| ServicePortInfo {
+                    name: n.into(),
+                    port: p,
+                    protocol,
+                })
                 .collect(),
             other_proxy: false,
         }
@@ -233,13 +254,22 @@ mod tests {
         }
     }
 
-    fn slice(name: &str, service: &str, ports: &[(&str, u16, Protocol)], eps: Vec<EndpointInfo>) -> SliceInfo {
+    fn slice(
+        name: &str,
+        service: &str,
+        ports: &[(&str, u16, Protocol)],
+        eps: Vec<EndpointInfo>,
+    ) -> SliceInfo {
         SliceInfo {
             key: key("default", name),
             service: Some(service.into()),
             ports: ports
                 .iter()
-                .map(|&(n, p, protocol)| SlicePortInfo { name: n.into(), port: p, protocol })
+                .map(|&(n, p, protocol)| SlicePortInfo {
+                    name: n.into(),
+                    port: p,
+                    protocol,
+                })
                 .collect(),
             endpoints: eps,
         }
@@ -253,26 +283,47 @@ mod tests {
     }
 
     fn backends(d: &Desired, ip: &str, port: u16, proto: u8) -> Vec<(Ipv4Addr, u16)> {
-        d.frontends[&ServiceKey::new(ip.parse().unwrap(), port, proto)].backends.iter().copied().collect()
+        d.frontends[&ServiceKey::new(ip.parse().unwrap(), port, proto)]
+            .backends
+            .iter()
+            .copied()
+            .collect()
     }
 
     #[test]
     fn named_ports_map_to_the_slice_port_of_the_same_name_and_protocol() {
         let m = model(
-            vec![svc("web", "10.96.0.10", &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)])],
+            vec![svc(
+                "web",
+                "10.96.0.10",
+                &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)],
+            )],
             vec![slice(
                 "web-1",
                 "web",
-                &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp), ("http", 9999, Protocol::Udp)],
+                &[
+                    ("http", 8080, Protocol::Tcp),
+                    ("dns", 5353, Protocol::Udp),
+                    ("http", 9999, Protocol::Udp),
+                ],
                 vec![ep("10.0.0.1", true, true, false)],
             )],
         );
         let d = m.desired();
-        assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP), vec![("10.0.0.1".parse().unwrap(), 8080)]);
-        assert_eq!(backends(&d, "10.96.0.10", 53, proto::UDP), vec![("10.0.0.1".parse().unwrap(), 5353)]);
+        assert_eq!(
+            backends(&d, "10.96.0.10", 80, proto::TCP),
+            vec![("10.0.0.1".parse().unwrap(), 8080)]
+        );
+        assert_eq!(
+            backends(&d, "10.96.0.10", 53, proto::UDP),
+            vec![("10.0.0.1".parse().unwrap(), 5353)]
+        );
         assert_eq!(d.frontends.len(), 2);
         assert!(d.cluster_ips.contains(&"10.96.0.10".parse().unwrap()));
-        assert_eq!(d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)].name, "default/web:http");
+        assert_eq!(
+            d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)].name,
+            "default/web:http"
+        );
     }
 
     #[test]
@@ -291,7 +342,10 @@ mod tests {
                 ],
             )],
         );
-        assert_eq!(backends(&with_ready.desired(), "10.96.0.10", 80, proto::TCP), vec![("10.0.0.1".parse().unwrap(), 80)]);
+        assert_eq!(
+            backends(&with_ready.desired(), "10.96.0.10", 80, proto::TCP),
+            vec![("10.0.0.1".parse().unwrap(), 80)]
+        );
 
         let none_ready = model(
             vec![svc("web", "10.96.0.10", ports)],
@@ -299,26 +353,57 @@ mod tests {
                 "web-1",
                 "web",
                 ports,
-                vec![ep("10.0.0.2", false, true, true), ep("10.0.0.3", false, false, true), ep("10.0.0.4", false, true, false)],
+                vec![
+                    ep("10.0.0.2", false, true, true),
+                    ep("10.0.0.3", false, false, true),
+                    ep("10.0.0.4", false, true, false),
+                ],
             )],
         );
-        assert_eq!(backends(&none_ready.desired(), "10.96.0.10", 80, proto::TCP), vec![("10.0.0.2".parse().unwrap(), 80)]);
+        assert_eq!(
+            backends(&none_ready.desired(), "10.96.0.10", 80, proto::TCP),
+            vec![("10.0.0.2".parse().unwrap(), 80)]
+        );
     }
 
     #[test]
     fn slices_merge_and_join_only_their_own_service() {
         let ports = &[("", 80, Protocol::Tcp)];
         let m = model(
-            vec![svc("web", "10.96.0.10", ports), svc("api", "10.96.0.11", ports)],
             vec![
-                slice("web-1", "web", ports, vec![ep("10.0.0.1", true, true, false)]),
-                slice("web-2", "web", ports, vec![ep("10.0.0.2", true, true, false), ep("10.0.0.1", true, true, false)]),
-                slice("api-1", "api", ports, vec![ep("10.0.0.9", true, true, false)]),
+                svc("web", "10.96.0.10", ports),
+                svc("api", "10.96.0.11", ports),
+            ],
+            vec![
+                slice(
+                    "web-1",
+                    "web",
+                    ports,
+                    vec![ep("10.0.0.1", true, true, false)],
+                ),
+                slice(
+                    "web-2",
+                    "web",
+                    ports,
+                    vec![
+                        ep("10.0.0.2", true, true, false),
+                        ep("10.0.0.1", true, true, false),
+                    ],
+                ),
+                slice(
+                    "api-1",
+                    "api",
+                    ports,
+                    vec![ep("10.0.0.9", true, true, false)],
+                ),
             ],
         );
         let d = m.desired();
         assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP).len(), 2);
-        assert_eq!(backends(&d, "10.96.0.11", 80, proto::TCP), vec![("10.0.0.9".parse().unwrap(), 80)]);
+        assert_eq!(
+            backends(&d, "10.96.0.11", 80, proto::TCP),
+            vec![("10.0.0.9".parse().unwrap(), 80)]
+        );
     }
 
     #[test]
@@ -331,12 +416,20 @@ mod tests {
         let sctp = svc("s", "10.96.0.3", &[("", 80, Protocol::Sctp)]);
         let d = model(vec![headless, other, sctp], vec![]).desired();
         assert!(d.frontends.is_empty());
-        assert_eq!(d.cluster_ips.len(), 1, "the SCTP Service's ClusterIP is still allocated");
+        assert_eq!(
+            d.cluster_ips.len(),
+            1,
+            "the SCTP Service's ClusterIP is still allocated"
+        );
     }
 
     #[test]
     fn a_service_without_endpoints_has_an_empty_frontend() {
-        let d = model(vec![svc("web", "10.96.0.10", &[("", 80, Protocol::Tcp)])], vec![]).desired();
+        let d = model(
+            vec![svc("web", "10.96.0.10", &[("", 80, Protocol::Tcp)])],
+            vec![],
+        )
+        .desired();
         assert!(backends(&d, "10.96.0.10", 80, proto::TCP).is_empty());
     }
 }

@@ -23,12 +23,22 @@ use crate::model::Desired;
 pub enum Op {
     /// A new backend (and its zeroed counters).
     PutBackend(Backend),
-    PutSlot { slot: SlotKey, backend: Backend },
+    PutSlot {
+        slot: SlotKey,
+        backend: Backend,
+    },
     /// Create or update a frontend; `name` is set when it is new or renamed.
-    PutService { key: ServiceKey, value: ServiceValue, name: Option<String> },
+    PutService {
+        key: ServiceKey,
+        value: ServiceValue,
+        name: Option<String>,
+    },
     DeleteSlot(SlotKey),
     /// Remove a frontend, its name and its counters.
-    DeleteService { key: ServiceKey, id: u32 },
+    DeleteService {
+        key: ServiceKey,
+        id: u32,
+    },
     /// Remove a backend and its counters.
     DeleteBackend(u32),
     PutMarker(Ipv4Addr),
@@ -75,13 +85,21 @@ impl Current {
             let name = names.get(&value.id).cloned().unwrap_or_default();
             current.frontends.insert(
                 key,
-                FrontendState { id: value.id, name, count: u32::from(value.count), slots: BTreeMap::new() },
+                FrontendState {
+                    id: value.id,
+                    name,
+                    count: u32::from(value.count),
+                    slots: BTreeMap::new(),
+                },
             );
             current.next_service_id = current.next_service_id.max(value.id);
         }
         for (slot, backend) in slots {
             current.next_backend_id = current.next_backend_id.max(backend.id);
-            if let Some(f) = by_id.get(&slot.service_id).and_then(|k| current.frontends.get_mut(k)) {
+            if let Some(f) = by_id
+                .get(&slot.service_id)
+                .and_then(|k| current.frontends.get_mut(k))
+            {
                 f.slots.insert(slot.slot, backend);
             }
         }
@@ -112,24 +130,39 @@ pub fn reconcile(desired: &Desired, current: &mut Current) -> Vec<Op> {
     for ip in desired.cluster_ips.difference(&current.markers) {
         ops.push(Op::PutMarker(*ip));
     }
-    let stale: Vec<ServiceKey> =
-        current.frontends.keys().filter(|k| !desired.frontends.contains_key(k)).copied().collect();
+    let stale: Vec<ServiceKey> = current
+        .frontends
+        .keys()
+        .filter(|k| !desired.frontends.contains_key(k))
+        .copied()
+        .collect();
     for (key, want) in &desired.frontends {
-        let backends: Vec<(Ipv4Addr, u16)> =
-            want.backends.iter().copied().take(MAX_BACKENDS_PER_FRONTEND).collect();
+        let backends: Vec<(Ipv4Addr, u16)> = want
+            .backends
+            .iter()
+            .copied()
+            .take(MAX_BACKENDS_PER_FRONTEND)
+            .collect();
         sync_frontend(current, *key, &want.name, &backends, &mut ops);
     }
     for key in stale {
         if let Some(f) = current.frontends.remove(&key) {
             ops.push(Op::DeleteService { key, id: f.id });
             for slot in f.slots.keys() {
-                ops.push(Op::DeleteSlot(SlotKey { service_id: f.id, slot: *slot }));
+                ops.push(Op::DeleteSlot(SlotKey {
+                    service_id: f.id,
+                    slot: *slot,
+                }));
             }
             let ids: BTreeSet<u32> = f.slots.values().map(|b| b.id).collect();
             ops.extend(ids.into_iter().map(Op::DeleteBackend));
         }
     }
-    let gone: Vec<Ipv4Addr> = current.markers.difference(&desired.cluster_ips).copied().collect();
+    let gone: Vec<Ipv4Addr> = current
+        .markers
+        .difference(&desired.cluster_ips)
+        .copied()
+        .collect();
     ops.extend(gone.iter().copied().map(Op::DeleteMarker));
     current.markers.clone_from(&desired.cluster_ips);
     ops
@@ -147,12 +180,16 @@ fn sync_frontend(
         Some(f) => f.id,
         None => current.alloc_service_id(),
     };
-    let old = current.frontends.get(&key).cloned().unwrap_or(FrontendState {
-        id,
-        name: String::new(),
-        count: 0,
-        slots: BTreeMap::new(),
-    });
+    let old = current
+        .frontends
+        .get(&key)
+        .cloned()
+        .unwrap_or(FrontendState {
+            id,
+            name: String::new(),
+            count: 0,
+            slots: BTreeMap::new(),
+        });
     let wanted: BTreeSet<(Ipv4Addr, u16)> = want.iter().copied().collect();
     let new_len = u32::try_from(want.len()).unwrap_or(u32::MAX);
 
@@ -187,24 +224,52 @@ fn sync_frontend(
     ops.extend(added.iter().copied().map(Op::PutBackend));
     for (&slot, b) in &layout {
         if old.slots.get(&slot) != Some(b) {
-            ops.push(Op::PutSlot { slot: SlotKey { service_id: id, slot }, backend: *b });
+            ops.push(Op::PutSlot {
+                slot: SlotKey {
+                    service_id: id,
+                    slot,
+                },
+                backend: *b,
+            });
         }
     }
     let renamed = old.name != name;
     if is_new || renamed || old.count != new_len {
-        let value = ServiceValue { id, count: u16::try_from(new_len).unwrap_or(u16::MAX), flags: 0 };
-        ops.push(Op::PutService { key, value, name: (is_new || renamed).then(|| name.to_owned()) });
+        let value = ServiceValue {
+            id,
+            count: u16::try_from(new_len).unwrap_or(u16::MAX),
+            flags: 0,
+        };
+        ops.push(Op::PutService {
+            key,
+            value,
+            name: (is_new || renamed).then(|| name.to_owned()),
+        });
     }
     for &slot in old.slots.keys().filter(|&&s| s >= new_len) {
-        ops.push(Op::DeleteSlot(SlotKey { service_id: id, slot }));
+        ops.push(Op::DeleteSlot(SlotKey {
+            service_id: id,
+            slot,
+        }));
     }
     let live: BTreeSet<u32> = layout.values().map(|b| b.id).collect();
-    let removed: BTreeSet<u32> = old.slots.values().map(|b| b.id).filter(|i| !live.contains(i)).collect();
+    let removed: BTreeSet<u32> = old
+        .slots
+        .values()
+        .map(|b| b.id)
+        .filter(|i| !live.contains(i))
+        .collect();
     ops.extend(removed.into_iter().map(Op::DeleteBackend));
 
-    current
-        .frontends
-        .insert(key, FrontendState { id, name: name.to_owned(), count: new_len, slots: layout });
+    current.frontends.insert(
+        key,
+        FrontendState {
+            id,
+            name: name.to_owned(),
+            count: new_len,
+            slots: layout,
+        },
+    );
 }
 
 #[cfg(test)]
@@ -252,7 +317,11 @@ mod tests {
                         self.backends.remove(id);
                     }
                     Op::PutMarker(ip) => {
-                        let v = ServiceValue { id: 0, count: 0, flags: SVC_FLAG_MARKER };
+                        let v = ServiceValue {
+                            id: 0,
+                            count: 0,
+                            flags: SVC_FLAG_MARKER,
+                        };
                         self.services.insert(ServiceKey::marker(*ip), v);
                     }
                     Op::DeleteMarker(ip) => {
@@ -271,9 +340,16 @@ mod tests {
                     continue;
                 }
                 for slot in 0..u32::from(v.count) {
-                    let b = self.slots.get(&SlotKey { service_id: v.id, slot });
-                    let b = b.unwrap_or_else(|| panic!("{key:?} slot {slot} of {} is empty", v.count));
-                    assert!(allowed.contains(&(b.addr(), b.port())), "slot {slot} holds {b:?}");
+                    let b = self.slots.get(&SlotKey {
+                        service_id: v.id,
+                        slot,
+                    });
+                    let b =
+                        b.unwrap_or_else(|| panic!("{key:?} slot {slot} of {} is empty", v.count));
+                    assert!(
+                        allowed.contains(&(b.addr(), b.port())),
+                        "slot {slot} holds {b:?}"
+                    );
                 }
             }
         }
@@ -282,7 +358,10 @@ mod tests {
             let v = self.services[&key];
             (0..u32::from(v.count))
                 .map(|slot| {
-                    let b = self.slots[&SlotKey { service_id: v.id, slot }];
+                    let b = self.slots[&SlotKey {
+                        service_id: v.id,
+                        slot,
+                    }];
                     (b.addr(), b.port())
                 })
                 .collect()
@@ -320,12 +399,20 @@ mod tests {
         let mut before: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
         let mut last = Vec::new();
         for d in steps {
-            let now: BTreeSet<_> = d.frontends.values().flat_map(|f| f.backends.iter().copied()).collect();
+            let now: BTreeSet<_> = d
+                .frontends
+                .values()
+                .flat_map(|f| f.backends.iter().copied())
+                .collect();
             let allowed = before.union(&now).copied().collect();
             last = reconcile(d, &mut current);
             maps.apply(&last, &allowed);
             for (key, f) in &d.frontends {
-                assert_eq!(maps.backends_of(*key), f.backends, "{key:?} after the update");
+                assert_eq!(
+                    maps.backends_of(*key),
+                    f.backends,
+                    "{key:?} after the update"
+                );
             }
             assert_eq!(maps.services.len(), d.frontends.len() + d.cluster_ips.len());
             before = now;
@@ -346,7 +433,10 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(kinds, ["marker", "backend", "backend", "slot", "slot", "service"]);
+        assert_eq!(
+            kinds,
+            ["marker", "backend", "backend", "slot", "slot", "service"]
+        );
     }
 
     #[test]
@@ -358,19 +448,40 @@ mod tests {
 
     #[test]
     fn adding_one_endpoint_is_three_writes() {
-        let (_, ops, _) = run(&[desired(&[(vip(), &[1, 2, 3])]), desired(&[(vip(), &[1, 2, 3, 4])])]);
+        let (_, ops, _) = run(&[
+            desired(&[(vip(), &[1, 2, 3])]),
+            desired(&[(vip(), &[1, 2, 3, 4])]),
+        ]);
         assert_eq!(ops.len(), 3, "{ops:?}");
         assert!(matches!(ops[0], Op::PutBackend(_)));
-        assert!(matches!(ops[1], Op::PutSlot { slot: SlotKey { slot: 3, .. }, .. }));
+        assert!(matches!(
+            ops[1],
+            Op::PutSlot {
+                slot: SlotKey { slot: 3, .. },
+                ..
+            }
+        ));
         assert!(matches!(ops[2], Op::PutService { name: None, .. }));
     }
 
     #[test]
     fn removing_an_endpoint_moves_the_tail_into_its_slot_before_shrinking() {
-        let (maps, ops, _) = run(&[desired(&[(vip(), &[1, 2, 3])]), desired(&[(vip(), &[1, 3])])]);
+        let (maps, ops, _) = run(&[
+            desired(&[(vip(), &[1, 2, 3])]),
+            desired(&[(vip(), &[1, 3])]),
+        ]);
         // Slot of 10.0.0.2 gets the tail (10.0.0.3), count shrinks, tail slot and backend go.
-        assert!(matches!(&ops[0], Op::PutSlot { backend, .. } if backend.addr() == ip(3)), "{ops:?}");
-        assert!(matches!(ops[1], Op::PutService { value: ServiceValue { count: 2, .. }, .. }));
+        assert!(
+            matches!(&ops[0], Op::PutSlot { backend, .. } if backend.addr() == ip(3)),
+            "{ops:?}"
+        );
+        assert!(matches!(
+            ops[1],
+            Op::PutService {
+                value: ServiceValue { count: 2, .. },
+                ..
+            }
+        ));
         assert!(matches!(ops[2], Op::DeleteSlot(SlotKey { slot: 2, .. })));
         assert!(matches!(ops[3], Op::DeleteBackend(_)));
         assert_eq!(ops.len(), 4);
@@ -382,14 +493,21 @@ mod tests {
         let mut current = Current::default();
         reconcile(&desired(&[(vip(), &[1, 2, 3])]), &mut current);
         let ids = |c: &Current| -> BTreeMap<Ipv4Addr, u32> {
-            c.frontends[&vip()].slots.values().map(|b| (b.addr(), b.id)).collect()
+            c.frontends[&vip()]
+                .slots
+                .values()
+                .map(|b| (b.addr(), b.id))
+                .collect()
         };
         let before = ids(&current);
         reconcile(&desired(&[(vip(), &[1, 3, 4, 5])]), &mut current);
         let after = ids(&current);
         assert_eq!(before[&ip(1)], after[&ip(1)]);
         assert_eq!(before[&ip(3)], after[&ip(3)]);
-        assert!(!after.values().any(|id| *id == before[&ip(2)]), "a new backend never reuses a live id");
+        assert!(
+            !after.values().any(|id| *id == before[&ip(2)]),
+            "a new backend never reuses a live id"
+        );
     }
 
     #[test]
@@ -402,7 +520,10 @@ mod tests {
             desired(&[(vip(), &[3])]),
         ]);
         assert!(ops.contains(&Op::DeleteMarker(other.addr())));
-        assert!(matches!(ops[0], Op::DeleteService { .. }), "the frontend goes before its slots: {ops:?}");
+        assert!(
+            matches!(ops[0], Op::DeleteService { .. }),
+            "the frontend goes before its slots: {ops:?}"
+        );
         assert!(maps.slots.len() == 1 && maps.backends.len() == 1);
     }
 
@@ -416,7 +537,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let keys = [vip(), ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 80, proto::TCP)];
+        let keys = [
+            vip(),
+            ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 80, proto::TCP),
+        ];
         let mut steps = Vec::new();
         for _ in 0..300 {
             let mut sets: Vec<(ServiceKey, Vec<u8>)> = Vec::new();
@@ -427,7 +551,8 @@ mod tests {
                 let set: Vec<u8> = (1..=12u8).filter(|_| next() % 2 == 0).collect();
                 sets.push((key, set));
             }
-            let borrowed: Vec<(ServiceKey, &[u8])> = sets.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let borrowed: Vec<(ServiceKey, &[u8])> =
+                sets.iter().map(|(k, v)| (*k, v.as_slice())).collect();
             steps.push(desired(&borrowed));
         }
         run(&steps);
@@ -446,7 +571,11 @@ mod tests {
         assert!(reconcile(&d, &mut adopted).is_empty());
         // New ids continue after the adopted ones.
         reconcile(&desired(&[(vip(), &[1, 2, 3, 4])]), &mut adopted);
-        let ids: BTreeSet<u32> = adopted.frontends[&vip()].slots.values().map(|b| b.id).collect();
+        let ids: BTreeSet<u32> = adopted.frontends[&vip()]
+            .slots
+            .values()
+            .map(|b| b.id)
+            .collect();
         assert_eq!(ids.len(), 4);
     }
 }

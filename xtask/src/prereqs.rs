@@ -15,6 +15,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const NIGHTLY: &str = "nightly";
+/// Nightly components: the core sources for `-Z build-std=core`, and the
+/// linters that run on the eBPF crate (rustfmt's import grouping is unstable).
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build and the tests use, besides LLVM.
@@ -46,7 +49,7 @@ struct Survey {
     llvm_major: Option<u32>,
     missing: Vec<Missing>,
     missing_packages: Vec<String>,
-    rust_src: bool,
+    missing_components: Vec<&'static str>,
     bpf_linker_ok: bool,
 }
 
@@ -62,11 +65,19 @@ fn survey() -> Survey {
             None
         }
     };
-    let rust_src = llvm_major.is_some() && has_rust_src();
-    if llvm_major.is_some() && !rust_src {
+    let missing_components = if llvm_major.is_some() {
+        missing_nightly_components()
+    } else {
+        Vec::new()
+    };
+    for c in &missing_components {
         missing.push(Missing {
-            what: "rust-src for nightly".into(),
-            why: "`-Z build-std=core` needs the core sources for bpfel-unknown-none".into(),
+            what: format!("{c} for nightly"),
+            why: if *c == "rust-src" {
+                "`-Z build-std=core` needs the core sources for bpfel-unknown-none".into()
+            } else {
+                "the lints of `cargo xtask test` run it on nightly".into()
+            },
         });
     }
     let mut packages: Vec<String> = TOOL_PACKAGES.iter().map(ToString::to_string).collect();
@@ -80,7 +91,8 @@ fn survey() -> Survey {
         missing.push(Missing {
             what: format!("Debian package {p}"),
             why: if p.starts_with("llvm-") || p.starts_with("libpolly-") {
-                "bpf-linker links against the system libLLVM of the same major as nightly rustc".into()
+                "bpf-linker links against the system libLLVM of the same major as nightly rustc"
+                    .into()
             } else {
                 "used by the build, the lab or the tests".into()
             },
@@ -88,7 +100,10 @@ fn survey() -> Survey {
     }
     let bpf_linker_ok = match (llvm_major, bpf_linker_state()) {
         (_, Err(err)) => {
-            missing.push(Missing { what: "bpf-linker".into(), why: format!("{err:#}") });
+            missing.push(Missing {
+                what: "bpf-linker".into(),
+                why: format!("{err:#}"),
+            });
             false
         }
         (Some(want), Ok(have)) if have.llvm_major != Some(want) => {
@@ -97,7 +112,8 @@ fn survey() -> Survey {
                 why: format!(
                     "nightly rustc emits LLVM {want} bitcode but bpf-linker links {}; \
                      linking would fail with `Invalid record`",
-                    have.llvm_major.map_or_else(|| "an unknown libLLVM".into(), |m| format!("libLLVM {m}"))
+                    have.llvm_major
+                        .map_or_else(|| "an unknown libLLVM".into(), |m| format!("libLLVM {m}"))
                 ),
             });
             false
@@ -105,13 +121,22 @@ fn survey() -> Survey {
         (_, Ok(have)) if !have.version.contains(BPF_LINKER_VERSION) => {
             missing.push(Missing {
                 what: format!("bpf-linker {BPF_LINKER_VERSION}"),
-                why: format!("found `{}`; aya 0.14 is tested with {BPF_LINKER_VERSION}", have.version),
+                why: format!(
+                    "found `{}`; aya 0.14 is tested with {BPF_LINKER_VERSION}",
+                    have.version
+                ),
             });
             false
         }
         (_, Ok(_)) => true,
     };
-    Survey { llvm_major, missing, missing_packages, rust_src, bpf_linker_ok }
+    Survey {
+        llvm_major,
+        missing,
+        missing_packages,
+        missing_components,
+        bpf_linker_ok,
+    }
 }
 
 /// `cargo xtask doctor`: report, change nothing. Fails when something is missing.
@@ -121,7 +146,11 @@ pub fn doctor() -> Result<()> {
         println!("nightly rustc: LLVM {major}");
     }
     for (label, ok, why) in environment_checks() {
-        println!("{} {label}{}", if ok { "ok     " } else { "warn   " }, why.map(|w| format!(": {w}")).unwrap_or_default());
+        println!(
+            "{} {label}{}",
+            if ok { "ok     " } else { "warn   " },
+            why.map(|w| format!(": {w}")).unwrap_or_default()
+        );
     }
     if s.missing.is_empty() {
         println!("ok      all build prerequisites are present");
@@ -130,7 +159,10 @@ pub fn doctor() -> Result<()> {
     for m in &s.missing {
         println!("missing {}: {}", m.what, m.why);
     }
-    bail!("{} prerequisite(s) missing; `cargo xtask setup` installs them", s.missing.len())
+    bail!(
+        "{} prerequisite(s) missing; `cargo xtask setup` installs them",
+        s.missing.len()
+    )
 }
 
 /// Things `setup` cannot install but the privileged tests need.
@@ -139,9 +171,21 @@ fn environment_checks() -> Vec<(&'static str, bool, Option<String>)> {
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let bpffs = fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("\tbpf\n"));
     vec![
-        ("running as root", root, (!root).then(|| "BPF load and network namespaces need root".into())),
-        ("kernel BTF", btf, (!btf).then(|| "/sys/kernel/btf/vmlinux is missing".into())),
-        ("bpffs support", bpffs, (!bpffs).then(|| "the kernel does not list `bpf` in /proc/filesystems".into())),
+        (
+            "running as root",
+            root,
+            (!root).then(|| "BPF load and network namespaces need root".into()),
+        ),
+        (
+            "kernel BTF",
+            btf,
+            (!btf).then(|| "/sys/kernel/btf/vmlinux is missing".into()),
+        ),
+        (
+            "bpffs support",
+            bpffs,
+            (!bpffs).then(|| "the kernel does not list `bpf` in /proc/filesystems".into()),
+        ),
     ]
 }
 
@@ -158,8 +202,10 @@ pub fn setup() -> Result<()> {
              a freshly downloaded nightly may use a newer LLVM than Debian offers"
         );
     };
-    if !s.rust_src {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    if !s.missing_components.is_empty() {
+        run(Command::new("rustup")
+            .args(["component", "add", "--toolchain", NIGHTLY])
+            .args(&s.missing_components))?;
     }
     if !s.missing_packages.is_empty() {
         apt_install(&s.missing_packages)?;
@@ -180,12 +226,19 @@ pub fn setup() -> Result<()> {
 
 /// Run `setup` only when something is missing (used by `run`, `test`, `build`).
 pub fn ensure() -> Result<()> {
-    if survey().missing.is_empty() { Ok(()) } else { setup() }
+    if survey().missing.is_empty() {
+        Ok(())
+    } else {
+        setup()
+    }
 }
 
 fn apt_install(packages: &[String]) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("installing Debian packages needs root: apt-get install -y {}", packages.join(" "));
+        bail!(
+            "installing Debian packages needs root: apt-get install -y {}",
+            packages.join(" ")
+        );
     }
     // Daemons such as unbound and nsd must not be started by their postinst:
     // the benchmarks start their own instances inside lab namespaces.
@@ -213,8 +266,17 @@ fn install_bpf_linker(llvm_major: u32) -> Result<()> {
     run(Command::new("cargo")
         .env("PATH", path)
         .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm_major}"))
-        .args(["install", "--force", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
-        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")]))
+        .args([
+            "install",
+            "--force",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ]))
 }
 
 fn nightly_llvm_major() -> Result<u32> {
@@ -234,9 +296,20 @@ fn parse_major(version: &str) -> Result<u32> {
         .with_context(|| format!("cannot parse LLVM version `{version}`"))
 }
 
-fn has_rust_src() -> bool {
-    output(Command::new("rustup").args(["component", "list", "--toolchain", NIGHTLY, "--installed"]))
-        .is_ok_and(|out| out.lines().any(|l| l.trim().starts_with("rust-src")))
+fn missing_nightly_components() -> Vec<&'static str> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.trim().starts_with(c)))
+        .collect()
 }
 
 fn deb_installed(package: &str) -> bool {
@@ -250,7 +323,8 @@ struct BpfLinker {
 }
 
 fn bpf_linker_state() -> Result<BpfLinker> {
-    let path = bpf_linker_path().context("bpf-linker is not installed (it links the eBPF object)")?;
+    let path =
+        bpf_linker_path().context("bpf-linker is not installed (it links the eBPF object)")?;
     let version = output(Command::new(&path).arg("--version"))
         .with_context(|| format!("`{} --version` failed", path.display()))?
         .trim()
@@ -259,10 +333,15 @@ fn bpf_linker_state() -> Result<BpfLinker> {
     let ldd = output(Command::new("ldd").arg(&path)).unwrap_or_default();
     let llvm_major = ldd.lines().find_map(|l| {
         let name = l.split_whitespace().next()?;
-        let rest = name.strip_prefix("libLLVM.so.").or_else(|| name.strip_prefix("libLLVM-"))?;
+        let rest = name
+            .strip_prefix("libLLVM.so.")
+            .or_else(|| name.strip_prefix("libLLVM-"))?;
         parse_major(rest.trim_end_matches(".so")).ok()
     });
-    Ok(BpfLinker { version, llvm_major })
+    Ok(BpfLinker {
+        version,
+        llvm_major,
+    })
 }
 
 fn bpf_linker_path() -> Option<PathBuf> {
@@ -301,7 +380,10 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .output()
         .with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

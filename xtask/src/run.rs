@@ -46,19 +46,25 @@ pub struct Args {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Builds `sluice` (and with it the eBPF object); returns the binary's path.
 pub fn build_agent(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root()).args(["build", "-p", "sluice-agent", "--bin", "sluice"]);
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", "sluice-agent", "--bin", "sluice"]);
     if release {
         cmd.arg("--release");
     }
     prereqs::run(&mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    Ok(target.join(if release { "release" } else { "debug" }).join("sluice"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("sluice"))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -74,69 +80,33 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let bin = build_agent(args.release)?;
     sluice_lab::reap_stale();
-    let handler = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    let handler = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         sigaction(Signal::SIGINT, &handler)?;
         sigaction(Signal::SIGTERM, &handler)?;
     }
-
-    let mut lab = Lab::new()?;
-    lab.add_pod("client", CLIENT)?;
-    for (name, ip) in BACKENDS {
-        lab.add_pod(name, ip)?;
-        lab.serve(name, &[8080], &[5353])?;
-    }
-    let examples = workspace_root().join("manifests/examples");
-    for entry in fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))? {
-        let path = entry?.path();
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            lab.write_manifest(name, &fs::read_to_string(&path)?)?;
-        }
-    }
     let interactive = args.requests.is_none();
-    let opts = AgentOptions {
-        bin: bin.clone(),
-        service_cidr: Some(SERVICE_CIDR.into()),
-        echo: interactive,
-        ..AgentOptions::default()
-    };
-    lab.start_agent(&opts)?;
+    let lab = start_lab(&bin, interactive)?;
     let client = lab.pod("client");
-    println!("\nSluice is running in namespace {}; pods are namespaces too:", lab.node().name());
-    println!("  client {CLIENT}  (ip netns exec {} …)", client.ns.name());
-    for (name, ip) in BACKENDS {
-        println!("  {name} {ip}");
-    }
-    println!("Manifests (edit them, the agent applies changes at once): {}", lab.manifests_dir().display());
-    println!("Status:  {} status --pin-dir {}", bin.display(), lab.pin_dir().display());
-    println!(
-        "Try:     ip netns exec {} bash -c 'exec 3<>/dev/tcp/{WEB_VIP}/80; echo hi >&3; head -1 <&3'\n",
-        client.ns.name()
-    );
-
     let refused = client.tcp_request(SocketAddr::from((EMPTY_VIP, 80)), TIMEOUT);
-    println!("default/empty ({EMPTY_VIP}:80, no endpoints): {}", refused.as_ref().map_or_else(|e| format!("{e:#}"), Clone::clone).trim());
+    println!(
+        "default/empty ({EMPTY_VIP}:80, no endpoints): {}",
+        outcome(refused.as_ref().map(|a| a.trim().to_owned()))
+    );
     let udp = client.udp_request(SocketAddr::from((WEB_VIP, 53)), TIMEOUT);
-    println!("default/web UDP ({WEB_VIP}:53): {}", udp.as_ref().map_or_else(|e| format!("{e:#}"), |(a, from)| format!("{} from {from}", a.trim())));
-
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    let mut sent = 0u32;
-    while !STOP.load(Ordering::SeqCst) && args.requests.is_none_or(|n| sent < n) {
-        sent += 1;
-        match client.tcp_request(SocketAddr::from((WEB_VIP, 80)), TIMEOUT) {
-            Ok(answer) => {
-                let backend = answer.split_whitespace().next().unwrap_or("?").to_owned();
-                *counts.entry(backend.clone()).or_default() += 1;
-                let tally: Vec<String> = counts.iter().map(|(b, n)| format!("{b}={n}")).collect();
-                println!("request {sent:>4} to {WEB_VIP}:80 answered by {backend:<6} [{}]", tally.join(" "));
-            }
-            Err(e) => println!("request {sent:>4} to {WEB_VIP}:80 failed: {e:#}"),
-        }
-        if interactive {
-            thread::sleep(Duration::from_millis(500));
-        }
-    }
+    println!(
+        "default/web UDP ({WEB_VIP}:53): {}",
+        outcome(
+            udp.as_ref()
+                .map(|(a, from)| format!("{} from {from}", a.trim()))
+        )
+    );
+    let counts = request_loop(&lab, args.requests, interactive);
     println!("\n{}", lab.status(&bin)?);
     drop(lab);
     println!("lab torn down");
@@ -151,4 +121,84 @@ pub fn run(args: &Args) -> Result<()> {
         udp.context("UDP through the ClusterIP")?;
     }
     Ok(())
+}
+
+fn outcome(r: Result<String, &anyhow::Error>) -> String {
+    r.unwrap_or_else(|e| format!("{e:#}"))
+}
+
+/// The lab of the demo, with the agent started on the example manifests.
+fn start_lab(bin: &Path, interactive: bool) -> Result<Lab> {
+    let mut lab = Lab::new()?;
+    lab.add_pod("client", CLIENT)?;
+    for (name, ip) in BACKENDS {
+        lab.add_pod(name, ip)?;
+        lab.serve(name, &[8080], &[5353])?;
+    }
+    let examples = workspace_root().join("manifests/examples");
+    for entry in
+        fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
+    {
+        let path = entry?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            lab.write_manifest(name, &fs::read_to_string(&path)?)?;
+        }
+    }
+    let opts = AgentOptions {
+        bin: bin.to_path_buf(),
+        service_cidr: Some(SERVICE_CIDR.into()),
+        echo: interactive,
+        ..AgentOptions::default()
+    };
+    lab.start_agent(&opts)?;
+    let client = lab.pod("client");
+    println!(
+        "\nSluice is running in namespace {}; pods are namespaces too:",
+        lab.node().name()
+    );
+    println!("  client {CLIENT}  (ip netns exec {} …)", client.ns.name());
+    for (name, ip) in BACKENDS {
+        println!("  {name} {ip}");
+    }
+    println!(
+        "Manifests (edit them, the agent applies changes at once): {}",
+        lab.manifests_dir().display()
+    );
+    println!(
+        "Status:  {} status --pin-dir {}",
+        bin.display(),
+        lab.pin_dir().display()
+    );
+    println!(
+        "Try:     ip netns exec {} bash -c 'exec 3<>/dev/tcp/{WEB_VIP}/80; echo hi >&3; head -1 <&3'\n",
+        client.ns.name()
+    );
+    Ok(lab)
+}
+
+/// Requests through the ClusterIP until Ctrl-C (or `limit`); the tally.
+fn request_loop(lab: &Lab, limit: Option<u32>, interactive: bool) -> BTreeMap<String, u32> {
+    let client = lab.pod("client");
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut sent = 0u32;
+    while !STOP.load(Ordering::SeqCst) && limit.is_none_or(|n| sent < n) {
+        sent += 1;
+        match client.tcp_request(SocketAddr::from((WEB_VIP, 80)), TIMEOUT) {
+            Ok(answer) => {
+                let backend = answer.split_whitespace().next().unwrap_or("?").to_owned();
+                *counts.entry(backend.clone()).or_default() += 1;
+                let tally: Vec<String> = counts.iter().map(|(b, n)| format!("{b}={n}")).collect();
+                println!(
+                    "request {sent:>4} to {WEB_VIP}:80 answered by {backend:<6} [{}]",
+                    tally.join(" ")
+                );
+            }
+            Err(e) => println!("request {sent:>4} to {WEB_VIP}:80 failed: {e:#}"),
+        }
+        if interactive {
+            // Pacing for a person watching, not a wait for a condition.
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+    counts
 }

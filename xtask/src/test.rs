@@ -35,18 +35,60 @@ pub fn test(args: &Args) -> Result<()> {
     let filter: Vec<&str> = args.filter.iter().map(String::as_str).collect();
 
     step("unit tests");
-    cargo(&["test", "--workspace", "--exclude", "sluice-ebpf", "--exclude", "sluice-e2e"], &filter, &[])?;
+    cargo(
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "sluice-ebpf",
+            "--exclude",
+            "sluice-e2e",
+        ],
+        &filter,
+        &[],
+    )?;
 
     if !args.no_lint {
         step("lints");
-        cargo(&["clippy", "--workspace", "--exclude", "sluice-ebpf", "--all-targets", "--", "-D", "warnings"], &[], &[])?;
+        // rustfmt.toml uses unstable options (import grouping): nightly rustfmt.
+        prereqs::run(
+            Command::new("cargo")
+                .current_dir(run::workspace_root())
+                .args(["+nightly", "fmt", "--all", "--", "--check"]),
+        )?;
+        cargo(
+            &[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "sluice-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+            &[],
+        )?;
         let mut ebpf = Command::new("cargo");
         // aya-build passes the same cfg: it selects the helper bindings.
-        ebpf.env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH));
-        ebpf.current_dir(run::workspace_root().join("ebpf/programs")).args([
-            "+nightly", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core",
-            "--", "-D", "warnings",
-        ]);
+        ebpf.env(
+            "RUSTFLAGS",
+            format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        );
+        ebpf.current_dir(run::workspace_root().join("ebpf/programs"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]);
         prereqs::run(&mut ebpf)?;
     }
 
@@ -54,11 +96,18 @@ pub fn test(args: &Args) -> Result<()> {
     let bin_env = bin.display().to_string();
     let mut e2e_args = vec!["--test-threads=1"];
     e2e_args.extend(&filter);
-    cargo(&["test", "-p", "sluice-e2e"], &e2e_args, &[("SLUICE_BIN", bin_env.as_str())])?;
+    cargo(
+        &["test", "-p", "sluice-e2e"],
+        &e2e_args,
+        &[("SLUICE_BIN", bin_env.as_str())],
+    )?;
 
     if args.filter.is_none() {
         step("smoke run of `cargo xtask run`");
-        run::run(&run::Args { requests: Some(30), release: false })?;
+        run::run(&run::Args {
+            requests: Some(30),
+            release: false,
+        })?;
     }
     println!("\nall tests passed");
     Ok(())

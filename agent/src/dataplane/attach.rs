@@ -33,7 +33,11 @@ pub fn remove_pin(path: &Path) {
     }
 }
 
-pub fn attach_pinned(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Result<PinnedLink, Error> {
+pub fn attach_pinned(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    path: &Path,
+) -> Result<PinnedLink, Error> {
     let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
         iface: iface.to_owned(),
         path: path.to_path_buf(),
@@ -69,8 +73,14 @@ pub fn attach_pinned(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Re
     }
     let id = prog
         .attach(iface, TcAttachType::Ingress)
-        .map_err(|e| Error::Attach { iface: iface.to_owned(), source: Box::new(e) })?;
-    let link = prog.take_link(id).map_err(|e| Error::Attach { iface: iface.to_owned(), source: Box::new(e) })?;
+        .map_err(|e| Error::Attach {
+            iface: iface.to_owned(),
+            source: Box::new(e),
+        })?;
+    let link = prog.take_link(id).map_err(|e| Error::Attach {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    })?;
     let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
     fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
 }

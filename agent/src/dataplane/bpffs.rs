@@ -28,20 +28,32 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 fn bpffs_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Bpffs { path: path.to_path_buf(), source }
+    move |source| Error::Bpffs {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn mount_bpffs(at: &Path) -> Result<(), Error> {
     tracing::info!(path = %at.display(), "mounting bpffs");
-    mount(Some("bpf"), at, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
-        .map_err(|e| bpffs_err(at)(io::Error::from(e)))
+    mount(
+        Some("bpf"),
+        at,
+        Some("bpf"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|e| bpffs_err(at)(io::Error::from(e)))
 }
 
 /// Makes `pin_dir` a directory on bpffs, mounting bpffs when nothing is
 /// mounted: at /sys/fs/bpf for a pin directory below it (sysfs does not allow
 /// directories to be made), else at the pin directory itself.
 pub fn ensure(pin_dir: &Path) -> Result<(), Error> {
-    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if !is_bpffs(existing) {
         let sys = Path::new(SYS_FS_BPF);
         if pin_dir.starts_with(sys) && pin_dir != sys && !is_bpffs(sys) {
@@ -53,7 +65,9 @@ pub fn ensure(pin_dir: &Path) -> Result<(), Error> {
     }
     fs::create_dir_all(pin_dir).map_err(bpffs_err(pin_dir))?;
     if !is_bpffs(pin_dir) {
-        return Err(bpffs_err(pin_dir)(io::Error::other("not on a bpffs after mounting")));
+        return Err(bpffs_err(pin_dir)(io::Error::other(
+            "not on a bpffs after mounting",
+        )));
     }
     Ok(())
 }
@@ -65,7 +79,9 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SLOTS => (size_of::<SlotKey>(), size_of::<Backend>()),
         names::BACKENDS => (size_of::<u32>(), size_of::<Backend>()),
         names::CONNTRACK => (size_of::<CtKey>(), size_of::<CtValue>()),
-        names::SERVICE_STATS | names::BACKEND_STATS => (size_of::<u32>(), size_of::<TrafficStats>()),
+        names::SERVICE_STATS | names::BACKEND_STATS => {
+            (size_of::<u32>(), size_of::<TrafficStats>())
+        }
         names::DROPS | names::EVENTS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_NAMES => (size_of::<u32>(), size_of::<ServiceName>()),
         _ => return None,
@@ -79,13 +95,20 @@ fn layout(name: &str) -> Option<(usize, usize)> {
 pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_size: u32) {
     for name in names::PINNED {
         let path = pin_dir.join(name);
-        let Ok(map) = MapData::from_pin(&path) else { continue };
+        let Ok(map) = MapData::from_pin(&path) else {
+            continue;
+        };
         let Ok(info) = map.info() else { continue };
         let (key, value) = layout(name).unwrap_or_default();
         let per_cpu_arrays = [names::DROPS, names::EVENTS];
         let wrong_layout = info.key_size() as usize != key || info.value_size() as usize != value;
         let wrong_count = per_cpu_arrays.contains(&name)
-            && info.max_entries() != if name == names::DROPS { DropReason::COUNT } else { Event::COUNT };
+            && info.max_entries()
+                != if name == names::DROPS {
+                    DropReason::COUNT
+                } else {
+                    Event::COUNT
+                };
         let resized = name == names::CONNTRACK && info.max_entries() != conntrack_size;
         if wrong_layout || wrong_count || resized {
             tracing::warn!(
@@ -133,7 +156,9 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), Error> {
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    let parent: PathBuf = path.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let parent: PathBuf = path
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
     match (fs::metadata(path), fs::metadata(&parent)) {
         (Ok(a), Ok(b)) => a.dev() != b.dev(),
         _ => false,

@@ -36,18 +36,27 @@ fn typed<T>(name: &'static str, map: Map) -> Result<T, Error>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    T::try_from(map).map_err(|e| Error::Map { name, source: Box::new(e) })
+    T::try_from(map).map_err(|e| Error::Map {
+        name,
+        source: Box::new(e),
+    })
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |e| Error::Map { name, source: Box::new(e) }
+    move |e| Error::Map {
+        name,
+        source: Box::new(e),
+    }
 }
 
 impl Maps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
         Self::build(|name| {
-            ebpf.take_map(name).ok_or_else(|| Error::Map { name, source: Box::new(MapError::InvalidName { name: name.into() }) })
+            ebpf.take_map(name).ok_or_else(|| Error::Map {
+                name,
+                source: Box::new(MapError::InvalidName { name: name.into() }),
+            })
         })
     }
 
@@ -88,16 +97,25 @@ impl Maps {
     pub fn apply(&mut self, op: &Op) -> Result<(), Error> {
         match op {
             Op::PutBackend(b) => {
-                self.backends.insert(b.id, b, 0).map_err(map_err(names::BACKENDS))?;
+                self.backends
+                    .insert(b.id, b, 0)
+                    .map_err(map_err(names::BACKENDS))?;
                 zero_stats(&mut self.backend_stats, b.id, names::BACKEND_STATS)
             }
-            Op::PutSlot { slot, backend } => self.slots.insert(slot, backend, 0).map_err(map_err(names::SLOTS)),
+            Op::PutSlot { slot, backend } => self
+                .slots
+                .insert(slot, backend, 0)
+                .map_err(map_err(names::SLOTS)),
             Op::PutService { key, value, name } => {
                 if let Some(name) = name {
                     zero_stats(&mut self.service_stats, value.id, names::SERVICE_STATS)?;
-                    self.names.insert(value.id, ServiceName::new(name), 0).map_err(map_err(names::SERVICE_NAMES))?;
+                    self.names
+                        .insert(value.id, ServiceName::new(name), 0)
+                        .map_err(map_err(names::SERVICE_NAMES))?;
                 }
-                self.services.insert(key, value, 0).map_err(map_err(names::SERVICES))
+                self.services
+                    .insert(key, value, 0)
+                    .map_err(map_err(names::SERVICES))
             }
             Op::DeleteSlot(slot) => removed(self.slots.remove(slot), names::SLOTS),
             Op::DeleteService { key, id } => {
@@ -110,10 +128,19 @@ impl Maps {
                 removed(self.backend_stats.remove(id), names::BACKEND_STATS)
             }
             Op::PutMarker(ip) => {
-                let value = ServiceValue { id: 0, count: 0, flags: SVC_FLAG_MARKER };
-                self.services.insert(ServiceKey::marker(*ip), value, 0).map_err(map_err(names::SERVICES))
+                let value = ServiceValue {
+                    id: 0,
+                    count: 0,
+                    flags: SVC_FLAG_MARKER,
+                };
+                self.services
+                    .insert(ServiceKey::marker(*ip), value, 0)
+                    .map_err(map_err(names::SERVICES))
             }
-            Op::DeleteMarker(ip) => removed(self.services.remove(&ServiceKey::marker(*ip)), names::SERVICES),
+            Op::DeleteMarker(ip) => removed(
+                self.services.remove(&ServiceKey::marker(*ip)),
+                names::SERVICES,
+            ),
         }
     }
 }
@@ -135,7 +162,11 @@ fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), Error
 }
 
 /// Creates the counters of an id unless they exist (they survive restarts).
-fn zero_stats(map: &mut PerCpuHashMap<MapData, u32, TrafficStats>, id: u32, name: &'static str) -> Result<(), Error> {
+fn zero_stats(
+    map: &mut PerCpuHashMap<MapData, u32, TrafficStats>,
+    id: u32,
+    name: &'static str,
+) -> Result<(), Error> {
     let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
     let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(Error::Cpus)?;
     match map.insert(id, zeros, NOEXIST) {
@@ -147,7 +178,9 @@ fn zero_stats(map: &mut PerCpuHashMap<MapData, u32, TrafficStats>, id: u32, name
 
 /// Sums per-CPU values.
 pub fn sum_stats(values: &PerCpuValues<TrafficStats>) -> TrafficStats {
-    values.iter().fold(TrafficStats::default(), |acc, v| acc.sum(*v))
+    values
+        .iter()
+        .fold(TrafficStats::default(), |acc, v| acc.sum(*v))
 }
 
 pub fn sum_counter(values: &PerCpuValues<u64>) -> u64 {

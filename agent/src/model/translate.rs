@@ -28,9 +28,15 @@ pub struct InvalidObject {
 
 const DEFAULT_NAMESPACE: &str = "default";
 
-fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjectKey> {
+fn object_key(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectKey> {
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
-    let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     Some(ObjectKey { namespace, name })
 }
 
@@ -41,7 +47,12 @@ struct Checker {
 
 impl Checker {
     fn err(&self, field: impl Into<String>, message: impl Into<String>) -> InvalidObject {
-        InvalidObject { kind: self.kind, object: self.object.clone(), field: field.into(), message: message.into() }
+        InvalidObject {
+            kind: self.kind,
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn port(&self, field: String, port: i32) -> Result<u16, InvalidObject> {
@@ -56,12 +67,16 @@ impl Checker {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            other => Err(self.err(field, format!("unknown protocol `{other}` (TCP, UDP or SCTP)"))),
+            other => Err(self.err(
+                field,
+                format!("unknown protocol `{other}` (TCP, UDP or SCTP)"),
+            )),
         }
     }
 
     fn ip(&self, field: String, ip: &str) -> Result<IpAddr, InvalidObject> {
-        ip.parse().map_err(|_| self.err(field, format!("`{ip}` is not an IP address")))
+        ip.parse()
+            .map_err(|_| self.err(field, format!("`{ip}` is not an IP address")))
     }
 }
 
@@ -72,10 +87,16 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         field: "metadata.name".into(),
         message: "is required".into(),
     })?;
-    let c = Checker { kind: "Service", object: key.to_string() };
+    let c = Checker {
+        kind: "Service",
+        object: key.to_string(),
+    };
     let spec = svc.spec.clone().unwrap_or_default();
-    let other_proxy =
-        svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
+    let other_proxy = svc
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
 
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -83,22 +104,34 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         let protocol = c.protocol(format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?;
         let name = p.name.clone().unwrap_or_default();
         if ports.iter().any(|q: &ServicePortInfo| q.name == name) {
-            return Err(c.err(format!("spec.ports[{i}].name"), format!("duplicate port name `{name}`")));
+            return Err(c.err(
+                format!("spec.ports[{i}].name"),
+                format!("duplicate port name `{name}`"),
+            ));
         }
-        ports.push(ServicePortInfo { name, port, protocol });
+        ports.push(ServicePortInfo {
+            name,
+            port,
+            protocol,
+        });
     }
 
     let kind = if spec.type_.as_deref() == Some("ExternalName") {
         let name = spec.external_name.clone().filter(|n| !n.is_empty());
-        ServiceKind::ExternalName { name: name.ok_or_else(|| c.err("spec.externalName", "is required for type ExternalName"))? }
+        ServiceKind::ExternalName {
+            name: name
+                .ok_or_else(|| c.err("spec.externalName", "is required for type ExternalName"))?,
+        }
     } else if spec.cluster_ip.as_deref() == Some("None") {
         ServiceKind::Headless
     } else {
         // clusterIPs, when set, lists clusterIP first (dual-stack).
         let listed: Vec<(String, &str)> = match (&spec.cluster_ips, &spec.cluster_ip) {
-            (Some(ips), _) if !ips.is_empty() => {
-                ips.iter().enumerate().map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str())).collect()
-            }
+            (Some(ips), _) if !ips.is_empty() => ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str()))
+                .collect(),
             (_, Some(ip)) if !ip.is_empty() => vec![("spec.clusterIP".into(), ip.as_str())],
             _ => {
                 return Err(c.err(
@@ -107,15 +140,25 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
                 ));
             }
         };
-        let ips = listed.into_iter().map(|(field, ip)| c.ip(field, ip)).collect::<Result<Vec<_>, _>>()?;
-        if let (Some(first), Some(ip)) = (ips.first(), spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()))
-            && c.ip("spec.clusterIP".into(), ip)? != *first
+        let ips = listed
+            .into_iter()
+            .map(|(field, ip)| c.ip(field, ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(first), Some(ip)) = (
+            ips.first(),
+            spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()),
+        ) && c.ip("spec.clusterIP".into(), ip)? != *first
         {
             return Err(c.err("spec.clusterIPs[0]", "must equal spec.clusterIP"));
         }
         ServiceKind::ClusterIp { ips }
     };
-    Ok(ServiceInfo { key, kind, ports, other_proxy })
+    Ok(ServiceInfo {
+        key,
+        kind,
+        ports,
+        other_proxy,
+    })
 }
 
 pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject> {
@@ -125,14 +168,22 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject>
         field: "metadata.name".into(),
         message: "is required".into(),
     })?;
-    let c = Checker { kind: "EndpointSlice", object: key.to_string() };
+    let c = Checker {
+        kind: "EndpointSlice",
+        object: key.to_string(),
+    };
     let ip_family = match slice.address_type.as_str() {
         "IPv4" => Some(false),
         "IPv6" => Some(true),
         "FQDN" => None,
         other => return Err(c.err("addressType", format!("unknown address type `{other}`"))),
     };
-    let service = slice.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SERVICE_NAME)).cloned();
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .cloned();
 
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
@@ -140,17 +191,31 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject>
         let Some(number) = p.port else { continue };
         let port = c.port(format!("ports[{i}].port"), number)?;
         let protocol = c.protocol(format!("ports[{i}].protocol"), p.protocol.as_deref())?;
-        ports.push(SlicePortInfo { name: p.name.clone().unwrap_or_default(), port, protocol });
+        ports.push(SlicePortInfo {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            protocol,
+        });
     }
 
     let mut endpoints = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         endpoints.push(endpoint(&c, i, ep, ip_family)?);
     }
-    Ok(SliceInfo { key, service, ports, endpoints })
+    Ok(SliceInfo {
+        key,
+        service,
+        ports,
+        endpoints,
+    })
 }
 
-fn endpoint(c: &Checker, i: usize, ep: &Endpoint, ipv6: Option<bool>) -> Result<EndpointInfo, InvalidObject> {
+fn endpoint(
+    c: &Checker,
+    i: usize,
+    ep: &Endpoint,
+    ipv6: Option<bool>,
+) -> Result<EndpointInfo, InvalidObject> {
     let mut addresses = Vec::new();
     if let Some(ipv6) = ipv6 {
         if ep.addresses.is_empty() {
@@ -160,7 +225,10 @@ fn endpoint(c: &Checker, i: usize, ep: &Endpoint, ipv6: Option<bool>) -> Result<
             let field = format!("endpoints[{i}].addresses[{j}]");
             let ip = c.ip(field.clone(), a)?;
             if ip.is_ipv6() != ipv6 {
-                return Err(c.err(field, format!("`{a}` does not match the slice's addressType")));
+                return Err(c.err(
+                    field,
+                    format!("`{a}` does not match the slice's addressType"),
+                ));
             }
             addresses.push(ip);
         }
@@ -196,16 +264,36 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.key.to_string(), "default/web");
-        assert_eq!(s.ports, vec![ServicePortInfo { name: String::new(), port: 80, protocol: Protocol::Tcp }]);
-        assert_eq!(s.kind, ServiceKind::ClusterIp { ips: vec!["10.96.0.10".parse().unwrap()] });
+        assert_eq!(
+            s.ports,
+            vec![ServicePortInfo {
+                name: String::new(),
+                port: 80,
+                protocol: Protocol::Tcp
+            }]
+        );
+        assert_eq!(
+            s.kind,
+            ServiceKind::ClusterIp {
+                ips: vec!["10.96.0.10".parse().unwrap()]
+            }
+        );
     }
 
     #[test]
     fn headless_external_name_and_proxy_label() {
         let h = service(&svc("metadata: {name: h}\nspec: {clusterIP: None}\n")).unwrap();
         assert_eq!(h.kind, ServiceKind::Headless);
-        let e = service(&svc("metadata: {name: e}\nspec: {type: ExternalName, externalName: example.com}\n")).unwrap();
-        assert_eq!(e.kind, ServiceKind::ExternalName { name: "example.com".into() });
+        let e = service(&svc(
+            "metadata: {name: e}\nspec: {type: ExternalName, externalName: example.com}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            e.kind,
+            ServiceKind::ExternalName {
+                name: "example.com".into()
+            }
+        );
         let o = service(&svc(
             "metadata: {name: o, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.1}\n",
         ))
@@ -215,19 +303,28 @@ mod tests {
 
     #[test]
     fn bad_services_name_the_object_and_field() {
-        let bad_ip = service(&svc("metadata: {name: web, namespace: prod}\nspec: {clusterIP: 10.96.0.300}\n"));
+        let bad_ip = service(&svc(
+            "metadata: {name: web, namespace: prod}\nspec: {clusterIP: 10.96.0.300}\n",
+        ));
         assert_eq!(
             bad_ip.unwrap_err().to_string(),
             "Service `prod/web`: spec.clusterIP: `10.96.0.300` is not an IP address"
         );
-        let port0 = service(&svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n"));
+        let port0 = service(&svc(
+            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n",
+        ));
         assert_eq!(port0.unwrap_err().field, "spec.ports[0].port");
-        let big = service(&svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 70000}]}\n"));
+        let big = service(&svc(
+            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 70000}]}\n",
+        ));
         assert!(big.unwrap_err().message.contains("70000 is out of range"));
         let proto = service(&svc(
             "metadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80, protocol: ICMP}]}\n",
         ));
-        assert_eq!(proto.unwrap_err().message, "unknown protocol `ICMP` (TCP, UDP or SCTP)");
+        assert_eq!(
+            proto.unwrap_err().message,
+            "unknown protocol `ICMP` (TCP, UDP or SCTP)"
+        );
         let no_ip = service(&svc("metadata: {name: web}\nspec: {ports: [{port: 80}]}\n"));
         assert_eq!(no_ip.unwrap_err().field, "spec.clusterIP");
     }
@@ -239,7 +336,14 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.service.as_deref(), Some("web"));
-        assert_eq!(s.ports, vec![SlicePortInfo { name: "http".into(), port: 8080, protocol: Protocol::Tcp }]);
+        assert_eq!(
+            s.ports,
+            vec![SlicePortInfo {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp
+            }]
+        );
         assert!(s.endpoints[0].ready && s.endpoints[0].serving && !s.endpoints[0].terminating);
         assert!(!s.endpoints[1].ready && s.endpoints[1].serving && s.endpoints[1].terminating);
     }
@@ -250,9 +354,13 @@ mod tests {
             "metadata: {name: s}\naddressType: IPv4\nendpoints: [{addresses: [not-an-ip]}]\n",
         ));
         assert_eq!(bad.unwrap_err().field, "endpoints[0].addresses[0]");
-        let family = endpoint_slice(&slice("metadata: {name: s}\naddressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]\n"));
+        let family = endpoint_slice(&slice(
+            "metadata: {name: s}\naddressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]\n",
+        ));
         assert!(family.unwrap_err().message.contains("addressType"));
-        let port = endpoint_slice(&slice("metadata: {name: s}\naddressType: IPv4\nports: [{port: -1}]\nendpoints: []\n"));
+        let port = endpoint_slice(&slice(
+            "metadata: {name: s}\naddressType: IPv4\nports: [{port: -1}]\nendpoints: []\n",
+        ));
         assert_eq!(port.unwrap_err().field, "ports[0].port");
     }
 }

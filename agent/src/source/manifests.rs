@@ -45,7 +45,12 @@ pub enum ManifestError {
         source: InvalidObject,
     },
     #[error("`{}`: {kind} `{object}` is also defined in `{}`; using that one", file.display(), first.display())]
-    Duplicate { file: PathBuf, first: PathBuf, kind: &'static str, object: ObjectKey },
+    Duplicate {
+        file: PathBuf,
+        first: PathBuf,
+        kind: &'static str,
+        object: ObjectKey,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,7 +87,10 @@ pub struct Scan {
 
 impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: BTreeMap::new() }
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -91,7 +99,10 @@ impl ManifestDir {
 
     /// Rereads the directory, parsing only files whose content changed.
     pub fn rescan(&mut self) -> Result<Scan, ManifestError> {
-        let read_dir = |source| ManifestError::ReadDir { dir: self.dir.clone(), source };
+        let read_dir = |source| ManifestError::ReadDir {
+            dir: self.dir.clone(),
+            source,
+        };
         let mut present = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(read_dir)? {
             let path = entry.map_err(read_dir)?.path();
@@ -100,7 +111,10 @@ impl ManifestDir {
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
             // Editors' temporary and hidden files are not manifests.
-            let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if is_manifest && !hidden && path.is_file() {
                 present.push(path);
             }
@@ -118,11 +132,16 @@ impl ManifestDir {
                 // Removed between listing and reading: the next event rescans.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
-                    scan.problems.push(ManifestError::ReadFile { file: path, source });
+                    scan.problems
+                        .push(ManifestError::ReadFile { file: path, source });
                     continue;
                 }
             };
-            if self.files.get(&path).is_some_and(|old| old.content == content) {
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|old| old.content == content)
+            {
                 continue;
             }
             scan.changed = true;
@@ -166,10 +185,16 @@ impl ManifestDir {
             for object in state.objects.values() {
                 match object {
                     Object::Service(s) => {
-                        model.services.entry(s.key.clone()).or_insert_with(|| s.clone());
+                        model
+                            .services
+                            .entry(s.key.clone())
+                            .or_insert_with(|| s.clone());
                     }
                     Object::Slice(s) => {
-                        model.slices.entry(s.key.clone()).or_insert_with(|| s.clone());
+                        model
+                            .slices
+                            .entry(s.key.clone())
+                            .or_insert_with(|| s.clone());
                     }
                 }
             }
@@ -185,7 +210,10 @@ fn parse_file(
     previous: &BTreeMap<ObjectId, Object>,
     problems: &mut Vec<ManifestError>,
 ) -> Option<BTreeMap<ObjectId, Object>> {
-    let parse_error = |message: String| ManifestError::Parse { file: path.to_path_buf(), message };
+    let parse_error = |message: String| ManifestError::Parse {
+        file: path.to_path_buf(),
+        message,
+    };
     let Ok(text) = std::str::from_utf8(content) else {
         problems.push(parse_error("not UTF-8".into()));
         return None;
@@ -216,7 +244,12 @@ fn parse_file(
     let mut objects_in = Vec::new();
     for doc in documents {
         if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            objects_in.extend(doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+            objects_in.extend(
+                doc.get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         } else {
             objects_in.push(doc);
         }
@@ -224,15 +257,23 @@ fn parse_file(
 
     let mut objects = BTreeMap::new();
     for value in objects_in {
-        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-        let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let result = match (api_version, kind) {
             ("v1", "Service") => decode::<Service>(&value, "Service")
                 .and_then(|s| translate::service(&s))
                 .map(|s| (ObjectId::Service(s.key.clone()), Object::Service(s))),
-            ("discovery.k8s.io/v1", "EndpointSlice") => decode::<EndpointSlice>(&value, "EndpointSlice")
-                .and_then(|s| translate::endpoint_slice(&s))
-                .map(|s| (ObjectId::Slice(s.key.clone()), Object::Slice(s))),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                decode::<EndpointSlice>(&value, "EndpointSlice")
+                    .and_then(|s| translate::endpoint_slice(&s))
+                    .map(|s| (ObjectId::Slice(s.key.clone()), Object::Slice(s)))
+            }
             _ => {
                 tracing::debug!(file = %path.display(), api_version, kind, "ignoring an object of another kind");
                 continue;
@@ -249,19 +290,28 @@ fn parse_file(
                 {
                     objects.insert(id, old.clone());
                 }
-                problems.push(ManifestError::Invalid { file: path.to_path_buf(), source });
+                problems.push(ManifestError::Invalid {
+                    file: path.to_path_buf(),
+                    source,
+                });
             }
         }
     }
     Some(objects)
 }
 
-fn decode<T: serde::de::DeserializeOwned>(value: &Value, kind: &'static str) -> Result<T, InvalidObject> {
+fn decode<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    kind: &'static str,
+) -> Result<T, InvalidObject> {
     serde_json::from_value(value.clone()).map_err(|e| InvalidObject {
         kind,
-        object: object_id(value, kind).map_or_else(|| "?".into(), |id| match id {
-            ObjectId::Service(k) | ObjectId::Slice(k) => k.to_string(),
-        }),
+        object: object_id(value, kind).map_or_else(
+            || "?".into(),
+            |id| match id {
+                ObjectId::Service(k) | ObjectId::Slice(k) => k.to_string(),
+            },
+        ),
         field: "(schema)".into(),
         message: e.to_string(),
     })
@@ -270,7 +320,11 @@ fn decode<T: serde::de::DeserializeOwned>(value: &Value, kind: &'static str) -> 
 fn object_id(value: &Value, kind: &str) -> Option<ObjectId> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?.to_owned();
-    let namespace = meta.get("namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
+    let namespace = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_owned();
     let key = ObjectKey { namespace, name };
     match kind {
         "Service" => Some(ObjectId::Service(key)),
@@ -294,7 +348,12 @@ mod tests {
     }
 
     fn cluster_ip(m: &Model, name: &str) -> IpAddr {
-        match &m.services[&ObjectKey { namespace: "default".into(), name: name.into() }].kind {
+        match &m.services[&ObjectKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }]
+            .kind
+        {
             ServiceKind::ClusterIp { ips } => ips[0],
             other => panic!("{other:?}"),
         }
@@ -309,7 +368,11 @@ mod tests {
             "b.json",
             r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"prod"},"spec":{"clusterIP":"10.96.0.11","ports":[{"port":443}]}}]}"#,
         );
-        write(d.path(), "c.yml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n");
+        write(
+            d.path(),
+            "c.yml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n",
+        );
         write(d.path(), "notes.txt", "not a manifest");
         let mut m = ManifestDir::new(d.path());
         let scan = m.rescan().unwrap();
@@ -318,8 +381,14 @@ mod tests {
         let model = m.model();
         assert_eq!(model.services.len(), 2);
         assert_eq!(model.slices.len(), 1);
-        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
-        assert!(!m.rescan().unwrap().changed, "an unchanged directory is not reparsed");
+        assert_eq!(
+            cluster_ip(&model, "web"),
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
+        assert!(
+            !m.rescan().unwrap().changed,
+            "an unchanged directory is not reparsed"
+        );
     }
 
     #[test]
@@ -329,16 +398,33 @@ mod tests {
         write(d.path(), "slice.yaml", WEB_SLICE);
         let mut m = ManifestDir::new(d.path());
         m.rescan().unwrap();
-        write(d.path(), "web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web\n");
-        write(d.path(), "slice.yaml", &WEB_SLICE.replace("10.0.0.1", "10.0.0.2"));
+        write(
+            d.path(),
+            "web.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+        );
+        write(
+            d.path(),
+            "slice.yaml",
+            &WEB_SLICE.replace("10.0.0.1", "10.0.0.2"),
+        );
         let scan = m.rescan().unwrap();
         assert_eq!(scan.problems.len(), 1);
         let msg = scan.problems[0].to_string();
-        assert!(msg.contains("web.yaml") && msg.contains("invalid YAML"), "{msg}");
+        assert!(
+            msg.contains("web.yaml") && msg.contains("invalid YAML"),
+            "{msg}"
+        );
         let model = m.model();
-        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            cluster_ip(&model, "web"),
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
         let slice = model.slices.values().next().unwrap();
-        assert_eq!(slice.endpoints[0].addresses[0], "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            slice.endpoints[0].addresses[0],
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -350,19 +436,44 @@ mod tests {
         m.rescan().unwrap();
         // web gets a bad IP, api a new port: api changes, web keeps 10.96.0.10.
         let bad = WEB.replace("10.96.0.10", "10.96.0.999");
-        write(d.path(), "svc.yaml", &format!("{bad}---\n{}", api.replace("443", "8443")));
+        write(
+            d.path(),
+            "svc.yaml",
+            &format!("{bad}---\n{}", api.replace("443", "8443")),
+        );
         let scan = m.rescan().unwrap();
         assert_eq!(scan.problems.len(), 1);
         let msg = scan.problems[0].to_string();
-        assert!(msg.contains("svc.yaml") && msg.contains("Service `default/web`") && msg.contains("spec.clusterIP"), "{msg}");
+        assert!(
+            msg.contains("svc.yaml")
+                && msg.contains("Service `default/web`")
+                && msg.contains("spec.clusterIP"),
+            "{msg}"
+        );
         let model = m.model();
-        assert_eq!(cluster_ip(&model, "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
-        let api = &model.services[&ObjectKey { namespace: "default".into(), name: "api".into() }];
+        assert_eq!(
+            cluster_ip(&model, "web"),
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
+        let api = &model.services[&ObjectKey {
+            namespace: "default".into(),
+            name: "api".into(),
+        }];
         assert_eq!(api.ports[0].port, 8443);
         // A schema error (a string where a number belongs) is reported the same way.
-        write(d.path(), "svc.yaml", &WEB.replace("port: 80", "port: eighty"));
+        write(
+            d.path(),
+            "svc.yaml",
+            &WEB.replace("port: 80", "port: eighty"),
+        );
         let scan = m.rescan().unwrap();
-        assert!(scan.problems[0].to_string().contains("Service `default/web`"), "{}", scan.problems[0]);
+        assert!(
+            scan.problems[0]
+                .to_string()
+                .contains("Service `default/web`"),
+            "{}",
+            scan.problems[0]
+        );
         assert_eq!(m.model().services.len(), 1, "api was removed from the file");
     }
 
@@ -374,11 +485,21 @@ mod tests {
         let mut m = ManifestDir::new(d.path());
         let scan = m.rescan().unwrap();
         assert_eq!(scan.problems.len(), 1);
-        assert!(scan.problems[0].to_string().contains("also defined"), "{}", scan.problems[0]);
-        assert_eq!(cluster_ip(&m.model(), "web"), "10.96.0.10".parse::<IpAddr>().unwrap());
+        assert!(
+            scan.problems[0].to_string().contains("also defined"),
+            "{}",
+            scan.problems[0]
+        );
+        assert_eq!(
+            cluster_ip(&m.model(), "web"),
+            "10.96.0.10".parse::<IpAddr>().unwrap()
+        );
         fs::remove_file(d.path().join("a.yaml")).unwrap();
         assert!(m.rescan().unwrap().changed);
-        assert_eq!(cluster_ip(&m.model(), "web"), "10.96.0.20".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            cluster_ip(&m.model(), "web"),
+            "10.96.0.20".parse::<IpAddr>().unwrap()
+        );
         fs::remove_file(d.path().join("b.yaml")).unwrap();
         m.rescan().unwrap();
         assert!(m.model().services.is_empty());

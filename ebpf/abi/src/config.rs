@@ -21,7 +21,11 @@ const _: () = assert!(size_of::<DataplaneConfig>() == 16);
 
 impl DataplaneConfig {
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
-        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len as u32) };
+        let mask = if prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix_len as u32)
+        };
         let net = net.to_bits() & mask;
         Self {
             service_net_be: net.to_be_bytes(),

@@ -3,7 +3,10 @@
 
 /// Folds a 32-bit one's-complement sum into 16 bits, without complementing.
 #[inline(always)]
-#[expect(clippy::cast_possible_truncation, reason = "the folded sum fits 16 bits")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the folded sum fits 16 bits"
+)]
 pub const fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -49,7 +52,10 @@ pub const fn replace16(check: u16, old: u16, new: u16) -> u16 {
 
 /// RFC 1624 incremental update for a 32-bit field change (an IPv4 address).
 #[inline(always)]
-#[expect(clippy::cast_possible_truncation, reason = "splits the word into its halves")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "splits the word into its halves"
+)]
 pub const fn replace32(check: u16, old: u32, new: u32) -> u16 {
     let c = replace16(check, (old >> 16) as u16, (new >> 16) as u16);
     replace16(c, old as u16, new as u16)
@@ -62,7 +68,11 @@ mod tests {
     fn naive(bytes: &[u8]) -> u16 {
         let mut sum: u64 = 0;
         for (i, b) in bytes.iter().enumerate() {
-            sum += if i % 2 == 0 { u64::from(*b) << 8 } else { u64::from(*b) };
+            sum += if i % 2 == 0 {
+                u64::from(*b) << 8
+            } else {
+                u64::from(*b)
+            };
         }
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
@@ -74,8 +84,8 @@ mod tests {
     fn ipv4_header_matches_rfc1071_example() {
         // A header from a capture; its checksum is 0xb861.
         let mut h: [u8; 20] = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00,
-            0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(ipv4_header(&h), 0xb861);
         h[10] = 0xb8;

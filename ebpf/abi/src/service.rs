@@ -21,7 +21,12 @@ const _: () = assert!(size_of::<ServiceKey>() == 8);
 
 impl ServiceKey {
     pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
-        Self { addr_be: addr.octets(), port_be: port.to_be_bytes(), proto, _pad: 0 }
+        Self {
+            addr_be: addr.octets(),
+            port_be: port.to_be_bytes(),
+            proto,
+            _pad: 0,
+        }
     }
 
     /// The marker key of a ClusterIP.
@@ -81,7 +86,12 @@ const _: () = assert!(size_of::<Backend>() == 12);
 
 impl Backend {
     pub const fn new(id: u32, addr: Ipv4Addr, port: u16) -> Self {
-        Self { id, addr_be: addr.octets(), port_be: port.to_be_bytes(), _pad: [0; 2] }
+        Self {
+            id,
+            addr_be: addr.octets(),
+            port_be: port.to_be_bytes(),
+            _pad: [0; 2],
+        }
     }
 
     pub const fn addr(&self) -> Ipv4Addr {
@@ -115,7 +125,11 @@ impl ServiceName {
     }
 
     pub fn as_str(&self) -> &str {
-        let len = self.bytes.iter().position(|&b| b == 0).unwrap_or(self.bytes.len());
+        let len = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.bytes.len());
         core::str::from_utf8(self.bytes.split_at(len).0).unwrap_or("?")
     }
 }
@@ -141,6 +155,9 @@ mod tests {
         let long = "é".repeat(40);
         let n = ServiceName::new(&long);
         assert_eq!(n.as_str().len(), 64);
-        assert_eq!(ServiceName::new("default/web:http").as_str(), "default/web:http");
+        assert_eq!(
+            ServiceName::new("default/web:http").as_str(),
+            "default/web:http"
+        );
     }
 }

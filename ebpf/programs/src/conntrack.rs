@@ -27,7 +27,11 @@ pub struct Binding {
 impl From<Backend> for Binding {
     #[inline(always)]
     fn from(b: Backend) -> Self {
-        Self { addr: b.addr_be, port: b.port_be, backend_id: b.id }
+        Self {
+            addr: b.addr_be,
+            port: b.port_be,
+            backend_id: b.id,
+        }
     }
 }
 
@@ -77,7 +81,11 @@ pub fn lookup_original(p: &Packet, now: u64) -> Option<Binding> {
     let k = key(p, CT_DIR_ORIGINAL);
     let entry = maps::conntrack(&k)?;
     let v: CtValue = unsafe { *entry };
-    let bound = Binding { addr: v.nat_addr_be, port: v.nat_port_be, backend_id: v.backend_id };
+    let bound = Binding {
+        addr: v.nat_addr_be,
+        port: v.nat_port_be,
+        backend_id: v.backend_id,
+    };
     let keep = if p.is_tcp() {
         let new_syn = p.tcp_has(TCP_SYN) && !p.tcp_has(TCP_ACK);
         !new_syn || (v.tcp_flags & (CT_TCP_FIN | CT_TCP_RST) == 0 && backend_live(&bound))

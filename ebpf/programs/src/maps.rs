@@ -60,17 +60,23 @@ static SLUICE_SVC_NAME: HashMap<u32, ServiceName> =
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
 pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
-    SLUICE_SVC.get_ptr(key).map(|p| unsafe { core::ptr::read_volatile(p) })
+    SLUICE_SVC
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 #[inline(always)]
 pub fn slot(key: &SlotKey) -> Option<Backend> {
-    SLUICE_SLOT.get_ptr(key).map(|p| unsafe { core::ptr::read_volatile(p) })
+    SLUICE_SLOT
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Backend> {
-    SLUICE_BACKEND.get_ptr(id).map(|p| unsafe { core::ptr::read_volatile(p) })
+    SLUICE_BACKEND
+        .get_ptr(id)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 #[inline(always)]

@@ -17,7 +17,16 @@ pub fn rewrite_dst(
     addr: [u8; 4],
     port: [u8; 2],
 ) -> Result<(), DropReason> {
-    rewrite(ctx, p, IP_DADDR_OFF, p.l4_off + 2, p.daddr, addr, p.dport, port)
+    rewrite(
+        ctx,
+        p,
+        IP_DADDR_OFF,
+        p.l4_off + 2,
+        p.daddr,
+        addr,
+        p.dport,
+        port,
+    )
 }
 
 /// Reverse NAT of a reply: the source becomes `addr:port`.
@@ -45,10 +54,20 @@ fn rewrite(
 ) -> Result<(), DropReason> {
     // UDP: a zero checksum means "none" and must stay zero; a computed zero
     // is sent as 0xffff (BPF_F_MARK_MANGLED_0).
-    let udp = if p.is_tcp() { 0 } else { u64::from(BPF_F_MARK_MANGLED_0) };
+    let udp = if p.is_tcp() {
+        0
+    } else {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    };
     let check = p.l4_check_off();
-    let (oa, na) = (u64::from(u32::from_ne_bytes(old_addr)), u64::from(u32::from_ne_bytes(new_addr)));
-    let (op, np) = (u64::from(u16::from_ne_bytes(old_port)), u64::from(u16::from_ne_bytes(new_port)));
+    let (oa, na) = (
+        u64::from(u32::from_ne_bytes(old_addr)),
+        u64::from(u32::from_ne_bytes(new_addr)),
+    );
+    let (op, np) = (
+        u64::from(u16::from_ne_bytes(old_port)),
+        u64::from(u16::from_ne_bytes(new_port)),
+    );
     let r = ctx
         .l4_csum_replace(check, oa, na, udp | u64::from(BPF_F_PSEUDO_HDR) | 4)
         .and_then(|()| ctx.l4_csum_replace(check, op, np, udp | 2))

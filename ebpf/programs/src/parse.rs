@@ -41,7 +41,11 @@ impl Packet {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub const fn l4_check_off(&self) -> usize {
-        if self.proto == proto::TCP { self.l4_off + 16 } else { self.l4_off + 6 }
+        if self.proto == proto::TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
     }
 
     #[inline(always)]
@@ -59,7 +63,9 @@ pub enum Parsed {
     /// Not IPv4 TCP/UDP: pass it.
     NotOurs,
     /// An IPv4 TCP/UDP fragment to `daddr`: ports may be absent.
-    Fragment { daddr: [u8; 4] },
+    Fragment {
+        daddr: [u8; 4],
+    },
     Packet(Packet),
 }
 
@@ -100,8 +106,15 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         return Ok(Parsed::NotOurs);
     }
     let ip = header::<Ipv4Hdr>(ctx, IP_OFF).ok_or(DropReason::MalformedIp)?;
-    let (vihl, l4proto, frags, saddr, daddr) =
-        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
+    let (vihl, l4proto, frags, saddr, daddr) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            (*ip).frags,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
     if vihl >> 4 != 4 {
         return Err(DropReason::MalformedIp);
     }

@@ -7,11 +7,16 @@
 //! instead of timing out.
 
 use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
+    },
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use sluice_abi::{csum, proto, stats::{DropReason, Event}};
+use sluice_abi::{
+    csum, proto,
+    stats::{DropReason, Event},
+};
 
 use crate::{
     TC_ACT_REDIRECT,
@@ -87,7 +92,11 @@ fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
         dst_addr: p.saddr,
     };
     ip.check = checksum(core::ptr::from_mut(&mut ip).cast(), Ipv4Hdr::LEN).to_ne_bytes();
-    let reply_eth = EthHdr { dst_addr: eth.src_addr, src_addr: eth.dst_addr, ether_type: eth.ether_type };
+    let reply_eth = EthHdr {
+        dst_addr: eth.src_addr,
+        src_addr: eth.dst_addr,
+        ether_type: eth.ether_type,
+    };
 
     let frame_len = (EthHdr::LEN + usize::from(tot_len)) as u32;
     if unsafe { bpf_skb_change_tail(skb, frame_len, 0) } != 0 {

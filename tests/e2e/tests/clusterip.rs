@@ -11,8 +11,8 @@ use std::{
 };
 
 use common::{
-    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, http, peer, spread,
-    web_lab, web_manifest, who,
+    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, http, peer,
+    spread, web_lab, web_manifest, who,
 };
 use sluice_lab::{
     AgentOptions, Lab,
@@ -22,7 +22,8 @@ use sluice_lab::{
 };
 
 fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {
-    err.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+    err.downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
 }
 
 #[test]
@@ -33,7 +34,11 @@ fn tcp_through_a_cluster_ip_reaches_each_of_three_backends() {
     let mut lab = web_lab(3);
     lab.start_agent(&AgentOptions::default()).unwrap();
     let seen = spread(&lab, http(), 3, 60);
-    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["b0", "b1", "b2"], "{seen:?}");
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["b0", "b1", "b2"],
+        "{seen:?}"
+    );
     // The backends see the client's own address: no SNAT on this path.
     let answer = lab.pod("client").tcp_request(http(), T).unwrap();
     assert_eq!(peer(&answer).ip(), CLIENT);
@@ -49,14 +54,20 @@ fn udp_request_response_through_a_cluster_ip() {
     for _ in 0..5 {
         let (answer, from) = lab.pod("client").udp_request(dns(), T).unwrap();
         assert!(who(&answer).starts_with('b'), "{answer}");
-        assert_eq!(from, dns(), "the answer comes from the ClusterIP:port the client asked");
+        assert_eq!(
+            from,
+            dns(),
+            "the answer comes from the ClusterIP:port the client asked"
+        );
         assert_eq!(peer(&answer).ip(), CLIENT);
     }
 }
 
 #[test]
 fn a_removed_endpoint_gets_no_new_connections_and_flows_to_the_others_survive() {
-    if !require_privileges("a_removed_endpoint_gets_no_new_connections_and_flows_to_the_others_survive") {
+    if !require_privileges(
+        "a_removed_endpoint_gets_no_new_connections_and_flows_to_the_others_survive",
+    ) {
         return;
     }
     let mut lab = web_lab(3);
@@ -77,13 +88,18 @@ fn a_removed_endpoint_gets_no_new_connections_and_flows_to_the_others_survive() 
 
     for (name, conn) in &mut conns {
         if name != "b1" {
-            let answer = request_line(conn, T).unwrap_or_else(|e| panic!("flow to {name} broke: {e:#}"));
+            let answer =
+                request_line(conn, T).unwrap_or_else(|e| panic!("flow to {name} broke: {e:#}"));
             assert_eq!(&who(&answer), name, "the flow kept its backend");
         }
     }
     for _ in 0..30 {
         let answer = lab.pod("client").tcp_request(http(), T).unwrap();
-        assert_ne!(who(&answer), "b1", "a removed endpoint got a new connection");
+        assert_ne!(
+            who(&answer),
+            "b1",
+            "a removed endpoint got a new connection"
+        );
     }
 }
 
@@ -94,7 +110,11 @@ fn a_deleted_service_no_longer_reaches_any_backend() {
     }
     for cidr in [None, Some(SERVICE_CIDR)] {
         let mut lab = web_lab(2);
-        lab.start_agent(&AgentOptions { service_cidr: cidr.map(Into::into), ..AgentOptions::default() }).unwrap();
+        lab.start_agent(&AgentOptions {
+            service_cidr: cidr.map(Into::into),
+            ..AgentOptions::default()
+        })
+        .unwrap();
         lab.pod("client").tcp_request(http(), T).unwrap();
         delete(&mut lab, "web.yaml");
         let err = lab.pod("client").tcp_request(http(), T).unwrap_err();
@@ -117,7 +137,9 @@ fn a_service_without_endpoints_refuses_a_connect_in_under_a_second() {
     lab.start_agent(&AgentOptions::default()).unwrap();
     let client = lab.pod("client");
     // A one-second connect timeout: a dropped SYN would end in TimedOut.
-    let err = client.tcp_connect(http(), std::time::Duration::from_secs(1)).unwrap_err();
+    let err = client
+        .tcp_connect(http(), std::time::Duration::from_secs(1))
+        .unwrap_err();
     assert_eq!(io_kind(&err), Some(ErrorKind::ConnectionRefused), "{err:#}");
     // A connected UDP socket gets the ICMP error as ECONNREFUSED.
     let udp = client.udp_socket().unwrap();
@@ -139,14 +161,25 @@ fn several_ports_on_one_service_each_reach_their_own_target_port() {
         lab.add_pod(&backend_name(i), backend_ip(i)).unwrap();
         lab.serve(&backend_name(i), &[8080, 9091], &[5353]).unwrap();
     }
-    let eps = [Endpoint::ready(backend_ip(0)), Endpoint::ready(backend_ip(1))];
+    let eps = [
+        Endpoint::ready(backend_ip(0)),
+        Endpoint::ready(backend_ip(1)),
+    ];
     lab.write_manifest(
         "web.yaml",
         &manifest::service_with_endpoints(
             "web",
             VIP,
-            &[Port::tcp("http", 80), Port::tcp("admin", 9090), Port::udp("dns", 53)],
-            &[Port::tcp("http", 8080), Port::tcp("admin", 9091), Port::udp("dns", 5353)],
+            &[
+                Port::tcp("http", 80),
+                Port::tcp("admin", 9090),
+                Port::udp("dns", 53),
+            ],
+            &[
+                Port::tcp("http", 8080),
+                Port::tcp("admin", 9091),
+                Port::udp("dns", 5353),
+            ],
             &eps,
         ),
     )
@@ -156,7 +189,11 @@ fn several_ports_on_one_service_each_reach_their_own_target_port() {
     assert_eq!(spread(&lab, SocketAddr::from((VIP, 9090)), 2, 40).len(), 2);
     lab.pod("client").udp_request(dns(), T).unwrap();
     // A port the Service does not have is not load-balanced.
-    assert!(lab.pod("client").tcp_request(SocketAddr::from((VIP, 8080)), T).is_err());
+    assert!(
+        lab.pod("client")
+            .tcp_request(SocketAddr::from((VIP, 8080)), T)
+            .is_err()
+    );
 }
 
 #[test]
@@ -170,8 +207,14 @@ fn a_named_target_port_resolved_into_the_slice_is_used() {
     // The backend listens on 8081 only: the container port named `web`.
     lab.serve("b0", &[8081], &[]).unwrap();
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80, protocol: TCP, targetPort: web}\n";
-    let slice = manifest::endpoint_slice("web-1", "web", &[Port::tcp("http", 8081)], &[Endpoint::ready(backend_ip(0))]);
-    lab.write_manifest("web.yaml", &format!("{svc}---\n{slice}")).unwrap();
+    let slice = manifest::endpoint_slice(
+        "web-1",
+        "web",
+        &[Port::tcp("http", 8081)],
+        &[Endpoint::ready(backend_ip(0))],
+    );
+    lab.write_manifest("web.yaml", &format!("{svc}---\n{slice}"))
+        .unwrap();
     lab.start_agent(&AgentOptions::default()).unwrap();
     let answer = lab.pod("client").tcp_request(http(), T).unwrap();
     assert_eq!(who(&answer), "b0");
@@ -187,7 +230,9 @@ fn an_interface_created_after_the_agent_started_gets_the_program() {
     let mark = lab.agent().log_len();
     let late = lab.add_pod("late", Ipv4Addr::new(10, 244, 1, 99)).unwrap();
     let iface = late.host_if.clone();
-    lab.agent().wait_for(&format!("iface=\"{iface}\""), mark, APPLY).unwrap();
+    lab.agent()
+        .wait_for(&format!("iface=\"{iface}\""), mark, APPLY)
+        .unwrap();
     let answer = lab.pod("late").tcp_request(http(), T).unwrap();
     assert_eq!(who(&answer), "b0");
     assert_eq!(peer(&answer).ip(), Ipv4Addr::new(10, 244, 1, 99));
@@ -201,9 +246,16 @@ fn only_interfaces_matching_the_list_get_the_program() {
     let mut lab = web_lab(1);
     lab.add_pod("other", Ipv4Addr::new(10, 244, 1, 50)).unwrap();
     // veth0 (client) and veth1 (b0) match; veth2 (other) does not.
-    lab.start_agent(&AgentOptions { interfaces: "veth0,veth1".into(), ..AgentOptions::default() }).unwrap();
+    lab.start_agent(&AgentOptions {
+        interfaces: "veth0,veth1".into(),
+        ..AgentOptions::default()
+    })
+    .unwrap();
     lab.pod("client").tcp_request(http(), T).unwrap();
-    assert!(lab.pod("other").tcp_request(http(), T).is_err(), "traffic from an unmatched interface was balanced");
+    assert!(
+        lab.pod("other").tcp_request(http(), T).is_err(),
+        "traffic from an unmatched interface was balanced"
+    );
 }
 
 #[test]
@@ -212,15 +264,28 @@ fn with_a_service_cidr_unallocated_ips_and_unknown_ports_are_refused() {
         return;
     }
     let mut lab = web_lab(1);
-    lab.start_agent(&AgentOptions { service_cidr: Some(SERVICE_CIDR.into()), ..AgentOptions::default() }).unwrap();
+    lab.start_agent(&AgentOptions {
+        service_cidr: Some(SERVICE_CIDR.into()),
+        ..AgentOptions::default()
+    })
+    .unwrap();
     let client = lab.pod("client");
-    for to in [SocketAddr::from((Ipv4Addr::new(10, 96, 7, 7), 80)), SocketAddr::from((VIP, 81))] {
+    for to in [
+        SocketAddr::from((Ipv4Addr::new(10, 96, 7, 7), 80)),
+        SocketAddr::from((VIP, 81)),
+    ] {
         let err = client.tcp_connect(to, T).unwrap_err();
-        assert_eq!(io_kind(&err), Some(ErrorKind::ConnectionRefused), "{to}: {err:#}");
+        assert_eq!(
+            io_kind(&err),
+            Some(ErrorKind::ConnectionRefused),
+            "{to}: {err:#}"
+        );
     }
     client.tcp_request(http(), T).unwrap();
     // Pod-to-pod traffic is not Service traffic.
-    client.tcp_request(SocketAddr::from((backend_ip(0), 8080)), T).unwrap();
+    client
+        .tcp_request(SocketAddr::from((backend_ip(0), 8080)), T)
+        .unwrap();
 }
 
 #[test]
@@ -234,20 +299,40 @@ fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
         let eps: Vec<Endpoint> = conds
             .iter()
             .enumerate()
-            .map(|(i, &(ready, serving, terminating))| Endpoint { ip: backend_ip(i), ready, serving, terminating })
+            .map(|(i, &(ready, serving, terminating))| Endpoint {
+                ip: backend_ip(i),
+                ready,
+                serving,
+                terminating,
+            })
             .collect();
-        manifest::service_with_endpoints("web", VIP, &[Port::tcp("http", 80)], &[Port::tcp("http", 8080)], &eps)
+        manifest::service_with_endpoints(
+            "web",
+            VIP,
+            &[Port::tcp("http", 80)],
+            &[Port::tcp("http", 8080)],
+            &eps,
+        )
     };
     let draining = (false, true, true);
     let down = (false, false, false);
-    lab.write_manifest("web.yaml", &slice([(true, true, false), draining, down])).unwrap();
+    lab.write_manifest("web.yaml", &slice([(true, true, false), draining, down]))
+        .unwrap();
     lab.start_agent(&AgentOptions::default()).unwrap();
     for _ in 0..20 {
-        assert_eq!(who(&lab.pod("client").tcp_request(http(), T).unwrap()), "b0", "only the ready endpoint");
+        assert_eq!(
+            who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+            "b0",
+            "only the ready endpoint"
+        );
     }
     // None ready: b1 is serving and terminating; b0 and b2 are down.
     apply(&mut lab, "web.yaml", &slice([down, draining, down]));
     for _ in 0..20 {
-        assert_eq!(who(&lab.pod("client").tcp_request(http(), T).unwrap()), "b1", "the serving terminating endpoint");
+        assert_eq!(
+            who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+            "b1",
+            "the serving terminating endpoint"
+        );
     }
 }

@@ -40,7 +40,11 @@ fn restart_keeps_flows(kill: bool) {
     let backend = who(&request_line(&mut conn, T).unwrap());
 
     let agent = lab.take_agent().unwrap();
-    let exit = if kill { agent.kill().unwrap() } else { agent.stop().unwrap() };
+    let exit = if kill {
+        agent.kill().unwrap()
+    } else {
+        agent.stop().unwrap()
+    };
     if !kill {
         assert!(exit.success(), "SIGTERM exits cleanly: {exit}");
     }
@@ -52,12 +56,22 @@ fn restart_keeps_flows(kill: bool) {
     let log = lab.agent().log();
     assert!(log.contains("adopted the pinned maps"), "{log}");
     assert!(log.contains("took over the pinned link"), "{log}");
-    assert!(log.contains("map_ops=0"), "an unchanged state rewrites nothing:\n{log}");
-    assert_eq!(who(&request_line(&mut conn, T).unwrap()), backend, "the connection survived the restart");
+    assert!(
+        log.contains("map_ops=0"),
+        "an unchanged state rewrites nothing:\n{log}"
+    );
+    assert_eq!(
+        who(&request_line(&mut conn, T).unwrap()),
+        backend,
+        "the connection survived the restart"
+    );
     // The new agent is in charge: a change is applied.
     apply(&mut lab, "web.yaml", &web_manifest(&[0]));
     for _ in 0..10 {
-        assert_eq!(who(&lab.pod("client").tcp_request(http(), T).unwrap()), "b0");
+        assert_eq!(
+            who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+            "b0"
+        );
     }
 }
 
@@ -70,7 +84,8 @@ fn sigterm_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
 
 #[test]
 fn a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
-    if require_privileges("a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over") {
+    if require_privileges("a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over")
+    {
         restart_keeps_flows(true);
     }
 }
@@ -86,12 +101,26 @@ fn cleanup_removes_the_programs_links_and_pins() {
     lab.take_agent().unwrap().stop().unwrap();
     let pin_dir = lab.pin_dir();
     assert!(pin_dir.join("SLUICE_SVC").exists() && pin_dir.join("links").exists());
-    let out = Command::new(default_bin()).arg("cleanup").arg("--pin-dir").arg(&pin_dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!pin_dir.exists(), "the pin directory (a bpffs the agent mounted) is gone");
+    let out = Command::new(default_bin())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !pin_dir.exists(),
+        "the pin directory (a bpffs the agent mounted) is gone"
+    );
     // No program: the ClusterIP is an address like any other, and unrouted.
     assert!(lab.pod("client").tcp_request(http(), T).is_err());
-    lab.pod("client").tcp_request(SocketAddr::from((common::backend_ip(0), 8080)), T).unwrap();
+    lab.pod("client")
+        .tcp_request(SocketAddr::from((common::backend_ip(0), 8080)), T)
+        .unwrap();
 }
 
 #[test]
@@ -105,10 +134,20 @@ fn status_prints_services_backends_and_counters() {
         lab.pod("client").tcp_request(http(), T).unwrap();
     }
     let out = status(&lab);
-    for want in ["default/web:http", "10.96.0.10:80/TCP", "default/web:dns", "10.96.0.10:53/UDP", "-> 10.244.1.10:8080", "-> 10.244.1.11:8080"] {
+    for want in [
+        "default/web:http",
+        "10.96.0.10:80/TCP",
+        "default/web:dns",
+        "10.96.0.10:53/UDP",
+        "-> 10.244.1.10:8080",
+        "-> 10.244.1.11:8080",
+    ] {
         assert!(out.contains(want), "missing `{want}` in:\n{out}");
     }
-    let http_row = out.lines().find(|l| l.contains("default/web:http")).unwrap();
+    let http_row = out
+        .lines()
+        .find(|l| l.contains("default/web:http"))
+        .unwrap();
     let cols: Vec<&str> = http_row.split_whitespace().collect();
     assert_eq!(cols[cols.len() - 1], "4", "four new flows: {http_row}");
     assert_eq!(counter(&out, "new_flow"), 4);
@@ -116,7 +155,8 @@ fn status_prints_services_backends_and_counters() {
 
 #[test]
 fn agents_with_different_pin_dirs_in_different_namespaces_are_independent() {
-    if !require_privileges("agents_with_different_pin_dirs_in_different_namespaces_are_independent") {
+    if !require_privileges("agents_with_different_pin_dirs_in_different_namespaces_are_independent")
+    {
         return;
     }
     let mut a = web_lab(2);
@@ -128,9 +168,18 @@ fn agents_with_different_pin_dirs_in_different_namespaces_are_independent() {
     // Change and then remove A's dataplane entirely; B does not notice.
     apply(&mut a, "web.yaml", &web_manifest(&[0]));
     a.take_agent().unwrap().stop().unwrap();
-    let out = Command::new(default_bin()).arg("cleanup").arg("--pin-dir").arg(a.pin_dir()).output().unwrap();
+    let out = Command::new(default_bin())
+        .arg("cleanup")
+        .arg("--pin-dir")
+        .arg(a.pin_dir())
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(spread(&b, http(), 2, 40).len(), 2, "B still balances over both backends");
+    assert_eq!(
+        spread(&b, http(), 2, 40).len(),
+        2,
+        "B still balances over both backends"
+    );
     assert!(status(&b).contains("default/web:http"));
 }
 
@@ -141,25 +190,63 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
     }
     let mut lab = web_lab(1);
     let config = lab.manifests_dir().with_file_name("sluice.yaml");
-    fs::write(&config, format!("service-cidr: {SERVICE_CIDR}\nconntrack-size: 4096\nlog-level: debug\n")).unwrap();
+    fs::write(
+        &config,
+        format!("service-cidr: {SERVICE_CIDR}\nconntrack-size: 4096\nlog-level: debug\n"),
+    )
+    .unwrap();
     let args = vec!["--config".to_owned(), config.display().to_string()];
-    lab.start_agent(&AgentOptions { extra_args: args, ..AgentOptions::default() }).unwrap();
+    lab.start_agent(&AgentOptions {
+        extra_args: args,
+        ..AgentOptions::default()
+    })
+    .unwrap();
     let ct = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
-    assert_eq!(ct.info().unwrap().max_entries(), 4096, "conntrack-size from the file");
-    let refused = lab.pod("client").tcp_connect(SocketAddr::from((VIP, 81)), T).unwrap_err();
-    assert!(refused.to_string().contains("refused"), "service-cidr from the file: {refused:#}");
-    assert!(lab.agent().log().contains("DEBUG"), "log-level from the file");
+    assert_eq!(
+        ct.info().unwrap().max_entries(),
+        4096,
+        "conntrack-size from the file"
+    );
+    let refused = lab
+        .pod("client")
+        .tcp_connect(SocketAddr::from((VIP, 81)), T)
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("refused"),
+        "service-cidr from the file: {refused:#}"
+    );
+    assert!(
+        lab.agent().log().contains("DEBUG"),
+        "log-level from the file"
+    );
 
     // A restart with another conntrack size recreates the map, and says so.
     lab.take_agent().unwrap().stop().unwrap();
-    let args = vec!["--config".to_owned(), config.display().to_string(), "--conntrack-size".into(), "8192".into()];
-    lab.start_agent(&AgentOptions { extra_args: args, ..AgentOptions::default() }).unwrap();
+    let args = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--conntrack-size".into(),
+        "8192".into(),
+    ];
+    lab.start_agent(&AgentOptions {
+        extra_args: args,
+        ..AgentOptions::default()
+    })
+    .unwrap();
     assert!(lab.agent().log().contains("recreating it"));
     let ct = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
-    assert_eq!(ct.info().unwrap().max_entries(), 8192, "the flag wins over the file");
+    assert_eq!(
+        ct.info().unwrap().max_entries(),
+        8192,
+        "the flag wins over the file"
+    );
 
     fs::write(&config, "manifests: /nonexistent\nintefaces: veth*\n").unwrap();
-    let out = Command::new(default_bin()).args(["run", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(default_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `intefaces`"), "{stderr}");
@@ -178,8 +265,10 @@ fn a_change_writes_only_the_affected_map_entries() {
             manifest::service(&format!("other-{i}"), ip, &[Port::tcp("", 80)])
         })
         .collect();
-    lab.write_manifest("others.yaml", &others.join("---\n")).unwrap();
-    lab.write_manifest("web.yaml", &web_manifest(&[0, 1])).unwrap();
+    lab.write_manifest("others.yaml", &others.join("---\n"))
+        .unwrap();
+    lab.write_manifest("web.yaml", &web_manifest(&[0, 1]))
+        .unwrap();
     lab.start_agent(&AgentOptions::default()).unwrap();
     // One endpoint more, on both ports of web: a backend, a slot and the
     // count for each of the two frontends.
@@ -197,9 +286,17 @@ fn a_broken_file_is_reported_by_name_and_everything_else_still_applies() {
     lab.start_agent(&AgentOptions::default()).unwrap();
     let mark = lab.agent().log_len();
     // web.yaml breaks: its objects keep their last good state.
-    lab.write_manifest("web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web\n").unwrap();
+    lab.write_manifest(
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+    )
+    .unwrap();
     // api.yaml holds a bad Service (port 0) and a good one.
-    let bad = manifest::service("bad", std::net::Ipv4Addr::new(10, 96, 0, 30), &[Port::tcp("", 0)]);
+    let bad = manifest::service(
+        "bad",
+        std::net::Ipv4Addr::new(10, 96, 0, 30),
+        &[Port::tcp("", 0)],
+    );
     let good = manifest::service_with_endpoints(
         "api",
         std::net::Ipv4Addr::new(10, 96, 0, 31),
@@ -207,16 +304,34 @@ fn a_broken_file_is_reported_by_name_and_everything_else_still_applies() {
         &[Port::tcp("", 8080)],
         &[manifest::Endpoint::ready(common::backend_ip(1))],
     );
-    lab.write_manifest("api.yaml", &format!("{bad}---\n{good}")).unwrap();
+    lab.write_manifest("api.yaml", &format!("{bad}---\n{good}"))
+        .unwrap();
     let agent = lab.agent();
     let broken = agent.wait_for("web.yaml", mark, APPLY).unwrap();
     assert!(broken.contains("invalid YAML"), "{broken}");
     let invalid = agent.wait_for("api.yaml", mark, APPLY).unwrap();
-    assert!(invalid.contains("Service `default/bad`") && invalid.contains("spec.ports[0].port"), "{invalid}");
+    assert!(
+        invalid.contains("Service `default/bad`") && invalid.contains("spec.ports[0].port"),
+        "{invalid}"
+    );
     agent.wait_for("manifests applied", mark, APPLY).unwrap();
-    assert_eq!(spread(&lab, http(), 2, 40).len(), 2, "web kept its last good state");
-    let api = lab.pod("client").tcp_request(SocketAddr::from((std::net::Ipv4Addr::new(10, 96, 0, 31), 443)), T).unwrap();
-    assert_eq!(who(&api), "b1", "the good Service next to the bad one was applied");
+    assert_eq!(
+        spread(&lab, http(), 2, 40).len(),
+        2,
+        "web kept its last good state"
+    );
+    let api = lab
+        .pod("client")
+        .tcp_request(
+            SocketAddr::from((std::net::Ipv4Addr::new(10, 96, 0, 31), 443)),
+            T,
+        )
+        .unwrap();
+    assert_eq!(
+        who(&api),
+        "b1",
+        "the good Service next to the bad one was applied"
+    );
 }
 
 #[test]
@@ -244,7 +359,10 @@ fn a_malformed_ipv4_header_from_a_pod_is_dropped_and_counted() {
         if counter(&out, "malformed_ip") == 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "malformed_ip was not counted:\n{out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "malformed_ip was not counted:\n{out}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -13,7 +13,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
-use builder::{ACK, CLIENT_MAC, FIN, HOST_MAC, SYN, Spec, TCP, UDP, build, parse_checked, parse_icmp_error};
+use builder::{
+    ACK, CLIENT_MAC, FIN, HOST_MAC, SYN, Spec, TCP, UDP, build, parse_checked, parse_icmp_error,
+};
 use sluice_abi::{
     config::DataplaneConfig,
     proto,
@@ -35,7 +37,11 @@ const TC_ACT_REDIRECT: u32 = 7;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
-const B: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11), Ipv4Addr::new(10, 244, 1, 12)];
+const B: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 244, 1, 10),
+    Ipv4Addr::new(10, 244, 1, 11),
+    Ipv4Addr::new(10, 244, 1, 12),
+];
 
 struct Harness {
     ebpf: Ebpf,
@@ -52,10 +58,16 @@ impl Harness {
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJ)
             .unwrap();
-        let prog: &mut SchedClassifier = ebpf.program_mut("tc_ingress").unwrap().try_into().unwrap();
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut("tc_ingress").unwrap().try_into().unwrap();
         prog.load().unwrap();
         let maps = Maps::take(&mut ebpf).unwrap();
-        Self { ebpf, maps, current: Current::default(), _fs: fs }
+        Self {
+            ebpf,
+            maps,
+            current: Current::default(),
+            _fs: fs,
+        }
     }
 
     /// The default lab: web (VIP:80/TCP and VIP:53/UDP) with three backends,
@@ -63,8 +75,14 @@ impl Harness {
     fn web(config: DataplaneConfig) -> Self {
         let mut h = Self::load(config);
         h.set(&[
-            (ServiceKey::new(VIP, 80, proto::TCP), B.iter().map(|b| (*b, 8080)).collect()),
-            (ServiceKey::new(VIP, 53, proto::UDP), B.iter().map(|b| (*b, 5353)).collect()),
+            (
+                ServiceKey::new(VIP, 80, proto::TCP),
+                B.iter().map(|b| (*b, 8080)).collect(),
+            ),
+            (
+                ServiceKey::new(VIP, 53, proto::UDP),
+                B.iter().map(|b| (*b, 5353)).collect(),
+            ),
             (ServiceKey::new(EMPTY_VIP, 80, proto::TCP), Vec::new()),
             (ServiceKey::new(EMPTY_VIP, 53, proto::UDP), Vec::new()),
         ]);
@@ -77,7 +95,10 @@ impl Harness {
             desired.cluster_ips.insert(key.addr());
             desired.frontends.insert(
                 *key,
-                DesiredFrontend { name: format!("test/{}", key.addr()), backends: backends.iter().copied().collect() },
+                DesiredFrontend {
+                    name: format!("test/{}", key.addr()),
+                    backends: backends.iter().copied().collect(),
+                },
             );
         }
         for op in reconcile(&desired, &mut self.current) {
@@ -89,7 +110,11 @@ impl Harness {
         let prog: &SchedClassifier = self.ebpf.program("tc_ingress").unwrap().try_into().unwrap();
         let mut out = vec![0u8; 1024];
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
             .unwrap();
         out.truncate(usize::try_from(r.data_size_out).unwrap());
         (r.return_value, out)
@@ -109,7 +134,12 @@ impl Harness {
     }
 
     fn backend_stats(&self, key: ServiceKey, addr: Ipv4Addr) -> TrafficStats {
-        let id = self.current.frontends[&key].slots.values().find(|b| b.addr() == addr).unwrap().id;
+        let id = self.current.frontends[&key]
+            .slots
+            .values()
+            .find(|b| b.addr() == addr)
+            .unwrap()
+            .id;
         sum_stats(&self.maps.backend_stats.get(&id, 0).unwrap())
     }
 }
@@ -120,7 +150,10 @@ fn privileged(test: &str) -> bool {
 
 /// Sends a SYN from `sport` and returns the backend it was sent to.
 fn syn_backend(h: &Harness, sport: u16) -> (Ipv4Addr, u16) {
-    let (verdict, out) = h.run(&build(&Spec { src: (CLIENT, sport), ..Spec::default() }));
+    let (verdict, out) = h.run(&build(&Spec {
+        src: (CLIENT, sport),
+        ..Spec::default()
+    }));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse_checked(&out);
     assert_eq!(seen.src, (CLIENT, sport), "the source is untouched");
@@ -136,9 +169,17 @@ fn a_syn_to_a_cluster_ip_is_dnated_to_a_backend_with_valid_checksums() {
     let (verdict, out) = h.run(&build(&Spec::default()));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse_checked(&out);
-    assert!(B.contains(&seen.dst.0), "DNAT to a backend, got {:?}", seen.dst);
+    assert!(
+        B.contains(&seen.dst.0),
+        "DNAT to a backend, got {:?}",
+        seen.dst
+    );
     assert_eq!((seen.dst.1, seen.proto), (8080, TCP));
-    assert_eq!((seen.eth_dst, seen.eth_src), (HOST_MAC, CLIENT_MAC), "L2 is the stack's business");
+    assert_eq!(
+        (seen.eth_dst, seen.eth_src),
+        (HOST_MAC, CLIENT_MAC),
+        "L2 is the stack's business"
+    );
     assert_eq!(h.events(Event::NewFlow), 1);
     let stats = h.service_stats(ServiceKey::new(VIP, 80, proto::TCP));
     assert_eq!((stats.packets, stats.new_flows), (1, 1));
@@ -155,15 +196,27 @@ fn a_flow_keeps_its_backend_and_flows_spread_over_all_backends() {
     let h = Harness::web(DataplaneConfig::default());
     let first = syn_backend(&h, 41000);
     for flags in [ACK, ACK | 0x08, ACK] {
-        let (_, out) = h.run(&build(&Spec { src: (CLIENT, 41000), tcp_flags: flags, ..Spec::default() }));
-        assert_eq!(parse_checked(&out).dst, first, "every packet of the flow goes to the same backend");
+        let (_, out) = h.run(&build(&Spec {
+            src: (CLIENT, 41000),
+            tcp_flags: flags,
+            ..Spec::default()
+        }));
+        assert_eq!(
+            parse_checked(&out).dst,
+            first,
+            "every packet of the flow goes to the same backend"
+        );
     }
     assert_eq!(h.events(Event::Established), 3);
     let mut seen = BTreeSet::new();
     for sport in 42000..42100 {
         seen.insert(syn_backend(&h, sport).0);
     }
-    assert_eq!(seen, B.into_iter().collect(), "100 flows reach all three backends");
+    assert_eq!(
+        seen,
+        B.into_iter().collect(),
+        "100 flows reach all three backends"
+    );
 }
 
 #[test]
@@ -173,17 +226,35 @@ fn replies_are_reverse_natted_to_the_cluster_ip() {
     }
     let h = Harness::web(DataplaneConfig::default());
     let backend = syn_backend(&h, 43000);
-    let reply = Spec { src: backend, dst: (CLIENT, 43000), tcp_flags: SYN | ACK, ..Spec::default() };
+    let reply = Spec {
+        src: backend,
+        dst: (CLIENT, 43000),
+        tcp_flags: SYN | ACK,
+        ..Spec::default()
+    };
     let (verdict, out) = h.run(&build(&reply));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse_checked(&out);
-    assert_eq!(seen.src, (VIP, 80), "the client sees the ClusterIP as the source");
+    assert_eq!(
+        seen.src,
+        (VIP, 80),
+        "the client sees the ClusterIP as the source"
+    );
     assert_eq!(seen.dst, (CLIENT, 43000));
     assert_eq!(h.events(Event::Reply), 1);
-    assert_eq!(h.service_stats(ServiceKey::new(VIP, 80, proto::TCP)).packets, 2);
+    assert_eq!(
+        h.service_stats(ServiceKey::new(VIP, 80, proto::TCP))
+            .packets,
+        2
+    );
 
     // The same backend answering another client port is not a reply of ours.
-    let stray = Spec { src: backend, dst: (CLIENT, 43001), tcp_flags: ACK, ..Spec::default() };
+    let stray = Spec {
+        src: backend,
+        dst: (CLIENT, 43001),
+        tcp_flags: ACK,
+        ..Spec::default()
+    };
     let frame = build(&stray);
     assert_eq!(h.run(&frame), (TC_ACT_OK, frame));
 }
@@ -206,10 +277,21 @@ fn udp_is_natted_both_ways_with_and_without_a_checksum() {
         let (verdict, out) = h.run(&build(&spec));
         assert_eq!(verdict, TC_ACT_OK);
         let seen = parse_checked(&out);
-        assert!(B.contains(&seen.dst.0) && seen.dst.1 == 5353 && seen.proto == UDP, "{seen:?}");
-        assert_eq!(seen.l4_check == 0, no_checksum, "a zero UDP checksum stays zero, a real one stays real");
+        assert!(
+            B.contains(&seen.dst.0) && seen.dst.1 == 5353 && seen.proto == UDP,
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.l4_check == 0,
+            no_checksum,
+            "a zero UDP checksum stays zero, a real one stays real"
+        );
 
-        let reply = Spec { src: seen.dst, dst: (CLIENT, sport), ..spec.clone() };
+        let reply = Spec {
+            src: seen.dst,
+            dst: (CLIENT, sport),
+            ..spec.clone()
+        };
         let (verdict, out) = h.run(&build(&reply));
         assert_eq!(verdict, TC_ACT_OK);
         let back = parse_checked(&out);
@@ -225,10 +307,32 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
     }
     let h = Harness::web(DataplaneConfig::default());
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("TCP to a pod IP", build(&Spec { dst: (B[0], 8080), ..Spec::default() })),
-        ("TCP to the ClusterIP on another port", build(&Spec { dst: (VIP, 81), ..Spec::default() })),
-        ("UDP to the TCP-only port", build(&Spec { dst: (VIP, 80), proto: UDP, ..Spec::default() })),
-        ("ICMP echo to the ClusterIP", builder::icmp_echo(CLIENT, VIP)),
+        (
+            "TCP to a pod IP",
+            build(&Spec {
+                dst: (B[0], 8080),
+                ..Spec::default()
+            }),
+        ),
+        (
+            "TCP to the ClusterIP on another port",
+            build(&Spec {
+                dst: (VIP, 81),
+                ..Spec::default()
+            }),
+        ),
+        (
+            "UDP to the TCP-only port",
+            build(&Spec {
+                dst: (VIP, 80),
+                proto: UDP,
+                ..Spec::default()
+            }),
+        ),
+        (
+            "ICMP echo to the ClusterIP",
+            builder::icmp_echo(CLIENT, VIP),
+        ),
         ("IPv6", builder::other_ethertype(0x86dd, 60)),
         ("ARP", builder::other_ethertype(0x0806, 28)),
         ("a runt frame", vec![0u8; 14]),
@@ -246,17 +350,41 @@ fn a_service_without_endpoints_answers_icmp_port_unreachable() {
         return;
     }
     let h = Harness::web(DataplaneConfig::default());
-    for (proto, port, options) in [(TCP, 80, Vec::new()), (UDP, 53, Vec::new()), (TCP, 80, vec![1, 1, 1, 0])] {
-        let spec = Spec { dst: (EMPTY_VIP, port), proto, ip_options: options.clone(), ..Spec::default() };
+    for (proto, port, options) in [
+        (TCP, 80, Vec::new()),
+        (UDP, 53, Vec::new()),
+        (TCP, 80, vec![1, 1, 1, 0]),
+    ] {
+        let spec = Spec {
+            dst: (EMPTY_VIP, port),
+            proto,
+            ip_options: options.clone(),
+            ..Spec::default()
+        };
         let original = build(&spec);
         let (verdict, out) = h.run(&original);
-        assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out of the interface it came in on");
-        assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &HOST_MAC[..]), "MACs swapped");
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "sent back out of the interface it came in on"
+        );
+        assert_eq!(
+            (&out[0..6], &out[6..12]),
+            (&CLIENT_MAC[..], &HOST_MAC[..]),
+            "MACs swapped"
+        );
         let (kind, code, src, dst, quoted) = parse_icmp_error(&out);
-        assert_eq!((kind, code), (3, 3), "destination unreachable, port unreachable");
+        assert_eq!(
+            (kind, code),
+            (3, 3),
+            "destination unreachable, port unreachable"
+        );
         assert_eq!((src, dst), (EMPTY_VIP, CLIENT));
         let ihl = 20 + options.len();
-        assert_eq!(quoted, original[14..14 + ihl + 8], "the original header and 8 bytes of L4 are quoted");
+        assert_eq!(
+            quoted,
+            original[14..14 + ihl + 8],
+            "the original header and 8 bytes of L4 are quoted"
+        );
     }
     assert_eq!(h.drops(DropReason::NoEndpoints), 3);
     assert_eq!(h.events(Event::RejectSent), 3);
@@ -267,18 +395,30 @@ fn with_a_service_cidr_unallocated_ips_and_unknown_ports_are_rejected() {
     if !privileged("with_a_service_cidr_unallocated_ips_and_unknown_ports_are_rejected") {
         return;
     }
-    let h = Harness::web(DataplaneConfig::with_service_cidr(Ipv4Addr::new(10, 96, 0, 0), 12));
-    let unallocated = build(&Spec { dst: (Ipv4Addr::new(10, 96, 5, 5), 80), ..Spec::default() });
+    let h = Harness::web(DataplaneConfig::with_service_cidr(
+        Ipv4Addr::new(10, 96, 0, 0),
+        12,
+    ));
+    let unallocated = build(&Spec {
+        dst: (Ipv4Addr::new(10, 96, 5, 5), 80),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&unallocated).0, TC_ACT_REDIRECT);
     assert_eq!(h.drops(DropReason::UnallocatedIp), 1);
-    let unknown_port = build(&Spec { dst: (VIP, 81), ..Spec::default() });
+    let unknown_port = build(&Spec {
+        dst: (VIP, 81),
+        ..Spec::default()
+    });
     let (verdict, out) = h.run(&unknown_port);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(parse_icmp_error(&out).2, VIP);
     assert_eq!(h.drops(DropReason::UnknownPort), 1);
     // Outside the range, and ordinary pod traffic, still pass.
     for dst in [(Ipv4Addr::new(10, 112, 0, 1), 80), (B[1], 8080)] {
-        let frame = build(&Spec { dst, ..Spec::default() });
+        let frame = build(&Spec {
+            dst,
+            ..Spec::default()
+        });
         assert_eq!(h.run(&frame), (TC_ACT_OK, frame.clone()));
     }
     // And the Service itself still works.
@@ -291,11 +431,17 @@ fn truncated_l4_headers_are_dropped_and_counted() {
         return;
     }
     let h = Harness::web(DataplaneConfig::default());
-    let short_tcp = build(&Spec { truncate: Some(14 + 20 + 10), ..Spec::default() });
+    let short_tcp = build(&Spec {
+        truncate: Some(14 + 20 + 10),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&short_tcp).0, TC_ACT_SHOT);
     assert_eq!(h.drops(DropReason::MalformedL4), 1);
     // IHL says 60 bytes of header: the frame ends before the ports.
-    let long_ihl = build(&Spec { ihl: Some(15), ..Spec::default() });
+    let long_ihl = build(&Spec {
+        ihl: Some(15),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&long_ihl).0, TC_ACT_SHOT);
     assert_eq!(h.drops(DropReason::MalformedL4), 2);
     assert_eq!(h.events(Event::NewFlow), 0);
@@ -310,7 +456,11 @@ fn ipv4_options_move_the_ports_and_are_honoured() {
     }
     let h = Harness::web(DataplaneConfig::default());
     // Eight bytes of options: NOPs and an end-of-options.
-    let spec = Spec { ip_options: vec![1, 1, 1, 1, 1, 1, 1, 0], src: (CLIENT, 45000), ..Spec::default() };
+    let spec = Spec {
+        ip_options: vec![1, 1, 1, 1, 1, 1, 1, 0],
+        src: (CLIENT, 45000),
+        ..Spec::default()
+    };
     let (verdict, out) = h.run(&build(&spec));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = parse_checked(&out);
@@ -325,12 +475,27 @@ fn fragments_to_a_cluster_ip_are_dropped_and_counted_others_pass() {
     }
     let h = Harness::web(DataplaneConfig::default());
     let more_fragments = 0x2000;
-    let first = build(&Spec { frag: more_fragments, proto: UDP, dst: (VIP, 53), ..Spec::default() });
+    let first = build(&Spec {
+        frag: more_fragments,
+        proto: UDP,
+        dst: (VIP, 53),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&first).0, TC_ACT_SHOT);
-    let later = build(&Spec { frag: 0x00b9, proto: UDP, dst: (VIP, 53), ..Spec::default() });
+    let later = build(&Spec {
+        frag: 0x00b9,
+        proto: UDP,
+        dst: (VIP, 53),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&later).0, TC_ACT_SHOT);
     assert_eq!(h.drops(DropReason::Fragment), 2);
-    let elsewhere = build(&Spec { frag: more_fragments, proto: UDP, dst: (B[0], 5353), ..Spec::default() });
+    let elsewhere = build(&Spec {
+        frag: more_fragments,
+        proto: UDP,
+        dst: (B[0], 5353),
+        ..Spec::default()
+    });
     assert_eq!(h.run(&elsewhere), (TC_ACT_OK, elsewhere.clone()));
 }
 
@@ -340,13 +505,23 @@ fn a_udp_flow_moves_off_a_removed_backend_and_tcp_drains() {
         return;
     }
     let mut h = Harness::web(DataplaneConfig::default());
-    let udp = |sport| Spec { src: (CLIENT, sport), dst: (VIP, 53), proto: UDP, ..Spec::default() };
+    let udp = |sport| Spec {
+        src: (CLIENT, sport),
+        dst: (VIP, 53),
+        proto: UDP,
+        ..Spec::default()
+    };
     let (_, out) = h.run(&build(&udp(51000)));
     let udp_backend = parse_checked(&out).dst.0;
     let tcp_backend = syn_backend(&h, 46000).0;
 
     // Remove the UDP flow's backend from both frontends.
-    let keep = |port| B.iter().filter(|b| **b != udp_backend).map(|b| (*b, port)).collect::<Vec<_>>();
+    let keep = |port| {
+        B.iter()
+            .filter(|b| **b != udp_backend)
+            .map(|b| (*b, port))
+            .collect::<Vec<_>>()
+    };
     h.set(&[
         (ServiceKey::new(VIP, 80, proto::TCP), keep(8080)),
         (ServiceKey::new(VIP, 53, proto::UDP), keep(5353)),
@@ -355,12 +530,19 @@ fn a_udp_flow_moves_off_a_removed_backend_and_tcp_drains() {
     ]);
     let (_, out) = h.run(&build(&udp(51000)));
     let moved = parse_checked(&out).dst.0;
-    assert_ne!(moved, udp_backend, "the next datagram goes to a live backend");
+    assert_ne!(
+        moved, udp_backend,
+        "the next datagram goes to a live backend"
+    );
     assert!(B.contains(&moved));
     assert_eq!(h.events(Event::Reselect), 1);
 
     // An established TCP flow keeps its backend, removed (it drains) or not.
-    let (_, out) = h.run(&build(&Spec { src: (CLIENT, 46000), tcp_flags: ACK, ..Spec::default() }));
+    let (_, out) = h.run(&build(&Spec {
+        src: (CLIENT, 46000),
+        tcp_flags: ACK,
+        ..Spec::default()
+    }));
     assert_eq!(parse_checked(&out).dst.0, tcp_backend);
     // New connections never reach the removed backend.
     for sport in 47000..47060 {
@@ -378,9 +560,17 @@ fn a_syn_reusing_the_tuple_of_a_closed_connection_is_balanced_again() {
     // A retransmitted SYN is the same connection.
     syn_backend(&h, 48000);
     assert_eq!(h.events(Event::Reselect), 0);
-    let fin = build(&Spec { src: (CLIENT, 48000), tcp_flags: FIN | ACK, ..Spec::default() });
+    let fin = build(&Spec {
+        src: (CLIENT, 48000),
+        tcp_flags: FIN | ACK,
+        ..Spec::default()
+    });
     assert_eq!(h.run(&fin).0, TC_ACT_OK);
     syn_backend(&h, 48000);
-    assert_eq!(h.events(Event::Reselect), 1, "a SYN after a FIN starts a new flow");
+    assert_eq!(
+        h.events(Event::Reselect),
+        1,
+        "a SYN after a FIN starts a new flow"
+    );
     assert_eq!(h.events(Event::NewFlow), 2);
 }

@@ -51,8 +51,10 @@ pub fn default_bin() -> PathBuf {
     if let Some(bin) = env::var_os("SLUICE_BIN") {
         return bin.into();
     }
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), PathBuf::from);
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    );
     target.join("debug/sluice")
 }
 
@@ -71,9 +73,17 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `sluice run` in `node` and waits until it is ready.
-    pub fn start(node: &Netns, manifests: &Path, pin_dir: &Path, opts: &AgentOptions) -> Result<Self> {
+    pub fn start(
+        node: &Netns,
+        manifests: &Path,
+        pin_dir: &Path,
+        opts: &AgentOptions,
+    ) -> Result<Self> {
         if !opts.bin.is_file() {
-            bail!("agent binary `{}` not found: build it (`cargo build -p sluice-agent`) or set SLUICE_BIN", opts.bin.display());
+            bail!(
+                "agent binary `{}` not found: build it (`cargo build -p sluice-agent`) or set SLUICE_BIN",
+                opts.bin.display()
+            );
         }
         let netns = node.open()?;
         let mut cmd = Command::new(&opts.bin);
@@ -84,7 +94,11 @@ impl Agent {
             .arg(&opts.interfaces)
             .arg("--pin-dir")
             .arg(pin_dir)
-            .args(opts.service_cidr.iter().flat_map(|c| ["--service-cidr", c.as_str()]))
+            .args(
+                opts.service_cidr
+                    .iter()
+                    .flat_map(|c| ["--service-cidr", c.as_str()]),
+            )
             .args(&opts.extra_args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -105,7 +119,9 @@ impl Agent {
         if let Ok(filter) = env::var("SLUICE_LOG") {
             cmd.env("RUST_LOG", filter);
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", opts.bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", opts.bin.display()))?;
         drop(netns);
         let log = Arc::new(Log::default());
         let mut readers = Vec::new();
@@ -115,8 +131,14 @@ impl Agent {
         if let Some(err) = child.stderr.take() {
             readers.push(pump(BufReader::new(err), log.clone(), opts.echo));
         }
-        let mut agent = Self { child: Some(child), log, readers };
-        agent.wait_for(READY, 0, START_TIMEOUT).context("the agent did not become ready")?;
+        let mut agent = Self {
+            child: Some(child),
+            log,
+            readers,
+        };
+        agent
+            .wait_for(READY, 0, START_TIMEOUT)
+            .context("the agent did not become ready")?;
         Ok(agent)
     }
 
@@ -127,13 +149,21 @@ impl Agent {
 
     /// The whole log.
     pub fn log(&self) -> String {
-        self.log.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.log
+            .lines
+            .lock()
+            .map(|l| l.join("\n"))
+            .unwrap_or_default()
     }
 
     /// Waits until a log line at index ≥ `from` contains `needle`.
     pub fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
+        let mut lines = self
+            .log
+            .lines
+            .lock()
+            .map_err(|_| anyhow::anyhow!("log lock poisoned"))?;
         loop {
             if let Some(line) = lines.iter().skip(from).find(|l| l.contains(needle)) {
                 return Ok(line.clone());
@@ -141,14 +171,25 @@ impl Agent {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                bail!("the agent exited ({status}) before logging `{needle}`:\n{}", lines.join("\n"));
+                bail!(
+                    "the agent exited ({status}) before logging `{needle}`:\n{}",
+                    lines.join("\n")
+                );
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!("no log line `{needle}` within {timeout:?}:\n{}", lines.join("\n"));
+                bail!(
+                    "no log line `{needle}` within {timeout:?}:\n{}",
+                    lines.join("\n")
+                );
             }
             let wait = (deadline - now).min(Duration::from_millis(200));
-            lines = self.log.grew.wait_timeout(lines, wait).map_err(|_| anyhow::anyhow!("log lock poisoned"))?.0;
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, wait)
+                .map_err(|_| anyhow::anyhow!("log lock poisoned"))?
+                .0;
         }
     }
 
@@ -179,7 +220,9 @@ impl Agent {
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let status = child.wait()?;
-                bail!("the agent did not exit within {STOP_TIMEOUT:?} of {signal}; killed ({status})");
+                bail!(
+                    "the agent did not exit within {STOP_TIMEOUT:?} of {signal}; killed ({status})"
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -192,7 +235,11 @@ impl Agent {
     }
 }
 
-fn pump(reader: impl BufRead + Send + 'static, log: Arc<Log>, echo: bool) -> thread::JoinHandle<()> {
+fn pump(
+    reader: impl BufRead + Send + 'static,
+    log: Arc<Log>,
+    echo: bool,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in reader.lines() {
             let Ok(line) = line else { return };

@@ -14,12 +14,19 @@ pub struct Bpffs {
 
 impl Bpffs {
     pub fn new() -> Result<Self> {
-        let root = std::env::temp_dir().join(format!("{}{}", crate::lab::LAB_DIR_PREFIX, unique_stem()));
+        let root =
+            std::env::temp_dir().join(format!("{}{}", crate::lab::LAB_DIR_PREFIX, unique_stem()));
         let dir = root.join("bpf");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let fs = Self { root };
-        mount(Some("bpf"), &dir, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
-            .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
+        mount(
+            Some("bpf"),
+            &dir,
+            Some("bpf"),
+            MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
         Ok(fs)
     }
 

@@ -51,10 +51,19 @@ impl Lab {
     pub fn new() -> Result<Self> {
         let stem = unique_stem();
         let dir = std::env::temp_dir().join(format!("{LAB_DIR_PREFIX}{stem}"));
-        fs::create_dir_all(dir.join("manifests")).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir.join("manifests"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let node = Netns::create(&format!("{stem}-node"))?;
-        let lab = Self { dir, stem, agent: None, responders: Vec::new(), pods: Vec::new(), node };
-        lab.node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
+        let lab = Self {
+            dir,
+            stem,
+            agent: None,
+            responders: Vec::new(),
+            pods: Vec::new(),
+            node,
+        };
+        lab.node
+            .ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
         lab.node.sysctl("net.ipv4.ip_forward", "1")?;
         // Replies are reverse-NATed to the ClusterIP before routing; the
         // ClusterIP has no route back through the backend's veth.
@@ -79,19 +88,55 @@ impl Lab {
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<&Pod> {
         let ns = Netns::create(&format!("{}-{name}", self.stem))?;
         let host_if = format!("veth{}", self.pods.len());
-        self.node.ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        self.node.ip(&[
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
         ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", &GATEWAY.to_string(), "dev", "eth0", "scope", "link"])?;
-        ns.ip(&["route", "add", "default", "via", &GATEWAY.to_string(), "dev", "eth0"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            &GATEWAY.to_string(),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY.to_string(),
+            "dev",
+            "eth0",
+        ])?;
         self.node.ip(&["link", "set", &host_if, "up"])?;
-        self.node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
-        self.pods.push(Pod { name: name.to_owned(), ip, host_if, ns });
+        self.node
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip,
+            host_if,
+            ns,
+        });
         self.pods.last().ok_or_else(|| anyhow!("pod vanished"))
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod `{name}` in the lab"))
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod `{name}` in the lab"))
     }
 
     /// Runs a responder in pod `name` on the given ports.
@@ -135,7 +180,12 @@ impl Lab {
 
     /// `sluice status` against this lab's pins.
     pub fn status(&self, bin: &Path) -> Result<String> {
-        crate::run(std::process::Command::new(bin).arg("status").arg("--pin-dir").arg(self.pin_dir()))
+        crate::run(
+            std::process::Command::new(bin)
+                .arg("status")
+                .arg("--pin-dir")
+                .arg(self.pin_dir()),
+        )
     }
 }
 
@@ -150,7 +200,9 @@ impl Pod {
 
     /// Opens a TCP connection from this pod (for long-lived flows).
     pub fn tcp_connect(&self, to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
-        Ok(self.ns.run(move || TcpStream::connect_timeout(&to, timeout))??)
+        Ok(self
+            .ns
+            .run(move || TcpStream::connect_timeout(&to, timeout))??)
     }
 
     /// One UDP request/response from a fresh socket.
@@ -161,7 +213,10 @@ impl Pod {
             s.send_to(b"hello\n", to)?;
             let mut buf = [0u8; 2048];
             let (n, from) = s.recv_from(&mut buf)?;
-            Ok((String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned(), from))
+            Ok((
+                String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned(),
+                from,
+            ))
         })?
     }
 
@@ -255,10 +310,14 @@ impl Drop for Lab {
 
 /// Unmounts and removes lab directories of processes that are gone.
 pub(crate) fn reap_stale_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_prefix(LAB_DIR_PREFIX) else { continue };
+        let Some(stem) = name.strip_prefix(LAB_DIR_PREFIX) else {
+            continue;
+        };
         if owner_is_dead(stem) {
             let _ = umount2(&entry.path().join("bpf"), MntFlags::MNT_DETACH);
             let _ = fs::remove_dir_all(entry.path());

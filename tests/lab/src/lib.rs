@@ -6,7 +6,10 @@
 //! Everything lives in namespaces the lab creates; nothing is added to the
 //! root network namespace. Names carry the process id, and every namespace,
 //! mount and process is removed on drop, also when a test panics.
-#![allow(clippy::expect_used, reason = "test harness: a failed expectation fails the test")]
+#![allow(
+    clippy::expect_used,
+    reason = "test harness: a failed expectation fails the test"
+)]
 
 mod agent;
 mod bpffs;
@@ -17,8 +20,8 @@ mod responder;
 
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
 pub use agent::{Agent, AgentOptions, default_bin};
+use anyhow::{Context as _, Result, bail};
 pub use bpffs::Bpffs;
 pub use lab::{GATEWAY, Lab, Pod};
 pub use netns::{Netns, reap_stale};

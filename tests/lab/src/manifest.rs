@@ -12,11 +12,19 @@ pub struct Port {
 
 impl Port {
     pub fn tcp(name: &str, port: u16) -> Self {
-        Self { name: name.into(), port, protocol: "TCP" }
+        Self {
+            name: name.into(),
+            port,
+            protocol: "TCP",
+        }
     }
 
     pub fn udp(name: &str, port: u16) -> Self {
-        Self { name: name.into(), port, protocol: "UDP" }
+        Self {
+            name: name.into(),
+            port,
+            protocol: "UDP",
+        }
     }
 }
 
@@ -31,7 +39,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn ready(ip: Ipv4Addr) -> Self {
-        Self { ip, ready: true, serving: true, terminating: false }
+        Self {
+            ip,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
     }
 }
 
@@ -42,7 +55,11 @@ fn ports_yaml(out: &mut String, ports: &[Port], target: bool) {
     out.push_str(if target { "ports:\n" } else { "  ports:\n" });
     let indent = if target { "" } else { "  " };
     for p in ports {
-        let _ = writeln!(out, "{indent}- port: {}\n{indent}  protocol: {}", p.port, p.protocol);
+        let _ = writeln!(
+            out,
+            "{indent}- port: {}\n{indent}  protocol: {}",
+            p.port, p.protocol
+        );
         if !p.name.is_empty() {
             let _ = writeln!(out, "{indent}  name: {}", p.name);
         }

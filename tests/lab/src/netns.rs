@@ -20,7 +20,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name stem for this process: `sl<pid>x<n>`.
 pub fn unique_stem() -> String {
-    format!("{PREFIX}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{PREFIX}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A network namespace, deleted on drop.
@@ -31,7 +35,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> Result<Self> {
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -99,7 +105,9 @@ impl Drop for Netns {
 /// Removes namespaces and lab mounts left by lab processes that died without
 /// cleaning up (SIGKILL, OOM); those of live processes are left alone.
 pub fn reap_stale() {
-    let Ok(entries) = fs::read_dir(NETNS_DIR) else { return };
+    let Ok(entries) = fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if owner_is_dead(&name) {
@@ -111,8 +119,14 @@ pub fn reap_stale() {
 
 /// `sl<pid>x…` names whose pid no longer runs.
 pub(crate) fn owner_is_dead(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
-    let Some((pid, _)) = rest.split_once('x') else { return false };
-    let Ok(pid) = pid.parse::<u32>() else { return false };
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let Some((pid, _)) = rest.split_once('x') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
     !PathBuf::from(format!("/proc/{pid}")).exists()
 }

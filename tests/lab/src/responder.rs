@@ -33,29 +33,50 @@ impl Responder {
     pub fn start(ns: &Netns, name: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> Result<Self> {
         let tcp = tcp_ports.to_vec();
         let udp = udp_ports.to_vec();
-        let (listeners, sockets) = ns.run(move || -> std::io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
-            let l = tcp.iter().map(|p| TcpListener::bind(("0.0.0.0", *p))).collect::<Result<Vec<_>, _>>()?;
-            let u = udp.iter().map(|p| UdpSocket::bind(("0.0.0.0", *p))).collect::<Result<Vec<_>, _>>()?;
-            Ok((l, u))
-        })??;
+        let (listeners, sockets) = ns.run(
+            move || -> std::io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
+                let l = tcp
+                    .iter()
+                    .map(|p| TcpListener::bind(("0.0.0.0", *p)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let u = udp
+                    .iter()
+                    .map(|p| UdpSocket::bind(("0.0.0.0", *p)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((l, u))
+            },
+        )??;
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let mut threads = Vec::new();
         for listener in &listeners {
             let listener = listener.try_clone()?;
             let (stop, conns, name) = (stop.clone(), conns.clone(), name.to_owned());
-            threads.push(thread::spawn(move || accept_loop(&listener, &stop, &conns, &name)));
+            threads.push(thread::spawn(move || {
+                accept_loop(&listener, &stop, &conns, &name);
+            }));
         }
         for socket in &sockets {
             let socket = socket.try_clone()?;
             let (stop, name) = (stop.clone(), name.to_owned());
             threads.push(thread::spawn(move || udp_loop(&socket, &stop, &name)));
         }
-        Ok(Self { stop, listeners, udp: sockets, conns, threads })
+        Ok(Self {
+            stop,
+            listeners,
+            udp: sockets,
+            conns,
+            threads,
+        })
     }
 }
 
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool, conns: &Mutex<Vec<TcpStream>>, name: &str) {
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    conns: &Mutex<Vec<TcpStream>>,
+    name: &str,
+) {
     for stream in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -72,7 +93,9 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, conns: &Mutex<Vec<TcpS
 
 fn serve(stream: TcpStream, name: &str) {
     let Ok(peer) = stream.peer_addr() else { return };
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let reply = answer(name, peer);
     for line in BufReader::new(stream).lines() {
         if line.is_err() || writer.write_all(reply.as_bytes()).is_err() {

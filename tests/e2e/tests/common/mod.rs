@@ -39,7 +39,10 @@ pub fn dns() -> SocketAddr {
 
 /// `web`: http 80/TCP → 8080 and dns 53/UDP → 5353 on the given backends.
 pub fn web_manifest(backends: &[usize]) -> String {
-    let eps: Vec<Endpoint> = backends.iter().map(|&i| Endpoint::ready(backend_ip(i))).collect();
+    let eps: Vec<Endpoint> = backends
+        .iter()
+        .map(|&i| Endpoint::ready(backend_ip(i)))
+        .collect();
     manifest::service_with_endpoints(
         "web",
         VIP,
@@ -58,13 +61,18 @@ pub fn web_lab(n: usize) -> Lab {
         lab.add_pod(&backend_name(i), backend_ip(i)).unwrap();
         lab.serve(&backend_name(i), &[8080], &[5353]).unwrap();
     }
-    lab.write_manifest("web.yaml", &web_manifest(&(0..n).collect::<Vec<_>>())).unwrap();
+    lab.write_manifest("web.yaml", &web_manifest(&(0..n).collect::<Vec<_>>()))
+        .unwrap();
     lab
 }
 
 /// The backend name in a responder's answer (`<name> <peer>`).
 pub fn who(answer: &str) -> String {
-    answer.split_whitespace().next().unwrap_or_default().to_owned()
+    answer
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The peer the backend saw, from its answer.
@@ -90,12 +98,16 @@ pub fn spread(lab: &Lab, to: SocketAddr, want: usize, max: usize) -> BTreeMap<St
 pub fn apply(lab: &mut Lab, file: &str, content: &str) -> String {
     let mark = lab.agent().log_len();
     lab.write_manifest(file, content).unwrap();
-    lab.agent().wait_for("manifests applied", mark, APPLY).unwrap()
+    lab.agent()
+        .wait_for("manifests applied", mark, APPLY)
+        .unwrap()
 }
 
 /// Removes a manifest and waits for the agent to apply that.
 pub fn delete(lab: &mut Lab, file: &str) {
     let mark = lab.agent().log_len();
     lab.remove_manifest(file).unwrap();
-    lab.agent().wait_for("manifests applied", mark, APPLY).unwrap();
+    lab.agent()
+        .wait_for("manifests applied", mark, APPLY)
+        .unwrap();
 }

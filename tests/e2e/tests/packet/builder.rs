@@ -102,7 +102,13 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     }
 
     let ihl = 5 + u8::try_from(spec.ip_options.len() / 4).unwrap();
-    let header = IpHeader { ihl: spec.ihl.unwrap_or(ihl), frag: spec.frag, proto: spec.proto, src: spec.src.0, dst: spec.dst.0 };
+    let header = IpHeader {
+        ihl: spec.ihl.unwrap_or(ihl),
+        frag: spec.frag,
+        proto: spec.proto,
+        src: spec.src.0,
+        dst: spec.dst.0,
+    };
     let mut frame = frame(&header, &spec.ip_options, &l4);
     if let Some(n) = spec.truncate {
         frame.truncate(n);
@@ -157,7 +163,17 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1, b'p', b'i', b'n', b'g'];
     let c = !fold(sum(&icmp));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    frame(&IpHeader { ihl: 5, frag: 0, proto: ICMP, src, dst }, &[], &icmp)
+    frame(
+        &IpHeader {
+            ihl: 5,
+            frag: 0,
+            proto: ICMP,
+            src,
+            dst,
+        },
+        &[],
+        &icmp,
+    )
 }
 
 /// What a written frame says, with its checksums verified.
@@ -179,7 +195,11 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
     assert_eq!(&frame[12..14], &[0x08, 0x00], "not IPv4");
     let ip = &frame[14..];
     let ihl = usize::from(ip[0] & 0x0f) * 4;
-    assert_eq!(fold(sum(&ip[..ihl])), 0xffff, "IPv4 header checksum is wrong");
+    assert_eq!(
+        fold(sum(&ip[..ihl])),
+        0xffff,
+        "IPv4 header checksum is wrong"
+    );
     let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let proto = ip[9];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
@@ -188,7 +208,11 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
     let check_at = if proto == TCP { 16 } else { 6 };
     let l4_check = u16::from_be_bytes([l4[check_at], l4[check_at + 1]]);
     if !(proto == UDP && l4_check == 0) {
-        assert_eq!(fold(pseudo(src, dst, proto, l4.len()) + sum(l4)), 0xffff, "L4 checksum is wrong");
+        assert_eq!(
+            fold(pseudo(src, dst, proto, l4.len()) + sum(l4)),
+            0xffff,
+            "L4 checksum is wrong"
+        );
     }
     let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
     Seen {
@@ -207,9 +231,17 @@ pub fn parse_icmp_error(frame: &[u8]) -> (u8, u8, Ipv4Addr, Ipv4Addr, Vec<u8>) {
     let ip = &frame[14..];
     assert_eq!(ip[0], 0x45);
     assert_eq!(ip[9], ICMP, "not ICMP");
-    assert_eq!(fold(sum(&ip[..20])), 0xffff, "IPv4 header checksum is wrong");
+    assert_eq!(
+        fold(sum(&ip[..20])),
+        0xffff,
+        "IPv4 header checksum is wrong"
+    );
     let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    assert_eq!(tot + 14, frame.len(), "IPv4 total length and frame length disagree");
+    assert_eq!(
+        tot + 14,
+        frame.len(),
+        "IPv4 total length and frame length disagree"
+    );
     let icmp = &ip[20..tot];
     assert_eq!(fold(sum(icmp)), 0xffff, "ICMP checksum is wrong");
     (
