@@ -50,8 +50,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     sync(&dir, &mut dp);
 
     let mut links = LinkWatcher::start()?;
-    for (_, name) in links.list().await? {
-        attach(&mut dp, &interfaces, &name);
+    let present = links.list().await?;
+    dp.prune_links(&present.iter().map(|(index, _)| *index).collect());
+    for (index, name) in present {
+        on_link(&mut dp, &interfaces, index, &name);
     }
     tracing::info!(
         manifests = %manifests.display(),
@@ -80,11 +82,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 }
             }
             event = links.next() => match event {
-                Some(LinkEvent::Present { name, .. }) => attach(&mut dp, &interfaces, &name),
-                Some(LinkEvent::Gone { name, .. }) => {
-                    if dp.attached().any(|n| n == name) {
+                Some(LinkEvent::Present { index, name }) => on_link(&mut dp, &interfaces, index, &name),
+                Some(LinkEvent::Gone { index, name }) => {
+                    if dp.is_attached(index) {
                         tracing::info!(iface = name, "interface removed");
-                        dp.forget(&name);
+                        dp.detach(index);
                     }
                 }
                 None => anyhow::bail!("the rtnetlink socket closed"),
@@ -111,12 +113,20 @@ fn sync(dir: &ManifestDir, dp: &mut Dataplane) {
     }
 }
 
-fn attach(dp: &mut Dataplane, interfaces: &InterfaceMatcher, name: &str) {
-    if !interfaces.matches(name) || dp.attached().any(|n| n == name) {
+/// An interface exists (new, renamed or changed): attach when its name
+/// matches, detach when it no longer does.
+fn on_link(dp: &mut Dataplane, interfaces: &InterfaceMatcher, index: u32, name: &str) {
+    let attached = dp.is_attached(index);
+    if !interfaces.matches(name) {
+        if attached {
+            tracing::info!(iface = name, "renamed out of the interface list; detaching");
+            dp.detach(index);
+        }
         return;
     }
-    match dp.attach(name) {
-        Ok(()) => tracing::info!(iface = name, "attached"),
+    match dp.attach(index, name) {
+        Ok(()) if !attached => tracing::info!(iface = name, "attached"),
+        Ok(()) => {}
         Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
     }
 }

@@ -11,7 +11,7 @@ mod bpffs;
 pub mod maps;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
 };
@@ -89,8 +89,14 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maps: maps::Maps,
     pin_dir: PathBuf,
-    links: BTreeMap<String, PinnedLink>,
+    /// Attached interfaces by ifindex (names change; indexes do not).
+    links: BTreeMap<u32, Attached>,
     current: Current,
+}
+
+struct Attached {
+    name: String,
+    _link: PinnedLink,
 }
 
 impl Dataplane {
@@ -143,26 +149,45 @@ impl Dataplane {
     }
 
     /// Attaches the TC program to an interface's ingress, replacing the
-    /// program in a pinned link atomically when one exists.
-    pub fn attach(&mut self, iface: &str) -> Result<(), Error> {
-        if self.links.contains_key(iface) {
+    /// program in a pinned link atomically when one exists. Idempotent; a
+    /// renamed interface keeps its link.
+    pub fn attach(&mut self, index: u32, name: &str) -> Result<(), Error> {
+        if let Some(attached) = self.links.get_mut(&index) {
+            name.clone_into(&mut attached.name);
             return Ok(());
         }
-        let path = attach::link_pin_path(&self.pin_dir, iface);
+        let path = attach::link_pin_path(&self.pin_dir, index);
         let prog = tc_program(&mut self.ebpf)?;
-        let link = attach::attach_pinned(prog, iface, &path)?;
-        self.links.insert(iface.to_owned(), link);
+        let link = attach::attach_pinned(prog, name, &path)?;
+        self.links.insert(
+            index,
+            Attached {
+                name: name.to_owned(),
+                _link: link,
+            },
+        );
         Ok(())
     }
 
-    /// The interface is gone: its link went with it; remove the pin.
-    pub fn forget(&mut self, iface: &str) {
-        self.links.remove(iface);
-        attach::remove_pin(&attach::link_pin_path(&self.pin_dir, iface));
+    /// Detaches from an interface that is gone or no longer matches: drops
+    /// the link and its pin.
+    pub fn detach(&mut self, index: u32) {
+        self.links.remove(&index);
+        attach::remove_pin(&attach::link_pin_path(&self.pin_dir, index));
+    }
+
+    /// Removes link pins of interfaces that no longer exist (deleted while
+    /// the agent was not running).
+    pub fn prune_links(&self, present: &BTreeSet<u32>) {
+        attach::prune_pins(&self.pin_dir, present);
+    }
+
+    pub fn is_attached(&self, index: u32) -> bool {
+        self.links.contains_key(&index)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
-        self.links.keys().map(String::as_str)
+        self.links.values().map(|a| a.name.as_str())
     }
 
     pub fn pin_dir(&self) -> &Path {

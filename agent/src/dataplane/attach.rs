@@ -6,6 +6,7 @@
 //! (its interface was deleted and maybe recreated) is replaced.
 
 use std::{
+    collections::BTreeSet,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -21,8 +22,31 @@ use super::Error;
 /// Subdirectory of the pin directory holding the links.
 pub const LINKS_DIR: &str = "links";
 
-pub fn link_pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(LINKS_DIR).join(format!("tc_ingress-{iface}"))
+/// Prefix of a link pin; the ifindex follows (indexes survive renames).
+const LINK_PREFIX: &str = "tc_ingress-if";
+
+pub fn link_pin_path(pin_dir: &Path, index: u32) -> PathBuf {
+    pin_dir
+        .join(LINKS_DIR)
+        .join(format!("{LINK_PREFIX}{index}"))
+}
+
+/// Removes the pins of links whose interface index is not in `present`.
+pub fn prune_pins(pin_dir: &Path, present: &BTreeSet<u32>) {
+    let Ok(entries) = fs::read_dir(pin_dir.join(LINKS_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(LINK_PREFIX))
+            .and_then(|i| i.parse().ok());
+        if index.is_some_and(|i| !present.contains(&i)) {
+            tracing::info!(pin = %entry.path().display(), "removing the pin of a deleted interface");
+            remove_pin(&entry.path());
+        }
+    }
 }
 
 pub fn remove_pin(path: &Path) {

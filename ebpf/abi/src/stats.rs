@@ -100,5 +100,8 @@ counter_enum! {
         Reselect = 5 => "reselect",
         /// A packet that is not Service traffic passed untouched.
         Pass = 6 => "pass",
+        /// Two first packets of one flow raced on two CPUs; the later one
+        /// followed the backend the earlier one chose.
+        RaceLost = 7 => "race_lost",
     }
 }

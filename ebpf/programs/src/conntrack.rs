@@ -68,8 +68,18 @@ const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
     }
 }
 
-/// Looks up the original-direction entry of a client packet and returns its
-/// backend if the flow may keep it.
+/// The original-direction entry of a client packet.
+pub enum Tracked {
+    /// The flow keeps this backend.
+    Keep(Binding),
+    /// There was an entry, but the flow must pick again (see below).
+    Stale,
+    /// No entry: a new flow.
+    New,
+}
+
+/// Looks up the original-direction entry of a client packet and says whether
+/// the flow may keep its backend.
 ///
 /// A flow picks again when its backend is gone and it can move without
 /// breaking anything: a UDP flow (kube-proxy clears stale UDP conntrack for
@@ -77,9 +87,11 @@ const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
 /// a TCP SYN reusing the tuple of a closed connection. An established TCP
 /// connection to a removed endpoint keeps it and drains, as with kube-proxy.
 #[inline(always)]
-pub fn lookup_original(p: &Packet, now: u64) -> Option<Binding> {
+pub fn lookup_original(p: &Packet, now: u64) -> Tracked {
     let k = key(p, CT_DIR_ORIGINAL);
-    let entry = maps::conntrack(&k)?;
+    let Some(entry) = maps::conntrack(&k) else {
+        return Tracked::New;
+    };
     let v: CtValue = unsafe { *entry };
     let bound = Binding {
         addr: v.nat_addr_be,
@@ -95,7 +107,7 @@ pub fn lookup_original(p: &Packet, now: u64) -> Option<Binding> {
     if !keep {
         stats::event(Event::Reselect);
         maps::conntrack_remove(&reply_key(p, &bound));
-        return None;
+        return Tracked::Stale;
     }
     let mut flags = v.tcp_flags;
     if p.tcp_has(TCP_FIN) {
@@ -110,7 +122,7 @@ pub fn lookup_original(p: &Packet, now: u64) -> Option<Binding> {
             (*entry).last_seen_ns = now;
         }
     }
-    Some(bound)
+    Tracked::Keep(bound)
 }
 
 /// Whether the backend id still names the same backend (ids are reused).
@@ -119,10 +131,23 @@ fn backend_live(b: &Binding) -> bool {
     maps::backend(b.backend_id).is_some_and(|live| live.addr_be == b.addr && live.port_be == b.port)
 }
 
-/// Records a new flow from the client in `p` to `to`, for service `service_id`
-/// whose frontend is `p`'s destination.
+/// Records a flow from the client in `p` to `to`, for frontend `service_id`,
+/// and returns the backend the flow is bound to.
+///
+/// A new flow's entry is created only if none exists (`replace` is false). If
+/// another CPU created it first (the first packets of a flow in parallel, as
+/// the A and AAAA queries of a resolver on one UDP socket), this packet
+/// follows that flow's backend instead of its own choice: the insert race of
+/// netfilter conntrack behind kube-proxy's 5-second DNS timeouts does not
+/// happen here. A stale entry (`replace`) is overwritten.
 #[inline(always)]
-pub fn create(p: &Packet, to: &Binding, service_id: u32, now: u64) -> Result<(), DropReason> {
+pub fn create(
+    p: &Packet,
+    to: &Binding,
+    service_id: u32,
+    now: u64,
+    replace: bool,
+) -> Result<Binding, DropReason> {
     let mut flags = 0;
     if p.tcp_has(TCP_FIN) {
         flags |= CT_TCP_FIN;
@@ -149,8 +174,29 @@ pub fn create(p: &Packet, to: &Binding, service_id: u32, now: u64) -> Result<(),
         last_seen_ns: now,
     };
     // Reply entry first: once the original entry exists, the backend may answer.
-    maps::conntrack_insert(&reply_key(p, to), &reply).map_err(|_| DropReason::CtInsert)?;
-    maps::conntrack_insert(&key(p, CT_DIR_ORIGINAL), &original).map_err(|_| DropReason::CtInsert)
+    let reply_key = reply_key(p, to);
+    maps::conntrack_insert(&reply_key, &reply, maps::ANY).map_err(|_| DropReason::CtInsert)?;
+    let k = key(p, CT_DIR_ORIGINAL);
+    let mode = if replace { maps::ANY } else { maps::NOEXIST };
+    match maps::conntrack_insert(&k, &original, mode) {
+        Ok(()) => Ok(*to),
+        Err(maps::EEXIST) => {
+            let winner = maps::conntrack(&k)
+                .map(|e| unsafe { *e })
+                .ok_or(DropReason::CtInsert)?;
+            let bound = Binding {
+                addr: winner.nat_addr_be,
+                port: winner.nat_port_be,
+                backend_id: winner.backend_id,
+            };
+            if bound.backend_id != to.backend_id {
+                maps::conntrack_remove(&reply_key);
+            }
+            stats::event(Event::RaceLost);
+            Ok(bound)
+        }
+        Err(_) => Err(DropReason::CtInsert),
+    }
 }
 
 /// Looks up the reply-direction entry of a packet from a backend.

@@ -100,7 +100,8 @@ fn to_service(
     svc: &ServiceValue,
 ) -> Result<i32, DropReason> {
     let now = conntrack::now();
-    let (to, new_flow) = if let Some(bound) = conntrack::lookup_original(p, now) {
+    let tracked = conntrack::lookup_original(p, now);
+    let (to, new_flow) = if let conntrack::Tracked::Keep(bound) = tracked {
         stats::event(Event::Established);
         (bound, false)
     } else {
@@ -108,8 +109,9 @@ fn to_service(
             // kube-proxy: a Service with no endpoints REJECTs.
             return reject::reject(ctx, p, DropReason::NoEndpoints);
         }
-        let to = Binding::from(lb::select(svc)?);
-        conntrack::create(p, &to, svc.id, now)?;
+        let choice = Binding::from(lb::select(svc)?);
+        let stale = matches!(tracked, conntrack::Tracked::Stale);
+        let to = conntrack::create(p, &choice, svc.id, now, stale)?;
         stats::event(Event::NewFlow);
         (to, true)
     };

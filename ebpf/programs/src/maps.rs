@@ -84,9 +84,15 @@ pub fn conntrack(key: &CtKey) -> Option<*mut CtValue> {
     SLUICE_CT.get_ptr_mut(key)
 }
 
+/// `BPF_ANY` / `BPF_NOEXIST` map update flags.
+pub const ANY: u64 = 0;
+pub const NOEXIST: u64 = 1;
+/// The error `insert` returns for `NOEXIST` when the key exists (-EEXIST).
+pub const EEXIST: i32 = -17;
+
 #[inline(always)]
-pub fn conntrack_insert(key: &CtKey, value: &CtValue) -> Result<(), i32> {
-    SLUICE_CT.insert(key, value, 0)
+pub fn conntrack_insert(key: &CtKey, value: &CtValue, flags: u64) -> Result<(), i32> {
+    SLUICE_CT.insert(key, value, flags)
 }
 
 #[inline(always)]

@@ -336,3 +336,60 @@ fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
         );
     }
 }
+
+#[test]
+fn a_renamed_interface_is_detached_when_it_leaves_the_list_and_attached_once_when_back() {
+    if !require_privileges(
+        "a_renamed_interface_is_detached_when_it_leaves_the_list_and_attached_once_when_back",
+    ) {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let client_if = lab.pod("client").host_if.clone();
+    lab.pod("client").tcp_request(http(), T).unwrap();
+
+    let rename = |lab: &mut Lab, from: &str, to: &str, expect: &str| {
+        let mark = lab.agent().log_len();
+        let node = lab.node();
+        node.ip(&["link", "set", from, "down"]).unwrap();
+        node.ip(&["link", "set", from, "name", to]).unwrap();
+        node.ip(&["link", "set", to, "up"]).unwrap();
+        // Taking the device down flushed the pod's route on the node.
+        node.ip(&["route", "replace", &format!("{CLIENT}/32"), "dev", to])
+            .unwrap();
+        lab.agent().wait_for(expect, mark, APPLY).unwrap();
+    };
+    rename(
+        &mut lab,
+        &client_if,
+        "pod-client",
+        "renamed out of the interface list",
+    );
+    let direct = SocketAddr::from((backend_ip(0), 8080));
+    lab.pod("client")
+        .tcp_request(direct, T)
+        .expect("the pod is routed");
+    assert!(
+        lab.pod("client").tcp_request(http(), T).is_err(),
+        "still balanced after leaving the list"
+    );
+    rename(&mut lab, "pod-client", "vethclient", "attached");
+    assert_eq!(
+        who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+        "b0"
+    );
+    let status = lab.status(&sluice_lab::default_bin()).unwrap();
+    let mut conn = lab.pod("client").tcp_connect(http(), T).unwrap();
+    request_line(&mut conn, T).unwrap();
+    let after = lab.status(&sluice_lab::default_bin()).unwrap();
+    // One program on the interface: one new flow counted, not two.
+    let flows = |s: &str| -> u64 {
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix("new_flow="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(flows(&after), flows(&status) + 1);
+}

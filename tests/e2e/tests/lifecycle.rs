@@ -91,6 +91,31 @@ fn a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
 }
 
 #[test]
+fn pins_of_interfaces_deleted_while_the_agent_was_down_are_removed() {
+    if !require_privileges("pins_of_interfaces_deleted_while_the_agent_was_down_are_removed") {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.add_pod("gone", std::net::Ipv4Addr::new(10, 244, 1, 77))
+        .unwrap();
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let links = lab.pin_dir().join("links");
+    let pins = || fs::read_dir(&links).unwrap().count();
+    assert_eq!(pins(), 3, "client, b0 and gone are attached");
+    lab.take_agent().unwrap().stop().unwrap();
+    let gone_if = lab.pod("gone").host_if.clone();
+    lab.node().ip(&["link", "del", &gone_if]).unwrap();
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    assert!(
+        lab.agent()
+            .log()
+            .contains("removing the pin of a deleted interface")
+    );
+    assert_eq!(pins(), 2);
+    lab.pod("client").tcp_request(http(), T).unwrap();
+}
+
+#[test]
 fn cleanup_removes_the_programs_links_and_pins() {
     if !require_privileges("cleanup_removes_the_programs_links_and_pins") {
         return;
