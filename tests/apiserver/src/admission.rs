@@ -1,0 +1,429 @@
+//! Defaulting and validation on create and update, per kind: what
+//! kube-apiserver's registries and admission plugins do for the types here.
+
+mod csr;
+
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
+
+use base64::Engine as _;
+pub use csr::{approval_update, status_update as csr_status_update, validate_csr_request};
+use serde_json::{Value, json};
+
+use crate::{
+    authn::UserInfo,
+    error::{ApiError, ApiResult},
+    request::ResourceRequest,
+};
+
+/// ClusterIPs: allocated from the service CIDR, never handed out twice.
+pub struct IpAllocator {
+    base: u32,
+    size: u32,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl IpAllocator {
+    pub fn new(cidr: &str) -> anyhow::Result<Self> {
+        let (net, len) = cidr
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("`{cidr}` is not a CIDR"))?;
+        let len: u32 = len.parse()?;
+        anyhow::ensure!(
+            (8..=30).contains(&len),
+            "service CIDR prefix must be /8../30"
+        );
+        let mask = u32::MAX << (32 - len);
+        let base = net.parse::<Ipv4Addr>()?.to_bits() & mask;
+        Ok(Self {
+            base,
+            size: 1 << (32 - len),
+            used: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let bits = ip.to_bits();
+        bits > self.base && bits < self.base + self.size - 1
+    }
+
+    /// The first usable address (the `kubernetes` Service's).
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from_bits(self.base + 1)
+    }
+
+    pub fn claim(&self, ip: Ipv4Addr) -> Result<(), String> {
+        if !self.contains(ip) {
+            return Err(format!(
+                "{ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}",
+                Ipv4Addr::from_bits(self.base),
+                32 - self.size.trailing_zeros()
+            ));
+        }
+        if !self.lock().insert(ip.to_bits()) {
+            return Err(format!("{ip}: provided IP is already allocated"));
+        }
+        Ok(())
+    }
+
+    /// Random free address, so that a restart does not hand out a just
+    /// released one next (as kube-apiserver's bitmap allocator).
+    pub fn allocate(&self) -> Result<Ipv4Addr, String> {
+        let mut used = self.lock();
+        let usable = self.size.saturating_sub(2);
+        if used.len() >= usable as usize {
+            return Err("range is full".into());
+        }
+        let start = rand::random::<u32>() % usable;
+        for i in 0..usable {
+            let bits = self.base + 1 + (start + i) % usable;
+            if used.insert(bits) {
+                return Ok(Ipv4Addr::from_bits(bits));
+            }
+        }
+        Err("range is full".into())
+    }
+
+    pub fn release(&self, ip: Ipv4Addr) {
+        self.lock().remove(&ip.to_bits());
+    }
+}
+
+fn invalid(kind: &str, obj: &Value, message: impl AsRef<str>) -> ApiError {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ApiError::invalid(kind, name, message)
+}
+
+/// Defaults and validates a new object; `ips` allocates ClusterIPs.
+pub fn on_create(
+    rr: &ResourceRequest,
+    obj: &mut Value,
+    user: &UserInfo,
+    ips: &IpAllocator,
+) -> ApiResult<()> {
+    let kind = rr.resource.kind;
+    match kind {
+        "Namespace" => {
+            obj["status"] = json!({"phase": "Active"});
+            obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        }
+        "Service" => service_create(obj, ips)?,
+        "Secret" => secret_defaults(obj),
+        "Pod" => {
+            // A new Pod has not been scheduled or started: its status is the
+            // kubelet's to write (through /status).
+            obj["status"] = json!({"phase": "Pending"});
+        }
+        "EndpointSlice" => validate_slice(obj)?,
+        "CertificateSigningRequest" => csr::on_create(obj, user)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Applies update rules: immutable and allocated fields, and status handled
+/// by its own subresource. `old` is the stored object.
+pub fn on_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResult<()> {
+    let kind = rr.resource.kind;
+    let sub = rr.subresource.as_deref();
+    match (kind, sub) {
+        ("CertificateSigningRequest", Some("approval")) => return approval_update(old, new),
+        ("CertificateSigningRequest", Some("status")) => return csr_status_update(old, new),
+        (_, Some("status")) => {
+            // Only the status changes through /status.
+            let status = new.get("status").cloned().unwrap_or(Value::Null);
+            let rv = new.pointer("/metadata/resourceVersion").cloned();
+            *new = old.clone();
+            new["status"] = status;
+            if let Some(rv) = rv {
+                new["metadata"]["resourceVersion"] = rv;
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    if rr.resource.subresources.contains(&"status") || kind == "CertificateSigningRequest" {
+        // The main resource does not change the status (nor, for CSRs, the spec).
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    match kind {
+        "Service" => service_update(old, new)?,
+        "Secret" => secret_defaults(new),
+        "EndpointSlice" => validate_slice(new)?,
+        "CertificateSigningRequest" | "Namespace" => new["spec"] = old["spec"].clone(),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// What deleting an object frees.
+pub fn on_delete(kind: &str, old: &Value, ips: &IpAllocator) {
+    if kind == "Service" {
+        for ip in cluster_ips(old) {
+            ips.release(ip);
+        }
+    }
+}
+
+pub fn cluster_ips(svc: &Value) -> Vec<Ipv4Addr> {
+    svc.pointer("/spec/clusterIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(svc.pointer("/spec/clusterIP"))
+        .filter_map(|ip| ip.as_str()?.parse().ok())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn service_create(obj: &mut Value, ips: &IpAllocator) -> ApiResult<()> {
+    let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_owned();
+    obj["spec"]["type"] = json!(kind);
+    service_ports(obj)?;
+    if kind == "ExternalName" {
+        if spec
+            .get("externalName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(invalid("Service", obj, "spec.externalName: Required value"));
+        }
+        return Ok(());
+    }
+    obj["spec"]["sessionAffinity"] = spec
+        .get("sessionAffinity")
+        .cloned()
+        .unwrap_or_else(|| json!("None"));
+    let requested = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if requested == "None" {
+        obj["spec"]["clusterIPs"] = json!(["None"]);
+        return Ok(());
+    }
+    let ip = if requested.is_empty() {
+        ips.allocate().map_err(|e| {
+            invalid(
+                "Service",
+                obj,
+                format!("spec.clusterIPs: Internal error: failed to allocate a serviceIP: {e}"),
+            )
+        })?
+    } else {
+        let ip: Ipv4Addr = requested.parse().map_err(|_| {
+            invalid(
+                "Service",
+                obj,
+                format!(
+                    "spec.clusterIPs[0]: Invalid value: \"{requested}\": must be a valid IP address"
+                ),
+            )
+        })?;
+        ips.claim(ip).map_err(|e| invalid("Service", obj, format!("spec.clusterIPs: Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {e}")))?;
+        ip
+    };
+    obj["spec"]["clusterIP"] = json!(ip.to_string());
+    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
+    obj["spec"]["ipFamilies"] = json!(["IPv4"]);
+    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    obj["spec"]["internalTrafficPolicy"] = spec
+        .get("internalTrafficPolicy")
+        .cloned()
+        .unwrap_or_else(|| json!("Cluster"));
+    Ok(())
+}
+
+fn service_ports(obj: &mut Value) -> ApiResult<()> {
+    let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let mut problems = Vec::new();
+    for (i, p) in ports.iter_mut().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            problems.push(format!("spec.ports[{i}].port: Invalid value: {port}: must be between 1 and 65535, inclusive"));
+        }
+        let protocol = p
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP")
+            .to_owned();
+        if !matches!(protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            problems.push(format!(
+                "spec.ports[{i}].protocol: Unsupported value: \"{protocol}\""
+            ));
+        }
+        p["protocol"] = json!(protocol);
+        if p.get("targetPort").is_none_or(Value::is_null) {
+            p["targetPort"] = json!(port);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(
+            "Service",
+            obj,
+            format!("[{}]", problems.join(", ")),
+        ))
+    }
+}
+
+fn service_update(old: &Value, new: &mut Value) -> ApiResult<()> {
+    service_ports(new)?;
+    // Allocated values stay unless the update names them (kube-apiserver's
+    // patchAllocatedValues); changing them is refused.
+    for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+        let keep = new
+            .pointer(&format!("/spec/{field}"))
+            .is_none_or(|v| v.is_null() || v == "");
+        if keep {
+            if let Some(v) = old.pointer(&format!("/spec/{field}")) {
+                new["spec"][field] = v.clone();
+            }
+        } else if field == "clusterIP"
+            && new.pointer("/spec/clusterIP") != old.pointer("/spec/clusterIP")
+        {
+            return Err(invalid(
+                "Service",
+                new,
+                "spec.clusterIP: Invalid value: field is immutable",
+            ));
+        }
+    }
+    if new.pointer("/spec/type").is_none_or(Value::is_null) {
+        new["spec"]["type"] = old
+            .pointer("/spec/type")
+            .cloned()
+            .unwrap_or_else(|| json!("ClusterIP"));
+    }
+    Ok(())
+}
+
+/// `stringData` is written into `data` (base64), as the API server does.
+fn secret_defaults(obj: &mut Value) {
+    if let Some(Value::Object(string_data)) =
+        obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        for (k, v) in string_data {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+            obj["data"][k] = json!(encoded);
+        }
+    }
+    if obj.get("type").is_none_or(Value::is_null) {
+        obj["type"] = json!("Opaque");
+    }
+}
+
+fn validate_slice(obj: &Value) -> ApiResult<()> {
+    let family = obj
+        .get("addressType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !matches!(family, "IPv4" | "IPv6" | "FQDN") {
+        return Err(invalid(
+            "EndpointSlice",
+            obj,
+            format!("addressType: Unsupported value: \"{family}\""),
+        ));
+    }
+    for (i, ep) in obj
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for (j, a) in ep
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let a = a.as_str().unwrap_or_default();
+            let ok = match family {
+                "IPv4" => a.parse::<Ipv4Addr>().is_ok(),
+                "IPv6" => a.parse::<std::net::Ipv6Addr>().is_ok(),
+                _ => !a.is_empty(),
+            };
+            if !ok {
+                return Err(invalid(
+                    "EndpointSlice",
+                    obj,
+                    format!(
+                        "endpoints[{i}].addresses[{j}]: Invalid value: \"{a}\": must be a valid {family} address"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The RFC 3339 time now, at second precision (as Kubernetes writes it).
+pub fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ips_are_allocated_in_range_and_never_twice() {
+        let ips = IpAllocator::new("10.96.0.0/28").unwrap();
+        assert!(ips.claim("10.96.0.5".parse().unwrap()).is_ok());
+        assert!(
+            ips.claim("10.96.0.5".parse().unwrap())
+                .unwrap_err()
+                .contains("already allocated")
+        );
+        assert!(
+            ips.claim("10.97.0.5".parse().unwrap())
+                .unwrap_err()
+                .contains("not in the valid range")
+        );
+        assert!(
+            ips.claim("10.96.0.15".parse().unwrap()).is_err(),
+            "broadcast address"
+        );
+        let mut seen = BTreeSet::new();
+        while let Ok(ip) = ips.allocate() {
+            assert!(ips.contains(ip));
+            assert!(seen.insert(ip));
+        }
+        assert_eq!(seen.len(), 13, "14 usable addresses, one claimed");
+        ips.release("10.96.0.5".parse().unwrap());
+        assert_eq!(
+            ips.allocate().unwrap(),
+            "10.96.0.5".parse::<Ipv4Addr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The EndpointSlice controller: for every Service with a selector, slices
+//! of at most 100 endpoints made from the matching Pods, as
+//! kube-controller-manager's. Services without a selector keep the slices
+//! users write.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::{Value, json};
+
+use super::{Controller, create, delete, str_at, update};
+use crate::{App, selectors::Selector, store::Event};
+
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const CONTROLLER: &str = "endpointslice-controller.k8s.io";
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+const MAX_ENDPOINTS: usize = 100;
+
+pub struct EndpointSlices;
+
+impl Controller for EndpointSlices {
+    fn name(&self) -> &'static str {
+        "endpointslice"
+    }
+
+    fn resync(&mut self, app: &Arc<App>) {
+        let (services, _) = app.store.list("core/services/");
+        for svc in services {
+            sync(
+                app,
+                str_at(&svc, "/metadata/namespace"),
+                str_at(&svc, "/metadata/name"),
+            );
+        }
+    }
+
+    fn on_event(&mut self, app: &Arc<App>, e: &Event) {
+        let ns = str_at(&e.object, "/metadata/namespace");
+        if e.key.starts_with("core/services/") {
+            sync(app, ns, str_at(&e.object, "/metadata/name"));
+        } else if e.key.starts_with("core/pods/") {
+            // The Services this Pod matches, before or after the change.
+            let (services, _) = app.store.list(&format!("core/services/{ns}/"));
+            for svc in services {
+                let Some(selector) = svc
+                    .pointer("/spec/selector")
+                    .and_then(Value::as_object)
+                    .filter(|s| !s.is_empty())
+                else {
+                    continue;
+                };
+                let sel = Selector::from_map(selector);
+                if sel.matches_labels(&e.object)
+                    || e.prev.as_deref().is_some_and(|p| sel.matches_labels(p))
+                {
+                    sync(app, ns, str_at(&svc, "/metadata/name"));
+                }
+            }
+        }
+    }
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("type").and_then(Value::as_str) == Some("Ready")
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+}
+
+/// A Service port's target on one Pod: a number, or a container port name.
+fn resolve_port(svc_port: &Value, pod: &Value) -> Option<i64> {
+    let protocol = svc_port
+        .get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP");
+    match svc_port.get("targetPort") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(name)) => {
+            if let Ok(n) = name.parse::<i64>() {
+                return Some(n);
+            }
+            let containers = pod.pointer("/spec/containers").and_then(Value::as_array)?;
+            containers
+                .iter()
+                .flat_map(|c| {
+                    c.get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .find_map(|p| {
+                    let same_name = p.get("name").and_then(Value::as_str) == Some(name.as_str());
+                    let same_proto =
+                        p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == protocol;
+                    (same_name && same_proto)
+                        .then(|| p.get("containerPort").and_then(Value::as_i64))
+                        .flatten()
+                })
+        }
+        _ => svc_port.get("port").and_then(Value::as_i64),
+    }
+}
+
+fn sync(app: &Arc<App>, ns: &str, name: &str) {
+    let svc = app.store.get(&format!("core/services/{ns}/{name}"));
+    let selector = svc
+        .as_ref()
+        .and_then(|s| s.pointer("/spec/selector"))
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty())
+        .cloned();
+    let (slices, _) = app
+        .store
+        .list(&format!("discovery.k8s.io/endpointslices/{ns}/"));
+    let mut managed: Vec<Arc<Value>> = slices
+        .into_iter()
+        .filter(|s| {
+            str_at(
+                s,
+                &format!("/metadata/labels/{}", SERVICE_NAME.replace('/', "~1")),
+            ) == name
+                && str_at(
+                    s,
+                    &format!("/metadata/labels/{}", MANAGED_BY.replace('/', "~1")),
+                ) == CONTROLLER
+        })
+        .collect();
+    managed.sort_by_key(|s| str_at(s, "/metadata/name").to_owned());
+    let (Some(svc), Some(selector)) = (svc, selector) else {
+        // Deleted, or no selector any more: our slices go.
+        for s in managed {
+            delete(
+                app,
+                "discovery.k8s.io",
+                "endpointslices",
+                ns,
+                str_at(&s, "/metadata/name"),
+            );
+        }
+        return;
+    };
+    let desired = desired_slices(app, &svc, &Selector::from_map(&selector));
+    let uid = str_at(&svc, "/metadata/uid").to_owned();
+    for (i, (ports, endpoints)) in desired.iter().enumerate() {
+        let content = |obj: &mut Value| {
+            obj["addressType"] = json!("IPv4");
+            obj["ports"] = json!(ports);
+            obj["endpoints"] = json!(endpoints);
+        };
+        match managed.get(i) {
+            Some(existing) => {
+                let slice_name = str_at(existing, "/metadata/name").to_owned();
+                let result = update(
+                    app,
+                    ("discovery.k8s.io", "endpointslices", ns, &slice_name, None),
+                    |obj| {
+                        let before = obj.clone();
+                        content(obj);
+                        *obj != before
+                    },
+                );
+                if let Err(e) = result {
+                    tracing::warn!(service = name, "updating EndpointSlice {slice_name}: {e}");
+                }
+            }
+            None => {
+                let mut obj = json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "generateName": format!("{name}-"),
+                        "namespace": ns,
+                        "labels": {SERVICE_NAME: name, MANAGED_BY: CONTROLLER},
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid,
+                            "controller": true, "blockOwnerDeletion": true}],
+                    },
+                });
+                content(&mut obj);
+                if let Err(e) = create(app, "discovery.k8s.io", "endpointslices", ns, obj) {
+                    tracing::warn!(service = name, "creating an EndpointSlice: {e}");
+                }
+            }
+        }
+    }
+    for extra in managed.iter().skip(desired.len()) {
+        delete(
+            app,
+            "discovery.k8s.io",
+            "endpointslices",
+            ns,
+            str_at(extra, "/metadata/name"),
+        );
+    }
+}
+
+/// Endpoints grouped by their resolved port set, in chunks of at most 100.
+fn desired_slices(
+    app: &Arc<App>,
+    svc: &Value,
+    selector: &Selector,
+) -> Vec<(Vec<Value>, Vec<Value>)> {
+    let ns = str_at(svc, "/metadata/namespace");
+    let name = str_at(svc, "/metadata/name");
+    let svc_ports: Vec<Value> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let publish_not_ready = svc
+        .pointer("/spec/publishNotReadyAddresses")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (pods, _) = app.store.list(&format!("core/pods/{ns}/"));
+    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| selector.matches_labels(p)) {
+        let ip = str_at(pod, "/status/podIP");
+        let phase = str_at(pod, "/status/phase");
+        if ip.is_empty() || matches!(phase, "Succeeded" | "Failed") {
+            continue;
+        }
+        let terminating = pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|d| !d.is_null());
+        let serving = pod_ready(pod) || publish_not_ready;
+        let mut endpoint = json!({
+            "addresses": [ip],
+            "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": str_at(pod, "/metadata/name"), "uid": str_at(pod, "/metadata/uid")},
+        });
+        let node = str_at(pod, "/spec/nodeName");
+        if !node.is_empty() {
+            endpoint["nodeName"] = json!(node);
+        }
+        let hostname = str_at(pod, "/spec/hostname");
+        if !hostname.is_empty() && str_at(pod, "/spec/subdomain") == name {
+            endpoint["hostname"] = json!(hostname);
+        }
+        let ports: Vec<Value> = svc_ports
+            .iter()
+            .filter_map(|p| {
+                let port = resolve_port(p, pod)?;
+                let mut out = json!({
+                    "name": p.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    "port": port,
+                    "protocol": p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                });
+                if let Some(app_protocol) = p.get("appProtocol") {
+                    out["appProtocol"] = app_protocol.clone();
+                }
+                Some(out)
+            })
+            .collect();
+        let key = serde_json::to_string(&ports).unwrap_or_default();
+        groups
+            .entry(key)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(endpoint);
+    }
+    let mut out = Vec::new();
+    for (_, (ports, mut endpoints)) in groups {
+        endpoints.sort_by_key(|e| {
+            e.pointer("/targetRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        });
+        for chunk in endpoints.chunks(MAX_ENDPOINTS) {
+            out.push((ports.clone(), chunk.to_vec()));
+        }
+    }
+    if out.is_empty() {
+        // kube-controller-manager keeps one empty placeholder slice.
+        out.push((Vec::new(), Vec::new()));
+    }
+    out
+}
