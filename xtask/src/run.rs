@@ -53,9 +53,21 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds `sluice` (and with it the eBPF object); returns the binary's path.
 pub fn build_agent(release: bool) -> Result<PathBuf> {
+    build(
+        &["-p", "sluice-agent", "--bin", "sluice"],
+        "sluice",
+        release,
+    )
+}
+
+/// Builds a binary of the workspace in debug mode; returns its path.
+pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    build(&["-p", package, "--bin", bin], bin, false)
+}
+
+fn build(args: &[&str], bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args(["build", "-p", "sluice-agent", "--bin", "sluice"]);
+    cmd.current_dir(workspace_root()).arg("build").args(args);
     if release {
         cmd.arg("--release");
     }
@@ -64,7 +76,7 @@ pub fn build_agent(release: bool) -> Result<PathBuf> {
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     Ok(target
         .join(if release { "release" } else { "debug" })
-        .join("sluice"))
+        .join(bin))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

@@ -32,6 +32,7 @@ pub fn test(args: &Args) -> Result<()> {
     }
     sluice_lab::reap_stale();
     let bin = run::build_agent(false)?;
+    let apiserver = run::build_bin("sluice-apiserver", "sluice-apiserver")?;
     let filter: Vec<&str> = args.filter.iter().map(String::as_str).collect();
 
     step("unit tests");
@@ -94,12 +95,16 @@ pub fn test(args: &Args) -> Result<()> {
 
     step("privileged tests: packet (BPF_PROG_TEST_RUN) and end-to-end (network namespaces)");
     let bin_env = bin.display().to_string();
+    let apiserver_env = apiserver.display().to_string();
     let mut e2e_args = vec!["--test-threads=1"];
     e2e_args.extend(&filter);
     cargo(
         &["test", "-p", "sluice-e2e"],
         &e2e_args,
-        &[("SLUICE_BIN", bin_env.as_str())],
+        &[
+            ("SLUICE_BIN", bin_env.as_str()),
+            ("SLUICE_APISERVER_BIN", apiserver_env.as_str()),
+        ],
     )?;
 
     if args.filter.is_none() {

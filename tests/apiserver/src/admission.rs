@@ -275,6 +275,12 @@ fn service_ports(obj: &mut Value) -> ApiResult<()> {
                 "spec.ports[{i}].protocol: Unsupported value: \"{protocol}\""
             ));
         }
+        // 0 is "unset" (kubectl's protobuf bodies carry it explicitly).
+        if p.get("nodePort").and_then(Value::as_i64) == Some(0)
+            && let Some(map) = p.as_object_mut()
+        {
+            map.remove("nodePort");
+        }
         p["protocol"] = json!(protocol);
         if p.get("targetPort").is_none_or(Value::is_null) {
             p["targetPort"] = json!(port);

@@ -5,6 +5,7 @@ pub mod crud;
 mod discovery;
 mod openapi;
 mod reviews;
+mod table;
 mod watch;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
@@ -24,6 +25,16 @@ use crate::{
 };
 
 pub type Body = BoxBody<Bytes, Infallible>;
+
+/// How objects are written back: as themselves, or as a Table (`kubectl get`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Printing {
+    Json,
+    /// `full`: rows carry whole objects (`includeObject=Object`).
+    Table {
+        full: bool,
+    },
+}
 
 /// The largest request body accepted (kube-apiserver's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -65,18 +76,18 @@ pub async fn handle(
     cert_user: Option<UserInfo>,
 ) -> Response<Body> {
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    match handle_inner(&app, req, cert_user.as_ref()).await {
+    let uri = req.uri().to_string();
+    let resp = match handle_inner(&app, req, cert_user.as_ref()).await {
         Ok(resp) => resp,
         Err(err) => {
             if err.code >= 500 {
-                tracing::warn!(%method, path, "{err}");
-            } else {
-                tracing::debug!(%method, path, "{err}");
+                tracing::warn!(%method, uri, "{err}");
             }
             error(&err)
         }
-    }
+    };
+    tracing::debug!(%method, uri, status = resp.status().as_u16(), "request");
+    resp
 }
 
 /// The caller after authentication and impersonation.
@@ -139,8 +150,20 @@ async fn handle_inner(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
+            let accept = parts
+                .headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let printing = if table::wanted(accept) {
+                Printing::Table {
+                    full: query.get("includeObject").map(String::as_str) == Some("Object"),
+                }
+            } else {
+                Printing::Json
+            };
             let body = read_body(body, &parts.method, &content_type).await?;
-            resource(app, &rr, &query, &content_type, body, user)
+            resource(app, &rr, &query, &content_type, body, user, printing)
         }
     }
 }
@@ -226,7 +249,9 @@ async fn read_body(
         return Ok(None);
     }
     if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return crate::proto::decode(&bytes)
+        let decoded = crate::proto::decode(&bytes);
+        tracing::trace!(?decoded, "protobuf body");
+        return decoded
             .map(Some)
             .map_err(|e| ApiError::bad_request(format!("the protobuf body: {e}")));
     }
@@ -273,6 +298,7 @@ fn resource(
     content_type: &str,
     body: Option<Value>,
     user: &UserInfo,
+    printing: Printing,
 ) -> ApiResult<Response<Body>> {
     if !rr.resource.verbs.contains(&rr.verb) {
         return Err(ApiError::method_not_allowed(format!(
@@ -294,11 +320,12 @@ fn resource(
         ));
     }
     match rr.verb {
-        "watch" => watch::watch(app, rr, query),
+        "watch" => watch::watch(app, rr, query, printing),
         "create" if rr.resource.is_review() => reviews::create(app, rr, body, user),
         "create" if rr.subresource.as_deref() == Some("token") => {
             reviews::token_request(app, rr, body)
         }
+        "get" | "list" => crud::read(app, rr, query, printing),
         _ => crud::handle(app, rr, query, content_type, body, user),
     }
 }

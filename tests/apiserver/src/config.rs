@@ -44,6 +44,9 @@ pub struct Config {
     /// `certificatesigningrequests/selfnodeserver` (pre-1.11 behaviour).
     #[arg(long)]
     pub approve_kubelet_serving: bool,
+    /// How often open watches get a BOOKMARK (with `allowWatchBookmarks`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub watch_bookmark_interval: Duration,
     /// Watch events kept for resuming watches; older resourceVersions get 410.
     #[arg(long, default_value_t = 10_000)]
     pub watch_history: usize,

@@ -9,6 +9,8 @@ pub struct ApiError {
     pub message: String,
     /// (kind, name) for `details`.
     pub details: Option<(String, String)>,
+    /// `field: problem` of a validation error (kubectl prints these).
+    pub cause: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -20,6 +22,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            cause: None,
         }
     }
 
@@ -52,12 +55,15 @@ impl ApiError {
 
     /// 422, like a failed validation (`field: Invalid value: …`).
     pub fn invalid(kind: &str, name: &str, message: impl AsRef<str>) -> Self {
-        Self::new(
+        let message = message.as_ref();
+        let mut err = Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {}", message.as_ref()),
+            format!("{kind} \"{name}\" is invalid: {message}"),
         )
-        .with(kind, name)
+        .with(kind, name);
+        err.cause = Some(message.to_owned());
+        err
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -100,6 +106,11 @@ impl ApiError {
         });
         if let Some((kind, name)) = &self.details {
             status["details"] = json!({"name": name, "kind": kind});
+            if let Some(cause) = &self.cause {
+                let (field, message) = cause.split_once(": ").unwrap_or(("", cause));
+                status["details"]["causes"] =
+                    json!([{"reason": "FieldValueInvalid", "message": message, "field": field}]);
+            }
         }
         status
     }

@@ -193,8 +193,9 @@ fn message(msg: &Msg, buf: &[u8]) -> Result<Map<String, Value>, String> {
                 list.extend(values);
             }
         } else if let Some(v) = values.into_iter().next() {
-            // Go writes unset optional strings as ""; their JSON omits them.
-            if !(matches!(field.kind, Kind::Str) && v == "") {
+            // Go writes unset optional strings as "" and zero times; their
+            // JSON omits them.
+            if !(v.is_null() || matches!(field.kind, Kind::Str) && v == "") {
                 out.insert(field.json.to_owned(), v);
             }
         }
@@ -280,6 +281,8 @@ fn special(s: Special, buf: &[u8]) -> Result<Value, String> {
         reason = "protobuf integers"
     )]
     Ok(match s {
+        // The zero time is JSON null in Go (and then omitted).
+        Special::Time | Special::MicroTime if int(1) == 0 && int(2) == 0 => Value::Null,
         Special::Time | Special::MicroTime => {
             let t = time::OffsetDateTime::from_unix_timestamp(int(1) as i64)
                 .map_err(|e| e.to_string())?;

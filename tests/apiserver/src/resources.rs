@@ -54,189 +54,29 @@ macro_rules! resource {
 }
 
 use k8s_openapi::api::{
-    authorization::v1 as authz, certificates::v1 as certs, core::v1 as core,
-    discovery::v1 as discovery, rbac::v1 as rbac,
+    authentication::v1 as authn, authorization::v1 as authz, certificates::v1 as certs,
+    core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
 };
 
+#[rustfmt::skip]
 pub static RESOURCES: &[ResourceType] = &[
-    resource!(
-        "",
-        "namespaces",
-        "namespace",
-        "Namespace",
-        false,
-        ["ns"],
-        &[
-            "create", "delete", "get", "list", "patch", "update", "watch"
-        ],
-        ["status"],
-        core::Namespace
-    ),
-    resource!(
-        "",
-        "services",
-        "service",
-        "Service",
-        true,
-        ["svc"],
-        CRUD,
-        ["status"],
-        core::Service
-    ),
-    resource!(
-        "",
-        "secrets",
-        "secret",
-        "Secret",
-        true,
-        [],
-        CRUD,
-        [],
-        core::Secret
-    ),
-    resource!(
-        "",
-        "serviceaccounts",
-        "serviceaccount",
-        "ServiceAccount",
-        true,
-        ["sa"],
-        CRUD,
-        ["token"],
-        core::ServiceAccount
-    ),
-    resource!(
-        "",
-        "configmaps",
-        "configmap",
-        "ConfigMap",
-        true,
-        ["cm"],
-        CRUD,
-        [],
-        core::ConfigMap
-    ),
-    resource!(
-        "",
-        "nodes",
-        "node",
-        "Node",
-        false,
-        ["no"],
-        CRUD,
-        ["status"],
-        core::Node
-    ),
-    resource!(
-        "",
-        "pods",
-        "pod",
-        "Pod",
-        true,
-        ["po"],
-        CRUD,
-        ["status"],
-        core::Pod
-    ),
-    resource!(
-        "",
-        "events",
-        "event",
-        "Event",
-        true,
-        ["ev"],
-        CRUD,
-        [],
-        core::Event
-    ),
-    resource!(
-        "discovery.k8s.io",
-        "endpointslices",
-        "endpointslice",
-        "EndpointSlice",
-        true,
-        [],
-        CRUD,
-        [],
-        discovery::EndpointSlice
-    ),
-    resource!(
-        "certificates.k8s.io",
-        "certificatesigningrequests",
-        "certificatesigningrequest",
-        "CertificateSigningRequest",
-        false,
-        ["csr"],
-        CRUD,
-        ["approval", "status"],
-        certs::CertificateSigningRequest
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "roles",
-        "role",
-        "Role",
-        true,
-        [],
-        CRUD,
-        [],
-        rbac::Role
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "rolebindings",
-        "rolebinding",
-        "RoleBinding",
-        true,
-        [],
-        CRUD,
-        [],
-        rbac::RoleBinding
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "clusterroles",
-        "clusterrole",
-        "ClusterRole",
-        false,
-        [],
-        CRUD,
-        [],
-        rbac::ClusterRole
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        "clusterrolebinding",
-        "ClusterRoleBinding",
-        false,
-        [],
-        CRUD,
-        [],
-        rbac::ClusterRoleBinding
-    ),
-    resource!(
-        "authorization.k8s.io",
-        "selfsubjectaccessreviews",
-        "selfsubjectaccessreview",
-        "SelfSubjectAccessReview",
-        false,
-        [],
-        CREATE_ONLY,
-        [],
-        authz::SelfSubjectAccessReview
-    ),
-    resource!(
-        "authorization.k8s.io",
-        "subjectaccessreviews",
-        "subjectaccessreview",
-        "SubjectAccessReview",
-        false,
-        [],
-        CREATE_ONLY,
-        [],
-        authz::SubjectAccessReview
-    ),
+    resource!("", "namespaces", "namespace", "Namespace", false, ["ns"], &["create", "delete", "get", "list", "patch", "update", "watch"], ["status"], core::Namespace),
+    resource!("", "services", "service", "Service", true, ["svc"], CRUD, ["status"], core::Service),
+    resource!("", "secrets", "secret", "Secret", true, [], CRUD, [], core::Secret),
+    resource!("", "serviceaccounts", "serviceaccount", "ServiceAccount", true, ["sa"], CRUD, ["token"], core::ServiceAccount),
+    resource!("", "configmaps", "configmap", "ConfigMap", true, ["cm"], CRUD, [], core::ConfigMap),
+    resource!("", "nodes", "node", "Node", false, ["no"], CRUD, ["status"], core::Node),
+    resource!("", "pods", "pod", "Pod", true, ["po"], CRUD, ["status"], core::Pod),
+    resource!("", "events", "event", "Event", true, ["ev"], CRUD, [], core::Event),
+    resource!("discovery.k8s.io", "endpointslices", "endpointslice", "EndpointSlice", true, [], CRUD, [], discovery::EndpointSlice),
+    resource!("certificates.k8s.io", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest", false, ["csr"], CRUD, ["approval", "status"], certs::CertificateSigningRequest),
+    resource!("rbac.authorization.k8s.io", "roles", "role", "Role", true, [], CRUD, [], rbac::Role),
+    resource!("rbac.authorization.k8s.io", "rolebindings", "rolebinding", "RoleBinding", true, [], CRUD, [], rbac::RoleBinding),
+    resource!("rbac.authorization.k8s.io", "clusterroles", "clusterrole", "ClusterRole", false, [], CRUD, [], rbac::ClusterRole),
+    resource!("rbac.authorization.k8s.io", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, [], CRUD, [], rbac::ClusterRoleBinding),
+    resource!("authorization.k8s.io", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, [], CREATE_ONLY, [], authz::SelfSubjectAccessReview),
+    resource!("authorization.k8s.io", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, [], CREATE_ONLY, [], authz::SubjectAccessReview),
+    resource!("authentication.k8s.io", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, [], CREATE_ONLY, [], authn::SelfSubjectReview),
 ];
 
 impl ResourceType {

@@ -67,6 +67,8 @@ struct State {
 }
 
 pub struct Store {
+    /// Bumped by compaction: open watches end, and resume with 410.
+    epoch: tokio::sync::watch::Sender<u64>,
     db: Database,
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<Event>>,
@@ -140,7 +142,9 @@ impl Store {
         }
         drop(read);
         let (tx, _) = broadcast::channel(16_384);
+        let (epoch, _) = tokio::sync::watch::channel(0);
         Ok(Self {
+            epoch,
             db,
             state: Mutex::new(state),
             tx,
@@ -292,6 +296,11 @@ impl Store {
         Ok((WatchStart::Backlog(backlog), rx))
     }
 
+    /// Changes when the history is compacted.
+    pub fn epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
     /// Every change from now on (controllers).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
@@ -312,6 +321,7 @@ impl Store {
         txn.commit()?;
         state.history.clear();
         state.compacted = state.rv;
+        self.epoch.send_modify(|e| *e += 1);
         Ok(state.rv)
     }
 }

@@ -38,6 +38,7 @@ ROOTS = [
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview", "api.authorization.v1.SelfSubjectAccessReview"),
     ("authorization.k8s.io/v1", "SubjectAccessReview", "api.authorization.v1.SubjectAccessReview"),
     ("authentication.k8s.io/v1", "TokenRequest", "api.authentication.v1.TokenRequest"),
+    ("authentication.k8s.io/v1", "SelfSubjectReview", "api.authentication.v1.SelfSubjectReview"),
     ("meta.k8s.io/v1", "DeleteOptions", "apimachinery.pkg.apis.meta.v1.DeleteOptions"),
     ("v1", "DeleteOptions", "apimachinery.pkg.apis.meta.v1.DeleteOptions"),
 ]
@@ -59,7 +60,8 @@ SPECIAL = {
 # Proto fields that are Go embedded structs, inlined in the JSON form.
 EMBEDDED = {"localObjectReference", "handler", "volumeSource", "ephemeralContainerCommon", "persistentVolumeSource"}
 
-ATTR_RE = re.compile(r"#\[prost\(([^\]]*)\)\]\s*pub (\w+):")
+# Raw identifiers (`r#type`) are fields too.
+ATTR_RE = re.compile(r"#\[prost\(([^\]]*)\)\]\s*pub ((?:r#)?\w+):")
 
 
 def fields_of(body):

@@ -12,16 +12,19 @@
 )]
 
 mod agent;
+mod apiserver;
 mod bpffs;
 pub mod lab;
 pub mod manifest;
 mod netns;
+pub mod process;
 mod responder;
 
 use std::process::Command;
 
 pub use agent::{Agent, AgentOptions, default_bin};
 use anyhow::{Context as _, Result, bail};
+pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
 pub use lab::{GATEWAY, Lab, Pod};
 pub use netns::{Netns, reap_stale};

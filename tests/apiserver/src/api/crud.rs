@@ -26,8 +26,6 @@ pub fn handle(
     user: &UserInfo,
 ) -> ApiResult<Response<Body>> {
     match rr.verb {
-        "get" => get(app, rr),
-        "list" => list(app, rr, query),
         "create" => create(
             app,
             rr,
@@ -64,6 +62,44 @@ fn name(rr: &ResourceRequest) -> ApiResult<&str> {
     rr.name
         .as_deref()
         .ok_or_else(|| ApiError::bad_request("resource name may not be empty"))
+}
+
+/// get and list, as objects or as a Table.
+pub fn read(
+    app: &Arc<App>,
+    rr: &ResourceRequest,
+    query: &HashMap<String, String>,
+    printing: super::Printing,
+) -> ApiResult<Response<Body>> {
+    let super::Printing::Table { full } = printing else {
+        return if rr.verb == "get" {
+            get(app, rr)
+        } else {
+            list(app, rr, query)
+        };
+    };
+    if rr.verb == "get" {
+        let n = name(rr)?;
+        let obj = app
+            .store
+            .get(&key(rr, n))
+            .ok_or_else(|| ApiError::not_found(rr.resource.plural, n))?;
+        return Ok(respond(
+            StatusCode::OK,
+            &super::table::table(rr.resource, &[&obj], None, full),
+        ));
+    }
+    let (labels, fields) = selectors(query)?;
+    let (items, rv) = app.store.list(&prefix(rr));
+    let items: Vec<&Value> = items
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
+        .collect();
+    Ok(respond(
+        StatusCode::OK,
+        &super::table::table(rr.resource, &items, Some(rv), full),
+    ))
 }
 
 fn get(app: &Arc<App>, rr: &ResourceRequest) -> ApiResult<Response<Body>> {

@@ -47,6 +47,18 @@ pub fn create(
     body: Option<Value>,
     caller: &UserInfo,
 ) -> ApiResult<Response<Body>> {
+    if rr.resource.kind == "SelfSubjectReview" {
+        // `kubectl auth whoami`: who the server thinks the caller is.
+        return Ok(respond(
+            StatusCode::CREATED,
+            &json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "SelfSubjectReview",
+                "metadata": {"creationTimestamp": crate::admission::now()},
+                "status": {"userInfo": {"username": caller.name, "uid": caller.uid, "groups": caller.groups, "extra": caller.extra}},
+            }),
+        ));
+    }
     let mut review = body.ok_or_else(|| ApiError::bad_request("no body"))?;
     let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
     let attrs = attributes(&spec)?;

@@ -22,14 +22,25 @@ use crate::{
 
 /// kube-apiserver ends watches after a random 30–60 minutes; clients renew.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
-const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 
 struct Filter {
     labels: Selector,
     fields: Selector,
+    printing: super::Printing,
+    resource: &'static crate::resources::ResourceType,
 }
 
 impl Filter {
+    /// The object as the watcher asked to see it.
+    fn print(&self, obj: &Value) -> Value {
+        match self.printing {
+            super::Printing::Json => obj.clone(),
+            super::Printing::Table { full } => {
+                super::table::table(self.resource, &[obj], None, full)
+            }
+        }
+    }
+
     fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
     }
@@ -77,6 +88,7 @@ pub fn watch(
     app: &Arc<App>,
     rr: &ResourceRequest,
     query: &HashMap<String, String>,
+    printing: super::Printing,
 ) -> ApiResult<Response<Body>> {
     let (labels, mut fields) = crud::selectors(query)?;
     if let Some(name) = &rr.name {
@@ -115,19 +127,31 @@ pub fn watch(
         }
         Err(err) => return Err(err),
         Ok((start, events)) => {
-            let filter = Filter { labels, fields };
-            let resource = (rr.resource, rr.namespace.clone());
-            tokio::spawn(pump(
+            let filter = Filter {
+                labels,
+                fields,
+                printing,
+                resource: rr.resource,
+            };
+            let rr = ResourceRequest {
+                resource: rr.resource,
+                namespace: rr.namespace.clone(),
+                name: None,
+                subresource: None,
+                verb: "watch",
+            };
+            let stream = Stream {
                 tx,
-                start,
                 events,
                 filter,
-                resource,
+                rr,
                 prefix,
                 send_initial,
-                bookmarks,
+                bookmarks: bookmarks.then_some(app.config.watch_bookmark_interval),
                 timeout,
-            ));
+                epoch: app.store.epoch(),
+            };
+            tokio::spawn(stream.run(start));
         }
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -144,85 +168,85 @@ pub fn watch(
     Ok(resp)
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one watch's whole state, moved into its task"
-)]
-async fn pump(
+/// One open watch, moved into its task.
+struct Stream {
     tx: mpsc::Sender<Bytes>,
-    start: WatchStart,
-    mut events: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    events: tokio::sync::broadcast::Receiver<Arc<Event>>,
     filter: Filter,
-    (resource, namespace): (&'static crate::resources::ResourceType, String),
+    rr: ResourceRequest,
     prefix: String,
     send_initial: bool,
-    bookmarks: bool,
+    bookmarks: Option<Duration>,
     timeout: Duration,
-) {
-    let rr = ResourceRequest {
-        resource,
-        namespace,
-        name: None,
-        subresource: None,
-        verb: "watch",
-    };
-    let mut last = 0u64;
-    match start {
-        WatchStart::Snapshot(items, rv) => {
-            for obj in items.iter().filter(|o| filter.matches(o)) {
-                if tx.send(line("ADDED", obj)).await.is_err() {
-                    return;
-                }
-            }
-            last = rv;
-            if send_initial && tx.send(bookmark(&rr, rv, true)).await.is_err() {
-                return;
-            }
-        }
-        WatchStart::Backlog(backlog) => {
-            for e in backlog {
-                last = e.rv;
-                if let Some((kind, obj)) = filter.translate(&e)
-                    && tx.send(line(kind, &obj)).await.is_err()
-                {
-                    return;
-                }
-            }
-        }
+    /// Compaction ends the watch, as a restart would.
+    epoch: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Stream {
+    async fn send(&self, bytes: Bytes) -> bool {
+        self.tx.send(bytes).await.is_ok()
     }
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            received = events.recv() => match received {
-                Ok(e) => {
-                    if e.rv <= last {
-                        continue;
+
+    async fn run(mut self, start: WatchStart) {
+        let mut last = 0u64;
+        match start {
+            WatchStart::Snapshot(items, rv) => {
+                for obj in items.iter().filter(|o| self.filter.matches(o)) {
+                    if !self.send(line("ADDED", &self.filter.print(obj))).await {
+                        return;
                     }
-                    // Bookmarks carry the store's progress, not only this
-                    // resource's, so a resumed watch skips other resources.
+                }
+                last = rv;
+                if self.send_initial && !self.send(bookmark(&self.rr, rv, true)).await {
+                    return;
+                }
+            }
+            WatchStart::Backlog(backlog) => {
+                for e in backlog {
                     last = e.rv;
-                    if !e.key.starts_with(&prefix) {
-                        continue;
-                    }
-                    if let Some((kind, obj)) = filter.translate(&e)
-                        && tx.send(line(kind, &obj)).await.is_err()
+                    if let Some((kind, obj)) = self.filter.translate(&e)
+                        && !self.send(line(kind, &self.filter.print(&obj))).await
                     {
                         return;
                     }
                 }
-                // A watcher that fell behind is closed; it resumes from the
-                // last resourceVersion it saw (or relists on 410).
-                Err(RecvError::Lagged(_) | RecvError::Closed) => return,
-            },
-            _ = tick.tick(), if bookmarks => {
-                if last > 0 && tx.send(bookmark(&rr, last, false)).await.is_err() {
-                    return;
-                }
             }
-            () = tokio::time::sleep_until(deadline) => return,
-            () = tx.closed() => return,
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let every = self.bookmarks.unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                received = self.events.recv() => match received {
+                    Ok(e) => {
+                        if e.rv <= last {
+                            continue;
+                        }
+                        // Bookmarks carry the store's progress, not only this
+                        // resource's, so a resumed watch skips other resources.
+                        last = e.rv;
+                        if !e.key.starts_with(&self.prefix) {
+                            continue;
+                        }
+                        if let Some((kind, obj)) = self.filter.translate(&e)
+                            && !self.send(line(kind, &self.filter.print(&obj))).await
+                        {
+                            return;
+                        }
+                    }
+                    // A watcher that fell behind is closed; it resumes from the
+                    // last resourceVersion it saw (or relists on 410).
+                    Err(RecvError::Lagged(_) | RecvError::Closed) => return,
+                },
+                _ = tick.tick(), if self.bookmarks.is_some() => {
+                    if last > 0 && !self.send(bookmark(&self.rr, last, false)).await {
+                        return;
+                    }
+                }
+                _ = self.epoch.changed() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+                () = self.tx.closed() => return,
+            }
         }
     }
 }

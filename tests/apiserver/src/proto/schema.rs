@@ -34,6 +34,34 @@ pub static API_AUTHENTICATION_V1_BOUNDOBJECTREFERENCE: Msg = Msg {
     ],
 };
 
+pub static API_AUTHENTICATION_V1_SELFSUBJECTREVIEW: Msg = Msg {
+    name: "api.authentication.v1.SelfSubjectReview",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "metadata",
+            kind: Kind::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA),
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "status",
+            kind: Kind::Msg(&API_AUTHENTICATION_V1_SELFSUBJECTREVIEWSTATUS),
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_AUTHENTICATION_V1_SELFSUBJECTREVIEWSTATUS: Msg = Msg {
+    name: "api.authentication.v1.SelfSubjectReviewStatus",
+    fields: &[Field {
+        tag: 1,
+        json: "userInfo",
+        kind: Kind::Msg(&API_AUTHENTICATION_V1_USERINFO),
+        repeated: false,
+    }],
+};
+
 pub static API_AUTHENTICATION_V1_TOKENREQUEST: Msg = Msg {
     name: "api.authentication.v1.TokenRequest",
     fields: &[
@@ -95,6 +123,36 @@ pub static API_AUTHENTICATION_V1_TOKENREQUESTSTATUS: Msg = Msg {
             tag: 2,
             json: "expirationTimestamp",
             kind: Kind::Special(Special::Time),
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_AUTHENTICATION_V1_USERINFO: Msg = Msg {
+    name: "api.authentication.v1.UserInfo",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "username",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "uid",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "groups",
+            kind: Kind::Str,
+            repeated: true,
+        },
+        Field {
+            tag: 4,
+            json: "extra",
+            kind: Kind::MapSpecial(Special::StringList),
             repeated: false,
         },
     ],
@@ -380,6 +438,12 @@ pub static API_CERTIFICATES_V1_CERTIFICATESIGNINGREQUESTCONDITION: Msg = Msg {
     name: "api.certificates.v1.CertificateSigningRequestCondition",
     fields: &[
         Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
             tag: 6,
             json: "status",
             kind: Kind::Str,
@@ -510,12 +574,20 @@ pub static API_CORE_V1_AFFINITY: Msg = Msg {
 
 pub static API_CORE_V1_APPARMORPROFILE: Msg = Msg {
     name: "api.core.v1.AppArmorProfile",
-    fields: &[Field {
-        tag: 2,
-        json: "localhostProfile",
-        kind: Kind::Str,
-        repeated: false,
-    }],
+    fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "localhostProfile",
+            kind: Kind::Str,
+            repeated: false,
+        },
+    ],
 };
 
 pub static API_CORE_V1_ATTACHEDVOLUME: Msg = Msg {
@@ -1866,6 +1938,12 @@ pub static API_CORE_V1_EVENT: Msg = Msg {
             repeated: false,
         },
         Field {
+            tag: 9,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
             tag: 10,
             json: "eventTime",
             kind: Kind::Special(Special::MicroTime),
@@ -2196,12 +2274,20 @@ pub static API_CORE_V1_HOSTIP: Msg = Msg {
 
 pub static API_CORE_V1_HOSTPATHVOLUMESOURCE: Msg = Msg {
     name: "api.core.v1.HostPathVolumeSource",
-    fields: &[Field {
-        tag: 1,
-        json: "path",
-        kind: Kind::Str,
-        repeated: false,
-    }],
+    fields: &[
+        Field {
+            tag: 1,
+            json: "path",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+    ],
 };
 
 pub static API_CORE_V1_HTTPGETACTION: Msg = Msg {
@@ -2528,6 +2614,12 @@ pub static API_CORE_V1_NAMESPACECONDITION: Msg = Msg {
     name: "api.core.v1.NamespaceCondition",
     fields: &[
         Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
             tag: 2,
             json: "status",
             kind: Kind::Str,
@@ -2632,12 +2724,20 @@ pub static API_CORE_V1_NODE: Msg = Msg {
 
 pub static API_CORE_V1_NODEADDRESS: Msg = Msg {
     name: "api.core.v1.NodeAddress",
-    fields: &[Field {
-        tag: 2,
-        json: "address",
-        kind: Kind::Str,
-        repeated: false,
-    }],
+    fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "address",
+            kind: Kind::Str,
+            repeated: false,
+        },
+    ],
 };
 
 pub static API_CORE_V1_NODEAFFINITY: Msg = Msg {
@@ -2661,6 +2761,12 @@ pub static API_CORE_V1_NODEAFFINITY: Msg = Msg {
 pub static API_CORE_V1_NODECONDITION: Msg = Msg {
     name: "api.core.v1.NodeCondition",
     fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
         Field {
             tag: 2,
             json: "status",
@@ -3395,6 +3501,12 @@ pub static API_CORE_V1_PODCERTIFICATEPROJECTION: Msg = Msg {
 pub static API_CORE_V1_PODCONDITION: Msg = Msg {
     name: "api.core.v1.PodCondition",
     fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
         Field {
             tag: 7,
             json: "observedGeneration",
@@ -4486,6 +4598,12 @@ pub static API_CORE_V1_SELINUXOPTIONS: Msg = Msg {
             repeated: false,
         },
         Field {
+            tag: 3,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
             tag: 4,
             json: "level",
             kind: Kind::Str,
@@ -4496,12 +4614,20 @@ pub static API_CORE_V1_SELINUXOPTIONS: Msg = Msg {
 
 pub static API_CORE_V1_SECCOMPPROFILE: Msg = Msg {
     name: "api.core.v1.SeccompProfile",
-    fields: &[Field {
-        tag: 2,
-        json: "localhostProfile",
-        kind: Kind::Str,
-        repeated: false,
-    }],
+    fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "localhostProfile",
+            kind: Kind::Str,
+            repeated: false,
+        },
+    ],
 };
 
 pub static API_CORE_V1_SECRET: Msg = Msg {
@@ -4529,6 +4655,12 @@ pub static API_CORE_V1_SECRET: Msg = Msg {
             tag: 4,
             json: "stringData",
             kind: Kind::MapStr,
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "type",
+            kind: Kind::Str,
             repeated: false,
         },
     ],
@@ -4854,6 +4986,12 @@ pub static API_CORE_V1_SERVICESPEC: Msg = Msg {
             json: "clusterIPs",
             kind: Kind::Str,
             repeated: true,
+        },
+        Field {
+            tag: 4,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
         },
         Field {
             tag: 5,
@@ -6064,6 +6202,12 @@ pub static APIMACHINERY_PKG_APIS_META_V1_CONDITION: Msg = Msg {
     name: "apimachinery.pkg.apis.meta.v1.Condition",
     fields: &[
         Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
             tag: 2,
             json: "status",
             kind: Kind::Str,
@@ -6458,6 +6602,11 @@ pub static ROOTS: &[(&str, &str, &Msg)] = &[
         "authentication.k8s.io/v1",
         "TokenRequest",
         &API_AUTHENTICATION_V1_TOKENREQUEST,
+    ),
+    (
+        "authentication.k8s.io/v1",
+        "SelfSubjectReview",
+        &API_AUTHENTICATION_V1_SELFSUBJECTREVIEW,
     ),
     (
         "meta.k8s.io/v1",
