@@ -71,44 +71,54 @@ pub fn read(
     query: &HashMap<String, String>,
     printing: super::Printing,
 ) -> ApiResult<Response<Body>> {
-    let super::Printing::Table { full } = printing else {
-        return if rr.verb == "get" {
-            get(app, rr)
-        } else {
-            list(app, rr, query)
-        };
-    };
     if rr.verb == "get" {
         let n = name(rr)?;
         let obj = app
             .store
             .get(&key(rr, n))
             .ok_or_else(|| ApiError::not_found(rr.resource.plural, n))?;
-        return Ok(respond(
-            StatusCode::OK,
-            &super::table::table(rr.resource, &[&obj], None, full),
-        ));
+        return Ok(match printing {
+            super::Printing::Json => respond(StatusCode::OK, &obj),
+            super::Printing::Table { full } => respond(
+                StatusCode::OK,
+                &super::table::table(rr.resource, &[&obj], None, full),
+            ),
+        });
     }
-    let (labels, fields) = selectors(query)?;
-    let (items, rv) = app.store.list(&prefix(rr));
-    let items: Vec<&Value> = items
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
-        .collect();
-    Ok(respond(
-        StatusCode::OK,
-        &super::table::table(rr.resource, &items, Some(rv), full),
-    ))
+    let (items, rv) = matching(app, rr, query)?;
+    let items: Vec<&Value> = items.iter().map(AsRef::as_ref).collect();
+    Ok(match printing {
+        super::Printing::Json => respond(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": rr.resource.api_version(),
+                "kind": format!("{}List", rr.resource.kind),
+                "metadata": {"resourceVersion": rv.to_string()},
+                "items": items,
+            }),
+        ),
+        super::Printing::Table { full } => respond(
+            StatusCode::OK,
+            &super::table::table(rr.resource, &items, Some(rv), full),
+        ),
+    })
 }
 
-fn get(app: &Arc<App>, rr: &ResourceRequest) -> ApiResult<Response<Body>> {
-    let n = name(rr)?;
-    let obj = app
-        .store
-        .get(&key(rr, n))
-        .ok_or_else(|| ApiError::not_found(rr.resource.plural, n))?;
-    Ok(respond(StatusCode::OK, &obj))
+/// The objects of a collection request that its selectors match.
+fn matching(
+    app: &Arc<App>,
+    rr: &ResourceRequest,
+    query: &HashMap<String, String>,
+) -> ApiResult<(Vec<Arc<Value>>, u64)> {
+    let (labels, fields) = selectors(query)?;
+    let (items, rv) = app.store.list(&prefix(rr));
+    Ok((
+        items
+            .into_iter()
+            .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
+            .collect(),
+        rv,
+    ))
 }
 
 pub fn selectors(query: &HashMap<String, String>) -> ApiResult<(Selector, Selector)> {
@@ -126,29 +136,6 @@ pub fn prefix(rr: &ResourceRequest) -> String {
     } else {
         format!("{}/{}/", rr.resource.key_prefix(), rr.namespace)
     }
-}
-
-fn list(
-    app: &Arc<App>,
-    rr: &ResourceRequest,
-    query: &HashMap<String, String>,
-) -> ApiResult<Response<Body>> {
-    let (labels, fields) = selectors(query)?;
-    let (items, rv) = app.store.list(&prefix(rr));
-    let items: Vec<&Value> = items
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
-        .collect();
-    Ok(respond(
-        StatusCode::OK,
-        &json!({
-            "apiVersion": rr.resource.api_version(),
-            "kind": format!("{}List", rr.resource.kind),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }),
-    ))
 }
 
 /// `fieldValidation=Strict`: fields that the type does not have are an error.
@@ -591,12 +578,8 @@ fn delete_collection(
     rr: &ResourceRequest,
     query: &HashMap<String, String>,
 ) -> ApiResult<Response<Body>> {
-    let (labels, fields) = selectors(query)?;
-    let (items, _) = app.store.list(&prefix(rr));
-    for obj in items
-        .iter()
-        .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
-    {
+    let (items, _) = matching(app, rr, query)?;
+    for obj in &items {
         let n = obj
             .pointer("/metadata/name")
             .and_then(Value::as_str)
