@@ -751,3 +751,178 @@ fn a_kube_rs_watcher_resumes_after_a_restart_and_relists_after_410() {
     assert!(events.iter().any(|e| e == "init-apply two"), "{events:?}");
     watch.abort();
 }
+
+#[test]
+fn updates_are_optimistic_namespaces_must_exist_and_selectors_filter() {
+    let (dir, s) = server(&[]);
+    apply(&s, dir.path(), None, "svc.yaml", SERVICES);
+    // kubectl replace with a stale resourceVersion gets 409 Conflict.
+    let yaml = s.kubectl(&["get", "svc", "web", "-o", "yaml"]).unwrap();
+    let first = dir.path().join("first.yaml");
+    fs::write(&first, yaml.replace("port: 80", "port: 81")).unwrap();
+    s.kubectl(&["replace", "-f", first.to_str().unwrap()])
+        .unwrap();
+    let stale = dir.path().join("stale.yaml");
+    fs::write(&stale, yaml.replace("port: 80", "port: 82")).unwrap();
+    let err = s
+        .kubectl(&["replace", "-f", stale.to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Conflict") || err.contains("the object has been modified"),
+        "{err}"
+    );
+    assert_eq!(
+        jsonpath(&s, &["get", "svc", "web"], "{.spec.ports[0].port}"),
+        "81"
+    );
+
+    let err = s
+        .kubectl(&["create", "configmap", "x", "-n", "nowhere"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+
+    s.kubectl(&["label", "svc", "api", "tier=backend"]).unwrap();
+    let by_label = jsonpath(
+        &s,
+        &["get", "svc", "-l", "tier=backend"],
+        "{.items[*].metadata.name}",
+    );
+    assert_eq!(by_label, "api");
+    let by_field = jsonpath(
+        &s,
+        &["get", "svc", "-A", "--field-selector", "metadata.name=web"],
+        "{.items[*].metadata.name}",
+    );
+    assert_eq!(by_field, "web");
+    let not_default = jsonpath(
+        &s,
+        &["get", "ns", "--field-selector", "metadata.name!=default"],
+        "{.items[*].metadata.name}",
+    );
+    assert!(
+        !not_default.split(' ').any(|n| n == "default") && not_default.contains("kube-system"),
+        "{not_default}"
+    );
+}
+
+#[test]
+fn csrs_are_signed_for_the_signing_duration_and_invalid_ones_fail() {
+    let (dir, s) = server(&["--cluster-signing-duration", "30s"]);
+    apply(
+        &s,
+        dir.path(),
+        None,
+        "csr.yaml",
+        &csr_manifest("short", &node_csr("node-a")),
+    );
+    eventually("issued", || issued_cn(&s, "short"));
+    let b64 = jsonpath(&s, &["get", "csr", "short"], "{.status.certificate}");
+    let pem_text = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem_text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let validity = cert.validity();
+    let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
+    // 30 s from signing, backdated by a tenth of that (not 5 minutes), so a
+    // 70–90% rotation deadline lies ahead.
+    assert_eq!(lifetime, 33, "NotBefore..NotAfter");
+
+    // The kubelet-client signer refuses a subject outside system:nodes.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:masters");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:evil");
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    apply(&s, dir.path(), None, "bad.yaml", &csr_manifest("bad", &pem));
+    s.kubectl(&["certificate", "approve", "bad"]).ok();
+    let failed = eventually("a Failed condition", || {
+        let c = jsonpath(
+            &s,
+            &["get", "csr", "bad"],
+            "{.status.conditions[*].type} {.status.conditions[*].reason}",
+        );
+        c.contains("Failed").then_some(c)
+    });
+    assert!(failed.contains("SignerValidationFailure"), "{failed}");
+    assert_eq!(
+        jsonpath(&s, &["get", "csr", "bad"], "{.status.certificate}"),
+        ""
+    );
+}
+
+#[test]
+fn watches_get_bookmarks_and_streaming_lists() {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::{
+        api::{WatchEvent, WatchParams},
+        runtime::watcher::{self, Event},
+    };
+
+    let (_dir, s) = server(&["--watch-bookmark-interval", "1s"]);
+    let kubeconfig = kube::config::Kubeconfig::read_from(s.admin_kubeconfig()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let api: kube::Api<Service> = kube::Api::all(kube::Client::try_from(config).unwrap());
+        let list = api.list(&kube::api::ListParams::default()).await.unwrap();
+        let rv = list.metadata.resource_version.unwrap();
+        let mut stream = api
+            .watch(
+                &WatchParams {
+                    bookmarks: true,
+                    ..WatchParams::default()
+                }
+                .timeout(30),
+                &rv,
+            )
+            .await
+            .unwrap()
+            .boxed();
+        let bookmark = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(e) = stream.next().await {
+                if let Ok(WatchEvent::Bookmark(b)) = e {
+                    return b.metadata.resource_version;
+                }
+            }
+            String::new()
+        })
+        .await
+        .unwrap();
+        assert!(!bookmark.is_empty(), "a BOOKMARK with a resourceVersion");
+
+        // A streaming list (sendInitialEvents, ended by a bookmark).
+        let config = watcher::Config::default().streaming_lists();
+        let mut events = watcher::watcher(api, config).boxed();
+        let seen = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut names = Vec::new();
+            while let Some(Ok(e)) = events.next().await {
+                match e {
+                    Event::InitApply(svc) => names.push(svc.metadata.name.unwrap_or_default()),
+                    Event::InitDone => return names,
+                    _ => {}
+                }
+            }
+            names
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, ["kubernetes"]);
+    });
+}
