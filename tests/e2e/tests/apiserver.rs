@@ -926,3 +926,160 @@ fn watches_get_bookmarks_and_streaming_lists() {
         assert_eq!(seen, ["kubernetes"]);
     });
 }
+
+/// A kubeconfig with a client certificate.
+fn cert_kubeconfig(
+    s: &ApiServer,
+    dir: &Path,
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> PathBuf {
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let ca = base64::engine::general_purpose::STANDARD.encode(fs::read(s.ca()).unwrap());
+    let path = dir.join(format!("{name}.kubeconfig"));
+    fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority-data: {ca}}}\n\
+             users:\n- name: u\n  user: {{client-certificate-data: {}, client-key-data: {}}}\n\
+             contexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            s.url(),
+            b64(cert_pem),
+            b64(key_pem)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn serving_csr(name: &str, node: &str, sans: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    for san in sans {
+        params.subject_alt_names.push(match san.parse() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName((*san).try_into().unwrap()),
+        });
+    }
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let request = base64::engine::general_purpose::STANDARD.encode(pem);
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  \
+         request: {request}\n  signerName: kubernetes.io/kubelet-serving\n  usages: [digital signature, server auth]\n"
+    )
+}
+
+#[test]
+fn kubelet_serving_csrs_are_auto_approved_only_when_asked_for_the_nodes_own_names() {
+    let (dir, s) = server(&["--approve-kubelet-serving"]);
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus:\n  addresses:\n  \
+- {type: InternalIP, address: 10.0.0.5}\n  - {type: Hostname, address: node-a}\n";
+    apply(&s, dir.path(), None, "node.yaml", node);
+    let role = "kind: ClusterRole\napiVersion: rbac.authorization.k8s.io/v1\nmetadata:\n  \
+name: system:certificates.k8s.io:certificatesigningrequests:selfnodeserver\nrules:\n- apiGroups: [\"certificates.k8s.io\"]\n  \
+resources: [\"certificatesigningrequests/selfnodeserver\"]\n  verbs: [\"create\"]\n";
+    apply(&s, dir.path(), None, "role.yaml", role);
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "node-server-auto-renew-crt",
+        "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:selfnodeserver",
+        "--group=system:nodes",
+    ])
+    .unwrap();
+
+    // node-a's client certificate, through a CSR the admin creates.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:node-a");
+    let client_csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    apply(
+        &s,
+        dir.path(),
+        None,
+        "client.yaml",
+        &csr_manifest("node-a-client", &client_csr),
+    );
+    eventually("the client certificate", || issued_cn(&s, "node-a-client"));
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(jsonpath(
+            &s,
+            &["get", "csr", "node-a-client"],
+            "{.status.certificate}",
+        ))
+        .unwrap();
+    let as_node = cert_kubeconfig(
+        &s,
+        dir.path(),
+        "node-a",
+        &String::from_utf8(cert).unwrap(),
+        &key.serialize_pem(),
+    );
+    assert!(
+        s.kubectl_as(&as_node, &["auth", "whoami"])
+            .unwrap()
+            .contains("system:node:node-a")
+    );
+
+    apply(
+        &s,
+        dir.path(),
+        Some(&as_node),
+        "foreign.yaml",
+        &serving_csr("serving-foreign", "node-a", &["10.9.9.9"]),
+    );
+    apply(
+        &s,
+        dir.path(),
+        Some(&as_node),
+        "own.yaml",
+        &serving_csr("serving-own", "node-a", &["10.0.0.5", "node-a"]),
+    );
+    let cn = eventually("the serving certificate", || issued_cn(&s, "serving-own"));
+    assert_eq!(cn, "system:node:node-a");
+    assert_eq!(
+        jsonpath(
+            &s,
+            &["get", "csr", "serving-foreign"],
+            "{.status.conditions}"
+        ),
+        "",
+        "a SAN that is not the node's keeps the CSR pending"
+    );
+    // Another node's serving certificate is refused too (not the requester's own).
+    apply(
+        &s,
+        dir.path(),
+        Some(&as_node),
+        "other.yaml",
+        &serving_csr("serving-other", "node-b", &["10.0.0.5"]),
+    );
+    apply(
+        &s,
+        dir.path(),
+        Some(&as_node),
+        "own2.yaml",
+        &serving_csr("serving-own2", "node-a", &["10.0.0.5"]),
+    );
+    eventually("the second serving certificate", || {
+        issued_cn(&s, "serving-own2")
+    });
+    assert_eq!(
+        jsonpath(&s, &["get", "csr", "serving-other"], "{.status.conditions}"),
+        ""
+    );
+}

@@ -179,6 +179,29 @@ fn kubelet_serving(r: &Request) -> Result<(), String> {
     Ok(())
 }
 
+/// The serving certificate names only the node's own addresses: every SAN
+/// is among the Node object's `status.addresses` (or is its name). Without
+/// a Node object there is nothing to check against, and no auto-approval.
+fn names_are_the_nodes(app: &App, r: &Request) -> bool {
+    let node = r.cn.trim_start_matches("system:node:");
+    let Some(obj) = app.store.get(&format!("core/nodes//{node}")) else {
+        tracing::debug!(node, "no Node object to check serving SANs against");
+        return false;
+    };
+    let addresses: Vec<&str> = obj
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("address").and_then(Value::as_str))
+        .collect();
+    r.sans.iter().all(|san| match san {
+        SanType::IpAddress(ip) => addresses.contains(&ip.to_string().as_str()),
+        SanType::DnsName(name) => name.as_str() == node || addresses.contains(&name.as_str()),
+        _ => false,
+    })
+}
+
 /// The requester, from the CSR spec (as the API server recorded it).
 fn requester(csr: &Value) -> UserInfo {
     UserInfo {
@@ -236,7 +259,8 @@ fn approve(app: &Arc<App>, csr: &Value) {
             let user = requester(csr);
             if !(self_request
                 && user.in_group("system:nodes")
-                && allowed(app, csr, "selfnodeserver"))
+                && allowed(app, csr, "selfnodeserver")
+                && names_are_the_nodes(app, &r))
             {
                 return;
             }
