@@ -1,22 +1,24 @@
-//! `sluice run`: wiring. Loads the dataplane, feeds it from the manifest
-//! directory, attaches it to matching interfaces as they come, and stops on
-//! SIGTERM/SIGINT leaving the pinned dataplane serving.
+//! `sluice run`: wiring. Loads the dataplane, feeds it from the Service
+//! source (a manifest directory or an API server), attaches it to matching
+//! interfaces as they come, reports health, and stops on SIGTERM/SIGINT
+//! leaving the pinned dataplane serving.
 
-use std::{path::Path, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::watch,
 };
 
 use crate::{
-    config::RunConfig,
+    config::{RunConfig, Source},
     dataplane::{self, Dataplane},
+    health::{self, Health},
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
-    source::manifests::ManifestDir,
+    model::{Model, NodeInfo},
+    source::{AbortOnDrop, apiserver, manifests},
 };
 
 /// Editors and `kubectl cp` write a file in several steps; changes this
@@ -25,7 +27,9 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let RunConfig {
-        manifests,
+        source,
+        node_name,
+        health_listen,
         interfaces,
         pin_dir,
         conntrack_size,
@@ -37,17 +41,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         config,
     })
     .context("loading the dataplane")?;
+    let health = Health::default();
+    let listener = health::bind(health_listen)
+        .await
+        .with_context(|| format!("binding the health port {health_listen}"))?;
+    tracing::info!(addr = %health_listen, "serving /healthz and /readyz");
+    let _health = AbortOnDrop(tokio::spawn(health.clone().serve(listener)));
 
-    // Watch before the first scan, so that no change falls in between.
-    let (tx, mut changes) = mpsc::unbounded_channel();
-    let watcher = watch_dir(&manifests, tx)
-        .with_context(|| format!("watching manifest directory `{}`", manifests.display()))?;
-    let mut dir = ManifestDir::new(&manifests);
-    let first = dir.rescan().context("reading the manifests")?;
-    for problem in &first.problems {
-        tracing::warn!("{problem}");
-    }
-    sync(&dir, &mut dp);
+    let (models_tx, mut models) = watch::channel::<Option<Arc<Model>>>(None);
+    let described = describe(&source);
+    let source_task = match source {
+        Source::Manifests(dir) => {
+            manifests::spawn(&dir, models_tx, DEBOUNCE).context("reading the manifests")?
+        }
+        Source::Kubeconfig(path) => {
+            let client = apiserver::client_from_kubeconfig(&path).await?;
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, models_tx)))
+        }
+        Source::InCluster(dir) => {
+            let client = apiserver::client_in_cluster(&dir)?;
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, models_tx)))
+        }
+    };
 
     let mut links = LinkWatcher::start()?;
     let present = links.list().await?;
@@ -55,30 +70,32 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     for (index, name) in present {
         on_link(&mut dp, &interfaces, index, &name);
     }
-    tracing::info!(
-        manifests = %manifests.display(),
-        pin_dir = %dp.pin_dir().display(),
-        interfaces = ?dp.attached().collect::<Vec<_>>(),
-        "sluice is ready"
-    );
 
+    let mut node = None;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            Some(()) = changes.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while changes.try_recv().is_ok() {}
-                match dir.rescan() {
-                    Ok(scan) => {
-                        for problem in &scan.problems {
-                            tracing::warn!("{problem}");
-                        }
-                        if scan.changed {
-                            sync(&dir, &mut dp);
-                        }
+            changed = models.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the Service source stopped");
+                }
+                let model = models.borrow_and_update().clone();
+                if let Some(model) = model {
+                    if model.node != node {
+                        node.clone_from(&model.node);
+                        log_node(node.as_ref());
                     }
-                    Err(e) => tracing::warn!("{:#}", anyhow::Error::from(e)),
+                    sync(&model, &mut dp);
+                    if !health.is_ready() {
+                        health.set_ready();
+                        tracing::info!(
+                            source = described,
+                            pin_dir = %dp.pin_dir().display(),
+                            interfaces = ?dp.attached().collect::<Vec<_>>(),
+                            "sluice is ready"
+                        );
+                    }
                 }
             }
             event = links.next() => match event {
@@ -95,21 +112,44 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
     }
-    // Drain: stop watching first; the programs and maps stay pinned.
-    drop(watcher);
+    // Drain: the source stops first (dropped with this scope), then the
+    // health port; the programs and maps stay pinned.
+    drop(source_task);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
 }
 
-fn sync(dir: &ManifestDir, dp: &mut Dataplane) {
-    let desired = dir.model().desired();
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Manifests(dir) => format!("manifests {}", dir.display()),
+        Source::Kubeconfig(path) => format!("kubeconfig {}", path.display()),
+        Source::InCluster(dir) => format!("in-cluster ({})", dir.display()),
+    }
+}
+
+fn log_node(node: Option<&NodeInfo>) {
+    match node {
+        Some(n) => {
+            let addresses: Vec<String> = n
+                .addresses
+                .iter()
+                .map(|(kind, addr)| format!("{kind}={addr}"))
+                .collect();
+            tracing::info!(node = n.name, addresses = addresses.join(","), "this node");
+        }
+        None => tracing::info!("this node's Node object is absent"),
+    }
+}
+
+fn sync(model: &Model, dp: &mut Dataplane) {
+    let desired = model.desired();
     match dp.sync(&desired) {
         Ok(ops) => tracing::info!(
             frontends = desired.frontends.len(),
             map_ops = ops,
-            "manifests applied"
+            "Services applied"
         ),
-        Err(e) => tracing::error!("applying the manifests: {:#}", anyhow::Error::from(e)),
+        Err(e) => tracing::error!("applying the Services: {:#}", anyhow::Error::from(e)),
     }
 }
 
@@ -129,20 +169,4 @@ fn on_link(dp: &mut Dataplane, interfaces: &InterfaceMatcher, index: u32, name: 
         Ok(()) => {}
         Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
     }
-}
-
-fn watch_dir(
-    dir: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own reads show up as access events: ignore them.
-        let relevant = event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)));
-        if relevant {
-            // The receiver is gone only when the agent is stopping.
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
 }

@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent in the current network namespace.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the Services, backends and counters from the pinned maps.
     Status(PinDirArgs),
     /// Remove the programs, links and pinned maps (like `kube-proxy --cleanup`).
@@ -33,6 +33,19 @@ pub struct RunArgs {
     /// Directory of Service and EndpointSlice manifests, watched for changes.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Watch Services and EndpointSlices through this kubeconfig. Without it
+    /// (and without `--manifests`), in-cluster configuration is used.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: its Node object is watched.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// `/healthz` and `/readyz` (kube-proxy's healthz port).
+    #[arg(long)]
+    pub health_listen: Option<std::net::SocketAddr>,
+    /// In-cluster credentials (token, ca.crt, namespace).
+    #[arg(long)]
+    pub service_account_dir: Option<PathBuf>,
     /// Pod-facing interfaces: comma-separated names or globs, e.g. `veth*,eth0`.
     #[arg(long)]
     pub interfaces: Option<String>,

@@ -30,8 +30,12 @@ pub enum ConfigError {
         #[source]
         source: serde_yaml::Error,
     },
-    #[error("no Service source: give `--manifests DIR` (or `manifests:` in the config file)")]
+    #[error(
+        "no Service source: give `--manifests DIR` or `--kubeconfig FILE` (or run in a Pod, with KUBERNETES_SERVICE_HOST set)"
+    )]
     NoSource,
+    #[error("`manifests` and `kubeconfig` are two Service sources; give one")]
+    TwoSources,
     #[error("no interfaces: give `--interfaces LIST` (or `interfaces:` in the config file)")]
     NoInterfaces,
     #[error("`service-cidr`: `{0}` is not an IPv4 CIDR such as 10.96.0.0/12")]
@@ -55,6 +59,10 @@ enum InterfaceList {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     manifests: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    node_name: Option<String>,
+    health_listen: Option<std::net::SocketAddr>,
+    service_account_dir: Option<PathBuf>,
     interfaces: Option<InterfaceList>,
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
@@ -62,10 +70,25 @@ struct FileConfig {
     log_level: Option<String>,
 }
 
+/// Where Services and EndpointSlices come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Manifests(PathBuf),
+    Kubeconfig(PathBuf),
+    /// In-cluster configuration, credentials in this directory.
+    InCluster(PathBuf),
+}
+
+/// kube-proxy's healthz port.
+pub const DEFAULT_HEALTH_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10256));
+
 /// Everything `sluice run` needs, validated.
 #[derive(Debug)]
 pub struct RunConfig {
-    pub manifests: PathBuf,
+    pub source: Source,
+    pub node_name: Option<String>,
+    pub health_listen: std::net::SocketAddr,
     pub interfaces: InterfaceMatcher,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
@@ -77,6 +100,10 @@ impl RunConfig {
         let RunArgs {
             config,
             manifests,
+            kubeconfig,
+            node_name,
+            health_listen,
+            service_account_dir,
             interfaces,
             service_cidr,
             pin_dir,
@@ -87,7 +114,19 @@ impl RunConfig {
             Some(path) => load(path)?,
             None => FileConfig::default(),
         };
-        let manifests = manifests.or(file.manifests).ok_or(ConfigError::NoSource)?;
+        let source = match (manifests.or(file.manifests), kubeconfig.or(file.kubeconfig)) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoSources),
+            (Some(dir), None) => Source::Manifests(dir),
+            (None, Some(path)) => Source::Kubeconfig(path),
+            (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                Source::InCluster(
+                    service_account_dir
+                        .or(file.service_account_dir)
+                        .unwrap_or_else(|| crate::source::apiserver::SERVICE_ACCOUNT_DIR.into()),
+                )
+            }
+            (None, None) => return Err(ConfigError::NoSource),
+        };
         let interfaces = match (interfaces, file.interfaces) {
             (Some(s), _) | (None, Some(InterfaceList::Joined(s))) => split(&s),
             (None, Some(InterfaceList::List(l))) => l,
@@ -110,8 +149,13 @@ impl RunConfig {
         if conntrack_size < 2 {
             return Err(ConfigError::ConntrackSize);
         }
+        let health_listen = health_listen
+            .or(file.health_listen)
+            .unwrap_or(DEFAULT_HEALTH_LISTEN);
         Ok(Self {
-            manifests,
+            source,
+            node_name: node_name.or(file.node_name),
+            health_listen,
             interfaces,
             pin_dir: pin_dir
                 .or(file.pin_dir)
@@ -176,7 +220,7 @@ mod tests {
             RunArgs::default(),
         )
         .unwrap();
-        assert_eq!(c.manifests, PathBuf::from("/m"));
+        assert_eq!(c.source, Source::Manifests("/m".into()));
         assert!(
             c.interfaces.matches("veth12")
                 && c.interfaces.matches("eth0")
@@ -195,7 +239,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(c.manifests, PathBuf::from("/flag"));
+        assert_eq!(c.source, Source::Manifests("/flag".into()));
         assert_eq!(c.conntrack_size, 64);
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
     }
@@ -222,10 +266,10 @@ mod tests {
         assert!(err.to_string().contains("service-cidr"));
         assert!(matches!(
             RunConfig::from_args(RunArgs {
-                manifests: None,
+                kubeconfig: Some("/k".into()),
                 ..args()
             }),
-            Err(ConfigError::NoSource)
+            Err(ConfigError::TwoSources)
         ));
         assert!(matches!(
             RunConfig::from_args(RunArgs {

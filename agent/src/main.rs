@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(args) => {
-            let config = config::RunConfig::from_args(args)?;
+            let config = config::RunConfig::from_args(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -112,11 +112,20 @@ pub struct SliceInfo {
     pub endpoints: Vec<EndpointInfo>,
 }
 
-/// Every Service and EndpointSlice a source knows.
+/// This node, as its Node object says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// (type, address): `InternalIP`, `ExternalIP`, `Hostname`, ….
+    pub addresses: Vec<(String, String)>,
+}
+
+/// Every Service and EndpointSlice a source knows (and this node).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     pub services: BTreeMap<ObjectKey, ServiceInfo>,
     pub slices: BTreeMap<ObjectKey, SliceInfo>,
+    pub node: Option<NodeInfo>,
 }
 
 /// One frontend the dataplane should have.
@@ -279,6 +288,7 @@ mod tests {
         Model {
             services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
             slices: slices.into_iter().map(|s| (s.key.clone(), s)).collect(),
+            node: None,
         }
     }
 

@@ -1,9 +1,11 @@
 //! `cargo xtask run`: Sluice on its embedded default, a local lab.
 //!
-//! A node namespace with a client pod and three backend pods, the example
-//! manifests (manifests/examples/) in a watched directory, the agent on the
-//! node, and a client that keeps sending requests through the ClusterIP and
-//! prints which backend answered. Ctrl-C tears the lab down.
+//! A node namespace with a client pod and three backend pods, the local API
+//! server on the node with the example Services (manifests/examples/)
+//! applied by kubectl, the agent on the node watching it, and a client that
+//! keeps sending requests through the ClusterIP and prints which backend
+//! answered. `--source manifests` feeds the agent from a watched manifest
+//! directory instead. Ctrl-C tears the lab down.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use sluice_lab::{AgentOptions, Lab};
+use sluice_lab::{AgentOptions, AgentSource, Lab};
 
 use crate::prereqs;
 
@@ -43,6 +45,17 @@ pub struct Args {
     /// Build and run the agent in release mode.
     #[arg(long)]
     pub release: bool,
+    /// Where the agent takes its Services from.
+    #[arg(long, value_enum, default_value_t = DemoSource::Apiserver)]
+    pub source: DemoSource,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoSource {
+    /// The local API server (sluice-apiserver) on the node, changed with kubectl.
+    Apiserver,
+    /// A watched directory of manifests.
+    Manifests,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -91,6 +104,9 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("`cargo xtask run` needs root: it creates network namespaces and loads BPF programs");
     }
     let bin = build_agent(args.release)?;
+    if args.source == DemoSource::Apiserver {
+        build_bin("sluice-apiserver", "sluice-apiserver")?;
+    }
     sluice_lab::reap_stale();
     let handler = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -103,7 +119,7 @@ pub fn run(args: &Args) -> Result<()> {
         sigaction(Signal::SIGTERM, &handler)?;
     }
     let interactive = args.requests.is_none();
-    let lab = start_lab(&bin, interactive)?;
+    let lab = start_lab(&bin, args.source, interactive)?;
     let client = lab.pod("client");
     let refused = client.tcp_request(SocketAddr::from((EMPTY_VIP, 80)), TIMEOUT);
     println!(
@@ -139,8 +155,8 @@ fn outcome(r: Result<String, &anyhow::Error>) -> String {
     r.unwrap_or_else(|e| format!("{e:#}"))
 }
 
-/// The lab of the demo, with the agent started on the example manifests.
-fn start_lab(bin: &Path, interactive: bool) -> Result<Lab> {
+/// The lab of the demo, with the agent started on the example Services.
+fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
     let mut lab = Lab::new()?;
     lab.add_pod("client", CLIENT)?;
     for (name, ip) in BACKENDS {
@@ -148,21 +164,36 @@ fn start_lab(bin: &Path, interactive: bool) -> Result<Lab> {
         lab.serve(name, &[8080], &[5353])?;
     }
     let examples = workspace_root().join("manifests/examples");
-    for entry in
-        fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
-    {
-        let path = entry?.path();
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            lab.write_manifest(name, &fs::read_to_string(&path)?)?;
+    let agent_source = match source {
+        DemoSource::Manifests => {
+            for entry in fs::read_dir(&examples)
+                .with_context(|| format!("reading {}", examples.display()))?
+            {
+                let path = entry?.path();
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    lab.write_manifest(name, &fs::read_to_string(&path)?)?;
+                }
+            }
+            AgentSource::Manifests
         }
-    }
+        DemoSource::Apiserver => {
+            let server = lab.start_apiserver(&[])?;
+            print!(
+                "{}",
+                server.kubectl(&["apply", "-f", &examples.display().to_string()])?
+            );
+            AgentSource::Kubeconfig(server.admin_kubeconfig())
+        }
+    };
     let opts = AgentOptions {
         bin: bin.to_path_buf(),
+        source: agent_source,
         service_cidr: Some(SERVICE_CIDR.into()),
         echo: interactive,
         ..AgentOptions::default()
     };
     lab.start_agent(&opts)?;
+    let kubeconfig = (source == DemoSource::Apiserver).then(|| lab.apiserver().admin_kubeconfig());
     let client = lab.pod("client");
     println!(
         "\nSluice is running in namespace {}; pods are namespaces too:",
@@ -172,10 +203,21 @@ fn start_lab(bin: &Path, interactive: bool) -> Result<Lab> {
     for (name, ip) in BACKENDS {
         println!("  {name} {ip}");
     }
-    println!(
-        "Manifests (edit them, the agent applies changes at once): {}",
-        lab.manifests_dir().display()
-    );
+    match source {
+        DemoSource::Manifests => println!(
+            "Manifests (edit them, the agent applies changes at once): {}",
+            lab.manifests_dir().display()
+        ),
+        DemoSource::Apiserver => {
+            let kubeconfig = kubeconfig.unwrap_or_default();
+            println!(
+                "API server: https://127.0.0.1:6443 in the node namespace. Change Services with\n  \
+                 ip netns exec {} kubectl --kubeconfig {} get svc,endpointslices",
+                lab.node().name(),
+                kubeconfig.display()
+            );
+        }
+    }
     println!(
         "Status:  {} status --pin-dir {}",
         bin.display(),

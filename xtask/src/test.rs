@@ -108,11 +108,18 @@ pub fn test(args: &Args) -> Result<()> {
     )?;
 
     if args.filter.is_none() {
-        step("smoke run of `cargo xtask run`");
-        run::run(&run::Args {
-            requests: Some(30),
-            release: false,
-        })?;
+        for source in [run::DemoSource::Apiserver, run::DemoSource::Manifests] {
+            step(&format!(
+                "smoke run of `cargo xtask run --source {}`",
+                clap::ValueEnum::to_possible_value(&source)
+                    .map_or_else(String::new, |v| v.get_name().to_owned())
+            ));
+            run::run(&run::Args {
+                requests: Some(30),
+                release: false,
+                source,
+            })?;
+        }
     }
     println!("\nall tests passed");
     Ok(())

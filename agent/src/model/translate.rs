@@ -6,14 +6,14 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::{
-    core::v1::Service,
+    core::v1::{Node, Service},
     discovery::v1::{Endpoint, EndpointSlice},
 };
 use thiserror::Error;
 
 use super::{
-    EndpointInfo, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ObjectKey, Protocol, ServiceInfo,
-    ServiceKind, ServicePortInfo, SliceInfo, SlicePortInfo,
+    EndpointInfo, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, NodeInfo, ObjectKey, Protocol,
+    ServiceInfo, ServiceKind, ServicePortInfo, SliceInfo, SlicePortInfo,
 };
 
 /// Why an object was rejected.
@@ -210,6 +210,13 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject>
     })
 }
 
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    }
+}
+
 fn endpoint(
     c: &Checker,
     i: usize,
@@ -230,6 +237,13 @@ fn endpoint(
                     format!("`{a}` does not match the slice's addressType"),
                 ));
             }
+            // As the API server validates: these never reach a pod.
+            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || is_link_local(ip) {
+                return Err(c.err(
+                    field,
+                    format!("`{a}` is a loopback, unspecified, link-local or multicast address"),
+                ));
+            }
             addresses.push(ip);
         }
     }
@@ -243,6 +257,21 @@ fn endpoint(
         hostname: ep.hostname.clone(),
         node_name: ep.node_name.clone(),
     })
+}
+
+pub fn node(node: &Node) -> NodeInfo {
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|a| (a.type_.clone(), a.address.clone()))
+        .collect();
+    NodeInfo {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        addresses,
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +387,16 @@ mod tests {
             "metadata: {name: s}\naddressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]\n",
         ));
         assert!(family.unwrap_err().message.contains("addressType"));
+        for ip in ["127.0.0.1", "0.0.0.0", "169.254.169.254", "224.0.0.1"] {
+            let special = endpoint_slice(&slice(&format!(
+                "metadata: {{name: s}}\naddressType: IPv4\nendpoints: [{{addresses: [{ip}]}}]\n"
+            )));
+            assert_eq!(
+                special.unwrap_err().field,
+                "endpoints[0].addresses[0]",
+                "{ip}"
+            );
+        }
         let port = endpoint_slice(&slice(
             "metadata: {name: s}\naddressType: IPv4\nports: [{port: -1}]\nendpoints: []\n",
         ));

@@ -333,6 +333,58 @@ fn object_id(value: &Value, kind: &str) -> Option<ObjectId> {
     }
 }
 
+/// Reads `dir` now (failing if it cannot be read), publishes its model, and
+/// keeps publishing as files change; changes within `debounce` of each
+/// other are read once.
+pub fn spawn(
+    dir: &Path,
+    models: tokio::sync::watch::Sender<Option<std::sync::Arc<Model>>>,
+    debounce: std::time::Duration,
+) -> Result<super::AbortOnDrop, ManifestError> {
+    use notify::Watcher as _;
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    // Watch before the first scan, so that no change falls in between.
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads show up as access events: ignore them.
+        if event.map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            // The receiver is gone only when the agent is stopping.
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    })
+    .map_err(|e| ManifestError::ReadDir {
+        dir: dir.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    let mut manifests = ManifestDir::new(dir);
+    let first = manifests.rescan()?;
+    for problem in &first.problems {
+        tracing::warn!("{problem}");
+    }
+    models.send_replace(Some(std::sync::Arc::new(manifests.model())));
+    Ok(super::AbortOnDrop(tokio::spawn(async move {
+        let _keep = &mut watcher;
+        while changes.recv().await.is_some() {
+            tokio::time::sleep(debounce).await;
+            while changes.try_recv().is_ok() {}
+            match manifests.rescan() {
+                Ok(scan) => {
+                    for problem in &scan.problems {
+                        tracing::warn!("{problem}");
+                    }
+                    if scan.changed {
+                        models.send_replace(Some(std::sync::Arc::new(manifests.model())));
+                    }
+                }
+                Err(e) => tracing::warn!("{e}: {:?}", std::error::Error::source(&e)),
+            }
+        }
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;

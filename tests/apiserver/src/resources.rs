@@ -54,8 +54,8 @@ macro_rules! resource {
 }
 
 use k8s_openapi::api::{
-    authentication::v1 as authn, authorization::v1 as authz, certificates::v1 as certs,
-    core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
+    certificates::v1 as certs, core::v1 as core, discovery::v1 as discovery, rbac::v1 as rbac,
 };
 
 #[rustfmt::skip]
@@ -76,6 +76,7 @@ pub static RESOURCES: &[ResourceType] = &[
     resource!("rbac.authorization.k8s.io", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, [], CRUD, [], rbac::ClusterRoleBinding),
     resource!("authorization.k8s.io", "selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview", false, [], CREATE_ONLY, [], authz::SelfSubjectAccessReview),
     resource!("authorization.k8s.io", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, [], CREATE_ONLY, [], authz::SubjectAccessReview),
+    resource!("apps", "daemonsets", "daemonset", "DaemonSet", true, ["ds"], CRUD, ["status"], apps::DaemonSet),
     resource!("authentication.k8s.io", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, [], CREATE_ONLY, [], authn::SelfSubjectReview),
 ];
 

@@ -29,6 +29,7 @@ ROOTS = [
     ("v1", "Node", "api.core.v1.Node"),
     ("v1", "Pod", "api.core.v1.Pod"),
     ("v1", "Event", "api.core.v1.Event"),
+    ("apps/v1", "DaemonSet", "api.apps.v1.DaemonSet"),
     ("discovery.k8s.io/v1", "EndpointSlice", "api.discovery.v1.EndpointSlice"),
     ("certificates.k8s.io/v1", "CertificateSigningRequest", "api.certificates.v1.CertificateSigningRequest"),
     ("rbac.authorization.k8s.io/v1", "Role", "api.rbac.v1.Role"),

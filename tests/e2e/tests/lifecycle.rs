@@ -339,7 +339,7 @@ fn a_broken_file_is_reported_by_name_and_everything_else_still_applies() {
         invalid.contains("Service `default/bad`") && invalid.contains("spec.ports[0].port"),
         "{invalid}"
     );
-    agent.wait_for("manifests applied", mark, APPLY).unwrap();
+    agent.wait_for("Services applied", mark, APPLY).unwrap();
     assert_eq!(
         spread(&lab, http(), 2, 40).len(),
         2,

@@ -2,7 +2,6 @@
 
 use std::{
     env,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     time::Duration,
@@ -17,10 +16,27 @@ use crate::{Netns, process::Process};
 pub const READY: &str = "sluice is ready";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the agent takes its Services from.
+#[derive(Clone, Debug, Default)]
+pub enum AgentSource {
+    /// The lab's manifest directory.
+    #[default]
+    Manifests,
+    Kubeconfig(PathBuf),
+    /// In-cluster configuration: credentials in `dir`, the API server at
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    InCluster {
+        dir: PathBuf,
+        host: String,
+        port: u16,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// The `sluice` binary: `$SLUICE_BIN`, or target/debug/sluice.
     pub bin: PathBuf,
+    pub source: AgentSource,
     pub interfaces: String,
     pub service_cidr: Option<String>,
     pub extra_args: Vec<String>,
@@ -32,6 +48,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         Self {
             bin: default_bin(),
+            source: AgentSource::Manifests,
             interfaces: "veth*".into(),
             service_cidr: None,
             extra_args: Vec::new(),
@@ -57,6 +74,20 @@ impl Agent {
         pin_dir: &Path,
         opts: &AgentOptions,
     ) -> Result<Self> {
+        let mut agent = Self::spawn(node, manifests, pin_dir, opts)?;
+        agent
+            .wait_for(READY, 0, START_TIMEOUT)
+            .context("the agent did not become ready")?;
+        Ok(agent)
+    }
+
+    /// Starts `sluice run` in `node` without waiting for it to be ready.
+    pub fn spawn(
+        node: &Netns,
+        manifests: &Path,
+        pin_dir: &Path,
+        opts: &AgentOptions,
+    ) -> Result<Self> {
         if !opts.bin.is_file() {
             bail!(
                 "agent binary `{}` not found: build it (`cargo build -p sluice-agent`) or set SLUICE_BIN",
@@ -65,10 +96,22 @@ impl Agent {
         }
         let netns = node.open()?;
         let mut cmd = Command::new(&opts.bin);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--interfaces")
+        cmd.arg("run");
+        match &opts.source {
+            AgentSource::Manifests => {
+                cmd.arg("--manifests").arg(manifests);
+            }
+            AgentSource::Kubeconfig(path) => {
+                cmd.arg("--kubeconfig").arg(path);
+            }
+            AgentSource::InCluster { dir, host, port } => {
+                cmd.arg("--service-account-dir")
+                    .arg(dir)
+                    .env("KUBERNETES_SERVICE_HOST", host)
+                    .env("KUBERNETES_SERVICE_PORT", port.to_string());
+            }
+        }
+        cmd.arg("--interfaces")
             .arg(&opts.interfaces)
             .arg("--pin-dir")
             .arg(pin_dir)
@@ -83,24 +126,10 @@ impl Agent {
         if let Ok(filter) = env::var("SLUICE_LOG") {
             cmd.env("RUST_LOG", filter);
         }
-        let fd = netns.as_raw_fd();
-        // SAFETY: setns(2) is async-signal-safe; the fd stays open until the
-        // child has exec'd (netns is dropped after spawn returns).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::netns::enter_on_spawn(&mut cmd, &netns);
         let process = Process::spawn("agent", cmd, opts.echo)?;
         drop(netns);
-        let mut agent = Self { process };
-        agent
-            .wait_for(READY, 0, START_TIMEOUT)
-            .context("the agent did not become ready")?;
-        Ok(agent)
+        Ok(Self { process })
     }
 
     pub fn log_len(&self) -> usize {

@@ -23,6 +23,9 @@ pub fn apiserver_bin() -> PathBuf {
 /// A running API server; stopped on drop.
 pub struct ApiServer {
     process: Option<Process>,
+    /// The network namespace it (and its kubectl) runs in, held open; the
+    /// root one if none.
+    netns: Option<std::fs::File>,
     data_dir: PathBuf,
     port: u16,
     args: Vec<String>,
@@ -36,10 +39,22 @@ fn free_port() -> Result<u16> {
 impl ApiServer {
     /// Starts a server with its state in `data_dir` and extra flags.
     pub fn start(data_dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_in(None, data_dir, args)
+    }
+
+    /// Starts a server in a lab namespace (so that an agent there reaches
+    /// it on loopback); kubectl then runs there too.
+    pub fn start_in(netns: Option<&crate::Netns>, data_dir: &Path, args: &[&str]) -> Result<Self> {
+        let port = match netns {
+            // A fresh namespace has every port free.
+            Some(_) => 6443,
+            None => free_port()?,
+        };
         let mut server = Self {
             process: None,
+            netns: netns.map(crate::Netns::open).transpose()?,
             data_dir: data_dir.to_path_buf(),
-            port: free_port()?,
+            port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.launch()?;
@@ -65,6 +80,9 @@ impl ApiServer {
             ])
             .args(&self.args);
         let echo = std::env::var_os("SLUICE_LAB_ECHO").is_some();
+        if let Some(file) = &self.netns {
+            crate::netns::enter_on_spawn(&mut cmd, file);
+        }
         let mut process = Process::spawn("apiserver", cmd, echo)?;
         process
             .wait_for(READY, 0, START_TIMEOUT)
@@ -99,26 +117,37 @@ impl ApiServer {
 
     /// kubectl as the admin; fails with its stderr on a non-zero exit.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        kubectl_with(&self.admin_kubeconfig(), &self.data_dir, args)
+        self.kubectl_as(&self.admin_kubeconfig(), args)
     }
 
     /// kubectl with another kubeconfig.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-        kubectl_with(kubeconfig, &self.data_dir, args)
+        let out = self
+            .kubectl_cmd(kubeconfig, args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// A long-running kubectl (`get -w`), its output captured.
     pub fn kubectl_spawn(&self, args: &[&str]) -> Result<Process> {
         Process::spawn(
             "kubectl",
-            kubectl_cmd(&self.admin_kubeconfig(), &self.data_dir, args),
+            self.kubectl_cmd(&self.admin_kubeconfig(), args),
             false,
         )
     }
 
     /// kubectl's raw output, for commands expected to fail.
     pub fn kubectl_output(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-        Ok(kubectl_cmd(kubeconfig, &self.data_dir, args).output()?)
+        Ok(self.kubectl_cmd(kubeconfig, args).output()?)
     }
 
     /// SIGTERM and wait.
@@ -144,30 +173,19 @@ impl ApiServer {
         }
         self.launch()
     }
-}
 
-/// kubectl keeps its discovery cache per data directory, so that servers
-/// reusing a port never see each other's resources.
-fn kubectl_cmd(kubeconfig: &Path, data_dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(data_dir.join("kubectl-cache"))
-        .args(args);
-    cmd
-}
-
-fn kubectl_with(kubeconfig: &Path, data_dir: &Path, args: &[&str]) -> Result<String> {
-    let out = kubectl_cmd(kubeconfig, data_dir, args)
-        .output()
-        .context("running kubectl")?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    /// kubectl keeps its discovery cache per data directory, so that
+    /// servers reusing a port never see each other's resources.
+    fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.data_dir.join("kubectl-cache"))
+            .args(args);
+        if let Some(file) = &self.netns {
+            crate::netns::enter_on_spawn(&mut cmd, file);
+        }
+        cmd
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::mount::{MntFlags, umount2};
 
 use crate::{
-    Agent, AgentOptions, Netns, Responder,
+    Agent, AgentOptions, ApiServer, Netns, Responder,
     netns::{owner_is_dead, unique_stem},
 };
 
@@ -39,8 +39,9 @@ pub struct Pod {
 pub struct Lab {
     dir: PathBuf,
     stem: String,
-    // Field order is drop order: agent, responders, pods, node.
+    // Field order is drop order: agent, API server, responders, pods, node.
     agent: Option<Agent>,
+    apiserver: Option<ApiServer>,
     responders: Vec<Responder>,
     pods: Vec<Pod>,
     node: Netns,
@@ -58,6 +59,7 @@ impl Lab {
             dir,
             stem,
             agent: None,
+            apiserver: None,
             responders: Vec::new(),
             pods: Vec::new(),
             node,
@@ -169,8 +171,38 @@ impl Lab {
         Ok(self.agent.insert(agent))
     }
 
+    /// Starts the agent without waiting for it to be ready.
+    pub fn spawn_agent(&mut self, opts: &AgentOptions) -> Result<&mut Agent> {
+        if self.agent.is_some() {
+            bail!("the agent is already running");
+        }
+        let agent = Agent::spawn(&self.node, &self.manifests_dir(), &self.pin_dir(), opts)?;
+        Ok(self.agent.insert(agent))
+    }
+
     pub fn agent(&mut self) -> &mut Agent {
         self.agent.as_mut().expect("the agent is not running")
+    }
+
+    /// Starts `sluice-apiserver` in the node namespace, on 127.0.0.1:6443,
+    /// with its state under the lab directory; kubectl runs there too.
+    pub fn start_apiserver(&mut self, args: &[&str]) -> Result<&mut ApiServer> {
+        if self.apiserver.is_some() {
+            bail!("the API server is already running");
+        }
+        let server = ApiServer::start_in(Some(&self.node), &self.dir.join("apiserver"), args)?;
+        Ok(self.apiserver.insert(server))
+    }
+
+    pub fn apiserver(&mut self) -> &mut ApiServer {
+        self.apiserver
+            .as_mut()
+            .expect("the API server is not running")
+    }
+
+    /// The lab's own directory (removed on drop), for test files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Takes the running agent out (to stop or kill it).
@@ -296,6 +328,7 @@ pub fn request_line(s: &mut TcpStream, timeout: Duration) -> Result<String> {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.agent.take();
+        self.apiserver.take();
         self.responders.clear();
         self.pods.clear();
         // The node namespace is dropped after this body; the pin directory is

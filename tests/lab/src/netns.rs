@@ -102,6 +102,22 @@ impl Drop for Netns {
     }
 }
 
+/// Makes `cmd` start inside the namespace `file` refers to (keep `file`
+/// open until the command has been spawned).
+pub fn enter_on_spawn(cmd: &mut std::process::Command, file: &File) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let fd = file.as_raw_fd();
+    // SAFETY: setns(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Removes namespaces and lab mounts left by lab processes that died without
 /// cleaning up (SIGKILL, OOM); those of live processes are left alone.
 pub fn reap_stale() {

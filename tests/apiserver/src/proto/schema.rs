@@ -4,6 +4,204 @@
 
 use super::{Field, Kind, Msg, Special};
 
+pub static API_APPS_V1_DAEMONSET: Msg = Msg {
+    name: "api.apps.v1.DaemonSet",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "metadata",
+            kind: Kind::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA),
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "spec",
+            kind: Kind::Msg(&API_APPS_V1_DAEMONSETSPEC),
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "status",
+            kind: Kind::Msg(&API_APPS_V1_DAEMONSETSTATUS),
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_APPS_V1_DAEMONSETCONDITION: Msg = Msg {
+    name: "api.apps.v1.DaemonSetCondition",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "status",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "lastTransitionTime",
+            kind: Kind::Special(Special::Time),
+            repeated: false,
+        },
+        Field {
+            tag: 4,
+            json: "reason",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 5,
+            json: "message",
+            kind: Kind::Str,
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_APPS_V1_DAEMONSETSPEC: Msg = Msg {
+    name: "api.apps.v1.DaemonSetSpec",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "selector",
+            kind: Kind::Msg(&APIMACHINERY_PKG_APIS_META_V1_LABELSELECTOR),
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "template",
+            kind: Kind::Msg(&API_CORE_V1_PODTEMPLATESPEC),
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "updateStrategy",
+            kind: Kind::Msg(&API_APPS_V1_DAEMONSETUPDATESTRATEGY),
+            repeated: false,
+        },
+        Field {
+            tag: 4,
+            json: "minReadySeconds",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 6,
+            json: "revisionHistoryLimit",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_APPS_V1_DAEMONSETSTATUS: Msg = Msg {
+    name: "api.apps.v1.DaemonSetStatus",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "currentNumberScheduled",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "numberMisscheduled",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 3,
+            json: "desiredNumberScheduled",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 4,
+            json: "numberReady",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 5,
+            json: "observedGeneration",
+            kind: Kind::Int64,
+            repeated: false,
+        },
+        Field {
+            tag: 6,
+            json: "updatedNumberScheduled",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 7,
+            json: "numberAvailable",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 8,
+            json: "numberUnavailable",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 9,
+            json: "collisionCount",
+            kind: Kind::Int32,
+            repeated: false,
+        },
+        Field {
+            tag: 10,
+            json: "conditions",
+            kind: Kind::Msg(&API_APPS_V1_DAEMONSETCONDITION),
+            repeated: true,
+        },
+    ],
+};
+
+pub static API_APPS_V1_DAEMONSETUPDATESTRATEGY: Msg = Msg {
+    name: "api.apps.v1.DaemonSetUpdateStrategy",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "type",
+            kind: Kind::Str,
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "rollingUpdate",
+            kind: Kind::Msg(&API_APPS_V1_ROLLINGUPDATEDAEMONSET),
+            repeated: false,
+        },
+    ],
+};
+
+pub static API_APPS_V1_ROLLINGUPDATEDAEMONSET: Msg = Msg {
+    name: "api.apps.v1.RollingUpdateDaemonSet",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "maxUnavailable",
+            kind: Kind::Special(Special::IntOrString),
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "maxSurge",
+            kind: Kind::Special(Special::IntOrString),
+            repeated: false,
+        },
+    ],
+};
+
 pub static API_AUTHENTICATION_V1_BOUNDOBJECTREFERENCE: Msg = Msg {
     name: "api.authentication.v1.BoundObjectReference",
     fields: &[
@@ -4156,6 +4354,24 @@ pub static API_CORE_V1_PODSTATUS: Msg = Msg {
     ],
 };
 
+pub static API_CORE_V1_PODTEMPLATESPEC: Msg = Msg {
+    name: "api.core.v1.PodTemplateSpec",
+    fields: &[
+        Field {
+            tag: 1,
+            json: "metadata",
+            kind: Kind::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA),
+            repeated: false,
+        },
+        Field {
+            tag: 2,
+            json: "spec",
+            kind: Kind::Msg(&API_CORE_V1_PODSPEC),
+            repeated: false,
+        },
+    ],
+};
+
 pub static API_CORE_V1_PORTSTATUS: Msg = Msg {
     name: "api.core.v1.PortStatus",
     fields: &[
@@ -6562,6 +6778,7 @@ pub static ROOTS: &[(&str, &str, &Msg)] = &[
     ("v1", "Node", &API_CORE_V1_NODE),
     ("v1", "Pod", &API_CORE_V1_POD),
     ("v1", "Event", &API_CORE_V1_EVENT),
+    ("apps/v1", "DaemonSet", &API_APPS_V1_DAEMONSET),
     (
         "discovery.k8s.io/v1",
         "EndpointSlice",

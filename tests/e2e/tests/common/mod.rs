@@ -99,7 +99,7 @@ pub fn apply(lab: &mut Lab, file: &str, content: &str) -> String {
     let mark = lab.agent().log_len();
     lab.write_manifest(file, content).unwrap();
     lab.agent()
-        .wait_for("manifests applied", mark, APPLY)
+        .wait_for("Services applied", mark, APPLY)
         .unwrap()
 }
 
@@ -108,6 +108,6 @@ pub fn delete(lab: &mut Lab, file: &str) {
     let mark = lab.agent().log_len();
     lab.remove_manifest(file).unwrap();
     lab.agent()
-        .wait_for("manifests applied", mark, APPLY)
+        .wait_for("Services applied", mark, APPLY)
         .unwrap();
 }

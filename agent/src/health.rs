@@ -1,0 +1,73 @@
+//! The health port (`--health-listen`, like kube-proxy's 10256): `/healthz`
+//! answers while the agent runs, `/readyz` once the first full sync has
+//! been programmed into the maps.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match path {
+            "/healthz" | "/livez" => (StatusCode::OK, "ok"),
+            "/readyz" if self.is_ready() => (StatusCode::OK, "ok"),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the first sync has not been programmed yet",
+            ),
+            _ => (StatusCode::NOT_FOUND, "not found"),
+        };
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        resp
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let health = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let resp = health.answer(req.uri().path());
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
