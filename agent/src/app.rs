@@ -3,12 +3,13 @@
 //! interfaces as they come, reports health, and stops on SIGTERM/SIGINT
 //! leaving the pinned dataplane serving.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::mpsc,
+    time::{Instant, sleep_until},
 };
 
 use crate::{
@@ -17,7 +18,8 @@ use crate::{
     health::{self, Health},
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
-    model::{Model, NodeInfo},
+    model::NodeInfo,
+    plan::Planner,
     source::{AbortOnDrop, apiserver, manifests},
 };
 
@@ -48,21 +50,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %health_listen, "serving /healthz and /readyz");
     let _health = AbortOnDrop(tokio::spawn(health.clone().serve(listener)));
 
-    let (models_tx, mut models) = watch::channel::<Option<Arc<Model>>>(None);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let described = describe(&source);
     let source_task = match source {
         Source::Manifests(dir) => {
-            manifests::spawn(&dir, models_tx, DEBOUNCE).context("reading the manifests")?
+            manifests::spawn(&dir, events_tx, DEBOUNCE).context("reading the manifests")?
         }
         Source::Kubeconfig(path) => {
             let client = apiserver::client_from_kubeconfig(&path).await?;
-            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, models_tx)))
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events_tx)))
         }
         Source::InCluster(dir) => {
             let client = apiserver::client_in_cluster(&dir)?;
-            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, models_tx)))
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events_tx)))
         }
     };
+    let mut planner = Planner::default();
 
     let mut links = LinkWatcher::start()?;
     let present = links.list().await?;
@@ -72,30 +75,32 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
 
     let mut node = None;
+    let mut retry = Retry::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            changed = models.changed() => {
-                if changed.is_err() {
+            batch = events.recv() => {
+                let Some(batch) = batch else {
                     anyhow::bail!("the Service source stopped");
+                };
+                planner.apply(batch);
+                // Everything else already waiting goes into the same sync.
+                while let Ok(more) = events.try_recv() {
+                    planner.apply(more);
                 }
-                let model = models.borrow_and_update().clone();
-                if let Some(model) = model {
-                    if model.node != node {
-                        node.clone_from(&model.node);
-                        log_node(node.as_ref());
-                    }
-                    sync(&model, &mut dp);
-                    if !health.is_ready() {
-                        health.set_ready();
-                        tracing::info!(
-                            source = described,
-                            pin_dir = %dp.pin_dir().display(),
-                            interfaces = ?dp.attached().collect::<Vec<_>>(),
-                            "sluice is ready"
-                        );
-                    }
+                if planner.node() != node.as_ref() {
+                    node = planner.node().cloned();
+                    log_node(node.as_ref());
+                }
+                if sync(&mut planner, &mut dp, &mut retry) && !health.is_ready() {
+                    ready(&health, &described, &dp);
+                }
+            }
+            // A failed write: try again (the plan now covers everything).
+            () = sleep_until(retry.at), if retry.pending => {
+                if sync(&mut planner, &mut dp, &mut retry) && !health.is_ready() {
+                    ready(&health, &described, &dp);
                 }
             }
             event = links.next() => match event {
@@ -141,15 +146,67 @@ fn log_node(node: Option<&NodeInfo>) {
     }
 }
 
-fn sync(model: &Model, dp: &mut Dataplane) {
-    let desired = model.desired();
-    match dp.sync(&desired) {
-        Ok(ops) => tracing::info!(
-            frontends = desired.frontends.len(),
-            map_ops = ops,
-            "Services applied"
-        ),
-        Err(e) => tracing::error!("applying the Services: {:#}", anyhow::Error::from(e)),
+fn ready(health: &Health, source: &str, dp: &Dataplane) {
+    health.set_ready();
+    tracing::info!(
+        source,
+        pin_dir = %dp.pin_dir().display(),
+        interfaces = ?dp.attached().collect::<Vec<_>>(),
+        "sluice is ready"
+    );
+}
+
+/// When to try a failed sync again: after 1 s, doubling to 30 s.
+struct Retry {
+    pending: bool,
+    at: Instant,
+    pause: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            pending: false,
+            at: Instant::now(),
+            pause: RETRY_FIRST,
+        }
+    }
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Programs what changed once the sources have listed everything; `true`
+/// when the maps now hold the whole model.
+fn sync(planner: &mut Planner, dp: &mut Dataplane, retry: &mut Retry) -> bool {
+    let started = std::time::Instant::now();
+    let Some(changes) = planner.plan(|| dp.scope()) else {
+        return false;
+    };
+    let result = dp.sync_changes(&changes);
+    planner.done(result.is_ok());
+    match result {
+        Ok(ops) => {
+            *retry = Retry::default();
+            tracing::info!(
+                frontends = planner.frontends(),
+                map_ops = ops,
+                took_ms = started.elapsed().as_millis(),
+                "Services applied"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                retry_in_s = retry.pause.as_secs(),
+                "applying the Services: {:#}",
+                anyhow::Error::from(e)
+            );
+            retry.pending = true;
+            retry.at = Instant::now() + retry.pause;
+            retry.pause = (retry.pause * 2).min(RETRY_MAX);
+            false
+        }
     }
 }
 

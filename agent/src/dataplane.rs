@@ -14,6 +14,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -27,8 +28,8 @@ use thiserror::Error;
 
 use crate::{
     EBPF_OBJ,
-    model::Desired,
-    reconcile::{Current, reconcile},
+    model::frontends::{DesiredChanges, Touched},
+    reconcile::{Current, Op, reconcile_changes},
 };
 
 /// The TC program's function name in the eBPF object.
@@ -75,6 +76,14 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl Error {
+    /// A map write the kernel refused for want of memory (ENOMEM).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Map { source, .. }
+            if matches!(&**source, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOMEM)))
+    }
 }
 
 /// How to load the dataplane.
@@ -133,19 +142,45 @@ impl Dataplane {
         })
     }
 
-    /// Writes what changed between the maps and `desired`; returns the number
-    /// of map operations.
+    /// Writes what `changes` asks that the maps do not hold yet; returns the
+    /// number of map operations. On a failed write, the state is re-read
+    /// from the maps (the caller then syncs everything).
     #[tracing::instrument(level = "debug", skip_all)]
-    pub fn sync(&mut self, desired: &Desired) -> Result<usize, Error> {
-        let ops = reconcile(desired, &mut self.current);
+    pub fn sync_changes(&mut self, changes: &DesiredChanges) -> Result<usize, Error> {
+        let ops = reconcile_changes(changes, &mut self.current);
         for op in &ops {
-            if let Err(e) = self.maps.apply(op) {
-                // Start the next sync from what the maps really hold.
+            if let Err(e) = self.apply_with_retry(op) {
                 self.current = self.maps.adopt().unwrap_or_default();
                 return Err(e);
             }
         }
         Ok(ops.len())
+    }
+
+    /// Applies one operation (each is idempotent). The maps are not
+    /// preallocated: the kernel takes their elements from per-CPU caches
+    /// that it refills asynchronously, and a burst of writes (the first
+    /// sync of hundreds of thousands of entries) can find them empty for a
+    /// moment (ENOMEM). Such a write is retried after a short, growing pause.
+    fn apply_with_retry(&mut self, op: &Op) -> Result<(), Error> {
+        let mut pause = Duration::from_micros(500);
+        let mut result = self.maps.apply(op);
+        for _ in 0..8 {
+            match &result {
+                Err(e) if e.is_out_of_memory() => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    result = self.maps.apply(op);
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// Every frontend and ClusterIP the maps hold.
+    pub fn scope(&self) -> Touched {
+        self.current.scope()
     }
 
     /// Attaches the TC program to an interface's ingress, replacing the

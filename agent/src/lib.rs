@@ -9,6 +9,7 @@ pub mod health;
 pub mod interfaces;
 pub mod links;
 pub mod model;
+pub mod plan;
 pub mod reconcile;
 pub mod source;
 pub mod status;

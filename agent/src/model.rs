@@ -5,6 +5,8 @@
 //! Kubernetes objects into `ServiceInfo` and `SliceInfo` and publish a whole
 //! `Model`; consumers derive what they need from it, e.g. `Model::desired`.
 
+pub mod frontends;
+pub mod store;
 pub mod translate;
 
 use std::{
@@ -150,45 +152,71 @@ impl Model {
     pub fn desired(&self) -> Desired {
         let mut by_service: BTreeMap<ObjectKey, Vec<&SliceInfo>> = BTreeMap::new();
         for slice in self.slices.values() {
-            if let Some(service) = &slice.service {
-                let key = ObjectKey {
-                    namespace: slice.key.namespace.clone(),
-                    name: service.clone(),
-                };
-                by_service.entry(key).or_default().push(slice);
+            if let Some(service) = slice.service_key() {
+                by_service.entry(service).or_default().push(slice);
             }
         }
         let mut desired = Desired::default();
+        // In key order: when two Services claim one frontend, the last wins
+        // (as `frontends::Frontends` decides it too).
         for svc in self.services.values() {
-            let ServiceKind::ClusterIp { ips } = &svc.kind else {
-                continue;
-            };
-            if svc.other_proxy {
-                continue;
-            }
             let slices = by_service.get(&svc.key).map_or(&[][..], Vec::as_slice);
-            for ip in ips {
-                let IpAddr::V4(ip) = *ip else { continue };
-                desired.cluster_ips.insert(ip);
-                for port in &svc.ports {
-                    let Some(ip_proto) = port.protocol.ip_proto() else {
-                        continue;
-                    };
-                    let name = if port.name.is_empty() {
-                        svc.key.to_string()
-                    } else {
-                        format!("{}:{}", svc.key, port.name)
-                    };
-                    let backends = backends_for(port, slices);
-                    desired.frontends.insert(
-                        ServiceKey::new(ip, port.port, ip_proto),
-                        DesiredFrontend { name, backends },
-                    );
-                }
-            }
+            let want = service_desired(svc, slices);
+            desired.cluster_ips.extend(want.cluster_ips);
+            desired.frontends.extend(want.frontends);
         }
         desired
     }
+}
+
+impl SliceInfo {
+    /// The Service this slice belongs to, by its `kubernetes.io/service-name`.
+    pub fn service_key(&self) -> Option<ObjectKey> {
+        self.service.as_ref().map(|name| ObjectKey {
+            namespace: self.key.namespace.clone(),
+            name: name.clone(),
+        })
+    }
+}
+
+/// What one Service asks of the dataplane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceDesired {
+    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    pub cluster_ips: BTreeSet<Ipv4Addr>,
+}
+
+/// The frontends of one Service given its slices, with kube-proxy's
+/// semantics: none for headless and ExternalName Services and those of
+/// another proxy; IPv4 ClusterIPs only.
+pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo]) -> ServiceDesired {
+    let mut desired = ServiceDesired::default();
+    let ServiceKind::ClusterIp { ips } = &svc.kind else {
+        return desired;
+    };
+    if svc.other_proxy {
+        return desired;
+    }
+    for ip in ips {
+        let IpAddr::V4(ip) = *ip else { continue };
+        desired.cluster_ips.insert(ip);
+        for port in &svc.ports {
+            let Some(ip_proto) = port.protocol.ip_proto() else {
+                continue;
+            };
+            let name = if port.name.is_empty() {
+                svc.key.to_string()
+            } else {
+                format!("{}:{}", svc.key, port.name)
+            };
+            let backends = backends_for(port, slices);
+            desired.frontends.insert(
+                ServiceKey::new(ip, port.port, ip_proto),
+                DesiredFrontend { name, backends },
+            );
+        }
+    }
+    desired
 }
 
 /// The IPv4 backends of one Service port across its slices.

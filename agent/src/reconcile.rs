@@ -16,7 +16,10 @@ use std::{
 
 use sluice_abi::service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey};
 
-use crate::model::Desired;
+use crate::model::{
+    Desired,
+    frontends::{DesiredChanges, Touched},
+};
 
 /// One write or delete in the dataplane maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +119,14 @@ impl Current {
         self.next_backend_id
     }
 
+    /// Every frontend and ClusterIP the maps hold.
+    pub fn scope(&self) -> Touched {
+        Touched {
+            frontends: self.frontends.keys().copied().collect(),
+            cluster_ips: self.markers.clone(),
+        }
+    }
+
     /// Number of backends over all frontends.
     pub fn backend_count(&self) -> usize {
         self.frontends.values().map(|f| f.slots.len()).sum()
@@ -124,19 +135,35 @@ impl Current {
 
 /// Computes the operations that make `current` equal `desired`, and updates
 /// `current` as if they had been applied.
-#[tracing::instrument(level = "debug", skip_all)]
 pub fn reconcile(desired: &Desired, current: &mut Current) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for ip in desired.cluster_ips.difference(&current.markers) {
-        ops.push(Op::PutMarker(*ip));
+    let mut changes = DesiredChanges::default();
+    for key in current.frontends.keys() {
+        changes.frontends.insert(*key, None);
     }
-    let stale: Vec<ServiceKey> = current
-        .frontends
-        .keys()
-        .filter(|k| !desired.frontends.contains_key(k))
-        .copied()
-        .collect();
     for (key, want) in &desired.frontends {
+        changes.frontends.insert(*key, Some(want.clone()));
+    }
+    for ip in &current.markers {
+        changes.cluster_ips.insert(*ip, false);
+    }
+    for ip in &desired.cluster_ips {
+        changes.cluster_ips.insert(*ip, true);
+    }
+    reconcile_changes(&changes, current)
+}
+
+/// As `reconcile`, for the frontends and ClusterIPs in `changes` only: the
+/// cost is that of the change, not of every Service.
+#[tracing::instrument(level = "debug", skip_all)]
+pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (ip, _) in changes.cluster_ips.iter().filter(|(_, want)| **want) {
+        if current.markers.insert(*ip) {
+            ops.push(Op::PutMarker(*ip));
+        }
+    }
+    for (key, want) in &changes.frontends {
+        let Some(want) = want else { continue };
         let backends: Vec<(Ipv4Addr, u16)> = want
             .backends
             .iter()
@@ -145,9 +172,12 @@ pub fn reconcile(desired: &Desired, current: &mut Current) -> Vec<Op> {
             .collect();
         sync_frontend(current, *key, &want.name, &backends, &mut ops);
     }
-    for key in stale {
-        if let Some(f) = current.frontends.remove(&key) {
-            ops.push(Op::DeleteService { key, id: f.id });
+    for (key, _) in changes.frontends.iter().filter(|(_, want)| want.is_none()) {
+        if let Some(f) = current.frontends.remove(key) {
+            ops.push(Op::DeleteService {
+                key: *key,
+                id: f.id,
+            });
             for slot in f.slots.keys() {
                 ops.push(Op::DeleteSlot(SlotKey {
                     service_id: f.id,
@@ -158,13 +188,11 @@ pub fn reconcile(desired: &Desired, current: &mut Current) -> Vec<Op> {
             ops.extend(ids.into_iter().map(Op::DeleteBackend));
         }
     }
-    let gone: Vec<Ipv4Addr> = current
-        .markers
-        .difference(&desired.cluster_ips)
-        .copied()
-        .collect();
-    ops.extend(gone.iter().copied().map(Op::DeleteMarker));
-    current.markers.clone_from(&desired.cluster_ips);
+    for (ip, _) in changes.cluster_ips.iter().filter(|(_, want)| !**want) {
+        if current.markers.remove(ip) {
+            ops.push(Op::DeleteMarker(*ip));
+        }
+    }
     ops
 }
 

@@ -1,8 +1,12 @@
-//! Sources of Services and EndpointSlices; each publishes whole `Model`s
-//! on a watch channel, which the dataplane (and later DNS) read.
+//! Sources of Services and EndpointSlices. Each sends batches of list and
+//! change events (`model::store`) to the agent, which keeps the one model
+//! the dataplane (and later DNS) read.
 
 pub mod apiserver;
 pub mod manifests;
+
+/// Where a source sends its batches of events.
+pub type Events = tokio::sync::mpsc::UnboundedSender<Vec<crate::model::store::SourceEvent>>;
 
 /// A task that ends when its handle goes.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);

@@ -1,17 +1,13 @@
 //! The apiserver source: Services and EndpointSlices (and this node's Node)
 //! from a Kubernetes API server, through kube-rs watchers.
 //!
-//! A relist (after a 410 or a reconnect) is gathered whole and then swapped
-//! in, so that a Service present before and after never leaves the model,
-//! and objects deleted while the agent was away drop out. While the API
-//! server is unreachable the last model stays, and the watchers back off
-//! exponentially with jitter; an outage is logged once, not per retry.
+//! Watch events go to the store as they are: a relist (after a 410 or a
+//! reconnect) is a list there, swapped in whole when complete (see
+//! `model::store`). While the API server is unreachable nothing is sent, so
+//! the dataplane keeps its state, and the watchers back off exponentially
+//! with jitter; an outage is logged once, not per retry.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::path::{Path, PathBuf};
 
 use futures::{FutureExt as _, StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::{
@@ -23,9 +19,13 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use thiserror::Error;
-use tokio::sync::watch;
 
-use crate::model::{Model, NodeInfo, ObjectKey, ServiceInfo, SliceInfo, translate};
+use super::Events;
+use crate::model::{
+    ObjectKey,
+    store::{Event, SourceEvent},
+    translate,
+};
 
 /// Where a Pod finds its ServiceAccount credentials.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -96,160 +96,48 @@ pub fn client_in_cluster(dir: &Path) -> Result<Client, ApiSourceError> {
     Client::try_from(config).map_err(ApiSourceError::Client)
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "each event is moved once, from its stream to `apply`; boxing would allocate per event"
-)]
-enum Change {
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Node(watcher::Event<Node>),
-}
-
-/// Objects of one kind, with a relist gathered aside until it is complete.
-struct Collection<T> {
-    items: BTreeMap<ObjectKey, T>,
-    relist: Option<BTreeMap<ObjectKey, T>>,
-    synced: bool,
-}
-
-impl<T> Default for Collection<T> {
-    fn default() -> Self {
-        Self {
-            items: BTreeMap::new(),
-            relist: None,
-            synced: false,
-        }
-    }
-}
-
-impl<T: Clone> Collection<T> {
-    /// Applies one watcher event; `true` when it completed a relist (a list
-    /// after the first, as after a 410 Gone).
-    fn apply<K>(
-        &mut self,
-        event: watcher::Event<K>,
-        translate: impl Fn(&K) -> Option<(ObjectKey, T)>,
-        key: impl Fn(&K) -> ObjectKey,
-    ) -> bool {
-        match event {
-            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
-            watcher::Event::InitApply(obj) => {
-                let Some(relist) = self.relist.as_mut() else {
-                    return false;
-                };
-                match translate(&obj) {
-                    Some((k, v)) => {
-                        relist.insert(k, v);
-                    }
-                    // Invalid now: its last good state survives the relist.
-                    None => {
-                        let k = key(&obj);
-                        if let Some(old) = self.items.get(&k) {
-                            relist.insert(k, old.clone());
-                        }
-                    }
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(relist) = self.relist.take() {
-                    self.items = relist;
-                }
-                let relisted = self.synced;
-                self.synced = true;
-                return relisted;
-            }
-            watcher::Event::Apply(obj) => {
-                if let Some((k, v)) = translate(&obj) {
-                    self.items.insert(k, v);
-                }
-            }
-            watcher::Event::Delete(obj) => {
-                self.items.remove(&key(&obj));
-            }
-        }
-        false
-    }
-}
-
-/// What the watchers have seen so far.
-#[derive(Default)]
-struct State {
-    services: Collection<ServiceInfo>,
-    slices: Collection<SliceInfo>,
-    /// At most one: the watch selects this node by name.
-    node: Collection<NodeInfo>,
-}
-
-impl State {
-    /// The model, once Services and EndpointSlices have both been listed.
-    fn model(&self) -> Option<Model> {
-        (self.services.synced && self.slices.synced).then(|| Model {
-            services: self.services.items.clone(),
-            slices: self.slices.items.clone(),
-            node: self.node.items.values().next().cloned(),
-        })
-    }
-}
-
-fn meta_key(meta: &kube::api::ObjectMeta) -> ObjectKey {
-    ObjectKey {
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-    }
-}
-
-/// Runs the watchers and publishes a whole model after each batch of
-/// changes, once both Services and EndpointSlices have been listed.
-pub async fn run(
-    client: Client,
-    node_name: Option<String>,
-    models: watch::Sender<Option<Arc<Model>>>,
-) {
+/// Runs the watchers and sends their events, a batch at a time: whatever
+/// is waiting when the first event of a batch arrives.
+pub async fn run(client: Client, node_name: Option<String>, events: Events) {
     let services = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Change::Service));
+    .map(|e| e.map(service_event));
     let slices = watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .map(|e| e.map(Change::Slice));
-    let mut streams: Vec<BoxStream<'static, Result<Change, watcher::Error>>> =
+    .map(|e| e.map(slice_event));
+    let mut streams: Vec<BoxStream<'static, Result<SourceEvent, watcher::Error>>> =
         vec![services.boxed(), slices.boxed()];
     if let Some(node) = &node_name {
         let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
         streams.push(
             watcher(Api::<Node>::all(client), config)
                 .default_backoff()
-                .map(|e| e.map(Change::Node))
+                .map(|e| e.map(node_event))
                 .boxed(),
         );
     }
     let mut changes = futures::stream::select_all(streams);
-
-    let mut state = State::default();
     let mut failing = false;
     loop {
         let Some(first) = changes.next().await else {
             return;
         };
-        // Take everything already waiting, then publish once.
-        let mut batch = vec![first];
-        while let Some(Some(more)) = changes.next().now_or_never() {
-            batch.push(more);
-        }
-        for change in batch {
-            match change {
-                Ok(change) => {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Ok(event) => {
                     if failing {
                         tracing::info!("the API server is reachable again");
                         failing = false;
                     }
-                    apply(change, &mut state);
+                    batch.push(event);
                 }
                 Err(e) => {
                     if failing {
@@ -262,43 +150,59 @@ pub async fn run(
                     }
                 }
             }
+            next = changes.next().now_or_never().flatten();
         }
-        if let Some(model) = state.model()
-            && models.borrow().as_deref() != Some(&model)
-        {
-            models.send_replace(Some(Arc::new(model)));
+        if !batch.is_empty() && events.send(batch).is_err() {
+            // The agent is stopping.
+            return;
         }
     }
 }
 
-fn apply(change: Change, state: &mut State) {
-    match change {
-        Change::Service(e) => {
-            if state.services.apply(
-                e,
-                |s| valid(translate::service(s).map(|i| (i.key.clone(), i))),
-                |s| meta_key(&s.metadata),
-            ) {
-                tracing::info!(services = state.services.items.len(), "relisted Services");
-            }
-        }
-        Change::Slice(e) => {
-            let translated =
-                |s: &EndpointSlice| valid(translate::endpoint_slice(s).map(|i| (i.key.clone(), i)));
-            if state.slices.apply(e, translated, |s| meta_key(&s.metadata)) {
-                tracing::info!(
-                    endpoint_slices = state.slices.items.len(),
-                    "relisted EndpointSlices"
-                );
-            }
-        }
-        Change::Node(e) => {
-            state.node.apply(
-                e,
-                |n: &Node| Some((meta_key(&n.metadata), translate::node(n))),
-                |n: &Node| meta_key(&n.metadata),
-            );
-        }
+/// A watcher event as a store event, with `translate` for the objects and
+/// `key` for those that do not translate.
+fn convert<K, T>(
+    event: watcher::Event<K>,
+    translate: impl Fn(&K) -> Option<T>,
+    key: impl Fn(&K) -> ObjectKey,
+) -> Event<T> {
+    match event {
+        watcher::Event::Init => Event::List,
+        watcher::Event::InitApply(obj) => Event::Listed(key(&obj), translate(&obj)),
+        watcher::Event::InitDone => Event::ListDone,
+        watcher::Event::Apply(obj) => Event::Applied(key(&obj), translate(&obj)),
+        watcher::Event::Delete(obj) => Event::Deleted(key(&obj)),
+    }
+}
+
+fn service_event(e: watcher::Event<Service>) -> SourceEvent {
+    SourceEvent::Service(convert(
+        e,
+        |s| valid(translate::service(s)),
+        |s| meta_key(&s.metadata),
+    ))
+}
+
+fn slice_event(e: watcher::Event<EndpointSlice>) -> SourceEvent {
+    SourceEvent::Slice(convert(
+        e,
+        |s| valid(translate::endpoint_slice(s)),
+        |s| meta_key(&s.metadata),
+    ))
+}
+
+fn node_event(e: watcher::Event<Node>) -> SourceEvent {
+    SourceEvent::Node(convert(
+        e,
+        |n| Some(translate::node(n)),
+        |n| meta_key(&n.metadata),
+    ))
+}
+
+fn meta_key(meta: &kube::api::ObjectMeta) -> ObjectKey {
+    ObjectKey {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
     }
 }
 
@@ -307,73 +211,4 @@ fn apply(change: Change, state: &mut State) {
 fn valid<T, E: std::fmt::Display>(r: Result<T, E>) -> Option<T> {
     r.map_err(|err| tracing::warn!("{err}; keeping its last good state"))
         .ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            namespace: "default".into(),
-            name: name.into(),
-        }
-    }
-
-    /// Objects are (name, value); a negative value is "invalid".
-    fn apply(c: &mut Collection<i32>, e: watcher::Event<(&str, i32)>) -> bool {
-        c.apply(e, |(n, v)| (*v >= 0).then(|| (key(n), *v)), |(n, _)| key(n))
-    }
-
-    #[test]
-    fn a_relist_is_swapped_in_whole_and_drops_what_was_deleted_meanwhile() {
-        let mut c = Collection::default();
-        assert!(!apply(&mut c, watcher::Event::Init));
-        apply(&mut c, watcher::Event::InitApply(("a", 1)));
-        apply(&mut c, watcher::Event::InitApply(("b", 2)));
-        assert!(
-            !c.synced && c.items.is_empty(),
-            "nothing is published before the first list completes"
-        );
-        assert!(
-            !apply(&mut c, watcher::Event::InitDone),
-            "the first list is not a relist"
-        );
-        assert_eq!(c.items.len(), 2);
-
-        // A relist: until it completes, every object stays as it was.
-        apply(&mut c, watcher::Event::Init);
-        assert_eq!(c.items.len(), 2);
-        apply(&mut c, watcher::Event::InitApply(("a", 10)));
-        assert_eq!(c.items.get(&key("a")), Some(&1));
-        assert_eq!(
-            c.items.get(&key("b")),
-            Some(&2),
-            "b keeps its entry while the relist is under way"
-        );
-        assert!(apply(&mut c, watcher::Event::InitDone));
-        // b was deleted while the watch was down.
-        assert_eq!(c.items, BTreeMap::from([(key("a"), 10)]));
-    }
-
-    #[test]
-    fn an_invalid_object_keeps_its_last_good_state_across_updates_and_relists() {
-        let mut c = Collection::default();
-        apply(&mut c, watcher::Event::Init);
-        apply(&mut c, watcher::Event::InitApply(("a", 1)));
-        apply(&mut c, watcher::Event::InitDone);
-        apply(&mut c, watcher::Event::Apply(("a", -1)));
-        assert_eq!(c.items.get(&key("a")), Some(&1));
-        apply(&mut c, watcher::Event::Init);
-        apply(&mut c, watcher::Event::InitApply(("a", -1)));
-        apply(&mut c, watcher::Event::InitApply(("c", -1)));
-        apply(&mut c, watcher::Event::InitDone);
-        assert_eq!(
-            c.items,
-            BTreeMap::from([(key("a"), 1)]),
-            "a new invalid object is not added"
-        );
-        apply(&mut c, watcher::Event::Delete(("a", -1)));
-        assert!(c.items.is_empty());
-    }
 }

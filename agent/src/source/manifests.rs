@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::model::{
     Model, ObjectKey, ServiceInfo, SliceInfo,
+    store::list_events,
     translate::{self, InvalidObject},
 };
 
@@ -333,12 +334,12 @@ fn object_id(value: &Value, kind: &str) -> Option<ObjectId> {
     }
 }
 
-/// Reads `dir` now (failing if it cannot be read), publishes its model, and
-/// keeps publishing as files change; changes within `debounce` of each
-/// other are read once.
+/// Reads `dir` now (failing if it cannot be read), sends its model as a
+/// full list, and sends it again as files change; changes within
+/// `debounce` of each other are read once.
 pub fn spawn(
     dir: &Path,
-    models: tokio::sync::watch::Sender<Option<std::sync::Arc<Model>>>,
+    events: super::Events,
     debounce: std::time::Duration,
 ) -> Result<super::AbortOnDrop, ManifestError> {
     use notify::Watcher as _;
@@ -364,7 +365,8 @@ pub fn spawn(
     for problem in &first.problems {
         tracing::warn!("{problem}");
     }
-    models.send_replace(Some(std::sync::Arc::new(manifests.model())));
+    // The receiver is gone only when the agent is stopping.
+    let _ = events.send(list_events(&manifests.model()));
     Ok(super::AbortOnDrop(tokio::spawn(async move {
         let _keep = &mut watcher;
         while changes.recv().await.is_some() {
@@ -375,8 +377,8 @@ pub fn spawn(
                     for problem in &scan.problems {
                         tracing::warn!("{problem}");
                     }
-                    if scan.changed {
-                        models.send_replace(Some(std::sync::Arc::new(manifests.model())));
+                    if scan.changed && events.send(list_events(&manifests.model())).is_err() {
+                        return;
                     }
                 }
                 Err(e) => tracing::warn!("{e}: {:?}", std::error::Error::source(&e)),

@@ -40,8 +40,11 @@ pub const PINNED: [&str; 9] = [
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
-pub const MAX_SERVICES: u32 = 65_536;
-/// Backend slots and backends, summed over all frontends.
-pub const MAX_BACKENDS: u32 = 262_144;
+/// The maps are `BPF_F_NO_PREALLOC`: entries cost memory only when used,
+/// the bucket arrays about 16 bytes per possible entry.
+pub const MAX_SERVICES: u32 = 131_072;
+/// Backend slots and backends, summed over all frontends (30k Services of
+/// 10 endpoints need 300k).
+pub const MAX_BACKENDS: u32 = 524_288;
 /// Conntrack entries; two per flow (original and reply direction).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
