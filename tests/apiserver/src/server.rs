@@ -43,6 +43,12 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let Ok((tcp, peer)) = accepted else { continue };
+        // As Go's net package does for kube-apiserver: a watch event is
+        // written in pieces, and Nagle would hold the last one back until
+        // the client's delayed ACK (tens of milliseconds).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, "TCP_NODELAY: {e}");
+        }
         let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), stop.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {

@@ -166,6 +166,35 @@ impl Store {
         self.lock().objects.get(key).cloned()
     }
 
+    /// Objects whose key starts with `prefix` and sorts after `after` (if
+    /// given), with their keys, at most `limit` of them; and the store's
+    /// resourceVersion.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        mut keep: impl FnMut(&Value) -> bool,
+        limit: Option<usize>,
+    ) -> (Vec<(String, Arc<Value>)>, bool, u64) {
+        let state = self.lock();
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.to_owned()),
+            None => std::ops::Bound::Included(prefix.to_owned()),
+        };
+        let mut matching = state
+            .objects
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, v)| keep(v));
+        let items: Vec<(String, Arc<Value>)> = matching
+            .by_ref()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let more = limit.is_some() && matching.next().is_some();
+        (items, more, state.rv)
+    }
+
     /// Objects whose key starts with `prefix`, and the store's resourceVersion.
     pub fn list(&self, prefix: &str) -> (Vec<Arc<Value>>, u64) {
         let state = self.lock();

@@ -808,6 +808,59 @@ fn updates_are_optimistic_namespaces_must_exist_and_selectors_filter() {
 }
 
 #[test]
+fn lists_are_paged_with_limit_and_continue() {
+    let (dir, s) = server(&[]);
+    apply(&s, dir.path(), None, "svc.yaml", SERVICES);
+    let page = |query: &str| -> serde_json::Value {
+        let raw = s
+            .kubectl(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/namespaces/default/services?{query}"),
+            ])
+            .unwrap();
+        serde_json::from_str(&raw).unwrap()
+    };
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // api, kubernetes, web: two, then the rest at the first page's version.
+    let first = page("limit=2");
+    assert_eq!(names(&first), ["api", "kubernetes"]);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    s.kubectl(&["create", "service", "clusterip", "zeta", "--tcp=80"])
+        .unwrap();
+    let rest = page(&format!("limit=2&continue={token}"));
+    assert_eq!(names(&rest), ["web", "zeta"]);
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    assert!(rest["metadata"].get("continue").is_none(), "{rest}");
+    // Selectors filter before the limit; kubectl follows the tokens.
+    s.kubectl(&["label", "svc", "web", "tier=front"]).unwrap();
+    assert_eq!(names(&page("limit=1&labelSelector=tier%3Dfront")), ["web"]);
+    let all = s
+        .kubectl(&["get", "svc", "--chunk-size=1", "-o", "name"])
+        .unwrap();
+    assert_eq!(all.lines().count(), 4, "{all}");
+    let err = s
+        .kubectl(&[
+            "get",
+            "--raw",
+            "/api/v1/services?limit=1&continue=bm90LWEtdG9rZW4",
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("continue"), "{err}");
+}
+
+#[test]
 fn csrs_are_signed_for_the_signing_duration_and_invalid_ones_fail() {
     let (dir, s) = server(&["--cluster-signing-duration", "30s"]);
     apply(

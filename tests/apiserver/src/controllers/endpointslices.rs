@@ -36,7 +36,11 @@ impl Controller for EndpointSlices {
     fn on_event(&mut self, app: &Arc<App>, e: &Event) {
         let ns = str_at(&e.object, "/metadata/namespace");
         if e.key.starts_with("core/services/") {
-            sync(app, ns, str_at(&e.object, "/metadata/name"));
+            // A Service that had no selector before and has none now has
+            // no managed slices: skip the scan of the namespace's slices.
+            if has_selector(&e.object) || e.prev.as_deref().is_some_and(has_selector) {
+                sync(app, ns, str_at(&e.object, "/metadata/name"));
+            }
         } else if e.key.starts_with("core/pods/") {
             // The Services this Pod matches, before or after the change.
             let (services, _) = app.store.list(&format!("core/services/{ns}/"));
@@ -57,6 +61,12 @@ impl Controller for EndpointSlices {
             }
         }
     }
+}
+
+fn has_selector(svc: &Value) -> bool {
+    svc.pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .is_some_and(|s| !s.is_empty())
 }
 
 fn pod_ready(pod: &Value) -> bool {
@@ -115,18 +125,11 @@ fn sync(app: &Arc<App>, ns: &str, name: &str) {
     let (slices, _) = app
         .store
         .list(&format!("discovery.k8s.io/endpointslices/{ns}/"));
+    let service_label = format!("/metadata/labels/{}", SERVICE_NAME.replace('/', "~1"));
+    let managed_label = format!("/metadata/labels/{}", MANAGED_BY.replace('/', "~1"));
     let mut managed: Vec<Arc<Value>> = slices
         .into_iter()
-        .filter(|s| {
-            str_at(
-                s,
-                &format!("/metadata/labels/{}", SERVICE_NAME.replace('/', "~1")),
-            ) == name
-                && str_at(
-                    s,
-                    &format!("/metadata/labels/{}", MANAGED_BY.replace('/', "~1")),
-                ) == CONTROLLER
-        })
+        .filter(|s| str_at(s, &service_label) == name && str_at(s, &managed_label) == CONTROLLER)
         .collect();
     managed.sort_by_key(|s| str_at(s, "/metadata/name").to_owned());
     let (Some(svc), Some(selector)) = (svc, selector) else {
