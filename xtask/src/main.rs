@@ -3,6 +3,7 @@
 //! `run` and `test` call `setup` first when something is missing, so a fresh
 //! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
 
+mod bench;
 mod prereqs;
 mod run;
 mod test;
@@ -32,6 +33,8 @@ enum Command {
     Run(run::Args),
     /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and end-to-end.
     Test(test::Args),
+    /// Run a benchmark (`sync`) and write its table to target/bench/.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -45,5 +48,6 @@ fn main() -> Result<()> {
         }
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::test(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }

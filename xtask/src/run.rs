@@ -78,6 +78,17 @@ pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     build(&["-p", package, "--bin", bin], bin, false)
 }
 
+/// Builds a binary of the workspace in release mode; returns its path.
+pub fn build_release_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    build(&["-p", package, "--bin", bin], bin, true)
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
 fn build(args: &[&str], bin: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root()).arg("build").args(args);
@@ -85,9 +96,7 @@ fn build(args: &[&str], bin: &str, release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     prereqs::run(&mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    Ok(target
+    Ok(target_dir()
         .join(if release { "release" } else { "debug" })
         .join(bin))
 }

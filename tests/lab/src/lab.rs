@@ -187,10 +187,16 @@ impl Lab {
     /// Starts `sluice-apiserver` in the node namespace, on 127.0.0.1:6443,
     /// with its state under the lab directory; kubectl runs there too.
     pub fn start_apiserver(&mut self, args: &[&str]) -> Result<&mut ApiServer> {
+        let data_dir = self.dir.join("apiserver");
+        self.start_apiserver_at(&data_dir, args)
+    }
+
+    /// As `start_apiserver`, with its state in `data_dir` (e.g. on tmpfs).
+    pub fn start_apiserver_at(&mut self, data_dir: &Path, args: &[&str]) -> Result<&mut ApiServer> {
         if self.apiserver.is_some() {
             bail!("the API server is already running");
         }
-        let server = ApiServer::start_in(Some(&self.node), &self.dir.join("apiserver"), args)?;
+        let server = ApiServer::start_in(Some(&self.node), data_dir, args)?;
         Ok(self.apiserver.insert(server))
     }
 

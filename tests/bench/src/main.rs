@@ -1,0 +1,36 @@
+//! `sluice-bench`: Sluice's benchmarks, run by `cargo xtask bench`. Each
+//! measures, prints a table and writes it to a file; none asserts anything
+//! (targets are printed next to the numbers, for a person to read).
+
+mod sync;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-bench",
+    about = "Sluice benchmarks (run by `cargo xtask bench`)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The control loop against the local API server: time to ready, update
+    /// latency, map writes per change and memory, at several scales.
+    Sync(sync::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !sluice_lab::privileged() {
+        bail!("the benchmarks need root: they create network namespaces and load BPF programs");
+    }
+    sluice_lab::reap_stale();
+    match cli.bench {
+        Bench::Sync(args) => sync::run(&args),
+    }
+}
