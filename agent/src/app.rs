@@ -15,12 +15,13 @@ use tokio::{
 use crate::{
     config::{RunConfig, Source},
     dataplane::{self, Dataplane},
+    dns::Dns,
     health::{self, Health},
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
     model::NodeInfo,
     plan::Planner,
-    source::{AbortOnDrop, apiserver, manifests},
+    source::{AbortOnDrop, Events, apiserver, manifests},
 };
 
 /// Editors and `kubectl cp` write a file in several steps; changes this
@@ -36,6 +37,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         pin_dir,
         conntrack_size,
         dataplane: config,
+        dns,
     } = cfg;
     let mut dp = Dataplane::load(&dataplane::Options {
         pin_dir,
@@ -47,24 +49,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let listener = health::bind(health_listen)
         .await
         .with_context(|| format!("binding the health port {health_listen}"))?;
-    tracing::info!(addr = %health_listen, "serving /healthz and /readyz");
+    tracing::info!(addr = %health_listen, "serving /healthz, /readyz and /metrics");
     let _health = AbortOnDrop(tokio::spawn(health.clone().serve(listener)));
+    let dns = match &dns {
+        Some(cfg) => {
+            let dns = Dns::start(cfg).await.context("starting DNS")?;
+            health.set_dns_metrics(dns.metrics());
+            Some(dns)
+        }
+        None => None,
+    };
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let described = describe(&source);
-    let source_task = match source {
-        Source::Manifests(dir) => {
-            manifests::spawn(&dir, events_tx, DEBOUNCE).context("reading the manifests")?
-        }
-        Source::Kubeconfig(path) => {
-            let client = apiserver::client_from_kubeconfig(&path).await?;
-            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events_tx)))
-        }
-        Source::InCluster(dir) => {
-            let client = apiserver::client_in_cluster(&dir)?;
-            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events_tx)))
-        }
-    };
+    let source_task = spawn_source(source, node_name, events_tx).await?;
     let mut planner = Planner::default();
 
     let mut links = LinkWatcher::start()?;
@@ -88,6 +86,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 // Everything else already waiting goes into the same sync.
                 while let Ok(more) = events.try_recv() {
                     planner.apply(more);
+                }
+                let changed = planner.take_changed();
+                if let Some(dns) = &dns {
+                    dns.update(planner.store(), &changed);
+                    if planner.synced() {
+                        dns.set_synced();
+                    }
                 }
                 if planner.node() != node.as_ref() {
                     node = planner.node().cloned();
@@ -122,6 +127,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     drop(source_task);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
+}
+
+async fn spawn_source(
+    source: Source,
+    node_name: Option<String>,
+    events: Events,
+) -> anyhow::Result<AbortOnDrop> {
+    Ok(match source {
+        Source::Manifests(dir) => {
+            manifests::spawn(&dir, events, DEBOUNCE).context("reading the manifests")?
+        }
+        Source::Kubeconfig(path) => {
+            let client = apiserver::client_from_kubeconfig(&path).await?;
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events)))
+        }
+        Source::InCluster(dir) => {
+            let client = apiserver::client_in_cluster(&dir)?;
+            AbortOnDrop(tokio::spawn(apiserver::run(client, node_name, events)))
+        }
+    })
 }
 
 fn describe(source: &Source) -> String {

@@ -58,6 +58,20 @@ pub struct RunArgs {
     /// Conntrack map size (entries; two per flow).
     #[arg(long)]
     pub conntrack_size: Option<u32>,
+    /// Serve cluster DNS on this address (made local to the node; passed
+    /// untouched by the dataplane), UDP and TCP port 53.
+    #[arg(long)]
+    pub dns_ip: Option<std::net::IpAddr>,
+    /// The cluster domain (default `cluster.local`).
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+    /// TTL of cluster records, in seconds (default 5, as CoreDNS).
+    #[arg(long)]
+    pub dns_ttl: Option<u32>,
+    /// Upstream DNS servers for other names: comma-separated `IP` or
+    /// `IP:port`. Default: the nameservers of /etc/resolv.conf at start.
+    #[arg(long)]
+    pub upstream: Option<String>,
     /// Log filter (`info`, `debug`, …); `RUST_LOG` overrides it.
     #[arg(long)]
     pub log_level: Option<String>,

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::{
     cli::{DEFAULT_PIN_DIR, RunArgs},
+    dns::DnsConfig,
     interfaces::{InterfaceMatcher, PatternError},
 };
 
@@ -44,6 +45,18 @@ pub enum ConfigError {
     ConntrackSize,
     #[error("`interfaces`")]
     Interfaces(#[source] PatternError),
+    #[error("`dns-ttl` must be at most 3600 seconds")]
+    DnsTtl,
+    #[error("`upstream`: `{0}` is not an IP address or IP:port")]
+    Upstream(String),
+    #[error("cannot read the upstream DNS servers from `{}`", path.display())]
+    ResolvConf {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`cluster-domain`, `dns-ttl` and `upstream` need `dns-ip`")]
+    DnsWithoutIp,
 }
 
 /// Interfaces as a comma-separated string or a YAML list.
@@ -67,6 +80,10 @@ struct FileConfig {
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
     conntrack_size: Option<u32>,
+    dns_ip: Option<std::net::IpAddr>,
+    cluster_domain: Option<String>,
+    dns_ttl: Option<u32>,
+    upstream: Option<InterfaceList>,
     log_level: Option<String>,
 }
 
@@ -93,7 +110,11 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
     pub dataplane: DataplaneConfig,
+    pub dns: Option<DnsConfig>,
 }
+
+/// Where the default upstreams come from.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
@@ -108,6 +129,10 @@ impl RunConfig {
             service_cidr,
             pin_dir,
             conntrack_size,
+            dns_ip,
+            cluster_domain,
+            dns_ttl,
+            upstream,
             log_level: _,
         } = args;
         let file = match &config {
@@ -136,13 +161,32 @@ impl RunConfig {
             return Err(ConfigError::NoInterfaces);
         }
         let interfaces = InterfaceMatcher::new(&interfaces).map_err(ConfigError::Interfaces)?;
-        let dataplane = match service_cidr.or(file.service_cidr) {
+        let mut dataplane = match service_cidr.or(file.service_cidr) {
             Some(cidr) => {
                 let (net, len) = parse_cidr(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
                 DataplaneConfig::with_service_cidr(net, len)
             }
             None => DataplaneConfig::default(),
         };
+        let upstream = match (upstream, file.upstream) {
+            (Some(s), _) | (None, Some(InterfaceList::Joined(s))) => Some(split(&s)),
+            (None, Some(InterfaceList::List(l))) => Some(l),
+            (None, None) => None,
+        };
+        let dns = dns_config(
+            dns_ip.or(file.dns_ip),
+            cluster_domain.or(file.cluster_domain),
+            dns_ttl.or(file.dns_ttl),
+            upstream,
+        )?;
+        // The DNS address is the agent's own: the dataplane passes it.
+        if let Some(DnsConfig {
+            ip: std::net::IpAddr::V4(ip),
+            ..
+        }) = &dns
+        {
+            dataplane = dataplane.with_local_ip(*ip);
+        }
         let conntrack_size = conntrack_size
             .or(file.conntrack_size)
             .unwrap_or(DEFAULT_CONNTRACK_SIZE);
@@ -162,8 +206,47 @@ impl RunConfig {
                 .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             conntrack_size,
             dataplane,
+            dns,
         })
     }
+}
+
+fn dns_config(
+    ip: Option<std::net::IpAddr>,
+    domain: Option<String>,
+    ttl: Option<u32>,
+    upstream: Option<Vec<String>>,
+) -> Result<Option<DnsConfig>, ConfigError> {
+    let Some(ip) = ip else {
+        if domain.is_some() || ttl.is_some() || upstream.is_some() {
+            return Err(ConfigError::DnsWithoutIp);
+        }
+        return Ok(None);
+    };
+    let ttl = ttl.unwrap_or(crate::dns::DEFAULT_TTL);
+    if ttl > 3600 {
+        return Err(ConfigError::DnsTtl);
+    }
+    let upstreams = match upstream {
+        Some(list) => list
+            .iter()
+            .map(|u| crate::dns::parse_upstream(u).ok_or_else(|| ConfigError::Upstream(u.clone())))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => {
+            crate::dns::upstreams_from_resolv_conf(Path::new(RESOLV_CONF)).map_err(|source| {
+                ConfigError::ResolvConf {
+                    path: RESOLV_CONF.into(),
+                    source,
+                }
+            })?
+        }
+    };
+    Ok(Some(DnsConfig {
+        ip,
+        cluster_domain: domain.unwrap_or_else(|| crate::dns::DEFAULT_CLUSTER_DOMAIN.to_owned()),
+        ttl,
+        upstreams,
+    }))
 }
 
 /// The log level from the config file, for logging set up before the rest.

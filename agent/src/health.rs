@@ -6,7 +6,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -19,9 +19,12 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::dns::metrics::Metrics;
+
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    dns: Arc<OnceLock<Arc<Metrics>>>,
 }
 
 impl Health {
@@ -33,7 +36,16 @@ impl Health {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// `/metrics` shows these (once DNS runs).
+    pub fn set_dns_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.dns.set(metrics);
+    }
+
     fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+        if path == "/metrics" {
+            let text = self.dns.get().map(|m| m.render()).unwrap_or_default();
+            return Response::new(Full::new(Bytes::from(text)));
+        }
         let (status, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "ok"),
             "/readyz" if self.is_ready() => (StatusCode::OK, "ok"),

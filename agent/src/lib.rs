@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 pub mod health;
 pub mod interfaces;
 pub mod links;

@@ -86,6 +86,8 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePortInfo>,
     /// Labelled for another proxy: no dataplane entry.
     pub other_proxy: bool,
+    /// `spec.publishNotReadyAddresses`: DNS lists every endpoint, ready or not.
+    pub publish_not_ready: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +279,7 @@ mod tests {
                 })
                 .collect(),
             other_proxy: false,
+            publish_not_ready: false,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Planner {
     frontends: Frontends,
     /// Services changed since the last plan.
     dirty: BTreeSet<ObjectKey>,
+    /// Services changed since the last `take_changed` (for DNS).
+    changed: BTreeSet<ObjectKey>,
     /// Whether a plan has been made; the first covers everything, including
     /// what the (adopted) maps hold that nothing asks for any more.
     planned: bool,
@@ -27,9 +29,27 @@ pub struct Planner {
 
 impl Planner {
     pub fn apply(&mut self, batch: Vec<SourceEvent>) {
+        let mut dirty = BTreeSet::new();
         for event in batch {
-            self.store.apply(event, &mut self.dirty);
+            self.store.apply(event, &mut dirty);
         }
+        self.changed.extend(dirty.iter().cloned());
+        self.dirty.extend(dirty);
+    }
+
+    /// Services changed since the last call, for other readers of the
+    /// model (DNS); the store has their current state.
+    pub fn take_changed(&mut self) -> BTreeSet<ObjectKey> {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether Services and EndpointSlices have both been listed.
+    pub fn synced(&self) -> bool {
+        self.store.synced()
     }
 
     /// The desired state of whatever changed since the last plan; `None`
@@ -126,6 +146,7 @@ mod tests {
             kind,
             ports,
             other_proxy: rng.next(8) == 0,
+            publish_not_ready: false,
         }
     }
 
@@ -271,6 +292,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                 }],
                 other_proxy: false,
+                publish_not_ready: false,
             };
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));

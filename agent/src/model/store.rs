@@ -172,14 +172,26 @@ impl Store {
     /// What Service `key` asks of the dataplane (`None` when it is gone).
     pub fn service_desired(&self, key: &ObjectKey) -> Option<ServiceDesired> {
         let svc = self.services.items.get(key)?;
-        let slices: Vec<&SliceInfo> = self
-            .slices_of
+        Some(service_desired(svc, &self.slices_of(key)))
+    }
+
+    pub fn service(&self, key: &ObjectKey) -> Option<&ServiceInfo> {
+        self.services.items.get(key)
+    }
+
+    /// The EndpointSlices of Service `key`.
+    pub fn slices_of(&self, key: &ObjectKey) -> Vec<&SliceInfo> {
+        self.slices_of
             .get(key)
             .into_iter()
             .flatten()
             .filter_map(|k| self.slices.items.get(k))
-            .collect();
-        Some(service_desired(svc, &slices))
+            .collect()
+    }
+
+    /// Every Service's key.
+    pub fn service_keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.services.items.keys()
     }
 
     /// This node (the watch selects it by name; at most one).

@@ -158,6 +158,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         kind,
         ports,
         other_proxy,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
     })
 }
 

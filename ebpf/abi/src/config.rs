@@ -8,6 +8,10 @@ use crate::pod;
 /// it, and ClusterIPs on ports no Service has, are rejected (kube-proxy's
 /// nftables mode).
 pub const CFG_SERVICE_CIDR: u32 = 1;
+/// `DataplaneConfig::flags`: `local_ip_be` is the node-local DNS address,
+/// served by the agent itself: never NATed nor rejected, even when a
+/// Service has it as ClusterIP (as NodeLocal DNSCache binds kube-dns's).
+pub const CFG_LOCAL_IP: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,7 +19,7 @@ pub struct DataplaneConfig {
     pub service_net_be: [u8; 4],
     pub service_mask_be: [u8; 4],
     pub flags: u32,
-    pub _pad: u32,
+    pub local_ip_be: [u8; 4],
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 16);
 
@@ -31,8 +35,23 @@ impl DataplaneConfig {
             service_net_be: net.to_be_bytes(),
             service_mask_be: mask.to_be_bytes(),
             flags: CFG_SERVICE_CIDR,
-            _pad: 0,
+            local_ip_be: [0; 4],
         }
+    }
+
+    /// The same, with `ip` passed untouched to the node's own stack.
+    #[must_use]
+    pub const fn with_local_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.local_ip_be = ip.octets();
+        self.flags |= CFG_LOCAL_IP;
+        self
+    }
+
+    /// Whether `addr_be` is the node-local address that passes untouched.
+    #[inline(always)]
+    pub const fn is_local_ip(&self, addr_be: [u8; 4]) -> bool {
+        self.flags & CFG_LOCAL_IP != 0
+            && u32::from_ne_bytes(addr_be) == u32::from_ne_bytes(self.local_ip_be)
     }
 
     /// Whether `addr_be` lies in the configured service CIDR.
@@ -62,5 +81,18 @@ mod tests {
         assert!(!DataplaneConfig::default().in_service_cidr([10, 96, 0, 1]));
         let all = DataplaneConfig::with_service_cidr(Ipv4Addr::new(1, 2, 3, 4), 0);
         assert!(all.in_service_cidr([8, 8, 8, 8]));
+    }
+
+    #[test]
+    fn the_local_ip_is_recognised_only_when_set() {
+        let c = DataplaneConfig::default();
+        assert!(!c.is_local_ip([0, 0, 0, 0]), "unset: not even 0.0.0.0");
+        let c = c.with_local_ip(Ipv4Addr::new(169, 254, 20, 10));
+        assert!(c.is_local_ip([169, 254, 20, 10]));
+        assert!(!c.is_local_ip([169, 254, 20, 11]));
+        assert!(
+            !c.in_service_cidr([169, 254, 20, 10]),
+            "no service CIDR set"
+        );
     }
 }

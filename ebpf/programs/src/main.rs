@@ -17,7 +17,7 @@ mod stats;
 
 use aya_ebpf::{Global, macros::classifier, programs::TcContext};
 use sluice_abi::{
-    config::DataplaneConfig,
+    config::{CFG_SERVICE_CIDR, DataplaneConfig},
     service::{ServiceKey, ServiceValue},
     stats::{DropReason, Event},
 };
@@ -38,7 +38,7 @@ static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig {
     service_net_be: [0; 4],
     service_mask_be: [0; 4],
     flags: 0,
-    _pad: 0,
+    local_ip_be: [0; 4],
 });
 
 #[classifier]
@@ -58,6 +58,8 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let p = match parse::parse(ctx)? {
         Parsed::Packet(p) => p,
         Parsed::NotOurs => return Ok(pass()),
+        // The node-local DNS address: the agent's own sockets, not a Service.
+        Parsed::Fragment { daddr } if CONFIG.load().is_local_ip(daddr) => return Ok(pass()),
         Parsed::Fragment { daddr } => {
             // Only the first fragment has ports, so Service traffic cannot be
             // NATed fragment by fragment; anything else is not ours.
@@ -67,6 +69,10 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             return Ok(pass());
         }
     };
+    let config = CONFIG.load();
+    if config.is_local_ip(p.daddr) {
+        return Ok(pass());
+    }
     if let Some((key, svc)) = lb::frontend(&p) {
         return to_service(ctx, &p, &key, &svc);
     }
@@ -79,8 +85,7 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // kube-proxy nftables mode: with a service CIDR known, traffic to an
     // unallocated address in it, or to a ClusterIP on a port no Service has,
     // is rejected rather than sent towards a default route.
-    let config = CONFIG.load();
-    if config.flags != 0 {
+    if config.flags & CFG_SERVICE_CIDR != 0 {
         if lb::is_cluster_ip(p.daddr) {
             return reject::reject(ctx, &p, DropReason::UnknownPort);
         }

@@ -39,6 +39,9 @@ pub struct AgentOptions {
     pub source: AgentSource,
     pub interfaces: String,
     pub service_cidr: Option<String>,
+    /// Cluster DNS: `--dns-ip` and `--upstream` (never the machine's own
+    /// resolvers: only lab addresses, or none).
+    pub dns: Option<LabDns>,
     pub extra_args: Vec<String>,
     /// Print the agent's log lines as they come (also with `SLUICE_LAB_ECHO`).
     pub echo: bool,
@@ -51,6 +54,7 @@ impl Default for AgentOptions {
             source: AgentSource::Manifests,
             interfaces: "veth*".into(),
             service_cidr: None,
+            dns: None,
             extra_args: Vec::new(),
             echo: env::var_os("SLUICE_LAB_ECHO").is_some(),
         }
@@ -59,6 +63,14 @@ impl Default for AgentOptions {
 
 pub fn default_bin() -> PathBuf {
     crate::process::workspace_bin("SLUICE_BIN", "sluice")
+}
+
+/// The agent's DNS settings in the lab.
+#[derive(Clone, Debug)]
+pub struct LabDns {
+    pub ip: std::net::IpAddr,
+    /// Lab servers only; empty: names outside the cluster get SERVFAIL.
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// A running agent; killed on drop if still running.
@@ -120,6 +132,15 @@ impl Agent {
                     .iter()
                     .flat_map(|c| ["--service-cidr", c.as_str()]),
             )
+            .args(opts.dns.iter().flat_map(|d| {
+                let upstreams: Vec<String> = d.upstreams.iter().map(ToString::to_string).collect();
+                [
+                    "--dns-ip".to_owned(),
+                    d.ip.to_string(),
+                    "--upstream".to_owned(),
+                    upstreams.join(","),
+                ]
+            }))
             .args(&opts.extra_args)
             .env_remove("RUST_LOG");
         // SLUICE_LOG sets the agent's RUST_LOG; otherwise its flags decide.

@@ -22,6 +22,7 @@ use nix::mount::{MntFlags, umount2};
 use crate::{
     Agent, AgentOptions, ApiServer, Netns, Responder,
     netns::{owner_is_dead, unique_stem},
+    process::Process,
 };
 
 /// The pods' default gateway: an address of the node namespace.
@@ -42,6 +43,8 @@ pub struct Lab {
     // Field order is drop order: agent, API server, responders, pods, node.
     agent: Option<Agent>,
     apiserver: Option<ApiServer>,
+    /// Other servers in pods (dnsmasq as an upstream DNS server).
+    servers: Vec<(String, Process)>,
     responders: Vec<Responder>,
     pods: Vec<Pod>,
     node: Netns,
@@ -60,6 +63,7 @@ impl Lab {
             stem,
             agent: None,
             apiserver: None,
+            servers: Vec::new(),
             responders: Vec::new(),
             pods: Vec::new(),
             node,
@@ -145,6 +149,49 @@ impl Lab {
     pub fn serve(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let responder = Responder::start(&self.pod(name).ns, name, tcp, udp)?;
         self.responders.push(responder);
+        Ok(())
+    }
+
+    /// A DNS server (Debian's dnsmasq) in pod `name` at `ip`, answering
+    /// from `args` only (`--host-record=…`, `--local=/zone/`): it reads no
+    /// config file, no hosts file and no resolv.conf.
+    pub fn add_dnsmasq(&mut self, name: &str, ip: Ipv4Addr, args: &[&str]) -> Result<()> {
+        self.add_pod(name, ip)?;
+        let file = self.pod(name).ns.open()?;
+        let mut cmd = std::process::Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+        ])
+        .arg(format!("--listen-address={ip}"))
+        .args(args);
+        crate::netns::enter_on_spawn(&mut cmd, &file);
+        let echo = std::env::var_os("SLUICE_LAB_ECHO").is_some();
+        let mut process = Process::spawn("dnsmasq", cmd, echo)?;
+        drop(file);
+        process
+            .wait_for("started, version", 0, Duration::from_secs(10))
+            .context("dnsmasq did not start")?;
+        self.servers.push((name.to_owned(), process));
+        Ok(())
+    }
+
+    /// Stops the server started in pod `name` (SIGTERM, then SIGKILL).
+    pub fn stop_server(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .servers
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("no server in pod `{name}`"))?;
+        let (_, mut process) = self.servers.remove(i);
+        process.signal_and_wait(nix::sys::signal::Signal::SIGTERM)?;
         Ok(())
     }
 
@@ -335,6 +382,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.agent.take();
         self.apiserver.take();
+        self.servers.clear();
         self.responders.clear();
         self.pods.clear();
         // The node namespace is dropped after this body; the pin directory is

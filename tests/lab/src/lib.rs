@@ -22,7 +22,7 @@ mod responder;
 
 use std::process::Command;
 
-pub use agent::{Agent, AgentOptions, AgentSource, default_bin};
+pub use agent::{Agent, AgentOptions, AgentSource, LabDns, default_bin};
 use anyhow::{Context as _, Result, bail};
 pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;

@@ -15,6 +15,8 @@ use crate::ip;
 /// Prefix of every namespace the lab creates: `sl<pid>x<n>-<role>`.
 const PREFIX: &str = "sl";
 const NETNS_DIR: &str = "/run/netns";
+/// Per-namespace files `ip netns exec` bind-mounts over /etc (resolv.conf).
+const ETC_NETNS_DIR: &str = "/etc/netns";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -94,11 +96,31 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The resolv.conf that commands run with `command` see: written to
+    /// /etc/netns/<name>/, which `ip netns exec` bind-mounts over /etc.
+    pub fn set_resolv_conf(&self, content: &str) -> Result<()> {
+        let dir = PathBuf::from(ETC_NETNS_DIR).join(&self.name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::write(dir.join("resolv.conf"), content)?;
+        Ok(())
+    }
+
+    /// `ip netns exec <name> <program>`: a command that runs inside, with
+    /// this namespace's /etc files.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!("warning: removing netns {}: {e:#}", self.name);
         }
+        let _ = fs::remove_dir_all(PathBuf::from(ETC_NETNS_DIR).join(&self.name));
     }
 }
 
@@ -128,6 +150,13 @@ pub fn reap_stale() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if owner_is_dead(&name) {
             let _ = ip(&["netns", "del", &name]);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(ETC_NETNS_DIR) {
+        for entry in entries.flatten() {
+            if owner_is_dead(&entry.file_name().to_string_lossy()) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
         }
     }
     crate::lab::reap_stale_dirs();

@@ -1,0 +1,164 @@
+//! Node-local cluster DNS: the agent answers `<svc>.<ns>.svc.<zone>` and
+//! friends from the same model as the dataplane, on an address local to the
+//! node (no NAT, no conntrack), and forwards other names upstream.
+//!
+//! The servers run on a runtime of their own, so that a long dataplane sync
+//! on the agent's runtime never delays an answer.
+
+pub mod address;
+pub mod forward;
+pub mod metrics;
+pub mod respond;
+pub mod server;
+pub mod zone;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+};
+
+use hickory_proto::rr::Name;
+use thiserror::Error;
+
+use crate::model::{ObjectKey, store::Store};
+
+/// The DNS part of `sluice run`'s configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub ip: IpAddr,
+    pub cluster_domain: String,
+    pub ttl: u32,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// CoreDNS's default record TTL.
+pub const DEFAULT_TTL: u32 = 5;
+
+#[derive(Debug, Error)]
+pub enum DnsError {
+    #[error("`cluster-domain`: `{0}` is not a domain name")]
+    Domain(String),
+    #[error(transparent)]
+    Address(#[from] address::AddressError),
+    #[error("cannot start the DNS runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running DNS service.
+pub struct Dns {
+    zone: Arc<zone::ClusterZone>,
+    metrics: Arc<metrics::Metrics>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Dns {
+    /// Makes the address local, binds UDP and TCP port 53 on it and serves.
+    pub async fn start(cfg: &DnsConfig) -> Result<Self, DnsError> {
+        let domain = Name::from_ascii(&cfg.cluster_domain)
+            .map_err(|_| DnsError::Domain(cfg.cluster_domain.clone()))?;
+        let placed = address::ensure(cfg.ip).await?;
+        let zone = Arc::new(zone::ClusterZone::new(&domain, cfg.ttl));
+        let metrics = Arc::new(metrics::Metrics::default());
+        let upstreams: Vec<SocketAddr> = cfg
+            .upstreams
+            .iter()
+            .copied()
+            .filter(|u| u.ip() != cfg.ip)
+            .collect();
+        if upstreams.len() < cfg.upstreams.len() {
+            tracing::warn!("the DNS address itself is not an upstream (that would loop); skipped");
+        }
+        let resolver = Arc::new(respond::Resolver {
+            zone: Arc::clone(&zone),
+            forwarder: forward::Forwarder::new(upstreams.clone()),
+            metrics: Arc::clone(&metrics),
+        });
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("sluice-dns")
+            .enable_all()
+            .build()
+            .map_err(DnsError::Runtime)?;
+        let addr = SocketAddr::new(cfg.ip, 53);
+        let tasks = {
+            let _in_runtime = runtime.enter();
+            server::serve(addr, workers, resolver)
+                .map_err(|source| DnsError::Listen { addr, source })?
+        };
+        // The tasks run until the runtime shuts down.
+        runtime.spawn(async move {
+            let mut tasks = tasks;
+            while tasks.join_next().await.is_some() {}
+        });
+        tracing::info!(
+            %addr,
+            domain = %zone.domain(),
+            ttl = cfg.ttl,
+            upstreams = ?upstreams,
+            on = ?placed,
+            "serving DNS"
+        );
+        Ok(Self {
+            zone,
+            metrics,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Publishes the current state of the Services in `changed`.
+    pub fn update(&self, store: &Store, changed: &BTreeSet<ObjectKey>) {
+        for key in changed {
+            let published = store
+                .service(key)
+                .map(|svc| zone::dns_service(svc, &store.slices_of(key)));
+            self.zone.set(key, published);
+        }
+    }
+
+    /// The model is complete: cluster names are answered from now on.
+    pub fn set_synced(&self) {
+        self.zone.set_synced();
+    }
+
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        Arc::clone(&self.metrics)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The nameservers of a resolv.conf, as upstreams (port 53).
+pub fn upstreams_from_resolv_conf(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        // A zone index (fe80::1%eth0) is not kept.
+        .filter_map(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect())
+}
+
+/// `IP` or `IP:port` (`[v6]:port`); port 53 by default.
+pub fn parse_upstream(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}

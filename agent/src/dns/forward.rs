@@ -1,0 +1,290 @@
+//! Names outside the cluster go to the upstream servers: UDP first, TCP
+//! when the answer comes back truncated, the next upstream when one fails.
+//! Answers are cached: positive ones for their TTL capped at 30 s, negative
+//! ones for 5 s; when every upstream fails, an expired entry is served for
+//! up to 5 minutes more (RFC 8767, "serve stale").
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Mutex, PoisonError, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, Record, RecordType},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+    sync::Semaphore,
+    time::timeout,
+};
+
+use super::metrics::Metrics;
+
+const MAX_POSITIVE_TTL: u32 = 30;
+const NEGATIVE_TTL: u32 = 5;
+const STALE_FOR: Duration = Duration::from_secs(300);
+/// The TTL of a stale answer (RFC 8767 suggests 30 s).
+const STALE_TTL: u32 = 30;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const CACHE_ENTRIES: usize = 10_000;
+/// Forwarded queries in flight at once (CoreDNS's `max_concurrent 1000`).
+const MAX_IN_FLIGHT: usize = 1000;
+const BUFFER: u16 = 1232;
+
+/// An upstream's answer, as kept and replayed.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    answer: Answer,
+    stored: Instant,
+    expires: Instant,
+}
+
+type Key = (Name, RecordType, DNSClass);
+
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    cache: Mutex<HashMap<Key, Entry>>,
+    in_flight: Semaphore,
+}
+
+/// Why a name could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no upstream DNS server is configured")]
+    NoUpstream,
+    #[error("every upstream failed")]
+    AllFailed,
+    #[error("too many forwarded queries in flight")]
+    Busy,
+}
+
+impl Forwarder {
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self {
+            upstreams,
+            cache: Mutex::new(HashMap::new()),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
+
+    /// The answer to `name`/`qtype`, from the cache or the upstreams.
+    pub async fn resolve(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        qclass: DNSClass,
+        metrics: &Metrics,
+    ) -> Result<Answer, ForwardError> {
+        let key = (name.to_lowercase(), qtype, qclass);
+        let now = Instant::now();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(entry) = &cached
+            && now < entry.expires
+        {
+            metrics.cache_hits.fetch_add(1, Relaxed);
+            return Ok(aged(&entry.answer, now.duration_since(entry.stored), None));
+        }
+        metrics.cache_misses.fetch_add(1, Relaxed);
+        if self.upstreams.is_empty() {
+            return Err(ForwardError::NoUpstream);
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(ForwardError::Busy);
+        };
+        for upstream in &self.upstreams {
+            match ask(*upstream, name, qtype, qclass).await {
+                Ok(answer) => {
+                    self.store(key, &answer, now);
+                    return Ok(answer);
+                }
+                Err(e) => {
+                    metrics.upstream_failures.fetch_add(1, Relaxed);
+                    tracing::debug!(%upstream, %name, "upstream: {e}");
+                }
+            }
+        }
+        match cached {
+            Some(entry) if now < entry.expires + STALE_FOR => {
+                metrics.cache_stale.fetch_add(1, Relaxed);
+                Ok(aged(&entry.answer, Duration::ZERO, Some(STALE_TTL)))
+            }
+            _ => Err(ForwardError::AllFailed),
+        }
+    }
+
+    fn store(&self, key: Key, answer: &Answer, now: Instant) {
+        let ttl = match answer.rcode {
+            ResponseCode::NoError if !answer.answers.is_empty() => answer
+                .answers
+                .iter()
+                .map(|r| r.ttl)
+                .min()
+                .unwrap_or(0)
+                .min(MAX_POSITIVE_TTL),
+            ResponseCode::NoError | ResponseCode::NXDomain => NEGATIVE_TTL,
+            // SERVFAIL and the like are not kept.
+            _ => return,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_ENTRIES {
+            // Drop what is past serving stale, then, if still full, anything.
+            cache.retain(|_, e| now < e.expires + STALE_FOR);
+            if cache.len() >= CACHE_ENTRIES {
+                let excess: Vec<Key> = cache.keys().take(CACHE_ENTRIES / 10).cloned().collect();
+                for k in excess {
+                    cache.remove(&k);
+                }
+            }
+        }
+        cache.insert(
+            key,
+            Entry {
+                answer: answer.clone(),
+                stored: now,
+                expires: now + Duration::from_secs(u64::from(ttl)),
+            },
+        );
+    }
+}
+
+/// `answer` with its TTLs lowered by `age` (or set to `ttl`).
+fn aged(answer: &Answer, age: Duration, ttl: Option<u32>) -> Answer {
+    let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+    let fix = |records: &[Record]| -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.ttl = ttl.unwrap_or_else(|| r.ttl.saturating_sub(age));
+                r
+            })
+            .collect()
+    };
+    Answer {
+        rcode: answer.rcode,
+        answers: fix(&answer.answers),
+        authorities: fix(&answer.authorities),
+        additionals: fix(&answer.additionals),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot encode the query: {0}")]
+    Encode(String),
+    #[error("a malformed or mismatched answer")]
+    Mismatch,
+    #[error("answered {0}")]
+    Failed(ResponseCode),
+}
+
+async fn ask(
+    upstream: SocketAddr,
+    name: &Name,
+    qtype: RecordType,
+    qclass: DNSClass,
+) -> Result<Answer, AskError> {
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    let mut q = Query::query(name.clone(), qtype);
+    q.set_query_class(qclass);
+    query.add_query(q);
+    let mut edns = Edns::new();
+    edns.set_max_payload(BUFFER);
+    query.set_edns(edns);
+    let bytes = query
+        .to_vec()
+        .map_err(|e| AskError::Encode(e.to_string()))?;
+
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|_| AskError::Mismatch)?;
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(upstream).await?;
+    socket.send(&bytes).await?;
+    let mut buf = vec![0u8; 65_535];
+    let reply = timeout(ATTEMPT_TIMEOUT, async {
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            // Anything that is not the answer to this query is ignored.
+            if let Some(reply) = buf.get(..n).and_then(|b| matching(&query, b)) {
+                return Ok::<_, std::io::Error>(reply);
+            }
+        }
+    })
+    .await
+    .map_err(|_| AskError::Timeout)??;
+    let reply = if reply.metadata.truncation {
+        ask_tcp(upstream, &query, &bytes).await?
+    } else {
+        reply
+    };
+    match reply.metadata.response_code {
+        ResponseCode::NoError | ResponseCode::NXDomain => Ok(Answer {
+            rcode: reply.metadata.response_code,
+            answers: reply.answers,
+            authorities: reply.authorities,
+            additionals: reply.additionals,
+        }),
+        other => Err(AskError::Failed(other)),
+    }
+}
+
+async fn ask_tcp(upstream: SocketAddr, query: &Message, bytes: &[u8]) -> Result<Message, AskError> {
+    timeout(ATTEMPT_TIMEOUT, async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let len = u16::try_from(bytes.len()).map_err(|_| AskError::Mismatch)?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(bytes);
+        stream.write_all(&framed).await?;
+        let len = usize::from(stream.read_u16().await?);
+        let mut buf = vec![0u8; len];
+        stream.read_exact(&mut buf).await?;
+        matching(query, &buf).ok_or(AskError::Mismatch)
+    })
+    .await
+    .map_err(|_| AskError::Timeout)?
+}
+
+/// The reply to `query` in `bytes`: same id, a response, the same question.
+fn matching(query: &Message, bytes: &[u8]) -> Option<Message> {
+    let reply = Message::from_vec(bytes).ok()?;
+    let same_question = match (reply.queries.first(), query.queries.first()) {
+        (Some(a), Some(b)) => {
+            a.query_type() == b.query_type()
+                && a.query_class() == b.query_class()
+                && a.name().eq_ignore_root(b.name())
+        }
+        _ => false,
+    };
+    (reply.metadata.id == query.metadata.id
+        && reply.metadata.message_type == MessageType::Response
+        && reply.metadata.op_code == OpCode::Query
+        && same_question)
+        .then_some(reply)
+}

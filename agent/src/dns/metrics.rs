@@ -1,0 +1,198 @@
+//! DNS counters, in Prometheus text format on the health port's /metrics:
+//! queries by type and response code, a latency histogram, cache hits,
+//! upstream failures, and what was dropped or truncated.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use hickory_proto::{op::ResponseCode, rr::RecordType};
+
+const TYPES: [(&str, RecordType); 9] = [
+    ("A", RecordType::A),
+    ("AAAA", RecordType::AAAA),
+    ("SRV", RecordType::SRV),
+    ("PTR", RecordType::PTR),
+    ("CNAME", RecordType::CNAME),
+    ("TXT", RecordType::TXT),
+    ("SOA", RecordType::SOA),
+    ("NS", RecordType::NS),
+    ("ANY", RecordType::ANY),
+];
+const OTHER_TYPE: usize = TYPES.len();
+
+const RCODES: [(&str, ResponseCode); 6] = [
+    ("NOERROR", ResponseCode::NoError),
+    ("FORMERR", ResponseCode::FormErr),
+    ("SERVFAIL", ResponseCode::ServFail),
+    ("NXDOMAIN", ResponseCode::NXDomain),
+    ("NOTIMP", ResponseCode::NotImp),
+    ("REFUSED", ResponseCode::Refused),
+];
+const OTHER_RCODE: usize = RCODES.len();
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// Why a message got no answer.
+#[derive(Clone, Copy, Debug)]
+pub enum Dropped {
+    /// Shorter than a header.
+    Short,
+    /// A response, not a query.
+    Response,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    queries: [[AtomicU64; OTHER_RCODE + 1]; OTHER_TYPE + 1],
+    latency: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_stale: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub truncated: AtomicU64,
+    dropped_short: AtomicU64,
+    dropped_response: AtomicU64,
+    pub tcp_refused: AtomicU64,
+}
+
+impl Metrics {
+    /// One answered query.
+    pub fn answered(&self, qtype: Option<RecordType>, rcode: ResponseCode, took: Duration) {
+        let t = qtype
+            .and_then(|q| TYPES.iter().position(|(_, t)| *t == q))
+            .unwrap_or(OTHER_TYPE);
+        let r = RCODES
+            .iter()
+            .position(|(_, c)| *c == rcode)
+            .unwrap_or(OTHER_RCODE);
+        if let Some(c) = self.queries.get(t).and_then(|row| row.get(r)) {
+            c.fetch_add(1, Relaxed);
+        }
+        let secs = took.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
+        if let Some(c) = self.latency.get(b) {
+            c.fetch_add(1, Relaxed);
+        }
+        self.latency_sum_us
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn dropped(&self, why: Dropped) {
+        match why {
+            Dropped::Short => &self.dropped_short,
+            Dropped::Response => &self.dropped_response,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP sluice_dns_queries_total DNS queries answered, by query type and response code.\n");
+        out.push_str("# TYPE sluice_dns_queries_total counter\n");
+        for (t, row) in self.queries.iter().enumerate() {
+            let ty = TYPES.get(t).map_or("other", |(n, _)| n);
+            for (r, c) in row.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let rc = RCODES.get(r).map_or("other", |(n, _)| n);
+                    let _ = writeln!(
+                        out,
+                        "sluice_dns_queries_total{{type=\"{ty}\",rcode=\"{rc}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP sluice_dns_request_duration_seconds Time from a query's arrival to its answer.\n");
+        out.push_str("# TYPE sluice_dns_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, c) in self.latency.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            match BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        out,
+                        "sluice_dns_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "sluice_dns_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a sum in seconds for display")]
+        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "sluice_dns_request_duration_seconds_sum {sum}");
+        let _ = writeln!(
+            out,
+            "sluice_dns_request_duration_seconds_count {cumulative}"
+        );
+        for (name, help, value) in [
+            (
+                "sluice_dns_cache_hits_total",
+                "Forwarded names answered from the cache.",
+                &self.cache_hits,
+            ),
+            (
+                "sluice_dns_cache_misses_total",
+                "Forwarded names not in the cache.",
+                &self.cache_misses,
+            ),
+            (
+                "sluice_dns_cache_stale_total",
+                "Expired cache entries served because every upstream failed.",
+                &self.cache_stale,
+            ),
+            (
+                "sluice_dns_upstream_failures_total",
+                "Upstream queries that failed or timed out.",
+                &self.upstream_failures,
+            ),
+            (
+                "sluice_dns_truncated_total",
+                "UDP answers truncated (TC) for not fitting.",
+                &self.truncated,
+            ),
+            (
+                "sluice_dns_tcp_refused_total",
+                "TCP connections refused at the connection limit.",
+                &self.tcp_refused,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP sluice_dns_dropped_total Messages dropped without an answer, by reason.\n",
+        );
+        out.push_str("# TYPE sluice_dns_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "sluice_dns_dropped_total{{reason=\"short\"}} {}",
+            self.dropped_short.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "sluice_dns_dropped_total{{reason=\"response\"}} {}",
+            self.dropped_response.load(Relaxed)
+        );
+        out
+    }
+}

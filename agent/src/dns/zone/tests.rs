@@ -1,0 +1,349 @@
+//! The cluster zone: what Services publish, and the answers (spec schema
+//! 1.1.0 and CoreDNS's negative-answer table).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use hickory_proto::rr::{Name, RData, RecordType};
+
+use super::*;
+use crate::model::{EndpointInfo, ServicePortInfo, SlicePortInfo};
+
+fn key(ns: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+fn svc(ns: &str, name: &str, kind: ServiceKind) -> ServiceInfo {
+    ServiceInfo {
+        key: key(ns, name),
+        kind,
+        ports: vec![
+            ServicePortInfo {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            ServicePortInfo {
+                name: String::new(),
+                port: 81,
+                protocol: Protocol::Tcp,
+            },
+        ],
+        other_proxy: false,
+        publish_not_ready: false,
+    }
+}
+
+fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> EndpointInfo {
+    EndpointInfo {
+        addresses: vec![ip.parse().unwrap()],
+        ready,
+        serving: ready,
+        terminating: false,
+        hostname: hostname.map(Into::into),
+        node_name: None,
+    }
+}
+
+fn slice(service: &str, endpoints: Vec<EndpointInfo>) -> SliceInfo {
+    SliceInfo {
+        key: key("default", &format!("{service}-x")),
+        service: Some(service.into()),
+        ports: vec![SlicePortInfo {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        endpoints,
+    }
+}
+
+fn clusterip(ip: &str) -> ServiceKind {
+    ServiceKind::ClusterIp {
+        ips: vec![ip.parse().unwrap()],
+    }
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+/// A zone with `web` (ClusterIP), `db` (headless: two ready endpoints, one
+/// with a hostname, one not ready), `ext` (ExternalName) in `default`.
+fn zone() -> ClusterZone {
+    let zone = ClusterZone::new(&name("cluster.local"), 5);
+    let web = svc("default", "web", clusterip("10.96.0.10"));
+    zone.set(&web.key, Some(dns_service(&web, &[])));
+    let db = svc("default", "db", ServiceKind::Headless);
+    let db_slice = slice(
+        "db",
+        vec![
+            ep("10.0.0.1", Some("DB-0"), true),
+            ep("10.0.0.2", None, true),
+            ep("10.0.0.3", Some("db-2"), false),
+        ],
+    );
+    zone.set(&db.key, Some(dns_service(&db, &[&db_slice])));
+    let ext = svc(
+        "default",
+        "ext",
+        ServiceKind::ExternalName {
+            name: "www.example.org".into(),
+        },
+    );
+    zone.set(&ext.key, Some(dns_service(&ext, &[])));
+    zone.set_synced();
+    zone
+}
+
+fn addrs(lookup: &Lookup) -> Vec<String> {
+    let Lookup::Answer { answers, .. } = lookup else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::A(a) => a.0.to_string(),
+            RData::AAAA(a) => a.0.to_string(),
+            RData::SRV(s) => format!("{} {} {}", s.weight, s.port, s.target),
+            RData::PTR(p) => p.0.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn only_ready_endpoints_are_published_unless_the_service_says_otherwise() {
+    let mut db = svc("default", "db", ServiceKind::Headless);
+    let s = slice(
+        "db",
+        vec![ep("10.0.0.1", None, true), ep("10.0.0.3", Some("x"), false)],
+    );
+    let published = dns_service(&db, &[&s]);
+    assert_eq!(published.endpoints.len(), 1);
+    assert_eq!(
+        published.endpoints[0].name, "10-0-0-1",
+        "no hostname: the dashed address"
+    );
+    db.publish_not_ready = true;
+    assert_eq!(dns_service(&db, &[&s]).endpoints.len(), 2);
+}
+
+#[test]
+fn a_dual_stack_endpoint_in_two_slices_is_one_name_with_both_addresses() {
+    let db = svc("default", "db", ServiceKind::Headless);
+    let v4 = slice("db", vec![ep("10.0.0.1", Some("db-0"), true)]);
+    let v6 = slice("db", vec![ep("fd00::1", Some("db-0"), true)]);
+    let published = dns_service(&db, &[&v4, &v6]);
+    assert_eq!(published.endpoints.len(), 1);
+    assert_eq!(published.endpoints[0].ips.len(), 2);
+}
+
+#[test]
+fn cluster_ip_services_answer_a_and_nodata_for_other_types() {
+    let z = zone();
+    let q = name("Web.Default.svc.cluster.local.");
+    let a = z.lookup(&q, RecordType::A);
+    assert_eq!(addrs(&a), ["10.96.0.10"]);
+    let Lookup::Answer { answers, .. } = &a else {
+        unreachable!()
+    };
+    assert!(
+        answers[0].name.eq_case(&q),
+        "the answer echoes the question's case"
+    );
+    assert_eq!(answers[0].ttl, 5);
+    assert_eq!(z.lookup(&q, RecordType::AAAA), Lookup::NoData);
+    assert_eq!(z.lookup(&q, RecordType::TXT), Lookup::NoData);
+}
+
+#[test]
+fn headless_services_answer_their_ready_endpoints_by_set_and_by_name() {
+    let z = zone();
+    assert_eq!(
+        addrs(&z.lookup(&name("db.default.svc.cluster.local."), RecordType::A)),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    assert_eq!(
+        addrs(&z.lookup(&name("db-0.db.default.svc.cluster.local."), RecordType::A)),
+        ["10.0.0.1"]
+    );
+    assert_eq!(
+        addrs(&z.lookup(
+            &name("10-0-0-2.db.default.svc.cluster.local."),
+            RecordType::A
+        )),
+        ["10.0.0.2"]
+    );
+    assert_eq!(
+        z.lookup(&name("db-2.db.default.svc.cluster.local."), RecordType::A),
+        Lookup::NxDomain,
+        "not ready"
+    );
+    // No ready endpoint at all: the name does not exist.
+    let empty = svc("default", "empty", ServiceKind::Headless);
+    z.set(&empty.key, Some(dns_service(&empty, &[])));
+    assert_eq!(
+        z.lookup(&name("empty.default.svc.cluster.local."), RecordType::A),
+        Lookup::NxDomain
+    );
+}
+
+#[test]
+fn srv_records_exist_for_named_ports_only() {
+    let z = zone();
+    let web = z.lookup(
+        &name("_http._tcp.web.default.svc.cluster.local."),
+        RecordType::SRV,
+    );
+    assert_eq!(addrs(&web), ["100 80 web.default.svc.cluster.local."]);
+    let Lookup::Answer { additionals, .. } = &web else {
+        unreachable!()
+    };
+    assert_eq!(additionals.len(), 1, "the target's address rides along");
+    let db = z.lookup(
+        &name("_http._tcp.db.default.svc.cluster.local."),
+        RecordType::SRV,
+    );
+    assert_eq!(
+        addrs(&db),
+        [
+            "50 8080 10-0-0-2.db.default.svc.cluster.local.",
+            "50 8080 db-0.db.default.svc.cluster.local."
+        ]
+    );
+    assert_eq!(
+        z.lookup(
+            &name("_nope._tcp.web.default.svc.cluster.local."),
+            RecordType::SRV
+        ),
+        Lookup::NxDomain
+    );
+    assert_eq!(
+        z.lookup(
+            &name("_http._udp.web.default.svc.cluster.local."),
+            RecordType::SRV
+        ),
+        Lookup::NxDomain
+    );
+    assert_eq!(
+        z.lookup(
+            &name("_http._tcp.web.default.svc.cluster.local."),
+            RecordType::A
+        ),
+        Lookup::NoData
+    );
+    assert_eq!(
+        z.lookup(
+            &name("_tcp.web.default.svc.cluster.local."),
+            RecordType::SRV
+        ),
+        Lookup::NoData
+    );
+}
+
+#[test]
+fn ptr_records_point_at_services_and_headless_endpoints_and_follow_changes() {
+    let z = zone();
+    let ptr = |ip: &str| z.lookup(&name(&format!("{ip}.in-addr.arpa.")), RecordType::PTR);
+    assert_eq!(
+        addrs(&ptr("10.0.96.10")),
+        ["web.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        addrs(&ptr("1.0.0.10")),
+        ["db-0.db.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        ptr("9.9.9.9"),
+        Lookup::NotOurs,
+        "not a cluster address: forwarded"
+    );
+    let web = svc("default", "web", clusterip("10.96.0.20"));
+    z.set(&web.key, Some(dns_service(&web, &[])));
+    assert_eq!(
+        ptr("10.0.96.10"),
+        Lookup::NotOurs,
+        "the old ClusterIP is forgotten"
+    );
+    assert_eq!(
+        addrs(&ptr("20.0.96.10")),
+        ["web.default.svc.cluster.local."]
+    );
+    z.set(&web.key, None);
+    assert_eq!(ptr("20.0.96.10"), Lookup::NotOurs);
+}
+
+#[test]
+fn negative_answers_follow_coredns() {
+    let z = zone();
+    let q = |n: &str| z.lookup(&name(n), RecordType::A);
+    assert_eq!(q("nosuch.default.svc.cluster.local."), Lookup::NxDomain);
+    assert_eq!(
+        q("google.com.default.svc.cluster.local."),
+        Lookup::NxDomain,
+        "search-list expansion"
+    );
+    assert_eq!(
+        q("default.svc.cluster.local."),
+        Lookup::NoData,
+        "a namespace with Services"
+    );
+    assert_eq!(q("nowhere.svc.cluster.local."), Lookup::NxDomain);
+    assert_eq!(q("svc.cluster.local."), Lookup::NoData);
+    assert_eq!(q("cluster.local."), Lookup::NoData);
+    assert_eq!(q("a.b.c.d.e.f.cluster.local."), Lookup::NxDomain);
+    assert_eq!(q("example.org."), Lookup::NotOurs);
+    let soa = z.soa();
+    let RData::SOA(s) = &soa.data else {
+        unreachable!()
+    };
+    assert_eq!(s.minimum, 5, "the SOA minimum is the TTL");
+    assert_eq!(
+        z.lookup(&name("cluster.local."), RecordType::SOA),
+        Lookup::Answer {
+            answers: vec![soa],
+            additionals: vec![]
+        }
+    );
+}
+
+#[test]
+fn external_names_are_aliases_and_the_version_is_published() {
+    let z = zone();
+    let Lookup::Alias { cname, target } =
+        z.lookup(&name("ext.default.svc.cluster.local."), RecordType::A)
+    else {
+        panic!("an alias")
+    };
+    assert_eq!(target, name("www.example.org."));
+    assert!(matches!(cname.data, RData::CNAME(_)));
+    assert_eq!(
+        z.lookup(&name("x.ext.default.svc.cluster.local."), RecordType::A),
+        Lookup::NxDomain
+    );
+    let Lookup::Answer { answers, .. } =
+        z.lookup(&name("dns-version.cluster.local."), RecordType::TXT)
+    else {
+        panic!("a TXT record")
+    };
+    assert_eq!(answers[0].data.to_string(), "1.1.0");
+}
+
+#[test]
+fn nothing_is_answered_before_the_model_is_listed() {
+    let z = ClusterZone::new(&name("cluster.local"), 5);
+    assert_eq!(
+        z.lookup(&name("web.default.svc.cluster.local."), RecordType::A),
+        Lookup::NotReady
+    );
+    assert_eq!(
+        z.lookup(&name("example.org."), RecordType::A),
+        Lookup::NotOurs
+    );
+    let _ = IpAddr::V4(Ipv4Addr::LOCALHOST);
+}
