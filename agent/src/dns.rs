@@ -6,11 +6,7 @@
 //! on the agent's runtime never delays an answer.
 
 pub mod address;
-pub mod forward;
-pub mod metrics;
-pub mod respond;
-pub mod server;
-pub mod zone;
+pub mod publish;
 
 use std::{
     collections::BTreeSet,
@@ -20,6 +16,7 @@ use std::{
 };
 
 use hickory_proto::rr::Name;
+pub use sluice_dns::{forward, metrics, respond, server, zone};
 use thiserror::Error;
 
 use crate::model::{ObjectKey, store::Store};
@@ -57,6 +54,8 @@ pub enum DnsError {
 pub struct Dns {
     zone: Arc<zone::ClusterZone>,
     metrics: Arc<metrics::Metrics>,
+    // Field order is drop order: the listeners, then their runtime.
+    servers: Option<server::Servers>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -90,16 +89,8 @@ impl Dns {
             .build()
             .map_err(DnsError::Runtime)?;
         let addr = SocketAddr::new(cfg.ip, 53);
-        let tasks = {
-            let _in_runtime = runtime.enter();
-            server::serve(addr, workers, resolver)
-                .map_err(|source| DnsError::Listen { addr, source })?
-        };
-        // The tasks run until the runtime shuts down.
-        runtime.spawn(async move {
-            let mut tasks = tasks;
-            while tasks.join_next().await.is_some() {}
-        });
+        let servers = server::serve(addr, workers, resolver, runtime.handle())
+            .map_err(|source| DnsError::Listen { addr, source })?;
         tracing::info!(
             %addr,
             domain = %zone.domain(),
@@ -111,6 +102,7 @@ impl Dns {
         Ok(Self {
             zone,
             metrics,
+            servers: Some(servers),
             runtime: Some(runtime),
         })
     }
@@ -120,8 +112,8 @@ impl Dns {
         for key in changed {
             let published = store
                 .service(key)
-                .map(|svc| zone::dns_service(svc, &store.slices_of(key)));
-            self.zone.set(key, published);
+                .map(|svc| publish::dns_service(svc, &store.slices_of(key)));
+            self.zone.set(&key.namespace, &key.name, published);
         }
     }
 
@@ -137,6 +129,7 @@ impl Dns {
 
 impl Drop for Dns {
     fn drop(&mut self) {
+        drop(self.servers.take());
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

@@ -10,7 +10,8 @@ use crate::{prereqs, run};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The benchmark: `sync` (the control loop against the local API server).
+    /// The benchmark: `sync` (the control loop against the local API
+    /// server) or `dns` (dnsperf against Sluice, NSD, Unbound, dnsmasq).
     pub bench: String,
     /// Passed to the benchmark (e.g. `--scales 1000,10000 --updates 100`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -24,8 +25,11 @@ pub fn bench(args: &Args) -> Result<()> {
             "`cargo xtask bench` needs root: it creates network namespaces and loads BPF programs"
         );
     }
-    if args.bench != "sync" {
-        bail!("unknown benchmark `{}`; there is `sync`", args.bench);
+    if !["sync", "dns"].contains(&args.bench.as_str()) {
+        bail!(
+            "unknown benchmark `{}`; there are `sync` and `dns`",
+            args.bench
+        );
     }
     let agent = run::build_agent(true)?;
     let apiserver = run::build_release_bin("sluice-apiserver", "sluice-apiserver")?;

@@ -19,6 +19,8 @@ const NIGHTLY: &str = "nightly";
 /// linters that run on the eBPF crate (rustfmt's import grouping is unstable).
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Runs the DNS parser's fuzz target (agent/dns/fuzz) in `cargo xtask test`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the build and the tests use, besides LLVM.
 const TOOL_PACKAGES: &[&str] = &[
@@ -51,6 +53,7 @@ struct Survey {
     missing_packages: Vec<String>,
     missing_components: Vec<&'static str>,
     bpf_linker_ok: bool,
+    cargo_fuzz_ok: bool,
 }
 
 fn survey() -> Survey {
@@ -130,12 +133,21 @@ fn survey() -> Survey {
         }
         (_, Ok(_)) => true,
     };
+    let cargo_fuzz_ok = output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_ok_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if !cargo_fuzz_ok {
+        missing.push(Missing {
+            what: format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
+            why: "`cargo xtask test` fuzzes the DNS message handling for a bounded time".into(),
+        });
+    }
     Survey {
         llvm_major,
         missing,
         missing_packages,
         missing_components,
         bpf_linker_ok,
+        cargo_fuzz_ok,
     }
 }
 
@@ -212,6 +224,14 @@ pub fn setup() -> Result<()> {
     }
     if !s.bpf_linker_ok {
         install_bpf_linker(major)?;
+    }
+    if !s.cargo_fuzz_ok {
+        run(Command::new("cargo").args([
+            "install",
+            "--force",
+            "--locked",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        ]))?;
     }
     let after = survey();
     if !after.missing.is_empty() {

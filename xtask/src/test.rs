@@ -5,7 +5,8 @@
 //! 3. privileged tests, one at a time: packet tests through
 //!    BPF_PROG_TEST_RUN and end-to-end tests in network namespaces, against
 //!    the `sluice` binary built here;
-//! 4. a smoke run of `cargo xtask run` (the README's first command).
+//! 4. the DNS message fuzz target (cargo-fuzz), for a bounded time;
+//! 5. smoke runs of `cargo xtask run` (the README's first command).
 //!
 //! Under `CI=true` a privileged test that cannot run fails instead of
 //! skipping (see `sluice_lab::require_privileges`).
@@ -23,6 +24,9 @@ pub struct Args {
     /// Skip clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Seconds of fuzzing of the DNS message handling (0: none).
+    #[arg(long, default_value_t = 60)]
+    fuzz_seconds: u32,
 }
 
 pub fn test(args: &Args) -> Result<()> {
@@ -107,6 +111,14 @@ pub fn test(args: &Args) -> Result<()> {
         ],
     )?;
 
+    if args.filter.is_none() && args.fuzz_seconds > 0 {
+        step(&format!(
+            "fuzzing DNS queries for {} s (agent/dns/fuzz)",
+            args.fuzz_seconds
+        ));
+        fuzz("dns_query", args.fuzz_seconds)?;
+    }
+
     if args.filter.is_none() {
         for source in [run::DemoSource::Apiserver, run::DemoSource::Manifests] {
             step(&format!(
@@ -123,6 +135,25 @@ pub fn test(args: &Args) -> Result<()> {
     }
     println!("\nall tests passed");
     Ok(())
+}
+
+/// Runs a cargo-fuzz target with its seeds and a scratch corpus; a crash
+/// fails (libFuzzer exits non-zero and leaves the input in artifacts/).
+fn fuzz(target: &str, seconds: u32) -> Result<()> {
+    let dir = run::workspace_root().join("agent/dns");
+    let corpus = run::target_dir().join("fuzz-corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    prereqs::run(
+        Command::new("cargo")
+            .current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg(dir.join("fuzz/seeds").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=2048")
+            .arg("-print_final_stats=1"),
+    )
 }
 
 fn step(name: &str) {

@@ -2,6 +2,8 @@
 //! measures, prints a table and writes it to a file; none asserts anything
 //! (targets are printed next to the numbers, for a person to read).
 
+mod dns;
+mod stats;
 mod sync;
 
 use anyhow::{Result, bail};
@@ -22,6 +24,8 @@ enum Bench {
     /// The control loop against the local API server: time to ready, update
     /// latency, map writes per change and memory, at several scales.
     Sync(sync::Args),
+    /// Cluster DNS: dnsperf against Sluice, NSD, Unbound and dnsmasq.
+    Dns(dns::Args),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +36,6 @@ fn main() -> Result<()> {
     sluice_lab::reap_stale();
     match cli.bench {
         Bench::Sync(args) => sync::run(&args),
+        Bench::Dns(args) => dns::run(&args),
     }
 }

@@ -37,6 +37,8 @@ use sluice_abi::{
 use sluice_agent::dataplane::maps::Maps;
 use sluice_lab::{AgentOptions, AgentSource, Lab, default_bin};
 
+use crate::stats::{ms, percentile};
+
 const NAMESPACE: &str = "default";
 const PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
@@ -123,14 +125,7 @@ pub fn run(args: &Args) -> Result<()> {
         loaded = services;
         rows.push(measure(&mut lab, &opts, &kubeconfig, services, args)?);
     }
-    let table = render(&rows, args);
-    println!("\n{table}");
-    if let Some(dir) = args.out.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&args.out, &table).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("written to {}", args.out.display());
-    Ok(())
+    crate::stats::publish(&render(&rows, args), &args.out)
 }
 
 fn measure(
@@ -363,37 +358,14 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index into a short list"
-    )]
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted.get(i).copied()
-}
-
-fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".into(),
-        |d| format!("{:.1} ms", d.as_secs_f64() * 1e3),
-    )
-}
-
 fn render(rows: &[Row], args: &Args) -> String {
     let mut out = String::new();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let _ = writeln!(
         out,
-        "# cargo xtask bench sync\n\nsluice (release) against sluice-apiserver in a lab namespace; {} endpoints per Service, one EndpointSlice each; {} single-endpoint updates per scale. Linux {}, {cpus} CPUs.\n",
+        "# cargo xtask bench sync\n\nsluice (release) against sluice-apiserver in a lab namespace; {} endpoints per Service, one EndpointSlice each; {} single-endpoint updates per scale. {}.\n",
         args.endpoints,
         args.updates,
-        kernel.trim()
+        crate::stats::machine()
     );
     out.push_str("| Services | start → ready | restart → ready | update p50 | update p99 | update max | lost | map writes per change (mean / max per sync) | RSS ready | RSS after updates |\n");
     out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -415,9 +387,9 @@ fn render(rows: &[Row], args: &Args) -> String {
             r.services,
             r.ready.as_secs_f64(),
             r.restart.as_secs_f64(),
-            ms(percentile(&sorted, 0.50)),
-            ms(percentile(&sorted, 0.99)),
-            ms(sorted.last().copied()),
+            ms(percentile(&sorted, 0.50), 1),
+            ms(percentile(&sorted, 0.99), 1),
+            ms(sorted.last().copied(), 1),
             r.lost,
             r.map_ops.iter().max().copied().unwrap_or(0),
             kib_to_mb(r.rss_ready_kib),

@@ -158,20 +158,8 @@ impl Lab {
     pub fn add_dnsmasq(&mut self, name: &str, ip: Ipv4Addr, args: &[&str]) -> Result<()> {
         self.add_pod(name, ip)?;
         let file = self.pod(name).ns.open()?;
-        let mut cmd = std::process::Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--user=root",
-            "--pid-file=",
-        ])
-        .arg(format!("--listen-address={ip}"))
-        .args(args);
+        let mut cmd = dnsmasq_command(ip);
+        cmd.args(args);
         crate::netns::enter_on_spawn(&mut cmd, &file);
         let echo = std::env::var_os("SLUICE_LAB_ECHO").is_some();
         let mut process = Process::spawn("dnsmasq", cmd, echo)?;
@@ -410,4 +398,24 @@ pub(crate) fn reap_stale_dirs() {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Debian's dnsmasq in the foreground, listening on `ip` only and logging to
+/// stderr. It reads no config file, no hosts file and no resolv.conf: it
+/// knows only what the caller adds (`--host-record=…`, `--server=…`).
+pub fn dnsmasq_command(ip: Ipv4Addr) -> std::process::Command {
+    let mut cmd = std::process::Command::new("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+    ])
+    .arg(format!("--listen-address={ip}"));
+    cmd
 }

@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
 pub use lab::{GATEWAY, Lab, Pod};
-pub use netns::{Netns, reap_stale};
+pub use netns::{Netns, enter_on_spawn, reap_stale};
 pub use responder::Responder;
 
 /// Whether this process may load BPF programs and create namespaces.

@@ -22,7 +22,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 const MAX_POSITIVE_TTL: u32 = 30;
 const NEGATIVE_TTL: u32 = 5;

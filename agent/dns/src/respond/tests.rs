@@ -9,10 +9,7 @@ use hickory_proto::{
 };
 
 use super::*;
-use crate::{
-    dns::zone::{DnsKind, DnsService},
-    model::ObjectKey,
-};
+use crate::zone::{DnsEndpoint, DnsKind, DnsService};
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
@@ -21,12 +18,9 @@ fn name(s: &str) -> Name {
 /// `web` (ClusterIP) and `big` (headless, 100 endpoints); no upstream.
 fn resolver() -> Resolver {
     let zone = ClusterZone::new(&name("cluster.local"), 5);
-    let key = |n: &str| ObjectKey {
-        namespace: "default".into(),
-        name: n.into(),
-    };
     zone.set(
-        &key("web"),
+        "default",
+        "web",
         Some(DnsService {
             kind: DnsKind::ClusterIp(vec![Ipv4Addr::new(10, 96, 0, 10).into()]),
             ports: vec![],
@@ -34,12 +28,13 @@ fn resolver() -> Resolver {
         }),
     );
     zone.set(
-        &key("big"),
+        "default",
+        "big",
         Some(DnsService {
             kind: DnsKind::Headless,
             ports: vec![],
             endpoints: (0..100u8)
-                .map(|i| crate::dns::zone::DnsEndpoint {
+                .map(|i| DnsEndpoint {
                     name: format!("e{i}"),
                     ips: vec![Ipv4Addr::new(10, 0, 0, i).into()],
                     ports: vec![],

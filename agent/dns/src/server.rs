@@ -1,26 +1,32 @@
 //! The listeners on `<dns-ip>:53`: a UDP socket per CPU (`SO_REUSEPORT`, so
-//! the kernel spreads clients over them) and a TCP listener whose
-//! connections may pipeline queries. Cluster answers are computed inline;
-//! a forwarded query runs as its own task, so that a slow upstream never
-//! stalls other clients.
+//! the kernel spreads clients over them), each served by a thread of its
+//! own in a blocking loop (no event loop between a query and its answer),
+//! and a TCP listener whose connections may pipeline queries. Cluster
+//! answers are computed inline; a forwarded query runs as a task on the
+//! runtime, so that a slow upstream never stalls other clients.
 
 use std::{
     io,
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream},
+    runtime::Handle,
     sync::Semaphore,
     task::JoinSet,
     time::timeout,
 };
 
-use super::respond::{Resolver, Step, Transport};
+use crate::respond::{Resolver, Step, Transport};
 
 /// TCP connections served at once; more are closed at once (and counted).
 const MAX_TCP: usize = 1024;
@@ -56,26 +62,78 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Binds every socket now (so that errors surface at start), then serves
-/// until the returned tasks are dropped.
-pub fn serve(addr: SocketAddr, workers: usize, resolver: Arc<Resolver>) -> io::Result<JoinSet<()>> {
-    let mut tasks = JoinSet::new();
-    for _ in 0..workers.max(1) {
-        let udp = UdpSocket::from_std(socket(addr, Type::DGRAM, Protocol::UDP)?.into())?;
-        tasks.spawn(udp_worker(Arc::new(udp), Arc::clone(&resolver)));
+/// How often a UDP thread looks whether it should stop.
+const UDP_POLL: Duration = Duration::from_millis(200);
+
+/// The running listeners; stopped on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    udp: Vec<JoinHandle<()>>,
+    _tcp: JoinSet<()>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        for thread in self.udp.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds every socket now (so that errors surface at start), then serves:
+/// `workers` UDP threads, and TCP and forwarding on `runtime`.
+pub fn serve(
+    addr: SocketAddr,
+    workers: usize,
+    resolver: Arc<Resolver>,
+    runtime: &Handle,
+) -> io::Result<Servers> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut udp = Vec::new();
+    for i in 0..workers.max(1) {
+        let s = socket(addr, Type::DGRAM, Protocol::UDP)?;
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(UDP_POLL))?;
+        let socket = Arc::new(UdpSocket::from(s));
+        let (resolver, stop, runtime) = (Arc::clone(&resolver), Arc::clone(&stop), runtime.clone());
+        udp.push(
+            std::thread::Builder::new()
+                .name(format!("sluice-dns-udp{i}"))
+                .spawn(move || udp_worker(&socket, &resolver, &stop, &runtime))?,
+        );
     }
     let tcp = socket(addr, Type::STREAM, Protocol::TCP)?;
     tcp.listen(1024)?;
+    let mut tasks = JoinSet::new();
+    let _in_runtime = runtime.enter();
     let tcp = TcpListener::from_std(tcp.into())?;
-    tasks.spawn(tcp_acceptor(tcp, resolver));
-    Ok(tasks)
+    tasks.spawn_on(tcp_acceptor(tcp, resolver), runtime);
+    Ok(Servers {
+        stop,
+        udp,
+        _tcp: tasks,
+    })
 }
 
-async fn udp_worker(socket: Arc<UdpSocket>, resolver: Arc<Resolver>) {
+fn udp_worker(
+    socket: &Arc<UdpSocket>,
+    resolver: &Arc<Resolver>,
+    stop: &AtomicBool,
+    runtime: &Handle,
+) {
     let mut buf = vec![0u8; UDP_READ];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
+    while !stop.load(Relaxed) {
+        let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 tracing::debug!("dns udp: {e}");
                 continue;
@@ -84,16 +142,16 @@ async fn udp_worker(socket: Arc<UdpSocket>, resolver: Arc<Resolver>) {
         let Some(query) = buf.get(..n) else { continue };
         match resolver.try_answer(query, Transport::Udp) {
             Step::Done(Some(answer)) => {
-                let _ = socket.send_to(&answer, peer).await;
+                let _ = socket.send_to(&answer, peer);
             }
             Step::Done(None) => {}
             Step::Network => {
-                // Forwarded: its own task, so that this worker goes on.
+                // Forwarded: a task, so that this thread goes on.
                 let (socket, resolver, query) =
-                    (Arc::clone(&socket), Arc::clone(&resolver), query.to_vec());
-                tokio::spawn(async move {
+                    (Arc::clone(socket), Arc::clone(resolver), query.to_vec());
+                runtime.spawn(async move {
                     if let Some(answer) = resolver.answer(&query, Transport::Udp).await {
-                        let _ = socket.send_to(&answer, peer).await;
+                        let _ = socket.send_to(&answer, peer);
                     }
                 });
             }

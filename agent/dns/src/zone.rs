@@ -1,4 +1,4 @@
-//! The cluster zone, straight from the model: what each Service publishes
+//! The cluster zone, straight from the agent's model: what each Service publishes
 //! in DNS (Kubernetes DNS-Based Service Discovery, schema 1.1.0), indexed
 //! for lookups, and updated per Service as the model changes. No cache
 //! stands between a change and its answer.
@@ -14,8 +14,6 @@ use hickory_proto::rr::{
     rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT},
 };
 
-use crate::model::{ObjectKey, Protocol, ServiceInfo, ServiceKind, SliceInfo};
-
 /// The schema version the `dns-version` TXT record announces.
 pub const SCHEMA_VERSION: &str = "1.1.0";
 /// TTL of the `dns-version` record (CoreDNS's).
@@ -26,7 +24,7 @@ const VERSION_TTL: u32 = 28_800;
 pub struct DnsPort {
     /// Lowercase; empty for an unnamed port (no SRV record of its own).
     pub name: String,
-    pub protocol: Protocol,
+    pub protocol: Proto,
     pub port: u16,
 }
 
@@ -56,84 +54,21 @@ pub struct DnsService {
     pub endpoints: Vec<DnsEndpoint>,
 }
 
-fn dns_protocol(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "_tcp",
-        Protocol::Udp => "_udp",
-        Protocol::Sctp => "_sctp",
-    }
+/// A port's protocol, as SRV names it (`_tcp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
 }
 
-/// `10.244.1.5` → `10-244-1-5`; `fd00::1` → `fd00--1`.
-fn dashed(ip: IpAddr) -> String {
-    ip.to_string().replace(['.', ':'], "-")
-}
-
-/// What Service `svc` publishes, given its slices.
-pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo]) -> DnsService {
-    let kind = match &svc.kind {
-        ServiceKind::ClusterIp { ips } => DnsKind::ClusterIp(ips.clone()),
-        ServiceKind::Headless => DnsKind::Headless,
-        ServiceKind::ExternalName { name } => {
-            match Name::from_ascii(name).map(|n| n.to_lowercase()) {
-                Ok(mut n) => {
-                    n.set_fqdn(true);
-                    DnsKind::ExternalName(n)
-                }
-                // Not a valid name: nothing to point at.
-                Err(_) => DnsKind::Headless,
-            }
+impl Proto {
+    const fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "_tcp",
+            Self::Udp => "_udp",
+            Self::Sctp => "_sctp",
         }
-    };
-    let port = |name: &str, protocol, port| DnsPort {
-        name: name.to_ascii_lowercase(),
-        protocol,
-        port,
-    };
-    let ports = svc
-        .ports
-        .iter()
-        .map(|p| port(&p.name, p.protocol, p.port))
-        .collect();
-    let mut endpoints: Vec<DnsEndpoint> = Vec::new();
-    for slice in slices {
-        let slice_ports: Vec<DnsPort> = slice
-            .ports
-            .iter()
-            .map(|p| port(&p.name, p.protocol, p.port))
-            .collect();
-        for ep in &slice.endpoints {
-            if !(ep.ready || svc.publish_not_ready) {
-                continue;
-            }
-            let Some(first) = ep.addresses.first() else {
-                continue;
-            };
-            let name = ep
-                .hostname
-                .as_deref()
-                .filter(|h| !h.is_empty())
-                .map_or_else(|| dashed(*first), str::to_ascii_lowercase);
-            // Dual-stack Services have a slice per family: one endpoint.
-            if let Some(same) = endpoints.iter_mut().find(|e| e.name == name) {
-                for a in &ep.addresses {
-                    if !same.ips.contains(a) {
-                        same.ips.push(*a);
-                    }
-                }
-            } else {
-                endpoints.push(DnsEndpoint {
-                    name,
-                    ips: ep.addresses.clone(),
-                    ports: slice_ports.clone(),
-                });
-            }
-        }
-    }
-    DnsService {
-        kind,
-        ports,
-        endpoints,
     }
 }
 
@@ -196,12 +131,9 @@ impl ClusterZone {
         self.ttl
     }
 
-    /// Sets what Service `key` publishes (`None`: it is gone).
-    pub fn set(&self, key: &ObjectKey, service: Option<DnsService>) {
-        let (ns, name) = (
-            key.namespace.to_ascii_lowercase(),
-            key.name.to_ascii_lowercase(),
-        );
+    /// Sets what Service `namespace/name` publishes (`None`: it is gone).
+    pub fn set(&self, namespace: &str, name: &str, service: Option<DnsService>) {
+        let (ns, name) = (namespace.to_ascii_lowercase(), name.to_ascii_lowercase());
         let fqdn = self.service_name(&ns, &name);
         let added = service
             .as_ref()
@@ -321,7 +253,7 @@ impl ClusterZone {
             [first, name, ns, "svc"] => match data.services.get(*ns).and_then(|m| m.get(*name)) {
                 // `_tcp.<svc>…`: an empty non-terminal above its SRV names.
                 Some(svc) if first.starts_with('_') => {
-                    if svc.ports.iter().any(|p| dns_protocol(p.protocol) == *first) {
+                    if svc.ports.iter().any(|p| p.protocol.label() == *first) {
                         Lookup::NoData
                     } else {
                         Lookup::NxDomain
@@ -477,9 +409,8 @@ impl Answerer<'_> {
         let Some(fqdn) = self.zone.service_name(ns, name) else {
             return Lookup::NxDomain;
         };
-        let matches = |p: &&DnsPort| {
-            !p.name.is_empty() && p.name == port && dns_protocol(p.protocol) == proto
-        };
+        let matches =
+            |p: &&DnsPort| !p.name.is_empty() && p.name == port && p.protocol.label() == proto;
         let Some(svc_port) = svc.ports.iter().find(matches) else {
             return Lookup::NxDomain;
         };

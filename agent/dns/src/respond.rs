@@ -10,7 +10,7 @@ use hickory_proto::{
     rr::{DNSClass, Name, Record, RecordType},
 };
 
-use super::{
+use crate::{
     forward::Forwarder,
     metrics::{Dropped, Metrics},
     zone::{ClusterZone, Lookup},

@@ -1,99 +1,81 @@
 //! The cluster zone: what Services publish, and the answers (spec schema
 //! 1.1.0 and CoreDNS's negative-answer table).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use hickory_proto::rr::{Name, RData, RecordType};
 
 use super::*;
-use crate::model::{EndpointInfo, ServicePortInfo, SlicePortInfo};
-
-fn key(ns: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        namespace: ns.into(),
-        name: name.into(),
-    }
-}
-
-fn svc(ns: &str, name: &str, kind: ServiceKind) -> ServiceInfo {
-    ServiceInfo {
-        key: key(ns, name),
-        kind,
-        ports: vec![
-            ServicePortInfo {
-                name: "http".into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
-            ServicePortInfo {
-                name: String::new(),
-                port: 81,
-                protocol: Protocol::Tcp,
-            },
-        ],
-        other_proxy: false,
-        publish_not_ready: false,
-    }
-}
-
-fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> EndpointInfo {
-    EndpointInfo {
-        addresses: vec![ip.parse().unwrap()],
-        ready,
-        serving: ready,
-        terminating: false,
-        hostname: hostname.map(Into::into),
-        node_name: None,
-    }
-}
-
-fn slice(service: &str, endpoints: Vec<EndpointInfo>) -> SliceInfo {
-    SliceInfo {
-        key: key("default", &format!("{service}-x")),
-        service: Some(service.into()),
-        ports: vec![SlicePortInfo {
-            name: "http".into(),
-            port: 8080,
-            protocol: Protocol::Tcp,
-        }],
-        endpoints,
-    }
-}
-
-fn clusterip(ip: &str) -> ServiceKind {
-    ServiceKind::ClusterIp {
-        ips: vec![ip.parse().unwrap()],
-    }
-}
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
 }
 
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn http() -> DnsPort {
+    DnsPort {
+        name: "http".into(),
+        protocol: Proto::Tcp,
+        port: 80,
+    }
+}
+
+fn unnamed() -> DnsPort {
+    DnsPort {
+        name: String::new(),
+        protocol: Proto::Tcp,
+        port: 81,
+    }
+}
+
+fn endpoint(name: &str, addr: &str) -> DnsEndpoint {
+    DnsEndpoint {
+        name: name.into(),
+        ips: vec![ip(addr)],
+        ports: vec![DnsPort {
+            port: 8080,
+            ..http()
+        }],
+    }
+}
+
 /// A zone with `web` (ClusterIP), `db` (headless: two ready endpoints, one
-/// with a hostname, one not ready), `ext` (ExternalName) in `default`.
+/// named by hostname, one by address), `ext` (ExternalName) in `default`.
 fn zone() -> ClusterZone {
     let zone = ClusterZone::new(&name("cluster.local"), 5);
-    let web = svc("default", "web", clusterip("10.96.0.10"));
-    zone.set(&web.key, Some(dns_service(&web, &[])));
-    let db = svc("default", "db", ServiceKind::Headless);
-    let db_slice = slice(
-        "db",
-        vec![
-            ep("10.0.0.1", Some("DB-0"), true),
-            ep("10.0.0.2", None, true),
-            ep("10.0.0.3", Some("db-2"), false),
-        ],
-    );
-    zone.set(&db.key, Some(dns_service(&db, &[&db_slice])));
-    let ext = svc(
+    zone.set(
         "default",
-        "ext",
-        ServiceKind::ExternalName {
-            name: "www.example.org".into(),
-        },
+        "web",
+        Some(DnsService {
+            kind: DnsKind::ClusterIp(vec![ip("10.96.0.10")]),
+            ports: vec![http(), unnamed()],
+            endpoints: vec![],
+        }),
     );
-    zone.set(&ext.key, Some(dns_service(&ext, &[])));
+    zone.set(
+        "default",
+        "db",
+        Some(DnsService {
+            kind: DnsKind::Headless,
+            ports: vec![http(), unnamed()],
+            endpoints: vec![
+                endpoint("db-0", "10.0.0.1"),
+                endpoint("10-0-0-2", "10.0.0.2"),
+            ],
+        }),
+    );
+    zone.set(
+        "Default",
+        "EXT",
+        Some(DnsService {
+            kind: DnsKind::ExternalName(name("www.example.org.")),
+            ports: vec![],
+            endpoints: vec![],
+        }),
+    );
     zone.set_synced();
     zone
 }
@@ -114,33 +96,6 @@ fn addrs(lookup: &Lookup) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-#[test]
-fn only_ready_endpoints_are_published_unless_the_service_says_otherwise() {
-    let mut db = svc("default", "db", ServiceKind::Headless);
-    let s = slice(
-        "db",
-        vec![ep("10.0.0.1", None, true), ep("10.0.0.3", Some("x"), false)],
-    );
-    let published = dns_service(&db, &[&s]);
-    assert_eq!(published.endpoints.len(), 1);
-    assert_eq!(
-        published.endpoints[0].name, "10-0-0-1",
-        "no hostname: the dashed address"
-    );
-    db.publish_not_ready = true;
-    assert_eq!(dns_service(&db, &[&s]).endpoints.len(), 2);
-}
-
-#[test]
-fn a_dual_stack_endpoint_in_two_slices_is_one_name_with_both_addresses() {
-    let db = svc("default", "db", ServiceKind::Headless);
-    let v4 = slice("db", vec![ep("10.0.0.1", Some("db-0"), true)]);
-    let v6 = slice("db", vec![ep("fd00::1", Some("db-0"), true)]);
-    let published = dns_service(&db, &[&v4, &v6]);
-    assert_eq!(published.endpoints.len(), 1);
-    assert_eq!(published.endpoints[0].ips.len(), 2);
 }
 
 #[test]
@@ -182,11 +137,15 @@ fn headless_services_answer_their_ready_endpoints_by_set_and_by_name() {
     assert_eq!(
         z.lookup(&name("db-2.db.default.svc.cluster.local."), RecordType::A),
         Lookup::NxDomain,
-        "not ready"
+        "no such endpoint"
     );
     // No ready endpoint at all: the name does not exist.
-    let empty = svc("default", "empty", ServiceKind::Headless);
-    z.set(&empty.key, Some(dns_service(&empty, &[])));
+    let empty = DnsService {
+        kind: DnsKind::Headless,
+        ports: vec![],
+        endpoints: vec![],
+    };
+    z.set("default", "empty", Some(empty));
     assert_eq!(
         z.lookup(&name("empty.default.svc.cluster.local."), RecordType::A),
         Lookup::NxDomain
@@ -263,8 +222,12 @@ fn ptr_records_point_at_services_and_headless_endpoints_and_follow_changes() {
         Lookup::NotOurs,
         "not a cluster address: forwarded"
     );
-    let web = svc("default", "web", clusterip("10.96.0.20"));
-    z.set(&web.key, Some(dns_service(&web, &[])));
+    let moved = DnsService {
+        kind: DnsKind::ClusterIp(vec![ip("10.96.0.20")]),
+        ports: vec![],
+        endpoints: vec![],
+    };
+    z.set("default", "web", Some(moved));
     assert_eq!(
         ptr("10.0.96.10"),
         Lookup::NotOurs,
@@ -274,7 +237,7 @@ fn ptr_records_point_at_services_and_headless_endpoints_and_follow_changes() {
         addrs(&ptr("20.0.96.10")),
         ["web.default.svc.cluster.local."]
     );
-    z.set(&web.key, None);
+    z.set("default", "web", None);
     assert_eq!(ptr("20.0.96.10"), Lookup::NotOurs);
 }
 
@@ -345,5 +308,4 @@ fn nothing_is_answered_before_the_model_is_listed() {
         z.lookup(&name("example.org."), RecordType::A),
         Lookup::NotOurs
     );
-    let _ = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }

@@ -1,0 +1,180 @@
+//! What each Service publishes in DNS, from the model: the agent's side of
+//! the cluster zone (`sluice_dns::zone`).
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+use sluice_dns::zone::{DnsEndpoint, DnsKind, DnsPort, DnsService, Proto};
+
+use crate::model::{Protocol, ServiceInfo, ServiceKind, SliceInfo};
+
+fn proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+        Protocol::Sctp => Proto::Sctp,
+    }
+}
+
+/// `10.244.1.5` → `10-244-1-5`; `fd00::1` → `fd00--1`.
+fn dashed(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+/// What Service `svc` publishes, given its slices.
+pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo]) -> DnsService {
+    let kind = match &svc.kind {
+        ServiceKind::ClusterIp { ips } => DnsKind::ClusterIp(ips.clone()),
+        ServiceKind::Headless => DnsKind::Headless,
+        ServiceKind::ExternalName { name } => {
+            match Name::from_ascii(name).map(|n| n.to_lowercase()) {
+                Ok(mut n) => {
+                    n.set_fqdn(true);
+                    DnsKind::ExternalName(n)
+                }
+                // Not a valid name: nothing to point at.
+                Err(_) => DnsKind::Headless,
+            }
+        }
+    };
+    let port = |name: &str, protocol, port| DnsPort {
+        name: name.to_ascii_lowercase(),
+        protocol: proto(protocol),
+        port,
+    };
+    let ports = svc
+        .ports
+        .iter()
+        .map(|p| port(&p.name, p.protocol, p.port))
+        .collect();
+    let mut endpoints: Vec<DnsEndpoint> = Vec::new();
+    for slice in slices {
+        let slice_ports: Vec<DnsPort> = slice
+            .ports
+            .iter()
+            .map(|p| port(&p.name, p.protocol, p.port))
+            .collect();
+        for ep in &slice.endpoints {
+            if !(ep.ready || svc.publish_not_ready) {
+                continue;
+            }
+            let Some(first) = ep.addresses.first() else {
+                continue;
+            };
+            let name = ep
+                .hostname
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .map_or_else(|| dashed(*first), str::to_ascii_lowercase);
+            // Dual-stack Services have a slice per family: one endpoint.
+            if let Some(same) = endpoints.iter_mut().find(|e| e.name == name) {
+                for a in &ep.addresses {
+                    if !same.ips.contains(a) {
+                        same.ips.push(*a);
+                    }
+                }
+            } else {
+                endpoints.push(DnsEndpoint {
+                    name,
+                    ips: ep.addresses.clone(),
+                    ports: slice_ports.clone(),
+                });
+            }
+        }
+    }
+    DnsService {
+        kind,
+        ports,
+        endpoints,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EndpointInfo, ObjectKey, SlicePortInfo};
+
+    fn svc(kind: ServiceKind) -> ServiceInfo {
+        ServiceInfo {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: "db".into(),
+            },
+            kind,
+            ports: vec![],
+            other_proxy: false,
+            publish_not_ready: false,
+        }
+    }
+
+    fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> EndpointInfo {
+        EndpointInfo {
+            addresses: vec![ip.parse().unwrap()],
+            ready,
+            serving: ready,
+            terminating: false,
+            hostname: hostname.map(Into::into),
+            node_name: None,
+        }
+    }
+
+    fn slice(endpoints: Vec<EndpointInfo>) -> SliceInfo {
+        SliceInfo {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: "db-x".into(),
+            },
+            service: Some("db".into()),
+            ports: vec![SlicePortInfo {
+                name: "PG".into(),
+                port: 5432,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn only_ready_endpoints_are_published_unless_the_service_says_otherwise() {
+        let mut db = svc(ServiceKind::Headless);
+        let s = slice(vec![
+            ep("10.0.0.1", None, true),
+            ep("10.0.0.3", Some("X"), false),
+        ]);
+        let published = dns_service(&db, &[&s]);
+        assert_eq!(published.endpoints.len(), 1);
+        assert_eq!(
+            published.endpoints[0].name, "10-0-0-1",
+            "no hostname: the dashed address"
+        );
+        assert_eq!(
+            published.endpoints[0].ports[0].name, "pg",
+            "names are lowercase"
+        );
+        db.publish_not_ready = true;
+        let all = dns_service(&db, &[&s]);
+        assert_eq!(all.endpoints.len(), 2);
+        assert_eq!(all.endpoints[1].name, "x");
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_in_two_slices_is_one_name_with_both_addresses() {
+        let db = svc(ServiceKind::Headless);
+        let v4 = slice(vec![ep("10.0.0.1", Some("db-0"), true)]);
+        let v6 = slice(vec![ep("fd00::1", Some("db-0"), true)]);
+        let published = dns_service(&db, &[&v4, &v6]);
+        assert_eq!(published.endpoints.len(), 1);
+        assert_eq!(published.endpoints[0].ips.len(), 2);
+    }
+
+    #[test]
+    fn an_external_name_is_an_absolute_lowercase_alias() {
+        let ext = svc(ServiceKind::ExternalName {
+            name: "WWW.Example.org".into(),
+        });
+        let DnsKind::ExternalName(target) = dns_service(&ext, &[]).kind else {
+            panic!("an alias")
+        };
+        assert_eq!(target.to_string(), "www.example.org.");
+    }
+}
