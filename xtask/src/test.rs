@@ -5,7 +5,7 @@
 //! 3. privileged tests, one at a time: packet tests through
 //!    BPF_PROG_TEST_RUN and end-to-end tests in network namespaces, against
 //!    the `sluice` binary built here;
-//! 4. the DNS message fuzz target (cargo-fuzz), for a bounded time;
+//! 4. the DNS fuzz targets (cargo-fuzz), each for a bounded time;
 //! 5. smoke runs of `cargo xtask run` (the README's first command).
 //!
 //! Under `CI=true` a privileged test that cannot run fails instead of
@@ -24,7 +24,7 @@ pub struct Args {
     /// Skip clippy.
     #[arg(long)]
     no_lint: bool,
-    /// Seconds of fuzzing of the DNS message handling (0: none).
+    /// Seconds of fuzzing per DNS fuzz target (0: none).
     #[arg(long, default_value_t = 60)]
     fuzz_seconds: u32,
 }
@@ -112,11 +112,15 @@ pub fn test(args: &Args) -> Result<()> {
     )?;
 
     if args.filter.is_none() && args.fuzz_seconds > 0 {
-        step(&format!(
-            "fuzzing DNS queries for {} s (agent/dns/fuzz)",
-            args.fuzz_seconds
-        ));
-        fuzz("dns_query", args.fuzz_seconds)?;
+        // Each target: any bytes as a query (no panic, well-formed
+        // answers), and the UDP fast path against the library path.
+        for target in ["dns_query", "dns_memo"] {
+            step(&format!(
+                "fuzzing {target} for {} s (agent/dns/fuzz)",
+                args.fuzz_seconds
+            ));
+            fuzz(target, args.fuzz_seconds)?;
+        }
     }
 
     if args.filter.is_none() {

@@ -89,17 +89,12 @@ impl Forwarder {
     ) -> Result<Answer, ForwardError> {
         let key = (name.to_lowercase(), qtype, qclass);
         let now = Instant::now();
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
+        let cached = self.entry(&key);
         if let Some(entry) = &cached
             && now < entry.expires
         {
             metrics.cache_hits.fetch_add(1, Relaxed);
-            return Ok(aged(&entry.answer, now.duration_since(entry.stored), None));
+            return Ok(aged(entry, now));
         }
         metrics.cache_misses.fetch_add(1, Relaxed);
         if self.upstreams.is_empty() {
@@ -123,10 +118,37 @@ impl Forwarder {
         match cached {
             Some(entry) if now < entry.expires + STALE_FOR => {
                 metrics.cache_stale.fetch_add(1, Relaxed);
-                Ok(aged(&entry.answer, Duration::ZERO, Some(STALE_TTL)))
+                Ok(with_ttls(&entry.answer, |_| STALE_TTL))
             }
             _ => Err(ForwardError::AllFailed),
         }
+    }
+
+    /// A fresh cached answer, without touching the network (a miss is
+    /// not counted: `resolve` follows and counts it).
+    pub fn cached(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        qclass: DNSClass,
+        metrics: &Metrics,
+    ) -> Option<Answer> {
+        let key = (name.to_lowercase(), qtype, qclass);
+        let entry = self.entry(&key)?;
+        let now = Instant::now();
+        if now >= entry.expires {
+            return None;
+        }
+        metrics.cache_hits.fetch_add(1, Relaxed);
+        Some(aged(&entry, now))
+    }
+
+    fn entry(&self, key: &Key) -> Option<Entry> {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
     }
 
     fn store(&self, key: Key, answer: &Answer, now: Instant) {
@@ -164,15 +186,22 @@ impl Forwarder {
     }
 }
 
-/// `answer` with its TTLs lowered by `age` (or set to `ttl`).
-fn aged(answer: &Answer, age: Duration, ttl: Option<u32>) -> Answer {
-    let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+/// `entry`'s answer as of `now`: TTLs lowered by its age and never past
+/// the entry's own expiry (the 30 s cap holds downstream too).
+fn aged(entry: &Entry, now: Instant) -> Answer {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let age = secs(now.saturating_duration_since(entry.stored));
+    let left = secs(entry.expires.saturating_duration_since(now));
+    with_ttls(&entry.answer, |ttl| ttl.saturating_sub(age).min(left))
+}
+
+fn with_ttls(answer: &Answer, ttl: impl Fn(u32) -> u32) -> Answer {
     let fix = |records: &[Record]| -> Vec<Record> {
         records
             .iter()
             .map(|r| {
                 let mut r = r.clone();
-                r.ttl = ttl.unwrap_or_else(|| r.ttl.saturating_sub(age));
+                r.ttl = ttl(r.ttl);
                 r
             })
             .collect()

@@ -5,7 +5,11 @@
 //! The agent fills the zone from its model.
 
 pub mod forward;
+pub mod memo;
 pub mod metrics;
 pub mod respond;
 pub mod server;
 pub mod zone;
+
+#[cfg(test)]
+mod fixture;

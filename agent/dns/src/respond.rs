@@ -11,7 +11,7 @@ use hickory_proto::{
 };
 
 use crate::{
-    forward::Forwarder,
+    forward::{Answer, Forwarder},
     metrics::{Dropped, Metrics},
     zone::{ClusterZone, Lookup},
 };
@@ -43,9 +43,23 @@ struct Outcome {
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
+    /// Straight from the zone: the same question gets the same answer
+    /// until the zone changes (see `memo`).
+    from_zone: bool,
 }
 
 impl Outcome {
+    fn forwarded(answer: Answer) -> Self {
+        Self {
+            rcode: answer.rcode,
+            authoritative: false,
+            answers: answer.answers,
+            authorities: answer.authorities,
+            additionals: answer.additionals,
+            from_zone: false,
+        }
+    }
+
     fn rcode(rcode: ResponseCode) -> Self {
         Self {
             rcode,
@@ -53,6 +67,7 @@ impl Outcome {
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
+            from_zone: false,
         }
     }
 }
@@ -70,19 +85,32 @@ impl Resolver {
     /// Answers at once what needs no upstream (cluster names, malformed
     /// queries); says so when the network is needed.
     pub fn try_answer(&self, bytes: &[u8], transport: Transport) -> Step {
-        let started = Instant::now();
+        self.try_answer_at(bytes, transport, Instant::now()).0
+    }
+
+    /// `try_answer`, and whether the answer came straight from the zone.
+    pub(crate) fn try_answer_at(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+        started: Instant,
+    ) -> (Step, bool) {
         let request = match self.parse(bytes, started) {
             Ok(request) => request,
-            Err(done) => return Step::Done(done),
+            Err(done) => return (Step::Done(done), false),
         };
         let outcome = match check(&request) {
             Err(outcome) => outcome,
             Ok(query) => match self.local(query.name(), query.query_type()) {
                 Some(outcome) => outcome,
-                None => return Step::Network,
+                None => return (Step::Network, false),
             },
         };
-        Step::Done(self.finish(&request, outcome, transport, started))
+        let from_zone = outcome.from_zone;
+        (
+            Step::Done(self.finish(&request, outcome, transport, started)),
+            from_zone,
+        )
     }
 
     /// The wire answer to the wire query `bytes`, or `None` to stay silent.
@@ -130,12 +158,16 @@ impl Resolver {
         wire
     }
 
-    /// The zone's answer, unless it needs the network (a name not ours, or
-    /// an alias to chase).
+    /// The zone's answer, or a fresh cached one for a name not ours;
+    /// `None` when it needs the network (a cache miss, or an alias to
+    /// chase).
     fn local(&self, name: &Name, qtype: RecordType) -> Option<Outcome> {
-        let lookup = self.zone.lookup(name, qtype);
-        match lookup {
-            Lookup::NotOurs | Lookup::Alias { .. } => None,
+        match self.zone.lookup(name, qtype) {
+            Lookup::Alias { .. } => None,
+            Lookup::NotOurs => self
+                .forwarder
+                .cached(name, qtype, DNSClass::IN, &self.metrics)
+                .map(Outcome::forwarded),
             other => Some(self.zone_outcome(other)),
         }
     }
@@ -147,6 +179,7 @@ impl Resolver {
             answers: Vec::new(),
             authorities: vec![self.zone.soa()],
             additionals: Vec::new(),
+            from_zone: true,
         };
         match lookup {
             Lookup::Answer {
@@ -158,6 +191,7 @@ impl Resolver {
                 answers,
                 authorities: Vec::new(),
                 additionals,
+                from_zone: true,
             },
             Lookup::NoData => negative(ResponseCode::NoError),
             Lookup::NxDomain => negative(ResponseCode::NXDomain),
@@ -176,6 +210,7 @@ impl Resolver {
                     answers: vec![*cname],
                     authorities: Vec::new(),
                     additionals: Vec::new(),
+                    from_zone: false,
                 };
                 // As CoreDNS does for ExternalName: follow the alias for
                 // address questions, through this same server.
@@ -196,13 +231,7 @@ impl Resolver {
                     .resolve(name, qtype, DNSClass::IN, &self.metrics)
                     .await
                 {
-                    Ok(answer) => Outcome {
-                        rcode: answer.rcode,
-                        authoritative: false,
-                        answers: answer.answers,
-                        authorities: answer.authorities,
-                        additionals: answer.additionals,
-                    },
+                    Ok(answer) => Outcome::forwarded(answer),
                     Err(e) => {
                         tracing::debug!(%name, "forwarding: {e}");
                         Outcome::rcode(ResponseCode::ServFail)

@@ -6,8 +6,9 @@
 //! runtime, so that a slow upstream never stalls other clients.
 
 use std::{
-    io,
+    io::{self, IoSlice, IoSliceMut},
     net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd as _, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -16,6 +17,10 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    errno::Errno,
+    sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg},
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -26,7 +31,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::respond::{Resolver, Step, Transport};
+use crate::{
+    memo::Memo,
+    respond::{Resolver, Step, Transport},
+};
 
 /// TCP connections served at once; more are closed at once (and counted).
 const MAX_TCP: usize = 1024;
@@ -116,47 +124,122 @@ pub fn serve(
     })
 }
 
+/// Datagrams taken from (and answers given to) the kernel per system call.
+const UDP_BATCH: usize = 32;
+
+/// Receives a batch of queries with one `recvmmsg` (waiting for the first
+/// only), answers them, and sends the answers with one `sendmmsg`: under
+/// load, two system calls serve up to `UDP_BATCH` clients.
 fn udp_worker(
     socket: &Arc<UdpSocket>,
     resolver: &Arc<Resolver>,
     stop: &AtomicBool,
     runtime: &Handle,
 ) {
-    let mut buf = vec![0u8; UDP_READ];
+    let fd = socket.as_raw_fd();
+    let mut bufs = vec![[0u8; UDP_READ]; UDP_BATCH];
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut received: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
+    let mut answers: Vec<Vec<u8>> = Vec::with_capacity(UDP_BATCH);
+    let mut peers: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
+    let mut memo = Memo::default();
     while !stop.load(Relaxed) {
-        let (n, peer) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
+        received.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                .iter_mut()
+                .map(|b| [IoSliceMut::new(b.as_mut_slice())])
+                .collect();
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(msgs) => {
+                    received.extend(msgs.filter_map(|m| Some((m.bytes, m.address?))));
+                }
+                // The poll timeout, a signal: look at `stop` again.
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::debug!("dns udp: {e}");
+                    continue;
+                }
             }
-            Err(e) => {
-                tracing::debug!("dns udp: {e}");
-                continue;
+        }
+        answers.clear();
+        peers.clear();
+        for (buf, &(n, peer)) in bufs.iter().zip(&received) {
+            let Some(query) = buf.get(..n) else { continue };
+            match resolver.try_answer_udp(query, &mut memo) {
+                Step::Done(Some(answer)) => {
+                    answers.push(answer);
+                    peers.push(Some(peer));
+                }
+                Step::Done(None) => {}
+                Step::Network => forward(socket, resolver, runtime, query, peer),
             }
+        }
+        send_all(fd, &mut send_headers, &answers, &peers);
+    }
+}
+
+/// Sends `answers[i]` to `peers[i]`, in as few `sendmmsg` calls as the
+/// kernel takes them; an answer it refuses is dropped (the client retries).
+fn send_all(
+    fd: RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    answers: &[Vec<u8>],
+    peers: &[Option<SockaddrStorage>],
+) {
+    let mut from = 0;
+    // Each call sends at least one or skips one: bounded by the count.
+    for _ in 0..answers.len() {
+        let (Some(rest), Some(to)) = (answers.get(from..), peers.get(from..)) else {
+            return;
         };
-        let Some(query) = buf.get(..n) else { continue };
-        match resolver.try_answer(query, Transport::Udp) {
-            Step::Done(Some(answer)) => {
-                let _ = socket.send_to(&answer, peer);
-            }
-            Step::Done(None) => {}
-            Step::Network => {
-                // Forwarded: a task, so that this thread goes on.
-                let (socket, resolver, query) =
-                    (Arc::clone(socket), Arc::clone(resolver), query.to_vec());
-                runtime.spawn(async move {
-                    if let Some(answer) = resolver.answer(&query, Transport::Udp).await {
-                        let _ = socket.send_to(&answer, peer);
-                    }
-                });
+        if rest.is_empty() {
+            return;
+        }
+        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|a| [IoSlice::new(a)]).collect();
+        let cmsgs: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(fd, headers, &iovs, to, cmsgs, MsgFlags::empty()) {
+            Ok(sent) => from += sent.count().max(1),
+            Err(e) => {
+                tracing::debug!("dns udp send: {e}");
+                from += 1;
             }
         }
     }
+}
+
+/// A query that needs an upstream becomes a task, so that this thread goes
+/// on with the next.
+fn forward(
+    socket: &Arc<UdpSocket>,
+    resolver: &Arc<Resolver>,
+    runtime: &Handle,
+    query: &[u8],
+    peer: SockaddrStorage,
+) {
+    let Some(peer) = peer
+        .as_sockaddr_in()
+        .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+        .or_else(|| {
+            peer.as_sockaddr_in6()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+        })
+    else {
+        return;
+    };
+    let (socket, resolver, query) = (Arc::clone(socket), Arc::clone(resolver), query.to_vec());
+    runtime.spawn(async move {
+        if let Some(answer) = resolver.answer(&query, Transport::Udp).await {
+            let _ = socket.send_to(&answer, peer);
+        }
+    });
 }
 
 async fn tcp_acceptor(listener: TcpListener, resolver: Arc<Resolver>) {

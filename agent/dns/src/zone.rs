@@ -6,7 +6,10 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{PoisonError, RwLock},
+    sync::{
+        PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hickory_proto::rr::{
@@ -109,6 +112,9 @@ pub struct ClusterZone {
     domain: Name,
     ttl: u32,
     data: RwLock<Data>,
+    /// Bumped after every change: an answer computed after reading `n`
+    /// holds while the generation is still `n`.
+    generation: AtomicU64,
 }
 
 impl ClusterZone {
@@ -120,6 +126,7 @@ impl ClusterZone {
             domain,
             ttl,
             data: RwLock::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -164,6 +171,13 @@ impl ClusterZone {
         for (ip, target) in added {
             data.reverse.entry(ip).or_default().push(target);
         }
+        drop(data);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes so far; read it before a lookup whose answer is kept.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The model has been listed: answer from it.
@@ -172,6 +186,7 @@ impl ClusterZone {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .synced = true;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn service_name(&self, ns: &str, name: &str) -> Option<Name> {

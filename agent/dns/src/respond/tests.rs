@@ -5,49 +5,15 @@ use std::net::Ipv4Addr;
 
 use hickory_proto::{
     op::{Edns, Message, ResponseCode},
-    rr::{DNSClass, Name, RecordType},
+    rr::{DNSClass, RecordType},
 };
 
 use super::*;
-use crate::zone::{DnsEndpoint, DnsKind, DnsService};
-
-fn name(s: &str) -> Name {
-    Name::from_ascii(s).unwrap()
-}
+use crate::fixture::{self, name};
 
 /// `web` (ClusterIP) and `big` (headless, 100 endpoints); no upstream.
 fn resolver() -> Resolver {
-    let zone = ClusterZone::new(&name("cluster.local"), 5);
-    zone.set(
-        "default",
-        "web",
-        Some(DnsService {
-            kind: DnsKind::ClusterIp(vec![Ipv4Addr::new(10, 96, 0, 10).into()]),
-            ports: vec![],
-            endpoints: vec![],
-        }),
-    );
-    zone.set(
-        "default",
-        "big",
-        Some(DnsService {
-            kind: DnsKind::Headless,
-            ports: vec![],
-            endpoints: (0..100u8)
-                .map(|i| DnsEndpoint {
-                    name: format!("e{i}"),
-                    ips: vec![Ipv4Addr::new(10, 0, 0, i).into()],
-                    ports: vec![],
-                })
-                .collect(),
-        }),
-    );
-    zone.set_synced();
-    Resolver {
-        zone: Arc::new(zone),
-        forwarder: Forwarder::new(Vec::new()),
-        metrics: Arc::new(Metrics::default()),
-    }
+    fixture::resolver(100)
 }
 
 fn ask(r: &Resolver, m: &Message, t: Transport) -> Message {
@@ -198,4 +164,44 @@ async fn names_outside_the_cluster_need_the_network_and_fail_without_upstreams()
     let answer = Message::from_vec(&r.answer(&q, Transport::Udp).await.unwrap()).unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     assert!(!answer.metadata.authoritative);
+}
+
+#[tokio::test]
+async fn a_cached_upstream_answer_is_given_at_once_without_the_network() {
+    // An upstream on loopback that answers exactly one query.
+    let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut r = resolver();
+    r.forwarder = Forwarder::new(vec![upstream.local_addr().unwrap()]);
+    let server = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        let (n, peer) = upstream.recv_from(&mut buf).await.unwrap();
+        let query = Message::from_vec(&buf[..n]).unwrap();
+        let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+        reply.add_queries(query.queries.iter().cloned());
+        let owner = query.queries[0].name().clone();
+        reply.add_answer(Record::from_rdata(
+            owner,
+            60,
+            hickory_proto::rr::RData::A(Ipv4Addr::new(192, 0, 2, 7).into()),
+        ));
+        upstream
+            .send_to(&reply.to_vec().unwrap(), peer)
+            .await
+            .unwrap();
+    });
+    let q = query_message(5, &name("example.org."), RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    assert_eq!(r.try_answer(&q, Transport::Udp), Step::Network);
+    let first = Message::from_vec(&r.answer(&q, Transport::Udp).await.unwrap()).unwrap();
+    assert_eq!(first.answers.len(), 1);
+    server.await.unwrap();
+
+    // The upstream is gone: only the cache can answer, and it does inline.
+    let again = query_message(6, &name("Example.ORG."), RecordType::A, None);
+    let cached = ask(&r, &again, Transport::Udp);
+    assert_eq!(cached.metadata.id, 6);
+    assert_eq!(cached.answers.len(), 1);
+    assert!(cached.answers[0].ttl <= 30, "capped at 30 s");
+    assert!(r.metrics.render().contains("sluice_dns_cache_hits_total 1"));
 }
