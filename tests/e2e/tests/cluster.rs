@@ -10,7 +10,6 @@ mod common;
 use std::{
     collections::BTreeSet,
     fs,
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     sync::{
@@ -20,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{SERVICE_CIDR, T, VIP, backend_ip, http, spread, web_lab, who};
+use common::{SERVICE_CIDR, T, VIP, backend_ip, http, http_get, spread, web_lab, who};
 use sluice_lab::{
     AgentOptions, AgentSource, Lab, default_bin,
     lab::request_line,
@@ -392,31 +391,6 @@ fn kill_9_and_restart_keeps_established_connections_and_catches_up() {
     assert_eq!(who(&request_line(&mut conn, T).unwrap()), "b0");
 }
 
-/// A minimal HTTP GET on the node namespace's loopback: (status, body).
-fn http_get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    lab.node()
-        .run(move || -> std::io::Result<(u16, String)> {
-            let mut s = TcpStream::connect_timeout(&addr, T)?;
-            s.set_read_timeout(Some(T))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.take(64 * 1024).read_to_string(&mut out)?;
-            let code = out
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-            Ok((code, body))
-        })
-        .ok()?
-        .ok()
-}
-
 #[test]
 fn readyz_waits_for_the_first_sync_and_healthz_answers_throughout() {
     if !require_privileges("readyz_waits_for_the_first_sync_and_healthz_answers_throughout") {
@@ -567,6 +541,21 @@ fn the_deployment_manifests_apply_grant_least_privilege_and_run_in_cluster() {
         "{node}"
     );
     assert_eq!(answering(&lab, http(), 6), names(&["b0"]));
+    // The ConfigMap turns on node-local DNS at 169.254.20.10.
+    let dig = lab
+        .pod("client")
+        .ns
+        .command("dig")
+        .args([
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "@169.254.20.10",
+            "web.default.svc.cluster.local",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), VIP.to_string());
     kubectl_apply(&mut lab, &slice("web-1", "web", &[1]));
     until_applied(&mut lab, "web-1 → b1", |lab| {
         answering(lab, http(), 6) == names(&["b1"])

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{APPLY, SERVICE_CIDR, backend_ip, backend_name};
+use common::{APPLY, SERVICE_CIDR, backend_ip, backend_name, http_get};
 use sluice_lab::{
     AgentOptions, Lab, LabDns,
     manifest::{self, Endpoint, Port},
@@ -409,4 +409,101 @@ fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     m.extend_from_slice(&qtype.to_be_bytes());
     m.extend_from_slice(&1u16.to_be_bytes());
     m
+}
+
+/// The value of one sample line (a counter) of a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_queries_by_type_and_rcode_the_cache_upstream_failures_and_drops() {
+    if !require_privileges(
+        "metrics_count_queries_by_type_and_rcode_the_cache_upstream_failures_and_drops",
+    ) {
+        return;
+    }
+    let mut lab = dns_lab();
+    assert_eq!(
+        status_of(&dig(&lab, &["web.default.svc.cluster.local"])),
+        "NOERROR"
+    );
+    assert_eq!(
+        status_of(&dig(
+            &lab,
+            &["_http._tcp.web.default.svc.cluster.local", "SRV"]
+        )),
+        "NOERROR"
+    );
+    assert_eq!(
+        status_of(&dig(&lab, &["nosuch.default.svc.cluster.local"])),
+        "NXDOMAIN"
+    );
+    // A miss, then a hit.
+    for _ in 0..2 {
+        assert_eq!(short(&lab, &["www.example.test"]), ["192.0.2.10"]);
+    }
+    // Nothing cached and no upstream: a failure, SERVFAIL.
+    lab.stop_server("upstream").unwrap();
+    assert_eq!(status_of(&dig(&lab, &["other.example.test"])), "SERVFAIL");
+    // Three bytes: not even a header.
+    lab.pod("client")
+        .ns
+        .run(|| {
+            let s = std::net::UdpSocket::bind((CLIENT, 0)).unwrap();
+            s.send_to(&[1, 2, 3], (DNS_IP, 53)).unwrap();
+        })
+        .unwrap();
+
+    let health = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        // The datagram may still be on its way: wait for its count.
+        let (code, page) = http_get(&lab, health, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        if sample(&page, r#"sluice_dns_dropped_total{reason="short"}"#) == Some(1) {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the short message was not counted: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let queries = |qtype: &str, rcode: &str| {
+        sample(
+            &page,
+            &format!(r#"sluice_dns_queries_total{{type="{qtype}",rcode="{rcode}"}}"#),
+        )
+        .unwrap_or(0)
+    };
+    assert_eq!(queries("A", "NOERROR"), 3, "{page}");
+    assert_eq!(queries("SRV", "NOERROR"), 1, "{page}");
+    assert_eq!(queries("A", "NXDOMAIN"), 1, "{page}");
+    assert_eq!(queries("A", "SERVFAIL"), 1, "{page}");
+    assert_eq!(
+        sample(&page, "sluice_dns_request_duration_seconds_count"),
+        Some(6)
+    );
+    assert_eq!(
+        sample(
+            &page,
+            r#"sluice_dns_request_duration_seconds_bucket{le="+Inf"}"#
+        ),
+        Some(6)
+    );
+    assert_eq!(
+        sample(&page, "sluice_dns_cache_hits_total"),
+        Some(1),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "sluice_dns_cache_misses_total") >= Some(2),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "sluice_dns_upstream_failures_total") >= Some(1),
+        "{page}"
+    );
 }

@@ -4,7 +4,8 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -110,4 +111,29 @@ pub fn delete(lab: &mut Lab, file: &str) {
     lab.agent()
         .wait_for("Services applied", mark, APPLY)
         .unwrap();
+}
+
+/// A minimal HTTP GET on the node namespace's loopback: (status, body).
+pub fn http_get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    lab.node()
+        .run(move || -> std::io::Result<(u16, String)> {
+            let mut s = TcpStream::connect_timeout(&addr, T)?;
+            s.set_read_timeout(Some(T))?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut out = String::new();
+            s.take(64 * 1024).read_to_string(&mut out)?;
+            let code = out
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            Ok((code, body))
+        })
+        .ok()?
+        .ok()
 }
