@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use sluice_lab::{AgentOptions, AgentSource, Lab};
+use sluice_lab::{AgentOptions, AgentSource, Lab, LabDns};
 
 use crate::prereqs;
 
@@ -35,6 +35,8 @@ const BACKENDS: [(&str, Ipv4Addr); 3] = [
 ];
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Node-local DNS, where NodeLocal DNSCache listens.
+const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -143,6 +145,11 @@ pub fn run(args: &Args) -> Result<()> {
                 .map(|(a, from)| format!("{} from {from}", a.trim()))
         )
     );
+    let dns = resolve_web(&lab);
+    println!(
+        "DNS: getent hosts web in the client (search path, agent at {DNS_IP}): {}",
+        outcome(dns.as_ref().map(String::clone))
+    );
     let counts = request_loop(&lab, args.requests, interactive);
     println!("\n{}", lab.status(&bin)?);
     drop(lab);
@@ -156,8 +163,28 @@ pub fn run(args: &Args) -> Result<()> {
             bail!("a Service without endpoints answered");
         }
         udp.context("UDP through the ClusterIP")?;
+        if dns.context("cluster DNS")? != WEB_VIP.to_string() {
+            bail!("`web` did not resolve to its ClusterIP");
+        }
     }
     Ok(())
+}
+
+/// `getent hosts web` in the client pod: glibc's resolver, the pod's
+/// resolv.conf, the agent's DNS.
+fn resolve_web(lab: &Lab) -> Result<String> {
+    let out = lab
+        .pod("client")
+        .ns
+        .command("getent")
+        .args(["hosts", "web"])
+        .output()
+        .context("running getent")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("`web` did not resolve")
 }
 
 fn outcome(r: Result<String, &anyhow::Error>) -> String {
@@ -198,9 +225,18 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
         bin: bin.to_path_buf(),
         source: agent_source,
         service_cidr: Some(SERVICE_CIDR.into()),
+        // No upstream: names outside the cluster get SERVFAIL, and no query
+        // leaves the lab.
+        dns: Some(LabDns {
+            ip: DNS_IP.into(),
+            upstreams: Vec::new(),
+        }),
         echo: interactive,
         ..AgentOptions::default()
     };
+    lab.pod("client").ns.set_resolv_conf(&format!(
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_IP}\noptions ndots:5\n"
+    ))?;
     lab.start_agent(&opts)?;
     let kubeconfig = (source == DemoSource::Apiserver).then(|| lab.apiserver().admin_kubeconfig());
     let client = lab.pod("client");
@@ -233,7 +269,11 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
         lab.pin_dir().display()
     );
     println!(
-        "Try:     ip netns exec {} bash -c 'exec 3<>/dev/tcp/{WEB_VIP}/80; echo hi >&3; head -1 <&3'\n",
+        "Try:     ip netns exec {} bash -c 'exec 3<>/dev/tcp/web/80; echo hi >&3; head -1 <&3'",
+        client.ns.name()
+    );
+    println!(
+        "         ip netns exec {} dig web.default.svc.cluster.local   (DNS at {DNS_IP})\n",
         client.ns.name()
     );
     Ok(lab)
