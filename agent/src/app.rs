@@ -13,7 +13,8 @@ use tokio::{
 };
 
 use crate::{
-    config::{RunConfig, Source},
+    certs::{self, CertStatus},
+    config::{RunConfig, ServicesConfig, Source},
     dataplane::{self, Dataplane},
     dns::Dns,
     health::{self, Health},
@@ -30,27 +31,31 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let RunConfig {
-        source,
         node_name,
         health_listen,
+        services,
+        certs,
+    } = cfg;
+    let health = Health::default();
+    let _certs = certs.map(|c| start_certs(c, &health));
+    let Some(ServicesConfig {
+        source,
         interfaces,
         pin_dir,
         conntrack_size,
         dataplane: config,
         dns,
-    } = cfg;
+    }) = services
+    else {
+        return certificates_only(&health, health_listen).await;
+    };
     let mut dp = Dataplane::load(&dataplane::Options {
         pin_dir,
         conntrack_size,
         config,
     })
     .context("loading the dataplane")?;
-    let health = Health::default();
-    let listener = health::bind(health_listen)
-        .await
-        .with_context(|| format!("binding the health port {health_listen}"))?;
-    tracing::info!(addr = %health_listen, "serving /healthz, /readyz and /metrics");
-    let _health = AbortOnDrop(tokio::spawn(health.clone().serve(listener)));
+    let _health = serve_health(&health, health_listen).await?;
     let dns = match &dns {
         Some(cfg) => {
             let dns = Dns::start(cfg).await.context("starting DNS")?;
@@ -127,6 +132,34 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     drop(source_task);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
+}
+
+fn start_certs(cfg: certs::CertConfig, health: &Health) -> AbortOnDrop {
+    let status = CertStatus::default();
+    health.set_certs(status.clone());
+    AbortOnDrop(certs::spawn(cfg, status))
+}
+
+/// Only certificate flags: the health port, until SIGTERM or SIGINT.
+async fn certificates_only(health: &Health, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    tracing::info!("no Service source and no interfaces: managing the kubelet certificates only");
+    let _health = serve_health(health, addr).await?;
+    health.set_ready();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    Ok(())
+}
+
+async fn serve_health(health: &Health, addr: std::net::SocketAddr) -> anyhow::Result<AbortOnDrop> {
+    let listener = health::bind(addr)
+        .await
+        .with_context(|| format!("binding the health port {addr}"))?;
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    Ok(AbortOnDrop(tokio::spawn(health.clone().serve(listener))))
 }
 
 async fn spawn_source(

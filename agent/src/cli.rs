@@ -72,6 +72,17 @@ pub struct RunArgs {
     /// `IP:port`. Default: the nameservers of /etc/resolv.conf at start.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Kubelet TLS bootstrapping: a kubeconfig with a bootstrap token (or
+    /// token-file) user, used when there is no valid client certificate.
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// The kubelet kubeconfig the agent writes and keeps pointing at the
+    /// current client certificate (default /var/lib/kubelet/kubeconfig).
+    #[arg(long)]
+    pub kubelet_kubeconfig: Option<PathBuf>,
+    /// Where the kubelet's certificates live (default /var/lib/kubelet/pki).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
     /// Log filter (`info`, `debug`, …); `RUST_LOG` overrides it.
     #[arg(long)]
     pub log_level: Option<String>,

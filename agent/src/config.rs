@@ -12,6 +12,7 @@ use sluice_abi::{config::DataplaneConfig, maps::DEFAULT_CONNTRACK_SIZE};
 use thiserror::Error;
 
 use crate::{
+    certs::CertConfig,
     cli::{DEFAULT_PIN_DIR, RunArgs},
     dns::DnsConfig,
     interfaces::{InterfaceMatcher, PatternError},
@@ -57,6 +58,8 @@ pub enum ConfigError {
     },
     #[error("`cluster-domain`, `dns-ttl` and `upstream` need `dns-ip`")]
     DnsWithoutIp,
+    #[error("certificate management needs the node's name: give `--node-name` (or NODE_NAME)")]
+    CertsWithoutNode,
 }
 
 /// Interfaces as a comma-separated string or a YAML list.
@@ -84,6 +87,9 @@ struct FileConfig {
     cluster_domain: Option<String>,
     dns_ttl: Option<u32>,
     upstream: Option<InterfaceList>,
+    bootstrap_kubeconfig: Option<PathBuf>,
+    kubelet_kubeconfig: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
     log_level: Option<String>,
 }
 
@@ -103,9 +109,18 @@ pub const DEFAULT_HEALTH_LISTEN: std::net::SocketAddr =
 /// Everything `sluice run` needs, validated.
 #[derive(Debug)]
 pub struct RunConfig {
-    pub source: Source,
     pub node_name: Option<String>,
     pub health_listen: std::net::SocketAddr,
+    /// The Service dataplane and DNS; `None` when only certificates are
+    /// managed.
+    pub services: Option<ServicesConfig>,
+    pub certs: Option<CertConfig>,
+}
+
+/// The Service source, the dataplane and DNS.
+#[derive(Debug)]
+pub struct ServicesConfig {
+    pub source: Source,
     pub interfaces: InterfaceMatcher,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
@@ -133,13 +148,43 @@ impl RunConfig {
             cluster_domain,
             dns_ttl,
             upstream,
+            bootstrap_kubeconfig,
+            kubelet_kubeconfig,
+            cert_dir,
             log_level: _,
         } = args;
         let file = match &config {
             Some(path) => load(path)?,
             None => FileConfig::default(),
         };
-        let source = match (manifests.or(file.manifests), kubeconfig.or(file.kubeconfig)) {
+        let node_name = node_name.or(file.node_name);
+        let certs = cert_config(
+            bootstrap_kubeconfig.or(file.bootstrap_kubeconfig),
+            kubelet_kubeconfig.or(file.kubelet_kubeconfig),
+            cert_dir.or(file.cert_dir),
+            node_name.as_deref(),
+        )?;
+        let health_listen = health_listen
+            .or(file.health_listen)
+            .unwrap_or(DEFAULT_HEALTH_LISTEN);
+        let manifests = manifests.or(file.manifests);
+        let kubeconfig = kubeconfig.or(file.kubeconfig);
+        let interfaces = interfaces.map(InterfaceList::Joined).or(file.interfaces);
+        // Certificate flags alone: the agent manages certificates only.
+        if certs.is_some()
+            && manifests.is_none()
+            && kubeconfig.is_none()
+            && interfaces.is_none()
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none()
+        {
+            return Ok(Self {
+                node_name,
+                health_listen,
+                services: None,
+                certs,
+            });
+        }
+        let source = match (manifests, kubeconfig) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoSources),
             (Some(dir), None) => Source::Manifests(dir),
             (None, Some(path)) => Source::Kubeconfig(path),
@@ -152,26 +197,11 @@ impl RunConfig {
             }
             (None, None) => return Err(ConfigError::NoSource),
         };
-        let interfaces = match (interfaces, file.interfaces) {
-            (Some(s), _) | (None, Some(InterfaceList::Joined(s))) => split(&s),
-            (None, Some(InterfaceList::List(l))) => l,
-            (None, None) => return Err(ConfigError::NoInterfaces),
-        };
-        if interfaces.is_empty() {
-            return Err(ConfigError::NoInterfaces);
-        }
-        let interfaces = InterfaceMatcher::new(&interfaces).map_err(ConfigError::Interfaces)?;
-        let mut dataplane = match service_cidr.or(file.service_cidr) {
-            Some(cidr) => {
-                let (net, len) = parse_cidr(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
-                DataplaneConfig::with_service_cidr(net, len)
-            }
-            None => DataplaneConfig::default(),
-        };
-        let upstream = match (upstream, file.upstream) {
-            (Some(s), _) | (None, Some(InterfaceList::Joined(s))) => Some(split(&s)),
-            (None, Some(InterfaceList::List(l))) => Some(l),
-            (None, None) => None,
+        let interfaces = interface_matcher(interfaces)?;
+        let upstream = match upstream.map(InterfaceList::Joined).or(file.upstream) {
+            Some(InterfaceList::Joined(s)) => Some(split(&s)),
+            Some(InterfaceList::List(l)) => Some(l),
+            None => None,
         };
         let dns = dns_config(
             dns_ip.or(file.dns_ip),
@@ -179,36 +209,82 @@ impl RunConfig {
             dns_ttl.or(file.dns_ttl),
             upstream,
         )?;
-        // The DNS address is the agent's own: the dataplane passes it.
-        if let Some(DnsConfig {
-            ip: std::net::IpAddr::V4(ip),
-            ..
-        }) = &dns
-        {
-            dataplane = dataplane.with_local_ip(*ip);
-        }
+        let dataplane = dataplane_config(service_cidr.or(file.service_cidr), dns.as_ref())?;
         let conntrack_size = conntrack_size
             .or(file.conntrack_size)
             .unwrap_or(DEFAULT_CONNTRACK_SIZE);
         if conntrack_size < 2 {
             return Err(ConfigError::ConntrackSize);
         }
-        let health_listen = health_listen
-            .or(file.health_listen)
-            .unwrap_or(DEFAULT_HEALTH_LISTEN);
         Ok(Self {
-            source,
-            node_name: node_name.or(file.node_name),
+            node_name,
             health_listen,
-            interfaces,
-            pin_dir: pin_dir
-                .or(file.pin_dir)
-                .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-            conntrack_size,
-            dataplane,
-            dns,
+            services: Some(ServicesConfig {
+                source,
+                interfaces,
+                pin_dir: pin_dir
+                    .or(file.pin_dir)
+                    .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+                conntrack_size,
+                dataplane,
+                dns,
+            }),
+            certs,
         })
     }
+}
+
+fn dataplane_config(
+    service_cidr: Option<String>,
+    dns: Option<&DnsConfig>,
+) -> Result<DataplaneConfig, ConfigError> {
+    let mut dataplane = match service_cidr {
+        Some(cidr) => {
+            let (net, len) = parse_cidr(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
+            DataplaneConfig::with_service_cidr(net, len)
+        }
+        None => DataplaneConfig::default(),
+    };
+    // The DNS address is the agent's own: the dataplane passes it.
+    if let Some(DnsConfig {
+        ip: std::net::IpAddr::V4(ip),
+        ..
+    }) = dns
+    {
+        dataplane = dataplane.with_local_ip(*ip);
+    }
+    Ok(dataplane)
+}
+
+fn interface_matcher(list: Option<InterfaceList>) -> Result<InterfaceMatcher, ConfigError> {
+    let interfaces = match list {
+        Some(InterfaceList::Joined(s)) => split(&s),
+        Some(InterfaceList::List(l)) => l,
+        None => return Err(ConfigError::NoInterfaces),
+    };
+    if interfaces.is_empty() {
+        return Err(ConfigError::NoInterfaces);
+    }
+    InterfaceMatcher::new(&interfaces).map_err(ConfigError::Interfaces)
+}
+
+/// Certificate management, when any of its settings is given.
+fn cert_config(
+    bootstrap_kubeconfig: Option<PathBuf>,
+    kubelet_kubeconfig: Option<PathBuf>,
+    cert_dir: Option<PathBuf>,
+    node_name: Option<&str>,
+) -> Result<Option<CertConfig>, ConfigError> {
+    if bootstrap_kubeconfig.is_none() && kubelet_kubeconfig.is_none() && cert_dir.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(CertConfig {
+        bootstrap_kubeconfig,
+        kubelet_kubeconfig: kubelet_kubeconfig
+            .unwrap_or_else(|| crate::certs::DEFAULT_KUBELET_KUBECONFIG.into()),
+        cert_dir: cert_dir.unwrap_or_else(|| crate::certs::DEFAULT_CERT_DIR.into()),
+        node_name: node_name.ok_or(ConfigError::CertsWithoutNode)?.to_owned(),
+    }))
 }
 
 fn dns_config(
@@ -286,6 +362,10 @@ fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
 mod tests {
     use super::*;
 
+    fn services(c: RunConfig) -> ServicesConfig {
+        c.services.expect("a Service configuration")
+    }
+
     fn with_file(yaml: &str, args: RunArgs) -> Result<RunConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.yaml");
@@ -302,6 +382,7 @@ mod tests {
             "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 1024\nlog-level: debug\n",
             RunArgs::default(),
         )
+        .map(services)
         .unwrap();
         assert_eq!(c.source, Source::Manifests("/m".into()));
         assert!(
@@ -321,6 +402,7 @@ mod tests {
                 ..RunArgs::default()
             },
         )
+        .map(services)
         .unwrap();
         assert_eq!(c.source, Source::Manifests("/flag".into()));
         assert_eq!(c.conntrack_size, 64);

@@ -19,12 +19,13 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::dns::metrics::Metrics;
+use crate::{certs::CertStatus, dns::metrics::Metrics};
 
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
     dns: Arc<OnceLock<Arc<Metrics>>>,
+    certs: Arc<OnceLock<CertStatus>>,
 }
 
 impl Health {
@@ -41,10 +42,26 @@ impl Health {
         let _ = self.dns.set(metrics);
     }
 
+    /// `/healthz` fails while a certificate is unusable; `/metrics` shows
+    /// their expiry.
+    pub fn set_certs(&self, certs: CertStatus) {
+        let _ = self.certs.set(certs);
+    }
+
     fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         if path == "/metrics" {
-            let text = self.dns.get().map(|m| m.render()).unwrap_or_default();
+            let mut text = self.dns.get().map(|m| m.render()).unwrap_or_default();
+            if let Some(certs) = self.certs.get() {
+                text.push_str(&certs.render());
+            }
             return Response::new(Full::new(Bytes::from(text)));
+        }
+        if matches!(path, "/healthz" | "/livez")
+            && let Some(Err(reason)) = self.certs.get().map(CertStatus::health)
+        {
+            let mut resp = Response::new(Full::new(Bytes::from(reason)));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return resp;
         }
         let (status, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "ok"),

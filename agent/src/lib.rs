@@ -2,6 +2,7 @@
 //! model of Services and EndpointSlices.
 
 pub mod app;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
