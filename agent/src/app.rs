@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    certs::{self, CertStatus},
+    certs::{self, CertStatus, serving::ServingSlot},
     config::{RunConfig, ServicesConfig, Source},
     dataplane::{self, Dataplane},
     dns::Dns,
@@ -22,6 +22,7 @@ use crate::{
     links::{LinkEvent, LinkWatcher},
     model::NodeInfo,
     plan::Planner,
+    secure,
     source::{AbortOnDrop, Events, apiserver, manifests},
 };
 
@@ -35,20 +36,39 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         health_listen,
         services,
         certs,
+        read_only_listen,
     } = cfg;
     let health = Health::default();
-    let _certs = certs.map(|c| start_certs(c, &health));
-    let Some(ServicesConfig {
+    let _certs = match certs {
+        Some(c) => Some(start_certs(c, &health).await?),
+        None => None,
+    };
+    let _read_only = match read_only_listen {
+        Some(addr) => Some(start_read_only(addr, &health).await?),
+        None => None,
+    };
+    let Some(services) = services else {
+        return certificates_only(&health, health_listen).await;
+    };
+    run_services(services, node_name, health, health_listen).await
+}
+
+/// The Service source, the dataplane and DNS, until SIGTERM or SIGINT.
+async fn run_services(
+    services: ServicesConfig,
+    node_name: Option<String>,
+    health: Health,
+    health_listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let ServicesConfig {
         source,
         interfaces,
         pin_dir,
         conntrack_size,
         dataplane: config,
         dns,
-    }) = services
-    else {
-        return certificates_only(&health, health_listen).await;
-    };
+    } = services;
+    health.set_pin_dir(pin_dir.clone());
     let mut dp = Dataplane::load(&dataplane::Options {
         pin_dir,
         conntrack_size,
@@ -134,10 +154,37 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_certs(cfg: certs::CertConfig, health: &Health) -> AbortOnDrop {
+async fn start_read_only(
+    addr: std::net::SocketAddr,
+    health: &Health,
+) -> anyhow::Result<AbortOnDrop> {
+    let listener = secure::bind(addr).await?;
+    tracing::info!(%addr, "serving the read-only port (/healthz, /metrics)");
+    Ok(AbortOnDrop(tokio::spawn(secure::serve_read_only(
+        listener,
+        health.clone(),
+    ))))
+}
+
+/// Certificate management, and the secure port serving what it gets.
+async fn start_certs(cfg: certs::CertConfig, health: &Health) -> anyhow::Result<[AbortOnDrop; 3]> {
     let status = CertStatus::default();
     health.set_certs(status.clone());
-    AbortOnDrop(certs::spawn(cfg, status))
+    let slot = ServingSlot::default();
+    let (ca, from) = cfg.client_ca().context(
+        "the secure port needs the cluster CA for client certificates: give `--client-ca-file`",
+    )?;
+    let roots = secure::client_roots(&ca, &from)?;
+    let tls = secure::tls_config(roots, slot.clone())?;
+    let listener = secure::bind(cfg.secure_listen).await?;
+    tracing::info!(addr = %cfg.secure_listen, "serving the secure port (/healthz, /metrics, /status)");
+    let server = AbortOnDrop(tokio::spawn(secure::serve_secure(
+        listener,
+        std::sync::Arc::new(tls),
+        health.clone(),
+    )));
+    let [client, serving] = certs::spawn(cfg, &status, &slot).map(AbortOnDrop);
+    Ok([server, client, serving])
 }
 
 /// Only certificate flags: the health port, until SIGTERM or SIGINT.

@@ -2,9 +2,10 @@
 //! approved certificate and a kubeconfig) and rotation, with the kubelet's
 //! files, names and timings.
 
-mod kubeconfig;
+pub mod kubeconfig;
 mod manager;
 pub mod request;
+pub mod serving;
 pub mod store;
 
 use std::{
@@ -32,6 +33,35 @@ pub struct CertConfig {
     pub kubelet_kubeconfig: PathBuf,
     pub cert_dir: PathBuf,
     pub node_name: String,
+    /// The secure port (HTTPS with the serving certificate).
+    pub secure_listen: std::net::SocketAddr,
+    /// CA bundle of the client certificates the secure port accepts;
+    /// default: the cluster CA of the (bootstrap) kubeconfig.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The kubelet's port.
+pub const DEFAULT_SECURE_LISTEN: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 10250),
+);
+
+impl CertConfig {
+    /// The client CA bundle (PEM) and where it came from.
+    pub fn client_ca(&self) -> Option<(Vec<u8>, PathBuf)> {
+        if let Some(path) = &self.client_ca_file {
+            return std::fs::read(path).ok().map(|pem| (pem, path.clone()));
+        }
+        [
+            self.bootstrap_kubeconfig.as_ref(),
+            Some(&self.kubelet_kubeconfig),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|path| {
+            let pem = kubeconfig::cluster_of(path).ok()?.ca_pem()?;
+            Some((pem, path.clone()))
+        })
+    }
 }
 
 /// What each certificate is at, for `/healthz` and `/metrics`.
@@ -76,20 +106,52 @@ impl CertStatus {
         self.with(kind, |s| s.error = Some(error));
     }
 
-    /// `Err(reason)` when a certificate is unusable: no valid certificate
-    /// and an error (bootstrap failing or denied, expired without a way
-    /// back). A certificate still being obtained for the first time is not
-    /// an error.
+    /// `Err(reason)` when a certificate is unusable: no valid client
+    /// certificate and an error (bootstrap failing or denied, expired
+    /// without a way back), or a serving certificate that expired and could
+    /// not be renewed. A certificate still being obtained for the first
+    /// time is not an error.
     pub fn health(&self) -> Result<(), String> {
         let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let now = SystemTime::now();
         for (kind, state) in map.iter() {
             let valid = state.leaf.as_ref().is_some_and(|l| !l.expired(now));
-            if let (false, Some(error)) = (valid, &state.error) {
+            let Some(error) = (!valid).then_some(state.error.as_ref()).flatten() else {
+                continue;
+            };
+            // The serving certificate fails health only once one expired
+            // unrenewed: waiting for the first one (approval may be
+            // manual) is not an error, as with the kubelet.
+            if *kind == Kind::Client.label() || state.leaf.is_some() {
                 return Err(format!("{kind} certificate: {error}"));
             }
         }
         Ok(())
+    }
+
+    /// Each certificate's state, for `/status`.
+    pub fn json(&self) -> serde_json::Value {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
+        map.iter()
+            .map(|(kind, state)| {
+                let value = serde_json::json!({
+                    "serial": state.leaf.as_ref().map(|l| l.serial.clone()),
+                    "subject": state.leaf.as_ref().map(|l| l.subject_cn.clone()),
+                    "sans": state.leaf.as_ref().map(|l| l.sans.clone()),
+                    "notBefore": state.leaf.as_ref().map(|l| unix(l.not_before)),
+                    "notAfter": state.leaf.as_ref().map(|l| unix(l.not_after)),
+                    "rotations": state.rotations,
+                    "error": state.error,
+                });
+                ((*kind).to_owned(), value)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// Prometheus text: expiry and rotations per certificate.
@@ -129,16 +191,24 @@ impl CertStatus {
     }
 }
 
-/// Starts certificate management; it runs until dropped.
-pub fn spawn(cfg: CertConfig, status: CertStatus) -> tokio::task::JoinHandle<()> {
+/// Starts certificate management: the client certificate, and the serving
+/// certificate published to `slot`. Both run until the handles drop.
+pub fn spawn(
+    cfg: CertConfig,
+    status: &CertStatus,
+    slot: &serving::ServingSlot,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let cfg = Arc::new(cfg);
     tracing::info!(
         node = cfg.node_name,
         cert_dir = %cfg.cert_dir.display(),
         kubeconfig = %cfg.kubelet_kubeconfig.display(),
-        "managing the kubelet client certificate"
+        "managing the kubelet client and serving certificates"
     );
-    tokio::spawn(manager::run_client(cfg, status))
+    [
+        tokio::spawn(manager::run_client(Arc::clone(&cfg), status.clone())),
+        tokio::spawn(serving::run(cfg, status.clone(), slot.clone())),
+    ]
 }
 
 #[cfg(test)]

@@ -83,6 +83,17 @@ pub struct RunArgs {
     /// Where the kubelet's certificates live (default /var/lib/kubelet/pki).
     #[arg(long)]
     pub cert_dir: Option<PathBuf>,
+    /// The secure port, HTTPS with the serving certificate (default
+    /// 0.0.0.0:10250; only with certificate management).
+    #[arg(long)]
+    pub secure_listen: Option<std::net::SocketAddr>,
+    /// CA bundle for client certificates on the secure port (default: the
+    /// cluster CA of the bootstrap or kubelet kubeconfig).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// A plain-HTTP port with /healthz and /metrics only (default: off).
+    #[arg(long)]
+    pub read_only_listen: Option<std::net::SocketAddr>,
     /// Log filter (`info`, `debug`, …); `RUST_LOG` overrides it.
     #[arg(long)]
     pub log_level: Option<String>,

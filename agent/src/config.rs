@@ -90,6 +90,9 @@ struct FileConfig {
     bootstrap_kubeconfig: Option<PathBuf>,
     kubelet_kubeconfig: Option<PathBuf>,
     cert_dir: Option<PathBuf>,
+    secure_listen: Option<std::net::SocketAddr>,
+    client_ca_file: Option<PathBuf>,
+    read_only_listen: Option<std::net::SocketAddr>,
     log_level: Option<String>,
 }
 
@@ -115,6 +118,8 @@ pub struct RunConfig {
     /// managed.
     pub services: Option<ServicesConfig>,
     pub certs: Option<CertConfig>,
+    /// The plain-HTTP read-only port, when asked for.
+    pub read_only_listen: Option<std::net::SocketAddr>,
 }
 
 /// The Service source, the dataplane and DNS.
@@ -133,105 +138,103 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
-        let RunArgs {
-            config,
-            manifests,
-            kubeconfig,
-            node_name,
-            health_listen,
-            service_account_dir,
-            interfaces,
-            service_cidr,
-            pin_dir,
-            conntrack_size,
-            dns_ip,
-            cluster_domain,
-            dns_ttl,
-            upstream,
-            bootstrap_kubeconfig,
-            kubelet_kubeconfig,
-            cert_dir,
-            log_level: _,
-        } = args;
-        let file = match &config {
+        let file = match &args.config {
             Some(path) => load(path)?,
             None => FileConfig::default(),
         };
-        let node_name = node_name.or(file.node_name);
+        let mut c = merge(args, file);
         let certs = cert_config(
-            bootstrap_kubeconfig.or(file.bootstrap_kubeconfig),
-            kubelet_kubeconfig.or(file.kubelet_kubeconfig),
-            cert_dir.or(file.cert_dir),
-            node_name.as_deref(),
+            [
+                c.bootstrap_kubeconfig.take(),
+                c.kubelet_kubeconfig.take(),
+                c.cert_dir.take(),
+                c.client_ca_file.take(),
+            ],
+            c.secure_listen,
+            c.node_name.as_deref(),
         )?;
-        let health_listen = health_listen
-            .or(file.health_listen)
-            .unwrap_or(DEFAULT_HEALTH_LISTEN);
-        let manifests = manifests.or(file.manifests);
-        let kubeconfig = kubeconfig.or(file.kubeconfig);
-        let interfaces = interfaces.map(InterfaceList::Joined).or(file.interfaces);
         // Certificate flags alone: the agent manages certificates only.
-        if certs.is_some()
-            && manifests.is_none()
-            && kubeconfig.is_none()
-            && interfaces.is_none()
-            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none()
-        {
-            return Ok(Self {
-                node_name,
-                health_listen,
-                services: None,
-                certs,
-            });
-        }
-        let source = match (manifests, kubeconfig) {
-            (Some(_), Some(_)) => return Err(ConfigError::TwoSources),
-            (Some(dir), None) => Source::Manifests(dir),
-            (None, Some(path)) => Source::Kubeconfig(path),
-            (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-                Source::InCluster(
-                    service_account_dir
-                        .or(file.service_account_dir)
-                        .unwrap_or_else(|| crate::source::apiserver::SERVICE_ACCOUNT_DIR.into()),
-                )
-            }
-            (None, None) => return Err(ConfigError::NoSource),
-        };
-        let interfaces = interface_matcher(interfaces)?;
-        let upstream = match upstream.map(InterfaceList::Joined).or(file.upstream) {
-            Some(InterfaceList::Joined(s)) => Some(split(&s)),
-            Some(InterfaceList::List(l)) => Some(l),
-            None => None,
-        };
-        let dns = dns_config(
-            dns_ip.or(file.dns_ip),
-            cluster_domain.or(file.cluster_domain),
-            dns_ttl.or(file.dns_ttl),
-            upstream,
-        )?;
-        let dataplane = dataplane_config(service_cidr.or(file.service_cidr), dns.as_ref())?;
-        let conntrack_size = conntrack_size
-            .or(file.conntrack_size)
-            .unwrap_or(DEFAULT_CONNTRACK_SIZE);
-        if conntrack_size < 2 {
-            return Err(ConfigError::ConntrackSize);
-        }
+        let certs_only = certs.is_some()
+            && c.manifests.is_none()
+            && c.kubeconfig.is_none()
+            && c.interfaces.is_none()
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none();
         Ok(Self {
-            node_name,
-            health_listen,
-            services: Some(ServicesConfig {
-                source,
-                interfaces,
-                pin_dir: pin_dir
-                    .or(file.pin_dir)
-                    .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-                conntrack_size,
-                dataplane,
-                dns,
-            }),
+            health_listen: c.health_listen.unwrap_or(DEFAULT_HEALTH_LISTEN),
+            read_only_listen: c.read_only_listen,
+            services: if certs_only {
+                None
+            } else {
+                Some(services_config(&mut c)?)
+            },
+            node_name: c.node_name,
             certs,
         })
     }
+}
+
+/// The flags over the config file: a flag given wins.
+fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
+    FileConfig {
+        manifests: args.manifests.or(file.manifests),
+        kubeconfig: args.kubeconfig.or(file.kubeconfig),
+        node_name: args.node_name.or(file.node_name),
+        health_listen: args.health_listen.or(file.health_listen),
+        service_account_dir: args.service_account_dir.or(file.service_account_dir),
+        interfaces: args
+            .interfaces
+            .map(InterfaceList::Joined)
+            .or(file.interfaces),
+        service_cidr: args.service_cidr.or(file.service_cidr),
+        pin_dir: args.pin_dir.or(file.pin_dir),
+        conntrack_size: args.conntrack_size.or(file.conntrack_size),
+        dns_ip: args.dns_ip.or(file.dns_ip),
+        cluster_domain: args.cluster_domain.or(file.cluster_domain),
+        dns_ttl: args.dns_ttl.or(file.dns_ttl),
+        upstream: args.upstream.map(InterfaceList::Joined).or(file.upstream),
+        bootstrap_kubeconfig: args.bootstrap_kubeconfig.or(file.bootstrap_kubeconfig),
+        kubelet_kubeconfig: args.kubelet_kubeconfig.or(file.kubelet_kubeconfig),
+        cert_dir: args.cert_dir.or(file.cert_dir),
+        secure_listen: args.secure_listen.or(file.secure_listen),
+        client_ca_file: args.client_ca_file.or(file.client_ca_file),
+        read_only_listen: args.read_only_listen.or(file.read_only_listen),
+        log_level: args.log_level.or(file.log_level),
+    }
+}
+
+/// The Service source, interfaces, dataplane and DNS of merged settings.
+fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
+    let source = match (c.manifests.take(), c.kubeconfig.take()) {
+        (Some(_), Some(_)) => return Err(ConfigError::TwoSources),
+        (Some(dir), None) => Source::Manifests(dir),
+        (None, Some(path)) => Source::Kubeconfig(path),
+        (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Source::InCluster(
+            c.service_account_dir
+                .take()
+                .unwrap_or_else(|| crate::source::apiserver::SERVICE_ACCOUNT_DIR.into()),
+        ),
+        (None, None) => return Err(ConfigError::NoSource),
+    };
+    let interfaces = interface_matcher(c.interfaces.take())?;
+    let upstream = match c.upstream.take() {
+        Some(InterfaceList::Joined(s)) => Some(split(&s)),
+        Some(InterfaceList::List(l)) => Some(l),
+        None => None,
+    };
+    let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
+    let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?;
+    let conntrack_size = c.conntrack_size.unwrap_or(DEFAULT_CONNTRACK_SIZE);
+    if conntrack_size < 2 {
+        return Err(ConfigError::ConntrackSize);
+    }
+    Ok(ServicesConfig {
+        source,
+        interfaces,
+        pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        conntrack_size,
+        dataplane,
+        dns,
+    })
 }
 
 fn dataplane_config(
@@ -268,11 +271,16 @@ fn interface_matcher(list: Option<InterfaceList>) -> Result<InterfaceMatcher, Co
     InterfaceMatcher::new(&interfaces).map_err(ConfigError::Interfaces)
 }
 
-/// Certificate management, when any of its settings is given.
+/// Certificate management, when any of its settings is given: the
+/// bootstrap kubeconfig, kubelet kubeconfig, cert dir and client CA file.
 fn cert_config(
-    bootstrap_kubeconfig: Option<PathBuf>,
-    kubelet_kubeconfig: Option<PathBuf>,
-    cert_dir: Option<PathBuf>,
+    [
+        bootstrap_kubeconfig,
+        kubelet_kubeconfig,
+        cert_dir,
+        client_ca_file,
+    ]: [Option<PathBuf>; 4],
+    secure_listen: Option<std::net::SocketAddr>,
     node_name: Option<&str>,
 ) -> Result<Option<CertConfig>, ConfigError> {
     if bootstrap_kubeconfig.is_none() && kubelet_kubeconfig.is_none() && cert_dir.is_none() {
@@ -284,6 +292,8 @@ fn cert_config(
             .unwrap_or_else(|| crate::certs::DEFAULT_KUBELET_KUBECONFIG.into()),
         cert_dir: cert_dir.unwrap_or_else(|| crate::certs::DEFAULT_CERT_DIR.into()),
         node_name: node_name.ok_or(ConfigError::CertsWithoutNode)?.to_owned(),
+        secure_listen: secure_listen.unwrap_or(crate::certs::DEFAULT_SECURE_LISTEN),
+        client_ca_file,
     }))
 }
 

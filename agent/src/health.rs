@@ -26,6 +26,7 @@ pub struct Health {
     ready: Arc<AtomicBool>,
     dns: Arc<OnceLock<Arc<Metrics>>>,
     certs: Arc<OnceLock<CertStatus>>,
+    pin_dir: Arc<OnceLock<std::path::PathBuf>>,
 }
 
 impl Health {
@@ -48,13 +49,58 @@ impl Health {
         let _ = self.certs.set(certs);
     }
 
-    fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+    /// `/metrics` shows the dataplane's counters from these pins.
+    pub fn set_pin_dir(&self, pin_dir: std::path::PathBuf) {
+        let _ = self.pin_dir.set(pin_dir);
+    }
+
+    /// The certificate state, when certificates are managed.
+    pub fn certs(&self) -> Option<&CertStatus> {
+        self.certs.get()
+    }
+
+    /// The dataplane's state from the pins, when there is a dataplane.
+    pub fn snapshot(&self) -> Option<crate::status::Snapshot> {
+        let pin_dir = self.pin_dir.get()?;
+        crate::status::collect(pin_dir)
+            .map_err(|e| tracing::debug!("reading the pinned maps: {e}"))
+            .ok()
+    }
+
+    /// Prometheus text: dataplane, DNS and certificates.
+    pub fn metrics(&self) -> String {
+        self.metrics_with(true)
+    }
+
+    /// `metrics` without the series that name Services (for the read-only
+    /// port, which authenticates no one).
+    pub fn public_metrics(&self) -> String {
+        self.metrics_with(false)
+    }
+
+    fn metrics_with(&self, services: bool) -> String {
+        let mut text = self
+            .snapshot()
+            .map(|mut s| {
+                if !services {
+                    s.services.clear();
+                }
+                crate::status::metrics(&s)
+            })
+            .unwrap_or_default();
+        if let Some(dns) = self.dns.get() {
+            text.push_str(&dns.render());
+        }
+        if let Some(certs) = self.certs.get() {
+            text.push_str(&certs.render());
+        }
+        text
+    }
+
+    /// The answer to `path` (`/healthz`, `/livez`, `/readyz`, `/metrics`).
+    pub fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         if path == "/metrics" {
-            let mut text = self.dns.get().map(|m| m.render()).unwrap_or_default();
-            if let Some(certs) = self.certs.get() {
-                text.push_str(&certs.render());
-            }
-            return Response::new(Full::new(Bytes::from(text)));
+            return Response::new(Full::new(Bytes::from(self.metrics())));
         }
         if matches!(path, "/healthz" | "/livez")
             && let Some(Err(reason)) = self.certs.get().map(CertStatus::health)

@@ -13,6 +13,7 @@ pub mod links;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod secure;
 pub mod source;
 pub mod status;
 

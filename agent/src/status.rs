@@ -25,8 +25,54 @@ fn frontend(k: ServiceKey) -> String {
     format!("{}:{}/{}", k.addr(), k.port(), proto_name(k.proto))
 }
 
-/// Renders the status table.
-pub fn render(pin_dir: &Path) -> Result<String, Error> {
+/// Traffic counters of a frontend or backend.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl From<TrafficStats> for Traffic {
+    fn from(s: TrafficStats) -> Self {
+        Self {
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BackendRow {
+    pub slot: u32,
+    pub address: String,
+    pub traffic: Traffic,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ServiceRow {
+    /// `namespace/name:port`.
+    pub name: String,
+    /// `ClusterIP:port/PROTO`.
+    pub frontend: String,
+    pub slots: u32,
+    pub traffic: Traffic,
+    pub backends: Vec<BackendRow>,
+}
+
+/// What the pinned maps hold now.
+#[derive(Debug, serde::Serialize)]
+pub struct Snapshot {
+    pub services: Vec<ServiceRow>,
+    pub cluster_ips: usize,
+    pub conntrack_entries: usize,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub events: BTreeMap<&'static str, u64>,
+}
+
+/// Reads the pinned maps.
+pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
     let maps = Maps::open_pinned(pin_dir)?;
     let names: BTreeMap<u32, String> = maps
         .names
@@ -62,9 +108,62 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
             .map(|v| sum_stats(&v))
             .unwrap_or_default()
     };
+    let rows = services
+        .iter()
+        .map(|(key, value)| {
+            let mut backends = slots.remove(&value.id).unwrap_or_default();
+            backends.sort_by_key(|(slot, _)| *slot);
+            ServiceRow {
+                name: names.get(&value.id).cloned().unwrap_or_else(|| "?".into()),
+                frontend: frontend(*key),
+                slots: u32::from(value.count),
+                traffic: svc_stats(value.id).into(),
+                backends: backends
+                    .into_iter()
+                    .map(|(slot, b)| BackendRow {
+                        slot,
+                        address: format!("{}:{}", b.addr(), b.port()),
+                        traffic: be_stats(b.id).into(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let cluster_ips = maps
+        .services
+        .keys()
+        .filter_map(Result::ok)
+        .filter(ServiceKey::is_marker)
+        .count();
+    let conntrack_entries = maps.conntrack.keys().filter_map(Result::ok).count();
+    let count = |array: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, index: u32| {
+        array
+            .get(&index, 0)
+            .map(|v| sum_counter(&v))
+            .unwrap_or_default()
+    };
+    let drops = DropReason::ALL
+        .iter()
+        .map(|reason| (reason.label(), count(&maps.drops, *reason as u32)))
+        .collect();
+    let events = Event::ALL
+        .iter()
+        .map(|event| (event.label(), count(&maps.events, *event as u32)))
+        .collect();
+    Ok(Snapshot {
+        services: rows,
+        cluster_ips,
+        conntrack_entries,
+        drops,
+        events,
+    })
+}
 
+/// Renders the status table.
+pub fn render(pin_dir: &Path) -> Result<String, Error> {
+    let snap = collect(pin_dir)?;
     let mut out = String::new();
-    let row = |out: &mut String, a: &str, b: &str, c: &str, s: TrafficStats| {
+    let row = |out: &mut String, a: &str, b: &str, c: &str, s: Traffic| {
         let _ = writeln!(
             out,
             "{a:<32} {b:<24} {c:>8} {:>10} {:>12} {:>10}",
@@ -76,51 +175,92 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
         "{:<32} {:<24} {:>8} {:>10} {:>12} {:>10}",
         "SERVICE", "FRONTEND / BACKEND", "SLOTS", "PACKETS", "BYTES", "NEW FLOWS"
     );
-    for (key, value) in &services {
-        let name = names.get(&value.id).map_or("?", String::as_str);
+    for svc in &snap.services {
         row(
             &mut out,
-            name,
-            &frontend(*key),
-            &value.count.to_string(),
-            svc_stats(value.id),
+            &svc.name,
+            &svc.frontend,
+            &svc.slots.to_string(),
+            svc.traffic,
         );
-        let mut backends = slots.remove(&value.id).unwrap_or_default();
-        backends.sort_by_key(|(slot, _)| *slot);
-        for (slot, b) in backends {
-            let label = format!("  -> {}:{}", b.addr(), b.port());
-            row(&mut out, "", &label, &format!("#{slot}"), be_stats(b.id));
+        for b in &svc.backends {
+            let label = format!("  -> {}", b.address);
+            row(&mut out, "", &label, &format!("#{}", b.slot), b.traffic);
         }
     }
-    let markers = maps
-        .services
-        .keys()
-        .filter_map(Result::ok)
-        .filter(ServiceKey::is_marker)
-        .count();
-    let conntrack = maps.conntrack.keys().filter_map(Result::ok).count();
     let _ = writeln!(
         out,
-        "\nClusterIPs: {markers}   conntrack entries: {conntrack}"
+        "\nClusterIPs: {}   conntrack entries: {}",
+        snap.cluster_ips, snap.conntrack_entries
     );
     let _ = write!(out, "drops:");
-    for reason in DropReason::ALL {
-        let n = maps
-            .drops
-            .get(&(*reason as u32), 0)
-            .map(|v| sum_counter(&v))
-            .unwrap_or_default();
-        let _ = write!(out, " {}={n}", reason.label());
+    for (reason, n) in ordered(&snap.drops, DropReason::ALL.iter().map(|r| r.label())) {
+        let _ = write!(out, " {reason}={n}");
     }
     let _ = write!(out, "\nevents:");
-    for event in Event::ALL {
-        let n = maps
-            .events
-            .get(&(*event as u32), 0)
-            .map(|v| sum_counter(&v))
-            .unwrap_or_default();
-        let _ = write!(out, " {}={n}", event.label());
+    for (event, n) in ordered(&snap.events, Event::ALL.iter().map(|e| e.label())) {
+        let _ = write!(out, " {event}={n}");
     }
     out.push('\n');
     Ok(out)
+}
+
+/// `counts` in the order of `labels` (the ABI's order, not the alphabet).
+fn ordered<'a>(
+    counts: &'a BTreeMap<&'static str, u64>,
+    labels: impl Iterator<Item = &'static str> + 'a,
+) -> impl Iterator<Item = (&'static str, u64)> + 'a {
+    labels.map(|l| (l, counts.get(l).copied().unwrap_or(0)))
+}
+
+/// A per-Service counter: name, help, and its value.
+type PerService = (&'static str, &'static str, fn(&Traffic) -> u64);
+
+/// Prometheus text: traffic per Service port, drops by reason, events.
+pub fn metrics(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let per_service: [PerService; 3] = [
+        ("packets", "Packets to a Service frontend.", |t| t.packets),
+        ("bytes", "Bytes to a Service frontend.", |t| t.bytes),
+        (
+            "new_flows",
+            "Flows a Service frontend load-balanced.",
+            |t| t.new_flows,
+        ),
+    ];
+    for (what, help, value) in per_service {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_service_{what}_total {help}\n# TYPE sluice_service_{what}_total counter"
+        );
+        for svc in &snap.services {
+            let _ = writeln!(
+                out,
+                "sluice_service_{what}_total{{service=\"{}\",frontend=\"{}\"}} {}",
+                svc.name,
+                svc.frontend,
+                value(&svc.traffic)
+            );
+        }
+    }
+    out.push_str("# HELP sluice_dataplane_drops_total Packets dropped in the kernel, by reason.\n# TYPE sluice_dataplane_drops_total counter\n");
+    for (reason, n) in &snap.drops {
+        let _ = writeln!(
+            out,
+            "sluice_dataplane_drops_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP sluice_dataplane_events_total Dataplane events, by kind.\n# TYPE sluice_dataplane_events_total counter\n");
+    for (event, n) in &snap.events {
+        let _ = writeln!(
+            out,
+            "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_conntrack_entries Conntrack entries (two per flow).\n# TYPE sluice_conntrack_entries gauge\nsluice_conntrack_entries {}",
+        snap.conntrack_entries
+    );
+    out
 }

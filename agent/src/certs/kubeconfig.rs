@@ -81,6 +81,19 @@ pub fn cluster_of(path: &Path) -> Result<ClusterInfo, KubeconfigError> {
     })
 }
 
+impl ClusterInfo {
+    /// The CA bundle (PEM) the kubeconfig trusts, if it names one.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        if let Some(data) = &self.ca_data {
+            return base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .ok();
+        }
+        std::fs::read(self.ca_file.as_ref()?).ok()
+    }
+}
+
 /// Writes the kubelet kubeconfig (0600, atomically): `cluster`, and the
 /// client certificate and key at `cert` (the `-current.pem` symlink).
 pub fn write_kubelet_kubeconfig(

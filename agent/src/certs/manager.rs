@@ -52,14 +52,14 @@ impl CertError {
 }
 
 /// 2 s, doubling to 32 s.
-struct Backoff(Duration);
+pub(super) struct Backoff(Duration);
 
 impl Backoff {
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         Self(BACKOFF_FIRST)
     }
 
-    fn next(&mut self) -> Duration {
+    pub(super) fn next(&mut self) -> Duration {
         let pause = self.0;
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
         pause

@@ -88,3 +88,36 @@ fn health_is_bad_only_without_a_valid_certificate_and_with_an_error() {
     );
     assert!(metrics.contains("sluice_certificate_expiration_timestamp_seconds{kind=\"client\"}"));
 }
+
+#[test]
+fn serving_names_come_from_the_nodes_addresses_sorted_and_deduplicated() {
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "n1"},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "10.0.0.5"},
+            {"type": "Hostname", "address": "n1"},
+            {"type": "ExternalIP", "address": "192.0.2.9"},
+            {"type": "InternalDNS", "address": "n1.internal"},
+            {"type": "InternalIP", "address": "10.0.0.5"},
+            {"type": "Unknown", "address": "nope"},
+        ]}
+    }))
+    .unwrap();
+    assert_eq!(
+        serving::node_sans(&node),
+        ["10.0.0.5", "192.0.2.9", "n1", "n1.internal"]
+    );
+}
+
+#[test]
+fn a_missing_serving_certificate_is_not_unhealthy_until_one_expires() {
+    let status = CertStatus::default();
+    status.set_rotation_error(Kind::Serving, "waiting for approval".into());
+    assert!(status.health().is_ok(), "the first one is still coming");
+    let mut expired = leaf(Duration::from_secs(60));
+    expired.not_before = SystemTime::now() - Duration::from_secs(120);
+    expired.not_after = expired.not_before + Duration::from_secs(60);
+    status.set_current(Kind::Serving, &expired, false);
+    status.set_rotation_error(Kind::Serving, "API server down".into());
+    assert!(status.health().unwrap_err().contains("serving certificate"));
+}

@@ -39,6 +39,17 @@ struct Node {
     server: ApiServer,
     agent: Option<Process>,
     health: u16,
+    secure: u16,
+    read_only: u16,
+}
+
+/// A loopback port the kernel picked (released for the agent).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Node {
@@ -75,16 +86,13 @@ impl Node {
             ),
         )
         .unwrap();
-        let health = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         Self {
             dir,
             server,
             agent: None,
-            health,
+            health: free_port(),
+            secure: free_port(),
+            read_only: free_port(),
         }
     }
 
@@ -111,6 +119,11 @@ impl Node {
             .arg(self.pki())
             .args(["--node-name", NODE])
             .args(["--health-listen", &format!("127.0.0.1:{}", self.health)])
+            .args(["--secure-listen", &format!("127.0.0.1:{}", self.secure)])
+            .args([
+                "--read-only-listen",
+                &format!("127.0.0.1:{}", self.read_only),
+            ])
             .env_remove("RUST_LOG")
             .env_remove("KUBERNETES_SERVICE_HOST");
         let echo = std::env::var_os("SLUICE_LAB_ECHO").is_some();
@@ -133,25 +146,7 @@ impl Node {
 
     /// `(status, body)` of a GET on the health port.
     fn health(&self, path: &str) -> (u16, String) {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.health)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            code,
-            out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
-        )
+        plain_get(self.health, path)
     }
 
     /// The file `kubelet-client-current.pem` points at.
@@ -159,7 +154,8 @@ impl Node {
         fs::read_link(self.pki().join("kubelet-client-current.pem")).unwrap()
     }
 
-    /// Names of the CSRs whose condition is `condition` ("" = pending).
+    /// The client-certificate CSRs: name and first condition ("" while
+    /// pending).
     fn csrs(&self) -> Vec<(String, String)> {
         let out = self
             .server
@@ -167,18 +163,44 @@ impl Node {
                 "get",
                 "csr",
                 "-o",
-                "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[0].type}{\"\\n\"}{end}",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.signerName} {.status.conditions[0].type}{\"\\n\"}{end}",
             ])
             .unwrap();
+        // Client CSRs only: the serving certificate has its own tests.
         out.lines()
-            .map(|l| {
+            .filter_map(|l| {
                 let mut parts = l.split_whitespace();
-                (
-                    parts.next().unwrap_or_default().to_owned(),
-                    parts.next().unwrap_or_default().to_owned(),
-                )
+                let name = parts.next()?.to_owned();
+                let signer = parts.next()?;
+                (signer == "kubernetes.io/kube-apiserver-client-kubelet")
+                    .then(|| (name, parts.next().unwrap_or_default().to_owned()))
             })
             .collect()
+    }
+
+    /// The name of the pending serving CSR, once the agent made it.
+    fn wait_serving_csr(&mut self) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let name = self
+                .server
+                .kubectl(&[
+                    "get",
+                    "csr",
+                    "-o",
+                    "jsonpath={.items[?(@.spec.signerName==\"kubernetes.io/kubelet-serving\")].metadata.name}",
+                ])
+                .unwrap();
+            if !name.trim().is_empty() {
+                return name.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no serving CSR");
+            // The agent logs each CSR it creates: wait for the next one.
+            let from = self.mark();
+            let _ = self
+                .agent()
+                .wait_for("CSR created", from, Duration::from_secs(2));
+        }
     }
 
     /// kubectl with the kubelet kubeconfig is the node, in `system:nodes`.
@@ -243,6 +265,18 @@ fn a_fresh_node_bootstraps_to_a_kubeconfig_that_authenticates_as_the_node() {
         metrics.contains("sluice_certificate_expiration_timestamp_seconds{kind=\"client\"}"),
         "{metrics}"
     );
+    // The read-only port: health and metrics, nothing else, no TLS.
+    assert_eq!(
+        plain_get(node.read_only, "/healthz"),
+        (200, "ok".to_owned())
+    );
+    let (code, public) = plain_get(node.read_only, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        public.contains("sluice_certificate_rotations_total"),
+        "{public}"
+    );
+    assert_eq!(plain_get(node.read_only, "/status").0, 404);
     node.assert_log_clean();
 
     // A restart keeps the certificate: no second CSR.
@@ -273,6 +307,24 @@ fn without_auto_approval_the_agent_waits_for_kubectl_certificate_approve() {
         .unwrap();
     node.wait("bootstrapped", 0);
     node.assert_authenticates_as_node();
+
+    // The serving certificate waits for its approval too; there being no
+    // Node object, it names the host's addresses and hostname. Until then
+    // the secure port has nothing to serve.
+    let serving = node.wait_serving_csr();
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let client = SecureClient::new(&node, true).expecting(hostname.trim());
+    assert!(client.get("/healthz").is_err());
+    node.server
+        .kubectl(&["certificate", "approve", &serving])
+        .unwrap();
+    let issued = node.wait("serving certificate issued", 0);
+    assert!(issued.contains(hostname.trim()), "{issued}");
+    assert!(
+        !issued.contains("127.0.0.1"),
+        "no loopback address: {issued}"
+    );
+    assert_eq!(client.get("/healthz").unwrap().status, 200);
     node.assert_log_clean();
 }
 
@@ -386,4 +438,299 @@ fn a_corrupt_or_expired_certificate_at_start_leads_to_a_new_bootstrap() {
     node.wait("bootstrapped", 0);
     node.assert_authenticates_as_node();
     node.assert_log_clean();
+}
+
+/// A TLS client of the secure port: the cluster CA as its only root, and
+/// optionally a client certificate of the cluster CA (the admin's).
+struct SecureClient {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    /// The name the server certificate must carry.
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+/// One HTTP response, and the serial of the server certificate it came with.
+struct Answer {
+    status: u16,
+    body: String,
+    serial: String,
+}
+
+impl SecureClient {
+    fn new(node: &Node, authenticated: bool) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(node.server.ca()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = if authenticated {
+            let field = |name: &str| {
+                let out = node
+                    .server
+                    .kubectl(&[
+                        "config",
+                        "view",
+                        "--raw",
+                        "-o",
+                        &format!("jsonpath={{.users[0].user.{name}}}"),
+                    ])
+                    .unwrap();
+                base64::engine::general_purpose::STANDARD
+                    .decode(out.trim())
+                    .unwrap()
+            };
+            let chain = CertificateDer::pem_slice_iter(&field("client-certificate-data"))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(&field("client-key-data")).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        Self {
+            config: std::sync::Arc::new(config),
+            port: node.secure,
+            name: rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        }
+    }
+
+    /// Expects the server certificate to name `name` instead of 127.0.0.1.
+    fn expecting(mut self, name: &str) -> Self {
+        self.name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        self
+    }
+
+    /// Opens a connection to 127.0.0.1 (the name the certificate must have).
+    fn connect(
+        &self,
+    ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let conn =
+            rustls::ClientConnection::new(std::sync::Arc::clone(&self.config), self.name.clone())
+                .map_err(std::io::Error::other)?;
+        Ok(rustls::StreamOwned::new(conn, tcp))
+    }
+
+    /// A GET on a new connection.
+    fn get(&self, path: &str) -> std::io::Result<Answer> {
+        let mut stream = self.connect()?;
+        request(&mut stream, path)
+    }
+}
+
+/// GET `path` on an open connection (kept alive); reads one response.
+fn request(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    path: &str,
+) -> std::io::Result<Answer> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: node-1\r\n\r\n")?;
+    stream.flush()?;
+    let serial = stream
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| {
+            use x509_parser::prelude::FromDer as _;
+            x509_parser::certificate::X509Certificate::from_der(c)
+                .map(|(_, x)| x.raw_serial_as_string())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut length = 0usize;
+    for _ in 0..64 {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        serial,
+    })
+}
+
+const NODE_OBJECT: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
+
+impl Node {
+    /// The Node object, with these `status.addresses` (`type=address`).
+    fn set_node_addresses(&self, addresses: &[(&str, &str)]) {
+        let path = self.path("node.yaml");
+        fs::write(&path, NODE_OBJECT).unwrap();
+        self.server
+            .kubectl(&["apply", "-f", path.to_str().unwrap()])
+            .unwrap();
+        let list: Vec<String> = addresses
+            .iter()
+            .map(|(t, a)| format!("{{\"type\":\"{t}\",\"address\":\"{a}\"}}"))
+            .collect();
+        self.server
+            .kubectl(&[
+                "patch",
+                "node",
+                "node-1",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &format!("{{\"status\":{{\"addresses\":[{}]}}}}", list.join(",")),
+            ])
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_secure_port_serves_the_nodes_serving_certificate_to_cluster_clients_only() {
+    let mut node = Node::new(&["--approve-kubelet-serving"], true);
+    node.set_node_addresses(&[("InternalIP", "127.0.0.1"), ("Hostname", "node-1")]);
+    node.start_agent();
+    let issued = node.wait("serving certificate issued", 0);
+    assert!(
+        issued.contains("[\"127.0.0.1\", \"node-1\"]"),
+        "sorted SANs: {issued}"
+    );
+
+    let admin = SecureClient::new(&node, true);
+    let health = admin.get("/healthz").unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    let status = admin.get("/status").unwrap();
+    assert_eq!(status.status, 200);
+    let json: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let serving = &json["certificates"]["serving"];
+    assert_eq!(serving["subject"], "system:node:node-1", "{json}");
+    assert_eq!(
+        serving["serial"].as_str().unwrap(),
+        status.serial.replace(':', "")
+    );
+    assert!(
+        json["certificates"]["client"]["notAfter"]
+            .as_u64()
+            .is_some(),
+        "{json}"
+    );
+    let metrics = admin.get("/metrics").unwrap().body;
+    assert!(
+        metrics.contains("sluice_certificate_expiration_timestamp_seconds{kind=\"serving\"}"),
+        "{metrics}"
+    );
+
+    // No client certificate: the handshake works, the request does not.
+    let anonymous = SecureClient::new(&node, false).get("/status").unwrap();
+    assert_eq!(anonymous.status, 401);
+    assert!(!anonymous.body.contains("serial"));
+
+    // New addresses: a new certificate that names them.
+    let from = node.mark();
+    node.set_node_addresses(&[
+        ("InternalIP", "127.0.0.1"),
+        ("InternalIP", "127.0.0.2"),
+        ("Hostname", "node-1"),
+    ]);
+    node.wait("names changed", from);
+    let reissued = node.wait("serving certificate issued", from);
+    assert!(reissued.contains("127.0.0.2"), "{reissued}");
+    assert_ne!(admin.get("/healthz").unwrap().serial, health.serial);
+    node.assert_log_clean();
+}
+
+#[test]
+fn certificates_rotate_under_a_client_that_never_sees_a_failed_request() {
+    let mut node = Node::new(
+        &[
+            "--approve-kubelet-serving",
+            "--cluster-signing-duration",
+            "30s",
+        ],
+        true,
+    );
+    node.set_node_addresses(&[("InternalIP", "127.0.0.1"), ("Hostname", "node-1")]);
+    node.start_agent();
+    node.wait("serving certificate issued", 0);
+    let client = SecureClient::new(&node, true);
+    // One connection stays open throughout; every other request opens a
+    // new one, and sees the certificate of the moment.
+    let mut kept = client.connect().unwrap();
+    let first_kept = request(&mut kept, "/healthz").unwrap();
+    let mut serials: Vec<String> = vec![first_kept.serial.clone()];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut requests = 0u32;
+    while serials.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "serials seen: {serials:?}; log: {}",
+            node.agent.as_ref().unwrap().log()
+        );
+        let answer = client
+            .get("/healthz")
+            .unwrap_or_else(|e| panic!("request {requests}: {e}"));
+        assert_eq!(answer.status, 200, "request {requests}: {}", answer.body);
+        if !serials.contains(&answer.serial) {
+            serials.push(answer.serial);
+        }
+        // The open connection keeps working, with the certificate it began
+        // with.
+        let on_kept =
+            request(&mut kept, "/healthz").unwrap_or_else(|e| panic!("kept connection: {e}"));
+        assert_eq!((on_kept.status, &on_kept.serial), (200, &first_kept.serial));
+        requests += 1;
+        // Pacing of the probe, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The client certificate rotates as well: twice, within its bound.
+    let deadline = Instant::now() + STEP * 2;
+    loop {
+        let log = node.agent.as_ref().unwrap().log();
+        if log.matches("client certificate rotated").count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        let from = node.mark();
+        let _ = node
+            .agent()
+            .wait_for("client certificate rotated", from, Duration::from_secs(5));
+    }
+    node.assert_log_clean();
+}
+
+/// `(status, body)` of a plain-HTTP GET on a loopback port.
+fn plain_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    )
 }

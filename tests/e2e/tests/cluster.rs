@@ -425,6 +425,22 @@ fn readyz_waits_for_the_first_sync_and_healthz_answers_throughout() {
         .unwrap();
     assert_eq!(http_get(&lab, health, "/readyz").unwrap().0, 200);
     assert_eq!(answering(&lab, http(), 3), names(&["b0"]));
+    // The dataplane's counters, from the pinned maps, on /metrics.
+    let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
+    let flows = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sluice_service_new_flows_total{service=\"default/web:http\",frontend=\"10.96.0.10:80/TCP\"}")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        flows.ends_with(" 3"),
+        "three requests, three flows: {flows}"
+    );
+    assert!(
+        metrics.contains("sluice_dataplane_drops_total{reason=\"no_endpoints\"}"),
+        "{metrics}"
+    );
 }
 
 /// The repository's manifests/ directory.

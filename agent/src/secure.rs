@@ -1,0 +1,197 @@
+//! The node's ports, as the kubelet has them. The secure port
+//! (`--secure-listen`, 10250) serves HTTPS with the current serving
+//! certificate: a rotated certificate is used for new handshakes at once,
+//! and open connections keep theirs. A client must present a certificate
+//! of the cluster CA; without one it gets 401. It serves `/healthz`,
+//! `/metrics` (dataplane, DNS and certificate expiry) and `/status`
+//! (Services, backends and certificates, as JSON).
+//!
+//! The read-only port (`--read-only-listen`, off by default) serves
+//! `/healthz` and `/metrics` over plain HTTP, and nothing that names a
+//! Service, an endpoint or a secret.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{certs::serving::ServingSlot, health::Health};
+
+#[derive(Debug, Error)]
+pub enum SecureError {
+    #[error("the client CA `{}`", path.display())]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the client CA `{}` holds no usable certificate", path.display())]
+    NoClientCa { path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Hands rustls whatever serving certificate is current, per handshake.
+#[derive(Debug)]
+struct Current(ServingSlot);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // None: "no serving certificate available" (a TLS alert).
+        self.0.get()
+    }
+}
+
+/// The CA bundle whose certificates clients must present.
+pub fn client_roots(pem: &[u8], path: &Path) -> Result<RootCertStore, SecureError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem).flatten() {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(SecureError::NoClientCa {
+            path: path.to_owned(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The TLS configuration of the secure port.
+pub fn tls_config(roots: RootCertStore, slot: ServingSlot) -> Result<ServerConfig, SecureError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            // Accept the handshake without a certificate: the request then
+            // gets 401, as the kubelet answers it.
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| SecureError::Tls(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SecureError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Current(slot)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: a resumed session skips the certificate, so
+    // every new connection gets a full handshake and the current one.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, SecureError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SecureError::Bind { addr, source })
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The secure port's answer to an authenticated request.
+fn secure_answer(health: &Health, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "/healthz" | "/metrics" => health.answer(path),
+        "/status" => {
+            let body = serde_json::json!({
+                "dataplane": health.snapshot(),
+                "certificates": health.certs().map(crate::certs::CertStatus::json),
+            });
+            let mut resp = text(StatusCode::OK, body.to_string());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Serves HTTPS until dropped.
+pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health: Health) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, health) = (acceptor.clone(), health.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, "secure port handshake: {e}");
+                    return;
+                }
+            };
+            // A certificate that chains to the cluster CA (rustls checked
+            // it), or none at all.
+            let authenticated = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = if authenticated {
+                    secure_answer(&health, req.uri().path())
+                } else {
+                    text(StatusCode::UNAUTHORIZED, "Unauthorized")
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Serves the read-only port (plain HTTP) until dropped.
+pub async fn serve_read_only(listener: TcpListener, health: Health) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = match req.uri().path() {
+                    "/healthz" => health.answer("/healthz"),
+                    "/metrics" => text(StatusCode::OK, health.public_metrics()),
+                    _ => text(StatusCode::NOT_FOUND, "not found"),
+                };
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
