@@ -39,6 +39,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         read_only_listen,
     } = cfg;
     let health = Health::default();
+    // Certificates only: the health port first, so that it answers as soon
+    // as anything happens.
+    let _health = match &services {
+        None => Some(serve_health(&health, health_listen).await?),
+        Some(_) => None,
+    };
     let _certs = match certs {
         Some(c) => Some(start_certs(c, &health).await?),
         None => None,
@@ -48,7 +54,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let Some(services) = services else {
-        return certificates_only(&health, health_listen).await;
+        return certificates_only(&health).await;
     };
     run_services(services, node_name, health, health_listen).await
 }
@@ -188,9 +194,8 @@ async fn start_certs(cfg: certs::CertConfig, health: &Health) -> anyhow::Result<
 }
 
 /// Only certificate flags: the health port, until SIGTERM or SIGINT.
-async fn certificates_only(health: &Health, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn certificates_only(health: &Health) -> anyhow::Result<()> {
     tracing::info!("no Service source and no interfaces: managing the kubelet certificates only");
-    let _health = serve_health(health, addr).await?;
     health.set_ready();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -109,11 +109,19 @@ impl Node {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(true);
+    }
+
+    /// `bootstrap`: with the bootstrap kubeconfig (as a node that has not
+    /// deleted it).
+    fn start_agent_with(&mut self, bootstrap: bool) {
         let mut cmd = Command::new(default_bin());
-        cmd.arg("run")
-            .arg("--bootstrap-kubeconfig")
-            .arg(self.path("bootstrap.kubeconfig"))
-            .arg("--kubelet-kubeconfig")
+        cmd.arg("run");
+        if bootstrap {
+            cmd.arg("--bootstrap-kubeconfig")
+                .arg(self.path("bootstrap.kubeconfig"));
+        }
+        cmd.arg("--kubelet-kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cert-dir")
             .arg(self.pki())
@@ -733,4 +741,45 @@ fn plain_get(port: u16, path: &str) -> (u16, String) {
         code,
         out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
     )
+}
+
+#[test]
+fn an_expired_certificate_without_a_bootstrap_kubeconfig_is_an_error_in_healthz() {
+    let mut node = Node::new(&[], true);
+    node.start_agent();
+    node.wait("bootstrapped", 0);
+    drop(node.agent.take());
+    // Replace the certificate with an expired one of the same key.
+    let current = node.current();
+    let text = fs::read_to_string(&current).unwrap();
+    let key_pem = &text[text.find("-----BEGIN PRIVATE KEY-----").unwrap()..];
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    fs::write(
+        &current,
+        format!("{}{key_pem}", params.self_signed(&key).unwrap().pem()),
+    )
+    .unwrap();
+    // The kubelet kubeconfig's cluster CA still lets the secure port start.
+    node.start_agent_with(false);
+    node.wait("serving /healthz", 0);
+    let deadline = Instant::now() + STEP;
+    let body = loop {
+        let (code, body) = node.health("/healthz");
+        if code == 500 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "healthz stayed {code}: {body}");
+        let from = node.mark();
+        let _ = node
+            .agent()
+            .wait_for("no bootstrap kubeconfig", from, Duration::from_secs(1));
+    };
+    assert!(
+        body.contains("client certificate") && body.contains("no bootstrap kubeconfig"),
+        "{body}"
+    );
+    node.assert_log_clean();
 }
