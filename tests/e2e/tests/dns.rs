@@ -22,6 +22,8 @@ use sluice_lab::{
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 53);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+/// Bound of one DNS exchange in a test.
+const T: Duration = Duration::from_secs(2);
 const RESOLV_CONF: &str = "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.20.10\noptions ndots:5\n";
 
 /// Services in two namespaces; a headless one with hostnames; an
@@ -328,6 +330,44 @@ fn a_large_headless_answer_is_truncated_over_udp_and_whole_over_tcp() {
     assert_eq!(tcp.lines().count(), 100, "{tcp}");
     // Without +ignore, dig retries over TCP by itself and gets it all.
     assert_eq!(short(&lab, &[name]).len(), 100);
+
+    // Three queries written at once on one TCP connection (pipelined):
+    // three answers, in order, the large one whole.
+    let answers = lab
+        .pod("client")
+        .ns
+        .run(move || {
+            use std::io::{Read as _, Write as _};
+            let mut conn =
+                std::net::TcpStream::connect_timeout(&SocketAddr::from((DNS_IP, 53)), T).unwrap();
+            conn.set_read_timeout(Some(T)).unwrap();
+            let mut batch = Vec::new();
+            for (id, qname) in [
+                (1u16, name),
+                (2, "web.default.svc.cluster.local"),
+                (3, name),
+            ] {
+                let q = query(id, qname, 1);
+                batch.extend_from_slice(&u16::try_from(q.len()).unwrap().to_be_bytes());
+                batch.extend_from_slice(&q);
+            }
+            conn.write_all(&batch).unwrap();
+            (0..3)
+                .map(|_| {
+                    let mut len = [0u8; 2];
+                    conn.read_exact(&mut len).unwrap();
+                    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    conn.read_exact(&mut msg).unwrap();
+                    // (id, answer count)
+                    (
+                        u16::from_be_bytes([msg[0], msg[1]]),
+                        u16::from_be_bytes([msg[6], msg[7]]),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert_eq!(answers, [(1, 100), (2, 1), (3, 100)]);
 }
 
 #[test]
