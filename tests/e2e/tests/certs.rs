@@ -14,8 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "common/mod.rs"]
+mod common;
+
 use base64::Engine as _;
-use sluice_lab::{ApiServer, default_bin, process::Process};
+use sluice_lab::{
+    AgentOptions, AgentSource, ApiServer, default_bin, process::Process, require_privileges,
+};
 use tempfile::TempDir;
 
 const NODE: &str = "node-1";
@@ -31,6 +36,60 @@ fn manifests(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../manifests/bootstrap")
         .join(file)
+}
+
+/// A bootstrap token Secret and the bindings of manifests/bootstrap/ (with
+/// `auto`, the auto-approval ones too) on `server`; `dir/bootstrap.kubeconfig`
+/// with that token.
+fn prepare_bootstrap(server: &ApiServer, dir: &Path, auto: bool) {
+    let secret = dir.join("secret.yaml");
+    fs::write(&secret, BOOTSTRAP_SECRET).unwrap();
+    server
+        .kubectl(&["apply", "-f", secret.to_str().unwrap()])
+        .unwrap();
+    let mut files = vec!["00-kubelet-bootstrap.yaml"];
+    if auto {
+        files.push("01-auto-approve.yaml");
+    }
+    for file in files {
+        server
+            .kubectl(&["apply", "-f", manifests(file).to_str().unwrap()])
+            .unwrap();
+    }
+    let ca = base64::engine::general_purpose::STANDARD.encode(fs::read(server.ca()).unwrap());
+    fs::write(
+        dir.join("bootstrap.kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority-data: {ca}}}\n\
+             users:\n- name: u\n  user: {{token: {TOKEN_ID}.{TOKEN_SECRET}}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+}
+
+/// The Node object `node-1`, with these `status.addresses` (`type=address`).
+fn set_node_addresses(server: &ApiServer, dir: &Path, addresses: &[(&str, &str)]) {
+    let path = dir.join("node.yaml");
+    fs::write(&path, NODE_OBJECT).unwrap();
+    server
+        .kubectl(&["apply", "-f", path.to_str().unwrap()])
+        .unwrap();
+    let list: Vec<String> = addresses
+        .iter()
+        .map(|(t, a)| format!("{{\"type\":\"{t}\",\"address\":\"{a}\"}}"))
+        .collect();
+    server
+        .kubectl(&[
+            "patch",
+            "node",
+            NODE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!("{{\"status\":{{\"addresses\":[{}]}}}}", list.join(",")),
+        ])
+        .unwrap();
 }
 
 /// An API server with bootstrap tokens, a node directory, and the agent.
@@ -62,30 +121,7 @@ impl Node {
         let mut args = vec!["--enable-bootstrap-token-auth"];
         args.extend(server_args);
         let server = ApiServer::start(&dir.path().join("apiserver"), &args).unwrap();
-        let secret = dir.path().join("secret.yaml");
-        fs::write(&secret, BOOTSTRAP_SECRET).unwrap();
-        server
-            .kubectl(&["apply", "-f", secret.to_str().unwrap()])
-            .unwrap();
-        let mut files = vec!["00-kubelet-bootstrap.yaml"];
-        if auto {
-            files.push("01-auto-approve.yaml");
-        }
-        for file in files {
-            server
-                .kubectl(&["apply", "-f", manifests(file).to_str().unwrap()])
-                .unwrap();
-        }
-        let ca = base64::engine::general_purpose::STANDARD.encode(fs::read(server.ca()).unwrap());
-        fs::write(
-            dir.path().join("bootstrap.kubeconfig"),
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority-data: {ca}}}\n\
-                 users:\n- name: u\n  user: {{token: {TOKEN_ID}.{TOKEN_SECRET}}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-                server.url()
-            ),
-        )
-        .unwrap();
+        prepare_bootstrap(&server, dir.path(), auto);
         Self {
             dir,
             server,
@@ -466,10 +502,16 @@ struct Answer {
 
 impl SecureClient {
     fn new(node: &Node, authenticated: bool) -> Self {
+        Self::of(&node.server, node.secure, authenticated)
+    }
+
+    /// A client of the secure port on `port`, trusting `server`'s CA, with
+    /// its admin certificate if `authenticated`.
+    fn of(server: &ApiServer, port: u16, authenticated: bool) -> Self {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(node.server.ca()).unwrap() {
+        for cert in CertificateDer::pem_file_iter(server.ca()).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -478,8 +520,7 @@ impl SecureClient {
             .with_root_certificates(roots);
         let config = if authenticated {
             let field = |name: &str| {
-                let out = node
-                    .server
+                let out = server
                     .kubectl(&[
                         "config",
                         "view",
@@ -502,7 +543,7 @@ impl SecureClient {
         };
         Self {
             config: std::sync::Arc::new(config),
-            port: node.secure,
+            port,
             name: rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
         }
     }
@@ -582,28 +623,8 @@ fn request(
 const NODE_OBJECT: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
 
 impl Node {
-    /// The Node object, with these `status.addresses` (`type=address`).
     fn set_node_addresses(&self, addresses: &[(&str, &str)]) {
-        let path = self.path("node.yaml");
-        fs::write(&path, NODE_OBJECT).unwrap();
-        self.server
-            .kubectl(&["apply", "-f", path.to_str().unwrap()])
-            .unwrap();
-        let list: Vec<String> = addresses
-            .iter()
-            .map(|(t, a)| format!("{{\"type\":\"{t}\",\"address\":\"{a}\"}}"))
-            .collect();
-        self.server
-            .kubectl(&[
-                "patch",
-                "node",
-                "node-1",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &format!("{{\"status\":{{\"addresses\":[{}]}}}}", list.join(",")),
-            ])
-            .unwrap();
+        set_node_addresses(&self.server, self.dir.path(), addresses);
     }
 }
 
@@ -782,4 +803,85 @@ fn an_expired_certificate_without_a_bootstrap_kubeconfig_is_an_error_in_healthz(
         "{body}"
     );
     node.assert_log_clean();
+}
+
+#[test]
+fn the_secure_port_shows_the_services_backends_and_certificates_of_a_running_node() {
+    if !require_privileges(
+        "the_secure_port_shows_the_services_backends_and_certificates_of_a_running_node",
+    ) {
+        return;
+    }
+    // The full agent in a lab: Services from the API server, and the node's
+    // certificates from the same server.
+    let mut lab = common::web_lab(2);
+    lab.start_apiserver(&["--enable-bootstrap-token-auth", "--approve-kubelet-serving"])
+        .unwrap();
+    let dir = lab.dir().to_owned();
+    prepare_bootstrap(lab.apiserver(), &dir, true);
+    set_node_addresses(lab.apiserver(), &dir, &[("InternalIP", "127.0.0.1")]);
+    let web = dir.join("web.yaml");
+    fs::write(&web, common::web_manifest(&[0, 1])).unwrap();
+    lab.apiserver()
+        .kubectl(&["apply", "-f", web.to_str().unwrap()])
+        .unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let opts = AgentOptions {
+        source: AgentSource::Kubeconfig(lab.apiserver().admin_kubeconfig()),
+        service_cidr: Some(common::SERVICE_CIDR.into()),
+        extra_args: [
+            "--bootstrap-kubeconfig",
+            &path("bootstrap.kubeconfig"),
+            "--kubelet-kubeconfig",
+            &path("kubelet.kubeconfig"),
+            "--cert-dir",
+            &path("pki"),
+            "--node-name",
+            NODE,
+            "--secure-listen",
+            "127.0.0.1:10250",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..AgentOptions::default()
+    };
+    lab.start_agent(&opts).unwrap();
+    lab.agent()
+        .wait_for("serving certificate issued", 0, STEP)
+        .unwrap();
+    for _ in 0..4 {
+        lab.pod("client")
+            .tcp_request(common::http(), common::T)
+            .unwrap();
+    }
+    // Asked from the node namespace, where the agent listens.
+    let client = SecureClient::of(lab.apiserver(), 10250, true);
+    let status = lab
+        .node()
+        .run(move || client.get("/status"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status, 200, "{}", status.body);
+    let json: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let services = json["dataplane"]["services"].as_array().unwrap();
+    let web = services
+        .iter()
+        .find(|s| s["name"] == "default/web:http")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(web["frontend"], "10.96.0.10:80/TCP");
+    assert_eq!(web["backends"].as_array().unwrap().len(), 2, "{web}");
+    assert_eq!(web["traffic"]["new_flows"], 4, "{web}");
+    assert_eq!(
+        json["certificates"]["serving"]["sans"][0], "127.0.0.1",
+        "{json}"
+    );
+    assert_eq!(
+        json["certificates"]["client"]["subject"],
+        "system:node:node-1"
+    );
+    let log = lab.agent().log();
+    assert!(
+        !log.contains(TOKEN_SECRET) && !log.contains("PRIVATE KEY"),
+        "{log}"
+    );
 }
