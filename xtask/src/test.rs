@@ -6,7 +6,8 @@
 //!    BPF_PROG_TEST_RUN and end-to-end tests in network namespaces, against
 //!    the `sluice` binary built here;
 //! 4. the DNS fuzz targets (cargo-fuzz), each for a bounded time;
-//! 5. smoke runs of `cargo xtask run` (the README's first command).
+//! 5. smoke runs of `cargo xtask run` (the README's first command) and of
+//!    `cargo xtask bench dataplane --quick` (its table, no assertions).
 //!
 //! Under `CI=true` a privileged test that cannot run fails instead of
 //! skipping (see `sluice_lab::require_privileges`).
@@ -124,20 +125,34 @@ pub fn test(args: &Args) -> Result<()> {
     }
 
     if args.filter.is_none() {
-        for source in [run::DemoSource::Apiserver, run::DemoSource::Manifests] {
-            step(&format!(
-                "smoke run of `cargo xtask run --source {}`",
-                clap::ValueEnum::to_possible_value(&source)
-                    .map_or_else(String::new, |v| v.get_name().to_owned())
-            ));
-            run::run(&run::Args {
-                requests: Some(30),
-                release: false,
-                source,
-            })?;
-        }
+        smoke_runs()?;
     }
     println!("\nall tests passed");
+    Ok(())
+}
+
+/// The README's first command with each source, and the dataplane
+/// benchmark's quick run.
+fn smoke_runs() -> Result<()> {
+    for source in [run::DemoSource::Apiserver, run::DemoSource::Manifests] {
+        step(&format!(
+            "smoke run of `cargo xtask run --source {}`",
+            clap::ValueEnum::to_possible_value(&source)
+                .map_or_else(String::new, |v| v.get_name().to_owned())
+        ));
+        run::run(&run::Args {
+            requests: Some(30),
+            release: false,
+            source,
+        })?;
+    }
+    // The benchmark harness must keep working; its numbers are not
+    // checked here (benchmarks are not tests).
+    step("smoke run of `cargo xtask bench dataplane --quick` (numbers not asserted)");
+    crate::bench::bench(&crate::bench::Args {
+        bench: "dataplane".into(),
+        rest: vec!["--quick".into()],
+    })?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! measures, prints a table and writes it to a file; none asserts anything
 //! (targets are printed next to the numbers, for a person to read).
 
+mod dataplane;
 mod dns;
 mod stats;
 mod sync;
@@ -26,6 +27,9 @@ enum Bench {
     Sync(sync::Args),
     /// Cluster DNS: dnsperf against Sluice, NSD, Unbound and dnsmasq.
     Dns(dns::Args),
+    /// The Service dataplane against kube-proxy's iptables, nftables and
+    /// IPVS modes and no Service at all.
+    Dataplane(dataplane::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +41,6 @@ fn main() -> Result<()> {
     match cli.bench {
         Bench::Sync(args) => sync::run(&args),
         Bench::Dns(args) => dns::run(&args),
+        Bench::Dataplane(args) => dataplane::run(&args),
     }
 }
