@@ -8,7 +8,7 @@
 //! file name and, where known, the object.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     path::{Path, PathBuf},
 };
@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::model::{
     Model, ObjectKey, ServiceInfo, SliceInfo,
-    store::list_events,
+    store::{Event, SourceEvent, list_events},
     translate::{self, InvalidObject},
 };
 
@@ -55,7 +55,7 @@ pub enum ManifestError {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum ObjectId {
+pub enum ObjectId {
     Service(ObjectKey),
     Slice(ObjectKey),
 }
@@ -84,6 +84,8 @@ pub struct Scan {
     /// Whether any file was added, changed or removed.
     pub changed: bool,
     pub problems: Vec<ManifestError>,
+    /// The objects of the files that changed, before and after.
+    pub touched: BTreeSet<ObjectId>,
 }
 
 impl ManifestDir {
@@ -107,25 +109,20 @@ impl ManifestDir {
         let mut present = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(read_dir)? {
             let path = entry.map_err(read_dir)?.path();
-            let is_manifest = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-            // Editors' temporary and hidden files are not manifests.
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if is_manifest && !hidden && path.is_file() {
+            if is_manifest_name(&path) && path.is_file() {
                 present.push(path);
             }
         }
         present.sort();
 
         let mut scan = Scan::default();
-        let before = self.files.len();
+        for (path, state) in &self.files {
+            if !present.contains(path) {
+                scan.changed = true;
+                scan.touched.extend(state.objects.keys().cloned());
+            }
+        }
         self.files.retain(|path, _| present.contains(path));
-        scan.changed |= self.files.len() != before;
 
         for path in present {
             let content = match fs::read(&path) {
@@ -148,7 +145,9 @@ impl ManifestDir {
             scan.changed = true;
             let old = self.files.remove(&path).unwrap_or_default();
             let objects = parse_file(&path, &content, &old.objects, &mut scan.problems);
-            let objects = objects.unwrap_or(old.objects);
+            let objects = objects.unwrap_or(old.objects.clone());
+            scan.touched.extend(old.objects.into_keys());
+            scan.touched.extend(objects.keys().cloned());
             self.files.insert(path, FileState { content, objects });
         }
         if scan.changed {
@@ -177,6 +176,29 @@ impl ManifestDir {
                 }
             }
         }
+    }
+
+    /// What `id` is now: the first file's object of that id, if any.
+    fn resolve(&self, id: &ObjectId) -> Option<&Object> {
+        self.files.values().find_map(|state| state.objects.get(id))
+    }
+
+    /// The events that bring a consumer of the last model to the current
+    /// one, given the objects a rescan touched: only those.
+    pub fn changes(&self, touched: &BTreeSet<ObjectId>) -> Vec<SourceEvent> {
+        touched
+            .iter()
+            .map(|id| match (id, self.resolve(id)) {
+                (_, Some(Object::Service(s))) => {
+                    SourceEvent::Service(Event::Applied(s.key.clone(), Some(s.clone())))
+                }
+                (_, Some(Object::Slice(s))) => {
+                    SourceEvent::Slice(Event::Applied(s.key.clone(), Some(s.clone())))
+                }
+                (ObjectId::Service(key), None) => SourceEvent::Service(Event::Deleted(key.clone())),
+                (ObjectId::Slice(key), None) => SourceEvent::Slice(Event::Deleted(key.clone())),
+            })
+            .collect()
     }
 
     /// The union of all files' objects; for duplicates, the first file wins.
@@ -334,9 +356,24 @@ fn object_id(value: &Value, kind: &str) -> Option<ObjectId> {
     }
 }
 
+/// `*.yaml`, `*.yml` or `*.json`, and not hidden: editors' temporary and
+/// hidden files are not manifests.
+fn is_manifest_name(path: &Path) -> bool {
+    let is_manifest = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    is_manifest && !hidden
+}
+
 /// Reads `dir` now (failing if it cannot be read), sends its model as a
 /// full list, and sends it again as files change; changes within
-/// `debounce` of each other are read once.
+/// `debounce` of each other are read once. A manifest renamed into place
+/// is read at once (it is whole).
 pub fn spawn(
     dir: &Path,
     events: super::Events,
@@ -346,10 +383,25 @@ pub fn spawn(
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     // Watch before the first scan, so that no change falls in between.
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own reads show up as access events: ignore them.
-        if event.map_or(true, |e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        let change = match event {
+            // Overflow and the like: rescan, after the usual pause.
+            Err(_) => Some(false),
+            // Our own reads show up as access events.
+            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => None,
+            // A manifest renamed into place is whole (`kubectl cp`, atomic
+            // saves): no need to wait for more writes.
+            Ok(e) => Some(
+                matches!(
+                    e.kind,
+                    notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                        notify::event::RenameMode::To | notify::event::RenameMode::Both
+                    ))
+                ) && e.paths.iter().any(|p| is_manifest_name(p)),
+            ),
+        };
+        if let Some(whole) = change {
             // The receiver is gone only when the agent is stopping.
-            let _ = tx.send(());
+            let _ = tx.send(whole);
         }
     })
     .and_then(|mut w| {
@@ -369,15 +421,25 @@ pub fn spawn(
     let _ = events.send(list_events(&manifests.model()));
     Ok(super::AbortOnDrop(tokio::spawn(async move {
         let _keep = &mut watcher;
-        while changes.recv().await.is_some() {
-            tokio::time::sleep(debounce).await;
+        while let Some(whole) = changes.recv().await {
+            // Writes in place come in steps: wait for more, unless a whole
+            // manifest is renamed into place meanwhile (an atomic write's
+            // temporary file comes first).
+            if !whole {
+                let _ = tokio::time::timeout(debounce, async {
+                    while let Some(false) = changes.recv().await {}
+                })
+                .await;
+            }
             while changes.try_recv().is_ok() {}
             match manifests.rescan() {
                 Ok(scan) => {
                     for problem in &scan.problems {
                         tracing::warn!("{problem}");
                     }
-                    if scan.changed && events.send(list_events(&manifests.model())).is_err() {
+                    // Only what the changed files held: a change costs what
+                    // it touches, not the size of the directory.
+                    if scan.changed && events.send(manifests.changes(&scan.touched)).is_err() {
                         return;
                     }
                 }
@@ -557,5 +619,59 @@ mod tests {
         fs::remove_file(d.path().join("b.yaml")).unwrap();
         m.rescan().unwrap();
         assert!(m.model().services.is_empty());
+    }
+
+    #[test]
+    fn a_rescan_sends_only_what_the_changed_files_held() {
+        let d = tempfile::tempdir().unwrap();
+        let api = "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  clusterIP: 10.96.0.11\n  ports: [{port: 443}]\n";
+        write(d.path(), "a.yaml", &format!("{WEB}---\n{WEB_SLICE}"));
+        write(d.path(), "b.yaml", api);
+        let mut m = ManifestDir::new(d.path());
+        m.rescan().unwrap();
+
+        // web moves to another address in a.yaml; b.yaml is untouched.
+        write(
+            d.path(),
+            "a.yaml",
+            &format!(
+                "{}---\n{WEB_SLICE}",
+                WEB.replace("10.96.0.10", "10.96.0.20")
+            ),
+        );
+        let scan = m.rescan().unwrap();
+        let events = m.changes(&scan.touched);
+        assert_eq!(events.len(), 2, "web and its slice only: {events:?}");
+        assert!(events.iter().all(|e| matches!(
+            e,
+            SourceEvent::Service(Event::Applied(k, _)) | SourceEvent::Slice(Event::Applied(k, _))
+                if k.name.starts_with("web")
+        )));
+
+        // The slice goes: one deletion.
+        write(d.path(), "a.yaml", &WEB.replace("10.96.0.10", "10.96.0.20"));
+        let scan = m.rescan().unwrap();
+        let events = m.changes(&scan.touched);
+        assert!(
+            events.contains(&SourceEvent::Slice(Event::Deleted(ObjectKey {
+                namespace: "default".into(),
+                name: "web-1".into(),
+            })))
+        );
+
+        // A duplicate in a later file wins once the first one is removed.
+        write(d.path(), "c.yaml", &WEB.replace("10.96.0.10", "10.96.0.30"));
+        m.rescan().unwrap();
+        fs::remove_file(d.path().join("a.yaml")).unwrap();
+        let scan = m.rescan().unwrap();
+        let events = m.changes(&scan.touched);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            cluster_ip(&m.model(), "web"),
+            "10.96.0.30".parse::<IpAddr>().unwrap()
+        );
+        assert!(
+            matches!(&events[0], SourceEvent::Service(Event::Applied(_, Some(s))) if s.kind == m.model().services.values().find(|v| v.key.name == "web").unwrap().kind)
+        );
     }
 }
