@@ -135,6 +135,8 @@ impl ManifestDir {
                     continue;
                 }
             };
+            // File times are too coarse to tell a rewrite of the same size:
+            // compare the bytes.
             if self
                 .files
                 .get(&path)
@@ -151,29 +153,34 @@ impl ManifestDir {
             self.files.insert(path, FileState { content, objects });
         }
         if scan.changed {
-            self.check_duplicates(&mut scan.problems);
+            self.check_duplicates(&scan.touched, &mut scan.problems);
         }
         Ok(scan)
     }
 
-    fn check_duplicates(&self, problems: &mut Vec<ManifestError>) {
-        let mut seen: BTreeMap<&ObjectId, &PathBuf> = BTreeMap::new();
-        for (path, state) in &self.files {
-            for id in state.objects.keys() {
-                if let Some(first) = seen.get(id) {
-                    let (kind, object) = match id {
-                        ObjectId::Service(k) => ("Service", k.clone()),
-                        ObjectId::Slice(k) => ("EndpointSlice", k.clone()),
-                    };
-                    problems.push(ManifestError::Duplicate {
-                        file: path.clone(),
-                        first: (*first).clone(),
-                        kind,
-                        object,
-                    });
-                } else {
-                    seen.insert(id, path);
-                }
+    /// Reports the objects among `touched` that more than one file defines
+    /// (the others were checked when they last changed).
+    fn check_duplicates(&self, touched: &BTreeSet<ObjectId>, problems: &mut Vec<ManifestError>) {
+        for id in touched {
+            let mut holders = self
+                .files
+                .iter()
+                .filter(|(_, state)| state.objects.contains_key(id))
+                .map(|(path, _)| path);
+            let Some(first) = holders.next() else {
+                continue;
+            };
+            for path in holders {
+                let (kind, object) = match id {
+                    ObjectId::Service(k) => ("Service", k.clone()),
+                    ObjectId::Slice(k) => ("EndpointSlice", k.clone()),
+                };
+                problems.push(ManifestError::Duplicate {
+                    file: path.clone(),
+                    first: first.clone(),
+                    kind,
+                    object,
+                });
             }
         }
     }

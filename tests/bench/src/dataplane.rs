@@ -53,6 +53,10 @@ pub struct Args {
     /// Seconds per throughput measurement (default 2).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Seconds a mode may take to program all Services; one that takes
+    /// longer is reported as such and not measured at that scale or above.
+    #[arg(long, default_value_t = 30)]
+    program_limit: u64,
     /// Where to write the table (Markdown); the plot goes next to it.
     #[arg(long, default_value = "target/bench/dataplane.md")]
     out: PathBuf,
@@ -126,6 +130,9 @@ pub fn run(args: &Args) -> Result<()> {
     let ipvs = ipvs_available();
     let started = Instant::now();
     let mut samples: BTreeMap<Key, Vec<Sample>> = BTreeMap::new();
+    // A mode whose programming ran over the limit, and at which scale.
+    let mut too_slow: BTreeMap<Mode, u32> = BTreeMap::new();
+    let limit = Duration::from_secs(args.program_limit);
     for round in 0..rounds {
         let mut modes: Vec<Mode> = Mode::ALL
             .into_iter()
@@ -144,9 +151,22 @@ pub fn run(args: &Args) -> Result<()> {
                     if last && mode == Mode::NoService {
                         continue;
                     }
+                    if too_slow.get(&mode).is_some_and(|at| services >= *at) {
+                        continue;
+                    }
                     let t = Instant::now();
-                    let sample = measure(mode, services, last, window)
-                        .with_context(|| format!("{} at {services} Services", mode.label()))?;
+                    let Some(sample) = measure(mode, services, last, window, limit)
+                        .with_context(|| format!("{} at {services} Services", mode.label()))?
+                    else {
+                        println!(
+                            "round {} · {services:>6} Services · {:<22} programming took over {} s: not measured here or above",
+                            round + 1,
+                            mode.label(),
+                            limit.as_secs()
+                        );
+                        too_slow.insert(mode, services);
+                        continue;
+                    };
                     println!(
                         "round {} · {:>6} Services{} · {:<22} {:>8.0} conn/s  p50 {:>7.1} µs  p99 {:>7.1} µs  {:>8.0} UDP/s  program {:>8.1} ms  change {}  ({:.1} s)",
                         round + 1,
@@ -176,12 +196,16 @@ pub fn run(args: &Args) -> Result<()> {
     let svg_path = args.out.with_extension("svg");
     let table = render(
         &medians,
-        &scales,
-        rounds,
-        seconds,
-        ipvs,
-        started.elapsed(),
-        &svg_path,
+        &RunInfo {
+            scales: &scales,
+            rounds,
+            seconds,
+            ipvs,
+            took: started.elapsed(),
+            svg: &svg_path,
+            too_slow: &too_slow,
+            limit,
+        },
     );
     if let Some(dir) = svg_path.parent() {
         fs::create_dir_all(dir)?;
@@ -277,25 +301,36 @@ fn topology() -> Result<Topology> {
     })
 }
 
-fn measure(mode: Mode, services: u32, last: bool, window: Duration) -> Result<Sample> {
+fn measure(
+    mode: Mode,
+    services: u32,
+    last: bool,
+    window: Duration,
+    limit: Duration,
+) -> Result<Option<Sample>> {
     let mut topo = topology()?;
     let measured = if last { services.saturating_sub(1) } else { 0 };
     let program = match mode {
-        Mode::Sluice => program_sluice(&mut topo.lab, services, measured)?,
-        Mode::Iptables => restore(
+        Mode::Sluice => Some(program_sluice(&mut topo.lab, services, measured)?),
+        Mode::Iptables => restore_within(
             &topo.lab,
             "iptables-restore",
             &[],
             &iptables_rules(services, measured),
+            limit,
         )?,
-        Mode::Nftables => restore(
+        Mode::Nftables => restore_within(
             &topo.lab,
             "nft",
             &["-f", "-"],
             &nft_rules(services, measured),
+            limit,
         )?,
-        Mode::Ipvs => program_ipvs(&topo.lab, services, measured)?,
-        Mode::NoService => Duration::ZERO,
+        Mode::Ipvs => Some(program_ipvs(&topo.lab, services, measured)?),
+        Mode::NoService => Some(Duration::ZERO),
+    };
+    let Some(program) = program else {
+        return Ok(None);
     };
     let (tcp, udp) = match mode {
         Mode::NoService => (
@@ -316,11 +351,11 @@ fn measure(mode: Mode, services: u32, last: bool, window: Duration) -> Result<Sa
         Mode::NoService => None,
         _ => Some(change(&topo.lab, mode)?),
     };
-    Ok(Sample {
+    Ok(Some(Sample {
         program,
         change,
         ..traffic
-    })
+    }))
 }
 
 /// Time from an empty dataplane to all Services programmed: the agent's
@@ -380,6 +415,18 @@ fn probe_manifest(backend: usize) -> String {
 
 /// Feeds `rules` to `program` in the node namespace; how long it took.
 fn restore(lab: &Lab, program: &str, args: &[&str], rules: &str) -> Result<Duration> {
+    restore_within(lab, program, args, rules, Duration::from_secs(600))?
+        .with_context(|| format!("{program} took over 10 minutes"))
+}
+
+/// `restore`, killed after `limit` (`None` then).
+fn restore_within(
+    lab: &Lab,
+    program: &str,
+    args: &[&str],
+    rules: &str,
+    limit: Duration,
+) -> Result<Option<Duration>> {
     let t = Instant::now();
     let mut child = lab
         .node()
@@ -390,16 +437,32 @@ fn restore(lab: &Lab, program: &str, args: &[&str], rules: &str) -> Result<Durat
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {program}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(rules.as_bytes())?;
-    let out = child.wait_with_output()?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let rules = rules.to_owned();
+    // A slow reader must not block the clock: the writing has a thread.
+    let writer = std::thread::spawn(move || stdin.write_all(rules.as_bytes()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done_tx.send(());
+        out
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        // `ip netns exec` execs the program: the same process.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waiter.join();
+        let _ = writer.join();
+        return Ok(None);
+    }
+    let out = waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("{program}: waiter panicked"))??;
+    let _ = writer.join();
     if !out.status.success() {
         bail!("{program}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(t.elapsed())
+    Ok(Some(t.elapsed()))
 }
 
 /// One Service port as the rule builders see it.
@@ -925,15 +988,29 @@ impl Drop for ResponderThread {
     }
 }
 
-fn render(
-    medians: &BTreeMap<Key, Sample>,
-    scales: &[u32],
+/// How the run went, for the table's header and notes.
+struct RunInfo<'a> {
+    scales: &'a [u32],
     rounds: u32,
     seconds: f64,
     ipvs: bool,
     took: Duration,
-    svg: &std::path::Path,
-) -> String {
+    svg: &'a std::path::Path,
+    too_slow: &'a BTreeMap<Mode, u32>,
+    limit: Duration,
+}
+
+fn render(medians: &BTreeMap<Key, Sample>, info: &RunInfo<'_>) -> String {
+    let RunInfo {
+        scales,
+        rounds,
+        seconds,
+        ipvs,
+        took,
+        svg,
+        too_slow,
+        limit,
+    } = *info;
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -968,6 +1045,15 @@ fn render(
         for last in [false, true] {
             for mode in Mode::ALL {
                 let Some(s) = medians.get(&(mode, services, last)) else {
+                    if too_slow.get(&mode).is_some_and(|at| services >= *at) {
+                        let _ = writeln!(
+                            out,
+                            "| {services}{} | {} | - | - | - | - | - | > {} s (stopped) | - | - |",
+                            if last { " (measured last)" } else { "" },
+                            mode.label(),
+                            limit.as_secs()
+                        );
+                    }
                     continue;
                 };
                 let vs = if floor > 0.0 {
