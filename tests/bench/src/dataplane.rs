@@ -221,9 +221,17 @@ fn micros(d: Duration) -> f64 {
 
 /// The median of each field on its own.
 fn median(v: &[Sample]) -> Sample {
+    // The middle value, or the mean of the two middle ones.
     let mid = |mut xs: Vec<f64>| -> f64 {
         xs.sort_by(f64::total_cmp);
-        xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+        let n = xs.len();
+        let upper = xs.get(n / 2).copied().unwrap_or(0.0);
+        if n.is_multiple_of(2) && n > 0 {
+            let lower = xs.get(n / 2 - 1).copied().unwrap_or(upper);
+            f64::midpoint(lower, upper)
+        } else {
+            upper
+        }
     };
     let secs = |f: fn(&Sample) -> Duration| {
         Duration::from_secs_f64(mid(v.iter().map(|s| f(s).as_secs_f64()).collect()))
@@ -1042,7 +1050,13 @@ fn render(medians: &BTreeMap<Key, Sample>, info: &RunInfo<'_>) -> String {
         let floor = medians
             .get(&(Mode::NoService, services, false))
             .map_or(0.0, |s| s.conn_per_s);
-        for last in [false, true] {
+        // The "measured last" case exists at 10,000 only.
+        let cases: &[bool] = if services == 10_000 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &last in cases {
             for mode in Mode::ALL {
                 let Some(s) = medians.get(&(mode, services, last)) else {
                     if too_slow.get(&mode).is_some_and(|at| services >= *at) {
