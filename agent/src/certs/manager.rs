@@ -83,15 +83,7 @@ pub async fn run_client(cfg: Arc<CertConfig>, status: CertStatus) {
     let store = FileStore::new(&cfg.cert_dir, kind.prefix());
     let mut backoff = Backoff::new();
     loop {
-        if let Err(e) = store.recover() {
-            tracing::warn!("client certificate store: {e}");
-        }
-        let current = store.current().unwrap_or_else(|e| {
-            tracing::error!("client certificate unusable: {e}");
-            None
-        });
-        let now = SystemTime::now();
-        let Some(pair) = current.filter(|p| !p.leaf.expired(now)) else {
+        let Some(pair) = store.usable(SystemTime::now()) else {
             status.set_pending(kind);
             let Some(bootstrap_kubeconfig) = &cfg.bootstrap_kubeconfig else {
                 status.set_error(

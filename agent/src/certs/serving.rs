@@ -170,15 +170,8 @@ pub async fn run(cfg: Arc<CertConfig>, status: CertStatus, slot: ServingSlot) {
             continue;
         }
         waiting_logged = false;
-        if let Err(e) = store.recover() {
-            tracing::warn!("serving certificate store: {e}");
-        }
-        let current = store.current().unwrap_or_else(|e| {
-            tracing::error!("serving certificate unusable: {e}");
-            None
-        });
         let now = SystemTime::now();
-        if let Some(pair) = current.filter(|p| !p.leaf.expired(now))
+        if let Some(pair) = store.usable(now)
             && covers(&pair.leaf.sans, &names)
         {
             publish(&slot, &status, &pair, false);

@@ -196,6 +196,19 @@ impl FileStore {
         }))
     }
 
+    /// The certificate in use if it is valid at `now`: an interrupted swap
+    /// finished first, and an unreadable file logged and treated as none.
+    pub fn usable(&self, now: SystemTime) -> Option<Pair> {
+        if let Err(e) = self.recover() {
+            tracing::warn!("{} store: {e}", self.prefix);
+        }
+        let current = self.current().unwrap_or_else(|e| {
+            tracing::error!("{} certificate unusable: {e}", self.prefix);
+            None
+        });
+        current.filter(|p| !p.leaf.expired(now))
+    }
+
     /// Writes `cert_pem` + `key_pem` as a new timestamped file (0600,
     /// synced) and makes it current atomically. Returns the new file.
     pub fn update(&self, cert_pem: &str, key_pem: &str) -> Result<PathBuf, StoreError> {
