@@ -100,14 +100,12 @@ impl Health {
     /// The answer to `path` (`/healthz`, `/livez`, `/readyz`, `/metrics`).
     pub fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         if path == "/metrics" {
-            return Response::new(Full::new(Bytes::from(self.metrics())));
+            return text(StatusCode::OK, self.metrics());
         }
         if matches!(path, "/healthz" | "/livez")
             && let Some(Err(reason)) = self.certs.get().map(CertStatus::health)
         {
-            let mut resp = Response::new(Full::new(Bytes::from(reason)));
-            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            return resp;
+            return text(StatusCode::INTERNAL_SERVER_ERROR, reason);
         }
         let (status, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "ok"),
@@ -118,28 +116,48 @@ impl Health {
             ),
             _ => (StatusCode::NOT_FOUND, "not found"),
         };
-        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *resp.status_mut() = status;
-        resp
+        text(status, body)
     }
 
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let health = self.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let resp = health.answer(req.uri().path());
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
+        serve_plain(listener, move |path| self.answer(path)).await;
+    }
+}
+
+/// A response of `status` with `body` as text.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The answer to a request's path.
+pub trait Answer: Fn(&str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static {}
+impl<F: Fn(&str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static> Answer for F {}
+
+/// HTTP/1 on one connection (plain or TLS), each request answered by
+/// `answer` from its path, until the client closes.
+pub async fn serve_connection<IO>(io: IO, answer: impl Answer)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let resp = answer(req.uri().path());
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// Plain HTTP on `listener`, until the task is dropped.
+pub async fn serve_plain(listener: TcpListener, answer: impl Answer) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(serve_connection(tcp, answer.clone()));
     }
 }
 

@@ -11,7 +11,6 @@
 //! Service, an endpoint or a secret.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,10 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{
-    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, header};
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, pem::PemObject as _},
@@ -33,7 +29,10 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{certs::serving::ServingSlot, health::Health};
+use crate::{
+    certs::serving::ServingSlot,
+    health::{Health, serve_connection, serve_plain, text},
+};
 
 #[derive(Debug, Error)]
 pub enum SecureError {
@@ -109,12 +108,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, SecureError> {
         .map_err(|source| SecureError::Bind { addr, source })
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp
-}
-
 /// The secure port's answer to an authenticated request.
 fn secure_answer(health: &Health, path: &str) -> Response<Full<Bytes>> {
     match path {
@@ -158,40 +151,24 @@ pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health:
                 .1
                 .peer_certificates()
                 .is_some_and(|c| !c.is_empty());
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = if authenticated {
-                    secure_answer(&health, req.uri().path())
+            serve_connection(stream, move |path: &str| {
+                if authenticated {
+                    secure_answer(&health, path)
                 } else {
                     text(StatusCode::UNAUTHORIZED, "Unauthorized")
-                };
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                }
+            })
+            .await;
         });
     }
 }
 
 /// Serves the read-only port (plain HTTP) until dropped.
 pub async fn serve_read_only(listener: TcpListener, health: Health) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let health = health.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let resp = match req.uri().path() {
-                    "/healthz" => health.answer("/healthz"),
-                    "/metrics" => text(StatusCode::OK, health.public_metrics()),
-                    _ => text(StatusCode::NOT_FOUND, "not found"),
-                };
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+    serve_plain(listener, move |path: &str| match path {
+        "/healthz" => health.answer("/healthz"),
+        "/metrics" => text(StatusCode::OK, health.public_metrics()),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    })
+    .await;
 }
