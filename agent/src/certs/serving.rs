@@ -13,9 +13,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
+use kube::{
+    Api,
+    runtime::{WatchStreamExt as _, watcher},
+};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rustls::sign::CertifiedKey;
 
@@ -128,16 +131,88 @@ fn usable(ip: IpAddr) -> bool {
     }
 }
 
-/// The names the serving certificate should have now.
-async fn template(cfg: &CertConfig) -> Vec<String> {
-    if let Ok(client) = apiserver::client_from_kubeconfig(&cfg.kubelet_kubeconfig).await {
-        match Api::<Node>::all(client).get_opt(&cfg.node_name).await {
-            Ok(Some(node)) => return node_sans(&node),
-            Ok(None) => {}
-            Err(e) => tracing::debug!("reading this node's Node object: {e}"),
+/// What the API server says of this node's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NodeNames {
+    /// Not listed yet.
+    Unknown,
+    /// No Node object, or no access to it: the host's names stand.
+    Absent,
+    Names(Vec<String>),
+}
+
+/// An error before any list: the host's names stand until it answers.
+fn unreachable(names: &tokio::sync::watch::Sender<NodeNames>) {
+    names.send_if_modified(|n| {
+        let first = *n == NodeNames::Unknown;
+        if first {
+            *n = NodeNames::Absent;
+        }
+        first
+    });
+}
+
+/// Watches this node's Node object with the kubelet credentials, as the
+/// kubelet's informer does (one watch, not a request per check), and
+/// starts again with new credentials when the client certificate rotates.
+async fn watch_node(cfg: Arc<CertConfig>, names: tokio::sync::watch::Sender<NodeNames>) {
+    let client_cert = FileStore::new(&cfg.cert_dir, Kind::Client.prefix()).current_path();
+    let credentials = || std::fs::read_link(&client_cert).ok();
+    loop {
+        let using = credentials();
+        let client = match apiserver::client_from_kubeconfig(&cfg.kubelet_kubeconfig).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!("watching this node's Node object: {e}");
+                unreachable(&names);
+                tokio::time::sleep(TEMPLATE_CHECK).await;
+                continue;
+            }
+        };
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name));
+        let mut events = watcher(Api::<Node>::all(client), config)
+            .default_backoff()
+            .boxed();
+        let mut listing: Option<Vec<String>> = None;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(watcher::Event::Init)) => listing = None,
+                    Some(Ok(watcher::Event::InitApply(node))) => listing = Some(node_sans(&node)),
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        let _ = names.send(listing.take().map_or(NodeNames::Absent, NodeNames::Names));
+                    }
+                    Some(Ok(watcher::Event::Apply(node))) => {
+                        let _ = names.send(NodeNames::Names(node_sans(&node)));
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        let _ = names.send(NodeNames::Absent);
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!("watching this node's Node object: {e}");
+                        unreachable(&names);
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep(TEMPLATE_CHECK) => {
+                    if credentials() != using {
+                        break;
+                    }
+                }
+            }
         }
     }
-    host_sans().await
+}
+
+/// The names the serving certificate should have now: the Node's, or the
+/// host's. `None` while the Node object has not been listed yet.
+async fn template(node: &tokio::sync::watch::Receiver<NodeNames>) -> Option<Vec<String>> {
+    let known = node.borrow().clone();
+    match known {
+        NodeNames::Unknown => None,
+        NodeNames::Absent => Some(host_sans().await),
+        NodeNames::Names(names) => Some(names),
+    }
 }
 
 /// Whether `leaf` carries every name of `template` (extra names are fine).
@@ -151,13 +226,18 @@ pub async fn run(cfg: Arc<CertConfig>, status: CertStatus, slot: ServingSlot) {
     let store = FileStore::new(&cfg.cert_dir, kind.prefix());
     let mut backoff = Backoff::new();
     let mut waiting_logged = false;
+    // Asked for with the client certificate: none yet, nothing to do.
+    while !cfg.kubelet_kubeconfig.exists() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (tx, mut node) = tokio::sync::watch::channel(NodeNames::Unknown);
+    let _watch = crate::source::AbortOnDrop(tokio::spawn(watch_node(Arc::clone(&cfg), tx)));
     loop {
-        // Asked for with the client certificate: none yet, nothing to do.
-        if !cfg.kubelet_kubeconfig.exists() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(mut names) = template(&node).await else {
+            // Until the first list (or an error) says.
+            let _ = node.changed().await;
             continue;
-        }
-        let mut names = template(&cfg).await;
+        };
         if !names.iter().any(|n| n.parse::<IpAddr>().is_ok()) {
             if !waiting_logged {
                 tracing::info!(
@@ -188,7 +268,7 @@ pub async fn run(cfg: Arc<CertConfig>, status: CertStatus, slot: ServingSlot) {
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
                 tokio::time::sleep(left.min(TEMPLATE_CHECK)).await;
-                let now_names = template(&cfg).await;
+                let now_names = template(&node).await.unwrap_or_default();
                 if !covers(&pair.leaf.sans, &now_names) {
                     tracing::info!(
                         names = ?now_names,
