@@ -7,6 +7,7 @@
 //! pinned links atomically, without dropping a flow.
 
 mod attach;
+mod batch;
 mod bpffs;
 pub mod maps;
 
@@ -14,7 +15,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use aya::{
@@ -29,7 +29,7 @@ use thiserror::Error;
 use crate::{
     EBPF_OBJ,
     model::frontends::{DesiredChanges, Touched},
-    reconcile::{Current, Op, reconcile_changes},
+    reconcile::{Current, reconcile_changes},
 };
 
 /// The TC program's function name in the eBPF object.
@@ -55,14 +55,18 @@ pub enum Error {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("batch write to map `{name}`")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("map `{name}`")]
     Map {
         name: &'static str,
         #[source]
         source: Box<MapError>,
     },
-    #[error("cannot count the possible CPUs")]
-    Cpus(#[source] io::Error),
     #[error("failed to attach to interface `{iface}`")]
     Attach {
         iface: String,
@@ -76,14 +80,6 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-}
-
-impl Error {
-    /// A map write the kernel refused for want of memory (ENOMEM).
-    pub fn is_out_of_memory(&self) -> bool {
-        matches!(self, Self::Map { source, .. }
-            if matches!(&**source, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOMEM)))
-    }
 }
 
 /// How to load the dataplane.
@@ -148,34 +144,11 @@ impl Dataplane {
     #[tracing::instrument(level = "debug", skip_all)]
     pub fn sync_changes(&mut self, changes: &DesiredChanges) -> Result<usize, Error> {
         let ops = reconcile_changes(changes, &mut self.current);
-        for op in &ops {
-            if let Err(e) = self.apply_with_retry(op) {
-                self.current = self.maps.adopt().unwrap_or_default();
-                return Err(e);
-            }
+        if let Err(e) = self.maps.apply_all(&ops) {
+            self.current = self.maps.adopt().unwrap_or_default();
+            return Err(e);
         }
         Ok(ops.len())
-    }
-
-    /// Applies one operation (each is idempotent). The maps are not
-    /// preallocated: the kernel takes their elements from per-CPU caches
-    /// that it refills asynchronously, and a burst of writes (the first
-    /// sync of hundreds of thousands of entries) can find them empty for a
-    /// moment (ENOMEM). Such a write is retried after a short, growing pause.
-    fn apply_with_retry(&mut self, op: &Op) -> Result<(), Error> {
-        let mut pause = Duration::from_micros(500);
-        let mut result = self.maps.apply(op);
-        for _ in 0..8 {
-            match &result {
-                Err(e) if e.is_out_of_memory() => {
-                    std::thread::sleep(pause);
-                    pause *= 2;
-                    result = self.maps.apply(op);
-                }
-                _ => break,
-            }
-        }
-        result
     }
 
     /// Every frontend and ClusterIP the maps hold.

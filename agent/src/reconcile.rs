@@ -24,7 +24,7 @@ use crate::model::{
 /// One write or delete in the dataplane maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// A new backend (and its zeroed counters).
+    /// A new backend (its counters appear with its first packet).
     PutBackend(Backend),
     PutSlot {
         slot: SlotKey,
@@ -46,6 +46,34 @@ pub enum Op {
     DeleteBackend(u32),
     PutMarker(Ipv4Addr),
     DeleteMarker(Ipv4Addr),
+}
+
+impl Op {
+    /// The phase of the map writes this belongs to (see `write_order`).
+    const fn phase(&self) -> u8 {
+        match self {
+            Self::PutMarker(_) | Self::PutBackend(_) => 0,
+            Self::PutSlot { .. } => 1,
+            Self::PutService { .. } => 2,
+            Self::DeleteService { .. } => 3,
+            Self::DeleteSlot(_) => 4,
+            Self::DeleteBackend(_) | Self::DeleteMarker(_) => 5,
+        }
+    }
+}
+
+/// The order in which the maps are written, so that the writes of many
+/// frontends can go in batches and every frontend stays valid throughout:
+/// new backends, then slots, then frontends (a count grows only once its
+/// slots exist, and shrinks before the slots past it go), then removed
+/// frontends, their slots and the backends nothing points at any more.
+/// Within a phase, `ops`' order is kept. Backend and frontend ids are not
+/// reused within one list of operations, so no write is moved past a
+/// delete of the same entry.
+pub fn write_order(ops: &[Op]) -> Vec<&Op> {
+    let mut ordered: Vec<&Op> = ops.iter().collect();
+    ordered.sort_by_key(|op| op.phase());
+    ordered
 }
 
 /// A frontend as it is in the maps.
@@ -318,8 +346,9 @@ mod tests {
     }
 
     impl FakeMaps {
+        /// Applies `ops` in the order the dataplane writes them.
         fn apply(&mut self, ops: &[Op], allowed: &BTreeSet<(Ipv4Addr, u16)>) {
-            for op in ops {
+            for op in write_order(ops) {
                 self.writes += 1;
                 match op {
                     Op::PutBackend(b) => {
@@ -446,6 +475,30 @@ mod tests {
             before = now;
         }
         (maps, last, current)
+    }
+
+    fn vip2() -> ServiceKey {
+        ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 80, proto::TCP)
+    }
+
+    #[test]
+    fn the_writes_of_many_frontends_are_grouped_by_phase() {
+        let d = desired(&[(vip(), &[1, 2]), (vip2(), &[3])]);
+        let ops = reconcile(&d, &mut Current::default());
+        let phases: Vec<u8> = write_order(&ops).iter().map(|op| op.phase()).collect();
+        assert_eq!(phases, [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn frontends_growing_shrinking_and_going_in_one_list_stay_valid() {
+        // The invariant is checked after every write, in write order.
+        let (maps, _, _) = run(&[
+            desired(&[(vip(), &[1, 2, 3]), (vip2(), &[4])]),
+            desired(&[(vip(), &[2]), (vip2(), &[4, 5, 6])]),
+            desired(&[(vip2(), &[6, 7])]),
+        ]);
+        assert_eq!(maps.backends.len(), 2, "the removed backends are deleted");
+        assert_eq!(maps.slots.len(), 2);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Typed handles on the dataplane maps, from a loaded object or from pins.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    util::nr_cpus,
 };
 use sluice_abi::{
     conntrack::{CtKey, CtValue},
@@ -14,11 +17,8 @@ use sluice_abi::{
     stats::TrafficStats,
 };
 
-use super::Error;
-use crate::reconcile::{Current, Op};
-
-/// `BPF_NOEXIST`: create only.
-const NOEXIST: u64 = 1;
+use super::{Error, batch};
+use crate::reconcile::{Current, Op, write_order};
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -30,6 +30,26 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, u32, ServiceName>,
+    /// Descriptors of the maps that programming writes in batches.
+    batch: BatchFds,
+}
+
+struct BatchFds {
+    services: OwnedFd,
+    slots: OwnedFd,
+    backends: OwnedFd,
+    names: OwnedFd,
+}
+
+/// A duplicate of a hash map's descriptor, for the batch commands aya lacks.
+fn batch_fd(name: &'static str, map: &Map) -> Result<OwnedFd, Error> {
+    let Map::HashMap(data) = map else {
+        return Err(map_err(name)(MapError::InvalidName { name: name.into() }));
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::Batch { name, source: e })
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, Error>
@@ -69,16 +89,27 @@ impl Maps {
     }
 
     fn build(mut get: impl FnMut(&'static str) -> Result<Map, Error>) -> Result<Self, Error> {
+        let services = get(names::SERVICES)?;
+        let slots = get(names::SLOTS)?;
+        let backends = get(names::BACKENDS)?;
+        let service_names = get(names::SERVICE_NAMES)?;
+        let batch = BatchFds {
+            services: batch_fd(names::SERVICES, &services)?,
+            slots: batch_fd(names::SLOTS, &slots)?,
+            backends: batch_fd(names::BACKENDS, &backends)?,
+            names: batch_fd(names::SERVICE_NAMES, &service_names)?,
+        };
         Ok(Self {
-            services: typed(names::SERVICES, get(names::SERVICES)?)?,
-            slots: typed(names::SLOTS, get(names::SLOTS)?)?,
-            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
+            services: typed(names::SERVICES, services)?,
+            slots: typed(names::SLOTS, slots)?,
+            backends: typed(names::BACKENDS, backends)?,
             conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
             service_stats: typed(names::SERVICE_STATS, get(names::SERVICE_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
-            names: typed(names::SERVICE_NAMES, get(names::SERVICE_NAMES)?)?,
+            names: typed(names::SERVICE_NAMES, service_names)?,
+            batch,
         })
     }
 
@@ -93,22 +124,58 @@ impl Maps {
         Ok(Current::adopt(services, slots, &labels))
     }
 
+    /// Applies reconcile operations in `write_order`, each phase's writes
+    /// in batches (names before the frontends that carry them).
+    pub fn apply_all(&mut self, ops: &[Op]) -> Result<(), Error> {
+        let ordered = write_order(ops);
+        let (puts, deletes) = ordered.split_at(ordered.partition_point(|op| {
+            matches!(
+                op,
+                Op::PutMarker(_) | Op::PutBackend(_) | Op::PutSlot { .. } | Op::PutService { .. }
+            )
+        }));
+        let mut backends = Vec::new();
+        let mut slots = Vec::new();
+        let mut services = Vec::new();
+        let mut labels = Vec::new();
+        for op in puts {
+            match op {
+                Op::PutBackend(b) => backends.push((b.id, *b)),
+                Op::PutSlot { slot, backend } => slots.push((*slot, *backend)),
+                Op::PutService { key, value, name } => {
+                    if let Some(name) = name {
+                        labels.push((value.id, ServiceName::new(name)));
+                    }
+                    services.push((*key, *value));
+                }
+                Op::PutMarker(ip) => services.push((ServiceKey::marker(*ip), MARKER)),
+                _ => {}
+            }
+        }
+        let batch = |name: &'static str| move |e| Error::Batch { name, source: e };
+        batch::update(&self.batch.backends, &backends).map_err(batch(names::BACKENDS))?;
+        batch::update(&self.batch.slots, &slots).map_err(batch(names::SLOTS))?;
+        batch::update(&self.batch.names, &labels).map_err(batch(names::SERVICE_NAMES))?;
+        batch::update(&self.batch.services, &services).map_err(batch(names::SERVICES))?;
+        for op in deletes {
+            self.apply(op)?;
+        }
+        Ok(())
+    }
+
     /// Applies one reconcile operation.
     pub fn apply(&mut self, op: &Op) -> Result<(), Error> {
         match op {
-            Op::PutBackend(b) => {
-                self.backends
-                    .insert(b.id, b, 0)
-                    .map_err(map_err(names::BACKENDS))?;
-                zero_stats(&mut self.backend_stats, b.id, names::BACKEND_STATS)
-            }
+            Op::PutBackend(b) => self
+                .backends
+                .insert(b.id, b, 0)
+                .map_err(map_err(names::BACKENDS)),
             Op::PutSlot { slot, backend } => self
                 .slots
                 .insert(slot, backend, 0)
                 .map_err(map_err(names::SLOTS)),
             Op::PutService { key, value, name } => {
                 if let Some(name) = name {
-                    zero_stats(&mut self.service_stats, value.id, names::SERVICE_STATS)?;
                     self.names
                         .insert(value.id, ServiceName::new(name), 0)
                         .map_err(map_err(names::SERVICE_NAMES))?;
@@ -127,16 +194,10 @@ impl Maps {
                 removed(self.backends.remove(id), names::BACKENDS)?;
                 removed(self.backend_stats.remove(id), names::BACKEND_STATS)
             }
-            Op::PutMarker(ip) => {
-                let value = ServiceValue {
-                    id: 0,
-                    count: 0,
-                    flags: SVC_FLAG_MARKER,
-                };
-                self.services
-                    .insert(ServiceKey::marker(*ip), value, 0)
-                    .map_err(map_err(names::SERVICES))
-            }
+            Op::PutMarker(ip) => self
+                .services
+                .insert(ServiceKey::marker(*ip), MARKER, 0)
+                .map_err(map_err(names::SERVICES)),
             Op::DeleteMarker(ip) => removed(
                 self.services.remove(&ServiceKey::marker(*ip)),
                 names::SERVICES,
@@ -144,6 +205,13 @@ impl Maps {
         }
     }
 }
+
+/// The frontend entry that marks an allocated ClusterIP.
+const MARKER: ServiceValue = ServiceValue {
+    id: 0,
+    count: 0,
+    flags: SVC_FLAG_MARKER,
+};
 
 fn collect<K, V>(
     iter: impl Iterator<Item = Result<(K, V), MapError>>,
@@ -157,21 +225,6 @@ fn removed(result: Result<(), MapError>, name: &'static str) -> Result<(), Error
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(map_err(name)(e)),
-    }
-}
-
-/// Creates the counters of an id unless they exist (they survive restarts).
-fn zero_stats(
-    map: &mut PerCpuHashMap<MapData, u32, TrafficStats>,
-    id: u32,
-    name: &'static str,
-) -> Result<(), Error> {
-    let cpus = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
-    let zeros = PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(Error::Cpus)?;
-    match map.insert(id, zeros, NOEXIST) {
-        Ok(()) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
     }
 }

@@ -101,14 +101,24 @@ pub fn conntrack_remove(key: &CtKey) {
     let _ = SLUICE_CT.remove(key);
 }
 
+/// The counters of a frontend, created (zero on every CPU) by its first
+/// packet: the agent writes no counter entries, which halves the map
+/// writes of programming a Service.
 #[inline(always)]
 pub fn service_stats(id: u32) -> Option<*mut TrafficStats> {
-    SLUICE_SVC_STAT.get_ptr_mut(id)
+    SLUICE_SVC_STAT.get_ptr_mut(id).or_else(|| {
+        let _ = SLUICE_SVC_STAT.insert(id, TrafficStats::default(), NOEXIST);
+        SLUICE_SVC_STAT.get_ptr_mut(id)
+    })
 }
 
+/// The counters of a backend, created by its first packet.
 #[inline(always)]
 pub fn backend_stats(id: u32) -> Option<*mut TrafficStats> {
-    SLUICE_BE_STAT.get_ptr_mut(id)
+    SLUICE_BE_STAT.get_ptr_mut(id).or_else(|| {
+        let _ = SLUICE_BE_STAT.insert(id, TrafficStats::default(), NOEXIST);
+        SLUICE_BE_STAT.get_ptr_mut(id)
+    })
 }
 
 #[inline(always)]
