@@ -106,28 +106,57 @@ impl ManifestDir {
             dir: self.dir.clone(),
             source,
         };
-        let mut present = Vec::new();
+        let mut present = BTreeSet::new();
         for entry in fs::read_dir(&self.dir).map_err(read_dir)? {
             let path = entry.map_err(read_dir)?.path();
             if is_manifest_name(&path) && path.is_file() {
-                present.push(path);
+                present.insert(path);
             }
         }
-        present.sort();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !present.contains(*path))
+            .cloned()
+            .collect();
+        Ok(self.update(gone, present))
+    }
 
+    /// Rereads only `paths`, the files the directory watch named: a change
+    /// costs the size of the files it touched, not of the directory.
+    pub fn rescan_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Scan {
+        let mut present = BTreeSet::new();
+        let mut gone = Vec::new();
+        // The watch is not recursive: every path names a file of the
+        // directory, whichever prefix the watcher gave it.
+        for path in paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| self.dir.join(n))
+        {
+            if is_manifest_name(&path) && path.is_file() {
+                present.insert(path);
+            } else if self.files.contains_key(&path) {
+                gone.push(path);
+            }
+        }
+        self.update(gone, present)
+    }
+
+    /// Forgets the files `gone` and rereads the files `present`.
+    fn update(&mut self, gone: Vec<PathBuf>, present: BTreeSet<PathBuf>) -> Scan {
         let mut scan = Scan::default();
-        for (path, state) in &self.files {
-            if !present.contains(path) {
+        for path in gone {
+            if let Some(state) = self.files.remove(&path) {
                 scan.changed = true;
-                scan.touched.extend(state.objects.keys().cloned());
+                scan.touched.extend(state.objects.into_keys());
             }
         }
-        self.files.retain(|path, _| present.contains(path));
-
         for path in present {
             let content = match fs::read(&path) {
                 Ok(c) => c,
-                // Removed between listing and reading: the next event rescans.
+                // Removed between listing and reading: its removal is an
+                // event of its own.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => {
                     scan.problems
@@ -155,7 +184,7 @@ impl ManifestDir {
         if scan.changed {
             self.check_duplicates(&scan.touched, &mut scan.problems);
         }
-        Ok(scan)
+        scan
     }
 
     /// Reports the objects among `touched` that more than one file defines
@@ -248,93 +277,202 @@ fn parse_file(
         problems.push(parse_error("not UTF-8".into()));
         return None;
     };
-    let json = path.extension().is_some_and(|e| e == "json");
-    let mut documents = Vec::new();
-    if json {
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => documents.push(v),
-            Err(e) => {
-                problems.push(parse_error(format!("invalid JSON: {e}")));
-                return None;
-            }
-        }
+    let documents = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str::<Value>(text)
+            .map(|v| vec![v])
+            .map_err(|e| format!("invalid JSON: {e}"))
     } else {
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            match serde::Deserialize::deserialize(doc) {
-                Ok(Value::Null) => {}
-                Ok(v) => documents.push(v),
-                Err(e) => {
-                    problems.push(parse_error(format!("invalid YAML: {e}")));
-                    return None;
-                }
-            }
+        parse_yaml(text).map_err(|e| format!("invalid YAML: {e}"))
+    };
+    let documents = match documents {
+        Ok(d) => d,
+        Err(message) => {
+            problems.push(parse_error(message));
+            return None;
         }
-    }
+    };
     // `kind: List` (as `kubectl get -o yaml` writes) holds its objects in items.
     let mut objects_in = Vec::new();
-    for doc in documents {
+    for mut doc in documents {
         if doc.get("kind").and_then(Value::as_str) == Some("List") {
-            objects_in.extend(
-                doc.get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+            if let Some(Value::Array(items)) = doc.get_mut("items").map(Value::take) {
+                objects_in.extend(items);
+            }
         } else {
             objects_in.push(doc);
         }
     }
-
     let mut objects = BTreeMap::new();
-    for value in objects_in {
-        let api_version = value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind = value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let result = match (api_version, kind) {
-            ("v1", "Service") => decode::<Service>(&value, "Service")
-                .and_then(|s| translate::service(&s))
-                .map(|s| (ObjectId::Service(s.key.clone()), Object::Service(s))),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                decode::<EndpointSlice>(&value, "EndpointSlice")
-                    .and_then(|s| translate::endpoint_slice(&s))
-                    .map(|s| (ObjectId::Slice(s.key.clone()), Object::Slice(s)))
-            }
-            _ => {
-                tracing::debug!(file = %path.display(), api_version, kind, "ignoring an object of another kind");
-                continue;
-            }
-        };
-        match result {
-            Ok((id, object)) => {
+    for outcome in in_parallel(objects_in, OBJECTS_PER_THREAD, |value| {
+        object(path, &value, previous)
+    }) {
+        match outcome {
+            Outcome::Object(id, object) => {
                 objects.insert(id, object);
             }
-            Err(source) => {
-                // Keep the last good state of this object, if it had one.
-                if let Some(id) = object_id(&value, kind)
-                    && let Some(old) = previous.get(&id)
-                {
-                    objects.insert(id, old.clone());
+            Outcome::Ignored => {}
+            Outcome::Invalid(kept, problem) => {
+                if let Some((id, old)) = kept {
+                    objects.insert(id, old);
                 }
-                problems.push(ManifestError::Invalid {
-                    file: path.to_path_buf(),
-                    source,
-                });
+                problems.push(problem);
             }
         }
     }
     Some(objects)
 }
 
+/// Fewer objects than this per CPU are decoded on one thread.
+const OBJECTS_PER_THREAD: usize = 256;
+
+/// What one document of a file gives.
+enum Outcome {
+    Object(ObjectId, Object),
+    /// Another kind of object.
+    Ignored,
+    /// Invalid: the object's last good state, if it had one, is kept.
+    Invalid(Option<(ObjectId, Object)>, ManifestError),
+}
+
+fn object(path: &Path, value: &Value, previous: &BTreeMap<ObjectId, Object>) -> Outcome {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let result = match (api_version, kind) {
+        ("v1", "Service") => decode::<Service>(value, "Service")
+            .and_then(|s| translate::service(&s))
+            .map(|s| (ObjectId::Service(s.key.clone()), Object::Service(s))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => decode::<EndpointSlice>(value, "EndpointSlice")
+            .and_then(|s| translate::endpoint_slice(&s))
+            .map(|s| (ObjectId::Slice(s.key.clone()), Object::Slice(s))),
+        _ => {
+            tracing::debug!(file = %path.display(), api_version, kind, "ignoring an object of another kind");
+            return Outcome::Ignored;
+        }
+    };
+    match result {
+        Ok((id, object)) => Outcome::Object(id, object),
+        Err(source) => {
+            let kept = object_id(value, kind)
+                .and_then(|id| previous.get(&id).map(|old| (id, old.clone())));
+            Outcome::Invalid(
+                kept,
+                ManifestError::Invalid {
+                    file: path.to_path_buf(),
+                    source,
+                },
+            )
+        }
+    }
+}
+
+/// The documents of a YAML stream, empty ones left out. A large stream is
+/// cut at its document markers and the pieces are parsed in parallel; if
+/// any piece fails, the whole stream is parsed again in one piece, so that
+/// the error names the line of the file.
+fn parse_yaml(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
+    let pieces = split_documents(text, workers());
+    if pieces.len() > 1 {
+        let parsed: Result<Vec<Vec<Value>>, _> = in_parallel(pieces, 1, parse_yaml_stream)
+            .into_iter()
+            .collect();
+        if let Ok(parsed) = parsed {
+            return Ok(parsed.into_iter().flatten().collect());
+        }
+    }
+    parse_yaml_stream(text)
+}
+
+fn parse_yaml_stream(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
+    let mut documents = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        match serde::Deserialize::deserialize(doc)? {
+            Value::Null => {}
+            v => documents.push(v),
+        }
+    }
+    Ok(documents)
+}
+
+/// Below this size a YAML stream is parsed in one piece.
+const PARALLEL_BYTES: usize = 256 * 1024;
+
+/// Cuts a YAML stream before each `---` marker at the start of a line (YAML
+/// forbids that marker inside any scalar, so it always starts a document)
+/// into about as many pieces as there are CPUs. A stream with directives
+/// (`%YAML`, `%TAG`), which belong to the document after them, or a small
+/// one, stays whole.
+fn split_documents(text: &str, workers: usize) -> Vec<&str> {
+    if text.len() < PARALLEL_BYTES || workers < 2 || text.starts_with('%') || text.contains("\n%") {
+        return vec![text];
+    }
+    let target = text.len() / workers;
+    let mut pieces = Vec::with_capacity(workers);
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let is_marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']));
+        if is_marker && at - start >= target {
+            pieces.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    pieces.push(&text[start..]);
+    pieces
+}
+
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(8)
+}
+
+/// `f` over `items` on up to one thread per CPU, at least `per_thread`
+/// items each, results in order. Few items stay on this thread.
+fn in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    per_thread: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let workers = workers().min(items.len().div_ceil(per_thread.max(1)));
+    if workers < 2 {
+        return items.into_iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(workers);
+    let mut parts: Vec<Vec<T>> = Vec::with_capacity(workers);
+    let mut items = items.into_iter();
+    for _ in 0..workers {
+        parts.push(items.by_ref().take(chunk).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 fn decode<T: serde::de::DeserializeOwned>(
     value: &Value,
     kind: &'static str,
 ) -> Result<T, InvalidObject> {
-    serde_json::from_value(value.clone()).map_err(|e| InvalidObject {
+    T::deserialize(value).map_err(|e| InvalidObject {
         kind,
         object: object_id(value, kind).map_or_else(
             || "?".into(),
@@ -381,6 +519,44 @@ fn is_manifest_name(path: &Path) -> bool {
 /// full list, and sends it again as files change; changes within
 /// `debounce` of each other are read once. A manifest renamed into place
 /// is read at once (it is whole).
+/// What the directory watch saw.
+enum Change {
+    /// These files changed; `whole` if one was renamed into place.
+    Files { paths: Vec<PathBuf>, whole: bool },
+    /// Events were lost (queue overflow): reread everything.
+    Lost,
+}
+
+/// The files to reread after a burst of changes.
+enum Pending {
+    Paths(BTreeSet<PathBuf>),
+    All,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self::Paths(BTreeSet::new())
+    }
+}
+
+impl Pending {
+    /// Adds a change; whether it was a whole file renamed into place.
+    fn add(&mut self, change: Change) -> bool {
+        match change {
+            Change::Files { paths, whole } => {
+                if let Self::Paths(pending) = self {
+                    pending.extend(paths);
+                }
+                whole
+            }
+            Change::Lost => {
+                *self = Self::All;
+                false
+            }
+        }
+    }
+}
+
 pub fn spawn(
     dir: &Path,
     events: super::Events,
@@ -391,24 +567,26 @@ pub fn spawn(
     // Watch before the first scan, so that no change falls in between.
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let change = match event {
-            // Overflow and the like: rescan, after the usual pause.
-            Err(_) => Some(false),
+            // Overflow and the like: rescan everything, after the usual pause.
+            Err(_) => Some(Change::Lost),
+            Ok(e) if e.need_rescan() => Some(Change::Lost),
             // Our own reads show up as access events.
             Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => None,
             // A manifest renamed into place is whole (`kubectl cp`, atomic
             // saves): no need to wait for more writes.
-            Ok(e) => Some(
-                matches!(
+            Ok(e) => Some(Change::Files {
+                whole: matches!(
                     e.kind,
                     notify::EventKind::Modify(notify::event::ModifyKind::Name(
                         notify::event::RenameMode::To | notify::event::RenameMode::Both
                     ))
                 ) && e.paths.iter().any(|p| is_manifest_name(p)),
-            ),
+                paths: e.paths,
+            }),
         };
-        if let Some(whole) = change {
+        if let Some(change) = change {
             // The receiver is gone only when the agent is stopping.
-            let _ = tx.send(whole);
+            let _ = tx.send(change);
         }
     })
     .and_then(|mut w| {
@@ -420,26 +598,45 @@ pub fn spawn(
         source: io::Error::other(e),
     })?;
     let mut manifests = ManifestDir::new(dir);
+    let started = std::time::Instant::now();
     let first = manifests.rescan()?;
     for problem in &first.problems {
         tracing::warn!("{problem}");
     }
+    let model = manifests.model();
+    tracing::info!(
+        files = manifests.files.len(),
+        services = model.services.len(),
+        took_ms = started.elapsed().as_millis(),
+        "manifests read"
+    );
     // The receiver is gone only when the agent is stopping.
-    let _ = events.send(list_events(&manifests.model()));
+    let _ = events.send(list_events(&model));
     Ok(super::AbortOnDrop(tokio::spawn(async move {
         let _keep = &mut watcher;
-        while let Some(whole) = changes.recv().await {
+        while let Some(change) = changes.recv().await {
+            let mut pending = Pending::default();
             // Writes in place come in steps: wait for more, unless a whole
             // manifest is renamed into place meanwhile (an atomic write's
             // temporary file comes first).
-            if !whole {
+            if !pending.add(change) {
                 let _ = tokio::time::timeout(debounce, async {
-                    while let Some(false) = changes.recv().await {}
+                    while let Some(change) = changes.recv().await {
+                        if pending.add(change) {
+                            break;
+                        }
+                    }
                 })
                 .await;
             }
-            while changes.try_recv().is_ok() {}
-            match manifests.rescan() {
+            while let Ok(change) = changes.try_recv() {
+                pending.add(change);
+            }
+            let scan = match pending {
+                Pending::Paths(paths) => Ok(manifests.rescan_paths(&paths)),
+                Pending::All => manifests.rescan(),
+            };
+            match scan {
                 Ok(scan) => {
                     for problem in &scan.problems {
                         tracing::warn!("{problem}");
@@ -626,6 +823,90 @@ mod tests {
         fs::remove_file(d.path().join("b.yaml")).unwrap();
         m.rescan().unwrap();
         assert!(m.model().services.is_empty());
+    }
+
+    /// `n` Services and their slices as one YAML stream, over 256 KiB.
+    fn many(n: usize) -> String {
+        let mut out = String::new();
+        for i in 0..n {
+            out.push_str(
+                &WEB.replace("name: web", &format!("name: web-{i}"))
+                    .replace("10.96.0.10", &format!("10.96.{}.{}", i / 250, i % 250 + 1)),
+            );
+            out.push_str("---\n");
+            out.push_str(
+                &WEB_SLICE
+                    .replace("service-name: web", &format!("service-name: web-{i}"))
+                    .replace("name: web-1", &format!("name: web-{i}-1")),
+            );
+            out.push_str("---\n");
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_yaml_stream_is_parsed_in_pieces_as_in_one() {
+        let text = many(1500);
+        assert!(text.len() > PARALLEL_BYTES);
+        let pieces = split_documents(&text, 4);
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces[1..].iter().all(|p| p.starts_with("---\n")));
+        let whole = parse_yaml_stream(&text).unwrap();
+        assert_eq!(whole.len(), 3000);
+        assert_eq!(parse_yaml(&text).unwrap(), whole);
+        // Directives belong to the document after them: no cutting.
+        assert_eq!(
+            split_documents(&format!("%YAML 1.2\n---\n{text}"), 4).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_error_late_in_a_large_stream_names_the_line_of_the_file() {
+        let mut text = many(1500);
+        let line = text.lines().count() + 2;
+        text.push_str("apiVersion: v1\nkind: [unclosed\n");
+        let message = parse_yaml(&text).unwrap_err().to_string();
+        assert!(message.contains(&format!("line {line}")), "{message}");
+    }
+
+    #[test]
+    fn a_watched_change_rereads_only_the_files_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let api = "apiVersion: v1\nkind: Service\nmetadata: {name: api}\nspec:\n  clusterIP: 10.96.0.11\n  ports: [{port: 443}]\n";
+        write(d.path(), "a.yaml", WEB);
+        write(d.path(), "b.yaml", api);
+        let mut m = ManifestDir::new(d.path());
+        m.rescan().unwrap();
+
+        write(d.path(), "a.yaml", &WEB.replace("10.96.0.10", "10.96.0.20"));
+        write(d.path(), "b.yaml", &api.replace("10.96.0.11", "10.96.0.21"));
+        // The watcher may prefix paths otherwise than the directory's name.
+        let named: BTreeSet<PathBuf> = [PathBuf::from("/elsewhere/a.yaml")].into();
+        let scan = m.rescan_paths(&named);
+        assert_eq!(scan.touched.len(), 1, "{:?}", scan.touched);
+        assert_eq!(
+            cluster_ip(&m.model(), "web"),
+            "10.96.0.20".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            cluster_ip(&m.model(), "api"),
+            "10.96.0.11".parse::<IpAddr>().unwrap(),
+            "b.yaml was not named, so not reread"
+        );
+
+        // A named file that is gone takes its objects with it.
+        fs::remove_file(d.path().join("a.yaml")).unwrap();
+        let scan = m.rescan_paths(&[d.path().join("a.yaml")].into());
+        assert!(scan.changed);
+        assert!(m.model().services.values().all(|s| s.key.name != "web"));
+        // A full rescan (after lost events) finds the rest.
+        m.rescan().unwrap();
+        assert_eq!(
+            cluster_ip(&m.model(), "api"),
+            "10.96.0.21".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
