@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use sluice_agent::{app, cli, config, dataplane, status};
 
+/// Parsing thousands of manifests or API objects is mostly small
+/// allocations, where mimalloc is about twice as fast as glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let log_level = match &cli.command {
