@@ -47,6 +47,10 @@ pub struct Args {
     /// Services installed, comma-separated (default 100,1000,10000,30000).
     #[arg(long, value_delimiter = ',')]
     scales: Option<Vec<u32>>,
+    /// Modes to run, comma-separated (default all): sluice, iptables,
+    /// nftables, ipvs, floor.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Option<Vec<Mode>>,
     /// Rounds over all modes (default 2; medians are reported).
     #[arg(long)]
     rounds: Option<u32>,
@@ -80,6 +84,16 @@ impl Mode {
         Self::NoService,
     ];
 
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Sluice => "sluice",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+            Self::Ipvs => "ipvs",
+            Self::NoService => "floor",
+        }
+    }
+
     const fn label(self) -> &'static str {
         match self {
             Self::Sluice => "Sluice (TC)",
@@ -99,6 +113,16 @@ impl Mode {
             Self::NoService => "#666666",
         }
     }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    Mode::ALL
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mode `{s}`; there are {}", names.join(", "))
+        })
 }
 
 /// One measurement of one mode at one scale.
@@ -137,6 +161,7 @@ pub fn run(args: &Args) -> Result<()> {
         let mut modes: Vec<Mode> = Mode::ALL
             .into_iter()
             .filter(|m| *m != Mode::Ipvs || ipvs)
+            .filter(|m| args.modes.as_ref().is_none_or(|only| only.contains(m)))
             .collect();
         if round % 2 == 1 {
             modes.reverse();
@@ -340,14 +365,21 @@ fn measure(
     let Some(program) = program else {
         return Ok(None);
     };
-    let (tcp, udp) = match mode {
+    // The floor spreads its traffic over the same ten backends as the
+    // Service does (the client picks them in turn): the same work for the
+    // responders, without a Service in the path.
+    let (tcp, udp): (Targets, Targets) = match mode {
         Mode::NoService => (
-            SocketAddr::from((backend_ip(0), TCP_PORT)),
-            SocketAddr::from((backend_ip(0), UDP_PORT)),
+            (0..BACKENDS)
+                .map(|i| SocketAddr::from((backend_ip(i), TCP_PORT)))
+                .collect(),
+            (0..BACKENDS)
+                .map(|i| SocketAddr::from((backend_ip(i), UDP_PORT)))
+                .collect(),
         ),
         _ => (
-            SocketAddr::from((vip(measured), 80)),
-            SocketAddr::from((vip(measured), 53)),
+            [SocketAddr::from((vip(measured), 80))].into(),
+            [SocketAddr::from((vip(measured), 53))].into(),
         ),
     };
     let traffic = topo
@@ -367,9 +399,12 @@ fn measure(
 }
 
 /// Time from an empty dataplane to all Services programmed: the agent's
-/// start to ready (loading its programs included).
+/// start to ready (loading its programs and reading the objects included).
+/// The objects are one JSON `List`, as `kubectl get -o json` writes them and
+/// as the API server speaks; the same objects as multi-document YAML take
+/// longer to parse (see the README).
 fn program_sluice(lab: &mut Lab, services: u32, measured: u32) -> Result<Duration> {
-    lab.write_manifest("services.yaml", &manifests(services, measured))?;
+    lab.write_manifest("services.json", &manifests(services, measured).to_string())?;
     lab.write_manifest("probe.yaml", &probe_manifest(0))?;
     let opts = AgentOptions {
         service_cidr: Some(SERVICE_CIDR.into()),
@@ -380,35 +415,42 @@ fn program_sluice(lab: &mut Lab, services: u32, measured: u32) -> Result<Duratio
     Ok(t.elapsed())
 }
 
-fn manifests(services: u32, measured: u32) -> String {
-    let mut out = String::with_capacity(usize::try_from(services).unwrap_or(0) * 600);
+/// `services` Services of 10 endpoints, as a `List`.
+fn manifests(services: u32, measured: u32) -> serde_json::Value {
+    let port = |name: &str, port: u16, protocol: &str| serde_json::json!({"name": name, "port": port, "protocol": protocol});
+    let mut items = Vec::with_capacity(usize::try_from(services).unwrap_or(0) * 2);
     for i in 0..services {
-        let ports = if i == measured {
-            "[{name: http, port: 80, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]"
-        } else {
-            "[{name: http, port: 80, protocol: TCP}]"
-        };
-        let slice_ports = if i == measured {
-            format!(
-                "[{{name: http, port: {TCP_PORT}, protocol: TCP}}, {{name: dns, port: {UDP_PORT}, protocol: UDP}}]"
-            )
-        } else {
-            format!("[{{name: http, port: {TCP_PORT}, protocol: TCP}}]")
-        };
-        let eps: Vec<String> = endpoints(i, measured)
+        let mut ports = vec![port("http", 80, "TCP")];
+        let mut slice_ports = vec![port("http", TCP_PORT, "TCP")];
+        if i == measured {
+            ports.push(port("dns", 53, "UDP"));
+            slice_ports.push(port("dns", UDP_PORT, "UDP"));
+        }
+        let name = format!("svc-{i}");
+        items.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": vip(i).to_string(), "ports": ports},
+        }));
+        let eps: Vec<serde_json::Value> = endpoints(i, measured)
             .iter()
-            .map(|ip| format!("{{addresses: [\"{ip}\"]}}"))
+            .map(|ip| serde_json::json!({"addresses": [ip.to_string()]}))
             .collect();
-        let _ = write!(
-            out,
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: default}}\nspec:\n  clusterIP: {}\n  ports: {ports}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: svc-{i}}}\n\
-             addressType: IPv4\nports: {slice_ports}\nendpoints: [{}]\n---\n",
-            vip(i),
-            eps.join(", ")
-        );
+        items.push(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-1"),
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": slice_ports,
+            "endpoints": eps,
+        }));
     }
-    out
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 /// The probe Service, its one endpoint on backend `backend`.
@@ -746,18 +788,27 @@ fn probe_once(target: SocketAddr) -> Option<String> {
     line.split_whitespace().next().map(str::to_owned)
 }
 
+/// Where the load goes: one Service address, or the backends' own
+/// addresses taken in turn.
+type Targets = Arc<[SocketAddr]>;
+
+/// The `n`th target, in turn.
+fn nth(targets: &[SocketAddr], n: usize) -> SocketAddr {
+    targets[n % targets.len()]
+}
+
 /// TCP connections per second, latency over persistent connections and
 /// UDP exchanges per second, each for `window`.
-fn load(tcp: SocketAddr, udp: SocketAddr, window: Duration) -> Result<Sample> {
+fn load(tcp: Targets, udp: Targets, window: Duration) -> Result<Sample> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let errors = Arc::new(AtomicU64::new(0));
-        let conn_per_s = connections(tcp, window, &errors).await;
-        let mut latencies = latencies(tcp, window, &errors).await;
+        let conn_per_s = connections(&tcp, window, &errors).await;
+        let mut latencies = latencies(&tcp, window, &errors).await;
         latencies.sort();
-        let udp_per_s = datagrams(udp, window, &errors).await;
+        let udp_per_s = datagrams(&udp, window, &errors).await;
         Ok(Sample {
             conn_per_s,
             p50: percentile(&latencies, 0.50).unwrap_or_default(),
@@ -774,14 +825,18 @@ const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connect, one request, its response, close: as many as `CONCURRENCY`
 /// tasks complete in `window`, per second.
-async fn connections(target: SocketAddr, window: Duration, errors: &Arc<AtomicU64>) -> f64 {
+async fn connections(targets: &Targets, window: Duration, errors: &Arc<AtomicU64>) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
+    for task in 0..CONCURRENCY {
         let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        let targets = targets.clone();
         tasks.push(tokio::spawn(async move {
+            let mut n = task;
             while !stop.load(Ordering::Relaxed) {
+                let target = nth(&targets, n);
+                n += CONCURRENCY;
                 let ok = tokio::time::timeout(IO_TIMEOUT, async {
                     let mut s = TcpStream::connect(target).await?;
                     // Close with a reset: no TIME_WAIT to run out of ports.
@@ -833,11 +888,12 @@ async fn finish(
 
 /// Request/response latencies over `CONCURRENCY / 4` persistent
 /// connections.
-async fn latencies(target: SocketAddr, window: Duration, errors: &Arc<AtomicU64>) -> Vec<Duration> {
+async fn latencies(targets: &Targets, window: Duration, errors: &Arc<AtomicU64>) -> Vec<Duration> {
     let deadline = Instant::now() + window;
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY / 4 {
+    for task in 0..CONCURRENCY / 4 {
         let errors = errors.clone();
+        let target = nth(targets, task);
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             let Ok(Ok(s)) = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(target)).await
@@ -876,12 +932,13 @@ async fn latencies(target: SocketAddr, window: Duration, errors: &Arc<AtomicU64>
 }
 
 /// UDP request/response exchanges per second, `CONCURRENCY` sockets.
-async fn datagrams(target: SocketAddr, window: Duration, errors: &Arc<AtomicU64>) -> f64 {
+async fn datagrams(targets: &Targets, window: Duration, errors: &Arc<AtomicU64>) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..CONCURRENCY {
+    for task in 0..CONCURRENCY {
         let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        let target = nth(targets, task);
         tasks.push(tokio::spawn(async move {
             let Ok(s) = UdpSocket::bind("0.0.0.0:0").await else {
                 return;
