@@ -71,6 +71,7 @@ async fn run_services(
         interfaces,
         pin_dir,
         conntrack_size,
+        socket_lb,
         dataplane: config,
         dns,
     } = services;
@@ -79,6 +80,7 @@ async fn run_services(
         pin_dir,
         conntrack_size,
         config,
+        socket_lb,
     })
     .context("loading the dataplane")?;
     let _health = serve_health(&health, health_listen).await?;

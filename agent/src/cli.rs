@@ -58,6 +58,14 @@ pub struct RunArgs {
     /// Conntrack map size (entries; two per flow).
     #[arg(long)]
     pub conntrack_size: Option<u32>,
+    /// Socket LB: `connect()` and sends to ClusterIPs from processes in the
+    /// cgroup go straight to a backend (default true)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub socket_lb: Option<bool>,
+    /// The cgroup (v2) directory socket LB attaches to (default: the root
+    /// of the cgroup2 mount, i.e. every process on the node)
+    #[arg(long)]
+    pub cgroup_path: Option<PathBuf>,
     /// Serve cluster DNS on this address (made local to the node; passed
     /// untouched by the dataplane), UDP and TCP port 53.
     #[arg(long)]

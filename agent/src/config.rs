@@ -44,6 +44,8 @@ pub enum ConfigError {
     ServiceCidr(String),
     #[error("`conntrack-size` must be at least 2 (two entries per flow)")]
     ConntrackSize,
+    #[error("socket LB needs a cgroup: give `cgroup-path` or `socket-lb: false`")]
+    NoCgroup(#[source] std::io::Error),
     #[error("`interfaces`")]
     Interfaces(#[source] PatternError),
     #[error("`dns-ttl` must be at most 3600 seconds")]
@@ -83,6 +85,8 @@ struct FileConfig {
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
     conntrack_size: Option<u32>,
+    socket_lb: Option<bool>,
+    cgroup_path: Option<PathBuf>,
     dns_ip: Option<std::net::IpAddr>,
     cluster_domain: Option<String>,
     dns_ttl: Option<u32>,
@@ -129,6 +133,8 @@ pub struct ServicesConfig {
     pub interfaces: InterfaceMatcher,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
+    /// Socket LB's cgroup; `None`: socket LB is off.
+    pub socket_lb: Option<PathBuf>,
     pub dataplane: DataplaneConfig,
     pub dns: Option<DnsConfig>,
 }
@@ -188,6 +194,8 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         service_cidr: args.service_cidr.or(file.service_cidr),
         pin_dir: args.pin_dir.or(file.pin_dir),
         conntrack_size: args.conntrack_size.or(file.conntrack_size),
+        socket_lb: args.socket_lb.or(file.socket_lb),
+        cgroup_path: args.cgroup_path.or(file.cgroup_path),
         dns_ip: args.dns_ip.or(file.dns_ip),
         cluster_domain: args.cluster_domain.or(file.cluster_domain),
         dns_ttl: args.dns_ttl.or(file.dns_ttl),
@@ -227,11 +235,20 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
     if conntrack_size < 2 {
         return Err(ConfigError::ConntrackSize);
     }
+    let socket_lb = if c.socket_lb.unwrap_or(true) {
+        match c.cgroup_path.take() {
+            Some(path) => Some(path),
+            None => Some(crate::dataplane::sock::cgroup2_root().map_err(ConfigError::NoCgroup)?),
+        }
+    } else {
+        None
+    };
     Ok(ServicesConfig {
         source,
         interfaces,
         pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         conntrack_size,
+        socket_lb,
         dataplane,
         dns,
     })

@@ -10,6 +10,8 @@ mod attach;
 mod batch;
 mod bpffs;
 pub mod maps;
+pub mod sock;
+mod stale_udp;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,7 +31,7 @@ use thiserror::Error;
 use crate::{
     EBPF_OBJ,
     model::frontends::{DesiredChanges, Touched},
-    reconcile::{Current, reconcile_changes},
+    reconcile::{Current, Op, reconcile_changes},
 };
 
 /// The TC program's function name in the eBPF object.
@@ -47,6 +49,13 @@ pub enum Error {
     },
     #[error("failed to load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("socket LB: cannot attach `{program}` to the cgroup `{}`", cgroup.display())]
+    SocketLb {
+        program: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the embedded eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("failed to load program `{name}` into the kernel")]
@@ -88,6 +97,8 @@ pub struct Options {
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
     pub config: DataplaneConfig,
+    /// Socket LB on this cgroup (v2) directory; `None`: off.
+    pub socket_lb: Option<PathBuf>,
 }
 
 pub struct Dataplane {
@@ -97,6 +108,8 @@ pub struct Dataplane {
     /// Attached interfaces by ifindex (names change; indexes do not).
     links: BTreeMap<u32, Attached>,
     current: Current,
+    /// Socket LB's cgroup, when it is on.
+    socket_lb: Option<PathBuf>,
 }
 
 struct Attached {
@@ -122,6 +135,10 @@ impl Dataplane {
         })?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?;
+        match &opts.socket_lb {
+            Some(cgroup) => sock::attach(&mut ebpf, cgroup, &opts.pin_dir)?,
+            None => sock::detach(&opts.pin_dir),
+        }
         if !current.frontends.is_empty() {
             tracing::info!(
                 frontends = current.frontends.len(),
@@ -135,6 +152,7 @@ impl Dataplane {
             pin_dir: opts.pin_dir.clone(),
             links: BTreeMap::new(),
             current,
+            socket_lb: opts.socket_lb.clone(),
         })
     }
 
@@ -148,7 +166,47 @@ impl Dataplane {
             self.current = self.maps.adopt().unwrap_or_default();
             return Err(e);
         }
+        let removed = ops
+            .iter()
+            .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
+        if removed && let Some(cgroup) = &self.socket_lb {
+            self.close_stale_udp(cgroup.clone());
+        }
         Ok(ops.len())
+    }
+
+    /// Closes, on a thread of its own, connected UDP sockets that socket LB
+    /// pointed at a backend no longer behind their frontend.
+    fn close_stale_udp(&self, cgroup: PathBuf) {
+        let live: stale_udp::LiveBackends = self
+            .current
+            .frontends
+            .iter()
+            .filter(|(key, _)| key.proto == sluice_abi::proto::UDP)
+            .map(|(key, f)| {
+                let backends = f
+                    .slots
+                    .iter()
+                    .filter(|(slot, _)| **slot < f.count)
+                    .map(|(_, b)| (b.addr(), b.port()))
+                    .collect();
+                (*key, backends)
+            })
+            .collect();
+        let pin_dir = self.pin_dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stale-udp".into())
+            .spawn(move || match stale_udp::close(&pin_dir, &cgroup, &live) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    closed = n,
+                    "closed connected UDP sockets whose backend left"
+                ),
+                Err(e) => tracing::warn!("closing stale UDP sockets: {e}"),
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("closing stale UDP sockets: {e}");
+        }
     }
 
     /// Every frontend and ClusterIP the maps hold.

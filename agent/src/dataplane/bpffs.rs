@@ -15,6 +15,7 @@ use sluice_abi::{
     conntrack::{CtKey, CtValue},
     maps as names,
     service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -84,6 +85,7 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         }
         names::DROPS | names::EVENTS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_NAMES => (size_of::<u32>(), size_of::<ServiceName>()),
+        names::SOCK_REV => (size_of::<SockRevKey>(), size_of::<SockRevValue>()),
         _ => return None,
     })
 }

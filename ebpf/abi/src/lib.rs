@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod maps;
 pub mod service;
+pub mod sock;
 pub mod stats;
 
 /// IP protocol numbers the dataplane handles.

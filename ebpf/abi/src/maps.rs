@@ -26,8 +26,11 @@ pub const EVENTS: &str = "SLUICE_EVENTS";
 /// The kernel never reads it; it is pinned so that status works from the pins.
 pub const SERVICE_NAMES: &str = "SLUICE_SVC_NAME";
 
+/// Socket LB's reverse translation (LRU): `SockRevKey` → `SockRevValue`.
+pub const SOCK_REV: &str = "SLUICE_SOCK_REV";
+
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 9] = [
+pub const PINNED: [&str; 10] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -37,6 +40,7 @@ pub const PINNED: [&str; 9] = [
     DROPS,
     EVENTS,
     SERVICE_NAMES,
+    SOCK_REV,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
@@ -48,3 +52,6 @@ pub const MAX_SERVICES: u32 = 131_072;
 pub const MAX_BACKENDS: u32 = 524_288;
 /// Conntrack entries; two per flow (original and reply direction).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
+/// Reverse translations of sockets: one per socket and backend it was
+/// pointed at (an unconnected UDP socket may talk to several).
+pub const SOCK_REV_SIZE: u32 = 262_144;

@@ -65,7 +65,8 @@ counter_enum! {
         MalformedL4 = 1 => "malformed_l4",
         /// A fragment addressed to a ClusterIP: ports are not in every fragment.
         Fragment = 2 => "fragment",
-        /// Rejected: the Service has no usable endpoint.
+        /// Rejected: the Service has no usable endpoint (a packet, or a
+        /// `connect()` or send refused with ECONNREFUSED by socket LB).
         NoEndpoints = 3 => "no_endpoints",
         /// Rejected: a ClusterIP on a port no Service has.
         UnknownPort = 4 => "unknown_port",
@@ -103,5 +104,12 @@ counter_enum! {
         /// Two first packets of one flow raced on two CPUs; the later one
         /// followed the backend the earlier one chose.
         RaceLost = 7 => "race_lost",
+        /// Socket LB: a `connect()` to a frontend was pointed at a backend.
+        SockConnect = 8 => "sock_connect",
+        /// Socket LB: an unconnected UDP send to a frontend went to a backend.
+        SockSendmsg = 9 => "sock_sendmsg",
+        /// Socket LB: a received datagram or a peer name showed the frontend
+        /// again instead of the backend.
+        SockReverse = 10 => "sock_reverse",
     }
 }

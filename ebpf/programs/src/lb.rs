@@ -11,10 +11,20 @@ use crate::{maps, parse::Packet, stats};
 /// The frontend a packet is addressed to, if any.
 #[inline(always)]
 pub fn frontend(p: &Packet) -> Option<(ServiceKey, ServiceValue)> {
+    frontend_of(p.daddr, p.dport, p.proto)
+}
+
+/// The frontend at an address, port and protocol, if any.
+#[inline(always)]
+pub fn frontend_of(
+    addr_be: [u8; 4],
+    port_be: [u8; 2],
+    proto: u8,
+) -> Option<(ServiceKey, ServiceValue)> {
     let key = ServiceKey {
-        addr_be: p.daddr,
-        port_be: p.dport,
-        proto: p.proto,
+        addr_be,
+        port_be,
+        proto,
         _pad: 0,
     };
     let value = maps::service(&key)?;
@@ -41,8 +51,14 @@ pub fn is_cluster_ip(addr: [u8; 4]) -> bool {
 /// is non-zero, so it is used instead.
 #[inline(always)]
 pub fn select(svc: &ServiceValue) -> Result<Backend, DropReason> {
-    let random = unsafe { bpf_get_prandom_u32() };
-    let slot = random
+    select_by(svc, unsafe { bpf_get_prandom_u32() })
+}
+
+/// The backend in slot `hash % count` (a falling-back slot 0 as above): the
+/// same backend for the same hash while the frontend's slots stay.
+#[inline(always)]
+pub fn select_by(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
+    let slot = hash
         .checked_rem(u32::from(svc.count))
         .ok_or(DropReason::NoEndpoints)?;
     if let Some(b) = maps::slot(&SlotKey {

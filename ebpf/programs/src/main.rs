@@ -3,7 +3,8 @@
 //! `tc_ingress` runs on the host side of pod-facing interfaces. It DNATs
 //! client packets sent to a Service frontend to a backend, reverse-NATs the
 //! backends' replies, rejects what kube-proxy rejects, and passes everything
-//! else untouched.
+//! else untouched. The `sock_*` programs are socket LB on a cgroup (see
+//! `sock.rs`).
 #![no_std]
 #![no_main]
 
@@ -13,9 +14,14 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod sock;
 mod stats;
 
-use aya_ebpf::{Global, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    Global,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use sluice_abi::{
     config::{CFG_SERVICE_CIDR, DataplaneConfig},
     service::{ServiceKey, ServiceValue},
@@ -50,6 +56,26 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx, Event::SockConnect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx, Event::SockSendmsg)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[inline(always)]

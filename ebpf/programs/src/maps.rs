@@ -12,8 +12,9 @@ use aya_ebpf::{
 };
 use sluice_abi::{
     conntrack::{CtKey, CtValue},
-    maps::{DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES},
+    maps::{DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, SOCK_REV_SIZE},
     service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -34,12 +35,12 @@ static SLUICE_BACKEND: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF
 #[map]
 static SLUICE_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
-/// Traffic per frontend id; entries are created by the agent.
+/// Traffic per frontend id; an entry is created by the first packet.
 #[map]
 static SLUICE_SVC_STAT: PerCpuHashMap<u32, TrafficStats> =
     PerCpuHashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// Traffic per backend id; entries are created by the agent.
+/// Traffic per backend id; an entry is created by the first packet.
 #[map]
 static SLUICE_BE_STAT: PerCpuHashMap<u32, TrafficStats> =
     PerCpuHashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
@@ -56,6 +57,10 @@ static SLUICE_EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::COUNT, 0);
 #[map]
 static SLUICE_SVC_NAME: HashMap<u32, ServiceName> =
     HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Socket LB: the frontend each translated socket asked for, per backend.
+#[map]
+static SLUICE_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REV_SIZE, 0);
 
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
@@ -135,4 +140,16 @@ pub fn event_counter(event: Event) -> Option<*mut u64> {
 #[inline(always)]
 pub fn touch_names() {
     let _ = &SLUICE_SVC_NAME;
+}
+
+#[inline(always)]
+pub fn sock_rev(key: &SockRevKey) -> Option<SockRevValue> {
+    SLUICE_SOCK_REV
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn sock_rev_insert(key: &SockRevKey, value: &SockRevValue) -> Result<(), i32> {
+    SLUICE_SOCK_REV.insert(key, value, ANY)
 }

@@ -39,3 +39,18 @@ fn add(s: *mut TrafficStats, bytes: u32, new_flow: bool) {
         }
     }
 }
+
+/// Counts a connection (or unconnected UDP exchange) that socket LB pointed
+/// at a backend: a new flow, with no packet seen here.
+#[inline(always)]
+pub fn connection(service_id: u32, backend_id: u32) {
+    for s in [
+        maps::service_stats(service_id),
+        maps::backend_stats(backend_id),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        unsafe { (*s).new_flows += 1 };
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::{
     env,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitStatus},
     time::Duration,
 };
@@ -73,6 +73,14 @@ pub struct LabDns {
     pub upstreams: Vec<std::net::SocketAddr>,
 }
 
+/// Where a lab agent keeps things.
+pub struct Dirs {
+    pub manifests: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Socket LB's cgroup (`--cgroup-path`): the lab's own.
+    pub cgroup: PathBuf,
+}
+
 /// A running agent; killed on drop if still running.
 pub struct Agent {
     process: Process,
@@ -80,13 +88,8 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `sluice run` in `node` and waits until it is ready.
-    pub fn start(
-        node: &Netns,
-        manifests: &Path,
-        pin_dir: &Path,
-        opts: &AgentOptions,
-    ) -> Result<Self> {
-        let mut agent = Self::spawn(node, manifests, pin_dir, opts)?;
+    pub fn start(node: &Netns, dirs: &Dirs, opts: &AgentOptions) -> Result<Self> {
+        let mut agent = Self::spawn(node, dirs, opts)?;
         agent
             .wait_for(READY, 0, START_TIMEOUT)
             .context("the agent did not become ready")?;
@@ -94,12 +97,7 @@ impl Agent {
     }
 
     /// Starts `sluice run` in `node` without waiting for it to be ready.
-    pub fn spawn(
-        node: &Netns,
-        manifests: &Path,
-        pin_dir: &Path,
-        opts: &AgentOptions,
-    ) -> Result<Self> {
+    pub fn spawn(node: &Netns, dirs: &Dirs, opts: &AgentOptions) -> Result<Self> {
         if !opts.bin.is_file() {
             bail!(
                 "agent binary `{}` not found: build it (`cargo build -p sluice-agent`) or set SLUICE_BIN",
@@ -111,7 +109,7 @@ impl Agent {
         cmd.arg("run");
         match &opts.source {
             AgentSource::Manifests => {
-                cmd.arg("--manifests").arg(manifests);
+                cmd.arg("--manifests").arg(&dirs.manifests);
             }
             AgentSource::Kubeconfig(path) => {
                 cmd.arg("--kubeconfig").arg(path);
@@ -126,7 +124,9 @@ impl Agent {
         cmd.arg("--interfaces")
             .arg(&opts.interfaces)
             .arg("--pin-dir")
-            .arg(pin_dir)
+            .arg(&dirs.pin_dir)
+            .arg("--cgroup-path")
+            .arg(&dirs.cgroup)
             .args(
                 opts.service_cidr
                     .iter()

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use nix::mount::{MntFlags, umount2};
 
 use crate::{
-    Agent, AgentOptions, ApiServer, Netns, Responder,
+    Agent, AgentOptions, ApiServer, Cgroup, Netns, Responder,
     netns::{owner_is_dead, unique_stem},
     process::Process,
 };
@@ -48,6 +48,8 @@ pub struct Lab {
     responders: Vec<Responder>,
     pods: Vec<Pod>,
     node: Netns,
+    /// Socket LB's cgroup: removed last, when nothing runs in it.
+    cgroup: Cgroup,
 }
 
 impl Lab {
@@ -58,6 +60,7 @@ impl Lab {
         fs::create_dir_all(dir.join("manifests"))
             .with_context(|| format!("creating {}", dir.display()))?;
         let node = Netns::create(&format!("{stem}-node"))?;
+        let cgroup = Cgroup::create(&stem)?;
         let lab = Self {
             dir,
             stem,
@@ -67,6 +70,7 @@ impl Lab {
             responders: Vec::new(),
             pods: Vec::new(),
             node,
+            cgroup,
         };
         lab.node
             .ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
@@ -202,7 +206,7 @@ impl Lab {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
-        let agent = Agent::start(&self.node, &self.manifests_dir(), &self.pin_dir(), opts)?;
+        let agent = Agent::start(&self.node, &self.agent_dirs(), opts)?;
         Ok(self.agent.insert(agent))
     }
 
@@ -211,8 +215,21 @@ impl Lab {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
-        let agent = Agent::spawn(&self.node, &self.manifests_dir(), &self.pin_dir(), opts)?;
+        let agent = Agent::spawn(&self.node, &self.agent_dirs(), opts)?;
         Ok(self.agent.insert(agent))
+    }
+
+    fn agent_dirs(&self) -> crate::agent::Dirs {
+        crate::agent::Dirs {
+            manifests: self.manifests_dir(),
+            pin_dir: self.pin_dir(),
+            cgroup: self.cgroup.path().to_path_buf(),
+        }
+    }
+
+    /// The lab's cgroup: socket LB acts on the processes in it.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
     }
 
     pub fn agent(&mut self) -> &mut Agent {

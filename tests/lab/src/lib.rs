@@ -14,6 +14,7 @@
 mod agent;
 mod apiserver;
 mod bpffs;
+mod cgroup;
 pub mod lab;
 pub mod manifest;
 mod netns;
@@ -26,6 +27,7 @@ pub use agent::{Agent, AgentOptions, AgentSource, LabDns, default_bin};
 use anyhow::{Context as _, Result, bail};
 pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
+pub use cgroup::{Cgroup, cgroup2_root};
 pub use lab::{GATEWAY, Lab, Pod};
 pub use netns::{Netns, enter_on_spawn, reap_stale};
 pub use responder::Responder;

@@ -160,6 +160,7 @@ pub fn reap_stale() {
         }
     }
     crate::lab::reap_stale_dirs();
+    crate::cgroup::reap_stale();
 }
 
 /// `sl<pid>x…` names whose pid no longer runs.

@@ -1,0 +1,147 @@
+//! Socket-level load balancing (cgroup `sock_addr` programs).
+//!
+//! A process in the cgroup that connects (TCP or UDP) or sends an
+//! unconnected datagram to a Service frontend is pointed at a backend
+//! before any packet exists: no per-packet NAT and no conntrack entry, and
+//! the TC program, seeing a backend address, leaves the flow alone. Reads
+//! of the peer (`getpeername`, `recvfrom`) show the frontend again.
+//!
+//! TCP picks a backend at random, as the TC path does. UDP picks by the
+//! socket cookie, so an unconnected socket keeps one backend while the
+//! frontend's slots stay, and moves on its next send when its backend
+//! leaves (connected sockets are the agent's to close).
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    programs::SockAddrContext,
+};
+use sluice_abi::{
+    proto,
+    service::Backend,
+    sock::{SockRevKey, SockRevValue},
+    stats::{DropReason, Event},
+};
+
+use crate::{lb, maps, stats};
+
+/// What a `sock_addr` program returns to let the call go on.
+const ALLOW: i32 = 1;
+/// Refuses the call; the error is the one given to `bpf_set_retval`.
+const REFUSE: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// The address a call names (or, for `recvmsg4` and `getpeername4`, the
+/// peer the kernel is about to report).
+#[inline(always)]
+fn addr(ctx: &SockAddrContext) -> ([u8; 4], [u8; 2], u8) {
+    let sa = ctx.sock_addr;
+    // user_ip4 holds the address in network order, user_port the port in
+    // network order in its low 16 bits.
+    let (ip, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits"
+    )]
+    let port = port as u16;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "IP protocol numbers are below 256"
+    )]
+    let protocol = protocol as u8;
+    (ip.to_ne_bytes(), port.to_ne_bytes(), protocol)
+}
+
+#[inline(always)]
+fn set_addr(ctx: &SockAddrContext, addr_be: [u8; 4], port_be: [u8; 2]) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        (*sa).user_ip4 = u32::from_ne_bytes(addr_be);
+        (*sa).user_port = u32::from(u16::from_ne_bytes(port_be));
+    }
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
+}
+
+/// `connect4` and `sendmsg4`: a frontend becomes a backend.
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
+    let (daddr, dport, protocol) = addr(ctx);
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return ALLOW;
+    }
+    let Some((_, svc)) = lb::frontend_of(daddr, dport, protocol) else {
+        // kube-proxy rejects a ClusterIP's unknown ports: refuse at once
+        // rather than send towards a default route.
+        if lb::is_cluster_ip(daddr) {
+            return refuse(DropReason::UnknownPort);
+        }
+        return ALLOW;
+    };
+    if svc.count == 0 {
+        return refuse(DropReason::NoEndpoints);
+    }
+    let cookie = cookie(ctx);
+    let chosen: Result<Backend, DropReason> = if protocol == proto::UDP {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "folding the cookie to 32 bits"
+        )]
+        let hash = (cookie ^ (cookie >> 32)) as u32;
+        lb::select_by(&svc, hash)
+    } else {
+        lb::select(&svc)
+    };
+    let b = match chosen {
+        Ok(b) => b,
+        Err(reason) => return refuse(reason),
+    };
+    let key = SockRevKey {
+        cookie,
+        addr_be: b.addr_be,
+        port_be: b.port_be,
+        _pad: [0; 2],
+    };
+    let value = SockRevValue {
+        addr_be: daddr,
+        port_be: dport,
+        _pad: [0; 2],
+        service_id: svc.id,
+    };
+    // Without its reverse entry the application would see the backend's
+    // address in replies: not worth a connection that works otherwise.
+    if maps::sock_rev_insert(&key, &value).is_err() {
+        stats::dropped(DropReason::CtInsert);
+    }
+    set_addr(ctx, b.addr_be, b.port_be);
+    stats::connection(svc.id, b.id);
+    stats::event(event);
+    ALLOW
+}
+
+/// `recvmsg4` and `getpeername4`: a backend this socket was pointed at is
+/// shown as the frontend it asked for.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext) -> i32 {
+    let (addr_be, port_be, _) = addr(ctx);
+    let key = SockRevKey {
+        cookie: cookie(ctx),
+        addr_be,
+        port_be,
+        _pad: [0; 2],
+    };
+    if let Some(front) = maps::sock_rev(&key) {
+        set_addr(ctx, front.addr_be, front.port_be);
+        stats::event(Event::SockReverse);
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn refuse(reason: DropReason) -> i32 {
+    stats::dropped(reason);
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REFUSE
+}

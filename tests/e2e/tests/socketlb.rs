@@ -1,0 +1,234 @@
+//! Socket LB end to end: the agent attaches its cgroup programs to the
+//! lab's own cgroup (`--cgroup-path`), and the clients here are processes
+//! (`sluice-probe`) started inside it, in the node namespace or in a pod.
+#![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use common::*;
+use sluice_abi::conntrack::{CtKey, CtValue};
+use sluice_lab::{AgentOptions, Lab, Netns, enter_on_spawn, process::Process, require_privileges};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_sluice-probe");
+
+/// The probe's command line, to run in `ns` inside the lab's cgroup, and
+/// the namespace file that must stay open until it is spawned.
+fn probe_command(lab: &Lab, ns: &Netns, args: &[&str]) -> (Command, std::fs::File) {
+    // `timeout` bounds the whole run; the probe bounds each of its waits.
+    let mut cmd = Command::new("timeout");
+    cmd.arg("30").arg(PROBE).args(args);
+    let file = ns.open().unwrap();
+    enter_on_spawn(&mut cmd, &file);
+    lab.cgroup().enter_on_spawn(&mut cmd).unwrap();
+    (cmd, file)
+}
+
+/// Runs the probe to its end; its output lines.
+fn probe(lab: &Lab, ns: &Netns, args: &[&str]) -> Vec<String> {
+    let (mut cmd, _ns) = probe_command(lab, ns, args);
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:?}"))
+}
+
+fn conntrack_entries(lab: &Lab) -> usize {
+    let data = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
+    let ct: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(data)).unwrap();
+    ct.keys().count()
+}
+
+#[test]
+fn from_the_node_tcp_and_udp_reach_every_backend_and_show_the_cluster_ip() {
+    if !require_privileges("from_the_node_tcp_and_udp_reach_every_backend_and_show_the_cluster_ip")
+    {
+        return;
+    }
+    let mut lab = web_lab(3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let http_s = http().to_string();
+    let dns_s = dns().to_string();
+
+    let mut tcp = BTreeSet::new();
+    for _ in 0..40 {
+        let out = probe(&lab, lab.node(), &["tcp", &http_s]);
+        assert_eq!(
+            line(&out, "peer "),
+            http_s,
+            "getpeername shows the ClusterIP"
+        );
+        tcp.insert(who(line(&out, "reply ")));
+        if tcp.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        tcp.len(),
+        3,
+        "TCP from the node reaches every backend: {tcp:?}"
+    );
+
+    let mut udp = BTreeSet::new();
+    for _ in 0..40 {
+        let out = probe(&lab, lab.node(), &["udp", &dns_s, "2"]);
+        let reply = line(&out, "reply ");
+        let (from, answer) = reply.split_once(' ').unwrap();
+        assert_eq!(from, dns_s, "recvfrom shows the ClusterIP:port");
+        udp.insert(who(answer));
+        if udp.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        udp.len(),
+        3,
+        "unconnected UDP reaches every backend: {udp:?}"
+    );
+
+    let out = probe(&lab, lab.node(), &["udp-connected", &dns_s, "3"]);
+    assert_eq!(line(&out, "peer "), dns_s);
+    let replies: BTreeSet<&str> = out
+        .iter()
+        .filter_map(|l| l.strip_prefix("reply "))
+        .map(|r| r.split_once(' ').unwrap().0)
+        .collect();
+    assert_eq!(replies, BTreeSet::from([dns_s.as_str()]), "{out:?}");
+}
+
+#[test]
+fn a_pod_connection_through_the_socket_hook_leaves_no_conntrack_entry() {
+    if !require_privileges("a_pod_connection_through_the_socket_hook_leaves_no_conntrack_entry") {
+        return;
+    }
+    let mut lab = web_lab(2);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let client = &lab.pod("client").ns;
+    for _ in 0..5 {
+        let out = probe(&lab, client, &["tcp", &http().to_string()]);
+        let answer = line(&out, "reply ");
+        assert!(who(answer).starts_with('b'), "{out:?}");
+        assert_eq!(peer(answer).ip(), CLIENT, "the backend sees the pod");
+    }
+    assert_eq!(
+        conntrack_entries(&lab),
+        0,
+        "translated at connect(): the TC program had nothing to NAT"
+    );
+    // The same request from outside the cgroup goes through TC's NAT.
+    lab.pod("client").tcp_request(http(), T).unwrap();
+    assert!(conntrack_entries(&lab) > 0);
+}
+
+#[test]
+fn a_connected_udp_socket_never_reaches_a_removed_backend() {
+    if !require_privileges("a_connected_udp_socket_never_reaches_a_removed_backend") {
+        return;
+    }
+    let mut lab = web_lab(2);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let (cmd, ns) = probe_command(
+        &lab,
+        &lab.pod("client").ns,
+        &["udp-stream", &dns().to_string(), "8"],
+    );
+    let mut stream = Process::spawn("probe", cmd, false).unwrap();
+    drop(ns);
+    let first = stream.wait_for("reply ", 0, T).unwrap();
+    let removed = who(first.trim_start_matches("reply "));
+    let kept: usize = usize::from(removed == backend_name(0));
+    let mark = stream.log_len();
+
+    apply(&mut lab, "web.yaml", &web_manifest(&[kept]));
+    // The socket is closed under the application, which connects again.
+    let error = stream
+        .wait_for("error ", mark, Duration::from_secs(5))
+        .unwrap();
+    let after = stream.log_len();
+    stream
+        .wait_for("reply ", after, Duration::from_secs(5))
+        .unwrap();
+    let log = stream.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let err_at = lines.iter().rposition(|l| l.starts_with("error ")).unwrap();
+    let replies: BTreeSet<String> = lines[err_at..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("reply "))
+        .map(who)
+        .collect();
+    assert_eq!(
+        replies,
+        BTreeSet::from([backend_name(kept)]),
+        "after `{}` only the remaining backend answers",
+        error.trim()
+    );
+    assert!(
+        lab.agent().log().contains("closed connected UDP sockets"),
+        "the agent says what it did"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_connect_at_once() {
+    if !require_privileges("a_service_without_endpoints_refuses_connect_at_once") {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.write_manifest("web.yaml", &web_manifest(&[])).unwrap();
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let t = Instant::now();
+    let out = probe(&lab, lab.node(), &["tcp", &http().to_string()]);
+    let elapsed = t.elapsed();
+    let error = line(&out, "error ");
+    assert!(error.starts_with("ECONNREFUSED"), "{out:?}");
+    let micros: u64 = error
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    // Refused inside connect(): no packet, no timeout (bound, not a benchmark).
+    assert!(micros < 1_000_000, "{error} ({elapsed:?} with the process)");
+}
+
+#[test]
+fn socket_lb_stays_after_a_stop_and_goes_when_turned_off() {
+    if !require_privileges("socket_lb_stays_after_a_stop_and_goes_when_turned_off") {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let http_s = http().to_string();
+    lab.take_agent().unwrap().stop().unwrap();
+    let out = probe(&lab, lab.node(), &["tcp", &http_s]);
+    assert_eq!(
+        who(line(&out, "reply ")),
+        backend_name(0),
+        "the pinned links stay"
+    );
+
+    lab.start_agent(&AgentOptions {
+        extra_args: vec!["--socket-lb=false".into()],
+        ..AgentOptions::default()
+    })
+    .unwrap();
+    assert!(!lab.pin_dir().join("links/sock_connect4").exists());
+    let out = probe(&lab, lab.node(), &["tcp", &http_s]);
+    assert!(
+        out.iter().any(|l| l.starts_with("error ")),
+        "with socket LB off the node has no way to the ClusterIP: {out:?}"
+    );
+}
