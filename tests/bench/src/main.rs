@@ -30,6 +30,13 @@ enum Bench {
     /// The Service dataplane against kube-proxy's iptables, nftables and
     /// IPVS modes and no Service at all.
     Dataplane(dataplane::Args),
+    /// (Internal) the load of one dataplane measurement, from this process.
+    #[command(hide = true)]
+    Load {
+        tcp: std::net::SocketAddr,
+        udp: std::net::SocketAddr,
+        seconds: f64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -37,10 +44,14 @@ fn main() -> Result<()> {
     if !sluice_lab::privileged() {
         bail!("the benchmarks need root: they create network namespaces and load BPF programs");
     }
+    if let Bench::Load { tcp, udp, seconds } = cli.bench {
+        return dataplane::load_command(tcp, udp, seconds);
+    }
     sluice_lab::reap_stale();
     match cli.bench {
         Bench::Sync(args) => sync::run(&args),
         Bench::Dns(args) => dns::run(&args),
         Bench::Dataplane(args) => dataplane::run(&args),
+        Bench::Load { .. } => Ok(()),
     }
 }
