@@ -14,6 +14,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod csum;
+pub mod maglev;
 pub mod maps;
 pub mod service;
 pub mod sock;
