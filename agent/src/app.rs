@@ -95,8 +95,8 @@ async fn run_services(
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let described = describe(&source);
+    let mut planner = Planner::new(node_name.clone());
     let source_task = spawn_source(source, node_name, events_tx).await?;
-    let mut planner = Planner::default();
 
     let mut links = LinkWatcher::start()?;
     let present = links.list().await?;

@@ -88,6 +88,10 @@ pub struct ServiceInfo {
     pub other_proxy: bool,
     /// `spec.publishNotReadyAddresses`: DNS lists every endpoint, ready or not.
     pub publish_not_ready: bool,
+    /// `spec.internalTrafficPolicy: Local`: only this node's endpoints.
+    pub internal_local: bool,
+    /// `spec.sessionAffinity: ClientIP`: its timeout in seconds (0: none).
+    pub affinity_secs: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +142,8 @@ pub struct DesiredFrontend {
     /// `namespace/name:port-name`, for `sluice status`.
     pub name: String,
     pub backends: BTreeSet<(Ipv4Addr, u16)>,
+    /// `ClientIP` session affinity timeout in seconds; 0: none.
+    pub affinity_secs: u32,
 }
 
 /// What the dataplane maps should hold.
@@ -163,7 +169,8 @@ impl Model {
         // (as `frontends::Frontends` decides it too).
         for svc in self.services.values() {
             let slices = by_service.get(&svc.key).map_or(&[][..], Vec::as_slice);
-            let want = service_desired(svc, slices);
+            let node = self.node.as_ref().map(|n| n.name.as_str());
+            let want = service_desired(svc, slices, node);
             desired.cluster_ips.extend(want.cluster_ips);
             desired.frontends.extend(want.frontends);
         }
@@ -190,8 +197,13 @@ pub struct ServiceDesired {
 
 /// The frontends of one Service given its slices, with kube-proxy's
 /// semantics: none for headless and ExternalName Services and those of
-/// another proxy; IPv4 ClusterIPs only.
-pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo]) -> ServiceDesired {
+/// another proxy; IPv4 ClusterIPs only. `node` is this node's name, for
+/// `internalTrafficPolicy: Local` (without it no endpoint is local).
+pub fn service_desired(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    node: Option<&str>,
+) -> ServiceDesired {
     let mut desired = ServiceDesired::default();
     let ServiceKind::ClusterIp { ips } = &svc.kind else {
         return desired;
@@ -211,10 +223,15 @@ pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo]) -> ServiceDesir
             } else {
                 format!("{}:{}", svc.key, port.name)
             };
-            let backends = backends_for(port, slices);
+            let local = svc.internal_local.then_some(node.unwrap_or_default());
+            let backends = backends_for(port, slices, local);
             desired.frontends.insert(
                 ServiceKey::new(ip, port.port, ip_proto),
-                DesiredFrontend { name, backends },
+                DesiredFrontend {
+                    name,
+                    backends,
+                    affinity_secs: svc.affinity_secs,
+                },
             );
         }
     }
@@ -227,8 +244,14 @@ pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo]) -> ServiceDesir
 /// protocol (the targetPort was resolved into it when the slice was made);
 /// only the first address of an endpoint is used; ready endpoints are used,
 /// and only when none is ready, the serving and terminating ones
-/// (KEP-1669, ProxyTerminatingEndpoints).
-fn backends_for(port: &ServicePortInfo, slices: &[&SliceInfo]) -> BTreeSet<(Ipv4Addr, u16)> {
+/// (KEP-1669, ProxyTerminatingEndpoints). With `local` (a node name), only
+/// the endpoints on that node count, as for `internalTrafficPolicy: Local`:
+/// with none there, the Service has no backend on this node.
+fn backends_for(
+    port: &ServicePortInfo,
+    slices: &[&SliceInfo],
+    local: Option<&str>,
+) -> BTreeSet<(Ipv4Addr, u16)> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
@@ -243,6 +266,9 @@ fn backends_for(port: &ServicePortInfo, slices: &[&SliceInfo]) -> BTreeSet<(Ipv4
             let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
                 continue;
             };
+            if local.is_some_and(|node| node.is_empty() || ep.node_name.as_deref() != Some(node)) {
+                continue;
+            }
             if ep.ready {
                 ready.insert((addr, slice_port.port));
             } else if ep.serving && ep.terminating {
@@ -280,6 +306,8 @@ mod tests {
                 .collect(),
             other_proxy: false,
             publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
         }
     }
 
@@ -404,6 +432,44 @@ mod tests {
         assert_eq!(
             backends(&none_ready.desired(), "10.96.0.10", 80, proto::TCP),
             vec![("10.0.0.2".parse().unwrap(), 80)]
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_this_nodes_endpoints_only() {
+        let ports = &[("", 80, Protocol::Tcp)];
+        let mut local = svc("web", "10.96.0.10", ports);
+        local.internal_local = true;
+        let mut here = ep("10.0.0.1", true, true, false);
+        here.node_name = Some("n1".into());
+        let mut there = ep("10.0.0.2", true, true, false);
+        there.node_name = Some("n2".into());
+        let mut m = model(
+            vec![local],
+            vec![slice("web-1", "web", ports, vec![here, there])],
+        );
+        // No node name known: nothing is local.
+        assert!(backends(&m.desired(), "10.96.0.10", 80, proto::TCP).is_empty());
+        m.node = Some(NodeInfo {
+            name: "n1".into(),
+            addresses: Vec::new(),
+        });
+        assert_eq!(
+            backends(&m.desired(), "10.96.0.10", 80, proto::TCP),
+            vec![("10.0.0.1".parse().unwrap(), 80)]
+        );
+        let cluster = ServiceInfo {
+            internal_local: false,
+            affinity_secs: 30,
+            ..m.services.values().next().unwrap().clone()
+        };
+        m.services.insert(cluster.key.clone(), cluster);
+        let d = m.desired();
+        assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP).len(), 2);
+        assert_eq!(
+            d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)]
+                .affinity_secs,
+            30
         );
     }
 

@@ -28,6 +28,13 @@ pub struct Planner {
 }
 
 impl Planner {
+    /// A planner for the node named `node_name` (`--node-name`).
+    pub fn new(node_name: Option<String>) -> Self {
+        let mut planner = Self::default();
+        planner.store.set_node_name(node_name);
+        planner
+    }
+
     pub fn apply(&mut self, batch: Vec<SourceEvent>) {
         let mut dirty = BTreeSet::new();
         for event in batch {
@@ -147,6 +154,8 @@ mod tests {
             ports,
             other_proxy: rng.next(8) == 0,
             publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
         }
     }
 
@@ -293,6 +302,8 @@ mod tests {
                 }],
                 other_proxy: false,
                 publish_not_ready: false,
+                internal_local: false,
+                affinity_secs: 0,
             };
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));

@@ -14,10 +14,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use sluice_abi::service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey};
+use sluice_abi::service::{
+    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
+};
 
 use crate::model::{
-    Desired,
+    Desired, DesiredFrontend,
     frontends::{DesiredChanges, Touched},
 };
 
@@ -31,10 +33,13 @@ pub enum Op {
         backend: Backend,
     },
     /// Create or update a frontend; `name` is set when it is new or renamed.
+    /// `affinity_secs` is its `ClientIP` affinity timeout (0: none), written
+    /// next to it when `value.flags` has `SVC_FLAG_AFFINITY`.
     PutService {
         key: ServiceKey,
         value: ServiceValue,
         name: Option<String>,
+        affinity_secs: u32,
     },
     DeleteSlot(SlotKey),
     /// Remove a frontend, its name and its counters.
@@ -83,6 +88,8 @@ pub struct FrontendState {
     pub name: String,
     pub count: u32,
     pub slots: BTreeMap<u32, Backend>,
+    /// `ClientIP` affinity timeout in seconds; 0: none.
+    pub affinity_secs: u32,
 }
 
 /// What the dataplane maps hold, as far as reconcile is concerned.
@@ -104,6 +111,7 @@ impl Current {
         services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
         slots: impl IntoIterator<Item = (SlotKey, Backend)>,
         names: &BTreeMap<u32, String>,
+        affinity: &BTreeMap<u32, u32>,
     ) -> Self {
         let mut current = Self::default();
         let mut by_id = BTreeMap::new();
@@ -121,6 +129,11 @@ impl Current {
                     name,
                     count: u32::from(value.count),
                     slots: BTreeMap::new(),
+                    affinity_secs: if value.flags & SVC_FLAG_AFFINITY == 0 {
+                        0
+                    } else {
+                        affinity.get(&value.id).copied().unwrap_or(0)
+                    },
                 },
             );
             current.next_service_id = current.next_service_id.max(value.id);
@@ -198,7 +211,7 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
             .copied()
             .take(MAX_BACKENDS_PER_FRONTEND)
             .collect();
-        sync_frontend(current, *key, &want.name, &backends, &mut ops);
+        sync_frontend(current, *key, want, &backends, &mut ops);
     }
     for (key, _) in changes.frontends.iter().filter(|(_, want)| want.is_none()) {
         if let Some(f) = current.frontends.remove(key) {
@@ -227,10 +240,12 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
 fn sync_frontend(
     current: &mut Current,
     key: ServiceKey,
-    name: &str,
+    desired: &DesiredFrontend,
     want: &[(Ipv4Addr, u16)],
     ops: &mut Vec<Op>,
 ) {
+    let name = desired.name.as_str();
+    let affinity_secs = desired.affinity_secs;
     let is_new = !current.frontends.contains_key(&key);
     let id = match current.frontends.get(&key) {
         Some(f) => f.id,
@@ -245,6 +260,7 @@ fn sync_frontend(
             name: String::new(),
             count: 0,
             slots: BTreeMap::new(),
+            affinity_secs: 0,
         });
     let wanted: BTreeSet<(Ipv4Addr, u16)> = want.iter().copied().collect();
     let new_len = u32::try_from(want.len()).unwrap_or(u32::MAX);
@@ -290,16 +306,21 @@ fn sync_frontend(
         }
     }
     let renamed = old.name != name;
-    if is_new || renamed || old.count != new_len {
+    if is_new || renamed || old.count != new_len || old.affinity_secs != affinity_secs {
         let value = ServiceValue {
             id,
             count: u16::try_from(new_len).unwrap_or(u16::MAX),
-            flags: 0,
+            flags: if affinity_secs == 0 {
+                0
+            } else {
+                SVC_FLAG_AFFINITY
+            },
         };
         ops.push(Op::PutService {
             key,
             value,
             name: (is_new || renamed).then(|| name.to_owned()),
+            affinity_secs,
         });
     }
     for &slot in old.slots.keys().filter(|&&s| s >= new_len) {
@@ -324,6 +345,7 @@ fn sync_frontend(
             name: name.to_owned(),
             count: new_len,
             slots: layout,
+            affinity_secs,
         },
     );
 }
@@ -333,7 +355,6 @@ mod tests {
     use sluice_abi::proto;
 
     use super::*;
-    use crate::model::DesiredFrontend;
 
     /// The maps, simulated, with the invariant checked after every op.
     #[derive(Default)]
@@ -342,6 +363,7 @@ mod tests {
         slots: BTreeMap<SlotKey, Backend>,
         backends: BTreeMap<u32, Backend>,
         names: BTreeMap<u32, String>,
+        affinity: BTreeMap<u32, u32>,
         writes: usize,
     }
 
@@ -357,7 +379,17 @@ mod tests {
                     Op::PutSlot { slot, backend } => {
                         self.slots.insert(*slot, *backend);
                     }
-                    Op::PutService { key, value, name } => {
+                    Op::PutService {
+                        key,
+                        value,
+                        name,
+                        affinity_secs,
+                    } => {
+                        if *affinity_secs == 0 {
+                            self.affinity.remove(&value.id);
+                        } else {
+                            self.affinity.insert(value.id, *affinity_secs);
+                        }
                         self.services.insert(*key, *value);
                         if let Some(n) = name {
                             self.names.insert(value.id, n.clone());
@@ -369,6 +401,7 @@ mod tests {
                     Op::DeleteService { key, id } => {
                         self.services.remove(key);
                         self.names.remove(id);
+                        self.affinity.remove(id);
                     }
                     Op::DeleteBackend(id) => {
                         self.backends.remove(id);
@@ -442,6 +475,7 @@ mod tests {
                 DesiredFrontend {
                     name: format!("default/svc-{}", key.addr()),
                     backends: backends.iter().map(|&b| (ip(b), 8080)).collect(),
+                    affinity_secs: 0,
                 },
             );
         }
@@ -640,13 +674,37 @@ mod tests {
     }
 
     #[test]
+    fn turning_affinity_on_and_off_rewrites_only_the_frontend() {
+        let plain = desired(&[(vip(), &[1, 2])]);
+        let mut sticky = plain.clone();
+        sticky.frontends.get_mut(&vip()).unwrap().affinity_secs = 600;
+        let (maps, ops, _) = run(&[plain.clone(), sticky]);
+        assert!(matches!(
+            &ops[..],
+            [Op::PutService { value, affinity_secs: 600, name: None, .. }]
+                if value.flags & SVC_FLAG_AFFINITY != 0
+        ));
+        assert_eq!(maps.affinity.values().copied().collect::<Vec<_>>(), [600]);
+        let mut sticky = plain.clone();
+        sticky.frontends.get_mut(&vip()).unwrap().affinity_secs = 600;
+        let (maps, ops, _) = run(&[sticky, plain]);
+        assert!(matches!(
+            &ops[..],
+            [Op::PutService { value, affinity_secs: 0, .. }] if value.flags == 0
+        ));
+        assert!(maps.affinity.is_empty());
+    }
+
+    #[test]
     fn adopting_the_maps_after_a_restart_writes_nothing() {
-        let d = desired(&[(vip(), &[1, 2, 3])]);
+        let mut d = desired(&[(vip(), &[1, 2, 3])]);
+        d.frontends.get_mut(&vip()).unwrap().affinity_secs = 60;
         let (maps, _, before) = run(std::slice::from_ref(&d));
         let mut adopted = Current::adopt(
             maps.services.iter().map(|(k, v)| (*k, *v)),
             maps.slots.iter().map(|(k, v)| (*k, *v)),
             &maps.names,
+            &maps.affinity,
         );
         assert_eq!(adopted.frontends, before.frontends);
         assert!(reconcile(&d, &mut adopted).is_empty());

@@ -12,6 +12,7 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use sluice_abi::{
+    affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
     maps as names,
     service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
@@ -86,6 +87,8 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::DROPS | names::EVENTS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_NAMES => (size_of::<u32>(), size_of::<ServiceName>()),
         names::SOCK_REV => (size_of::<SockRevKey>(), size_of::<SockRevValue>()),
+        names::AFFINITY_CONFIG => (size_of::<u32>(), size_of::<u32>()),
+        names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityValue>()),
         _ => return None,
     })
 }

@@ -30,6 +30,8 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, u32, ServiceName>,
+    /// `ClientIP` affinity timeouts by frontend id.
+    pub affinity_config: HashMap<MapData, u32, u32>,
     /// Descriptors of the maps that programming writes in batches.
     batch: BatchFds,
 }
@@ -39,6 +41,7 @@ struct BatchFds {
     slots: OwnedFd,
     backends: OwnedFd,
     names: OwnedFd,
+    affinity_config: OwnedFd,
 }
 
 /// A duplicate of a hash map's descriptor, for the batch commands aya lacks.
@@ -93,7 +96,9 @@ impl Maps {
         let slots = get(names::SLOTS)?;
         let backends = get(names::BACKENDS)?;
         let service_names = get(names::SERVICE_NAMES)?;
+        let affinity_config = get(names::AFFINITY_CONFIG)?;
         let batch = BatchFds {
+            affinity_config: batch_fd(names::AFFINITY_CONFIG, &affinity_config)?,
             services: batch_fd(names::SERVICES, &services)?,
             slots: batch_fd(names::SLOTS, &slots)?,
             backends: batch_fd(names::BACKENDS, &backends)?,
@@ -109,6 +114,7 @@ impl Maps {
             drops: typed(names::DROPS, get(names::DROPS)?)?,
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
             names: typed(names::SERVICE_NAMES, service_names)?,
+            affinity_config: typed(names::AFFINITY_CONFIG, affinity_config)?,
             batch,
         })
     }
@@ -121,7 +127,11 @@ impl Maps {
             .into_iter()
             .map(|(id, n)| (id, n.as_str().to_owned()))
             .collect();
-        Ok(Current::adopt(services, slots, &labels))
+        let affinity: BTreeMap<u32, u32> =
+            collect(self.affinity_config.iter(), names::AFFINITY_CONFIG)?
+                .into_iter()
+                .collect();
+        Ok(Current::adopt(services, slots, &labels, &affinity))
     }
 
     /// Applies reconcile operations in `write_order`, each phase's writes
@@ -138,13 +148,25 @@ impl Maps {
         let mut slots = Vec::new();
         let mut services = Vec::new();
         let mut labels = Vec::new();
+        let mut affinity = Vec::new();
+        let mut no_affinity = Vec::new();
         for op in puts {
             match op {
                 Op::PutBackend(b) => backends.push((b.id, *b)),
                 Op::PutSlot { slot, backend } => slots.push((*slot, *backend)),
-                Op::PutService { key, value, name } => {
+                Op::PutService {
+                    key,
+                    value,
+                    name,
+                    affinity_secs,
+                } => {
                     if let Some(name) = name {
                         labels.push((value.id, ServiceName::new(name)));
+                    }
+                    if *affinity_secs == 0 {
+                        no_affinity.push(value.id);
+                    } else {
+                        affinity.push((value.id, *affinity_secs));
                     }
                     services.push((*key, *value));
                 }
@@ -156,7 +178,13 @@ impl Maps {
         batch::update(&self.batch.backends, &backends).map_err(batch(names::BACKENDS))?;
         batch::update(&self.batch.slots, &slots).map_err(batch(names::SLOTS))?;
         batch::update(&self.batch.names, &labels).map_err(batch(names::SERVICE_NAMES))?;
+        // The timeout before the flag that points at it.
+        batch::update(&self.batch.affinity_config, &affinity)
+            .map_err(batch(names::AFFINITY_CONFIG))?;
         batch::update(&self.batch.services, &services).map_err(batch(names::SERVICES))?;
+        for id in no_affinity {
+            removed(self.affinity_config.remove(&id), names::AFFINITY_CONFIG)?;
+        }
         for op in deletes {
             self.apply(op)?;
         }
@@ -174,7 +202,22 @@ impl Maps {
                 .slots
                 .insert(slot, backend, 0)
                 .map_err(map_err(names::SLOTS)),
-            Op::PutService { key, value, name } => {
+            Op::PutService {
+                key,
+                value,
+                name,
+                affinity_secs,
+            } => {
+                if *affinity_secs == 0 {
+                    removed(
+                        self.affinity_config.remove(&value.id),
+                        names::AFFINITY_CONFIG,
+                    )?;
+                } else {
+                    self.affinity_config
+                        .insert(value.id, affinity_secs, 0)
+                        .map_err(map_err(names::AFFINITY_CONFIG))?;
+                }
                 if let Some(name) = name {
                     self.names
                         .insert(value.id, ServiceName::new(name), 0)
@@ -188,6 +231,7 @@ impl Maps {
             Op::DeleteService { key, id } => {
                 removed(self.services.remove(key), names::SERVICES)?;
                 removed(self.names.remove(id), names::SERVICE_NAMES)?;
+                removed(self.affinity_config.remove(id), names::AFFINITY_CONFIG)?;
                 removed(self.service_stats.remove(id), names::SERVICE_STATS)
             }
             Op::DeleteBackend(id) => {

@@ -104,6 +104,8 @@ mod tests {
             ports: vec![],
             other_proxy: false,
             publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
         }
     }
 

@@ -148,6 +148,7 @@ mod tests {
                 DesiredFrontend {
                     name: name.into(),
                     backends: BTreeSet::from([(Ipv4Addr::new(10, 0, 0, backend), 8080)]),
+                    affinity_secs: 0,
                 },
             )]),
             cluster_ips: BTreeSet::from([ip]),

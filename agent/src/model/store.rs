@@ -119,6 +119,8 @@ pub struct Store {
     slices: Collection<SliceInfo>,
     node: Collection<NodeInfo>,
     slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// This node's name (`--node-name`), for `internalTrafficPolicy: Local`.
+    node_name: Option<String>,
 }
 
 impl Store {
@@ -172,7 +174,16 @@ impl Store {
     /// What Service `key` asks of the dataplane (`None` when it is gone).
     pub fn service_desired(&self, key: &ObjectKey) -> Option<ServiceDesired> {
         let svc = self.services.items.get(key)?;
-        Some(service_desired(svc, &self.slices_of(key)))
+        let node = self
+            .node_name
+            .as_deref()
+            .or_else(|| self.node().map(|n| n.name.as_str()));
+        Some(service_desired(svc, &self.slices_of(key), node))
+    }
+
+    /// Sets this node's name (before the first event).
+    pub fn set_node_name(&mut self, name: Option<String>) {
+        self.node_name = name;
     }
 
     pub fn service(&self, key: &ObjectKey) -> Option<&ServiceInfo> {

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Service, ServiceSpec},
     discovery::v1::{Endpoint, EndpointSlice},
 };
 use thiserror::Error;
@@ -153,14 +153,64 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         }
         ServiceKind::ClusterIp { ips }
     };
+    let (internal_local, affinity_secs) = policies(&c, &spec)?;
     Ok(ServiceInfo {
         key,
         kind,
         ports,
         other_proxy,
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+        internal_local,
+        affinity_secs,
     })
 }
+
+/// `internalTrafficPolicy` (Local or not) and the `ClientIP` affinity
+/// timeout (0: none) of a Service spec.
+fn policies(c: &Checker, spec: &ServiceSpec) -> Result<(bool, u32), InvalidObject> {
+    let internal_local = match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(c.err(
+                "spec.internalTrafficPolicy",
+                format!("`{other}`: must be Cluster or Local"),
+            ));
+        }
+    };
+    let affinity_secs = match spec.session_affinity.as_deref() {
+        None | Some("None") => 0,
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(DEFAULT_AFFINITY_SECS);
+            u32::try_from(timeout)
+                .ok()
+                .filter(|t| (1..=MAX_AFFINITY_SECS).contains(t))
+                .ok_or_else(|| {
+                    c.err(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{timeout}: must be 1 to {MAX_AFFINITY_SECS}"),
+                    )
+                })?
+        }
+        Some(other) => {
+            return Err(c.err(
+                "spec.sessionAffinity",
+                format!("`{other}`: must be None or ClientIP"),
+            ));
+        }
+    };
+    Ok((internal_local, affinity_secs))
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` by default (3 hours) and
+/// at most (1 day), as the API server validates it.
+pub const DEFAULT_AFFINITY_SECS: i32 = 10_800;
+pub const MAX_AFFINITY_SECS: u32 = 86_400;
 
 pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject> {
     let key = object_key(&slice.metadata).ok_or_else(|| InvalidObject {
@@ -329,6 +379,44 @@ mod tests {
         ))
         .unwrap();
         assert!(o.other_proxy);
+    }
+
+    #[test]
+    fn traffic_policy_and_session_affinity() {
+        let plain = service(&svc("metadata: {name: p}\nspec: {clusterIP: 10.96.0.1}\n")).unwrap();
+        assert!(!plain.internal_local);
+        assert_eq!(plain.affinity_secs, 0);
+        let s = service(&svc(
+            "metadata: {name: s}\nspec: {clusterIP: 10.96.0.1, internalTrafficPolicy: Local, sessionAffinity: ClientIP}\n",
+        ))
+        .unwrap();
+        assert!(s.internal_local);
+        assert_eq!(s.affinity_secs, 10_800, "the API's default timeout");
+        let t = service(&svc(
+            "metadata: {name: t}\nspec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}}\n",
+        ))
+        .unwrap();
+        assert_eq!(t.affinity_secs, 60);
+        for (spec, field) in [
+            (
+                "internalTrafficPolicy: Nearby",
+                "spec.internalTrafficPolicy",
+            ),
+            ("sessionAffinity: Cookie", "spec.sessionAffinity"),
+            (
+                "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            ),
+            (
+                "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            ),
+        ] {
+            let bad = service(&svc(&format!(
+                "metadata: {{name: b}}\nspec: {{clusterIP: 10.96.0.1, {spec}}}\n"
+            )));
+            assert_eq!(bad.unwrap_err().field, field, "{spec}");
+        }
     }
 
     #[test]

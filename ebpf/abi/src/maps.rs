@@ -29,8 +29,13 @@ pub const SERVICE_NAMES: &str = "SLUICE_SVC_NAME";
 /// Socket LB's reverse translation (LRU): `SockRevKey` → `SockRevValue`.
 pub const SOCK_REV: &str = "SLUICE_SOCK_REV";
 
+/// `ClientIP` affinity timeouts: frontend id `u32` → seconds `u32`.
+pub const AFFINITY_CONFIG: &str = "SLUICE_AFF_CFG";
+/// `ClientIP` affinity (LRU): `AffinityKey` → `AffinityValue`.
+pub const AFFINITY: &str = "SLUICE_AFFINITY";
+
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 10] = [
+pub const PINNED: [&str; 12] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -41,6 +46,8 @@ pub const PINNED: [&str; 10] = [
     EVENTS,
     SERVICE_NAMES,
     SOCK_REV,
+    AFFINITY_CONFIG,
+    AFFINITY,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
@@ -55,3 +62,5 @@ pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 /// Reverse translations of sockets: one per socket and backend it was
 /// pointed at (an unconnected UDP socket may talk to several).
 pub const SOCK_REV_SIZE: u32 = 262_144;
+/// Clients remembered for `ClientIP` affinity, over all frontends.
+pub const AFFINITY_SIZE: u32 = 262_144;

@@ -62,6 +62,9 @@ const _: () = assert!(size_of::<ServiceValue>() == 8);
 
 /// `ServiceValue::flags`: the entry is a ClusterIP marker, not a frontend.
 pub const SVC_FLAG_MARKER: u16 = 1;
+/// `ServiceValue::flags`: `ClientIP` session affinity; the timeout is in the
+/// affinity configuration map under the frontend's id.
+pub const SVC_FLAG_AFFINITY: u16 = 2;
 
 /// One backend slot of a frontend.
 #[repr(C)]

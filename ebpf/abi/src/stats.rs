@@ -111,5 +111,7 @@ counter_enum! {
         /// Socket LB: a received datagram or a peer name showed the frontend
         /// again instead of the backend.
         SockReverse = 10 => "sock_reverse",
+        /// A new flow followed its client's `ClientIP` affinity.
+        AffinityHit = 11 => "affinity_hit",
     }
 }

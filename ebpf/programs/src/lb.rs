@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use sluice_abi::{
-    service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey},
+    affinity::{AffinityKey, AffinityValue},
+    service::{Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey},
     stats::{DropReason, Event},
 };
 
@@ -73,4 +74,54 @@ pub fn select_by(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
         slot: 0,
     })
     .ok_or(DropReason::NoBackend)
+}
+
+/// The backend of a new flow from `client`: with `ClientIP` affinity, the
+/// backend of the client's last new flow if that was within the frontend's
+/// timeout and the backend is still live (the entry is refreshed);
+/// otherwise `pick`'s, remembered for the next flow.
+#[inline(always)]
+pub fn with_affinity(
+    svc: &ServiceValue,
+    client: u64,
+    now: u64,
+    pick: impl FnOnce(&ServiceValue) -> Result<Backend, DropReason>,
+) -> Result<Backend, DropReason> {
+    if svc.flags & SVC_FLAG_AFFINITY == 0 {
+        return pick(svc);
+    }
+    let Some(secs) = maps::affinity_timeout(svc.id) else {
+        return pick(svc);
+    };
+    let key = AffinityKey {
+        service_id: svc.id,
+        _pad: 0,
+        client,
+    };
+    if let Some(entry) = maps::affinity(&key) {
+        let v: AffinityValue = unsafe { *entry };
+        let fresh = now.wrapping_sub(v.last_seen_ns) < u64::from(secs).wrapping_mul(1_000_000_000);
+        if fresh
+            && let Some(live) = maps::backend(v.backend_id)
+            && live.addr_be == v.addr_be
+            && live.port_be == v.port_be
+        {
+            unsafe { (*entry).last_seen_ns = now };
+            stats::event(Event::AffinityHit);
+            return Ok(live);
+        }
+    }
+    let b = pick(svc)?;
+    let value = AffinityValue {
+        backend_id: b.id,
+        addr_be: b.addr_be,
+        port_be: b.port_be,
+        _pad: [0; 6],
+        last_seen_ns: now,
+    };
+    if maps::affinity_insert(&key, &value).is_err() {
+        // This flow still works; the next one may land elsewhere.
+        stats::dropped(DropReason::CtInsert);
+    }
+    Ok(b)
 }

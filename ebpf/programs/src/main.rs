@@ -140,7 +140,8 @@ fn to_service(
             // kube-proxy: a Service with no endpoints REJECTs.
             return reject::reject(ctx, p, DropReason::NoEndpoints);
         }
-        let choice = Binding::from(lb::select(svc)?);
+        let client = u64::from(u32::from_be_bytes(p.saddr));
+        let choice = Binding::from(lb::with_affinity(svc, client, now, lb::select)?);
         let stale = matches!(tracked, conntrack::Tracked::Stale);
         let to = conntrack::create(p, &choice, svc.id, now, stale)?;
         stats::event(Event::NewFlow);

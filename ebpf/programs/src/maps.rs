@@ -11,8 +11,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sluice_abi::{
+    affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
-    maps::{DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, SOCK_REV_SIZE},
+    maps::{AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, SOCK_REV_SIZE},
     service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
@@ -61,6 +62,15 @@ static SLUICE_SVC_NAME: HashMap<u32, ServiceName> =
 /// Socket LB: the frontend each translated socket asked for, per backend.
 #[map]
 static SLUICE_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REV_SIZE, 0);
+
+/// `ClientIP` affinity timeouts (seconds) by frontend id.
+#[map]
+static SLUICE_AFF_CFG: HashMap<u32, u32> = HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// `ClientIP` affinity: each client's backend per frontend.
+#[map]
+static SLUICE_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(AFFINITY_SIZE, 0);
 
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
@@ -152,4 +162,21 @@ pub fn sock_rev(key: &SockRevKey) -> Option<SockRevValue> {
 #[inline(always)]
 pub fn sock_rev_insert(key: &SockRevKey, value: &SockRevValue) -> Result<(), i32> {
     SLUICE_SOCK_REV.insert(key, value, ANY)
+}
+
+#[inline(always)]
+pub fn affinity_timeout(service_id: u32) -> Option<u32> {
+    SLUICE_AFF_CFG
+        .get_ptr(service_id)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn affinity(key: &AffinityKey) -> Option<*mut AffinityValue> {
+    SLUICE_AFFINITY.get_ptr_mut(key)
+}
+
+#[inline(always)]
+pub fn affinity_insert(key: &AffinityKey, value: &AffinityValue) -> Result<(), i32> {
+    SLUICE_AFFINITY.insert(key, value, ANY)
 }

@@ -6,16 +6,17 @@
 //! the TC program, seeing a backend address, leaves the flow alone. Reads
 //! of the peer (`getpeername`, `recvfrom`) show the frontend again.
 //!
-//! TCP picks a backend at random, as the TC path does. UDP picks by the
-//! socket cookie, so an unconnected socket keeps one backend while the
+//! TCP picks a backend at random, as the TC path does (`ClientIP` affinity
+//! keys clients by network namespace). UDP picks by the socket cookie, so an unconnected socket keeps one backend while the
 //! frontend's slots stay, and moves on its next send when its backend
 //! leaves (connected sockets are the agent's to close).
 
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     programs::SockAddrContext,
 };
 use sluice_abi::{
+    affinity::CLIENT_NETNS,
     proto,
     service::Backend,
     sock::{SockRevKey, SockRevValue},
@@ -84,16 +85,20 @@ pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
         return refuse(DropReason::NoEndpoints);
     }
     let cookie = cookie(ctx);
-    let chosen: Result<Backend, DropReason> = if protocol == proto::UDP {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "folding the cookie to 32 bits"
-        )]
-        let hash = (cookie ^ (cookie >> 32)) as u32;
-        lb::select_by(&svc, hash)
-    } else {
-        lb::select(&svc)
-    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let client = CLIENT_NETNS | unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let chosen: Result<Backend, DropReason> = lb::with_affinity(&svc, client, now, |svc| {
+        if protocol == proto::UDP {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "folding the cookie to 32 bits"
+            )]
+            let hash = (cookie ^ (cookie >> 32)) as u32;
+            lb::select_by(svc, hash)
+        } else {
+            lb::select(svc)
+        }
+    });
     let b = match chosen {
         Ok(b) => b,
         Err(reason) => return refuse(reason),

@@ -98,6 +98,7 @@ impl Harness {
                 DesiredFrontend {
                     name: format!("test/{}", key.addr()),
                     backends: backends.iter().copied().collect(),
+                    affinity_secs: 0,
                 },
             );
         }
