@@ -1,6 +1,6 @@
-//! `cargo xtask bench …`: measurements, not tests. Builds the agent, the
-//! local API server and `sluice-bench` in release mode, runs one benchmark
-//! and leaves its table in target/bench/.
+//! `cargo xtask bench …`: measurements, not tests. Builds the agent,
+//! `sluice-bench` (and, for `sync`, the local API server) in release mode,
+//! runs one benchmark and leaves its table in target/bench/.
 
 use std::process::Command;
 
@@ -33,19 +33,29 @@ pub fn bench(args: &Args) -> Result<()> {
         );
     }
     let agent = run::build_agent(true)?;
-    let apiserver = run::build_release_bin("sluice-apiserver", "sluice-apiserver")?;
+    // Only the control-loop benchmark runs the local API server (a release
+    // build of it takes minutes).
+    let apiserver = if args.bench == "sync" {
+        Some(run::build_release_bin(
+            "sluice-apiserver",
+            "sluice-apiserver",
+        )?)
+    } else {
+        None
+    };
     let bench = run::build_release_bin("sluice-bench", "sluice-bench")?;
     let out = run::target_dir()
         .join("bench")
         .join(format!("{}.md", args.bench));
-    prereqs::run(
-        Command::new(bench)
-            .current_dir(run::workspace_root())
-            .arg(&args.bench)
-            .arg("--out")
-            .arg(out)
-            .args(&args.rest)
-            .env("SLUICE_BIN", agent)
-            .env("SLUICE_APISERVER_BIN", apiserver),
-    )
+    let mut cmd = Command::new(bench);
+    cmd.current_dir(run::workspace_root())
+        .arg(&args.bench)
+        .arg("--out")
+        .arg(out)
+        .args(&args.rest)
+        .env("SLUICE_BIN", agent);
+    if let Some(apiserver) = apiserver {
+        cmd.env("SLUICE_APISERVER_BIN", apiserver);
+    }
+    prereqs::run(&mut cmd)
 }
