@@ -96,6 +96,8 @@ async fn run_services(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let described = describe(&source);
     let mut planner = Planner::new(node_name.clone());
+    let local_node = node_name.clone();
+    let mut health_checks = crate::healthcheck::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
     let mut links = LinkWatcher::start()?;
@@ -121,6 +123,9 @@ async fn run_services(
                     planner.apply(more);
                 }
                 let changed = planner.take_changed();
+                health_checks
+                    .update(planner.store(), &changed, local_node.as_deref())
+                    .await;
                 if let Some(dns) = &dns {
                     dns.update(planner.store(), &changed);
                     if planner.synced() {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 pub mod dns;
 pub mod health;
+pub mod healthcheck;
 pub mod interfaces;
 pub mod links;
 pub mod model;

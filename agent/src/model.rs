@@ -92,6 +92,9 @@ pub struct ServiceInfo {
     pub internal_local: bool,
     /// `spec.sessionAffinity: ClientIP`: its timeout in seconds (0: none).
     pub affinity_secs: u32,
+    /// `spec.externalTrafficPolicy: Local`: its `healthCheckNodePort`, if
+    /// it has one.
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +311,7 @@ mod tests {
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            health_check_node_port: None,
         }
     }
 

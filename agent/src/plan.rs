@@ -156,6 +156,7 @@ mod tests {
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            health_check_node_port: None,
         }
     }
 
@@ -304,6 +305,7 @@ mod tests {
                 publish_not_ready: false,
                 internal_local: false,
                 affinity_secs: 0,
+                health_check_node_port: None,
             };
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));

@@ -106,6 +106,7 @@ mod tests {
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            health_check_node_port: None,
         }
     }
 

@@ -154,6 +154,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         ServiceKind::ClusterIp { ips }
     };
     let (internal_local, affinity_secs) = policies(&c, &spec)?;
+    let health_check_node_port = health_check_node_port(&c, &spec)?;
     Ok(ServiceInfo {
         key,
         kind,
@@ -162,7 +163,24 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         internal_local,
         affinity_secs,
+        health_check_node_port,
     })
+}
+
+/// The `healthCheckNodePort` of a Service with `externalTrafficPolicy:
+/// Local` (the API server allocates one for type LoadBalancer).
+fn health_check_node_port(c: &Checker, spec: &ServiceSpec) -> Result<Option<u16>, InvalidObject> {
+    match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => Ok(None),
+        Some("Local") => spec
+            .health_check_node_port
+            .map(|p| c.port("spec.healthCheckNodePort".into(), p))
+            .transpose(),
+        Some(other) => Err(c.err(
+            "spec.externalTrafficPolicy",
+            format!("`{other}`: must be Cluster or Local"),
+        )),
+    }
 }
 
 /// `internalTrafficPolicy` (Local or not) and the `ClientIP` affinity
@@ -397,7 +415,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(t.affinity_secs, 60);
+        let h = service(&svc(
+            "metadata: {name: h}\nspec: {clusterIP: 10.96.0.1, type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000}\n",
+        ))
+        .unwrap();
+        assert_eq!(h.health_check_node_port, Some(32000));
+        let c = service(&svc(
+            "metadata: {name: c}\nspec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, healthCheckNodePort: 32000}\n",
+        ))
+        .unwrap();
+        assert_eq!(c.health_check_node_port, None, "only with the Local policy");
         for (spec, field) in [
+            (
+                "externalTrafficPolicy: Nowhere",
+                "spec.externalTrafficPolicy",
+            ),
+            (
+                "externalTrafficPolicy: Local, healthCheckNodePort: 70000",
+                "spec.healthCheckNodePort",
+            ),
             (
                 "internalTrafficPolicy: Nearby",
                 "spec.internalTrafficPolicy",

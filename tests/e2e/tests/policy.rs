@@ -172,6 +172,56 @@ fn client_ip_affinity_holds_for_socket_lb_clients_by_network_namespace() {
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
+/// Polls `GET /healthz` on the node's port `port` until `want(status,
+/// body)`, for at most 5 s; the last answer.
+fn health_until(
+    lab: &Lab,
+    port: u16,
+    want: impl Fn(Option<&(u16, String)>) -> bool,
+) -> Option<(u16, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = http_get(lab, SocketAddr::from(([127, 0, 0, 1], port)), "/healthz");
+        if want(got.as_ref()) || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn health_check_node_port_reports_this_nodes_endpoints() {
+    if !require_privileges("health_check_node_port_reports_this_nodes_endpoints") {
+        return;
+    }
+    let mut lab = web_lab(3);
+    let etp_local =
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32123\n";
+    lab.write_manifest("web.yaml", &web(etp_local, [NODE, NODE, "other"]))
+        .unwrap();
+    lab.start_agent(&agent_on_node()).unwrap();
+    let (status, body) = health_until(&lab, 32123, |g| g.is_some()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["localEndpoints"], 2, "{body}");
+    assert_eq!(json["service"]["name"], "web");
+
+    // No endpoint on this node: 503, as kube-proxy answers.
+    lab.write_manifest("web.yaml", &web(etp_local, ["other", "other", "other"]))
+        .unwrap();
+    let (status, body) = health_until(&lab, 32123, |g| g.is_some_and(|(s, _)| *s == 503)).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"localEndpoints\":0"), "{body}");
+
+    // Cluster policy: the port closes.
+    lab.write_manifest(
+        "web.yaml",
+        &web("  type: LoadBalancer\n", [NODE, NODE, NODE]),
+    )
+    .unwrap();
+    assert!(health_until(&lab, 32123, |g| g.is_none()).is_none());
+}
+
 /// `sluice-probe tcp` from the node namespace, inside the lab's cgroup.
 fn probe_tcp(lab: &Lab, to: SocketAddr) -> String {
     let mut cmd = Command::new("timeout");
