@@ -95,6 +95,9 @@ pub struct ServiceInfo {
     /// `spec.externalTrafficPolicy: Local`: its `healthCheckNodePort`, if
     /// it has one.
     pub health_check_node_port: Option<u16>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`: more
+    /// addresses of the Service's ports.
+    pub external_ips: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,9 +217,12 @@ pub fn service_desired(
     if svc.other_proxy {
         return desired;
     }
-    for ip in ips {
+    let external = svc.external_ips.iter().map(|ip| (ip, false));
+    for (ip, cluster) in ips.iter().map(|ip| (ip, true)).chain(external) {
         let IpAddr::V4(ip) = *ip else { continue };
-        desired.cluster_ips.insert(ip);
+        if cluster {
+            desired.cluster_ips.insert(ip);
+        }
         for port in &svc.ports {
             let Some(ip_proto) = port.protocol.ip_proto() else {
                 continue;
@@ -226,7 +232,10 @@ pub fn service_desired(
             } else {
                 format!("{}:{}", svc.key, port.name)
             };
-            let local = svc.internal_local.then_some(node.unwrap_or_default());
+            // internalTrafficPolicy is for ClusterIPs; traffic from pods to
+            // an external or load balancer address uses every endpoint
+            // (kube-proxy short-circuits it inside the cluster).
+            let local = (cluster && svc.internal_local).then_some(node.unwrap_or_default());
             let backends = backends_for(port, slices, local);
             desired.frontends.insert(
                 ServiceKey::new(ip, port.port, ip_proto),
@@ -312,6 +321,7 @@ mod tests {
             internal_local: false,
             affinity_secs: 0,
             health_check_node_port: None,
+            external_ips: Vec::new(),
         }
     }
 
@@ -462,9 +472,21 @@ mod tests {
             backends(&m.desired(), "10.96.0.10", 80, proto::TCP),
             vec![("10.0.0.1".parse().unwrap(), 80)]
         );
+        // External addresses get frontends (no ClusterIP marker), with
+        // every endpoint: internalTrafficPolicy is for ClusterIPs.
+        let with_external = ServiceInfo {
+            external_ips: vec!["192.0.2.50".parse().unwrap()],
+            ..m.services.values().next().unwrap().clone()
+        };
+        m.services.insert(with_external.key.clone(), with_external);
+        let d = m.desired();
+        assert_eq!(backends(&d, "192.0.2.50", 80, proto::TCP).len(), 2);
+        assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP).len(), 1);
+        assert!(!d.cluster_ips.contains(&"192.0.2.50".parse().unwrap()));
         let cluster = ServiceInfo {
             internal_local: false,
             affinity_secs: 30,
+            external_ips: Vec::new(),
             ..m.services.values().next().unwrap().clone()
         };
         m.services.insert(cluster.key.clone(), cluster);

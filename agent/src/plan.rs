@@ -157,6 +157,7 @@ mod tests {
             internal_local: false,
             affinity_secs: 0,
             health_check_node_port: None,
+            external_ips: Vec::new(),
         }
     }
 
@@ -306,6 +307,7 @@ mod tests {
                 internal_local: false,
                 affinity_secs: 0,
                 health_check_node_port: None,
+                external_ips: Vec::new(),
             };
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));

@@ -107,6 +107,7 @@ mod tests {
             internal_local: false,
             affinity_secs: 0,
             health_check_node_port: None,
+            external_ips: Vec::new(),
         }
     }
 

@@ -155,6 +155,21 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
     };
     let (internal_local, affinity_secs) = policies(&c, &spec)?;
     let health_check_node_port = health_check_node_port(&c, &spec)?;
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.push(c.ip(format!("spec.externalIPs[{i}]"), ip)?);
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, entry) in ingress.into_iter().flatten().enumerate() {
+        // Hostname-only entries (some cloud load balancers) have no address.
+        if let Some(ip) = &entry.ip {
+            external_ips.push(c.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
+        }
+    }
     Ok(ServiceInfo {
         key,
         kind,
@@ -164,6 +179,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         internal_local,
         affinity_secs,
         health_check_node_port,
+        external_ips,
     })
 }
 
@@ -404,27 +420,42 @@ mod tests {
         let plain = service(&svc("metadata: {name: p}\nspec: {clusterIP: 10.96.0.1}\n")).unwrap();
         assert!(!plain.internal_local);
         assert_eq!(plain.affinity_secs, 0);
-        let s = service(&svc(
+        let local = service(&svc(
             "metadata: {name: s}\nspec: {clusterIP: 10.96.0.1, internalTrafficPolicy: Local, sessionAffinity: ClientIP}\n",
         ))
         .unwrap();
-        assert!(s.internal_local);
-        assert_eq!(s.affinity_secs, 10_800, "the API's default timeout");
-        let t = service(&svc(
+        assert!(local.internal_local);
+        assert_eq!(local.affinity_secs, 10_800, "the API's default timeout");
+        let timed = service(&svc(
             "metadata: {name: t}\nspec: {clusterIP: 10.96.0.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}}\n",
         ))
         .unwrap();
-        assert_eq!(t.affinity_secs, 60);
-        let h = service(&svc(
+        assert_eq!(timed.affinity_secs, 60);
+        let external = service(&svc(
+            "metadata: {name: e}\nspec: {clusterIP: 10.96.0.1, externalIPs: [192.0.2.50]}\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.7}, {hostname: lb.example.com}]}}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            external.external_ips,
+            [
+                "192.0.2.50".parse::<IpAddr>().unwrap(),
+                "198.51.100.7".parse().unwrap()
+            ]
+        );
+        let bad = service(&svc(
+            "metadata: {name: b}\nspec: {clusterIP: 10.96.0.1, externalIPs: [nope]}\n",
+        ));
+        assert_eq!(bad.unwrap_err().field, "spec.externalIPs[0]");
+        let lb = service(&svc(
             "metadata: {name: h}\nspec: {clusterIP: 10.96.0.1, type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000}\n",
         ))
         .unwrap();
-        assert_eq!(h.health_check_node_port, Some(32000));
-        let c = service(&svc(
+        assert_eq!(lb.health_check_node_port, Some(32000));
+        let cluster = service(&svc(
             "metadata: {name: c}\nspec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, healthCheckNodePort: 32000}\n",
         ))
         .unwrap();
-        assert_eq!(c.health_check_node_port, None, "only with the Local policy");
+        assert_eq!(cluster.health_check_node_port, None, "only with the Local policy");
         for (spec, field) in [
             (
                 "externalTrafficPolicy: Nowhere",

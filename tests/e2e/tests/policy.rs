@@ -172,6 +172,30 @@ fn client_ip_affinity_holds_for_socket_lb_clients_by_network_namespace() {
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
+#[test]
+fn external_and_load_balancer_ips_reach_every_backend() {
+    if !require_privileges("external_and_load_balancer_ips_reach_every_backend") {
+        return;
+    }
+    let mut lab = web_lab(3);
+    let external = "  type: LoadBalancer\n  externalIPs: [192.0.2.50]\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.7}]}}\n";
+    lab.write_manifest("web.yaml", &web(external, [NODE, NODE, NODE]))
+        .unwrap();
+    lab.start_agent(&agent_on_node()).unwrap();
+    for ip in [Ipv4Addr::new(192, 0, 2, 50), Ipv4Addr::new(198, 51, 100, 7)] {
+        let to = SocketAddr::from((ip, 80));
+        // From a pod: TC's NAT, the reply from the address asked for.
+        let seen: BTreeSet<String> = (0..60)
+            .map(|_| who(&lab.pod("client").tcp_request(to, T).unwrap()))
+            .collect();
+        assert_eq!(seen.len(), 3, "{ip}: {seen:?}");
+        // From the node: socket LB.
+        let out = probe_tcp(&lab, to);
+        assert!(out.contains(&format!("peer {to}")), "{out}");
+        assert!(out.contains("reply b"), "{out}");
+    }
+}
+
 /// Polls `GET /healthz` on the node's port `port` until `want(status,
 /// body)`, for at most 5 s; the last answer.
 fn health_until(
