@@ -98,6 +98,10 @@ pub struct ServiceInfo {
     /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`: more
     /// addresses of the Service's ports.
     pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` alone (also in `external_ips`).
+    pub lb_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`, for the load balancer addresses.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +154,9 @@ pub struct DesiredFrontend {
     pub backends: BTreeSet<(Ipv4Addr, u16)>,
     /// `ClientIP` session affinity timeout in seconds; 0: none.
     pub affinity_secs: u32,
+    /// Only these clients (network, prefix length) may open flows; empty:
+    /// any.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// What the dataplane maps should hold.
@@ -243,6 +250,11 @@ pub fn service_desired(
                     name,
                     backends,
                     affinity_secs: svc.affinity_secs,
+                    source_ranges: if svc.lb_ips.contains(&IpAddr::V4(ip)) {
+                        svc.source_ranges.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
             );
         }
@@ -322,6 +334,8 @@ mod tests {
             affinity_secs: 0,
             health_check_node_port: None,
             external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 
@@ -487,6 +501,7 @@ mod tests {
             internal_local: false,
             affinity_secs: 30,
             external_ips: Vec::new(),
+            lb_ips: Vec::new(),
             ..m.services.values().next().unwrap().clone()
         };
         m.services.insert(cluster.key.clone(), cluster);

@@ -158,6 +158,8 @@ mod tests {
             affinity_secs: 0,
             health_check_node_port: None,
             external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 
@@ -308,6 +310,8 @@ mod tests {
                 affinity_secs: 0,
                 health_check_node_port: None,
                 external_ips: Vec::new(),
+                lb_ips: Vec::new(),
+                source_ranges: Vec::new(),
             };
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));

@@ -15,7 +15,8 @@ use std::{
 };
 
 use sluice_abi::service::{
-    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
+    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SlotKey,
 };
 
 use crate::model::{
@@ -51,18 +52,29 @@ pub enum Op {
     DeleteBackend(u32),
     PutMarker(Ipv4Addr),
     DeleteMarker(Ipv4Addr),
+    /// A source range (network, prefix length) of frontend `id`.
+    PutSourceRange {
+        id: u32,
+        net: Ipv4Addr,
+        len: u8,
+    },
+    DeleteSourceRange {
+        id: u32,
+        net: Ipv4Addr,
+        len: u8,
+    },
 }
 
 impl Op {
     /// The phase of the map writes this belongs to (see `write_order`).
     const fn phase(&self) -> u8 {
         match self {
-            Self::PutMarker(_) | Self::PutBackend(_) => 0,
+            Self::PutMarker(_) | Self::PutBackend(_) | Self::PutSourceRange { .. } => 0,
             Self::PutSlot { .. } => 1,
             Self::PutService { .. } => 2,
             Self::DeleteService { .. } => 3,
             Self::DeleteSlot(_) => 4,
-            Self::DeleteBackend(_) | Self::DeleteMarker(_) => 5,
+            Self::DeleteBackend(_) | Self::DeleteMarker(_) | Self::DeleteSourceRange { .. } => 5,
         }
     }
 }
@@ -90,6 +102,22 @@ pub struct FrontendState {
     pub slots: BTreeMap<u32, Backend>,
     /// `ClientIP` affinity timeout in seconds; 0: none.
     pub affinity_secs: u32,
+    /// Source ranges (network, prefix length); empty: any client.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+}
+
+impl FrontendState {
+    /// A frontend not in the maps yet.
+    fn empty(id: u32) -> Self {
+        Self {
+            id,
+            name: String::new(),
+            count: 0,
+            slots: BTreeMap::new(),
+            affinity_secs: 0,
+            source_ranges: Vec::new(),
+        }
+    }
 }
 
 /// What the dataplane maps hold, as far as reconcile is concerned.
@@ -112,6 +140,7 @@ impl Current {
         slots: impl IntoIterator<Item = (SlotKey, Backend)>,
         names: &BTreeMap<u32, String>,
         affinity: &BTreeMap<u32, u32>,
+        source_ranges: &BTreeMap<u32, Vec<(Ipv4Addr, u8)>>,
     ) -> Self {
         let mut current = Self::default();
         let mut by_id = BTreeMap::new();
@@ -134,6 +163,7 @@ impl Current {
                     } else {
                         affinity.get(&value.id).copied().unwrap_or(0)
                     },
+                    source_ranges: source_ranges.get(&value.id).cloned().unwrap_or_default(),
                 },
             );
             current.next_service_id = current.next_service_id.max(value.id);
@@ -227,6 +257,11 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
             }
             let ids: BTreeSet<u32> = f.slots.values().map(|b| b.id).collect();
             ops.extend(ids.into_iter().map(Op::DeleteBackend));
+            ops.extend(
+                f.source_ranges
+                    .iter()
+                    .map(|&(net, len)| Op::DeleteSourceRange { id: f.id, net, len }),
+            );
         }
     }
     for (ip, _) in changes.cluster_ips.iter().filter(|(_, want)| !**want) {
@@ -235,6 +270,33 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
         }
     }
     ops
+}
+
+/// Writes the ranges of frontend `id` that are new, deletes those that
+/// went.
+fn sync_source_ranges(id: u32, old: &[(Ipv4Addr, u8)], new: &[(Ipv4Addr, u8)], ops: &mut Vec<Op>) {
+    ops.extend(
+        new.iter()
+            .filter(|r| !old.contains(r))
+            .map(|&(net, len)| Op::PutSourceRange { id, net, len }),
+    );
+    ops.extend(
+        old.iter()
+            .filter(|r| !new.contains(r))
+            .map(|&(net, len)| Op::DeleteSourceRange { id, net, len }),
+    );
+}
+
+/// A frontend's `ServiceValue::flags`.
+fn frontend_flags(affinity_secs: u32, source_ranges: &[(Ipv4Addr, u8)]) -> u16 {
+    let mut flags = 0;
+    if affinity_secs != 0 {
+        flags |= SVC_FLAG_AFFINITY;
+    }
+    if !source_ranges.is_empty() {
+        flags |= SVC_FLAG_SOURCE_RANGES;
+    }
+    flags
 }
 
 fn sync_frontend(
@@ -247,21 +309,11 @@ fn sync_frontend(
     let name = desired.name.as_str();
     let affinity_secs = desired.affinity_secs;
     let is_new = !current.frontends.contains_key(&key);
-    let id = match current.frontends.get(&key) {
-        Some(f) => f.id,
-        None => current.alloc_service_id(),
+    let old = match current.frontends.get(&key) {
+        Some(f) => f.clone(),
+        None => FrontendState::empty(current.alloc_service_id()),
     };
-    let old = current
-        .frontends
-        .get(&key)
-        .cloned()
-        .unwrap_or(FrontendState {
-            id,
-            name: String::new(),
-            count: 0,
-            slots: BTreeMap::new(),
-            affinity_secs: 0,
-        });
+    let id = old.id;
     let wanted: BTreeSet<(Ipv4Addr, u16)> = want.iter().copied().collect();
     let new_len = u32::try_from(want.len()).unwrap_or(u32::MAX);
 
@@ -305,16 +357,20 @@ fn sync_frontend(
             });
         }
     }
+    let ranges = &desired.source_ranges;
+    sync_source_ranges(id, &old.source_ranges, ranges, ops);
     let renamed = old.name != name;
-    if is_new || renamed || old.count != new_len || old.affinity_secs != affinity_secs {
+    let flags = frontend_flags(affinity_secs, ranges);
+    if is_new
+        || renamed
+        || old.count != new_len
+        || old.affinity_secs != affinity_secs
+        || flags != frontend_flags(old.affinity_secs, &old.source_ranges)
+    {
         let value = ServiceValue {
             id,
             count: u16::try_from(new_len).unwrap_or(u16::MAX),
-            flags: if affinity_secs == 0 {
-                0
-            } else {
-                SVC_FLAG_AFFINITY
-            },
+            flags,
         };
         ops.push(Op::PutService {
             key,
@@ -346,6 +402,7 @@ fn sync_frontend(
             count: new_len,
             slots: layout,
             affinity_secs,
+            source_ranges: ranges.clone(),
         },
     );
 }
@@ -364,6 +421,7 @@ mod tests {
         backends: BTreeMap<u32, Backend>,
         names: BTreeMap<u32, String>,
         affinity: BTreeMap<u32, u32>,
+        ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
         writes: usize,
     }
 
@@ -416,6 +474,12 @@ mod tests {
                     }
                     Op::DeleteMarker(ip) => {
                         self.services.remove(&ServiceKey::marker(*ip));
+                    }
+                    Op::PutSourceRange { id, net, len } => {
+                        self.ranges.insert((*id, *net, *len));
+                    }
+                    Op::DeleteSourceRange { id, net, len } => {
+                        self.ranges.remove(&(*id, *net, *len));
                     }
                 }
                 self.check_every_slot_is_valid(allowed);
@@ -476,6 +540,7 @@ mod tests {
                     name: format!("default/svc-{}", key.addr()),
                     backends: backends.iter().map(|&b| (ip(b), 8080)).collect(),
                     affinity_secs: 0,
+                    source_ranges: Vec::new(),
                 },
             );
         }
@@ -696,6 +761,32 @@ mod tests {
     }
 
     #[test]
+    fn source_ranges_are_written_before_their_flag_and_go_with_their_frontend() {
+        let plain = desired(&[(vip(), &[1])]);
+        let mut ranged = plain.clone();
+        ranged.frontends.get_mut(&vip()).unwrap().source_ranges =
+            vec![(Ipv4Addr::new(10, 244, 1, 0), 24)];
+        let (maps, ops, current) = run(&[plain.clone(), ranged]);
+        let id = current.frontends[&vip()].id;
+        assert_eq!(
+            maps.ranges,
+            BTreeSet::from([(id, Ipv4Addr::new(10, 244, 1, 0), 24)])
+        );
+        let phases: Vec<u8> = write_order(&ops).iter().map(|op| op.phase()).collect();
+        assert_eq!(phases, [0, 2], "the range, then the flag: {ops:?}");
+        assert!(matches!(
+            &ops[..],
+            [Op::PutSourceRange { .. }, Op::PutService { value, .. }]
+                if value.flags & SVC_FLAG_SOURCE_RANGES != 0
+        ));
+        let mut ranged = plain;
+        ranged.frontends.get_mut(&vip()).unwrap().source_ranges =
+            vec![(Ipv4Addr::new(10, 244, 1, 0), 24)];
+        let (maps, _, _) = run(&[ranged, Desired::default()]);
+        assert!(maps.ranges.is_empty(), "a removed frontend's ranges go too");
+    }
+
+    #[test]
     fn adopting_the_maps_after_a_restart_writes_nothing() {
         let mut d = desired(&[(vip(), &[1, 2, 3])]);
         d.frontends.get_mut(&vip()).unwrap().affinity_secs = 60;
@@ -705,6 +796,7 @@ mod tests {
             maps.slots.iter().map(|(k, v)| (*k, *v)),
             &maps.names,
             &maps.affinity,
+            &BTreeMap::new(),
         );
         assert_eq!(adopted.frontends, before.frontends);
         assert!(reconcile(&d, &mut adopted).is_empty());

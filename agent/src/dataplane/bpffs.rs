@@ -15,7 +15,7 @@ use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
     maps as names,
-    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey},
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
@@ -89,6 +89,7 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SOCK_REV => (size_of::<SockRevKey>(), size_of::<SockRevValue>()),
         names::AFFINITY_CONFIG => (size_of::<u32>(), size_of::<u32>()),
         names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+        names::SOURCE_RANGES => (size_of::<u32>() + size_of::<SourceRangeKey>(), 1),
         _ => return None,
     })
 }

@@ -2,18 +2,24 @@
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     os::fd::{AsFd, OwnedFd},
     path::Path,
 };
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
 };
 use sluice_abi::{
     conntrack::{CtKey, CtValue},
     maps as names,
-    service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    service::{
+        Backend, SVC_FLAG_MARKER, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+    },
     stats::TrafficStats,
 };
 
@@ -32,6 +38,8 @@ pub struct Maps {
     pub names: HashMap<MapData, u32, ServiceName>,
     /// `ClientIP` affinity timeouts by frontend id.
     pub affinity_config: HashMap<MapData, u32, u32>,
+    /// `loadBalancerSourceRanges` by frontend id.
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     /// Descriptors of the maps that programming writes in batches.
     batch: BatchFds,
 }
@@ -115,6 +123,7 @@ impl Maps {
             events: typed(names::EVENTS, get(names::EVENTS)?)?,
             names: typed(names::SERVICE_NAMES, service_names)?,
             affinity_config: typed(names::AFFINITY_CONFIG, affinity_config)?,
+            source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             batch,
         })
     }
@@ -131,7 +140,16 @@ impl Maps {
             collect(self.affinity_config.iter(), names::AFFINITY_CONFIG)?
                 .into_iter()
                 .collect();
-        Ok(Current::adopt(services, slots, &labels, &affinity))
+        let mut ranges: BTreeMap<u32, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
+        for (key, _) in collect(self.source_ranges.iter(), names::SOURCE_RANGES)? {
+            let data = key.data();
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(32);
+            ranges
+                .entry(u32::from_be_bytes(data.service_id_be))
+                .or_default()
+                .push((Ipv4Addr::from(data.addr_be), len));
+        }
+        Ok(Current::adopt(services, slots, &labels, &affinity, &ranges))
     }
 
     /// Applies reconcile operations in `write_order`, each phase's writes
@@ -141,7 +159,11 @@ impl Maps {
         let (puts, deletes) = ordered.split_at(ordered.partition_point(|op| {
             matches!(
                 op,
-                Op::PutMarker(_) | Op::PutBackend(_) | Op::PutSlot { .. } | Op::PutService { .. }
+                Op::PutMarker(_)
+                    | Op::PutBackend(_)
+                    | Op::PutSlot { .. }
+                    | Op::PutService { .. }
+                    | Op::PutSourceRange { .. }
             )
         }));
         let mut backends = Vec::new();
@@ -171,6 +193,8 @@ impl Maps {
                     services.push((*key, *value));
                 }
                 Op::PutMarker(ip) => services.push((ServiceKey::marker(*ip), MARKER)),
+                // Few, and written before the frontends that point at them.
+                Op::PutSourceRange { .. } => self.apply(op)?,
                 _ => {}
             }
         }
@@ -242,12 +266,28 @@ impl Maps {
                 .services
                 .insert(ServiceKey::marker(*ip), MARKER, 0)
                 .map_err(map_err(names::SERVICES)),
+            Op::PutSourceRange { id, net, len } => self
+                .source_ranges
+                .insert(&range_key(*id, *net, *len), 1, 0)
+                .map_err(map_err(names::SOURCE_RANGES)),
+            Op::DeleteSourceRange { id, net, len } => removed(
+                self.source_ranges.remove(&range_key(*id, *net, *len)),
+                names::SOURCE_RANGES,
+            ),
             Op::DeleteMarker(ip) => removed(
                 self.services.remove(&ServiceKey::marker(*ip)),
                 names::SERVICES,
             ),
         }
     }
+}
+
+/// The LPM key of range `net/len` of frontend `id`.
+fn range_key(id: u32, net: Ipv4Addr, len: u8) -> Key<SourceRangeKey> {
+    Key::new(
+        SourceRangeKey::prefix_len(len),
+        SourceRangeKey::new(id, net),
+    )
 }
 
 /// The frontend entry that marks an allocated ClusterIP.

@@ -108,6 +108,8 @@ mod tests {
             affinity_secs: 0,
             health_check_node_port: None,
             external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 

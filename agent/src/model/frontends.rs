@@ -149,6 +149,7 @@ mod tests {
                     name: name.into(),
                     backends: BTreeSet::from([(Ipv4Addr::new(10, 0, 0, backend), 8080)]),
                     affinity_secs: 0,
+                    source_ranges: Vec::new(),
                 },
             )]),
             cluster_ips: BTreeSet::from([ip]),

@@ -3,7 +3,7 @@
 //! An invalid object is reported with the field at fault; the caller keeps
 //! that object's last good state.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service, ServiceSpec},
@@ -77,6 +77,17 @@ impl Checker {
     fn ip(&self, field: String, ip: &str) -> Result<IpAddr, InvalidObject> {
         ip.parse()
             .map_err(|_| self.err(field, format!("`{ip}` is not an IP address")))
+    }
+
+    /// An IPv4 CIDR, as its network address and prefix length (host bits
+    /// cleared, as the API server accepts `10.0.0.1/8` too).
+    fn cidr(&self, field: &str, cidr: &str) -> Result<(Ipv4Addr, u8), InvalidObject> {
+        let bad = || self.err(field, format!("`{cidr}` is not an IPv4 CIDR"));
+        let (addr, len) = cidr.trim().split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
     }
 }
 
@@ -155,21 +166,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
     };
     let (internal_local, affinity_secs) = policies(&c, &spec)?;
     let health_check_node_port = health_check_node_port(&c, &spec)?;
-    let mut external_ips = Vec::new();
-    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        external_ips.push(c.ip(format!("spec.externalIPs[{i}]"), ip)?);
-    }
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    for (i, entry) in ingress.into_iter().flatten().enumerate() {
-        // Hostname-only entries (some cloud load balancers) have no address.
-        if let Some(ip) = &entry.ip {
-            external_ips.push(c.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
-        }
-    }
+    let (external_ips, lb_ips, source_ranges) = external_addresses(&c, svc, &spec)?;
     Ok(ServiceInfo {
         key,
         kind,
@@ -180,6 +177,8 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         affinity_secs,
         health_check_node_port,
         external_ips,
+        lb_ips,
+        source_ranges,
     })
 }
 
@@ -198,6 +197,47 @@ fn health_check_node_port(c: &Checker, spec: &ServiceSpec) -> Result<Option<u16>
         )),
     }
 }
+
+/// `spec.externalIPs` and the load balancer addresses (both), the load
+/// balancer addresses alone, and `spec.loadBalancerSourceRanges`.
+fn external_addresses(
+    c: &Checker,
+    svc: &Service,
+    spec: &ServiceSpec,
+) -> Result<External, InvalidObject> {
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.push(c.ip(format!("spec.externalIPs[{i}]"), ip)?);
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let mut lb_ips = Vec::new();
+    for (i, entry) in ingress.into_iter().flatten().enumerate() {
+        // Hostname-only entries (some cloud load balancers) have no address.
+        if let Some(ip) = &entry.ip {
+            lb_ips.push(c.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
+        }
+    }
+    external_ips.extend(&lb_ips);
+    let mut source_ranges = Vec::new();
+    for (i, cidr) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        source_ranges.push(c.cidr(&format!("spec.loadBalancerSourceRanges[{i}]"), cidr)?);
+    }
+    source_ranges.sort_unstable();
+    source_ranges.dedup();
+    Ok((external_ips, lb_ips, source_ranges))
+}
+
+/// What `external_addresses` finds.
+type External = (Vec<IpAddr>, Vec<IpAddr>, Vec<(Ipv4Addr, u8)>);
 
 /// `internalTrafficPolicy` (Local or not) and the `ClientIP` affinity
 /// timeout (0: none) of a Service spec.
@@ -446,6 +486,28 @@ mod tests {
             "metadata: {name: b}\nspec: {clusterIP: 10.96.0.1, externalIPs: [nope]}\n",
         ));
         assert_eq!(bad.unwrap_err().field, "spec.externalIPs[0]");
+        let ranged = service(&svc(
+            "metadata: {name: r}\nspec: {clusterIP: 10.96.0.1, loadBalancerSourceRanges: [10.1.2.3/16, 192.0.2.0/24, 10.1.0.0/16]}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            ranged.source_ranges,
+            [
+                (Ipv4Addr::new(10, 1, 0, 0), 16),
+                (Ipv4Addr::new(192, 0, 2, 0), 24)
+            ],
+            "host bits cleared, sorted, once each"
+        );
+        for range in ["10.0.0.0", "10.0.0.0/33", "nope/8"] {
+            let bad = service(&svc(&format!(
+                "metadata: {{name: b}}\nspec: {{clusterIP: 10.96.0.1, loadBalancerSourceRanges: [{range}]}}\n"
+            )));
+            assert_eq!(
+                bad.unwrap_err().field,
+                "spec.loadBalancerSourceRanges[0]",
+                "{range}"
+            );
+        }
         let lb = service(&svc(
             "metadata: {name: h}\nspec: {clusterIP: 10.96.0.1, type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000}\n",
         ))
@@ -455,7 +517,10 @@ mod tests {
             "metadata: {name: c}\nspec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, healthCheckNodePort: 32000}\n",
         ))
         .unwrap();
-        assert_eq!(cluster.health_check_node_port, None, "only with the Local policy");
+        assert_eq!(
+            cluster.health_check_node_port, None,
+            "only with the Local policy"
+        );
         for (spec, field) in [
             (
                 "externalTrafficPolicy: Nowhere",

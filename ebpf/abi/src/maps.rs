@@ -34,8 +34,11 @@ pub const AFFINITY_CONFIG: &str = "SLUICE_AFF_CFG";
 /// `ClientIP` affinity (LRU): `AffinityKey` → `AffinityValue`.
 pub const AFFINITY: &str = "SLUICE_AFFINITY";
 
+/// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKey` → `u8` (1).
+pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGE";
+
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 12] = [
+pub const PINNED: [&str; 13] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -48,6 +51,7 @@ pub const PINNED: [&str; 12] = [
     SOCK_REV,
     AFFINITY_CONFIG,
     AFFINITY,
+    SOURCE_RANGES,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
@@ -64,3 +68,5 @@ pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 pub const SOCK_REV_SIZE: u32 = 262_144;
 /// Clients remembered for `ClientIP` affinity, over all frontends.
 pub const AFFINITY_SIZE: u32 = 262_144;
+/// Source ranges over all frontends.
+pub const MAX_SOURCE_RANGES: u32 = 65_536;

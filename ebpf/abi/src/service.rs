@@ -65,6 +65,33 @@ pub const SVC_FLAG_MARKER: u16 = 1;
 /// `ServiceValue::flags`: `ClientIP` session affinity; the timeout is in the
 /// affinity configuration map under the frontend's id.
 pub const SVC_FLAG_AFFINITY: u16 = 2;
+/// `ServiceValue::flags`: only clients in the frontend's source ranges
+/// (`loadBalancerSourceRanges`) may open flows; the others are dropped.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+
+/// The data of a source range key (LPM): the frontend id, then the client
+/// address. A range `net/len` of frontend `id` has prefix length `32 + len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    pub service_id_be: [u8; 4],
+    pub addr_be: [u8; 4],
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 8);
+
+impl SourceRangeKey {
+    pub const fn new(service_id: u32, addr: Ipv4Addr) -> Self {
+        Self {
+            service_id_be: service_id.to_be_bytes(),
+            addr_be: addr.octets(),
+        }
+    }
+
+    /// The LPM prefix length of a range of `len` bits.
+    pub const fn prefix_len(len: u8) -> u32 {
+        32 + len as u32
+    }
+}
 
 /// One backend slot of a frontend.
 #[repr(C)]
@@ -137,7 +164,14 @@ impl ServiceName {
     }
 }
 
-pod!(ServiceKey, ServiceValue, SlotKey, Backend, ServiceName);
+pod!(
+    ServiceKey,
+    ServiceValue,
+    SlotKey,
+    Backend,
+    ServiceName,
+    SourceRangeKey
+);
 
 #[cfg(test)]
 mod tests {

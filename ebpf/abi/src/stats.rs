@@ -80,6 +80,9 @@ counter_enum! {
         Rewrite = 8 => "rewrite",
         /// Building or sending the ICMP reject failed.
         RejectFailed = 9 => "reject_failed",
+        /// A new flow to a load balancer address from outside its
+        /// `loadBalancerSourceRanges`.
+        SourceRange = 10 => "source_range",
     }
 }
 

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use sluice_abi::{
     config::{CFG_SERVICE_CIDR, DataplaneConfig},
-    service::{ServiceKey, ServiceValue},
+    service::{SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
     stats::{DropReason, Event},
 };
 
@@ -136,6 +136,10 @@ fn to_service(
         stats::event(Event::Established);
         (bound, false)
     } else {
+        if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
+            // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
+            return Err(DropReason::SourceRange);
+        }
         if svc.count == 0 {
             // kube-proxy: a Service with no endpoints REJECTs.
             return reject::reject(ctx, p, DropReason::NoEndpoints);

@@ -8,13 +8,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
-    maps::{AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, SOCK_REV_SIZE},
-    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey},
+    maps::{
+        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SOURCE_RANGES,
+        SOCK_REV_SIZE,
+    },
+    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey},
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
@@ -71,6 +74,10 @@ static SLUICE_AFF_CFG: HashMap<u32, u32> = HashMap::pinned(MAX_SERVICES, BPF_F_N
 #[map]
 static SLUICE_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(AFFINITY_SIZE, 0);
+
+/// `loadBalancerSourceRanges` of frontends that have them.
+#[map]
+static SLUICE_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
@@ -179,4 +186,17 @@ pub fn affinity(key: &AffinityKey) -> Option<*mut AffinityValue> {
 #[inline(always)]
 pub fn affinity_insert(key: &AffinityKey, value: &AffinityValue) -> Result<(), i32> {
     SLUICE_AFFINITY.insert(key, value, ANY)
+}
+
+/// Whether `saddr` is in one of frontend `service_id`'s source ranges.
+#[inline(always)]
+pub fn source_allowed(service_id: u32, saddr: [u8; 4]) -> bool {
+    let key = Key::new(
+        64,
+        SourceRangeKey {
+            service_id_be: service_id.to_be_bytes(),
+            addr_be: saddr,
+        },
+    );
+    SLUICE_SRC_RANGE.get(&key).is_some()
 }

@@ -99,6 +99,7 @@ impl Harness {
                     name: format!("test/{}", key.addr()),
                     backends: backends.iter().copied().collect(),
                     affinity_secs: 0,
+                    source_ranges: Vec::new(),
                 },
             );
         }

@@ -196,6 +196,37 @@ fn external_and_load_balancer_ips_reach_every_backend() {
     }
 }
 
+#[test]
+fn a_source_outside_load_balancer_source_ranges_is_dropped_and_counted() {
+    if !require_privileges("a_source_outside_load_balancer_source_ranges_is_dropped_and_counted") {
+        return;
+    }
+    let mut lab = web_lab(3);
+    lab.add_pod("outsider", Ipv4Addr::new(10, 244, 2, 10))
+        .unwrap();
+    let lb = "  type: LoadBalancer\n  loadBalancerSourceRanges: [10.244.1.0/24]\nstatus: {loadBalancer: {ingress: [{ip: 198.51.100.7}]}}\n";
+    lab.write_manifest("web.yaml", &web(lb, [NODE, NODE, NODE]))
+        .unwrap();
+    lab.start_agent(&agent_on_node()).unwrap();
+    let to = SocketAddr::from(([198, 51, 100, 7], 80));
+    let short = std::time::Duration::from_millis(500);
+    // Inside the range: served.
+    assert!(who(&lab.pod("client").tcp_request(to, T).unwrap()).starts_with('b'));
+    // Outside: dropped (no answer at all), and counted.
+    let dropped = lab.pod("outsider").tcp_request(to, short).unwrap_err();
+    assert!(!dropped.to_string().contains("refused"), "{dropped:#}");
+    let metrics = http_get(&lab, SocketAddr::from(([127, 0, 0, 1], 10256)), "/metrics")
+        .unwrap()
+        .1;
+    let counted = metrics
+        .lines()
+        .find(|l| l.contains("reason=\"source_range\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!counted.trim_end().ends_with(" 0"), "{counted}");
+    // The ClusterIP of the same Service is not behind the ranges.
+    assert!(who(&lab.pod("outsider").tcp_request(http(), T).unwrap()).starts_with('b'));
+}
+
 /// Polls `GET /healthz` on the node's port `port` until `want(status,
 /// body)`, for at most 5 s; the last answer.
 fn health_until(
