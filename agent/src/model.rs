@@ -95,10 +95,9 @@ pub struct ServiceInfo {
     /// `spec.externalTrafficPolicy: Local`: its `healthCheckNodePort`, if
     /// it has one.
     pub health_check_node_port: Option<u16>,
-    /// `spec.externalIPs` and `status.loadBalancer.ingress[].ip`: more
-    /// addresses of the Service's ports.
+    /// `spec.externalIPs`: more addresses of the Service's ports.
     pub external_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip` alone (also in `external_ips`).
+    /// `status.loadBalancer.ingress[].ip`: its load balancer addresses.
     pub lb_ips: Vec<IpAddr>,
     /// `spec.loadBalancerSourceRanges`, for the load balancer addresses.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
@@ -224,7 +223,11 @@ pub fn service_desired(
     if svc.other_proxy {
         return desired;
     }
-    let external = svc.external_ips.iter().map(|ip| (ip, false));
+    let external = svc
+        .external_ips
+        .iter()
+        .chain(&svc.lb_ips)
+        .map(|ip| (ip, false));
     for (ip, cluster) in ips.iter().map(|ip| (ip, true)).chain(external) {
         let IpAddr::V4(ip) = *ip else { continue };
         if cluster {

@@ -207,12 +207,23 @@ impl Maps {
             .map_err(batch(names::AFFINITY_CONFIG))?;
         batch::update(&self.batch.services, &services).map_err(batch(names::SERVICES))?;
         for id in no_affinity {
-            removed(self.affinity_config.remove(&id), names::AFFINITY_CONFIG)?;
+            self.set_affinity(id, 0)?;
         }
         for op in deletes {
             self.apply(op)?;
         }
         Ok(())
+    }
+
+    /// Writes frontend `id`'s affinity timeout, or removes it (0: none).
+    fn set_affinity(&mut self, id: u32, secs: u32) -> Result<(), Error> {
+        if secs == 0 {
+            removed(self.affinity_config.remove(&id), names::AFFINITY_CONFIG)
+        } else {
+            self.affinity_config
+                .insert(id, secs, 0)
+                .map_err(map_err(names::AFFINITY_CONFIG))
+        }
     }
 
     /// Applies one reconcile operation.
@@ -232,16 +243,7 @@ impl Maps {
                 name,
                 affinity_secs,
             } => {
-                if *affinity_secs == 0 {
-                    removed(
-                        self.affinity_config.remove(&value.id),
-                        names::AFFINITY_CONFIG,
-                    )?;
-                } else {
-                    self.affinity_config
-                        .insert(value.id, affinity_secs, 0)
-                        .map_err(map_err(names::AFFINITY_CONFIG))?;
-                }
+                self.set_affinity(value.id, *affinity_secs)?;
                 if let Some(name) = name {
                     self.names
                         .insert(value.id, ServiceName::new(name), 0)

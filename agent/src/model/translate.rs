@@ -198,8 +198,8 @@ fn health_check_node_port(c: &Checker, spec: &ServiceSpec) -> Result<Option<u16>
     }
 }
 
-/// `spec.externalIPs` and the load balancer addresses (both), the load
-/// balancer addresses alone, and `spec.loadBalancerSourceRanges`.
+/// `spec.externalIPs`, the load balancer addresses and
+/// `spec.loadBalancerSourceRanges`.
 fn external_addresses(
     c: &Checker,
     svc: &Service,
@@ -221,7 +221,6 @@ fn external_addresses(
             lb_ips.push(c.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
         }
     }
-    external_ips.extend(&lb_ips);
     let mut source_ranges = Vec::new();
     for (i, cidr) in spec
         .load_balancer_source_ranges
@@ -477,10 +476,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             external.external_ips,
-            [
-                "192.0.2.50".parse::<IpAddr>().unwrap(),
-                "198.51.100.7".parse().unwrap()
-            ]
+            ["192.0.2.50".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            external.lb_ips,
+            ["198.51.100.7".parse::<IpAddr>().unwrap()],
+            "hostname-only entries have no address"
         );
         let bad = service(&svc(
             "metadata: {name: b}\nspec: {clusterIP: 10.96.0.1, externalIPs: [nope]}\n",
