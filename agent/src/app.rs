@@ -17,6 +17,7 @@ use crate::{
     config::{RunConfig, ServicesConfig, Source},
     dataplane::{self, Dataplane},
     dns::Dns,
+    external::{self, NodeInterfaces},
     health::{self, Health},
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
@@ -69,6 +70,10 @@ async fn run_services(
     let ServicesConfig {
         source,
         interfaces,
+        external_interfaces,
+        xdp_mode,
+        nodeport_range,
+        maglev_size,
         pin_dir,
         conntrack_size,
         socket_lb,
@@ -81,6 +86,8 @@ async fn run_services(
         conntrack_size,
         config,
         socket_lb,
+        xdp_mode,
+        maglev_size,
     })
     .context("loading the dataplane")?;
     let _health = serve_health(&health, health_listen).await?;
@@ -100,12 +107,8 @@ async fn run_services(
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
-    let mut links = LinkWatcher::start()?;
-    let present = links.list().await?;
-    dp.prune_links(&present.iter().map(|(index, _)| *index).collect());
-    for (index, name) in present {
-        on_link(&mut dp, &interfaces, index, &name);
-    }
+    let (mut links, mut ext) =
+        watch_links(&mut dp, &interfaces, external_interfaces, nodeport_range).await?;
 
     let mut node = None;
     let mut retry = Retry::default();
@@ -146,15 +149,11 @@ async fn run_services(
                     ready(&health, &described, &dp);
                 }
             }
-            event = links.next() => match event {
-                Some(LinkEvent::Present { index, name }) => on_link(&mut dp, &interfaces, index, &name),
-                Some(LinkEvent::Gone { index, name }) => {
-                    if dp.is_attached(index) {
-                        tracing::info!(iface = name, "interface removed");
-                        dp.detach(index);
-                    }
-                }
-                None => anyhow::bail!("the rtnetlink socket closed"),
+            event = links.next() => {
+                let Some(event) = event else {
+                    anyhow::bail!("the rtnetlink socket closed");
+                };
+                on_link_event(&mut dp, &interfaces, &mut ext, event);
             },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -269,8 +268,121 @@ fn ready(health: &Health, source: &str, dp: &Dataplane) {
         source,
         pin_dir = %dp.pin_dir().display(),
         interfaces = ?dp.attached().collect::<Vec<_>>(),
+        external_interfaces = ?dp.xdp_attached().collect::<Vec<_>>(),
         "sluice is ready"
     );
+}
+
+/// An interface or address came, changed or went.
+fn on_link_event(
+    dp: &mut Dataplane,
+    pods: &InterfaceMatcher,
+    ext: &mut Externals,
+    event: LinkEvent,
+) {
+    match event {
+        LinkEvent::Present { index, name } => {
+            ext.ifs.link(index, &name);
+            on_link(dp, pods, index, &name);
+        }
+        LinkEvent::Gone { index, name } => {
+            ext.ifs.link_gone(index);
+            if dp.is_attached(index) {
+                tracing::info!(iface = name, "interface removed");
+                dp.detach(index);
+            }
+        }
+        LinkEvent::AddressAdded { index, addr } => ext.ifs.add(index, addr),
+        LinkEvent::AddressRemoved { index, addr } => ext.ifs.remove(index, addr),
+    }
+    ext.follow(dp, pods, false);
+}
+
+/// Subscribes to rtnetlink, attaches to the interfaces there are (TC on
+/// the pod-facing ones, XDP on the external ones) and writes the node's
+/// addresses; reserves the NodePort range among local ports.
+async fn watch_links(
+    dp: &mut Dataplane,
+    interfaces: &InterfaceMatcher,
+    external_interfaces: Option<InterfaceMatcher>,
+    nodeport_range: (u16, u16),
+) -> anyhow::Result<(LinkWatcher, Externals)> {
+    let links = LinkWatcher::start()?;
+    let present = links.list().await?;
+    dp.prune_links(&present.iter().map(|(index, _)| *index).collect());
+    let mut ext = Externals {
+        ifs: NodeInterfaces::default(),
+        explicit: external_interfaces,
+        addrs: None,
+        snat: std::collections::BTreeMap::new(),
+    };
+    for (index, name) in &present {
+        ext.ifs.link(*index, name);
+    }
+    for (index, addr) in links.addresses().await? {
+        ext.ifs.add(index, addr);
+    }
+    if let Err(e) = external::reserve_node_ports(nodeport_range) {
+        tracing::warn!("cannot reserve the NodePort range among local ports: {e}");
+    }
+    for (index, name) in present {
+        on_link(dp, interfaces, index, &name);
+    }
+    ext.follow(dp, interfaces, true);
+    Ok((links, ext))
+}
+
+/// The node's addresses and external interfaces, kept in the dataplane.
+struct Externals {
+    ifs: NodeInterfaces,
+    /// `--external-interfaces`; `None`: the default.
+    explicit: Option<InterfaceMatcher>,
+    /// The node addresses last written.
+    addrs: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+    /// The SNAT address of each interface with XDP.
+    snat: std::collections::BTreeMap<u32, std::net::Ipv4Addr>,
+}
+
+impl Externals {
+    /// Writes changed node addresses, attaches XDP to new external
+    /// interfaces (or a new SNAT address), detaches it from those no longer
+    /// external. `first`: also drop XDP pins left by an earlier run.
+    fn follow(&mut self, dp: &mut Dataplane, pods: &InterfaceMatcher, first: bool) {
+        let addrs = self.ifs.node_addrs();
+        if self.addrs.as_ref() != Some(&addrs) {
+            match dp.set_node_addrs(&addrs) {
+                Ok(()) => {
+                    tracing::info!(addresses = ?addrs, "node addresses (NodePorts)");
+                    self.addrs = Some(addrs);
+                }
+                Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
+            }
+        }
+        let want = self.ifs.external(self.explicit.as_ref(), pods);
+        let mut gone: std::collections::BTreeSet<u32> = self.snat.keys().copied().collect();
+        if first {
+            gone.extend(dp.xdp_pinned());
+        }
+        for (index, (name, snat)) in &want {
+            gone.remove(index);
+            if self.snat.get(index) == Some(snat) {
+                continue;
+            }
+            match dp.attach_xdp(*index, name, *snat) {
+                Ok(()) => {
+                    tracing::info!(iface = name, snat = %snat, "external interface attached (north-south)");
+                    self.snat.insert(*index, *snat);
+                }
+                Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
+            }
+        }
+        for index in gone {
+            if self.snat.remove(&index).is_some() || first {
+                tracing::info!(ifindex = index, "no longer an external interface: detached");
+                dp.detach_xdp(index);
+            }
+        }
+    }
 }
 
 /// When to try a failed sync again: after 1 s, doubling to 30 s.

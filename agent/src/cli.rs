@@ -49,6 +49,25 @@ pub struct RunArgs {
     /// Pod-facing interfaces: comma-separated names or globs, e.g. `veth*,eth0`.
     #[arg(long)]
     pub interfaces: Option<String>,
+    /// Node-facing interfaces for the XDP program (NodePorts, external and
+    /// load balancer addresses from outside): names or globs. Default: the
+    /// interfaces holding the node's addresses, but loopback and
+    /// `--interfaces`.
+    #[arg(long)]
+    pub external_interfaces: Option<String>,
+    /// How XDP attaches: `auto` (native, else generic), `native` or
+    /// `generic`; or `tc`: no XDP, external traffic is handled in TC at
+    /// the interfaces' ingress.
+    #[arg(long)]
+    pub xdp_mode: Option<String>,
+    /// The NodePort range `MIN-MAX` (default 30000-32767): reserved for
+    /// NodePorts among the node's local ports, and never a SNAT port.
+    #[arg(long)]
+    pub nodeport_range: Option<String>,
+    /// Maglev table size, a prime from 251 to 131071 (default 16381);
+    /// frontends with many backends get larger tables.
+    #[arg(long)]
+    pub maglev_table_size: Option<u32>,
     /// Service CIDR: reject unallocated addresses in it and unknown ports of ClusterIPs.
     #[arg(long)]
     pub service_cidr: Option<String>,

@@ -48,6 +48,14 @@ pub enum ConfigError {
     NoCgroup(#[source] std::io::Error),
     #[error("`interfaces`")]
     Interfaces(#[source] PatternError),
+    #[error("`external-interfaces`")]
+    ExternalInterfaces(#[source] PatternError),
+    #[error("`xdp-mode`: `{0}` is not auto, native, generic or tc")]
+    XdpMode(String),
+    #[error("`nodeport-range`: `{0}` is not a range MIN-MAX of ports such as 30000-32767")]
+    NodePortRange(String),
+    #[error("`maglev-table-size`: {0} is not a prime from 251 to 131071")]
+    MaglevSize(u32),
     #[error("`dns-ttl` must be at most 3600 seconds")]
     DnsTtl,
     #[error("`upstream`: `{0}` is not an IP address or IP:port")]
@@ -82,6 +90,10 @@ struct FileConfig {
     health_listen: Option<std::net::SocketAddr>,
     service_account_dir: Option<PathBuf>,
     interfaces: Option<InterfaceList>,
+    external_interfaces: Option<InterfaceList>,
+    xdp_mode: Option<String>,
+    nodeport_range: Option<String>,
+    maglev_table_size: Option<u32>,
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
     conntrack_size: Option<u32>,
@@ -131,6 +143,12 @@ pub struct RunConfig {
 pub struct ServicesConfig {
     pub source: Source,
     pub interfaces: InterfaceMatcher,
+    /// The XDP program's interfaces; `None`: those holding node addresses.
+    pub external_interfaces: Option<InterfaceMatcher>,
+    pub xdp_mode: crate::dataplane::XdpAttach,
+    /// The NodePort range, inclusive.
+    pub nodeport_range: (u16, u16),
+    pub maglev_size: u32,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
     /// Socket LB's cgroup; `None`: socket LB is off.
@@ -191,6 +209,13 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
             .interfaces
             .map(InterfaceList::Joined)
             .or(file.interfaces),
+        external_interfaces: args
+            .external_interfaces
+            .map(InterfaceList::Joined)
+            .or(file.external_interfaces),
+        xdp_mode: args.xdp_mode.or(file.xdp_mode),
+        nodeport_range: args.nodeport_range.or(file.nodeport_range),
+        maglev_table_size: args.maglev_table_size.or(file.maglev_table_size),
         service_cidr: args.service_cidr.or(file.service_cidr),
         pin_dir: args.pin_dir.or(file.pin_dir),
         conntrack_size: args.conntrack_size.or(file.conntrack_size),
@@ -224,13 +249,41 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         (None, None) => return Err(ConfigError::NoSource),
     };
     let interfaces = interface_matcher(c.interfaces.take())?;
+    let external_interfaces = match c.external_interfaces.take() {
+        None => None,
+        Some(list) => {
+            let names = match list {
+                InterfaceList::Joined(s) => split(&s),
+                InterfaceList::List(l) => l,
+            };
+            Some(InterfaceMatcher::new(&names).map_err(ConfigError::ExternalInterfaces)?)
+        }
+    };
+    let xdp_mode = match c.xdp_mode.take().as_deref() {
+        None | Some("auto") => crate::dataplane::XdpAttach::Auto,
+        Some("native") => crate::dataplane::XdpAttach::Native,
+        Some("generic") => crate::dataplane::XdpAttach::Generic,
+        Some("tc") => crate::dataplane::XdpAttach::Tc,
+        Some(other) => return Err(ConfigError::XdpMode(other.to_owned())),
+    };
+    let nodeport_range = match c.nodeport_range.take() {
+        None => DEFAULT_NODEPORT_RANGE,
+        Some(r) => parse_port_range(&r).ok_or(ConfigError::NodePortRange(r))?,
+    };
+    let maglev_size = c
+        .maglev_table_size
+        .unwrap_or(sluice_abi::maglev::DEFAULT_TABLE_SIZE);
+    if !(251..=131_071).contains(&maglev_size) || !sluice_abi::maglev::is_prime(maglev_size) {
+        return Err(ConfigError::MaglevSize(maglev_size));
+    }
     let upstream = match c.upstream.take() {
         Some(InterfaceList::Joined(s)) => Some(split(&s)),
         Some(InterfaceList::List(l)) => Some(l),
         None => None,
     };
     let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
-    let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?;
+    let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?
+        .with_nodeport_range(nodeport_range.0, nodeport_range.1);
     let conntrack_size = c.conntrack_size.unwrap_or(DEFAULT_CONNTRACK_SIZE);
     if conntrack_size < 2 {
         return Err(ConfigError::ConntrackSize);
@@ -246,6 +299,10 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
     Ok(ServicesConfig {
         source,
         interfaces,
+        external_interfaces,
+        xdp_mode,
+        nodeport_range,
+        maglev_size,
         pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         conntrack_size,
         socket_lb,
@@ -379,6 +436,15 @@ fn split(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Kubernetes' default `--service-node-port-range`.
+pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30_000, 32_767);
+
+fn parse_port_range(range: &str) -> Option<(u16, u16)> {
+    let (min, max) = range.trim().split_once('-')?;
+    let (min, max): (u16, u16) = (min.trim().parse().ok()?, max.trim().parse().ok()?);
+    (min >= 1 && min <= max).then_some((min, max))
+}
+
 fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let (net, len) = cidr.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
@@ -434,6 +500,84 @@ mod tests {
         assert_eq!(c.source, Source::Manifests("/flag".into()));
         assert_eq!(c.conntrack_size, 64);
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn xdp_settings_have_keys_defaults_and_checks() {
+        let c = with_file(
+            "manifests: /m\ninterfaces: veth*\nexternal-interfaces: [eth0, bond*]\nxdp-mode: generic\nnodeport-range: 20000-20999\nmaglev-table-size: 65521\n",
+            RunArgs::default(),
+        )
+        .map(services)
+        .unwrap();
+        let ext = c.external_interfaces.unwrap();
+        assert!(ext.matches("eth0") && ext.matches("bond0") && !ext.matches("veth1"));
+        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Generic);
+        assert_eq!(c.nodeport_range, (20_000, 20_999));
+        assert!(c.dataplane.in_nodeport_range(20_500) && !c.dataplane.in_nodeport_range(30_000));
+        assert_eq!(c.maglev_size, 65_521);
+
+        let args = || RunArgs {
+            manifests: Some("/m".into()),
+            interfaces: Some("veth*".into()),
+            ..RunArgs::default()
+        };
+        let c = services(RunConfig::from_args(args()).unwrap());
+        assert!(
+            c.external_interfaces.is_none(),
+            "default: the node's interfaces"
+        );
+        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Auto);
+        assert_eq!(c.nodeport_range, DEFAULT_NODEPORT_RANGE);
+        assert_eq!(c.maglev_size, 16_381);
+        let c = services(
+            RunConfig::from_args(RunArgs {
+                xdp_mode: Some("tc".into()),
+                ..args()
+            })
+            .unwrap(),
+        );
+        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Tc);
+        for (bad, key) in [
+            (
+                RunArgs {
+                    xdp_mode: Some("fast".into()),
+                    ..args()
+                },
+                "xdp-mode",
+            ),
+            (
+                RunArgs {
+                    nodeport_range: Some("32767-30000".into()),
+                    ..args()
+                },
+                "nodeport-range",
+            ),
+            (
+                RunArgs {
+                    nodeport_range: Some("0-100".into()),
+                    ..args()
+                },
+                "nodeport-range",
+            ),
+            (
+                RunArgs {
+                    maglev_table_size: Some(16_000),
+                    ..args()
+                },
+                "maglev-table-size",
+            ),
+            (
+                RunArgs {
+                    maglev_table_size: Some(131),
+                    ..args()
+                },
+                "maglev-table-size",
+            ),
+        ] {
+            let err = RunConfig::from_args(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

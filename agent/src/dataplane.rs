@@ -22,7 +22,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapError},
-    programs::{ProgramError, SchedClassifier, links::PinnedLink},
+    programs::{ProgramError, SchedClassifier, Xdp, XdpMode, links::PinnedLink},
 };
 pub use bpffs::cleanup;
 use sluice_abi::{config::DataplaneConfig, maps as names};
@@ -36,6 +36,11 @@ use crate::{
 
 /// The TC program's function name in the eBPF object.
 const TC_PROGRAM: &str = "tc_ingress";
+/// The XDP program's function name in the eBPF object.
+const XDP_PROGRAM: &str = "xdp_ingress";
+/// The TC program behind XDP on external interfaces.
+const TC_EXTERNAL: &str = "tc_external";
+const TC_NORTH_SOUTH: &str = "tc_north_south";
 /// The load-time configuration global in the eBPF object.
 const CONFIG_GLOBAL: &str = "CONFIG";
 
@@ -99,6 +104,23 @@ pub struct Options {
     pub config: DataplaneConfig,
     /// Socket LB on this cgroup (v2) directory; `None`: off.
     pub socket_lb: Option<PathBuf>,
+    /// How XDP attaches to external interfaces.
+    pub xdp_mode: XdpAttach,
+    /// The smallest Maglev table (a prime).
+    pub maglev_size: u32,
+}
+
+/// How the XDP program attaches (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver when it supports XDP, else generic (bpfman's fallback).
+    #[default]
+    Auto,
+    Native,
+    Generic,
+    /// No XDP: the same north-south logic in TC at the interface's ingress
+    /// (`tc_north_south`), for drivers or stacks where XDP cannot be used.
+    Tc,
 }
 
 pub struct Dataplane {
@@ -107,6 +129,9 @@ pub struct Dataplane {
     pin_dir: PathBuf,
     /// Attached interfaces by ifindex (names change; indexes do not).
     links: BTreeMap<u32, Attached>,
+    /// External interfaces with the XDP program (and `tc_external`).
+    xdp_links: BTreeMap<u32, ExternalAttached>,
+    xdp_mode: XdpAttach,
     current: Current,
     /// Socket LB's cgroup, when it is on.
     socket_lb: Option<PathBuf>,
@@ -115,6 +140,13 @@ pub struct Dataplane {
 struct Attached {
     name: String,
     _link: PinnedLink,
+}
+
+struct ExternalAttached {
+    name: String,
+    /// `None` with `--xdp-mode tc`.
+    _xdp: Option<PinnedLink>,
+    _tc: PinnedLink,
 }
 
 impl Dataplane {
@@ -128,13 +160,21 @@ impl Dataplane {
             .override_global(CONFIG_GLOBAL, &opts.config, true)
             .load(EBPF_OBJ)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let prog = tc_program(&mut ebpf)?;
-        prog.load().map_err(|e| Error::Program {
-            name: TC_PROGRAM,
+        for name in [TC_PROGRAM, TC_EXTERNAL, TC_NORTH_SOUTH] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|e| Error::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
+        }
+        xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
+            name: XDP_PROGRAM,
             source: Box::new(e),
         })?;
         let maps = maps::Maps::take(&mut ebpf)?;
-        let current = maps.adopt()?;
+        let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
+        bpffs::remove_legacy_pins(&opts.pin_dir);
         match &opts.socket_lb {
             Some(cgroup) => sock::attach(&mut ebpf, cgroup, &opts.pin_dir)?,
             None => sock::detach(&opts.pin_dir),
@@ -151,6 +191,8 @@ impl Dataplane {
             maps,
             pin_dir: opts.pin_dir.clone(),
             links: BTreeMap::new(),
+            xdp_links: BTreeMap::new(),
+            xdp_mode: opts.xdp_mode,
             current,
             socket_lb: opts.socket_lb.clone(),
         })
@@ -235,6 +277,107 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the XDP program (or, with `--xdp-mode tc`, its TC twin) to
+    /// an external interface, flows to backends on other nodes leaving it
+    /// SNATed to `snat` (updated when called again). Replaces the program
+    /// of a pinned link atomically.
+    pub fn attach_xdp(
+        &mut self,
+        index: u32,
+        name: &str,
+        snat: std::net::Ipv4Addr,
+    ) -> Result<(), Error> {
+        // Before the program sees a packet: routes out of here are remote.
+        self.maps.set_ext_if(index, Some(snat))?;
+        if let Some(attached) = self.xdp_links.get_mut(&index) {
+            name.clone_into(&mut attached.name);
+            return Ok(());
+        }
+        match self.attach_external(index, name) {
+            Ok((xdp, tc)) => {
+                self.xdp_links.insert(
+                    index,
+                    ExternalAttached {
+                        name: name.to_owned(),
+                        _xdp: xdp,
+                        _tc: tc,
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.maps.set_ext_if(index, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// The links of an external interface: XDP and `tc_external` behind
+    /// it; or, with `--xdp-mode tc`, `tc_north_south` in `tc_external`'s
+    /// place (its pinned link's program is replaced) and no XDP (a link
+    /// pinned in another mode is removed).
+    fn attach_external(
+        &mut self,
+        index: u32,
+        name: &str,
+    ) -> Result<(Option<PinnedLink>, PinnedLink), Error> {
+        let xdp_path = attach::xdp_pin_path(&self.pin_dir, index);
+        let tc_path = attach::ext_tc_pin_path(&self.pin_dir, index);
+        let mode = match self.xdp_mode {
+            XdpAttach::Tc => {
+                attach::remove_pin(&xdp_path);
+                let prog = classifier(&mut self.ebpf, TC_NORTH_SOUTH)?;
+                return Ok((None, attach::attach_pinned(prog, name, &tc_path)?));
+            }
+            XdpAttach::Native => Some(XdpMode::Driver),
+            XdpAttach::Generic => Some(XdpMode::Skb),
+            XdpAttach::Auto => None,
+        };
+        let prog = xdp_program(&mut self.ebpf)?;
+        let xdp = match mode {
+            Some(mode) => attach::attach_xdp_pinned(prog, index, name, &xdp_path, mode)?,
+            None => attach::attach_xdp_pinned(prog, index, name, &xdp_path, XdpMode::Driver)
+                .or_else(|e| {
+                    tracing::info!(
+                        iface = name,
+                        "no native XDP ({:#}); attaching generic XDP",
+                        anyhow_chain(&e)
+                    );
+                    attach::attach_xdp_pinned(prog, index, name, &xdp_path, XdpMode::Skb)
+                })?,
+        };
+        let prog = classifier(&mut self.ebpf, TC_EXTERNAL)?;
+        Ok((Some(xdp), attach::attach_pinned(prog, name, &tc_path)?))
+    }
+
+    /// Detaches XDP from an interface that is gone or no longer external.
+    pub fn detach_xdp(&mut self, index: u32) {
+        self.xdp_links.remove(&index);
+        attach::remove_pin(&attach::xdp_pin_path(&self.pin_dir, index));
+        attach::remove_pin(&attach::ext_tc_pin_path(&self.pin_dir, index));
+        if let Err(e) = self.maps.set_ext_if(index, None) {
+            tracing::warn!("{:#}", anyhow_chain(&e));
+        }
+    }
+
+    /// Interfaces with a pinned XDP link (from before a restart, too).
+    pub fn xdp_pinned(&self) -> BTreeSet<u32> {
+        attach::xdp_pins(&self.pin_dir)
+    }
+
+    pub fn is_xdp_attached(&self, index: u32) -> bool {
+        self.xdp_links.contains_key(&index)
+    }
+
+    pub fn xdp_attached(&self) -> impl Iterator<Item = &str> {
+        self.xdp_links.values().map(|a| a.name.as_str())
+    }
+
+    /// The node's own addresses, for NodePorts.
+    pub fn set_node_addrs(&mut self, addrs: &BTreeSet<std::net::Ipv4Addr>) -> Result<(), Error> {
+        self.maps.set_node_addrs(addrs)
+    }
+
     /// Detaches from an interface that is gone or no longer matches: drops
     /// the link and its pin.
     pub fn detach(&mut self, index: u32) {
@@ -261,10 +404,35 @@ impl Dataplane {
     }
 }
 
+/// An error with its sources, for a log line.
+fn anyhow_chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(XDP_PROGRAM))
+}
+
 fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {
-    ebpf.program_mut(TC_PROGRAM)
+    classifier(ebpf, TC_PROGRAM)
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
         .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-        .ok_or(Error::MissingProgram(TC_PROGRAM))
+        .ok_or(Error::MissingProgram(name))
 }
 
 /// Opens one pinned map of the pin directory.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod dns;
+pub mod external;
 pub mod health;
 pub mod healthcheck;
 pub mod interfaces;

@@ -1,5 +1,7 @@
-//! Network interfaces of this namespace, and their coming and going
-//! (rtnetlink link notifications).
+//! Network interfaces of this namespace and their IPv4 addresses, and
+//! their coming and going (rtnetlink link and address notifications).
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
@@ -7,6 +9,7 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage, AddressScope},
         link::{LinkAttribute, LinkMessage},
     },
     sys::SocketAddr,
@@ -19,6 +22,8 @@ pub enum LinksError {
     Socket(#[source] std::io::Error),
     #[error("cannot list the interfaces")]
     Dump(#[source] rtnetlink::Error),
+    #[error("cannot list the addresses")]
+    DumpAddresses(#[source] rtnetlink::Error),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +37,15 @@ pub enum LinkEvent {
         index: u32,
         name: String,
     },
+    /// An IPv4 address (not of host scope) was added to an interface.
+    AddressAdded {
+        index: u32,
+        addr: Ipv4Addr,
+    },
+    AddressRemoved {
+        index: u32,
+        addr: Ipv4Addr,
+    },
 }
 
 /// Subscribed to link notifications; `list` then `next` sees every
@@ -44,8 +58,11 @@ pub struct LinkWatcher {
 impl LinkWatcher {
     /// Must be called inside a tokio runtime.
     pub fn start() -> Result<Self, LinksError> {
-        let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
-            .map_err(LinksError::Socket)?;
+        let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+        ])
+        .map_err(LinksError::Socket)?;
         tokio::spawn(conn);
         Ok(Self { handle, messages })
     }
@@ -61,6 +78,20 @@ impl LinkWatcher {
             .await
             .map_err(LinksError::Dump)?;
         Ok(links.iter().filter_map(name_of).collect())
+    }
+
+    /// Every IPv4 address (not of host scope) now: (ifindex, address), in
+    /// the kernel's order (an interface's primary address first).
+    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Addr)>, LinksError> {
+        let addrs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(LinksError::DumpAddresses)?;
+        Ok(addrs.iter().filter_map(address_of).collect())
     }
 
     /// The next change; `None` when the socket closed.
@@ -81,6 +112,16 @@ impl LinkWatcher {
                         return Some(LinkEvent::Gone { index, name });
                     }
                 }
+                RouteNetlinkMessage::NewAddress(a) => {
+                    if let Some((index, addr)) = address_of(&a) {
+                        return Some(LinkEvent::AddressAdded { index, addr });
+                    }
+                }
+                RouteNetlinkMessage::DelAddress(a) => {
+                    if let Some((index, addr)) = address_of(&a) {
+                        return Some(LinkEvent::AddressRemoved { index, addr });
+                    }
+                }
                 _ => {}
             }
         }
@@ -92,4 +133,21 @@ fn name_of(link: &LinkMessage) -> Option<(u32, String)> {
         LinkAttribute::IfName(name) => Some((link.header.index, name.clone())),
         _ => None,
     })
+}
+
+/// The IPv4 address of an address message, unless it is of host scope
+/// (127.0.0.1): the local address (`IFA_LOCAL`), not a point-to-point peer.
+fn address_of(a: &AddressMessage) -> Option<(u32, Ipv4Addr)> {
+    if a.header.scope == AddressScope::Host {
+        return None;
+    }
+    let pick = |local: bool| {
+        a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Local(IpAddr::V4(v4)) if local => Some(*v4),
+            AddressAttribute::Address(IpAddr::V4(v4)) if !local => Some(*v4),
+            _ => None,
+        })
+    };
+    let addr = pick(true).or_else(|| pick(false))?;
+    Some((a.header.index, addr))
 }

@@ -5,6 +5,7 @@
 //! Kubernetes objects into `ServiceInfo` and `SliceInfo` and publish a whole
 //! `Model`; consumers derive what they need from it, e.g. `Model::desired`.
 
+mod desired;
 pub mod frontends;
 pub mod store;
 pub mod translate;
@@ -15,6 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+pub use desired::{ServiceDesired, service_desired};
 use sluice_abi::{proto, service::ServiceKey};
 
 /// Label that joins an EndpointSlice to its Service.
@@ -77,9 +79,15 @@ pub struct ServicePortInfo {
     pub name: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// Its `nodePort` (types NodePort and LoadBalancer).
+    pub node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent fields of the Service spec, as the API has them"
+)]
 pub struct ServiceInfo {
     pub key: ObjectKey,
     pub kind: ServiceKind,
@@ -92,6 +100,10 @@ pub struct ServiceInfo {
     pub internal_local: bool,
     /// `spec.sessionAffinity: ClientIP`: its timeout in seconds (0: none).
     pub affinity_secs: u32,
+    /// `spec.externalTrafficPolicy: Local`: external traffic (NodePorts,
+    /// external and load balancer addresses) uses this node's endpoints
+    /// only and keeps the client's address.
+    pub external_local: bool,
     /// `spec.externalTrafficPolicy: Local`: its `healthCheckNodePort`, if
     /// it has one.
     pub health_check_node_port: Option<u16>,
@@ -146,7 +158,7 @@ pub struct Model {
 }
 
 /// One frontend the dataplane should have.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredFrontend {
     /// `namespace/name:port-name`, for `sluice status`.
     pub name: String,
@@ -156,6 +168,21 @@ pub struct DesiredFrontend {
     /// Only these clients (network, prefix length) may open flows; empty:
     /// any.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Whether and how traffic from outside the cluster (XDP) uses it.
+    pub external: External,
+}
+
+/// How the XDP program, on the node's external interfaces, uses a frontend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum External {
+    /// A ClusterIP: not served from outside.
+    #[default]
+    No,
+    /// Served from outside, through a Maglev table of its backends.
+    Serve,
+    /// `externalTrafficPolicy: Local`: external traffic uses the frontend's
+    /// local scope (this node's endpoints); this entry serves pods.
+    ViaLocalScope,
 }
 
 /// What the dataplane maps should hold.
@@ -200,112 +227,6 @@ impl SliceInfo {
     }
 }
 
-/// What one Service asks of the dataplane.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceDesired {
-    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
-    pub cluster_ips: BTreeSet<Ipv4Addr>,
-}
-
-/// The frontends of one Service given its slices, with kube-proxy's
-/// semantics: none for headless and ExternalName Services and those of
-/// another proxy; IPv4 ClusterIPs only. `node` is this node's name, for
-/// `internalTrafficPolicy: Local` (without it no endpoint is local).
-pub fn service_desired(
-    svc: &ServiceInfo,
-    slices: &[&SliceInfo],
-    node: Option<&str>,
-) -> ServiceDesired {
-    let mut desired = ServiceDesired::default();
-    let ServiceKind::ClusterIp { ips } = &svc.kind else {
-        return desired;
-    };
-    if svc.other_proxy {
-        return desired;
-    }
-    let external = svc
-        .external_ips
-        .iter()
-        .chain(&svc.lb_ips)
-        .map(|ip| (ip, false));
-    for (ip, cluster) in ips.iter().map(|ip| (ip, true)).chain(external) {
-        let IpAddr::V4(ip) = *ip else { continue };
-        if cluster {
-            desired.cluster_ips.insert(ip);
-        }
-        for port in &svc.ports {
-            let Some(ip_proto) = port.protocol.ip_proto() else {
-                continue;
-            };
-            let name = if port.name.is_empty() {
-                svc.key.to_string()
-            } else {
-                format!("{}:{}", svc.key, port.name)
-            };
-            // internalTrafficPolicy is for ClusterIPs; traffic from pods to
-            // an external or load balancer address uses every endpoint
-            // (kube-proxy short-circuits it inside the cluster).
-            let local = (cluster && svc.internal_local).then_some(node.unwrap_or_default());
-            let backends = backends_for(port, slices, local);
-            desired.frontends.insert(
-                ServiceKey::new(ip, port.port, ip_proto),
-                DesiredFrontend {
-                    name,
-                    backends,
-                    affinity_secs: svc.affinity_secs,
-                    source_ranges: if svc.lb_ips.contains(&IpAddr::V4(ip)) {
-                        svc.source_ranges.clone()
-                    } else {
-                        Vec::new()
-                    },
-                },
-            );
-        }
-    }
-    desired
-}
-
-/// The IPv4 backends of one Service port across its slices.
-///
-/// kube-proxy: the endpoint port is the slice port with the same name and
-/// protocol (the targetPort was resolved into it when the slice was made);
-/// only the first address of an endpoint is used; ready endpoints are used,
-/// and only when none is ready, the serving and terminating ones
-/// (KEP-1669, ProxyTerminatingEndpoints). With `local` (a node name), only
-/// the endpoints on that node count, as for `internalTrafficPolicy: Local`:
-/// with none there, the Service has no backend on this node.
-fn backends_for(
-    port: &ServicePortInfo,
-    slices: &[&SliceInfo],
-    local: Option<&str>,
-) -> BTreeSet<(Ipv4Addr, u16)> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
-    for slice in slices {
-        let Some(slice_port) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-        else {
-            continue;
-        };
-        for ep in &slice.endpoints {
-            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
-                continue;
-            };
-            if local.is_some_and(|node| node.is_empty() || ep.node_name.as_deref() != Some(node)) {
-                continue;
-            }
-            if ep.ready {
-                ready.insert((addr, slice_port.port));
-            } else if ep.serving && ep.terminating {
-                terminating.insert((addr, slice_port.port));
-            }
-        }
-    }
-    if ready.is_empty() { terminating } else { ready }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,12 +250,14 @@ mod tests {
                     name: n.into(),
                     port: p,
                     protocol,
+                    node_port: None,
                 })
                 .collect(),
             other_proxy: false,
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            external_local: false,
             health_check_node_port: None,
             external_ips: Vec::new(),
             lb_ips: Vec::new(),

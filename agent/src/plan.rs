@@ -140,12 +140,14 @@ mod tests {
             name: "http".into(),
             port: 80,
             protocol: Protocol::Tcp,
+            node_port: None,
         }];
         if rng.next(2) == 0 {
             ports.push(ServicePortInfo {
                 name: "dns".into(),
                 port: 53,
                 protocol: Protocol::Udp,
+                node_port: None,
             });
         }
         ServiceInfo {
@@ -156,6 +158,7 @@ mod tests {
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            external_local: false,
             health_check_node_port: None,
             external_ips: Vec::new(),
             lb_ips: Vec::new(),
@@ -303,11 +306,13 @@ mod tests {
                     name: "http".into(),
                     port: 80,
                     protocol: Protocol::Tcp,
+                    node_port: None,
                 }],
                 other_proxy: false,
                 publish_not_ready: false,
                 internal_local: false,
                 affinity_secs: 0,
+                external_local: false,
                 health_check_node_port: None,
                 external_ips: Vec::new(),
                 lb_ips: Vec::new(),

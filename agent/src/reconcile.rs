@@ -9,18 +9,20 @@
 //! id, so established flows to them are untouched, and a single endpoint
 //! change costs O(1) writes, not O(Services).
 
+mod maglev;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
 use sluice_abi::service::{
-    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
-    SlotKey,
+    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV,
+    SVC_FLAG_MARKER, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SlotKey,
 };
 
 use crate::model::{
-    Desired, DesiredFrontend,
+    Desired, DesiredFrontend, External,
     frontends::{DesiredChanges, Touched},
 };
 
@@ -63,6 +65,17 @@ pub enum Op {
         net: Ipv4Addr,
         len: u8,
     },
+    /// Frontend `id`'s Maglev table of `size` entries: backend ids.
+    PutMaglev {
+        id: u32,
+        size: u32,
+        table: Vec<u32>,
+    },
+    /// Chunks `chunks` of frontend `id`'s Maglev table.
+    DeleteMaglev {
+        id: u32,
+        chunks: std::ops::Range<u32>,
+    },
 }
 
 impl Op {
@@ -70,10 +83,10 @@ impl Op {
     const fn phase(&self) -> u8 {
         match self {
             Self::PutMarker(_) | Self::PutBackend(_) | Self::PutSourceRange { .. } => 0,
-            Self::PutSlot { .. } => 1,
+            Self::PutSlot { .. } | Self::PutMaglev { .. } => 1,
             Self::PutService { .. } => 2,
             Self::DeleteService { .. } => 3,
-            Self::DeleteSlot(_) => 4,
+            Self::DeleteSlot(_) | Self::DeleteMaglev { .. } => 4,
             Self::DeleteBackend(_) | Self::DeleteMarker(_) | Self::DeleteSourceRange { .. } => 5,
         }
     }
@@ -81,9 +94,10 @@ impl Op {
 
 /// The order in which the maps are written, so that the writes of many
 /// frontends can go in batches and every frontend stays valid throughout:
-/// new backends, then slots, then frontends (a count grows only once its
-/// slots exist, and shrinks before the slots past it go), then removed
-/// frontends, their slots and the backends nothing points at any more.
+/// new backends, then slots and Maglev tables, then frontends (a count
+/// grows only once its slots exist, and shrinks before the slots past it
+/// go), then removed frontends, their slots and tables, and the backends
+/// nothing points at any more.
 /// Within a phase, `ops`' order is kept. Backend and frontend ids are not
 /// reused within one list of operations, so no write is moved past a
 /// delete of the same entry.
@@ -104,6 +118,10 @@ pub struct FrontendState {
     pub affinity_secs: u32,
     /// Source ranges (network, prefix length); empty: any client.
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// How traffic from outside uses it.
+    pub external: External,
+    /// The size of its Maglev table; 0: none.
+    pub maglev_size: u32,
 }
 
 impl FrontendState {
@@ -116,17 +134,34 @@ impl FrontendState {
             slots: BTreeMap::new(),
             affinity_secs: 0,
             source_ranges: Vec::new(),
+            external: External::No,
+            maglev_size: 0,
         }
     }
 }
 
 /// What the dataplane maps hold, as far as reconcile is concerned.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Current {
     pub frontends: BTreeMap<ServiceKey, FrontendState>,
     pub markers: BTreeSet<Ipv4Addr>,
     next_service_id: u32,
     next_backend_id: u32,
+    /// The configured Maglev table size (`--maglev-table-size`); larger
+    /// frontends get larger tables (`maglev::table_size`).
+    maglev_size: u32,
+}
+
+impl Default for Current {
+    fn default() -> Self {
+        Self {
+            frontends: BTreeMap::new(),
+            markers: BTreeSet::new(),
+            next_service_id: 0,
+            next_backend_id: 0,
+            maglev_size: sluice_abi::maglev::DEFAULT_TABLE_SIZE,
+        }
+    }
 }
 
 /// Most backends one frontend can have (`ServiceValue::count` is a u16).
@@ -141,6 +176,7 @@ impl Current {
         names: &BTreeMap<u32, String>,
         affinity: &BTreeMap<u32, u32>,
         source_ranges: &BTreeMap<u32, Vec<(Ipv4Addr, u8)>>,
+        maglev_sizes: &BTreeMap<u32, u32>,
     ) -> Self {
         let mut current = Self::default();
         let mut by_id = BTreeMap::new();
@@ -164,6 +200,8 @@ impl Current {
                         affinity.get(&value.id).copied().unwrap_or(0)
                     },
                     source_ranges: source_ranges.get(&value.id).cloned().unwrap_or_default(),
+                    external: external_of(value.flags),
+                    maglev_size: maglev_sizes.get(&value.id).copied().unwrap_or(0),
                 },
             );
             current.next_service_id = current.next_service_id.max(value.id);
@@ -178,6 +216,13 @@ impl Current {
             }
         }
         current
+    }
+
+    /// The same, with Maglev tables of `size` entries (a prime) at least.
+    #[must_use]
+    pub fn with_maglev_size(mut self, size: u32) -> Self {
+        self.maglev_size = size;
+        self
     }
 
     fn alloc_service_id(&mut self) -> u32 {
@@ -262,6 +307,7 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
                     .iter()
                     .map(|&(net, len)| Op::DeleteSourceRange { id: f.id, net, len }),
             );
+            ops.extend(maglev::delete(f.id, f.maglev_size, 0));
         }
     }
     for (ip, _) in changes.cluster_ips.iter().filter(|(_, want)| !**want) {
@@ -288,15 +334,34 @@ fn sync_source_ranges(id: u32, old: &[(Ipv4Addr, u8)], new: &[(Ipv4Addr, u8)], o
 }
 
 /// A frontend's `ServiceValue::flags`.
-fn frontend_flags(affinity_secs: u32, source_ranges: &[(Ipv4Addr, u8)]) -> u16 {
+fn frontend_flags(f: &FrontendState) -> u16 {
     let mut flags = 0;
-    if affinity_secs != 0 {
+    if f.affinity_secs != 0 {
         flags |= SVC_FLAG_AFFINITY;
     }
-    if !source_ranges.is_empty() {
+    if !f.source_ranges.is_empty() {
         flags |= SVC_FLAG_SOURCE_RANGES;
     }
+    match f.external {
+        External::No => {}
+        External::Serve => flags |= SVC_FLAG_EXTERNAL,
+        External::ViaLocalScope => flags |= SVC_FLAG_EXTERNAL | SVC_FLAG_EXT_LOCAL,
+    }
+    if f.maglev_size != 0 {
+        flags |= SVC_FLAG_MAGLEV;
+    }
     flags
+}
+
+/// How traffic from outside uses a frontend with these flags.
+const fn external_of(flags: u16) -> External {
+    if flags & SVC_FLAG_EXTERNAL == 0 {
+        External::No
+    } else if flags & SVC_FLAG_EXT_LOCAL != 0 {
+        External::ViaLocalScope
+    } else {
+        External::Serve
+    }
 }
 
 fn sync_frontend(
@@ -359,13 +424,24 @@ fn sync_frontend(
     }
     let ranges = &desired.source_ranges;
     sync_source_ranges(id, &old.source_ranges, ranges, ops);
+    let maglev_size = maglev::sync(&old, desired.external, &layout, current.maglev_size, ops);
+    let new = FrontendState {
+        id,
+        name: name.to_owned(),
+        count: new_len,
+        slots: layout,
+        affinity_secs,
+        source_ranges: ranges.clone(),
+        external: desired.external,
+        maglev_size,
+    };
     let renamed = old.name != name;
-    let flags = frontend_flags(affinity_secs, ranges);
+    let flags = frontend_flags(&new);
     if is_new
         || renamed
         || old.count != new_len
         || old.affinity_secs != affinity_secs
-        || flags != frontend_flags(old.affinity_secs, &old.source_ranges)
+        || flags != frontend_flags(&old)
     {
         let value = ServiceValue {
             id,
@@ -385,7 +461,7 @@ fn sync_frontend(
             slot,
         }));
     }
-    let live: BTreeSet<u32> = layout.values().map(|b| b.id).collect();
+    let live: BTreeSet<u32> = new.slots.values().map(|b| b.id).collect();
     let removed: BTreeSet<u32> = old
         .slots
         .values()
@@ -394,17 +470,7 @@ fn sync_frontend(
         .collect();
     ops.extend(removed.into_iter().map(Op::DeleteBackend));
 
-    current.frontends.insert(
-        key,
-        FrontendState {
-            id,
-            name: name.to_owned(),
-            count: new_len,
-            slots: layout,
-            affinity_secs,
-            source_ranges: ranges.clone(),
-        },
-    );
+    current.frontends.insert(key, new);
 }
 
 #[cfg(test)]
@@ -422,6 +488,7 @@ mod tests {
         names: BTreeMap<u32, String>,
         affinity: BTreeMap<u32, u32>,
         ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
+        maglev: BTreeMap<u32, u32>,
         writes: usize,
     }
 
@@ -481,6 +548,12 @@ mod tests {
                     Op::DeleteSourceRange { id, net, len } => {
                         self.ranges.remove(&(*id, *net, *len));
                     }
+                    Op::PutMaglev { id, size, .. } => {
+                        self.maglev.insert(*id, *size);
+                    }
+                    Op::DeleteMaglev { id, .. } => {
+                        self.maglev.remove(id);
+                    }
                 }
                 self.check_every_slot_is_valid(allowed);
             }
@@ -539,8 +612,7 @@ mod tests {
                 DesiredFrontend {
                     name: format!("default/svc-{}", key.addr()),
                     backends: backends.iter().map(|&b| (ip(b), 8080)).collect(),
-                    affinity_secs: 0,
-                    source_ranges: Vec::new(),
+                    ..DesiredFrontend::default()
                 },
             );
         }
@@ -796,6 +868,7 @@ mod tests {
             maps.slots.iter().map(|(k, v)| (*k, *v)),
             &maps.names,
             &maps.affinity,
+            &BTreeMap::new(),
             &BTreeMap::new(),
         );
         assert_eq!(adopted.frontends, before.frontends);

@@ -10,7 +10,7 @@ use sluice_abi::{
 
 use crate::dataplane::{
     Error,
-    maps::{Maps, sum_counter, sum_stats},
+    maps::{Maps, sum_stats},
 };
 
 fn proto_name(p: u8) -> &'static str {
@@ -136,19 +136,13 @@ pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
         .filter(ServiceKey::is_marker)
         .count();
     let conntrack_entries = maps.conntrack.keys().filter_map(Result::ok).count();
-    let count = |array: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, index: u32| {
-        array
-            .get(&index, 0)
-            .map(|v| sum_counter(&v))
-            .unwrap_or_default()
-    };
     let drops = DropReason::ALL
         .iter()
-        .map(|reason| (reason.label(), count(&maps.drops, *reason as u32)))
+        .map(|reason| (reason.label(), maps.drop_count(*reason)))
         .collect();
     let events = Event::ALL
         .iter()
-        .map(|event| (event.label(), count(&maps.events, *event as u32)))
+        .map(|event| (event.label(), maps.event_count(*event)))
         .collect();
     Ok(Snapshot {
         services: rows,

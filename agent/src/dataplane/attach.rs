@@ -1,4 +1,4 @@
-//! TCX attachment with pinned links.
+//! TCX and XDP attachment with pinned links.
 //!
 //! A pinned link keeps the program attached after the agent exits. On start,
 //! an existing pinned link gets the new program through `bpf_link_update`
@@ -12,9 +12,10 @@ use std::{
 };
 
 use aya::programs::{
-    SchedClassifier, TcAttachType,
+    SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
     tc::SchedClassifierLink,
+    xdp::XdpLink,
 };
 
 use super::Error;
@@ -22,13 +23,50 @@ use super::Error;
 /// Subdirectory of the pin directory holding the links.
 pub const LINKS_DIR: &str = "links";
 
-/// Prefix of a link pin; the ifindex follows (indexes survive renames).
+/// Prefix of a TC link pin; the ifindex follows (indexes survive renames).
 const LINK_PREFIX: &str = "tc_ingress-if";
+/// Prefix of an XDP link pin.
+const XDP_LINK_PREFIX: &str = "xdp_ingress-if";
+/// Prefix of the pin of the TC link on an external interface
+/// (`tc_external`, or `tc_north_south` with `--xdp-mode tc`).
+const EXT_LINK_PREFIX: &str = "tc_external-if";
 
 pub fn link_pin_path(pin_dir: &Path, index: u32) -> PathBuf {
     pin_dir
         .join(LINKS_DIR)
         .join(format!("{LINK_PREFIX}{index}"))
+}
+
+pub fn ext_tc_pin_path(pin_dir: &Path, index: u32) -> PathBuf {
+    pin_dir
+        .join(LINKS_DIR)
+        .join(format!("{EXT_LINK_PREFIX}{index}"))
+}
+
+pub fn xdp_pin_path(pin_dir: &Path, index: u32) -> PathBuf {
+    pin_dir
+        .join(LINKS_DIR)
+        .join(format!("{XDP_LINK_PREFIX}{index}"))
+}
+
+/// The interfaces with a pinned external link (XDP, `tc_external` or
+/// `tc_north_south`).
+pub fn xdp_pins(pin_dir: &Path) -> BTreeSet<u32> {
+    let Ok(entries) = fs::read_dir(pin_dir.join(LINKS_DIR)) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| {
+                    n.strip_prefix(XDP_LINK_PREFIX)
+                        .or_else(|| n.strip_prefix(EXT_LINK_PREFIX))
+                })
+                .and_then(|i| i.parse().ok())
+        })
+        .collect()
 }
 
 /// Removes the pins of links whose interface index is not in `present`.
@@ -40,7 +78,11 @@ pub fn prune_pins(pin_dir: &Path, present: &BTreeSet<u32>) {
         let name = entry.file_name();
         let index = name
             .to_str()
-            .and_then(|n| n.strip_prefix(LINK_PREFIX))
+            .and_then(|n| {
+                n.strip_prefix(LINK_PREFIX)
+                    .or_else(|| n.strip_prefix(XDP_LINK_PREFIX))
+                    .or_else(|| n.strip_prefix(EXT_LINK_PREFIX))
+            })
             .and_then(|i| i.parse().ok());
         if index.is_some_and(|i| !present.contains(&i)) {
             tracing::info!(pin = %entry.path().display(), "removing the pin of a deleted interface");
@@ -105,6 +147,56 @@ pub fn attach_pinned(
         iface: iface.to_owned(),
         source: Box::new(e),
     })?;
+    let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+    fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
+}
+
+/// Attaches the XDP program to interface `index` in `mode`, replacing the
+/// program of a pinned link atomically when one exists (its mode stays).
+pub fn attach_xdp_pinned(
+    prog: &mut Xdp,
+    index: u32,
+    iface: &str,
+    path: &Path,
+    mode: XdpMode,
+) -> Result<PinnedLink, Error> {
+    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+        iface: iface.to_owned(),
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
+    }
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => {
+            let replaced = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .and_then(|link| prog.attach_to_link(link).map_err(|e| Box::new(e) as _));
+            match replaced {
+                Ok(id) => {
+                    drop(prog.take_link(id));
+                    tracing::info!(iface, "took over the pinned XDP link");
+                    return PinnedLink::from_pin(path).map_err(|e| pin_err(Box::new(e)));
+                }
+                Err(e) => {
+                    tracing::info!(iface, "replacing a stale pinned XDP link: {e}");
+                    remove_pin(path);
+                }
+            }
+        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::info!(iface, "replacing an unreadable XDP link pin: {e}");
+            remove_pin(path);
+        }
+    }
+    let attach_err = |e| Error::Attach {
+        iface: iface.to_owned(),
+        source: Box::new(e),
+    };
+    let id = prog.attach_to_if_index(index, mode).map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
     let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
     fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
 }

@@ -15,7 +15,10 @@ use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
     maps as names,
-    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey},
+    service::{
+        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, ServiceKey, ServiceName, ServiceValue,
+        SlotKey, SourceRangeKey,
+    },
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
@@ -90,6 +93,9 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::AFFINITY_CONFIG => (size_of::<u32>(), size_of::<u32>()),
         names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityValue>()),
         names::SOURCE_RANGES => (size_of::<u32>() + size_of::<SourceRangeKey>(), 1),
+        names::NODE_ADDRS => (size_of::<NodeAddr>(), size_of::<u32>()),
+        names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
+        names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
         _ => return None,
     })
 }
@@ -129,6 +135,20 @@ pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_size: u32) {
     }
 }
 
+/// Removes the pins of maps of earlier layouts (`names::LEGACY`), once this
+/// build's maps exist: the old programs, replaced in their links, were the
+/// last users.
+pub fn remove_legacy_pins(pin_dir: &Path) {
+    for name in names::LEGACY {
+        let path = pin_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::info!(map = name, "removed the pin of an earlier map layout"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(map = name, "cannot remove an old pin: {e}"),
+        }
+    }
+}
+
 /// `sluice cleanup`: unpin the links (detaching the programs) and the maps,
 /// remove the pin directory, and unmount the bpffs the agent mounted there.
 pub fn cleanup(pin_dir: &Path) -> Result<(), Error> {
@@ -142,7 +162,7 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), Error> {
         }
         fs::remove_dir(&links).map_err(bpffs_err(&links))?;
     }
-    for name in names::PINNED {
+    for name in names::PINNED.iter().chain(&names::LEGACY) {
         match fs::remove_file(pin_dir.join(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

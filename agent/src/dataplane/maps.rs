@@ -18,7 +18,8 @@ use sluice_abi::{
     conntrack::{CtKey, CtValue},
     maps as names,
     service::{
-        Backend, SVC_FLAG_MARKER, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+        Backend, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, SVC_FLAG_MARKER,
+        ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
     },
     stats::TrafficStats,
 };
@@ -40,6 +41,12 @@ pub struct Maps {
     pub affinity_config: HashMap<MapData, u32, u32>,
     /// `loadBalancerSourceRanges` by frontend id.
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    /// The node's own addresses.
+    pub node_addrs: HashMap<MapData, NodeAddr, u32>,
+    /// External interfaces with the XDP program, and their SNAT address.
+    pub ext_ifs: HashMap<MapData, u32, ExtIf>,
+    /// Maglev tables, in chunks.
+    pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     /// Descriptors of the maps that programming writes in batches.
     batch: BatchFds,
 }
@@ -50,6 +57,7 @@ struct BatchFds {
     backends: OwnedFd,
     names: OwnedFd,
     affinity_config: OwnedFd,
+    maglev: OwnedFd,
 }
 
 /// A duplicate of a hash map's descriptor, for the batch commands aya lacks.
@@ -105,7 +113,9 @@ impl Maps {
         let backends = get(names::BACKENDS)?;
         let service_names = get(names::SERVICE_NAMES)?;
         let affinity_config = get(names::AFFINITY_CONFIG)?;
+        let maglev = get(names::MAGLEV)?;
         let batch = BatchFds {
+            maglev: batch_fd(names::MAGLEV, &maglev)?,
             affinity_config: batch_fd(names::AFFINITY_CONFIG, &affinity_config)?,
             services: batch_fd(names::SERVICES, &services)?,
             slots: batch_fd(names::SLOTS, &slots)?,
@@ -124,6 +134,9 @@ impl Maps {
             names: typed(names::SERVICE_NAMES, service_names)?,
             affinity_config: typed(names::AFFINITY_CONFIG, affinity_config)?,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
+            node_addrs: typed(names::NODE_ADDRS, get(names::NODE_ADDRS)?)?,
+            ext_ifs: typed(names::EXT_IFS, get(names::EXT_IFS)?)?,
+            maglev: typed(names::MAGLEV, maglev)?,
             batch,
         })
     }
@@ -149,7 +162,17 @@ impl Maps {
                 .or_default()
                 .push((Ipv4Addr::from(data.addr_be), len));
         }
-        Ok(Current::adopt(services, slots, &labels, &affinity, &ranges))
+        let mut maglev = BTreeMap::new();
+        for key in self.maglev.keys() {
+            let key = key.map_err(map_err(names::MAGLEV))?;
+            if key.chunk == 0 {
+                let chunk = self.maglev.get(&key, 0).map_err(map_err(names::MAGLEV))?;
+                maglev.insert(key.service_id, chunk.size);
+            }
+        }
+        Ok(Current::adopt(
+            services, slots, &labels, &affinity, &ranges, &maglev,
+        ))
     }
 
     /// Applies reconcile operations in `write_order`, each phase's writes
@@ -172,8 +195,12 @@ impl Maps {
         let mut labels = Vec::new();
         let mut affinity = Vec::new();
         let mut no_affinity = Vec::new();
+        let mut maglev = Vec::new();
         for op in puts {
             match op {
+                Op::PutMaglev { id, size, table } => {
+                    maglev.extend(maglev_chunks(*id, *size, table));
+                }
                 Op::PutBackend(b) => backends.push((b.id, *b)),
                 Op::PutSlot { slot, backend } => slots.push((*slot, *backend)),
                 Op::PutService {
@@ -201,6 +228,7 @@ impl Maps {
         let batch = |name: &'static str| move |e| Error::Batch { name, source: e };
         batch::update(&self.batch.backends, &backends).map_err(batch(names::BACKENDS))?;
         batch::update(&self.batch.slots, &slots).map_err(batch(names::SLOTS))?;
+        batch::update(&self.batch.maglev, &maglev).map_err(batch(names::MAGLEV))?;
         batch::update(&self.batch.names, &labels).map_err(batch(names::SERVICE_NAMES))?;
         // The timeout before the flag that points at it.
         batch::update(&self.batch.affinity_config, &affinity)
@@ -280,8 +308,103 @@ impl Maps {
                 self.services.remove(&ServiceKey::marker(*ip)),
                 names::SERVICES,
             ),
+            Op::PutMaglev { id, size, table } => {
+                for (key, chunk) in maglev_chunks(*id, *size, table) {
+                    self.maglev
+                        .insert(key, chunk, 0)
+                        .map_err(map_err(names::MAGLEV))?;
+                }
+                Ok(())
+            }
+            Op::DeleteMaglev { id, chunks } => {
+                for chunk in chunks.clone() {
+                    let key = MaglevKey {
+                        service_id: *id,
+                        chunk,
+                    };
+                    removed(self.maglev.remove(&key), names::MAGLEV)?;
+                }
+                Ok(())
+            }
         }
     }
+
+    /// Packets dropped for `reason`, summed over CPUs (0 if unreadable).
+    pub fn drop_count(&self, reason: sluice_abi::stats::DropReason) -> u64 {
+        counter(&self.drops, reason as u32)
+    }
+
+    /// Times `event` happened, summed over CPUs (0 if unreadable).
+    pub fn event_count(&self, event: sluice_abi::stats::Event) -> u64 {
+        counter(&self.events, event as u32)
+    }
+
+    /// Makes the node's addresses exactly `addrs`.
+    pub fn set_node_addrs(
+        &mut self,
+        addrs: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<(), Error> {
+        let held: Vec<NodeAddr> = self
+            .node_addrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::NODE_ADDRS))?;
+        for addr in addrs {
+            let key = NodeAddr {
+                addr_be: addr.octets(),
+            };
+            if !held.contains(&key) {
+                self.node_addrs
+                    .insert(key, 1, 0)
+                    .map_err(map_err(names::NODE_ADDRS))?;
+            }
+        }
+        for key in held {
+            if !addrs.contains(&Ipv4Addr::from(key.addr_be)) {
+                removed(self.node_addrs.remove(&key), names::NODE_ADDRS)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `ifindex` external, with `addr` to SNAT to (or unmarks it: `None`).
+    pub fn set_ext_if(&mut self, ifindex: u32, addr: Option<Ipv4Addr>) -> Result<(), Error> {
+        match addr {
+            Some(addr) => self
+                .ext_ifs
+                .insert(
+                    ifindex,
+                    ExtIf {
+                        addr_be: addr.octets(),
+                        _pad: [0; 4],
+                    },
+                    0,
+                )
+                .map_err(map_err(names::EXT_IFS)),
+            None => removed(self.ext_ifs.remove(&ifindex), names::EXT_IFS),
+        }
+    }
+}
+
+/// A Maglev table of `size` entries, cut into its map chunks.
+fn maglev_chunks(id: u32, size: u32, table: &[u32]) -> Vec<(MaglevKey, MaglevChunk)> {
+    table
+        .chunks(MAGLEV_CHUNK as usize)
+        .zip(0u32..)
+        .map(|(entries, chunk)| {
+            let mut ids = [0u32; MAGLEV_CHUNK as usize];
+            for (slot, id) in ids.iter_mut().zip(entries) {
+                *slot = *id;
+            }
+            (
+                MaglevKey {
+                    service_id: id,
+                    chunk,
+                },
+                MaglevChunk { size, ids },
+            )
+        })
+        .collect()
 }
 
 /// The LPM key of range `net/len` of frontend `id`.
@@ -324,4 +447,11 @@ pub fn sum_stats(values: &PerCpuValues<TrafficStats>) -> TrafficStats {
 
 pub fn sum_counter(values: &PerCpuValues<u64>) -> u64 {
     values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v))
+}
+
+fn counter(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    array
+        .get(&index, 0)
+        .map(|v| sum_counter(&v))
+        .unwrap_or_default()
 }

@@ -47,14 +47,18 @@ pub fn close(pin_dir: &Path, cgroup: &Path, live: &LiveBackends) -> io::Result<u
         let Ok(front) = rev.get(key, 0) else {
             return false;
         };
-        let frontend = ServiceKey {
-            addr_be: front.addr_be,
-            port_be: front.port_be,
-            proto: proto::UDP,
-            _pad: 0,
-        };
+        let frontend = ServiceKey::new(
+            Ipv4Addr::from(front.addr_be),
+            u16::from_be_bytes(front.port_be),
+            proto::UDP,
+        );
+        // A NodePort was asked for at one of the node's addresses.
+        let node_port = ServiceKey::node_port(frontend.port(), proto::UDP);
         let backend = (Ipv4Addr::from(key.addr_be), u16::from_be_bytes(key.port_be));
-        !live.get(&frontend).is_some_and(|b| b.contains(&backend))
+        !live
+            .get(&frontend)
+            .or_else(|| live.get(&node_port))
+            .is_some_and(|b| b.contains(&backend))
     };
     let mut closed = 0;
     for netns in namespaces(cgroup) {

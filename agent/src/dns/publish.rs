@@ -106,6 +106,7 @@ mod tests {
             publish_not_ready: false,
             internal_local: false,
             affinity_secs: 0,
+            external_local: false,
             health_check_node_port: None,
             external_ips: Vec::new(),
             lb_ips: Vec::new(),

@@ -150,6 +150,7 @@ mod tests {
                     backends: BTreeSet::from([(Ipv4Addr::new(10, 0, 0, backend), 8080)]),
                     affinity_secs: 0,
                     source_ranges: Vec::new(),
+                    ..DesiredFrontend::default()
                 },
             )]),
             cluster_ips: BTreeSet::from([ip]),

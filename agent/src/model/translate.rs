@@ -109,9 +109,17 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         .as_ref()
         .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
 
+    // NodePorts are allocated for these types only (and not for a load
+    // balancer with `allocateLoadBalancerNodePorts: false`, which leaves
+    // the field out).
+    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let port = c.port(format!("spec.ports[{i}].port"), p.port)?;
+        let node_port = match p.node_port {
+            Some(n) if node_ports => Some(c.port(format!("spec.ports[{i}].nodePort"), n)?),
+            _ => None,
+        };
         let protocol = c.protocol(format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?;
         let name = p.name.clone().unwrap_or_default();
         if ports.iter().any(|q: &ServicePortInfo| q.name == name) {
@@ -124,6 +132,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
             name,
             port,
             protocol,
+            node_port,
         });
     }
 
@@ -165,7 +174,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         ServiceKind::ClusterIp { ips }
     };
     let (internal_local, affinity_secs) = policies(&c, &spec)?;
-    let health_check_node_port = health_check_node_port(&c, &spec)?;
+    let (external_local, health_check_node_port) = external_policy(&c, &spec)?;
     let (external_ips, lb_ips, source_ranges) = external_addresses(&c, svc, &spec)?;
     Ok(ServiceInfo {
         key,
@@ -175,6 +184,7 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         internal_local,
         affinity_secs,
+        external_local,
         health_check_node_port,
         external_ips,
         lb_ips,
@@ -182,15 +192,19 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
     })
 }
 
-/// The `healthCheckNodePort` of a Service with `externalTrafficPolicy:
-/// Local` (the API server allocates one for type LoadBalancer).
-fn health_check_node_port(c: &Checker, spec: &ServiceSpec) -> Result<Option<u16>, InvalidObject> {
+/// Whether `externalTrafficPolicy` is `Local`, and then the Service's
+/// `healthCheckNodePort` (the API server allocates one for type
+/// LoadBalancer).
+fn external_policy(c: &Checker, spec: &ServiceSpec) -> Result<(bool, Option<u16>), InvalidObject> {
     match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => Ok(None),
-        Some("Local") => spec
-            .health_check_node_port
-            .map(|p| c.port("spec.healthCheckNodePort".into(), p))
-            .transpose(),
+        None | Some("Cluster") => Ok((false, None)),
+        Some("Local") => {
+            let port = spec
+                .health_check_node_port
+                .map(|p| c.port("spec.healthCheckNodePort".into(), p))
+                .transpose()?;
+            Ok((true, port))
+        }
         Some(other) => Err(c.err(
             "spec.externalTrafficPolicy",
             format!("`{other}`: must be Cluster or Local"),
@@ -422,7 +436,8 @@ mod tests {
             vec![ServicePortInfo {
                 name: String::new(),
                 port: 80,
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                node_port: None,
             }]
         );
         assert_eq!(
@@ -514,6 +529,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(lb.health_check_node_port, Some(32000));
+        assert!(lb.external_local);
         let cluster = service(&svc(
             "metadata: {name: c}\nspec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, healthCheckNodePort: 32000}\n",
         ))
@@ -550,6 +566,28 @@ mod tests {
             )));
             assert_eq!(bad.unwrap_err().field, field, "{spec}");
         }
+    }
+
+    #[test]
+    fn node_ports_of_node_port_and_load_balancer_services() {
+        let node_ports = service(&svc(
+            "metadata: {name: n}\nspec: {clusterIP: 10.96.0.1, type: NodePort, ports: [{port: 80, nodePort: 30080}]}\n",
+        ))
+        .unwrap();
+        assert_eq!(node_ports.ports[0].node_port, Some(30080));
+        assert!(!node_ports.external_local);
+        let plain = service(&svc(
+            "metadata: {name: p}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80, nodePort: 30080}]}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            plain.ports[0].node_port, None,
+            "a ClusterIP Service has no NodePort"
+        );
+        let bad = service(&svc(
+            "metadata: {name: b}\nspec: {clusterIP: 10.96.0.1, type: NodePort, ports: [{port: 80, nodePort: 70000}]}\n",
+        ));
+        assert_eq!(bad.unwrap_err().field, "spec.ports[0].nodePort");
     }
 
     #[test]

@@ -20,8 +20,12 @@ pub struct DataplaneConfig {
     pub service_mask_be: [u8; 4],
     pub flags: u32,
     pub local_ip_be: [u8; 4],
+    /// The NodePort range (`--nodeport-range`), inclusive, host order; SNAT
+    /// ports are chosen outside it. `0..=0`: none.
+    pub nodeport_min: u16,
+    pub nodeport_max: u16,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 16);
+const _: () = assert!(size_of::<DataplaneConfig>() == 20);
 
 impl DataplaneConfig {
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
@@ -36,7 +40,23 @@ impl DataplaneConfig {
             service_mask_be: mask.to_be_bytes(),
             flags: CFG_SERVICE_CIDR,
             local_ip_be: [0; 4],
+            nodeport_min: 0,
+            nodeport_max: 0,
         }
+    }
+
+    /// The same, with the NodePort range `min..=max`.
+    #[must_use]
+    pub const fn with_nodeport_range(mut self, min: u16, max: u16) -> Self {
+        self.nodeport_min = min;
+        self.nodeport_max = max;
+        self
+    }
+
+    /// Whether `port` (host order) is in the NodePort range.
+    #[inline(always)]
+    pub const fn in_nodeport_range(&self, port: u16) -> bool {
+        port >= self.nodeport_min && port <= self.nodeport_max && self.nodeport_max != 0
     }
 
     /// The same, with `ip` passed untouched to the node's own stack.
@@ -94,5 +114,14 @@ mod tests {
             !c.in_service_cidr([169, 254, 20, 10]),
             "no service CIDR set"
         );
+    }
+
+    #[test]
+    fn the_nodeport_range_is_inclusive_and_empty_when_unset() {
+        let c = DataplaneConfig::default();
+        assert!(!c.in_nodeport_range(0) && !c.in_nodeport_range(30000));
+        let c = c.with_nodeport_range(30000, 32767);
+        assert!(c.in_nodeport_range(30000) && c.in_nodeport_range(32767));
+        assert!(!c.in_nodeport_range(29999) && !c.in_nodeport_range(32768));
     }
 }

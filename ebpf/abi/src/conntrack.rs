@@ -1,9 +1,15 @@
 //! Connection tracking entries.
 //!
 //! Each NATed flow has two entries: the original direction, keyed by what the
-//! client sent (client → ClusterIP), whose value is the backend; and the reply
+//! client sent (client → frontend), whose value is the backend; and the reply
 //! direction, keyed by what the backend sends back (backend → client), whose
-//! value is the ClusterIP to restore as the source.
+//! value is the frontend to restore as the source.
+//!
+//! A flow from outside to a backend on another node is also SNATed (XDP,
+//! `externalTrafficPolicy: Cluster`): its original entry carries the node
+//! address and port the source becomes, its reply entry is keyed by what
+//! the backend sends back to that address and port, and carries the client
+//! to restore as the destination (`CT_F_SNAT`).
 
 use crate::pod;
 
@@ -34,13 +40,23 @@ pub struct CtValue {
     pub nat_port_be: [u8; 2],
     /// TCP flags seen in this direction (`CT_TCP_*`), for reuse detection.
     pub tcp_flags: u8,
-    pub _pad: u8,
+    /// `CT_F_*`.
+    pub flags: u8,
     pub service_id: u32,
     pub backend_id: u32,
     /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
+    /// With `CT_F_SNAT`: original direction: the node address and port the
+    /// source becomes; reply direction: the client address and port the
+    /// destination goes back to.
+    pub snat_addr_be: [u8; 4],
+    pub snat_port_be: [u8; 2],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CtValue>() == 24);
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+/// `CtValue::flags`: the flow is SNATed (see the module comment).
+pub const CT_F_SNAT: u8 = 1;
 
 /// `CtValue::tcp_flags`: a FIN was seen.
 pub const CT_TCP_FIN: u8 = 1;

@@ -67,6 +67,24 @@ const fn mix(x: u64, seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The hash a flow is looked up by in a Maglev table: its client address
+/// and port, the port it was sent to and the protocol, but not the address
+/// it was sent to, which differs from node to node for a NodePort. Every
+/// node computes the same hash for the same flow.
+#[inline(always)]
+pub const fn flow_hash(saddr_be: [u8; 4], sport_be: [u8; 2], dport_be: [u8; 2], proto: u8) -> u32 {
+    let x = ((u32::from_be_bytes(saddr_be) as u64) << 32)
+        | ((u16::from_be_bytes(sport_be) as u64) << 16)
+        | (u16::from_be_bytes(dport_be) as u64);
+    let h = mix(x, proto as u64);
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "folding the hash to 32 bits"
+    )]
+    let folded = (h ^ (h >> 32)) as u32;
+    folded
+}
+
 /// Why a table cannot be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaglevError {
@@ -239,6 +257,53 @@ mod tests {
                     "{n} backends, {size} entries: worst {worst:.4}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn flow_hashes_ignore_the_destination_address_and_spread_over_a_table() {
+        let h = flow_hash(
+            [192, 168, 77, 100],
+            40000u16.to_be_bytes(),
+            30080u16.to_be_bytes(),
+            6,
+        );
+        assert_eq!(
+            h,
+            flow_hash(
+                [192, 168, 77, 100],
+                40000u16.to_be_bytes(),
+                30080u16.to_be_bytes(),
+                6
+            )
+        );
+        assert_ne!(
+            h,
+            flow_hash(
+                [192, 168, 77, 100],
+                40001u16.to_be_bytes(),
+                30080u16.to_be_bytes(),
+                6
+            )
+        );
+        assert_ne!(
+            h,
+            flow_hash(
+                [192, 168, 77, 100],
+                40000u16.to_be_bytes(),
+                30080u16.to_be_bytes(),
+                17
+            )
+        );
+        // Source ports in a row land all over a table, evenly.
+        let m = DEFAULT_TABLE_SIZE;
+        let mut buckets = [0u32; 10];
+        for port in 20_000u16..40_000 {
+            let i = flow_hash([10, 0, 0, 1], port.to_be_bytes(), [0, 80], 6) % m;
+            buckets[(i * 10 / m) as usize] += 1;
+        }
+        for b in buckets {
+            assert!(b.abs_diff(2000) < 200, "{buckets:?}");
         }
     }
 

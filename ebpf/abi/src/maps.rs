@@ -12,8 +12,8 @@ pub const SLOTS: &str = "SLUICE_SLOT";
 /// Live backends by id: `u32` → `Backend`; a conntrack entry whose backend id
 /// is gone from here is stale.
 pub const BACKENDS: &str = "SLUICE_BACKEND";
-/// Connection tracking (LRU): `CtKey` → `CtValue`.
-pub const CONNTRACK: &str = "SLUICE_CT";
+/// Connection tracking (LRU): `CtKey` → `CtValue` (V2: SNAT fields).
+pub const CONNTRACK: &str = "SLUICE_CT_V2";
 /// Per-CPU counters per frontend id: `u32` → `TrafficStats`.
 pub const SERVICE_STATS: &str = "SLUICE_SVC_STAT";
 /// Per-CPU counters per backend id: `u32` → `TrafficStats`.
@@ -37,8 +37,18 @@ pub const AFFINITY: &str = "SLUICE_AFFINITY";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKey` → `u8` (1).
 pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGE";
 
+/// The node's own addresses: `NodeAddr` → `u32` (1).
+pub const NODE_ADDRS: &str = "SLUICE_NODE_IP";
+/// External interfaces with the XDP program: ifindex `u32` → `ExtIf`.
+pub const EXT_IFS: &str = "SLUICE_EXT_IF";
+/// Maglev tables of the frontends XDP serves: `MaglevKey` → `MaglevChunk`.
+pub const MAGLEV: &str = "SLUICE_MAGLEV";
+
+/// Pins of earlier layouts, removed once this build's maps exist.
+pub const LEGACY: [&str; 1] = ["SLUICE_CT"];
+
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 13] = [
+pub const PINNED: [&str; 16] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -52,6 +62,9 @@ pub const PINNED: [&str; 13] = [
     AFFINITY_CONFIG,
     AFFINITY,
     SOURCE_RANGES,
+    NODE_ADDRS,
+    EXT_IFS,
+    MAGLEV,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.
@@ -70,3 +83,10 @@ pub const SOCK_REV_SIZE: u32 = 262_144;
 pub const AFFINITY_SIZE: u32 = 262_144;
 /// Source ranges over all frontends.
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
+/// Node addresses.
+pub const MAX_NODE_ADDRS: u32 = 1024;
+/// External interfaces.
+pub const MAX_EXT_IFS: u32 = 256;
+/// Maglev chunks over all frontends XDP serves (17 per frontend at the
+/// default table size; `NO_PREALLOC`: 4 KiB each only when used).
+pub const MAX_MAGLEV_CHUNKS: u32 = 262_144;

@@ -4,20 +4,34 @@ use core::net::Ipv4Addr;
 
 use crate::pod;
 
-/// A frontend: what a client sends to (ClusterIP, port, protocol).
+/// A frontend: what a client sends to (ClusterIP, external address or
+/// NodePort, port, protocol) and which of its two scopes.
 ///
 /// A key with `port_be == [0, 0]` and `proto == 0` is the ClusterIP marker:
 /// it says the address is an allocated ClusterIP, so that traffic to one of
-/// its ports that no Service has can be rejected.
+/// its ports that no Service has can be rejected. A key at `NODE_PORT_ADDR`
+/// is a NodePort: the port on every address of the node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub addr_be: [u8; 4],
     pub port_be: [u8; 2],
     pub proto: u8,
-    pub _pad: u8,
+    /// `SCOPE_ALL` or `SCOPE_LOCAL`.
+    pub scope: u8,
 }
 const _: () = assert!(size_of::<ServiceKey>() == 8);
+
+/// `ServiceKey::scope`: the entry every path uses: ClusterIPs, traffic from
+/// inside the cluster to any frontend, and external traffic under
+/// `externalTrafficPolicy: Cluster`.
+pub const SCOPE_ALL: u8 = 0;
+/// `ServiceKey::scope`: this node's endpoints only, for external traffic
+/// (XDP) under `externalTrafficPolicy: Local` (Cilium's two scopes).
+pub const SCOPE_LOCAL: u8 = 1;
+
+/// The address of NodePort frontend keys.
+pub const NODE_PORT_ADDR: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 
 impl ServiceKey {
     pub const fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
@@ -25,8 +39,24 @@ impl ServiceKey {
             addr_be: addr.octets(),
             port_be: port.to_be_bytes(),
             proto,
-            _pad: 0,
+            scope: SCOPE_ALL,
         }
+    }
+
+    /// The NodePort frontend of `port`: every node address.
+    pub const fn node_port(port: u16, proto: u8) -> Self {
+        Self::new(NODE_PORT_ADDR, port, proto)
+    }
+
+    /// The same frontend in the local-endpoints scope.
+    #[must_use]
+    pub const fn local_scope(mut self) -> Self {
+        self.scope = SCOPE_LOCAL;
+        self
+    }
+
+    pub const fn is_node_port(&self) -> bool {
+        u32::from_ne_bytes(self.addr_be) == 0
     }
 
     /// The marker key of a ClusterIP.
@@ -68,6 +98,16 @@ pub const SVC_FLAG_AFFINITY: u16 = 2;
 /// `ServiceValue::flags`: only clients in the frontend's source ranges
 /// (`loadBalancerSourceRanges`) may open flows; the others are dropped.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+/// `ServiceValue::flags`: reachable from outside the cluster (a NodePort,
+/// an external IP or a load balancer address): the XDP program serves it.
+/// XDP leaves ClusterIPs alone, as Cilium does by default.
+pub const SVC_FLAG_EXTERNAL: u16 = 8;
+/// `ServiceValue::flags`: `externalTrafficPolicy: Local`: external traffic
+/// uses the `SCOPE_LOCAL` entry of the same key.
+pub const SVC_FLAG_EXT_LOCAL: u16 = 16;
+/// `ServiceValue::flags`: XDP picks backends through the frontend's Maglev
+/// table (`MaglevKey`), so that every node picks the same one for a flow.
+pub const SVC_FLAG_MAGLEV: u16 = 32;
 
 /// The data of a source range key (LPM): the frontend id, then the client
 /// address. A range `net/len` of frontend `id` has prefix length `32 + len`.
@@ -164,13 +204,66 @@ impl ServiceName {
     }
 }
 
+/// One of the node's own addresses (NodePorts answer on each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr {
+    pub addr_be: [u8; 4],
+}
+const _: () = assert!(size_of::<NodeAddr>() == 4);
+
+/// An external (node-facing) interface the XDP program is attached to,
+/// keyed by ifindex: a backend routed out of one is on another node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtIf {
+    /// The address flows to remote backends are SNATed to.
+    pub addr_be: [u8; 4],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<ExtIf>() == 8);
+
+/// One chunk of a frontend's Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub service_id: u32,
+    pub chunk: u32,
+}
+const _: () = assert!(size_of::<MaglevKey>() == 8);
+
+/// `MAGLEV_CHUNK` entries of a Maglev table: backend ids (`Backend::id`).
+/// Entry `i` of a table lives in chunk `i / MAGLEV_CHUNK` at `i %
+/// MAGLEV_CHUNK`; every chunk repeats the table's size, so that a reader
+/// finds it in chunk 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    /// The table's size (a prime).
+    pub size: u32,
+    pub ids: [u32; MAGLEV_CHUNK as usize],
+}
+const _: () = assert!(size_of::<MaglevChunk>() == 4096);
+
+/// Backend ids per Maglev chunk: a chunk is one 4 KiB map value.
+pub const MAGLEV_CHUNK: u32 = 1023;
+
+/// Chunks of a table of `size` entries.
+pub const fn maglev_chunks(size: u32) -> u32 {
+    size.div_ceil(MAGLEV_CHUNK)
+}
+
 pod!(
     ServiceKey,
     ServiceValue,
     SlotKey,
     Backend,
     ServiceName,
-    SourceRangeKey
+    SourceRangeKey,
+    NodeAddr,
+    ExtIf,
+    MaglevKey,
+    MaglevChunk,
 );
 
 #[cfg(test)]
@@ -185,6 +278,18 @@ mod tests {
         assert_eq!(k.port(), 53);
         assert!(!k.is_marker());
         assert!(ServiceKey::marker(Ipv4Addr::new(10, 96, 0, 10)).is_marker());
+        let np = ServiceKey::node_port(30080, crate::proto::TCP);
+        assert!(np.is_node_port() && !np.is_marker());
+        assert_eq!(np.local_scope().scope, SCOPE_LOCAL);
+        assert!(!k.is_node_port());
+    }
+
+    #[test]
+    fn maglev_tables_split_into_whole_chunks() {
+        assert_eq!(maglev_chunks(16_381), 17);
+        assert_eq!(maglev_chunks(MAGLEV_CHUNK), 1);
+        assert_eq!(maglev_chunks(MAGLEV_CHUNK + 1), 2);
+        assert_eq!(maglev_chunks(131_071), 129);
     }
 
     #[test]

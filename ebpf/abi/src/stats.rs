@@ -83,6 +83,11 @@ counter_enum! {
         /// A new flow to a load balancer address from outside its
         /// `loadBalancerSourceRanges`.
         SourceRange = 10 => "source_range",
+        /// External traffic to a frontend with `externalTrafficPolicy:
+        /// Local` and no endpoint on this node (kube-proxy drops it).
+        NoLocalEndpoints = 11 => "no_local_endpoints",
+        /// No free port to SNAT a flow to a backend on another node.
+        SnatPorts = 12 => "snat_ports",
     }
 }
 
@@ -116,5 +121,22 @@ counter_enum! {
         SockReverse = 10 => "sock_reverse",
         /// A new flow followed its client's `ClientIP` affinity.
         AffinityHit = 11 => "affinity_hit",
+        /// XDP sent a translated packet back out of the interface it came
+        /// in on (a backend or client on another host).
+        XdpTx = 12 => "xdp_tx",
+        /// XDP sent a translated packet out of another external interface.
+        XdpRedirect = 13 => "xdp_redirect",
+        /// A new flow to a backend on another node was SNATed to this
+        /// node's address.
+        Snat = 14 => "snat",
+        /// The next hop of a translated packet had no neighbour entry yet:
+        /// the packet went to the stack, which resolves it.
+        NeighMiss = 15 => "neigh_miss",
+        /// A Maglev table entry was missing (mid-update): a slot was picked
+        /// at random instead.
+        MaglevMiss = 16 => "maglev_miss",
+        /// North-south in TC (`--xdp-mode tc`): a translated packet was
+        /// redirected to its next hop.
+        TcForward = 17 => "tc_forward",
     }
 }

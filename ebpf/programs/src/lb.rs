@@ -3,17 +3,14 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
-    service::{Backend, SVC_FLAG_AFFINITY, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey},
+    service::{
+        Backend, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
+        SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
+    },
     stats::{DropReason, Event},
 };
 
-use crate::{maps, parse::Packet, stats};
-
-/// The frontend a packet is addressed to, if any.
-#[inline(always)]
-pub fn frontend(p: &Packet) -> Option<(ServiceKey, ServiceValue)> {
-    frontend_of(p.daddr, p.dport, p.proto)
-}
+use crate::{maps, stats};
 
 /// The frontend at an address, port and protocol, if any.
 #[inline(always)]
@@ -22,14 +19,47 @@ pub fn frontend_of(
     port_be: [u8; 2],
     proto: u8,
 ) -> Option<(ServiceKey, ServiceValue)> {
+    scoped(addr_be, port_be, proto, SCOPE_ALL)
+}
+
+#[inline(always)]
+fn scoped(
+    addr_be: [u8; 4],
+    port_be: [u8; 2],
+    proto: u8,
+    scope: u8,
+) -> Option<(ServiceKey, ServiceValue)> {
     let key = ServiceKey {
         addr_be,
         port_be,
         proto,
-        _pad: 0,
+        scope,
     };
     let value = maps::service(&key)?;
     (value.flags & SVC_FLAG_MARKER == 0).then_some((key, value))
+}
+
+/// The frontend at an address, or, when the address is one of the node's,
+/// the NodePort of the port.
+#[inline(always)]
+pub fn frontend_or_node_port(
+    addr_be: [u8; 4],
+    port_be: [u8; 2],
+    proto: u8,
+) -> Option<(ServiceKey, ServiceValue)> {
+    if let Some(f) = frontend_of(addr_be, port_be, proto) {
+        return Some(f);
+    }
+    if !maps::is_node_addr(addr_be) {
+        return None;
+    }
+    frontend_of(NODE_PORT_ADDR.octets(), port_be, proto)
+}
+
+/// The local-endpoints entry of a frontend (`externalTrafficPolicy: Local`).
+#[inline(always)]
+pub fn local_scope(key: &ServiceKey) -> Option<ServiceValue> {
+    scoped(key.addr_be, key.port_be, key.proto, SCOPE_LOCAL).map(|(_, v)| v)
 }
 
 /// Whether `addr` is an allocated ClusterIP.
@@ -39,7 +69,7 @@ pub fn is_cluster_ip(addr: [u8; 4]) -> bool {
         addr_be: addr,
         port_be: [0; 2],
         proto: 0,
-        _pad: 0,
+        scope: SCOPE_ALL,
     })
     .is_some()
 }
@@ -74,6 +104,40 @@ pub fn select_by(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
         slot: 0,
     })
     .ok_or(DropReason::NoBackend)
+}
+
+/// The backend of frontend `svc` in its Maglev table at `hash`; while the
+/// table is missing or mid-update, a random slot.
+#[inline(always)]
+pub fn select_maglev(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
+    if let Some(b) = maglev_backend(svc.id, hash) {
+        return Ok(b);
+    }
+    stats::event(Event::MaglevMiss);
+    select(svc)
+}
+
+#[inline(always)]
+fn maglev_backend(service_id: u32, hash: u32) -> Option<Backend> {
+    let first = maps::maglev_chunk(service_id, 0)?;
+    let size = unsafe { (*first).size };
+    let index = hash.checked_rem(size)?;
+    let chunk = index / MAGLEV_CHUNK;
+    // The volatile read hides the known range from LLVM, so the bounds
+    // check of `get` stays in the code for the verifier to see.
+    let at = index % MAGLEV_CHUNK;
+    let at = unsafe { core::ptr::read_volatile(&raw const at) };
+    let entries = if chunk == 0 {
+        first
+    } else {
+        maps::maglev_chunk(service_id, chunk)?
+    };
+    // A chunk of another size is from a table being rewritten.
+    if unsafe { (*entries).size } != size {
+        return None;
+    }
+    let id = unsafe { (*entries).ids.get(at as usize).copied() }?;
+    maps::backend(id)
 }
 
 /// The backend of a new flow from `client`: with `ClientIP` affinity, the

@@ -1,14 +1,18 @@
 //! Sluice's kernel programs.
 //!
 //! `tc_ingress` runs on the host side of pod-facing interfaces. It DNATs
-//! client packets sent to a Service frontend to a backend, reverse-NATs the
-//! backends' replies, rejects what kube-proxy rejects, and passes everything
-//! else untouched. The `sock_*` programs are socket LB on a cgroup (see
+//! client packets sent to a Service frontend (a NodePort too, on the node's
+//! addresses) to a backend, reverse-NATs the backends' replies, rejects what
+//! kube-proxy rejects, and passes everything else untouched. `xdp_ingress`
+//! runs on external interfaces, for traffic from outside the cluster (see
+//! `edge.rs`), or `tc_north_south` where XDP cannot. The `sock_*` programs are socket LB on a cgroup (see
 //! `sock.rs`).
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod edge;
+mod fib;
 mod lb;
 mod maps;
 mod nat;
@@ -16,11 +20,12 @@ mod parse;
 mod reject;
 mod sock;
 mod stats;
+mod xdp;
 
 use aya_ebpf::{
     Global,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use sluice_abi::{
     config::{CFG_SERVICE_CIDR, DataplaneConfig},
@@ -45,6 +50,8 @@ static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig {
     service_mask_be: [0; 4],
     flags: 0,
     local_ip_be: [0; 4],
+    nodeport_min: 0,
+    nodeport_max: 0,
 });
 
 #[classifier]
@@ -54,6 +61,56 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
         Err(reason) => {
             stats::dropped(reason);
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// On external interfaces, behind `xdp_ingress`: a packet XDP translated
+/// but passed to the stack (its next hop had no neighbour entry yet) has
+/// one of the node's addresses as source; it is sent on from here.
+#[classifier]
+pub fn tc_external(ctx: TcContext) -> i32 {
+    match try_tc_external(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::dropped(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Parsed::Packet(p) = parse::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if !maps::is_node_addr(p.saddr) {
+        return Ok(TC_ACT_OK);
+    }
+    Ok(fib::redirect(ctx, &p, p.saddr, p.daddr).unwrap_or(TC_ACT_OK))
+}
+
+/// North-south at an external interface's ingress, in TC rather than XDP
+/// (`--xdp-mode tc`). It sends translated packets on itself, so
+/// `tc_external` is not attached beside it.
+#[classifier]
+pub fn tc_north_south(ctx: TcContext) -> i32 {
+    match edge::run(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::dropped(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    match edge::run(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => {
+            stats::dropped(reason);
+            xdp::XDP_DROP
         }
     }
 }
@@ -99,13 +156,22 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     if config.is_local_ip(p.daddr) {
         return Ok(pass());
     }
-    if let Some((key, svc)) = lb::frontend(&p) {
+    // Every frontend uses all endpoints from a pod, a NodePort too:
+    // kube-proxy short-circuits traffic from inside the cluster.
+    if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto) {
         return to_service(ctx, &p, &key, &svc);
     }
     if let Some(reply) = conntrack::lookup_reply(&p) {
         nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
         stats::traffic(reply.service_id, reply.backend_id, p.len, false);
         stats::event(Event::Reply);
+        // A NodePort's reply comes from a node address: sent on from here
+        // (the stack would take it for a martian).
+        if maps::is_node_addr(reply.nat_addr_be)
+            && let Some(action) = fib::redirect(ctx, &p, reply.nat_addr_be, p.daddr)
+        {
+            return Ok(action);
+        }
         return Ok(TC_ACT_OK);
     }
     // kube-proxy nftables mode: with a service CIDR known, traffic to an
@@ -147,7 +213,7 @@ fn to_service(
         let client = u64::from(u32::from_be_bytes(p.saddr));
         let choice = Binding::from(lb::with_affinity(svc, client, now, lb::select)?);
         let stale = matches!(tracked, conntrack::Tracked::Stale);
-        let to = conntrack::create(p, &choice, svc.id, now, stale)?;
+        let to = conntrack::create(p, &choice, svc.id, now, stale, None)?;
         stats::event(Event::NewFlow);
         (to, true)
     };

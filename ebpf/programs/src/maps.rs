@@ -14,10 +14,13 @@ use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     conntrack::{CtKey, CtValue},
     maps::{
-        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SOURCE_RANGES,
-        SOCK_REV_SIZE,
+        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_EXT_IFS, MAX_MAGLEV_CHUNKS,
+        MAX_NODE_ADDRS, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE,
     },
-    service::{Backend, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey},
+    service::{
+        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, ServiceKey, ServiceName, ServiceValue,
+        SlotKey, SourceRangeKey,
+    },
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
 };
@@ -35,9 +38,9 @@ static SLUICE_SLOT: HashMap<SlotKey, Backend> = HashMap::pinned(MAX_BACKENDS, BP
 #[map]
 static SLUICE_BACKEND: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
-/// Connection tracking, both directions of every NATed flow.
+/// Connection tracking, both directions of every NATed flow (V2: SNAT).
 #[map]
-static SLUICE_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+static SLUICE_CT_V2: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
 
 /// Traffic per frontend id; an entry is created by the first packet.
 #[map]
@@ -79,6 +82,19 @@ static SLUICE_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 static SLUICE_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
+/// The node's own addresses: NodePorts answer on each.
+#[map]
+static SLUICE_NODE_IP: HashMap<NodeAddr, u32> = HashMap::pinned(MAX_NODE_ADDRS, BPF_F_NO_PREALLOC);
+
+/// External interfaces (XDP) by ifindex, with the address to SNAT to.
+#[map]
+static SLUICE_EXT_IF: HashMap<u32, ExtIf> = HashMap::pinned(MAX_EXT_IFS, BPF_F_NO_PREALLOC);
+
+/// Maglev tables of the frontends XDP serves, in 4 KiB chunks.
+#[map]
+static SLUICE_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::pinned(MAX_MAGLEV_CHUNKS, BPF_F_NO_PREALLOC);
+
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
 pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
@@ -103,7 +119,7 @@ pub fn backend(id: u32) -> Option<Backend> {
 
 #[inline(always)]
 pub fn conntrack(key: &CtKey) -> Option<*mut CtValue> {
-    SLUICE_CT.get_ptr_mut(key)
+    SLUICE_CT_V2.get_ptr_mut(key)
 }
 
 /// `BPF_ANY` / `BPF_NOEXIST` map update flags.
@@ -114,13 +130,13 @@ pub const EEXIST: i32 = -17;
 
 #[inline(always)]
 pub fn conntrack_insert(key: &CtKey, value: &CtValue, flags: u64) -> Result<(), i32> {
-    SLUICE_CT.insert(key, value, flags)
+    SLUICE_CT_V2.insert(key, value, flags)
 }
 
 #[inline(always)]
 pub fn conntrack_remove(key: &CtKey) {
     // A missing entry is fine: it may have been evicted.
-    let _ = SLUICE_CT.remove(key);
+    let _ = SLUICE_CT_V2.remove(key);
 }
 
 /// The counters of a frontend, created (zero on every CPU) by its first
@@ -199,4 +215,24 @@ pub fn source_allowed(service_id: u32, saddr: [u8; 4]) -> bool {
         },
     );
     SLUICE_SRC_RANGE.get(&key).is_some()
+}
+
+/// Whether `addr` is one of the node's own addresses.
+#[inline(always)]
+pub fn is_node_addr(addr_be: [u8; 4]) -> bool {
+    SLUICE_NODE_IP.get_ptr(NodeAddr { addr_be }).is_some()
+}
+
+/// The external interface `ifindex`, if the XDP program serves it.
+#[inline(always)]
+pub fn ext_if(ifindex: u32) -> Option<ExtIf> {
+    SLUICE_EXT_IF
+        .get_ptr(ifindex)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// Chunk `chunk` of frontend `service_id`'s Maglev table.
+#[inline(always)]
+pub fn maglev_chunk(service_id: u32, chunk: u32) -> Option<*const MaglevChunk> {
+    SLUICE_MAGLEV.get_ptr(MaglevKey { service_id, chunk })
 }

@@ -1,6 +1,7 @@
-//! Bounds-checked header access and the parse of one IPv4 TCP/UDP packet.
+//! Bounds-checked header access and the parse of one IPv4 TCP/UDP packet,
+//! for TC (`TcContext`) and XDP (`XdpContext`) alike.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -35,6 +36,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Length of the whole frame, for byte counters.
     pub len: u32,
+    /// The IPv4 total length (host order), for route MTU checks.
+    pub tot_len: u16,
 }
 
 impl Packet {
@@ -69,9 +72,68 @@ pub enum Parsed {
     Packet(Packet),
 }
 
+/// The packet memory of a program's context.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Bytes in the whole packet.
+    fn len(&self) -> u32;
+    /// Makes the first `len` bytes linear, if they are not; `false` when
+    /// that failed or is not possible (XDP frames are linear already).
+    fn pull(&self, len: u32) -> bool;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        Self::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        Self::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        Self::len(self)
+    }
+
+    #[inline(always)]
+    fn pull(&self, len: u32) -> bool {
+        self.pull_data(len).is_ok()
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        Self::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        Self::data_end(self)
+    }
+
+    #[inline(always)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an XDP frame is at most a few pages"
+    )]
+    fn len(&self) -> u32 {
+        (Self::data_end(self) - Self::data(self)) as u32
+    }
+
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> bool {
+        false
+    }
+}
+
 /// Returns a pointer to a `T` at `off`, if the linear data holds it.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -80,10 +142,16 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     Some((start + off) as *const T)
 }
 
+/// Like `ptr_at`, for writing.
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, off).map(<*const T>::cast_mut)
+}
+
 /// Like `ptr_at`, but pulls non-linear data in first when the packet is long
 /// enough: headers of forwarded packets are not always in the linear area.
 #[inline(always)]
-fn header<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+fn header<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
     if let Some(p) = ptr_at::<T>(ctx, off) {
         return Some(p);
     }
@@ -91,13 +159,15 @@ fn header<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     if (ctx.len() as usize) < want {
         return None;
     }
-    ctx.pull_data(want as u32).ok()?;
+    if !ctx.pull(want as u32) {
+        return None;
+    }
     ptr_at::<T>(ctx, off)
 }
 
 /// Parses Ethernet, IPv4 and the TCP/UDP ports.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
+pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Ok(Parsed::NotOurs);
     };
@@ -106,13 +176,14 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         return Ok(Parsed::NotOurs);
     }
     let ip = header::<Ipv4Hdr>(ctx, IP_OFF).ok_or(DropReason::MalformedIp)?;
-    let (vihl, l4proto, frags, saddr, daddr) = unsafe {
+    let (vihl, l4proto, frags, saddr, daddr, tot_len) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
             (*ip).frags,
             (*ip).src_addr,
             (*ip).dst_addr,
+            (*ip).tot_len,
         )
     };
     if vihl >> 4 != 4 {
@@ -150,5 +221,6 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         proto: l4proto,
         tcp_flags,
         len,
+        tot_len: u16::from_be_bytes(tot_len),
     }))
 }

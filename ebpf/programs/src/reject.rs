@@ -25,18 +25,19 @@ use crate::{
 };
 
 /// Original IPv4 header (with options) plus 8 bytes of L4, as RFC 792 asks.
-const INNER_MAX: usize = 60 + 8;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
+pub const INNER_MAX: usize = 60 + 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_PORT_UNREACH: u8 = 3;
 
-/// An ICMP error message: header, then the start of the offending packet.
+/// An ICMP error message: header, then the start of the offending packet
+/// (zero-padded: zeros add nothing to the checksum).
 #[repr(C)]
-struct IcmpError {
-    kind: u8,
-    code: u8,
-    check: [u8; 2],
-    unused: [u8; 4],
-    inner: [u8; INNER_MAX],
+pub struct IcmpError {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub unused: [u8; 4],
+    pub inner: [u8; INNER_MAX],
 }
 
 /// Counts `reason`, then answers with ICMP port-unreachable.
@@ -56,18 +57,7 @@ pub fn reject(ctx: &TcContext, p: &Packet, reason: DropReason) -> Result<i32, Dr
 #[inline(always)]
 fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
     let eth: EthHdr = ctx.load(0).ok()?;
-    // A multiple of 4 in 28..=68: the checksum helper wants whole words.
-    // The volatile read hides the known range from LLVM, so the mask stays
-    // in the code and the verifier sees the bound it needs.
-    let ihl = unsafe { core::ptr::read_volatile(&raw const p.ihl_bytes) };
-    let inner_len = (ihl & 0x3c) + 8;
-    let mut msg = IcmpError {
-        kind: ICMP_DEST_UNREACH,
-        code: ICMP_PORT_UNREACH,
-        check: [0; 2],
-        unused: [0; 4],
-        inner: [0; INNER_MAX],
-    };
+    let (mut msg, inner_len) = message(p);
     let skb = ctx.skb.skb;
     let inner = core::ptr::from_mut(&mut msg.inner).cast();
     if unsafe { bpf_skb_load_bytes(skb.cast(), IP_OFF as u32, inner, inner_len as u32) } != 0 {
@@ -76,21 +66,8 @@ fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
     let msg_len = 8 + inner_len;
     msg.check = checksum(core::ptr::from_mut(&mut msg).cast(), msg_len).to_ne_bytes();
 
-    let tot_len = (Ipv4Hdr::LEN + msg_len) as u16;
-    let mut ip = Ipv4Hdr {
-        vihl: 0x45,
-        // Linux sends ICMP errors with precedence "internetwork control".
-        tos: 0xc0,
-        tot_len: tot_len.to_be_bytes(),
-        id: [0; 2],
-        frags: [0; 2],
-        ttl: 64,
-        proto: proto::ICMP,
-        check: [0; 2],
-        // From the address the client tried to reach, to the client.
-        src_addr: p.daddr,
-        dst_addr: p.saddr,
-    };
+    let mut ip = ip_header(p, msg_len);
+    let tot_len = u16::from_be_bytes(ip.tot_len);
     ip.check = checksum(core::ptr::from_mut(&mut ip).cast(), Ipv4Hdr::LEN).to_ne_bytes();
     let reply_eth = EthHdr {
         dst_addr: eth.src_addr,
@@ -110,6 +87,45 @@ fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
         return None;
     }
     Some(())
+}
+
+/// An empty port-unreachable message for `p`, and how many bytes of `p`
+/// from its IPv4 header on go into it: a multiple of 4 in 28..=68 (the
+/// checksum helpers want whole words).
+#[inline(always)]
+pub fn message(p: &Packet) -> (IcmpError, usize) {
+    // The volatile read hides the known range from LLVM, so the mask stays
+    // in the code and the verifier sees the bound it needs.
+    let ihl = unsafe { core::ptr::read_volatile(&raw const p.ihl_bytes) };
+    let msg = IcmpError {
+        kind: ICMP_DEST_UNREACH,
+        code: ICMP_PORT_UNREACH,
+        check: [0; 2],
+        unused: [0; 4],
+        inner: [0; INNER_MAX],
+    };
+    (msg, (ihl & 0x3c) + 8)
+}
+
+/// The IPv4 header of the error for `p`, around `msg_len` bytes of ICMP,
+/// its checksum not yet computed.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "at most 96 bytes")]
+pub fn ip_header(p: &Packet, msg_len: usize) -> Ipv4Hdr {
+    Ipv4Hdr {
+        vihl: 0x45,
+        // Linux sends ICMP errors with precedence "internetwork control".
+        tos: 0xc0,
+        tot_len: ((Ipv4Hdr::LEN + msg_len) as u16).to_be_bytes(),
+        id: [0; 2],
+        frags: [0; 2],
+        ttl: 64,
+        proto: proto::ICMP,
+        check: [0; 2],
+        // From the address the client tried to reach, to the client.
+        src_addr: p.daddr,
+        dst_addr: p.saddr,
+    }
 }
 
 /// The Internet checksum of `len` bytes (a multiple of 4) at `data`.

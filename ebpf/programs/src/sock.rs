@@ -73,7 +73,7 @@ pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
     if protocol != proto::TCP && protocol != proto::UDP {
         return ALLOW;
     }
-    let Some((_, svc)) = lb::frontend_of(daddr, dport, protocol) else {
+    let Some((_, svc)) = lb::frontend_or_node_port(daddr, dport, protocol) else {
         // kube-proxy rejects a ClusterIP's unknown ports: refuse at once
         // rather than send towards a default route.
         if lb::is_cluster_ip(daddr) {

@@ -24,7 +24,7 @@ use sluice_abi::{
 };
 use sluice_agent::{
     EBPF_OBJ,
-    dataplane::maps::{Maps, sum_counter, sum_stats},
+    dataplane::maps::{Maps, sum_stats},
     model::{Desired, DesiredFrontend},
     reconcile::{Current, reconcile},
 };
@@ -98,8 +98,7 @@ impl Harness {
                 DesiredFrontend {
                     name: format!("test/{}", key.addr()),
                     backends: backends.iter().copied().collect(),
-                    affinity_secs: 0,
-                    source_ranges: Vec::new(),
+                    ..DesiredFrontend::default()
                 },
             );
         }
@@ -123,11 +122,11 @@ impl Harness {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        sum_counter(&self.maps.drops.get(&(reason as u32), 0).unwrap())
+        self.maps.drop_count(reason)
     }
 
     fn events(&self, event: Event) -> u64 {
-        sum_counter(&self.maps.events.get(&(event as u32), 0).unwrap())
+        self.maps.event_count(event)
     }
 
     fn service_stats(&self, key: ServiceKey) -> TrafficStats {

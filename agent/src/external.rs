@@ -1,0 +1,186 @@
+//! The node's own addresses and its external (node-facing) interfaces,
+//! followed from rtnetlink: NodePorts answer on every node address, and
+//! the XDP program serves the external interfaces (`--external-interfaces`,
+//! by default those holding a node address, but loopback and the
+//! pod-facing `--interfaces`). A flow to a backend on another node leaving
+//! through one is SNATed to its first address.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::Ipv4Addr,
+};
+
+use crate::interfaces::InterfaceMatcher;
+
+/// Interfaces and their IPv4 addresses, as rtnetlink reported them.
+#[derive(Debug, Default)]
+pub struct NodeInterfaces {
+    names: BTreeMap<u32, String>,
+    /// Per interface, in the order they came (the primary address first).
+    addrs: BTreeMap<u32, Vec<Ipv4Addr>>,
+}
+
+impl NodeInterfaces {
+    pub fn link(&mut self, index: u32, name: &str) {
+        name.clone_into(self.names.entry(index).or_default());
+    }
+
+    pub fn link_gone(&mut self, index: u32) {
+        self.names.remove(&index);
+        self.addrs.remove(&index);
+    }
+
+    pub fn add(&mut self, index: u32, addr: Ipv4Addr) {
+        let list = self.addrs.entry(index).or_default();
+        if !list.contains(&addr) {
+            list.push(addr);
+        }
+    }
+
+    pub fn remove(&mut self, index: u32, addr: Ipv4Addr) {
+        if let Some(list) = self.addrs.get_mut(&index) {
+            list.retain(|a| *a != addr);
+        }
+    }
+
+    /// Every address of the node but loopback's 127/8.
+    pub fn node_addrs(&self) -> BTreeSet<Ipv4Addr> {
+        self.addrs
+            .values()
+            .flatten()
+            .copied()
+            .filter(|a| !a.is_loopback())
+            .collect()
+    }
+
+    /// The external interfaces: ifindex → (name, SNAT address). An
+    /// interface named by `--external-interfaces` without an address of its
+    /// own SNATs to the first node address; with none at all it is left out.
+    pub fn external(
+        &self,
+        explicit: Option<&InterfaceMatcher>,
+        pod_facing: &InterfaceMatcher,
+    ) -> BTreeMap<u32, (String, Ipv4Addr)> {
+        let fallback = self.node_addrs().into_iter().next();
+        self.names
+            .iter()
+            .filter_map(|(index, name)| {
+                let own = self
+                    .addrs
+                    .get(index)
+                    .and_then(|l| l.iter().find(|a| !a.is_loopback()).copied());
+                let chosen = match explicit {
+                    Some(m) => m.matches(name),
+                    None => name != "lo" && !pod_facing.matches(name) && own.is_some(),
+                };
+                let snat = own.or(fallback)?;
+                chosen.then(|| (*index, (name.clone(), snat)))
+            })
+            .collect()
+    }
+}
+
+/// Where the node's reserved local ports are (per network namespace).
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Keeps the node's own sockets from picking ephemeral ports in the
+/// NodePort range (as Cilium does), so that no reply to them looks like
+/// NodePort traffic: adds the range to `ip_local_reserved_ports`, keeping
+/// what is there.
+pub fn reserve_node_ports((min, max): (u16, u16)) -> io::Result<()> {
+    let current = fs::read_to_string(RESERVED_PORTS)?;
+    let Some(new) = with_range(current.trim(), min, max) else {
+        return Ok(());
+    };
+    fs::write(RESERVED_PORTS, new)?;
+    tracing::info!(range = %format!("{min}-{max}"), "reserved the NodePort range among local ports");
+    Ok(())
+}
+
+/// The reserved-ports list with `min-max` added; `None` when it is in
+/// already.
+fn with_range(current: &str, min: u16, max: u16) -> Option<String> {
+    let range = format!("{min}-{max}");
+    let present = current
+        .split(',')
+        .map(str::trim)
+        .any(|r| r == range || (min == max && r == min.to_string()));
+    if present {
+        return None;
+    }
+    Some(if current.is_empty() {
+        range
+    } else {
+        format!("{current},{range}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeInterfaces {
+        let mut n = NodeInterfaces::default();
+        for (i, name) in [(1, "lo"), (2, "eth0"), (3, "veth0"), (4, "eth1")] {
+            n.link(i, name);
+        }
+        n.add(1, Ipv4Addr::new(10, 244, 0, 1));
+        n.add(1, Ipv4Addr::LOCALHOST);
+        n.add(2, Ipv4Addr::new(192, 168, 1, 10));
+        n.add(2, Ipv4Addr::new(192, 168, 1, 11));
+        n.add(3, Ipv4Addr::new(169, 254, 1, 1));
+        n
+    }
+
+    #[test]
+    fn by_default_interfaces_with_addresses_but_loopback_and_pods_are_external() {
+        let n = node();
+        let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
+        let ext = n.external(None, &pods);
+        assert_eq!(
+            ext,
+            BTreeMap::from([(2, ("eth0".to_owned(), Ipv4Addr::new(192, 168, 1, 10)))]),
+            "the primary address is the SNAT address"
+        );
+        assert_eq!(n.node_addrs().len(), 4, "{:?}", n.node_addrs());
+        assert!(!n.node_addrs().contains(&Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn named_interfaces_are_external_and_follow_address_changes() {
+        let mut n = node();
+        let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
+        let named = InterfaceMatcher::new(&["eth*".into()]).unwrap();
+        let ext = n.external(Some(&named), &pods);
+        assert_eq!(ext.len(), 2);
+        assert_eq!(
+            ext[&4].1,
+            Ipv4Addr::new(10, 244, 0, 1),
+            "no address: the first node address"
+        );
+        n.add(4, Ipv4Addr::new(172, 16, 0, 5));
+        assert_eq!(
+            n.external(Some(&named), &pods)[&4].1,
+            Ipv4Addr::new(172, 16, 0, 5)
+        );
+        n.remove(2, Ipv4Addr::new(192, 168, 1, 10));
+        assert_eq!(
+            n.external(None, &pods)[&2].1,
+            Ipv4Addr::new(192, 168, 1, 11)
+        );
+        n.link_gone(2);
+        assert!(!n.external(None, &pods).contains_key(&2));
+        assert!(!n.node_addrs().contains(&Ipv4Addr::new(192, 168, 1, 11)));
+    }
+
+    #[test]
+    fn the_node_port_range_is_added_to_reserved_ports_once() {
+        assert_eq!(with_range("", 30000, 32767).as_deref(), Some("30000-32767"));
+        assert_eq!(
+            with_range("8080", 30000, 32767).as_deref(),
+            Some("8080,30000-32767")
+        );
+        assert_eq!(with_range("8080,30000-32767", 30000, 32767), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! What one Service asks of the dataplane: its frontends and their
+//! backends, with kube-proxy's semantics. ClusterIPs serve pods and the
+//! node; external IPs, load balancer addresses and NodePorts serve traffic
+//! from outside too (XDP), and under `externalTrafficPolicy: Local` get a
+//! second, local scope with this node's endpoints only.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use sluice_abi::service::ServiceKey;
+
+use super::{DesiredFrontend, External, ServiceInfo, ServiceKind, ServicePortInfo, SliceInfo};
+
+/// What one Service asks of the dataplane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceDesired {
+    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
+    pub cluster_ips: BTreeSet<Ipv4Addr>,
+}
+
+/// The frontends of one Service given its slices, with kube-proxy's
+/// semantics: none for headless and ExternalName Services and those of
+/// another proxy; IPv4 addresses only. `node` is this node's name, for the
+/// `Local` traffic policies (without it no endpoint is local).
+pub fn service_desired(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    node: Option<&str>,
+) -> ServiceDesired {
+    let mut desired = ServiceDesired::default();
+    let ServiceKind::ClusterIp { ips } = &svc.kind else {
+        return desired;
+    };
+    if svc.other_proxy {
+        return desired;
+    }
+    let v4 = |ips: &[IpAddr]| -> Vec<Ipv4Addr> {
+        ips.iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    };
+    let cluster_ips = v4(ips);
+    desired.cluster_ips.extend(cluster_ips.iter().copied());
+    let here = node.unwrap_or_default();
+    for port in &svc.ports {
+        let Some(ip_proto) = port.protocol.ip_proto() else {
+            continue;
+        };
+        let name = if port.name.is_empty() {
+            svc.key.to_string()
+        } else {
+            format!("{}:{}", svc.key, port.name)
+        };
+        let all = backends_for(port, slices, None);
+        let front =
+            |backends: &BTreeSet<(Ipv4Addr, u16)>, external, source_ranges| DesiredFrontend {
+                name: name.clone(),
+                backends: backends.clone(),
+                affinity_secs: svc.affinity_secs,
+                source_ranges,
+                external,
+            };
+        // internalTrafficPolicy is for ClusterIPs; traffic from pods to an
+        // external address or a NodePort uses every endpoint (kube-proxy
+        // short-circuits it inside the cluster).
+        let cluster = if svc.internal_local {
+            backends_for(port, slices, Some(here))
+        } else {
+            all.clone()
+        };
+        for ip in &cluster_ips {
+            desired.frontends.insert(
+                ServiceKey::new(*ip, port.port, ip_proto),
+                front(&cluster, External::No, Vec::new()),
+            );
+        }
+        // loadBalancerSourceRanges guard the load balancer addresses only.
+        let mut external: Vec<(ServiceKey, Vec<(Ipv4Addr, u8)>)> = v4(&svc.external_ips)
+            .into_iter()
+            .map(|ip| (ServiceKey::new(ip, port.port, ip_proto), Vec::new()))
+            .collect();
+        external.extend(v4(&svc.lb_ips).into_iter().map(|ip| {
+            (
+                ServiceKey::new(ip, port.port, ip_proto),
+                svc.source_ranges.clone(),
+            )
+        }));
+        if let Some(node_port) = port.node_port {
+            external.push((ServiceKey::node_port(node_port, ip_proto), Vec::new()));
+        }
+        let local = svc
+            .external_local
+            .then(|| backends_for(port, slices, Some(here)));
+        for (key, ranges) in external {
+            match &local {
+                None => {
+                    desired
+                        .frontends
+                        .insert(key, front(&all, External::Serve, ranges));
+                }
+                Some(local) => {
+                    desired
+                        .frontends
+                        .insert(key, front(&all, External::ViaLocalScope, ranges.clone()));
+                    desired
+                        .frontends
+                        .insert(key.local_scope(), front(local, External::Serve, ranges));
+                }
+            }
+        }
+    }
+    desired
+}
+
+/// The IPv4 backends of one Service port across its slices.
+///
+/// kube-proxy: the endpoint port is the slice port with the same name and
+/// protocol (the targetPort was resolved into it when the slice was made);
+/// only the first address of an endpoint is used; ready endpoints are used,
+/// and only when none is ready, the serving and terminating ones
+/// (KEP-1669, ProxyTerminatingEndpoints). With `local` (a node name), only
+/// the endpoints on that node count, as for the `Local` traffic policies:
+/// with none there, the Service has no backend on this node.
+fn backends_for(
+    port: &ServicePortInfo,
+    slices: &[&SliceInfo],
+    local: Option<&str>,
+) -> BTreeSet<(Ipv4Addr, u16)> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices {
+        let Some(slice_port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
+                continue;
+            };
+            if local.is_some_and(|node| node.is_empty() || ep.node_name.as_deref() != Some(node)) {
+                continue;
+            }
+            if ep.ready {
+                ready.insert((addr, slice_port.port));
+            } else if ep.serving && ep.terminating {
+                terminating.insert((addr, slice_port.port));
+            }
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_abi::{proto, service::SCOPE_LOCAL};
+
+    use super::*;
+    use crate::model::{EndpointInfo, ObjectKey, Protocol, SlicePortInfo};
+
+    fn web(external_local: bool) -> ServiceInfo {
+        ServiceInfo {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            kind: ServiceKind::ClusterIp {
+                ips: vec!["10.96.0.10".parse().unwrap()],
+            },
+            ports: vec![ServicePortInfo {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                node_port: Some(30080),
+            }],
+            other_proxy: false,
+            publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
+            external_local,
+            health_check_node_port: None,
+            external_ips: vec!["192.0.2.50".parse().unwrap()],
+            lb_ips: vec!["198.51.100.7".parse().unwrap()],
+            source_ranges: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+        }
+    }
+
+    fn slice() -> SliceInfo {
+        let ep = |ip: &str, node: &str| EndpointInfo {
+            addresses: vec![ip.parse().unwrap()],
+            ready: true,
+            serving: true,
+            terminating: false,
+            hostname: None,
+            node_name: Some(node.into()),
+        };
+        SliceInfo {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: "web-1".into(),
+            },
+            service: Some("web".into()),
+            ports: vec![SlicePortInfo {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints: vec![ep("10.244.1.10", "a"), ep("10.244.2.10", "b")],
+        }
+    }
+
+    #[test]
+    fn node_ports_and_external_addresses_are_served_from_outside_with_every_endpoint() {
+        let s = slice();
+        let d = service_desired(&web(false), &[&s], Some("a"));
+        let np = ServiceKey::node_port(30080, proto::TCP);
+        let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP);
+        let ext = ServiceKey::new("192.0.2.50".parse().unwrap(), 80, proto::TCP);
+        let cluster = ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP);
+        assert_eq!(d.frontends.len(), 4, "{:?}", d.frontends.keys());
+        for key in [np, lb, ext] {
+            assert_eq!(d.frontends[&key].external, External::Serve, "{key:?}");
+            assert_eq!(d.frontends[&key].backends.len(), 2);
+        }
+        assert_eq!(d.frontends[&cluster].external, External::No);
+        assert_eq!(
+            d.frontends[&lb].source_ranges.len(),
+            1,
+            "ranges on the load balancer address"
+        );
+        assert!(
+            d.frontends[&np].source_ranges.is_empty() && d.frontends[&ext].source_ranges.is_empty()
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_adds_a_local_scope_with_this_nodes_endpoints() {
+        let s = slice();
+        let d = service_desired(&web(true), &[&s], Some("a"));
+        let np = ServiceKey::node_port(30080, proto::TCP);
+        assert_eq!(d.frontends[&np].external, External::ViaLocalScope);
+        assert_eq!(
+            d.frontends[&np].backends.len(),
+            2,
+            "pods still reach every endpoint"
+        );
+        let local = &d.frontends[&np.local_scope()];
+        assert_eq!(np.local_scope().scope, SCOPE_LOCAL);
+        assert_eq!(local.external, External::Serve);
+        assert_eq!(
+            local.backends.iter().copied().collect::<Vec<_>>(),
+            [(Ipv4Addr::new(10, 244, 1, 10), 8080)]
+        );
+        let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP).local_scope();
+        assert_eq!(d.frontends[&lb].source_ranges.len(), 1);
+        // Without a node name nothing is local.
+        let d = service_desired(&web(true), &[&s], None);
+        assert!(d.frontends[&np.local_scope()].backends.is_empty());
+        assert_eq!(
+            d.frontends.len(),
+            7,
+            "three external frontends in two scopes and the ClusterIP"
+        );
+    }
+}

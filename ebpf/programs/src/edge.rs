@@ -1,0 +1,172 @@
+//! North-south: traffic from outside the cluster, at the node's external
+//! (node-facing) interfaces, to a NodePort on one of the node's addresses,
+//! an external IP or a load balancer address. The same logic runs in XDP
+//! (`xdp_ingress`, before the stack sees the packet) and, where XDP cannot
+//! be used, in TC at the interface's ingress (`tc_north_south`); the two
+//! differ only in how a packet is rewritten and sent on (`Edge`).
+//!
+//! A new flow picks its backend through the frontend's Maglev table, so
+//! that every node picks the same one. A backend on this node gets the
+//! packet DNATed and passed to the stack, which routes it to the pod; its
+//! replies are reverse-NATed by the TC program on the pod's interface, from
+//! the same conntrack. A backend on another node (the route to it leaves
+//! through an external interface) gets the packet DNATed and SNATed to this
+//! node's address, and sent straight back out, as kube-proxy's
+//! `externalTrafficPolicy: Cluster` does; its replies come back here and
+//! are translated back to the client. `externalTrafficPolicy: Local` uses
+//! this node's endpoints only and keeps the client's address.
+//!
+//! What is not Service traffic passes untouched: ARP, IPv6, ICMP,
+//! fragments, ClusterIPs, and the node's own ports.
+
+pub mod tc;
+
+use aya_ebpf::EbpfContext;
+use sluice_abi::{
+    config::DataplaneConfig,
+    conntrack::{CT_F_SNAT, CtValue},
+    maglev,
+    service::{
+        SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV, SVC_FLAG_SOURCE_RANGES, ServiceKey,
+        ServiceValue,
+    },
+    stats::{DropReason, Event},
+};
+
+use crate::{
+    conntrack::{self, Binding, Tracked},
+    fib, lb, maps,
+    parse::{self, Frame, Packet, Parsed},
+    stats,
+};
+
+/// What differs between XDP and TC at an external interface.
+pub trait Edge: EbpfContext + Frame {
+    type Verdict;
+    /// Into the stack, as it is now.
+    const PASS: Self::Verdict;
+    /// The interface the packet arrived on.
+    fn ingress(&self) -> u32;
+    /// DNAT: the destination becomes `addr:port`.
+    fn dnat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
+    /// SNAT, or the reverse NAT of a reply: the source becomes `addr:port`.
+    fn snat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
+    /// Counts `reason` and answers with ICMP port-unreachable.
+    fn reject(&self, p: &Packet, reason: DropReason) -> Result<Self::Verdict, DropReason>;
+    /// Sends a translated packet towards its next hop, or to the stack when
+    /// the route is not a plain forward.
+    fn forward(&self, route: &fib::Route) -> Self::Verdict;
+}
+
+#[inline(always)]
+pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, DropReason> {
+    let p = match parse::parse(ctx)? {
+        Parsed::Packet(p) => p,
+        // Only the first fragment has ports: what the stack makes of the
+        // rest is not Service traffic here.
+        Parsed::NotOurs | Parsed::Fragment { .. } => return Ok(pass::<E>()),
+    };
+    if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto)
+        && svc.flags & SVC_FLAG_EXTERNAL != 0
+    {
+        return to_service(ctx, &p, &key, &svc, config);
+    }
+    if let Some(reply) = conntrack::lookup_reply(&p) {
+        return from_backend(ctx, &p, &reply);
+    }
+    Ok(pass::<E>())
+}
+
+/// A packet from outside to a frontend.
+#[inline(always)]
+fn to_service<E: Edge>(
+    ctx: &E,
+    p: &Packet,
+    key: &ServiceKey,
+    all: &ServiceValue,
+    config: &DataplaneConfig,
+) -> Result<E::Verdict, DropReason> {
+    // externalTrafficPolicy: Local: this node's endpoints, in the local
+    // scope. kube-proxy drops when there are endpoints but none here, and
+    // rejects when there are none at all.
+    let local_policy = all.flags & SVC_FLAG_EXT_LOCAL != 0;
+    let svc = if local_policy {
+        match lb::local_scope(key) {
+            Some(local) if local.count > 0 => local,
+            _ if all.count == 0 => return ctx.reject(p, DropReason::NoEndpoints),
+            _ => return Err(DropReason::NoLocalEndpoints),
+        }
+    } else {
+        *all
+    };
+    let now = conntrack::now();
+    let tracked = conntrack::lookup_original(p, now);
+    let (to, new_flow, route) = if let Tracked::Keep(bound) = tracked {
+        stats::event(Event::Established);
+        (bound, false, None)
+    } else {
+        if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
+            // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
+            return Err(DropReason::SourceRange);
+        }
+        if svc.count == 0 {
+            // kube-proxy: a Service with no endpoints REJECTs.
+            return ctx.reject(p, DropReason::NoEndpoints);
+        }
+        let hash = maglev::flow_hash(p.saddr, p.sport, p.dport, p.proto);
+        let client = u64::from(u32::from_be_bytes(p.saddr));
+        let chosen = lb::with_affinity(&svc, client, now, |svc| {
+            if svc.flags & SVC_FLAG_MAGLEV != 0 {
+                lb::select_maglev(svc, hash)
+            } else {
+                lb::select(svc)
+            }
+        })?;
+        let route = fib::lookup(ctx, ctx.ingress(), p, p.saddr, chosen.addr_be);
+        // A backend behind an external interface is on another node: SNAT,
+        // so that its replies come back through here. Never under the
+        // Local policy, which keeps the client's address.
+        let snat = match route.external() {
+            Some(ext) if !local_policy => Some((ext.addr_be, config)),
+            _ => None,
+        };
+        let stale = matches!(tracked, Tracked::Stale);
+        let to = conntrack::create(p, &Binding::from(chosen), svc.id, now, stale, snat)?;
+        stats::event(Event::NewFlow);
+        (to, true, Some(route))
+    };
+    stats::traffic(svc.id, to.backend_id, p.len, new_flow);
+    ctx.dnat(p, to.addr, to.port)?;
+    let Some(snat) = to.snat else {
+        // A backend here: the stack routes the packet to it.
+        return Ok(E::PASS);
+    };
+    ctx.snat(p, snat.addr, snat.port)?;
+    let route = match route {
+        Some(r) => r,
+        None => fib::lookup(ctx, ctx.ingress(), p, snat.addr, to.addr),
+    };
+    Ok(ctx.forward(&route))
+}
+
+/// A packet from a backend, of a flow translated on this node.
+#[inline(always)]
+fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtValue) -> Result<E::Verdict, DropReason> {
+    stats::traffic(reply.service_id, reply.backend_id, p.len, false);
+    stats::event(Event::Reply);
+    ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
+    if reply.flags & CT_F_SNAT == 0 {
+        // To a client on this node (a pod that reached a backend on
+        // another node through TC): the stack delivers it.
+        return Ok(E::PASS);
+    }
+    ctx.dnat(p, reply.snat_addr_be, reply.snat_port_be)?;
+    let route = fib::lookup(ctx, ctx.ingress(), p, reply.nat_addr_be, reply.snat_addr_be);
+    Ok(ctx.forward(&route))
+}
+
+#[inline(always)]
+fn pass<E: Edge>() -> E::Verdict {
+    stats::event(Event::Pass);
+    E::PASS
+}

@@ -1,0 +1,77 @@
+//! North-south in XDP (`xdp_ingress` on external interfaces): the frame
+//! is rewritten in place and sent back out (`XDP_TX`), out of another
+//! interface (`XDP_REDIRECT`), or passed to the stack. The logic is
+//! `edge.rs`'s.
+
+mod reject;
+mod rewrite;
+
+use aya_ebpf::programs::XdpContext;
+use sluice_abi::stats::{DropReason, Event};
+
+use crate::{edge::Edge, fib, parse::Packet, stats};
+
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+impl Edge for XdpContext {
+    type Verdict = u32;
+
+    const PASS: u32 = XDP_PASS;
+
+    #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "ifindexes are u32")]
+    fn ingress(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn dnat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
+        rewrite::dst(self, p, addr, port)
+    }
+
+    #[inline(always)]
+    fn snat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
+        rewrite::src(self, p, addr, port)
+    }
+
+    #[inline(always)]
+    fn reject(&self, p: &Packet, reason: DropReason) -> Result<u32, DropReason> {
+        reject::reject(self, p, reason)
+    }
+
+    #[inline(always)]
+    fn forward(&self, route: &fib::Route) -> u32 {
+        match *route {
+            fib::Route::Forward {
+                ifindex,
+                smac,
+                dmac,
+            } => {
+                if rewrite::macs(self, dmac, smac).is_err() {
+                    return XDP_PASS;
+                }
+                if ifindex == self.ingress() {
+                    stats::event(Event::XdpTx);
+                    return XDP_TX;
+                }
+                let action = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
+                if action == i64::from(XDP_REDIRECT) {
+                    stats::event(Event::XdpRedirect);
+                    return XDP_REDIRECT;
+                }
+                XDP_PASS
+            }
+            fib::Route::NoNeigh { .. } => {
+                // `tc_external` on this interface sends it on (the stack
+                // would take its node-address source for a martian).
+                stats::event(Event::NeighMiss);
+                XDP_PASS
+            }
+            fib::Route::Local => XDP_PASS,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! REJECT in XDP: the packet becomes an ICMP port-unreachable from the
+//! address the client tried, sent back out of the interface it came in on
+//! (kube-proxy REJECTs external traffic to a Service without endpoints).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::XdpContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use sluice_abi::{
+    csum,
+    stats::{DropReason, Event},
+};
+
+use super::XDP_TX;
+use crate::{
+    parse::{IP_OFF, Packet, ptr_at},
+    reject::{self, INNER_MAX},
+    stats,
+};
+
+/// Counts `reason`, then answers with ICMP port-unreachable.
+#[inline(always)]
+pub fn reject(ctx: &XdpContext, p: &Packet, reason: DropReason) -> Result<u32, DropReason> {
+    stats::dropped(reason);
+    build(ctx, p).ok_or(DropReason::RejectFailed)?;
+    stats::event(Event::RejectSent);
+    Ok(XDP_TX)
+}
+
+#[inline(always)]
+fn build(ctx: &XdpContext, p: &Packet) -> Option<()> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let (peer, own) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    let (mut msg, inner_len) = reject::message(p);
+    let xdp = ctx.as_ptr().cast();
+    let inner = core::ptr::from_mut(&mut msg.inner).cast();
+    if unsafe { bpf_xdp_load_bytes(xdp, IP_OFF as u32, inner, inner_len as u32) } != 0 {
+        return None;
+    }
+    let words = unsafe { &*core::ptr::from_ref(&msg).cast::<[u8; 8 + INNER_MAX]>() };
+    msg.check = csum::finish(csum::sum_words(0, words)).to_be_bytes();
+    let msg_len = 8 + inner_len;
+
+    let mut ip = reject::ip_header(p, msg_len);
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let ip_bytes = unsafe { &*core::ptr::from_ref(&ip).cast::<[u8; Ipv4Hdr::LEN]>() };
+    ip.check = csum::ipv4_header(ip_bytes).to_be_bytes();
+    let reply_eth = EthHdr {
+        dst_addr: peer,
+        src_addr: own,
+        ether_type: unsafe { (*eth).ether_type },
+    };
+
+    let frame_len = EthHdr::LEN + usize::from(tot_len);
+    #[expect(clippy::cast_possible_wrap, reason = "frames are far below 2 GiB")]
+    let delta = frame_len as i32 - p.len as i32;
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(xdp, delta) } != 0 {
+        return None;
+    }
+    let store = |at: usize, from: *const u8, len: usize| unsafe {
+        bpf_xdp_store_bytes(xdp, at as u32, from.cast_mut().cast(), len as u32) == 0
+    };
+    let ok = store(0, core::ptr::from_ref(&reply_eth).cast(), EthHdr::LEN)
+        && store(IP_OFF, core::ptr::from_ref(&ip).cast(), Ipv4Hdr::LEN)
+        && store(
+            IP_OFF + Ipv4Hdr::LEN,
+            core::ptr::from_ref(&msg).cast(),
+            msg_len,
+        );
+    ok.then_some(())
+}

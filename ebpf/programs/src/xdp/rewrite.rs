@@ -1,0 +1,65 @@
+//! Address and port rewrites in XDP: direct packet writes with RFC 1624
+//! checksum updates (an XDP frame has no checksum offload state to keep).
+
+use aya_ebpf::programs::XdpContext;
+use network_types::eth::EthHdr;
+use sluice_abi::{csum, stats::DropReason};
+
+use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, ptr_at_mut};
+
+/// DNAT: the destination becomes `addr:port`.
+#[inline(always)]
+pub fn dst(ctx: &XdpContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
+    rewrite(ctx, p, IP_DADDR_OFF, p.l4_off + 2, addr, port)
+}
+
+/// SNAT, or the reverse NAT of a reply: the source becomes `addr:port`.
+#[inline(always)]
+pub fn src(ctx: &XdpContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
+    rewrite(ctx, p, IP_SADDR_OFF, p.l4_off, addr, port)
+}
+
+/// The Ethernet addresses of a forwarded frame.
+#[inline(always)]
+pub fn macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), DropReason> {
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Rewrite)?;
+    unsafe {
+        (*eth).dst_addr = dst;
+        (*eth).src_addr = src;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    p: &Packet,
+    addr_off: usize,
+    port_off: usize,
+    new_addr: [u8; 4],
+    new_port: [u8; 2],
+) -> Result<(), DropReason> {
+    let ip_check = ptr_at_mut::<[u8; 2]>(ctx, IP_CHECK_OFF).ok_or(DropReason::Rewrite)?;
+    let addr = ptr_at_mut::<[u8; 4]>(ctx, addr_off).ok_or(DropReason::Rewrite)?;
+    let port = ptr_at_mut::<[u8; 2]>(ctx, port_off).ok_or(DropReason::Rewrite)?;
+    let l4_check = ptr_at_mut::<[u8; 2]>(ctx, p.l4_check_off()).ok_or(DropReason::Rewrite)?;
+    unsafe {
+        let (old_addr, old_port) = (u32::from_be_bytes(*addr), u16::from_be_bytes(*port));
+        let (na, np) = (u32::from_be_bytes(new_addr), u16::from_be_bytes(new_port));
+        let check = u16::from_be_bytes(*ip_check);
+        *ip_check = csum::replace32(check, old_addr, na).to_be_bytes();
+        let l4 = u16::from_be_bytes(*l4_check);
+        // UDP: a zero checksum means "none" and stays zero; a computed zero
+        // is sent as 0xffff (RFC 768).
+        if p.is_tcp() || l4 != 0 {
+            let mut c = csum::replace16(csum::replace32(l4, old_addr, na), old_port, np);
+            if !p.is_tcp() && c == 0 {
+                c = 0xffff;
+            }
+            *l4_check = c.to_be_bytes();
+        }
+        *addr = new_addr;
+        *port = new_port;
+    }
+    Ok(())
+}
