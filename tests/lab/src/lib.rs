@@ -15,11 +15,14 @@ mod agent;
 mod apiserver;
 mod bpffs;
 mod cgroup;
+pub mod cluster;
+mod ethtool;
 pub mod lab;
 pub mod manifest;
 mod netns;
 pub mod process;
 mod responder;
+mod xdp_pass;
 
 use std::process::Command;
 
@@ -28,8 +31,9 @@ use anyhow::{Context as _, Result, bail};
 pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
 pub use cgroup::{Cgroup, cgroup2_root};
-pub use lab::{GATEWAY, Lab, Pod};
-pub use netns::{Netns, enter_on_spawn, reap_stale};
+pub use cluster::{Cluster, EXT_IF};
+pub use lab::{GATEWAY, Lab, Pod, mac_of};
+pub use netns::{Entered, Netns, enter_on_spawn, reap_stale};
 pub use responder::Responder;
 
 /// Whether this process may load BPF programs and create namespaces.

@@ -83,6 +83,16 @@ impl Netns {
         .map_err(|_| anyhow!("a thread in namespace {} panicked", self.name))?
     }
 
+    /// Moves the calling thread into this namespace until the guard drops
+    /// (also on a panic), e.g. for `BPF_PROG_TEST_RUN` of an XDP program,
+    /// whose ingress interface the kernel looks up in the caller's
+    /// namespace.
+    pub fn enter(&self) -> Result<Entered> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        setns(&self.open()?, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(Entered { home })
+    }
+
     /// Spawns `f` on a thread in this namespace and returns its handle.
     pub fn spawn<T: Send + 'static>(
         &self,
@@ -112,6 +122,19 @@ impl Netns {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program]);
         cmd
+    }
+}
+
+/// A thread inside another namespace (`Netns::enter`); back home on drop.
+pub struct Entered {
+    home: File,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            eprintln!("warning: returning to the original netns: {e}");
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use sluice_lab::{
-    Lab,
+    Lab, Netns, Pod,
     manifest::{self, Endpoint, Port},
 };
 
@@ -115,25 +115,34 @@ pub fn delete(lab: &mut Lab, file: &str) {
 
 /// A minimal HTTP GET on the node namespace's loopback: (status, body).
 pub fn http_get(lab: &Lab, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_in(lab.node(), addr, path)
+}
+
+/// A minimal HTTP GET from a pod (or a client outside the cluster).
+pub fn http_from(pod: &Pod, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_in(&pod.ns, addr, path)
+}
+
+/// A minimal HTTP GET from a namespace: (status, body).
+pub fn http_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let path = path.to_owned();
-    lab.node()
-        .run(move || -> std::io::Result<(u16, String)> {
-            let mut s = TcpStream::connect_timeout(&addr, T)?;
-            s.set_read_timeout(Some(T))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut out = String::new();
-            s.take(64 * 1024).read_to_string(&mut out)?;
-            let code = out
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-            Ok((code, body))
-        })
-        .ok()?
-        .ok()
+    ns.run(move || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, T)?;
+        s.set_read_timeout(Some(T))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.take(64 * 1024).read_to_string(&mut out)?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        Ok((code, body))
+    })
+    .ok()?
+    .ok()
 }

@@ -1,0 +1,610 @@
+//! Packet tests of `xdp_ingress` through BPF_PROG_TEST_RUN, on packets built
+//! here, with the maps filled by the agent's own reconcile and map code.
+//!
+//! The program runs as if the frames arrived on `ext0` of a node namespace
+//! made for the test: 192.168.77.1/24 there, the other node 192.168.77.2
+//! (its pods 10.244.2.0/24 behind it) and the client 192.168.77.100 with
+//! permanent neighbour entries, and a local pod 10.244.1.10 on a veth. Its
+//! route lookups (`bpf_fib_lookup`) see that namespace. Each case checks the
+//! verdict, the rewritten addresses, ports and MACs, the checksums
+//! (recomputed independently in `builder`) and the counters.
+#![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+#[path = "packet/builder.rs"]
+#[allow(dead_code, reason = "shared with the TC packet tests")]
+mod builder;
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use builder::{
+    ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, parse_checked, parse_icmp_error,
+};
+use sluice_abi::{
+    config::DataplaneConfig,
+    proto,
+    service::ServiceKey,
+    stats::{DropReason, Event},
+};
+use sluice_agent::{
+    EBPF_OBJ,
+    dataplane::maps::Maps,
+    model::{Desired, DesiredFrontend, External},
+    reconcile::{Current, reconcile},
+};
+use sluice_lab::{Bpffs, Netns, require_privileges};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+const REMOTE_POD: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 2, 10), Ipv4Addr::new(10, 244, 2, 11)];
+const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// NodePorts of the test Services.
+const LOCAL_NP: u16 = 30080;
+const REMOTE_NP: u16 = 30081;
+const ETP_LOCAL_NP: u16 = 30082;
+const EMPTY_NP: u16 = 30083;
+const MIXED_NP: u16 = 30084;
+
+/// The node namespace the program believes it runs in.
+struct Topology {
+    node: Netns,
+    _wire: Netns,
+    ext0: u32,
+}
+
+impl Topology {
+    fn new(tag: &str) -> Self {
+        let stem = format!("sl{}x{tag}", std::process::id());
+        let node = Netns::create(&format!("{stem}-xnode")).unwrap();
+        let wire = Netns::create(&format!("{stem}-xwire")).unwrap();
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        for args in [
+            vec![
+                "link",
+                "add",
+                "ext0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "wire0",
+                "netns",
+                wire.name(),
+            ],
+            vec!["link", "set", "ext0", "address", &mac(HOST_MAC)],
+            vec!["addr", "add", "192.168.77.1/24", "dev", "ext0"],
+            vec!["link", "set", "ext0", "up"],
+            vec![
+                "link",
+                "add",
+                "vpod",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "vpodp",
+                "netns",
+                wire.name(),
+            ],
+            vec!["link", "set", "vpod", "up"],
+            vec!["route", "add", "10.244.1.10/32", "dev", "vpod"],
+            vec![
+                "route",
+                "add",
+                "10.244.2.0/24",
+                "via",
+                "192.168.77.2",
+                "dev",
+                "ext0",
+            ],
+            vec![
+                "neigh",
+                "add",
+                "192.168.77.2",
+                "lladdr",
+                &mac(OTHER_NODE_MAC),
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ],
+            vec![
+                "neigh",
+                "add",
+                "192.168.77.100",
+                "lladdr",
+                &mac(CLIENT_MAC),
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ],
+            vec![
+                "neigh",
+                "add",
+                "192.168.77.101",
+                "lladdr",
+                &mac(CLIENT_MAC),
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ],
+        ] {
+            node.ip(&args).unwrap();
+        }
+        for args in [
+            ["link", "set", "wire0", "up"],
+            ["link", "set", "vpodp", "up"],
+        ] {
+            wire.ip(&args).unwrap();
+        }
+        node.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        let ext0 = node
+            // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
+            .run(|| unsafe { libc::if_nametoindex(c"ext0".as_ptr()) })
+            .unwrap();
+        assert_ne!(ext0, 0);
+        Self {
+            node,
+            _wire: wire,
+            ext0,
+        }
+    }
+}
+
+struct Harness {
+    ebpf: Ebpf,
+    maps: Maps,
+    current: Current,
+    topo: Topology,
+    _fs: Bpffs,
+}
+
+/// A test frontend: key, backends, how XDP uses it.
+type Frontend = (ServiceKey, Vec<(Ipv4Addr, u16)>, External);
+
+/// The test Services.
+fn services() -> Vec<Frontend> {
+    let remote = REMOTE_POD.iter().map(|b| (*b, 8080)).collect::<Vec<_>>();
+    let np = |port| ServiceKey::node_port(port, proto::TCP);
+    vec![
+        (np(LOCAL_NP), vec![(LOCAL_POD, 8080)], External::Serve),
+        (np(REMOTE_NP), remote.clone(), External::Serve),
+        (
+            ServiceKey::node_port(REMOTE_NP, proto::UDP),
+            remote.clone(),
+            External::Serve,
+        ),
+        // externalTrafficPolicy: Local with no endpoint here.
+        (np(ETP_LOCAL_NP), remote.clone(), External::ViaLocalScope),
+        (np(ETP_LOCAL_NP).local_scope(), Vec::new(), External::Serve),
+        (np(EMPTY_NP), Vec::new(), External::Serve),
+        (
+            ServiceKey::node_port(EMPTY_NP, proto::UDP),
+            Vec::new(),
+            External::Serve,
+        ),
+        // Local policy, endpoints here and elsewhere.
+        (
+            np(MIXED_NP),
+            vec![(LOCAL_POD, 8080), (REMOTE_POD[0], 8080)],
+            External::ViaLocalScope,
+        ),
+        (
+            np(MIXED_NP).local_scope(),
+            vec![(LOCAL_POD, 8080)],
+            External::Serve,
+        ),
+        (
+            ServiceKey::new(LB_IP, 80, proto::TCP),
+            remote,
+            External::Serve,
+        ),
+        (
+            ServiceKey::new(CLUSTER_IP, 80, proto::TCP),
+            vec![(LOCAL_POD, 8080)],
+            External::No,
+        ),
+    ]
+}
+
+impl Harness {
+    fn new(tag: &str) -> Self {
+        let topo = Topology::new(tag);
+        let fs = Bpffs::new().unwrap();
+        let config = DataplaneConfig::default().with_nodeport_range(30000, 32767);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(fs.path())
+            .override_global("CONFIG", &config, true)
+            .load(EBPF_OBJ)
+            .unwrap();
+        let prog: &mut Xdp = ebpf.program_mut("xdp_ingress").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let mut maps = Maps::take(&mut ebpf).unwrap();
+        maps.set_node_addrs(&BTreeSet::from([NODE])).unwrap();
+        maps.set_ext_if(topo.ext0, Some(NODE)).unwrap();
+        let mut h = Self {
+            ebpf,
+            maps,
+            current: Current::default(),
+            topo,
+            _fs: fs,
+        };
+        h.set(&services(), &[]);
+        h
+    }
+
+    /// Programs frontends; `ranges` go on the load balancer address.
+    fn set(&mut self, frontends: &[Frontend], ranges: &[(Ipv4Addr, u8)]) {
+        let mut desired = Desired::default();
+        for (key, backends, external) in frontends {
+            if *external == External::No {
+                desired.cluster_ips.insert(key.addr());
+            }
+            desired.frontends.insert(
+                *key,
+                DesiredFrontend {
+                    name: format!("test/{}:{}", key.addr(), key.port()),
+                    backends: backends.iter().copied().collect(),
+                    source_ranges: if key.addr() == LB_IP {
+                        ranges.to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    external: *external,
+                    ..DesiredFrontend::default()
+                },
+            );
+        }
+        let ops = reconcile(&desired, &mut self.current);
+        self.maps.apply_all(&ops).unwrap();
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &Xdp = self
+            .ebpf
+            .program("xdp_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let len = u32::try_from(frame.len()).unwrap();
+        let ctx: Vec<u8> = [0, len, 0, self.topo.ext0, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; 2048];
+        let _inside = self.topo.node.enter().unwrap();
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        out.truncate(usize::try_from(r.data_size_out).unwrap());
+        (r.return_value, out)
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        self.maps.drop_count(reason)
+    }
+
+    fn events(&self, event: Event) -> u64 {
+        self.maps.event_count(event)
+    }
+}
+
+fn from_client(sport: u16, dst: (Ipv4Addr, u16)) -> Spec {
+    Spec {
+        src: (CLIENT, sport),
+        dst,
+        ..Spec::default()
+    }
+}
+
+#[test]
+fn xdp_a_node_port_with_a_local_backend_is_dnated_and_passed_to_the_stack() {
+    if !require_privileges("xdp_a_node_port_with_a_local_backend_is_dnated_and_passed_to_the_stack")
+    {
+        return;
+    }
+    let h = Harness::new("local");
+    let frame = build(&from_client(40000, (NODE, LOCAL_NP)));
+    let (verdict, out) = h.run(&frame);
+    assert_eq!(verdict, XDP_PASS);
+    let seen = parse_checked(&out);
+    assert_eq!(seen.dst, (LOCAL_POD, 8080), "DNAT to the pod");
+    assert_eq!(seen.src, (CLIENT, 40000), "no SNAT for a backend here");
+    assert_eq!(
+        (seen.eth_dst, seen.eth_src),
+        (HOST_MAC, CLIENT_MAC),
+        "L2 is the stack's"
+    );
+    assert_eq!(h.events(Event::NewFlow), 1);
+    assert_eq!(h.events(Event::Snat), 0);
+}
+
+#[test]
+fn xdp_a_remote_backend_is_dnated_snated_and_sent_back_out_and_its_replies_reversed() {
+    if !require_privileges(
+        "xdp_a_remote_backend_is_dnated_snated_and_sent_back_out_and_its_replies_reversed",
+    ) {
+        return;
+    }
+    let h = Harness::new("remote");
+    for (proto, sport) in [(TCP, 40001), (UDP, 40002)] {
+        let spec = Spec {
+            proto,
+            payload: if proto == UDP {
+                b"ping".to_vec()
+            } else {
+                Vec::new()
+            },
+            ..from_client(sport, (NODE, REMOTE_NP))
+        };
+        let (verdict, out) = h.run(&build(&spec));
+        assert_eq!(verdict, XDP_TX, "back out of ext0");
+        let seen = parse_checked(&out);
+        assert!(
+            REMOTE_POD.contains(&seen.dst.0) && seen.dst.1 == 8080,
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.src,
+            (NODE, sport),
+            "SNAT to the node, keeping the client's port"
+        );
+        assert_eq!(
+            (seen.eth_dst, seen.eth_src),
+            (OTHER_NODE_MAC, HOST_MAC),
+            "to the node the pod lives on"
+        );
+
+        // The backend's reply comes back to the node's address and port.
+        let reply = Spec {
+            src: seen.dst,
+            dst: (NODE, sport),
+            tcp_flags: SYN | ACK,
+            ..spec.clone()
+        };
+        let (verdict, out) = h.run(&build(&reply));
+        assert_eq!(verdict, XDP_TX);
+        let back = parse_checked(&out);
+        assert_eq!(back.src, (NODE, REMOTE_NP), "from the NodePort");
+        assert_eq!(back.dst, (CLIENT, sport), "to the client");
+        assert_eq!((back.eth_dst, back.eth_src), (CLIENT_MAC, HOST_MAC));
+
+        // Later packets of the flow follow it.
+        let (verdict, out) = h.run(&build(&Spec {
+            tcp_flags: ACK,
+            ..spec
+        }));
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(parse_checked(&out).dst, seen.dst);
+    }
+    assert_eq!(h.events(Event::Snat), 2);
+    assert_eq!(h.events(Event::Reply), 2);
+    assert_eq!(h.events(Event::XdpTx), 6);
+}
+
+#[test]
+fn xdp_snat_ports_never_collide_and_avoid_the_node_port_range() {
+    if !require_privileges("xdp_snat_ports_never_collide_and_avoid_the_node_port_range") {
+        return;
+    }
+    let mut h = Harness::new("ports");
+    // One backend: every flow shares its address and port.
+    let one = vec![(REMOTE_POD[0], 8080)];
+    h.set(
+        &[(
+            ServiceKey::node_port(REMOTE_NP, proto::TCP),
+            one,
+            External::Serve,
+        )],
+        &[],
+    );
+    let mut ports = BTreeSet::new();
+    for client in [CLIENT, Ipv4Addr::new(192, 168, 77, 101)] {
+        let (verdict, out) = h.run(&build(&Spec {
+            src: (client, 40000),
+            dst: (NODE, REMOTE_NP),
+            ..Spec::default()
+        }));
+        assert_eq!(verdict, XDP_TX);
+        ports.insert(parse_checked(&out).src.1);
+    }
+    assert_eq!(
+        ports.len(),
+        2,
+        "two clients on one port get two SNAT ports: {ports:?}"
+    );
+    assert!(ports.contains(&40000));
+    // A client port inside the NodePort range is not used as a SNAT port.
+    let (_, out) = h.run(&build(&from_client(31000, (NODE, REMOTE_NP))));
+    let port = parse_checked(&out).src.1;
+    assert!(!(30000..=32767).contains(&port) && port > 32767, "{port}");
+}
+
+#[test]
+fn xdp_external_traffic_policy_local_keeps_the_client_and_drops_without_local_endpoints() {
+    if !require_privileges(
+        "xdp_external_traffic_policy_local_keeps_the_client_and_drops_without_local_endpoints",
+    ) {
+        return;
+    }
+    let h = Harness::new("etp");
+    let (verdict, _) = h.run(&build(&from_client(40010, (NODE, ETP_LOCAL_NP))));
+    assert_eq!(verdict, XDP_DROP, "endpoints elsewhere, none here: dropped");
+    assert_eq!(h.drops(DropReason::NoLocalEndpoints), 1);
+    for sport in 40020..40040 {
+        let (verdict, out) = h.run(&build(&from_client(sport, (NODE, MIXED_NP))));
+        assert_eq!(verdict, XDP_PASS);
+        let seen = parse_checked(&out);
+        assert_eq!(seen.dst, (LOCAL_POD, 8080), "only the endpoint here");
+        assert_eq!(seen.src, (CLIENT, sport), "the client's address is kept");
+    }
+    assert_eq!(h.events(Event::Snat), 0);
+}
+
+#[test]
+fn xdp_a_source_outside_load_balancer_source_ranges_is_dropped_and_counted() {
+    if !require_privileges(
+        "xdp_a_source_outside_load_balancer_source_ranges_is_dropped_and_counted",
+    ) {
+        return;
+    }
+    let mut h = Harness::new("ranges");
+    h.set(&services(), &[(Ipv4Addr::new(192, 168, 77, 96), 30)]);
+    // 192.168.77.96/30 holds .96 to .99: the client (.100) is outside.
+    let (verdict, _) = h.run(&build(&from_client(40030, (LB_IP, 80))));
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(h.drops(DropReason::SourceRange), 1);
+    let inside = Spec {
+        src: (Ipv4Addr::new(192, 168, 77, 97), 40031),
+        dst: (LB_IP, 80),
+        ..Spec::default()
+    };
+    h.topo
+        .node
+        .ip(&[
+            "neigh",
+            "add",
+            "192.168.77.97",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "ext0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let (verdict, out) = h.run(&build(&inside));
+    assert_eq!(verdict, XDP_TX, "inside the range: served");
+    assert!(REMOTE_POD.contains(&parse_checked(&out).dst.0));
+}
+
+#[test]
+fn xdp_a_node_port_without_endpoints_answers_icmp_port_unreachable() {
+    if !require_privileges("xdp_a_node_port_without_endpoints_answers_icmp_port_unreachable") {
+        return;
+    }
+    let h = Harness::new("reject");
+    for (proto, payload) in [
+        (TCP, Vec::new()),
+        (UDP, b"a longer datagram than the reply".to_vec()),
+    ] {
+        let original = build(&Spec {
+            proto,
+            payload,
+            ..from_client(40040, (NODE, EMPTY_NP))
+        });
+        let (verdict, out) = h.run(&original);
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(
+            (&out[0..6], &out[6..12]),
+            (&CLIENT_MAC[..], &HOST_MAC[..]),
+            "MACs swapped"
+        );
+        let (kind, code, src, dst, quoted) = parse_icmp_error(&out);
+        assert_eq!((kind, code), (3, 3));
+        assert_eq!((src, dst), (NODE, CLIENT));
+        assert_eq!(quoted, original[14..14 + 20 + 8]);
+    }
+    assert_eq!(h.drops(DropReason::NoEndpoints), 2);
+    assert_eq!(h.events(Event::RejectSent), 2);
+}
+
+#[test]
+fn xdp_traffic_that_is_not_for_an_external_frontend_passes_untouched() {
+    if !require_privileges("xdp_traffic_that_is_not_for_an_external_frontend_passes_untouched") {
+        return;
+    }
+    let h = Harness::new("pass");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ARP", builder::other_ethertype(0x0806, 28)),
+        ("IPv6", builder::other_ethertype(0x86dd, 60)),
+        ("ICMP echo to the node", builder::icmp_echo(CLIENT, NODE)),
+        (
+            "the node's own SSH port",
+            build(&from_client(40050, (NODE, 22))),
+        ),
+        (
+            "a port in the range that is no NodePort",
+            build(&from_client(40051, (NODE, 31999))),
+        ),
+        (
+            "UDP to a TCP NodePort",
+            build(&Spec {
+                proto: UDP,
+                ..from_client(40052, (NODE, LOCAL_NP))
+            }),
+        ),
+        (
+            "a ClusterIP from outside",
+            build(&from_client(40053, (CLUSTER_IP, 80))),
+        ),
+        (
+            "a fragment to a NodePort",
+            build(&Spec {
+                frag: 0x2000,
+                ..from_client(40054, (NODE, LOCAL_NP))
+            }),
+        ),
+        (
+            "to another address",
+            build(&from_client(
+                40055,
+                (Ipv4Addr::new(192, 168, 77, 5), LOCAL_NP),
+            )),
+        ),
+        ("a runt frame", vec![0u8; 14]),
+    ];
+    for (what, frame) in &cases {
+        assert_eq!(h.run(frame), (XDP_PASS, frame.clone()), "{what}");
+    }
+    assert_eq!(h.events(Event::Pass), u64::try_from(cases.len()).unwrap());
+    assert_eq!(h.events(Event::NewFlow), 0);
+}
+
+#[test]
+fn xdp_every_node_sends_a_flow_to_the_same_backend() {
+    if !require_privileges("xdp_every_node_sends_a_flow_to_the_same_backend") {
+        return;
+    }
+    // Two nodes, programmed in different orders (so with other ids), pick
+    // the same backend for each flow through their Maglev tables.
+    let a = Harness::new("maglev-a");
+    let mut b = Harness::new("maglev-b");
+    b.set(&services().into_iter().rev().collect::<Vec<_>>(), &[]);
+    let mut spread = BTreeSet::new();
+    for sport in 41000..41064 {
+        let frame = build(&from_client(sport, (NODE, REMOTE_NP)));
+        let (_, out_a) = a.run(&frame);
+        let (_, out_b) = b.run(&frame);
+        let (da, db) = (parse_checked(&out_a).dst, parse_checked(&out_b).dst);
+        assert_eq!(da, db, "flow from port {sport}");
+        spread.insert(da);
+    }
+    assert_eq!(spread.len(), 2, "flows spread over both backends");
+    assert_eq!(a.events(Event::MaglevMiss), 0);
+}

@@ -1,0 +1,155 @@
+//! Two nodes and a client outside the cluster on one segment, for
+//! north-south tests: NodePorts, external and load balancer addresses.
+//!
+//! ```text
+//!   client ns: eth0 192.168.77.100/24; routes to the external addresses
+//!              via node a
+//!   wire ns:   bridge br0 joining the client and both nodes
+//!   node a:    ext0 192.168.77.1/24, pods 10.244.1.0/24,
+//!              route 10.244.2.0/24 via 192.168.77.2
+//!   node b:    ext0 192.168.77.2/24, pods 10.244.2.0/24,
+//!              route 10.244.1.0/24 via 192.168.77.1
+//! ```
+//!
+//! Each node is a `Lab` of its own (namespace, pods, agent, pins). Frames
+//! on the segment carry finished checksums, as on a real wire; the segment
+//! side of each node's veth runs `return XDP_PASS`, without which native
+//! XDP on the node cannot send into it. Every route ends inside the lab.
+
+use std::{net::Ipv4Addr, os::fd::OwnedFd};
+
+use anyhow::{Context as _, Result};
+
+use crate::{Lab, Netns, Pod, ethtool, netns::unique_stem, xdp_pass};
+
+pub const SEGMENT_PREFIX: u8 = 24;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+/// The interface of each node on the segment.
+pub const EXT_IF: &str = "ext0";
+
+pub struct Cluster {
+    // Field order is drop order: nodes (agents first), client, wire.
+    nodes: Vec<(Lab, Ipv4Addr)>,
+    client: Pod,
+    /// `return XDP_PASS` on the segment side of each node's veth.
+    wire_xdp: Vec<OwnedFd>,
+    wire: Netns,
+}
+
+impl Cluster {
+    /// The segment, the client, and two nodes with no pods yet.
+    pub fn new() -> Result<Self> {
+        let stem = unique_stem();
+        let wire = Netns::create(&format!("{stem}-wire"))?;
+        wire.ip(&["link", "add", "br0", "type", "bridge"])?;
+        wire.ip(&["link", "set", "br0", "up"])?;
+        let client_ns = Netns::create(&format!("{stem}-client"))?;
+        plug(&wire, &client_ns, "pclient", "eth0", CLIENT_IP)?;
+        let client = Pod {
+            name: "client".into(),
+            ip: CLIENT_IP,
+            host_if: "pclient".into(),
+            ns: client_ns,
+        };
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            client,
+            wire_xdp: Vec::new(),
+            wire,
+        };
+        for (i, peer) in [(1u8, 2u8), (2, 1)] {
+            let lab = Lab::new()?;
+            let ip = Ipv4Addr::new(192, 168, 77, i);
+            let port = format!("pnode{i}");
+            plug(&cluster.wire, lab.node(), &port, EXT_IF, ip)?;
+            cluster
+                .wire_xdp
+                .push(xdp_pass::attach(&cluster.wire, &port)?);
+            lab.node().ip(&[
+                "route",
+                "add",
+                &format!("10.244.{peer}.0/24"),
+                "via",
+                &format!("192.168.77.{peer}"),
+                "dev",
+                EXT_IF,
+            ])?;
+            cluster.nodes.push((lab, ip));
+        }
+        Ok(cluster)
+    }
+
+    /// Node `i` (0 or 1): its lab, whose pods are 10.244.`i+1`.0/24.
+    pub fn node(&mut self, i: usize) -> &mut Lab {
+        &mut self.nodes[i].0
+    }
+
+    pub fn node_ref(&self, i: usize) -> &Lab {
+        &self.nodes[i].0
+    }
+
+    /// Node `i`'s address on the segment.
+    pub fn node_ip(&self, i: usize) -> Ipv4Addr {
+        self.nodes[i].1
+    }
+
+    /// The client outside the cluster.
+    pub fn client(&self) -> &Pod {
+        &self.client
+    }
+
+    /// Routes `addr` (an external or load balancer address) from the
+    /// client through node `i`.
+    pub fn route_via(&self, addr: Ipv4Addr, i: usize) -> Result<()> {
+        self.client.ns.ip(&[
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            &self.node_ip(i).to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Another client on the segment at `ip` (e.g. outside some range).
+    pub fn add_client(&self, name: &str, ip: Ipv4Addr) -> Result<Pod> {
+        let ns = Netns::create(&format!("{}-{name}", unique_stem()))?;
+        let host_if = format!("p{name}");
+        plug(&self.wire, &ns, &host_if, "eth0", ip)?;
+        Ok(Pod {
+            name: name.into(),
+            ip,
+            host_if,
+            ns,
+        })
+    }
+}
+
+/// A veth from the bridge to `iface` in `ns`, with `ip` on it.
+fn plug(wire: &Netns, ns: &Netns, port: &str, iface: &str, ip: Ipv4Addr) -> Result<()> {
+    wire.ip(&[
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        iface,
+        "netns",
+        ns.name(),
+    ])
+    .with_context(|| format!("plugging {iface} of {} into the segment", ns.name()))?;
+    wire.ip(&["link", "set", port, "master", "br0"])?;
+    wire.ip(&["link", "set", port, "up"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ip}/{SEGMENT_PREFIX}"),
+        "dev",
+        iface,
+    ])?;
+    ns.ip(&["link", "set", iface, "up"])?;
+    ethtool::tx_checksum_off(ns, iface)?;
+    Ok(())
+}
