@@ -11,8 +11,9 @@ use crate::{prereqs, run};
 #[derive(clap::Args)]
 pub struct Args {
     /// The benchmark: `sync` (the control loop against the local API
-    /// server), `dns` (dnsperf against Sluice, NSD, Unbound, dnsmasq) or
-    /// `dataplane` (against kube-proxy's iptables, nftables and IPVS modes).
+    /// server), `dns` (dnsperf against Sluice, NSD, Unbound, dnsmasq),
+    /// `dataplane` (against kube-proxy's iptables, nftables and IPVS modes)
+    /// or `north-south` (NodePort packets per second: XDP, TC, iptables).
     pub bench: String,
     /// Passed to the benchmark (e.g. `--scales 1000,10000 --updates 100`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -26,9 +27,9 @@ pub fn bench(args: &Args) -> Result<()> {
             "`cargo xtask bench` needs root: it creates network namespaces and loads BPF programs"
         );
     }
-    if !["sync", "dns", "dataplane"].contains(&args.bench.as_str()) {
+    if !["sync", "dns", "dataplane", "north-south"].contains(&args.bench.as_str()) {
         bail!(
-            "unknown benchmark `{}`; there are `sync`, `dns` and `dataplane`",
+            "unknown benchmark `{}`; there are `sync`, `dns`, `dataplane` and `north-south`",
             args.bench
         );
     }

@@ -33,7 +33,8 @@ enum Command {
     Run(run::Args),
     /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and end-to-end.
     Test(test::Args),
-    /// Run a benchmark (`sync`) and write its table to target/bench/.
+    /// Run a benchmark (`sync`, `dns`, `dataplane`, `north-south`) and write
+    /// its table to target/bench/.
     Bench(bench::Args),
 }
 

@@ -7,7 +7,8 @@
 //!    the `sluice` binary built here;
 //! 4. the DNS fuzz targets (cargo-fuzz), each for a bounded time;
 //! 5. smoke runs of `cargo xtask run` (the README's first command) and of
-//!    `cargo xtask bench dataplane --quick` (its table, no assertions).
+//!    `cargo xtask bench dataplane --quick` and `… north-south --quick`
+//!    (their tables, no assertions).
 //!
 //! Under `CI=true` a privileged test that cannot run fails instead of
 //! skipping (see `sluice_lab::require_privileges`).
@@ -131,8 +132,8 @@ pub fn test(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The README's first command with each source, and the dataplane
-/// benchmark's quick run.
+/// The README's first command with each source, and the dataplane and
+/// north-south benchmarks' quick runs.
 fn smoke_runs() -> Result<()> {
     for source in [run::DemoSource::Apiserver, run::DemoSource::Manifests] {
         step(&format!(
@@ -148,11 +149,15 @@ fn smoke_runs() -> Result<()> {
     }
     // The benchmark harness must keep working; its numbers are not
     // checked here (benchmarks are not tests).
-    step("smoke run of `cargo xtask bench dataplane --quick` (numbers not asserted)");
-    crate::bench::bench(&crate::bench::Args {
-        bench: "dataplane".into(),
-        rest: vec!["--quick".into()],
-    })?;
+    for bench in ["dataplane", "north-south"] {
+        step(&format!(
+            "smoke run of `cargo xtask bench {bench} --quick` (numbers not asserted)"
+        ));
+        crate::bench::bench(&crate::bench::Args {
+            bench: bench.into(),
+            rest: vec!["--quick".into()],
+        })?;
+    }
     Ok(())
 }
 

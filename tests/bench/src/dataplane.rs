@@ -122,13 +122,7 @@ impl Mode {
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
-    Mode::ALL
-        .into_iter()
-        .find(|m| m.name() == s)
-        .ok_or_else(|| {
-            let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown mode `{s}`; there are {}", names.join(", "))
-        })
+    crate::stats::parse_named(&Mode::ALL, Mode::name, s)
 }
 
 /// One measurement of one mode at one scale.

@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod dns;
+mod north_south;
 mod stats;
 mod sync;
 
@@ -30,6 +31,9 @@ enum Bench {
     /// The Service dataplane against kube-proxy's iptables, nftables and
     /// IPVS modes and no Service at all.
     Dataplane(dataplane::Args),
+    /// NodePort forwarding in packets per second: Sluice's XDP and TC
+    /// paths against iptables DNAT and plain routing.
+    NorthSouth(north_south::Args),
     /// (Internal) the load of one dataplane measurement, from this process.
     #[command(hide = true)]
     Load {
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         Bench::Sync(args) => sync::run(&args),
         Bench::Dns(args) => dns::run(&args),
         Bench::Dataplane(args) => dataplane::run(&args),
+        Bench::NorthSouth(args) => north_south::run(&args),
         Bench::Load { .. } => Ok(()),
     }
 }

@@ -44,3 +44,12 @@ pub fn publish(table: &str, out: &Path) -> Result<()> {
     println!("written to {}", out.display());
     Ok(())
 }
+
+/// The one of `all` that `name` calls `s` (a `--modes` value), or an error
+/// that lists them.
+pub fn parse_named<T: Copy>(all: &[T], name: fn(T) -> &'static str, s: &str) -> Result<T, String> {
+    all.iter().copied().find(|m| name(*m) == s).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|m| name(*m)).collect();
+        format!("unknown mode `{s}`; there are {}", names.join(", "))
+    })
+}

@@ -1,0 +1,542 @@
+//! `cargo xtask bench north-south`: packets per second of NodePort
+//! forwarding to a backend on another node, through Sluice's XDP program
+//! (native and generic), the same logic in TC (`--xdp-mode tc`), and kube-proxy's iptables DNAT
+//! and masquerade, against plain routing to the pod (the floor). Every mode
+//! gets a fresh `Cluster` (a client, two nodes and a segment of veths and a
+//! bridge); modes alternate over rounds and medians are reported.
+//!
+//! The generator is fixed: an `AF_PACKET` socket in the client namespace
+//! sending the same 64-byte UDP frames (`--flows` source ports) with
+//! `sendmmsg` and `PACKET_QDISC_BYPASS`, as fast as one core allows. What
+//! counts is what reaches the backend pod's interface. veth is not a NIC:
+//! every hop is a function call on the generator's CPU, there are no
+//! queues or interrupts, and XDP on veth works on frames the sender built
+//! as skbs; the numbers compare the modes with each other, not with
+//! hardware.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use sluice_lab::{AgentOptions, Cluster, EXT_IF, Pod, mac_of};
+
+use crate::stats::machine;
+
+const NODE_PORT: u16 = 30080;
+const TARGET_PORT: u16 = 8080;
+/// The backend, a pod on node b.
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// UDP payload bytes: 14 + 20 + 8 + 18 = a 60-byte frame (64 on a wire).
+const PAYLOAD: usize = 18;
+/// Frames per `sendmmsg`.
+const BATCH: usize = 64;
+const SETTLE: Duration = Duration::from_millis(500);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A short run (CI's smoke run): one round, short measurements.
+    #[arg(long)]
+    quick: bool,
+    /// Modes to run, comma-separated (default all): xdp, xdp-generic, tc,
+    /// iptables, floor.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Option<Vec<Mode>>,
+    /// Rounds over all modes (default 3; medians are reported).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds per measurement (default 3).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Distinct flows (client source ports) the generator cycles through.
+    #[arg(long, default_value_t = 64)]
+    flows: u16,
+    /// Where to write the table (Markdown).
+    #[arg(long, default_value = "target/bench/north-south.md")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Xdp,
+    XdpGeneric,
+    Tc,
+    Iptables,
+    Floor,
+}
+
+impl Mode {
+    const ALL: [Self; 5] = [
+        Self::Xdp,
+        Self::XdpGeneric,
+        Self::Tc,
+        Self::Iptables,
+        Self::Floor,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::XdpGeneric => "xdp-generic",
+            Self::Tc => "tc",
+            Self::Iptables => "iptables",
+            Self::Floor => "floor",
+        }
+    }
+
+    const fn label(self) -> &'static str {
+        match self {
+            Self::Xdp => "Sluice XDP, native (DNAT+SNAT, XDP_TX)",
+            Self::XdpGeneric => "Sluice XDP, generic (--xdp-mode generic)",
+            Self::Tc => "Sluice TC (--xdp-mode tc)",
+            Self::Iptables => "kube-proxy iptables (DNAT + MASQUERADE)",
+            Self::Floor => "no Service (routed to the pod IP)",
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    crate::stats::parse_named(&Mode::ALL, Mode::name, s)
+}
+
+/// One measurement: frames per second sent and delivered to the backend.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    sent: f64,
+    delivered: f64,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let seconds = args.seconds.unwrap_or(if args.quick { 0.5 } else { 3.0 });
+    let window = Duration::from_secs_f64(seconds);
+    if args.flows == 0 {
+        bail!("--flows must be at least 1");
+    }
+    let started = Instant::now();
+    let mut samples: BTreeMap<Mode, Vec<Sample>> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut modes: Vec<Mode> = Mode::ALL
+            .into_iter()
+            .filter(|m| args.modes.as_ref().is_none_or(|only| only.contains(m)))
+            .collect();
+        if round % 2 == 1 {
+            modes.reverse();
+        }
+        for mode in modes {
+            let s = measure(mode, args.flows, window)
+                .with_context(|| format!("measuring {}", mode.label()))?;
+            println!(
+                "round {} · {:<42} sent {:>6.3} Mpps  delivered {:>6.3} Mpps",
+                round + 1,
+                mode.label(),
+                s.sent / 1e6,
+                s.delivered / 1e6
+            );
+            samples.entry(mode).or_default().push(s);
+        }
+    }
+    let table = render(&samples, rounds, seconds, args.flows, started.elapsed());
+    crate::stats::publish(&table, &args.out)
+}
+
+/// A fresh cluster set up for `mode`, then one measurement.
+fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
+    let mut c = Cluster::new()?;
+    c.node(1).add_pod("backend", BACKEND)?;
+    // Bound but never read: frames are counted at the interface and
+    // dropped at the full socket, with no ICMP port-unreachable.
+    let sink = c
+        .node_ref(1)
+        .pod("backend")
+        .ns
+        .run(move || UdpSocket::bind((BACKEND, TARGET_PORT)))??;
+    let node = c.node_ip(0);
+    let (dst, dport) = match mode {
+        Mode::Xdp | Mode::XdpGeneric | Mode::Tc => {
+            let lab = c.node(0);
+            lab.write_manifest("web.yaml", &service_manifest())?;
+            let mut extra_args = vec!["--node-name".to_owned(), "node-a".to_owned()];
+            match mode {
+                Mode::Tc => extra_args.extend(["--xdp-mode".to_owned(), "tc".to_owned()]),
+                Mode::XdpGeneric => {
+                    extra_args.extend(["--xdp-mode".to_owned(), "generic".to_owned()]);
+                }
+                _ => extra_args.extend(["--xdp-mode".to_owned(), "native".to_owned()]),
+            }
+            let agent = lab.start_agent(&AgentOptions {
+                extra_args,
+                ..AgentOptions::default()
+            })?;
+            agent.wait_for("external interface attached", 0, Duration::from_secs(10))?;
+            (node, NODE_PORT)
+        }
+        Mode::Iptables => {
+            restore_iptables(&c, node)?;
+            (node, NODE_PORT)
+        }
+        Mode::Floor => (BACKEND, TARGET_PORT),
+    };
+    let client = c.client();
+    let frames = frames(
+        mac_of(&client.ns, "eth0")?,
+        mac_of(c.node_ref(0).node(), EXT_IF)?,
+        client.ip,
+        dst,
+        dport,
+        flows,
+    );
+    let generator = Generator::start(client, frames)?;
+    // Neighbours resolve and every flow is set up before the window.
+    generator.wait_sent(u64::from(flows) * 4, Duration::from_secs(5))?;
+    thread::sleep(SETTLE);
+    let backend = c.node_ref(1).pod("backend");
+    let (rx0, tx0, t0) = (rx_packets(backend)?, generator.sent(), Instant::now());
+    thread::sleep(window);
+    let (rx1, tx1, t1) = (rx_packets(backend)?, generator.sent(), Instant::now());
+    generator.stop()?;
+    drop(sink);
+    let secs = (t1 - t0).as_secs_f64();
+    #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+    let sample = Sample {
+        sent: (tx1 - tx0) as f64 / secs,
+        delivered: rx1.saturating_sub(rx0) as f64 / secs,
+    };
+    if sample.delivered == 0.0 {
+        bail!(
+            "nothing reached the backend ({} sent): the path is broken",
+            tx1 - tx0
+        );
+    }
+    Ok(sample)
+}
+
+/// `web`: a NodePort Service whose one endpoint is the pod on node b.
+fn service_manifest() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  - {{name: udp, protocol: UDP, port: 53, nodePort: {NODE_PORT}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{{name: udp, protocol: UDP, port: {TARGET_PORT}}}]\n\
+         endpoints: [{{addresses: [\"{BACKEND}\"], nodeName: node-b, conditions: {{ready: true}}}}]\n"
+    )
+}
+
+/// kube-proxy's iptables mode for that Service on node a: the NodePort
+/// chain, the masquerade mark for external traffic, the endpoint's DNAT,
+/// and the masquerade on the way out.
+fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
+    let rules = format!(
+        "*nat\n\
+         :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+         :KUBE-EXT-WEB - [0:0]\n:KUBE-SVC-WEB - [0:0]\n:KUBE-SEP-WEB0 - [0:0]\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         -A KUBE-NODEPORTS -d {node}/32 -p udp -m udp --dport {NODE_PORT} -j KUBE-EXT-WEB\n\
+         -A KUBE-EXT-WEB -j KUBE-MARK-MASQ\n\
+         -A KUBE-EXT-WEB -j KUBE-SVC-WEB\n\
+         -A KUBE-SVC-WEB -j KUBE-SEP-WEB0\n\
+         -A KUBE-SEP-WEB0 -p udp -m udp -j DNAT --to-destination {BACKEND}:{TARGET_PORT}\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -j MASQUERADE --random-fully\n\
+         COMMIT\n"
+    );
+    let mut child = c
+        .node_ref(0)
+        .node()
+        .command("iptables-restore")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running iptables-restore")?;
+    std::io::Write::write_all(
+        child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("iptables-restore has no stdin"))?,
+        rules.as_bytes(),
+    )?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Frames received on the pod's eth0 (`ip -s`).
+fn rx_packets(pod: &Pod) -> Result<u64> {
+    let out = pod.ns.ip(&["-j", "-s", "link", "show", "dev", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j -s link")?;
+    v.pointer("/0/stats64/rx/packets")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| anyhow!("no rx packet count in {out}"))
+}
+
+/// The generator's frames: Ethernet to node a, IPv4 with its checksum,
+/// UDP without one (allowed in IPv4), one per source port.
+fn frames(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    flows: u16,
+) -> Vec<Vec<u8>> {
+    (0..flows)
+        .map(|i| {
+            let udp_len = 8 + PAYLOAD;
+            let tot = u16::try_from(20 + udp_len).unwrap_or(u16::MAX);
+            let mut ip = [0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&tot.to_be_bytes());
+            ip[8] = 64;
+            ip[9] = sluice_abi::proto::UDP;
+            ip[12..16].copy_from_slice(&src.octets());
+            ip[16..20].copy_from_slice(&dst.octets());
+            let check = sluice_abi::csum::ipv4_header(&ip);
+            ip[10..12].copy_from_slice(&check.to_be_bytes());
+            let mut f = Vec::with_capacity(14 + usize::from(tot));
+            f.extend_from_slice(&dst_mac);
+            f.extend_from_slice(&src_mac);
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&(20_000 + i).to_be_bytes());
+            f.extend_from_slice(&dport.to_be_bytes());
+            f.extend_from_slice(&u16::try_from(udp_len).unwrap_or(0).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            f.extend(std::iter::repeat_n(0xab, PAYLOAD));
+            f
+        })
+        .collect()
+}
+
+/// The packet generator: a thread in the client namespace that sends the
+/// frames round-robin until stopped.
+struct Generator {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<Result<Result<()>>>>,
+}
+
+impl Generator {
+    fn start(client: &Pod, frames: Vec<Vec<u8>>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (Arc::clone(&stop), Arc::clone(&sent));
+        let thread = client.ns.spawn(move || send_loop(&frames, &s, &n))?;
+        Ok(Self {
+            stop,
+            sent,
+            thread: Some(thread),
+        })
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` frames are out (the generator is up), or fails.
+    fn wait_sent(&self, n: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.sent() < n {
+            if Instant::now() > deadline
+                || self
+                    .thread
+                    .as_ref()
+                    .is_none_or(thread::JoinHandle::is_finished)
+            {
+                bail!("the generator sent {} frames in {timeout:?}", self.sent());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(thread::JoinHandle::join) {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => Err(anyhow!("the generator panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `frames` out of eth0 in batches until `stop`, counting into `sent`.
+fn send_loop(frames: &[Vec<u8>], stop: &AtomicBool, sent: &AtomicU64) -> Result<()> {
+    let ifindex = nix::net::if_::if_nametoindex("eth0")?;
+    // SAFETY: socket(2), setsockopt(2), bind(2) and sendmmsg(2) on a
+    // descriptor owned here, with zeroed and filled-in C structs whose
+    // pointers (into `frames` and the local arrays) outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let raw = fd.as_raw_fd();
+        let one: libc::c_int = 1;
+        // Straight to the driver, past the qdisc, as pktgen does.
+        if libc::setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            std::ptr::from_ref(&one).cast(),
+            u32::try_from(size_of::<libc::c_int>())?,
+        ) != 0
+        {
+            bail!("PACKET_QDISC_BYPASS: {}", std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = u16::try_from(libc::AF_PACKET)?;
+        addr.sll_ifindex = i32::try_from(ifindex)?;
+        if libc::bind(
+            raw,
+            std::ptr::from_ref(&addr).cast(),
+            u32::try_from(size_of::<libc::sockaddr_ll>())?,
+        ) != 0
+        {
+            bail!("binding to eth0: {}", std::io::Error::last_os_error());
+        }
+        let mut iov: Vec<libc::iovec> = (0..BATCH)
+            .map(|i| {
+                let f = &frames[i % frames.len()];
+                libc::iovec {
+                    iov_base: f.as_ptr().cast_mut().cast(),
+                    iov_len: f.len(),
+                }
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                let mut m: libc::mmsghdr = std::mem::zeroed();
+                m.msg_hdr.msg_iov = std::ptr::from_mut(v);
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let batch = u32::try_from(BATCH)?;
+        while !stop.load(Ordering::Relaxed) {
+            let n = libc::sendmmsg(raw, msgs.as_mut_ptr(), batch, 0);
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => continue,
+                    _ => bail!("sendmmsg: {e}"),
+                }
+            }
+            sent.fetch_add(u64::try_from(n)?, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn render(
+    samples: &BTreeMap<Mode, Vec<Sample>>,
+    rounds: u32,
+    seconds: f64,
+    flows: u16,
+    took: Duration,
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# North-south: NodePort forwarding to a backend on another node\n\n\
+         {} · {rounds} round(s) of {seconds} s per mode · {flows} UDP flows of 64-byte frames from one `AF_PACKET` generator core · took {:.0} s\n",
+        machine(),
+        took.as_secs_f64()
+    );
+    let floor = samples
+        .get(&Mode::Floor)
+        .map(|v| median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>()));
+    let _ = writeln!(
+        t,
+        "| path | delivered (Mpps, median) | sent (Mpps) | delivered / sent | µs per packet | over the floor (µs) | vs iptables |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let iptables = samples
+        .get(&Mode::Iptables)
+        .map(|v| median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>()));
+    for (mode, v) in samples {
+        let delivered = median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>());
+        let sent = median(&v.iter().map(|s| s.sent).collect::<Vec<_>>());
+        let ratio = |base: Option<f64>| {
+            base.filter(|b| *b > 0.0)
+                .map_or_else(|| "-".into(), |b| format!("{:.2}×", delivered / b))
+        };
+        // The whole path runs on the generator's CPU: the time per packet
+        // is its cost, and the difference to the floor what the Service
+        // costs on node a.
+        let micros = |pps: f64| 1e6 / pps;
+        let over = floor.filter(|f| *f > 0.0 && delivered > 0.0).map_or_else(
+            || "-".into(),
+            |f| format!("{:+.2}", micros(delivered) - micros(f)),
+        );
+        let _ = writeln!(
+            t,
+            "| {} | {:.3} | {:.3} | {:.0}% | {:.2} | {over} | {} |",
+            mode.label(),
+            delivered / 1e6,
+            sent / 1e6,
+            if sent > 0.0 {
+                100.0 * delivered / sent
+            } else {
+                0.0
+            },
+            if delivered > 0.0 {
+                micros(delivered)
+            } else {
+                0.0
+            },
+            ratio(iptables),
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nTopology: client ns → bridge → node a (ext0) → bridge → node b (ext0) → backend pod, all veth. \
+         Sluice XDP DNATs and SNATs on node a's ext0 and sends the frame back out (XDP_TX), in veth's native XDP \
+         or in generic (skb) XDP; TC does the same at the ingress hook with `bpf_redirect`; iptables DNATs in PREROUTING and masquerades in POSTROUTING \
+         after the stack's forwarding; the floor sends to the pod's address, routed by node a with no NAT. \
+         Every hop but native XDP's receive runs in the generator's `sendmmsg`, so the time per delivered \
+         packet is the cost of the whole path and its excess over the floor is the Service's cost on node a; \
+         native XDP on veth receives in NAPI, apart from the sender, so it can send more than the path \
+         delivers.\n\n\
+         Caveat: veth is not a NIC. There is no driver ring, DMA or interrupt; every hop runs on the sending \
+         CPU, and native XDP on veth receives frames that were built as skbs by the sender: veth converts \
+         each to an XDP buffer (a copy when the skb lacks XDP's headroom, as `AF_PACKET`'s do) and, after \
+         XDP_TX, back into an skb at the peer, work a NIC's driver does not do. The numbers rank \
+         the paths against each other on this machine; they are not what a physical NIC would reach."
+    );
+    t
+}
