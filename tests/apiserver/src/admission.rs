@@ -2,11 +2,13 @@
 //! kube-apiserver's registries and admission plugins do for the types here.
 
 mod csr;
+mod node_ports;
 
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
 
 use base64::Engine as _;
 pub use csr::{approval_update, status_update as csr_status_update, validate_csr_request};
+pub use node_ports::{PortAllocator, node_ports};
 use serde_json::{Value, json};
 
 use crate::{
@@ -102,12 +104,14 @@ fn invalid(kind: &str, obj: &Value, message: impl AsRef<str>) -> ApiError {
     ApiError::invalid(kind, name, message)
 }
 
-/// Defaults and validates a new object; `ips` allocates ClusterIPs.
+/// Defaults and validates a new object; `ips` allocates ClusterIPs and
+/// `ports` NodePorts.
 pub fn on_create(
     rr: &ResourceRequest,
     obj: &mut Value,
     user: &UserInfo,
     ips: &IpAllocator,
+    ports: &PortAllocator,
 ) -> ApiResult<()> {
     let kind = rr.resource.kind;
     match kind {
@@ -115,7 +119,7 @@ pub fn on_create(
             obj["status"] = json!({"phase": "Active"});
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
         }
-        "Service" => service_create(obj, ips)?,
+        "Service" => service_create(obj, ips, ports)?,
         "Secret" => secret_defaults(obj),
         "Pod" => {
             // A new Pod has not been scheduled or started: its status is the
@@ -130,8 +134,14 @@ pub fn on_create(
 }
 
 /// Applies update rules: immutable and allocated fields, and status handled
-/// by its own subresource. `old` is the stored object.
-pub fn on_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResult<()> {
+/// by its own subresource. `old` is the stored object; `ports` holds the
+/// NodePorts.
+pub fn on_update(
+    rr: &ResourceRequest,
+    old: &Value,
+    new: &mut Value,
+    ports: &PortAllocator,
+) -> ApiResult<()> {
     let kind = rr.resource.kind;
     let sub = rr.subresource.as_deref();
     match (kind, sub) {
@@ -162,7 +172,7 @@ pub fn on_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResul
         }
     }
     match kind {
-        "Service" => service_update(old, new)?,
+        "Service" => service_update(old, new, ports)?,
         "Secret" => secret_defaults(new),
         "EndpointSlice" => validate_slice(new)?,
         "CertificateSigningRequest" | "Namespace" => new["spec"] = old["spec"].clone(),
@@ -172,10 +182,13 @@ pub fn on_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResul
 }
 
 /// What deleting an object frees.
-pub fn on_delete(kind: &str, old: &Value, ips: &IpAllocator) {
+pub fn on_delete(kind: &str, old: &Value, ips: &IpAllocator, ports: &PortAllocator) {
     if kind == "Service" {
         for ip in cluster_ips(old) {
             ips.release(ip);
+        }
+        for port in node_ports(old) {
+            ports.release(port);
         }
     }
 }
@@ -192,7 +205,19 @@ pub fn cluster_ips(svc: &Value) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-fn service_create(obj: &mut Value, ips: &IpAllocator) -> ApiResult<()> {
+fn service_create(obj: &mut Value, ips: &IpAllocator, ports: &PortAllocator) -> ApiResult<()> {
+    service_ips(obj, ips)?;
+    if let Err(e) = node_ports::assign(ports, obj, None) {
+        for ip in cluster_ips(obj) {
+            ips.release(ip);
+        }
+        return Err(invalid("Service", obj, e));
+    }
+    Ok(())
+}
+
+/// The type, ports and ClusterIPs of a new Service.
+fn service_ips(obj: &mut Value, ips: &IpAllocator) -> ApiResult<()> {
     let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
     let kind = spec
         .get("type")
@@ -297,7 +322,7 @@ fn service_ports(obj: &mut Value) -> ApiResult<()> {
     }
 }
 
-fn service_update(old: &Value, new: &mut Value) -> ApiResult<()> {
+fn service_update(old: &Value, new: &mut Value, ports: &PortAllocator) -> ApiResult<()> {
     service_ports(new)?;
     // Allocated values stay unless the update names them (kube-apiserver's
     // patchAllocatedValues); changing them is refused.
@@ -325,7 +350,7 @@ fn service_update(old: &Value, new: &mut Value) -> ApiResult<()> {
             .cloned()
             .unwrap_or_else(|| json!("ClusterIP"));
     }
-    Ok(())
+    node_ports::assign(ports, new, Some(old)).map_err(|e| invalid("Service", new, e))
 }
 
 /// `stringData` is written into `data` (base64), as the API server does.

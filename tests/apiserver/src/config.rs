@@ -21,6 +21,9 @@ pub struct Config {
     /// ClusterIPs are allocated from this range.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
+    /// NodePorts are allocated from this range (`MIN-MAX`).
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
     /// Static tokens: `token,user,uid,"group1,group2"` per line.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    admission::IpAllocator,
+    admission::{IpAllocator, PortAllocator},
     authn::{Authenticator, UserInfo},
     pki::Pki,
     request::ResourceRequest,
@@ -46,6 +46,7 @@ pub struct App {
     pub pki: Pki,
     pub authn: Authenticator,
     pub ips: IpAllocator,
+    pub node_ports: PortAllocator,
     /// `host:port` clients use.
     pub advertise: String,
     /// Signs ServiceAccount tokens.
@@ -105,10 +106,14 @@ pub async fn start(config: Config) -> Result<Running> {
         config.watch_history,
     )?);
     let ips = IpAllocator::new(&config.service_cluster_ip_range)?;
+    let node_ports = PortAllocator::new(&config.service_node_port_range)?;
     let (services, _) = store.list("core/services/");
     for svc in &services {
         for ip in admission::cluster_ips(svc) {
             let _ = ips.claim(ip);
+        }
+        for port in admission::node_ports(svc) {
+            let _ = node_ports.claim(port);
         }
     }
     let signing_pem = signing_key(&config)?;
@@ -156,6 +161,7 @@ pub async fn start(config: Config) -> Result<Running> {
         pki,
         authn,
         ips,
+        node_ports,
         advertise,
         sa_key,
     });

@@ -1136,3 +1136,70 @@ resources: [\"certificatesigningrequests/selfnodeserver\"]\n  verbs: [\"create\"
         ""
     );
 }
+
+#[test]
+fn node_ports_are_allocated_kept_on_update_refused_twice_and_freed_on_delete() {
+    let (dir, mut s) = server(&["--service-node-port-range", "30000-30009"]);
+    s.kubectl(&["create", "service", "nodeport", "np", "--tcp=80:8080"])
+        .unwrap();
+    let port: u16 = jsonpath(&s, &["get", "svc", "np"], "{.spec.ports[0].nodePort}")
+        .parse()
+        .unwrap();
+    assert!((30000..=30009).contains(&port), "{port}");
+
+    // A replace (a whole new spec) that leaves nodePort out keeps it.
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: np}\n  ports: [{name: 80-8080, port: 80, targetPort: 8080}]\n";
+    let np = dir.path().join("np.yaml");
+    fs::write(&np, yaml).unwrap();
+    s.kubectl(&["replace", "-f", np.to_str().unwrap()]).unwrap();
+    let kept = jsonpath(&s, &["get", "svc", "np"], "{.spec.ports[0].nodePort}");
+    assert_eq!(kept, port.to_string());
+
+    // The same port for another Service is refused, as kube-apiserver does;
+    // one outside the range too.
+    let taken = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 81, nodePort: {port}}}]\n"
+    );
+    let file = dir.path().join("other.yaml");
+    fs::write(&file, &taken).unwrap();
+    let e = s
+        .kubectl(&["create", "-f", file.to_str().unwrap()])
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("already allocated"), "{e:#}");
+    fs::write(&file, taken.replace(&port.to_string(), "31000")).unwrap();
+    let e = s
+        .kubectl(&["create", "-f", file.to_str().unwrap()])
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("valid range"), "{e:#}");
+
+    // A LoadBalancer with externalTrafficPolicy Local gets a health check
+    // NodePort of its own; held ports survive a restart.
+    let lb = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: default}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports: [{port: 443}]\n";
+    apply(&s, dir.path(), None, "lb.yaml", lb);
+    let lb_ports = jsonpath(
+        &s,
+        &["get", "svc", "lb"],
+        "{.spec.ports[0].nodePort} {.spec.healthCheckNodePort}",
+    );
+    let lb_ports: Vec<u16> = lb_ports.split(' ').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(lb_ports.len(), 2);
+    assert!(
+        !lb_ports.contains(&port) && lb_ports[0] != lb_ports[1],
+        "{lb_ports:?}"
+    );
+    s.restart().unwrap();
+    fs::write(&file, taken.clone()).unwrap();
+    assert!(
+        s.kubectl(&["create", "-f", file.to_str().unwrap()])
+            .is_err()
+    );
+
+    // Deleting frees the port for the next Service.
+    s.kubectl(&["delete", "svc", "np"]).unwrap();
+    s.kubectl(&["create", "-f", file.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(
+        jsonpath(&s, &["get", "svc", "other"], "{.spec.ports[0].nodePort}"),
+        port.to_string()
+    );
+}

@@ -384,8 +384,9 @@ pub fn create_object(
         meta.remove("resourceVersion");
         meta.remove("deletionTimestamp");
     }
-    admission::on_create(rr, &mut obj, user, &app.ips)?;
+    admission::on_create(rr, &mut obj, user, &app.ips, &app.node_ports)?;
     let allocated = admission::cluster_ips(&obj);
+    let node_ports = admission::node_ports(&obj);
     let result = app.store.mutate(&key(rr, &name), |old| {
         if old.is_some() {
             return Err(ApiError::already_exists(rr.resource.plural, &name));
@@ -394,6 +395,9 @@ pub fn create_object(
     });
     if result.is_err() && rr.resource.kind == "Service" {
         release(app, &allocated);
+        for port in node_ports {
+            app.node_ports.release(port);
+        }
     }
     result
 }
@@ -419,7 +423,7 @@ fn random_suffix() -> String {
 }
 
 /// Checks the resourceVersion precondition and carries server-owned fields.
-fn prepare_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResult<()> {
+fn prepare_update(app: &App, rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResult<()> {
     let name = old
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -466,7 +470,7 @@ fn prepare_update(rr: &ResourceRequest, old: &Value, new: &mut Value) -> ApiResu
             }
         }
     }
-    admission::on_update(rr, old, new)?;
+    admission::on_update(rr, old, new, &app.node_ports)?;
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64);
     if let Some(g) = generation {
         let spec_changed = old.get("spec") != new.get("spec");
@@ -497,7 +501,7 @@ pub fn update_object(
     let n = name(rr)?.to_owned();
     app.store.mutate(&key(rr, &n), |old| {
         let old = old.ok_or_else(|| ApiError::not_found(rr.resource.plural, &n))?;
-        prepare_update(rr, old, &mut obj)?;
+        prepare_update(app, rr, old, &mut obj)?;
         Ok(Some(obj))
     })
 }
@@ -533,7 +537,7 @@ fn patch(
         }
         check_identity(rr, &mut new)?;
         check_fields(rr, &new, query)?;
-        prepare_update(rr, old, &mut new)?;
+        prepare_update(app, rr, old, &mut new)?;
         Ok(Some(new))
     })?;
     Ok(respond(StatusCode::OK, &stored))
@@ -639,7 +643,7 @@ pub fn delete_object(
                     Some(_) => Ok(None),
                     None => Err(ApiError::not_found(r.plural, n)),
                 });
-                admission::on_delete(r.kind, &obj, &app.ips);
+                admission::on_delete(r.kind, &obj, &app.ips, &app.node_ports);
             }
         }
     }
@@ -649,7 +653,7 @@ pub fn delete_object(
         }
         Ok(None)
     })?;
-    admission::on_delete(rr.resource.kind, &old, &app.ips);
+    admission::on_delete(rr.resource.kind, &old, &app.ips, &app.node_ports);
     Ok(old)
 }
 
