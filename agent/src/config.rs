@@ -503,6 +503,30 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_configuration_file_is_valid() {
+        let cm = include_str!("../../manifests/03-configmap.yaml");
+        let (_, body) = cm.split_once("sluice.yaml: |\n").unwrap();
+        let yaml: String = body
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = with_file(
+            &yaml,
+            RunArgs {
+                manifests: Some("/m".into()),
+                ..RunArgs::default()
+            },
+        )
+        .map(services)
+        .unwrap();
+        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Auto);
+        assert_eq!(c.nodeport_range, (30_000, 32_767));
+        assert_eq!(c.maglev_size, 16_381);
+        assert_eq!(c.conntrack_size, 262_144);
+    }
+
+    #[test]
     fn xdp_settings_have_keys_defaults_and_checks() {
         let c = with_file(
             "manifests: /m\ninterfaces: veth*\nexternal-interfaces: [eth0, bond*]\nxdp-mode: generic\nnodeport-range: 20000-20999\nmaglev-table-size: 65521\n",
