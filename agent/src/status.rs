@@ -21,8 +21,21 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
+/// `10.96.0.10:80/TCP`; a NodePort (every node address) is
+/// `<node>:30080/TCP`, and a frontend's local-endpoints scope (the
+/// `externalTrafficPolicy: Local` entry) has ` (local)` after it.
 fn frontend(k: ServiceKey) -> String {
-    format!("{}:{}/{}", k.addr(), k.port(), proto_name(k.proto))
+    let addr = if k.is_node_port() {
+        "<node>".to_owned()
+    } else {
+        k.addr().to_string()
+    };
+    let scope = if k.scope == sluice_abi::service::SCOPE_LOCAL {
+        " (local)"
+    } else {
+        ""
+    };
+    format!("{addr}:{}/{}{scope}", k.port(), proto_name(k.proto))
 }
 
 /// Traffic counters of a frontend or backend.
@@ -257,4 +270,22 @@ pub fn metrics(snap: &Snapshot) -> String {
         snap.conntrack_entries
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sluice_abi::{proto, service::ServiceKey};
+
+    use super::frontend;
+
+    #[test]
+    fn frontends_name_node_ports_and_local_scopes() {
+        let vip = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 80, proto::TCP);
+        assert_eq!(frontend(vip), "10.96.0.10:80/TCP");
+        let np = ServiceKey::node_port(30080, proto::UDP);
+        assert_eq!(frontend(np), "<node>:30080/UDP");
+        assert_eq!(frontend(np.local_scope()), "<node>:30080/UDP (local)");
+    }
 }
