@@ -336,3 +336,44 @@ fn a_source_outside_load_balancer_source_ranges_is_refused_at_the_node() {
     let np = SocketAddr::from((c.node_ip(1), NODE_PORT));
     assert!(c.client().tcp_request(np, T).unwrap().starts_with('n'));
 }
+
+#[test]
+fn a_node_address_added_later_serves_node_ports_until_it_is_removed() {
+    if !require_privileges("a_node_address_added_later_serves_node_ports_until_it_is_removed") {
+        return;
+    }
+    let mut c = cluster("", &[(0, 0), (1, 0)]);
+    let extra = Ipv4Addr::new(192, 168, 77, 11);
+    let to = SocketAddr::from((extra, NODE_PORT));
+    let from = c.node(0).agent().log_len();
+    c.node_ref(0)
+        .node()
+        .ip(&["addr", "add", &format!("{extra}/24"), "dev", EXT_IF])
+        .unwrap();
+    // The agent learns it from rtnetlink and writes it to the map.
+    c.node(0)
+        .agent()
+        .wait_for(&extra.to_string(), from, T)
+        .unwrap();
+    let seen = answers(c.client(), to, 30);
+    assert_eq!(
+        backends_of(&seen),
+        BTreeSet::from([pod_name(0, 0), pod_name(1, 0)]),
+        "{seen:?}"
+    );
+
+    let from = c.node(0).agent().log_len();
+    c.node_ref(0)
+        .node()
+        .ip(&["addr", "del", &format!("{extra}/24"), "dev", EXT_IF])
+        .unwrap();
+    c.node(0)
+        .agent()
+        .wait_for("node addresses (NodePorts)", from, T)
+        .unwrap();
+    // No longer the node's: its NodePorts are gone with it (the client's
+    // neighbour entry may still send frames there).
+    assert!(c.client().tcp_request(to, SHORT).is_err());
+    let seen = answers(c.client(), SocketAddr::from((c.node_ip(0), NODE_PORT)), 10);
+    assert!(!seen.is_empty());
+}
