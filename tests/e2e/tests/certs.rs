@@ -452,6 +452,11 @@ fn with_the_api_server_down_the_current_certificate_is_kept_until_a_new_one_come
             .agent()
             .wait_for("client certificate", from, Duration::from_secs(5));
     }
+    // The file is in place before the agent takes it into use (and out of
+    // its error state, had the old one expired meanwhile); it says so.
+    node.agent()
+        .wait_for("client certificate in use", from, STEP)
+        .unwrap();
     assert_eq!(node.health("/healthz").0, 200);
     node.assert_log_clean();
 }
