@@ -128,43 +128,30 @@ fn assign_ports(
     held: &BTreeSet<u16>,
     taken: &mut Vec<u16>,
 ) -> Result<(), String> {
-    let mut take = |requested: Option<u16>, field: &str| -> Result<u16, String> {
-        let port = match requested {
-            Some(p) if held.contains(&p) => return Ok(p),
-            Some(p) => ports
-                .claim(p)
-                .map(|()| p)
-                .map_err(|e| format!("{field}: Invalid value: {p}: {e}"))?,
-            None => ports.allocate().map_err(|e| {
-                format!("{field}: Internal error: failed to allocate a nodePort: {e}")
-            })?,
-        };
-        taken.push(port);
-        Ok(port)
+    let as_port = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)
     };
     let old_ports: Vec<Value> = old
         .and_then(|o| o.pointer("/spec/ports"))
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let count = svc
+    // Which port each slot wants: (port index or None for the health
+    // check, the port it names or keeps).
+    let mut wanted: Vec<(Option<usize>, Option<u16>)> = Vec::new();
+    let new_ports = svc
         .pointer("/spec/ports")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    for i in 0..count {
-        let Some(p) = svc.pointer_mut(&format!("/spec/ports/{i}")) else {
-            continue;
-        };
-        let requested = p
-            .get("nodePort")
-            .and_then(Value::as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|n| *n != 0);
-        let field = format!("spec.ports[{i}].nodePort");
+        .cloned()
+        .unwrap_or_default();
+    for (i, p) in new_ports.iter().enumerate() {
+        let requested = as_port(p.get("nodePort"));
         if !wants_node_ports {
             if requested.is_some() {
                 return Err(format!(
-                    "{field}: Forbidden: may not be used when `type` is 'ClusterIP'"
+                    "spec.ports[{i}].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
                 ));
             }
             continue;
@@ -175,31 +162,70 @@ fn assign_ports(
             old_ports
                 .iter()
                 .find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"))
-                .and_then(|o| o.get("nodePort")?.as_u64())
-                .and_then(|n| u16::try_from(n).ok())
+                .and_then(|o| as_port(o.get("nodePort")))
                 .filter(|n| held.contains(n))
         });
-        p["nodePort"] = json!(take(kept, &field)?);
+        wanted.push((Some(i), kept));
     }
-    let spec = &mut svc["spec"];
+    let spec = &svc["spec"];
     let local = spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
     let is_lb = spec.get("type").and_then(Value::as_str) == Some("LoadBalancer");
-    let requested = spec
-        .get("healthCheckNodePort")
-        .and_then(Value::as_u64)
-        .and_then(|n| u16::try_from(n).ok())
-        .filter(|n| *n != 0);
+    let requested = as_port(spec.get("healthCheckNodePort"));
     if is_lb && local {
         let kept = requested.or_else(|| {
-            old.and_then(|o| o.pointer("/spec/healthCheckNodePort")?.as_u64())
-                .and_then(|n| u16::try_from(n).ok())
+            as_port(old.and_then(|o| o.pointer("/spec/healthCheckNodePort")))
                 .filter(|n| held.contains(n))
         });
-        spec["healthCheckNodePort"] = json!(take(kept, "spec.healthCheckNodePort")?);
+        wanted.push((None, kept));
     } else if requested.is_some() {
         return Err("spec.healthCheckNodePort: Invalid value: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'".into());
-    } else if let Some(o) = spec.as_object_mut() {
+    } else if let Some(o) = svc["spec"].as_object_mut() {
         o.remove("healthCheckNodePort");
+    }
+    let field = |slot: Option<usize>| {
+        slot.map_or_else(
+            || "spec.healthCheckNodePort".to_owned(),
+            |i| format!("spec.ports[{i}].nodePort"),
+        )
+    };
+    // Named ports first, as kube-apiserver: an allocation must not take
+    // a port another slot of the same Service asks for.
+    for &(slot, want) in &wanted {
+        if let Some(p) = want
+            && !held.contains(&p)
+        {
+            ports
+                .claim(p)
+                .map_err(|e| format!("{}: Invalid value: {p}: {e}", field(slot)))?;
+            taken.push(p);
+        }
+    }
+    for (slot, want) in wanted {
+        let port = match want {
+            Some(p) => p,
+            None => {
+                let p = ports.allocate().map_err(|e| {
+                    format!(
+                        "{}: Internal error: failed to allocate a nodePort: {e}",
+                        field(slot)
+                    )
+                })?;
+                taken.push(p);
+                p
+            }
+        };
+        let target = match slot {
+            Some(i) => svc.pointer_mut(&format!("/spec/ports/{i}")),
+            None => svc.pointer_mut("/spec"),
+        };
+        let key = if slot.is_some() {
+            "nodePort"
+        } else {
+            "healthCheckNodePort"
+        };
+        if let Some(Value::Object(o)) = target {
+            o.insert(key.to_owned(), json!(port));
+        }
     }
     Ok(())
 }
@@ -212,6 +238,20 @@ mod tests {
 
     fn svc(kind: &str, ports: &Value) -> Value {
         json!({"metadata": {"name": "web"}, "spec": {"type": kind, "ports": ports}})
+    }
+
+    #[test]
+    fn named_node_ports_are_claimed_before_others_are_allocated() {
+        // A random allocation must never take the port a later slot names.
+        for _ in 0..50 {
+            let a = PortAllocator::new("30000-30001").unwrap();
+            let mut s = svc(
+                "NodePort",
+                &json!([{"port": 80, "protocol": "TCP"}, {"port": 81, "protocol": "TCP", "nodePort": 30001}]),
+            );
+            assign(&a, &mut s, None).unwrap();
+            assert_eq!(s["spec"]["ports"][0]["nodePort"], 30000);
+        }
     }
 
     #[test]
