@@ -233,7 +233,7 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
         ..AgentOptions::default()
     })
     .unwrap();
-    let ct = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
+    let ct = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
     assert_eq!(
         ct.info().unwrap().max_entries(),
         4096,
@@ -266,7 +266,7 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
     })
     .unwrap();
     assert!(lab.agent().log().contains("recreating it"));
-    let ct = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
+    let ct = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
     assert_eq!(
         ct.info().unwrap().max_entries(),
         8192,

@@ -48,7 +48,7 @@ fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
 }
 
 fn conntrack_entries(lab: &Lab) -> usize {
-    let data = MapData::from_pin(lab.pin_dir().join("SLUICE_CT")).unwrap();
+    let data = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
     let ct: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(data)).unwrap();
     ct.keys().count()
 }
