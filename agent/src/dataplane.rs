@@ -160,7 +160,12 @@ impl Dataplane {
             .override_global(CONFIG_GLOBAL, &opts.config, true)
             .load(EBPF_OBJ)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        for name in [TC_PROGRAM, TC_EXTERNAL, TC_NORTH_SOUTH] {
+        // External interfaces get XDP and `tc_external`, or with
+        // `--xdp-mode tc` only `tc_north_south`: the verifier sees only
+        // the programs this mode attaches.
+        let tc_mode = opts.xdp_mode == XdpAttach::Tc;
+        let external = if tc_mode { TC_NORTH_SOUTH } else { TC_EXTERNAL };
+        for name in [TC_PROGRAM, external] {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|e| Error::Program {
@@ -168,10 +173,12 @@ impl Dataplane {
                     source: Box::new(e),
                 })?;
         }
-        xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
-            name: XDP_PROGRAM,
-            source: Box::new(e),
-        })?;
+        if !tc_mode {
+            xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
+                name: XDP_PROGRAM,
+                source: Box::new(e),
+            })?;
+        }
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
         bpffs::remove_legacy_pins(&opts.pin_dir);

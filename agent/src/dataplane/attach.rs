@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
     tc::SchedClassifierLink,
     xdp::XdpLink,
@@ -99,56 +99,31 @@ pub fn remove_pin(path: &Path) {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Attaches a TC program at the ingress of `iface`, pinned at `path`.
 pub fn attach_pinned(
     prog: &mut SchedClassifier,
     iface: &str,
     path: &Path,
 ) -> Result<PinnedLink, Error> {
-    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
-        iface: iface.to_owned(),
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
-    }
-    match PinnedLink::from_pin(path) {
-        Ok(pinned) => {
-            let fd_link = FdLink::from(pinned);
-            let replaced = SchedClassifierLink::try_from(fd_link)
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .and_then(|link| prog.attach_to_link(link).map_err(|e| Box::new(e) as _));
-            match replaced {
-                Ok(id) => {
-                    // The link stays pinned at `path`; keep a handle on it.
-                    drop(prog.take_link(id));
-                    tracing::info!(iface, "took over the pinned link");
-                    return PinnedLink::from_pin(path).map_err(|e| pin_err(Box::new(e)));
-                }
-                Err(e) => {
-                    tracing::info!(iface, "replacing a stale pinned link: {e}");
-                    remove_pin(path);
-                }
-            }
-        }
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::info!(iface, "replacing an unreadable link pin: {e}");
-            remove_pin(path);
-        }
-    }
-    let id = prog
-        .attach(iface, TcAttachType::Ingress)
-        .map_err(|e| Error::Attach {
-            iface: iface.to_owned(),
-            source: Box::new(e),
-        })?;
-    let link = prog.take_link(id).map_err(|e| Error::Attach {
-        iface: iface.to_owned(),
-        source: Box::new(e),
-    })?;
-    let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-    fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
+    pinned_link(
+        prog,
+        iface,
+        path,
+        "link",
+        |prog, pinned| {
+            let link = SchedClassifierLink::try_from(pinned)?;
+            let id = prog.attach_to_link(link)?;
+            // The link stays pinned at `path`; the handle goes.
+            drop(prog.take_link(id));
+            Ok(())
+        },
+        |prog| {
+            let id = prog.attach(iface, TcAttachType::Ingress)?;
+            prog.take_link(id)
+        },
+    )
 }
 
 /// Attaches the XDP program to interface `index` in `mode`, replacing the
@@ -160,7 +135,39 @@ pub fn attach_xdp_pinned(
     path: &Path,
     mode: XdpMode,
 ) -> Result<PinnedLink, Error> {
-    let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::PinLink {
+    pinned_link(
+        prog,
+        iface,
+        path,
+        "XDP link",
+        |prog, pinned| {
+            let link = XdpLink::try_from(pinned)?;
+            let id = prog.attach_to_link(link)?;
+            drop(prog.take_link(id));
+            Ok(())
+        },
+        |prog| {
+            let id = prog.attach_to_if_index(index, mode)?;
+            prog.take_link(id)
+        },
+    )
+}
+
+/// The link pinned at `path` with `prog` in it: the pinned one, its program
+/// replaced by `replace`, when there is one that takes it; else a new one
+/// from `attach`, pinned there (a stale or unreadable pin is removed first).
+fn pinned_link<P, L>(
+    prog: &mut P,
+    iface: &str,
+    path: &Path,
+    what: &str,
+    replace: impl FnOnce(&mut P, FdLink) -> Result<(), BoxError>,
+    attach: impl FnOnce(&mut P) -> Result<L, ProgramError>,
+) -> Result<PinnedLink, Error>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let pin_err = |source: BoxError| Error::PinLink {
         iface: iface.to_owned(),
         path: path.to_path_buf(),
         source,
@@ -169,34 +176,26 @@ pub fn attach_xdp_pinned(
         fs::create_dir_all(dir).map_err(|e| pin_err(Box::new(e)))?;
     }
     match PinnedLink::from_pin(path) {
-        Ok(pinned) => {
-            let replaced = XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                .and_then(|link| prog.attach_to_link(link).map_err(|e| Box::new(e) as _));
-            match replaced {
-                Ok(id) => {
-                    drop(prog.take_link(id));
-                    tracing::info!(iface, "took over the pinned XDP link");
-                    return PinnedLink::from_pin(path).map_err(|e| pin_err(Box::new(e)));
-                }
-                Err(e) => {
-                    tracing::info!(iface, "replacing a stale pinned XDP link: {e}");
-                    remove_pin(path);
-                }
+        Ok(pinned) => match replace(prog, FdLink::from(pinned)) {
+            Ok(()) => {
+                tracing::info!(iface, "took over the pinned {what}");
+                return PinnedLink::from_pin(path).map_err(|e| pin_err(Box::new(e)));
             }
-        }
+            Err(e) => {
+                tracing::info!(iface, "replacing a stale pinned {what}: {e}");
+                remove_pin(path);
+            }
+        },
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::info!(iface, "replacing an unreadable XDP link pin: {e}");
+            tracing::info!(iface, "replacing an unreadable {what} pin: {e}");
             remove_pin(path);
         }
     }
-    let attach_err = |e| Error::Attach {
+    let link = attach(prog).map_err(|e| Error::Attach {
         iface: iface.to_owned(),
         source: Box::new(e),
-    };
-    let id = prog.attach_to_if_index(index, mode).map_err(attach_err)?;
-    let link = prog.take_link(id).map_err(attach_err)?;
+    })?;
     let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
     fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
 }
