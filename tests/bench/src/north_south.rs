@@ -18,7 +18,6 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::PathBuf,
     sync::{
         Arc,
@@ -29,7 +28,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use sluice_lab::{AgentOptions, Cluster, EXT_IF, Pod, mac_of};
+use sluice_lab::{
+    AgentOptions, Cluster, EXT_IF, Pod,
+    frame::{self, Hop, RawSocket},
+    mac_of,
+};
 
 use crate::stats::machine;
 
@@ -188,14 +191,11 @@ fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
         Mode::Floor => (BACKEND, TARGET_PORT),
     };
     let client = c.client();
-    let frames = frames(
-        mac_of(&client.ns, "eth0")?,
-        mac_of(c.node_ref(0).node(), EXT_IF)?,
-        client.ip,
-        dst,
-        dport,
-        flows,
-    );
+    let hop = Hop {
+        src_mac: mac_of(&client.ns, "eth0")?,
+        dst_mac: mac_of(c.node_ref(0).node(), EXT_IF)?,
+    };
+    let frames = frames(hop, client.ip, dst, dport, flows);
     let generator = Generator::start(client, frames)?;
     // Neighbours resolve and every flow is set up before the window.
     generator.wait_sent(u64::from(flows) * 4, Duration::from_secs(5))?;
@@ -280,7 +280,7 @@ fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
 }
 
 /// Frames received on the pod's eth0 (`ip -s`).
-fn rx_packets(pod: &Pod) -> Result<u64> {
+pub(crate) fn rx_packets(pod: &Pod) -> Result<u64> {
     let out = pod.ns.ip(&["-j", "-s", "link", "show", "dev", "eth0"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("ip -j -s link")?;
     v.pointer("/0/stats64/rx/packets")
@@ -290,39 +290,9 @@ fn rx_packets(pod: &Pod) -> Result<u64> {
 
 /// The generator's frames: Ethernet to node a, IPv4 with its checksum,
 /// UDP without one (allowed in IPv4), one per source port.
-fn frames(
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    dport: u16,
-    flows: u16,
-) -> Vec<Vec<u8>> {
+fn frames(hop: Hop, src: Ipv4Addr, dst: Ipv4Addr, dport: u16, flows: u16) -> Vec<Vec<u8>> {
     (0..flows)
-        .map(|i| {
-            let udp_len = 8 + PAYLOAD;
-            let tot = u16::try_from(20 + udp_len).unwrap_or(u16::MAX);
-            let mut ip = [0u8; 20];
-            ip[0] = 0x45;
-            ip[2..4].copy_from_slice(&tot.to_be_bytes());
-            ip[8] = 64;
-            ip[9] = sluice_abi::proto::UDP;
-            ip[12..16].copy_from_slice(&src.octets());
-            ip[16..20].copy_from_slice(&dst.octets());
-            let check = sluice_abi::csum::ipv4_header(&ip);
-            ip[10..12].copy_from_slice(&check.to_be_bytes());
-            let mut f = Vec::with_capacity(14 + usize::from(tot));
-            f.extend_from_slice(&dst_mac);
-            f.extend_from_slice(&src_mac);
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            f.extend_from_slice(&ip);
-            f.extend_from_slice(&(20_000 + i).to_be_bytes());
-            f.extend_from_slice(&dport.to_be_bytes());
-            f.extend_from_slice(&u16::try_from(udp_len).unwrap_or(0).to_be_bytes());
-            f.extend_from_slice(&[0, 0]);
-            f.extend(std::iter::repeat_n(0xab, PAYLOAD));
-            f
-        })
+        .map(|i| frame::udp(hop, (src, 20_000 + i), (dst, dport), PAYLOAD, false))
         .collect()
 }
 
@@ -387,72 +357,19 @@ impl Drop for Generator {
     }
 }
 
-/// Sends `frames` out of eth0 in batches until `stop`, counting into `sent`.
+/// Sends `frames` out of eth0 round-robin, a batch at a time, until
+/// `stop`, counting into `sent`.
 fn send_loop(frames: &[Vec<u8>], stop: &AtomicBool, sent: &AtomicU64) -> Result<()> {
-    let ifindex = nix::net::if_::if_nametoindex("eth0")?;
-    // SAFETY: socket(2), setsockopt(2), bind(2) and sendmmsg(2) on a
-    // descriptor owned here, with zeroed and filled-in C structs whose
-    // pointers (into `frames` and the local arrays) outlive the calls.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        if fd < 0 {
-            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let raw = fd.as_raw_fd();
-        let one: libc::c_int = 1;
-        // Straight to the driver, past the qdisc, as pktgen does.
-        if libc::setsockopt(
-            raw,
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            std::ptr::from_ref(&one).cast(),
-            u32::try_from(size_of::<libc::c_int>())?,
-        ) != 0
-        {
-            bail!("PACKET_QDISC_BYPASS: {}", std::io::Error::last_os_error());
-        }
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = u16::try_from(libc::AF_PACKET)?;
-        addr.sll_ifindex = i32::try_from(ifindex)?;
-        if libc::bind(
-            raw,
-            std::ptr::from_ref(&addr).cast(),
-            u32::try_from(size_of::<libc::sockaddr_ll>())?,
-        ) != 0
-        {
-            bail!("binding to eth0: {}", std::io::Error::last_os_error());
-        }
-        let mut iov: Vec<libc::iovec> = (0..BATCH)
-            .map(|i| {
-                let f = &frames[i % frames.len()];
-                libc::iovec {
-                    iov_base: f.as_ptr().cast_mut().cast(),
-                    iov_len: f.len(),
-                }
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                let mut m: libc::mmsghdr = std::mem::zeroed();
-                m.msg_hdr.msg_iov = std::ptr::from_mut(v);
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let batch = u32::try_from(BATCH)?;
-        while !stop.load(Ordering::Relaxed) {
-            let n = libc::sendmmsg(raw, msgs.as_mut_ptr(), batch, 0);
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR) => continue,
-                    _ => bail!("sendmmsg: {e}"),
-                }
-            }
-            sent.fetch_add(u64::try_from(n)?, Ordering::Relaxed);
-        }
+    let socket = RawSocket::open("eth0")?;
+    let batch: Vec<&[u8]> = frames
+        .iter()
+        .cycle()
+        .take(BATCH)
+        .map(Vec::as_slice)
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let n = socket.send_batch(&batch)?;
+        sent.fetch_add(u64::try_from(n)?, Ordering::Relaxed);
     }
     Ok(())
 }

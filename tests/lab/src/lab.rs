@@ -313,35 +313,7 @@ impl Pod {
     /// Sends a raw Ethernet frame out of the pod's eth0 (an `AF_PACKET` socket),
     /// e.g. a malformed packet no socket API would build.
     pub fn send_raw_frame(&self, frame: Vec<u8>) -> Result<()> {
-        self.ns.run(move || -> Result<()> {
-            let ifindex = nix::net::if_::if_nametoindex("eth0")?;
-            // SAFETY: plain socket(2)/sendto(2) calls on a descriptor we own,
-            // with a zeroed and filled-in sockaddr_ll.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                if fd < 0 {
-                    bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-                }
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = u16::try_from(libc::AF_PACKET)?;
-                addr.sll_ifindex = i32::try_from(ifindex)?;
-                addr.sll_halen = 6;
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    std::ptr::from_ref(&addr).cast(),
-                    u32::try_from(size_of::<libc::sockaddr_ll>())?,
-                );
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if sent < 0 {
-                    bail!("sendto: {err}");
-                }
-            }
-            Ok(())
-        })?
+        self.send_frames(vec![frame])
     }
 
     /// The MAC address of an interface in this pod's namespace.

@@ -17,6 +17,7 @@ mod bpffs;
 mod cgroup;
 pub mod cluster;
 mod ethtool;
+pub mod frame;
 pub mod lab;
 pub mod manifest;
 mod netns;
