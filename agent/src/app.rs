@@ -76,6 +76,7 @@ async fn run_services(
         maglev_size,
         pin_dir,
         conntrack_size,
+        conntrack_gc_interval,
         socket_lb,
         dataplane: config,
         dns,
@@ -84,12 +85,14 @@ async fn run_services(
     let mut dp = Dataplane::load(&dataplane::Options {
         pin_dir,
         conntrack_size,
+        conntrack_gc_interval,
         config,
         socket_lb,
         xdp_mode,
         maglev_size,
     })
     .context("loading the dataplane")?;
+    health.set_conntrack(dp.conntrack_census());
     let _health = serve_health(&health, health_listen).await?;
     let dns = match &dns {
         Some(cfg) => {
@@ -109,6 +112,8 @@ async fn run_services(
 
     let (mut links, mut ext) =
         watch_links(&mut dp, &interfaces, external_interfaces, nodeport_range).await?;
+    // The new programs are in every link now.
+    dp.finish_upgrade();
 
     let mut node = None;
     let mut retry = Retry::default();

@@ -74,9 +74,30 @@ pub struct RunArgs {
     /// bpffs directory for the pinned maps and links (mounted if needed).
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
-    /// Conntrack map size (entries; two per flow).
+    /// Conntrack entries over all its maps (two per flow; default: 0.25 %
+    /// of the node's memory, at least 262144). Split between east-west and
+    /// north-south, TCP and other protocols, established and new flows.
     #[arg(long)]
     pub conntrack_size: Option<u32>,
+    /// Seconds between conntrack garbage collections (default 10).
+    #[arg(long)]
+    pub conntrack_gc_interval: Option<u32>,
+    /// Seconds a TCP flow lives without traffic before its handshake
+    /// completes (default 60).
+    #[arg(long)]
+    pub conntrack_lifetime_syn: Option<u32>,
+    /// Seconds an established TCP flow lives without traffic (default 21600).
+    #[arg(long)]
+    pub conntrack_lifetime_established: Option<u32>,
+    /// Seconds a TCP flow lives without traffic after a FIN or RST (default 10).
+    #[arg(long)]
+    pub conntrack_lifetime_closing: Option<u32>,
+    /// Seconds a UDP flow lives without traffic before a reply (default 30).
+    #[arg(long)]
+    pub conntrack_lifetime_udp: Option<u32>,
+    /// Seconds a UDP flow lives without traffic once replied (default 120).
+    #[arg(long)]
+    pub conntrack_lifetime_udp_replied: Option<u32>,
     /// Socket LB: `connect()` and sends to ClusterIPs from processes in the
     /// cgroup go straight to a backend (default true)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use sluice_abi::{config::DataplaneConfig, maps::DEFAULT_CONNTRACK_SIZE};
+use sluice_abi::{config::DataplaneConfig, conntrack::Lifetimes};
 use thiserror::Error;
 
 use crate::{
@@ -42,8 +42,10 @@ pub enum ConfigError {
     NoInterfaces,
     #[error("`service-cidr`: `{0}` is not an IPv4 CIDR such as 10.96.0.0/12")]
     ServiceCidr(String),
-    #[error("`conntrack-size` must be at least 2 (two entries per flow)")]
+    #[error("`conntrack-size` must be at least 4096")]
     ConntrackSize,
+    #[error("`{0}` must be from 1 to 604800 seconds (a week)")]
+    Seconds(&'static str),
     #[error("socket LB needs a cgroup: give `cgroup-path` or `socket-lb: false`")]
     NoCgroup(#[source] std::io::Error),
     #[error("`interfaces`")]
@@ -97,6 +99,12 @@ struct FileConfig {
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
     conntrack_size: Option<u32>,
+    conntrack_gc_interval: Option<u32>,
+    conntrack_lifetime_syn: Option<u32>,
+    conntrack_lifetime_established: Option<u32>,
+    conntrack_lifetime_closing: Option<u32>,
+    conntrack_lifetime_udp: Option<u32>,
+    conntrack_lifetime_udp_replied: Option<u32>,
     socket_lb: Option<bool>,
     cgroup_path: Option<PathBuf>,
     dns_ip: Option<std::net::IpAddr>,
@@ -151,6 +159,7 @@ pub struct ServicesConfig {
     pub maglev_size: u32,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
+    pub conntrack_gc_interval: std::time::Duration,
     /// Socket LB's cgroup; `None`: socket LB is off.
     pub socket_lb: Option<PathBuf>,
     pub dataplane: DataplaneConfig,
@@ -219,6 +228,18 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         service_cidr: args.service_cidr.or(file.service_cidr),
         pin_dir: args.pin_dir.or(file.pin_dir),
         conntrack_size: args.conntrack_size.or(file.conntrack_size),
+        conntrack_gc_interval: args.conntrack_gc_interval.or(file.conntrack_gc_interval),
+        conntrack_lifetime_syn: args.conntrack_lifetime_syn.or(file.conntrack_lifetime_syn),
+        conntrack_lifetime_established: args
+            .conntrack_lifetime_established
+            .or(file.conntrack_lifetime_established),
+        conntrack_lifetime_closing: args
+            .conntrack_lifetime_closing
+            .or(file.conntrack_lifetime_closing),
+        conntrack_lifetime_udp: args.conntrack_lifetime_udp.or(file.conntrack_lifetime_udp),
+        conntrack_lifetime_udp_replied: args
+            .conntrack_lifetime_udp_replied
+            .or(file.conntrack_lifetime_udp_replied),
         socket_lb: args.socket_lb.or(file.socket_lb),
         cgroup_path: args.cgroup_path.or(file.cgroup_path),
         dns_ip: args.dns_ip.or(file.dns_ip),
@@ -283,11 +304,19 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
     };
     let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
     let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?
-        .with_nodeport_range(nodeport_range.0, nodeport_range.1);
-    let conntrack_size = c.conntrack_size.unwrap_or(DEFAULT_CONNTRACK_SIZE);
-    if conntrack_size < 2 {
+        .with_nodeport_range(nodeport_range.0, nodeport_range.1)
+        .with_lifetimes(lifetimes(c)?);
+    let conntrack_size = c
+        .conntrack_size
+        .unwrap_or_else(crate::dataplane::conntrack::default_size);
+    if conntrack_size < 4096 {
         return Err(ConfigError::ConntrackSize);
     }
+    let conntrack_gc_interval = std::time::Duration::from_secs(u64::from(seconds(
+        "conntrack-gc-interval",
+        c.conntrack_gc_interval,
+        10,
+    )?));
     let socket_lb = if c.socket_lb.unwrap_or(true) {
         match c.cgroup_path.take() {
             Some(path) => Some(path),
@@ -305,10 +334,50 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         maglev_size,
         pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         conntrack_size,
+        conntrack_gc_interval,
         socket_lb,
         dataplane,
         dns,
     })
+}
+
+/// The conntrack lifetimes, each from 1 s to a week.
+fn lifetimes(c: &FileConfig) -> Result<Lifetimes, ConfigError> {
+    let d = Lifetimes::DEFAULT;
+    Ok(Lifetimes {
+        syn_s: seconds("conntrack-lifetime-syn", c.conntrack_lifetime_syn, d.syn_s)?,
+        established_s: seconds(
+            "conntrack-lifetime-established",
+            c.conntrack_lifetime_established,
+            d.established_s,
+        )?,
+        closing_s: seconds(
+            "conntrack-lifetime-closing",
+            c.conntrack_lifetime_closing,
+            d.closing_s,
+        )?,
+        other_s: seconds(
+            "conntrack-lifetime-udp",
+            c.conntrack_lifetime_udp,
+            d.other_s,
+        )?,
+        other_replied_s: seconds(
+            "conntrack-lifetime-udp-replied",
+            c.conntrack_lifetime_udp_replied,
+            d.other_replied_s,
+        )?,
+        _pad: 0,
+    })
+}
+
+/// A number of seconds from 1 to 604800 (`default` when not given).
+fn seconds(key: &'static str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let s = value.unwrap_or(default);
+    if (1..=604_800).contains(&s) {
+        Ok(s)
+    } else {
+        Err(ConfigError::Seconds(key))
+    }
 }
 
 fn dataplane_config(
@@ -472,7 +541,9 @@ mod tests {
     #[test]
     fn every_flag_has_a_key_and_flags_win() {
         let c = with_file(
-            "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 1024\nlog-level: debug\n",
+            "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 8192\nlog-level: debug\n\
+             conntrack-gc-interval: 3\nconntrack-lifetime-syn: 4\nconntrack-lifetime-established: 5\n\
+             conntrack-lifetime-closing: 6\nconntrack-lifetime-udp: 7\nconntrack-lifetime-udp-replied: 8\n",
             RunArgs::default(),
         )
         .map(services)
@@ -485,20 +556,38 @@ mod tests {
         );
         assert!(c.dataplane.in_service_cidr([10, 100, 0, 1]));
         assert_eq!(c.pin_dir, PathBuf::from("/p"));
-        assert_eq!(c.conntrack_size, 1024);
+        assert_eq!(c.conntrack_size, 8192);
+        assert_eq!(c.conntrack_gc_interval, std::time::Duration::from_secs(3));
+        let l = c.dataplane.lifetimes;
+        assert_eq!(
+            [
+                l.syn_s,
+                l.established_s,
+                l.closing_s,
+                l.other_s,
+                l.other_replied_s
+            ],
+            [4, 5, 6, 7, 8]
+        );
 
         let c = with_file(
             "manifests: /m\ninterfaces: 'veth*'\n",
             RunArgs {
                 manifests: Some("/flag".into()),
-                conntrack_size: Some(64),
+                conntrack_size: Some(4096),
+                conntrack_lifetime_closing: Some(2),
                 ..RunArgs::default()
             },
         )
         .map(services)
         .unwrap();
         assert_eq!(c.source, Source::Manifests("/flag".into()));
-        assert_eq!(c.conntrack_size, 64);
+        assert_eq!(c.conntrack_size, 4096);
+        assert_eq!(c.dataplane.lifetimes.closing_s, 2);
+        assert_eq!(
+            c.dataplane.lifetimes.established_s, 21_600,
+            "the others keep their defaults"
+        );
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
     }
 
@@ -523,7 +612,15 @@ mod tests {
         assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Auto);
         assert_eq!(c.nodeport_range, (30_000, 32_767));
         assert_eq!(c.maglev_size, 16_381);
-        assert_eq!(c.conntrack_size, 262_144);
+        assert_eq!(
+            c.conntrack_size,
+            crate::dataplane::conntrack::default_size(),
+            "sized from memory"
+        );
+        assert_eq!(
+            c.dataplane.lifetimes,
+            sluice_abi::conntrack::Lifetimes::DEFAULT
+        );
     }
 
     #[test]
@@ -637,6 +734,19 @@ mod tests {
                 ..args()
             }),
             Err(ConfigError::NoInterfaces)
+        ));
+        let err = RunConfig::from_args(RunArgs {
+            conntrack_lifetime_udp: Some(0),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("conntrack-lifetime-udp"), "{err}");
+        assert!(matches!(
+            RunConfig::from_args(RunArgs {
+                conntrack_size: Some(1000),
+                ..args()
+            }),
+            Err(ConfigError::ConntrackSize)
         ));
     }
 }

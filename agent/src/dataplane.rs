@@ -9,6 +9,7 @@
 mod attach;
 mod batch;
 mod bpffs;
+pub mod conntrack;
 pub mod maps;
 pub mod sock;
 mod stale_udp;
@@ -100,7 +101,10 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub pin_dir: PathBuf,
+    /// Conntrack entries over the eight maps (`split_sizes`).
     pub conntrack_size: u32,
+    /// How often the conntrack garbage collector runs.
+    pub conntrack_gc_interval: std::time::Duration,
     pub config: DataplaneConfig,
     /// Socket LB on this cgroup (v2) directory; `None`: off.
     pub socket_lb: Option<PathBuf>,
@@ -135,6 +139,8 @@ pub struct Dataplane {
     current: Current,
     /// Socket LB's cgroup, when it is on.
     socket_lb: Option<PathBuf>,
+    /// Conntrack's garbage collector (stopped on drop).
+    collector: conntrack::Collector,
 }
 
 struct Attached {
@@ -153,10 +159,14 @@ impl Dataplane {
     /// Loads the programs, creating the pinned maps or adopting existing ones.
     pub fn load(opts: &Options) -> Result<Self, Error> {
         bpffs::ensure(&opts.pin_dir)?;
-        bpffs::drop_incompatible_pins(&opts.pin_dir, opts.conntrack_size);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&opts.pin_dir)
-            .map_max_entries(names::CONNTRACK, opts.conntrack_size)
+        let ct_sizes = sluice_abi::conntrack::split_sizes(opts.conntrack_size);
+        bpffs::drop_incompatible_pins(&opts.pin_dir, &ct_sizes);
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&opts.pin_dir);
+        for (name, size) in names::CONNTRACK.iter().zip(ct_sizes) {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .override_global(CONFIG_GLOBAL, &opts.config, true)
             .load(EBPF_OBJ)
             .map_err(|e| Error::Load(Box::new(e)))?;
@@ -181,7 +191,13 @@ impl Dataplane {
         }
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
-        bpffs::remove_legacy_pins(&opts.pin_dir);
+        // Before the new programs take over: the old layout's flows.
+        convert_conntrack(&opts.pin_dir, &maps);
+        let collector = conntrack::Collector::spawn(
+            &opts.pin_dir,
+            opts.config.lifetimes,
+            opts.conntrack_gc_interval,
+        )?;
         match &opts.socket_lb {
             Some(cgroup) => sock::attach(&mut ebpf, cgroup, &opts.pin_dir)?,
             None => sock::detach(&opts.pin_dir),
@@ -202,7 +218,20 @@ impl Dataplane {
             xdp_mode: opts.xdp_mode,
             current,
             socket_lb: opts.socket_lb.clone(),
+            collector,
         })
+    }
+
+    /// Once the new programs are attached: converts the flows the old
+    /// programs created since `load` and removes the old layout's pins.
+    pub fn finish_upgrade(&self) {
+        convert_conntrack(&self.pin_dir, &self.maps);
+        bpffs::remove_legacy_pins(&self.pin_dir);
+    }
+
+    /// The conntrack collector's latest census.
+    pub fn conntrack_census(&self) -> conntrack::Latest {
+        self.collector.latest()
     }
 
     /// Writes what `changes` asks that the maps do not hold yet; returns the
@@ -408,6 +437,22 @@ impl Dataplane {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+}
+
+/// Converts the previous layout's conntrack entries (see
+/// `conntrack::convert_v2`); a failure costs those flows, not the agent.
+fn convert_conntrack(pin_dir: &Path, maps: &maps::Maps) {
+    let converted = conntrack::Conntrack::open_pinned(pin_dir)
+        .map(|mut ct| conntrack::convert_v2(pin_dir, &mut ct, |addr| maps.is_cluster_ip(addr)));
+    match converted {
+        Ok(Ok(0)) => {}
+        Ok(Ok(flows)) => tracing::info!(
+            flows,
+            "converted tracked flows from the previous conntrack layout"
+        ),
+        Ok(Err(e)) => tracing::warn!("converting the previous conntrack layout: {e}"),
+        Err(e) => tracing::warn!("{:#}", anyhow_chain(&e)),
     }
 }
 

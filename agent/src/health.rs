@@ -27,6 +27,7 @@ pub struct Health {
     dns: Arc<OnceLock<Arc<Metrics>>>,
     certs: Arc<OnceLock<CertStatus>>,
     pin_dir: Arc<OnceLock<std::path::PathBuf>>,
+    conntrack: Arc<OnceLock<crate::dataplane::conntrack::Latest>>,
 }
 
 impl Health {
@@ -54,6 +55,12 @@ impl Health {
         let _ = self.pin_dir.set(pin_dir);
     }
 
+    /// `/metrics` shows conntrack from the collector's latest census
+    /// rather than reading the maps on each scrape.
+    pub fn set_conntrack(&self, latest: crate::dataplane::conntrack::Latest) {
+        let _ = self.conntrack.set(latest);
+    }
+
     /// The certificate state, when certificates are managed.
     pub fn certs(&self) -> Option<&CertStatus> {
         self.certs.get()
@@ -62,7 +69,14 @@ impl Health {
     /// The dataplane's state from the pins, when there is a dataplane.
     pub fn snapshot(&self) -> Option<crate::status::Snapshot> {
         let pin_dir = self.pin_dir.get()?;
-        crate::status::collect(pin_dir)
+        let conntrack = self.conntrack.get().map(|latest| {
+            latest
+                .lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .unwrap_or_default()
+        });
+        crate::status::collect(pin_dir, conntrack)
             .map_err(|e| tracing::debug!("reading the pinned maps: {e}"))
             .ok()
     }

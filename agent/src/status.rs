@@ -10,6 +10,7 @@ use sluice_abi::{
 
 use crate::dataplane::{
     Error,
+    conntrack::{Census, Conntrack},
     maps::{Maps, sum_stats},
 };
 
@@ -79,13 +80,14 @@ pub struct ServiceRow {
 pub struct Snapshot {
     pub services: Vec<ServiceRow>,
     pub cluster_ips: usize,
-    pub conntrack_entries: usize,
+    pub conntrack: Census,
     pub drops: BTreeMap<&'static str, u64>,
     pub events: BTreeMap<&'static str, u64>,
 }
 
-/// Reads the pinned maps.
-pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
+/// Reads the pinned maps; conntrack from `conntrack` (the agent's
+/// collector's latest census) or, without it, from a census of the maps.
+pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Error> {
     let maps = Maps::open_pinned(pin_dir)?;
     let names: BTreeMap<u32, String> = maps
         .names
@@ -148,7 +150,10 @@ pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
         .filter_map(Result::ok)
         .filter(ServiceKey::is_marker)
         .count();
-    let conntrack_entries = maps.conntrack.keys().filter_map(Result::ok).count();
+    let conntrack = match conntrack {
+        Some(c) => c,
+        None => Conntrack::open_pinned(pin_dir)?.census(),
+    };
     let drops = DropReason::ALL
         .iter()
         .map(|reason| (reason.label(), maps.drop_count(*reason)))
@@ -160,7 +165,7 @@ pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
     Ok(Snapshot {
         services: rows,
         cluster_ips,
-        conntrack_entries,
+        conntrack,
         drops,
         events,
     })
@@ -168,7 +173,7 @@ pub fn collect(pin_dir: &Path) -> Result<Snapshot, Error> {
 
 /// Renders the status table.
 pub fn render(pin_dir: &Path) -> Result<String, Error> {
-    let snap = collect(pin_dir)?;
+    let snap = collect(pin_dir, None)?;
     let mut out = String::new();
     let row = |out: &mut String, a: &str, b: &str, c: &str, s: Traffic| {
         let _ = writeln!(
@@ -198,8 +203,10 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
     let _ = writeln!(
         out,
         "\nClusterIPs: {}   conntrack entries: {}",
-        snap.cluster_ips, snap.conntrack_entries
+        snap.cluster_ips,
+        snap.conntrack.entries()
     );
+    render_conntrack(&mut out, &snap.conntrack);
     let _ = write!(out, "drops:");
     for (reason, n) in ordered(&snap.drops, DropReason::ALL.iter().map(|r| r.label())) {
         let _ = write!(out, " {reason}={n}");
@@ -210,6 +217,52 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
     }
     out.push('\n');
     Ok(out)
+}
+
+/// The conntrack maps: fill, entries by state, and what became of entries.
+fn render_conntrack(out: &mut String, c: &Census) {
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:<12} {:>9} {:>9} {:>6}  {:<44} {:>10} {:>10} {:>10}",
+        "CONNTRACK",
+        "MAP",
+        "ENTRIES",
+        "CAPACITY",
+        "FILL",
+        "BY STATE",
+        "INSERTED",
+        "EXPIRED",
+        "EVICTED"
+    );
+    for m in &c.maps {
+        let states: Vec<String> = m
+            .states()
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| format!("{l}={n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<18} {:<12} {:>9} {:>9} {:>5.1}%  {:<44} {:>10} {:>10} {:>10}",
+            m.table,
+            m.map,
+            m.entries,
+            m.capacity,
+            m.fill() * 100.0,
+            states.join(" "),
+            m.inserted,
+            m.expired,
+            m.evicted
+        );
+    }
+    if let Some(p) = &c.pass {
+        let _ = writeln!(
+            out,
+            "last collection: {} entries read, {} expired, {:.1} ms",
+            p.visited,
+            p.removed,
+            p.seconds * 1000.0
+        );
+    }
 }
 
 /// `counts` in the order of `labels` (the ABI's order, not the alphabet).
@@ -236,9 +289,11 @@ pub fn metrics(snap: &Snapshot) -> String {
         ),
     ];
     for (what, help, value) in per_service {
-        let _ = writeln!(
-            out,
-            "# HELP sluice_service_{what}_total {help}\n# TYPE sluice_service_{what}_total counter"
+        family(
+            &mut out,
+            &format!("sluice_service_{what}_total"),
+            "counter",
+            help,
         );
         for svc in &snap.services {
             let _ = writeln!(
@@ -250,26 +305,132 @@ pub fn metrics(snap: &Snapshot) -> String {
             );
         }
     }
-    out.push_str("# HELP sluice_dataplane_drops_total Packets dropped in the kernel, by reason.\n# TYPE sluice_dataplane_drops_total counter\n");
+    family(
+        &mut out,
+        "sluice_dataplane_drops_total",
+        "counter",
+        "Packets dropped in the kernel, by reason.",
+    );
     for (reason, n) in &snap.drops {
         let _ = writeln!(
             out,
             "sluice_dataplane_drops_total{{reason=\"{reason}\"}} {n}"
         );
     }
-    out.push_str("# HELP sluice_dataplane_events_total Dataplane events, by kind.\n# TYPE sluice_dataplane_events_total counter\n");
+    family(
+        &mut out,
+        "sluice_dataplane_events_total",
+        "counter",
+        "Dataplane events, by kind.",
+    );
     for (event, n) in &snap.events {
         let _ = writeln!(
             out,
             "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_conntrack_entries Conntrack entries (two per flow).\n# TYPE sluice_conntrack_entries gauge\nsluice_conntrack_entries {}",
-        snap.conntrack_entries
-    );
+    conntrack_metrics(&mut out, &snap.conntrack);
     out
+}
+
+/// A per-map conntrack series: name, type, help, and its value.
+type PerMap = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::dataplane::conntrack::MapCensus) -> f64,
+);
+
+#[expect(clippy::cast_precision_loss, reason = "metrics are floats")]
+fn conntrack_metrics(out: &mut String, c: &Census) {
+    family(
+        out,
+        "sluice_conntrack_entries",
+        "gauge",
+        "Conntrack entries (two per flow), by table, map and state.",
+    );
+    for m in &c.maps {
+        for (state, n) in m.states() {
+            let _ = writeln!(
+                out,
+                "sluice_conntrack_entries{{table=\"{}\",map=\"{}\",state=\"{state}\"}} {n}",
+                m.table, m.map
+            );
+        }
+    }
+    let per_map: [PerMap; 6] = [
+        (
+            "capacity",
+            "gauge",
+            "Entries a conntrack map holds at most.",
+            |m| f64::from(m.capacity),
+        ),
+        (
+            "fill_ratio",
+            "gauge",
+            "Entries over capacity of a conntrack map.",
+            |m| m.fill(),
+        ),
+        (
+            "inserted_total",
+            "counter",
+            "Conntrack entries the dataplane created (new flows, and flows moved to the established map).",
+            |m| m.inserted as f64,
+        ),
+        (
+            "expired_total",
+            "counter",
+            "Conntrack entries the garbage collector removed, their lifetime over.",
+            |m| m.expired as f64,
+        ),
+        (
+            "evicted_total",
+            "counter",
+            "Conntrack entries of flows not yet established pushed out of a full new-flow map by newer ones.",
+            |m| m.evicted as f64,
+        ),
+        (
+            "removed_total",
+            "counter",
+            "Conntrack entries the dataplane removed (replaced flows, and flows moved to the established map).",
+            |m| m.removed as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_map {
+        family(out, &format!("sluice_conntrack_{name}"), kind, help);
+        for m in &c.maps {
+            let _ = writeln!(
+                out,
+                "sluice_conntrack_{name}{{table=\"{}\",map=\"{}\"}} {}",
+                m.table,
+                m.map,
+                value(m)
+            );
+        }
+    }
+    if let Some(p) = &c.pass {
+        let name = "sluice_conntrack_gc_duration_seconds";
+        family(
+            out,
+            name,
+            "gauge",
+            "How long the last conntrack garbage collection took.",
+        );
+        let _ = writeln!(out, "{name} {}", p.seconds);
+        let name = "sluice_conntrack_gc_visited_entries";
+        family(
+            out,
+            name,
+            "gauge",
+            "Entries the last conntrack garbage collection read.",
+        );
+        let _ = writeln!(out, "{name} {}", p.visited);
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! Many map updates in one `bpf(BPF_MAP_UPDATE_BATCH)` call (Linux 5.6+).
+//! Many map updates in one `bpf(BPF_MAP_UPDATE_BATCH)` call, and many
+//! entries read in one `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+).
 //!
-//! aya 0.14 has no batch operations, so this is the raw command on a
+//! aya 0.14 has no batch operations, so these are the raw commands on a
 //! duplicate of the map's descriptor. Programming 10,000 Services writes
-//! over 200,000 entries; one system call each was most of the time.
+//! over 200,000 entries; one system call each was most of the time. The
+//! conntrack collector reads every entry of its maps on each pass.
 
 use std::{
     io,
@@ -12,7 +14,8 @@ use std::{
 
 use aya::Pod;
 
-/// `BPF_MAP_UPDATE_BATCH` (linux/bpf.h, `enum bpf_cmd`).
+/// `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_UPDATE_BATCH` (linux/bpf.h, `enum bpf_cmd`).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// The `batch` member of `union bpf_attr`. The kernel zero-fills the rest
@@ -100,4 +103,58 @@ fn update_once<K: Pod, V: Pod>(
         return Err((written, e));
     }
     Ok(())
+}
+
+/// Entries per lookup call.
+const READ_CHUNK: u32 = 4096;
+
+/// Calls `visit` with every entry of the hash map behind `map`, a chunk at
+/// a time. Entries inserted or removed meanwhile may or may not be seen;
+/// none is seen twice.
+pub fn for_each<K: Pod, V: Pod>(map: &OwnedFd, mut visit: impl FnMut(&K, &V)) -> io::Result<()> {
+    let fd =
+        u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `Pod` types are plain integers: all-zero is a valid value.
+    let chunk = READ_CHUNK as usize;
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+    // The position token: a bucket index for hash maps.
+    let mut token = [0u64; 2];
+    let mut first = true;
+    loop {
+        let mut next = [0u64; 2];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: READ_CHUNK,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `keys` and `values` hold `READ_CHUNK` keys and values of
+        // the map's sizes (checked when the typed maps were opened), and
+        // the tokens 16 bytes (a hash map's is 4); all outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let err = (r < 0).then(io::Error::last_os_error);
+        let n = usize::try_from(attr.count).unwrap_or(0).min(chunk);
+        for (k, v) in keys.iter().zip(&values).take(n) {
+            visit(k, v);
+        }
+        match err {
+            None => {}
+            // ENOENT: no more entries (this call's, if any, were visited).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Some(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
 }

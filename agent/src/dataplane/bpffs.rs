@@ -6,14 +6,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::MapData;
+use aya::maps::{MapData, MapType};
 use nix::{
     mount::{MsFlags, mount, umount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
-    conntrack::{CtKey, CtValue},
+    conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey},
     maps as names,
     service::{
         Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, ServiceKey, ServiceName, ServiceValue,
@@ -83,7 +83,8 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SERVICES => (size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         names::SLOTS => (size_of::<SlotKey>(), size_of::<Backend>()),
         names::BACKENDS => (size_of::<u32>(), size_of::<Backend>()),
-        names::CONNTRACK => (size_of::<CtKey>(), size_of::<CtValue>()),
+        _ if names::CONNTRACK.contains(&name) => (size_of::<CtKey>(), size_of::<CtEntry>()),
+        names::CONNTRACK_STATS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_STATS | names::BACKEND_STATS => {
             (size_of::<u32>(), size_of::<TrafficStats>())
         }
@@ -102,9 +103,9 @@ fn layout(name: &str) -> Option<(usize, usize)> {
 
 /// aya reuses a pinned map whatever its shape. A pin whose layout differs
 /// from this build's (an upgrade that should have renamed the map), or a
-/// conntrack map of another size, is removed so that it is created anew.
-/// A new conntrack map forgets established flows, as Cilium's does on resize.
-pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_size: u32) {
+/// conntrack map of another size or type, is removed so that it is created
+/// anew. A new conntrack map forgets its flows, as Cilium's does on resize.
+pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_sizes: &[u32; 8]) {
     for name in names::PINNED {
         let path = pin_dir.join(name);
         let Ok(map) = MapData::from_pin(&path) else {
@@ -112,16 +113,24 @@ pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_size: u32) {
         };
         let Ok(info) = map.info() else { continue };
         let (key, value) = layout(name).unwrap_or_default();
-        let per_cpu_arrays = [names::DROPS, names::EVENTS];
         let wrong_layout = info.key_size() as usize != key || info.value_size() as usize != value;
-        let wrong_count = per_cpu_arrays.contains(&name)
-            && info.max_entries()
-                != if name == names::DROPS {
-                    DropReason::COUNT
-                } else {
-                    Event::COUNT
-                };
-        let resized = name == names::CONNTRACK && info.max_entries() != conntrack_size;
+        let count = match name {
+            names::DROPS => Some(DropReason::COUNT),
+            names::EVENTS => Some(Event::COUNT),
+            names::CONNTRACK_STATS => Some(CT_TABLES * CT_TIERS * CT_COUNTERS),
+            _ => None,
+        };
+        let wrong_count = count.is_some_and(|n| info.max_entries() != n);
+        let resized = names::CONNTRACK
+            .iter()
+            .zip(conntrack_sizes)
+            .zip(0u32..)
+            .find(|((n, _), _)| **n == name)
+            .is_some_and(|((_, size), index)| {
+                let lru = index % CT_TIERS == CT_TIER_NEW;
+                let want = if lru { MapType::LruHash } else { MapType::Hash };
+                info.max_entries() != *size || info.map_type().ok() != Some(want)
+            });
         if wrong_layout || wrong_count || resized {
             tracing::warn!(
                 map = name,

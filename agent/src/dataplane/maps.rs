@@ -15,7 +15,6 @@ use aya::{
     },
 };
 use sluice_abi::{
-    conntrack::{CtKey, CtValue},
     maps as names,
     service::{
         Backend, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, SVC_FLAG_MARKER,
@@ -31,7 +30,6 @@ pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub slots: HashMap<MapData, SlotKey, Backend>,
     pub backends: HashMap<MapData, u32, Backend>,
-    pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub service_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     pub backend_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     pub drops: PerCpuArray<MapData, u64>,
@@ -126,7 +124,6 @@ impl Maps {
             services: typed(names::SERVICES, services)?,
             slots: typed(names::SLOTS, slots)?,
             backends: typed(names::BACKENDS, backends)?,
-            conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
             service_stats: typed(names::SERVICE_STATS, get(names::SERVICE_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             drops: typed(names::DROPS, get(names::DROPS)?)?,
@@ -327,6 +324,13 @@ impl Maps {
                 Ok(())
             }
         }
+    }
+
+    /// Whether `addr` is an allocated ClusterIP (its marker is there).
+    pub fn is_cluster_ip(&self, addr: [u8; 4]) -> bool {
+        self.services
+            .get(&ServiceKey::marker(Ipv4Addr::from(addr)), 0)
+            .is_ok()
     }
 
     /// Packets dropped for `reason`, summed over CPUs (0 if unreadable).

@@ -2,7 +2,7 @@
 
 use core::net::Ipv4Addr;
 
-use crate::pod;
+use crate::{conntrack::Lifetimes, pod};
 
 /// `DataplaneConfig::flags`: a service CIDR is set; unallocated addresses in
 /// it, and ClusterIPs on ports no Service has, are rejected (kube-proxy's
@@ -14,7 +14,7 @@ pub const CFG_SERVICE_CIDR: u32 = 1;
 pub const CFG_LOCAL_IP: u32 = 2;
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataplaneConfig {
     pub service_net_be: [u8; 4],
     pub service_mask_be: [u8; 4],
@@ -24,10 +24,30 @@ pub struct DataplaneConfig {
     /// ports are chosen outside it. `0..=0`: none.
     pub nodeport_min: u16,
     pub nodeport_max: u16,
+    /// Conntrack lifetimes by state (`--conntrack-lifetime-*`).
+    pub lifetimes: Lifetimes,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 20);
+const _: () = assert!(size_of::<DataplaneConfig>() == 44);
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
 
 impl DataplaneConfig {
+    /// No service CIDR, no local address, no NodePort range, the default
+    /// conntrack lifetimes.
+    pub const DEFAULT: Self = Self {
+        service_net_be: [0; 4],
+        service_mask_be: [0; 4],
+        flags: 0,
+        local_ip_be: [0; 4],
+        nodeport_min: 0,
+        nodeport_max: 0,
+        lifetimes: Lifetimes::DEFAULT,
+    };
+
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
         let mask = if prefix_len == 0 {
             0
@@ -39,9 +59,7 @@ impl DataplaneConfig {
             service_net_be: net.to_be_bytes(),
             service_mask_be: mask.to_be_bytes(),
             flags: CFG_SERVICE_CIDR,
-            local_ip_be: [0; 4],
-            nodeport_min: 0,
-            nodeport_max: 0,
+            ..Self::DEFAULT
         }
     }
 
@@ -50,6 +68,13 @@ impl DataplaneConfig {
     pub const fn with_nodeport_range(mut self, min: u16, max: u16) -> Self {
         self.nodeport_min = min;
         self.nodeport_max = max;
+        self
+    }
+
+    /// The same, with these conntrack lifetimes.
+    #[must_use]
+    pub const fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Self {
+        self.lifetimes = lifetimes;
         self
     }
 

@@ -12,8 +12,25 @@ pub const SLOTS: &str = "SLUICE_SLOT";
 /// Live backends by id: `u32` → `Backend`; a conntrack entry whose backend id
 /// is gone from here is stale.
 pub const BACKENDS: &str = "SLUICE_BACKEND";
-/// Connection tracking (LRU): `CtKey` → `CtValue` (V2: SNAT fields).
-pub const CONNTRACK: &str = "SLUICE_CT_V2";
+/// Connection tracking: `CtKey` → `CtEntry`, eight maps (see
+/// `conntrack`), by `CtTable::map` index: for east-west TCP, east-west
+/// other protocols, north-south TCP and north-south other protocols, the
+/// established flows (a hash map) and the new ones (LRU, `_N`).
+pub const CONNTRACK: [&str; 8] = [
+    "SLUICE_CT_EWT",
+    "SLUICE_CT_EWT_N",
+    "SLUICE_CT_EWO",
+    "SLUICE_CT_EWO_N",
+    "SLUICE_CT_NST",
+    "SLUICE_CT_NST_N",
+    "SLUICE_CT_NSO",
+    "SLUICE_CT_NSO_N",
+];
+/// Per-CPU counters per conntrack map (`conntrack::CT_COUNTERS` each).
+pub const CONNTRACK_STATS: &str = "SLUICE_CT_STAT";
+/// The conntrack map of the previous layout: one LRU map for every flow
+/// (`conntrack::legacy::CtValueV2`); converted, then removed.
+pub const CONNTRACK_V2: &str = "SLUICE_CT_V2";
 /// Per-CPU counters per frontend id: `u32` → `TrafficStats`.
 pub const SERVICE_STATS: &str = "SLUICE_SVC_STAT";
 /// Per-CPU counters per backend id: `u32` → `TrafficStats`.
@@ -44,15 +61,24 @@ pub const EXT_IFS: &str = "SLUICE_EXT_IF";
 /// Maglev tables of the frontends XDP serves: `MaglevKey` → `MaglevChunk`.
 pub const MAGLEV: &str = "SLUICE_MAGLEV";
 
-/// Pins of earlier layouts, removed once this build's maps exist.
-pub const LEGACY: [&str; 1] = ["SLUICE_CT"];
+/// Pins of earlier layouts, removed once this build's maps exist (and
+/// their entries are converted, for `CONNTRACK_V2`).
+pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 16] = [
+pub const PINNED: [&str; 24] = [
     SERVICES,
     SLOTS,
     BACKENDS,
-    CONNTRACK,
+    CONNTRACK[0],
+    CONNTRACK[1],
+    CONNTRACK[2],
+    CONNTRACK[3],
+    CONNTRACK[4],
+    CONNTRACK[5],
+    CONNTRACK[6],
+    CONNTRACK[7],
+    CONNTRACK_STATS,
     SERVICE_STATS,
     BACKEND_STATS,
     DROPS,
@@ -74,7 +100,10 @@ pub const MAX_SERVICES: u32 = 131_072;
 /// Backend slots and backends, summed over all frontends (30k Services of
 /// 10 endpoints need 300k).
 pub const MAX_BACKENDS: u32 = 524_288;
-/// Conntrack entries; two per flow (original and reply direction).
+/// Conntrack entries over the eight maps; two per flow (original and reply
+/// direction). The agent's default grows with the node's memory
+/// (`conntrack::default_size`); this is the floor, and the size the object
+/// file declares before the agent sets each map's.
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 /// Reverse translations of sockets: one per socket and backend it was
 /// pointed at (an unconnected UDP socket may talk to several).

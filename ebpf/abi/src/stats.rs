@@ -88,6 +88,9 @@ counter_enum! {
         NoLocalEndpoints = 11 => "no_local_endpoints",
         /// No free port to SNAT a flow to a backend on another node.
         SnatPorts = 12 => "snat_ports",
+        /// A TCP segment that cannot start a flow (no SYN, or SYN with ACK
+        /// or RST) and belongs to none: kube-proxy drops ctstate INVALID.
+        CtInvalid = 13 => "ct_invalid",
     }
 }
 
@@ -138,5 +141,11 @@ counter_enum! {
         /// North-south in TC (`--xdp-mode tc`): a translated packet was
         /// redirected to its next hop.
         TcForward = 17 => "tc_forward",
+        /// A flow became established and moved to its table's established
+        /// map, where nothing evicts it.
+        CtEstablished = 18 => "ct_established",
+        /// A flow became established but its table's established map was
+        /// full: it stays in the new-flow map, where newer flows can evict it.
+        CtUnprotected = 19 => "ct_unprotected",
     }
 }

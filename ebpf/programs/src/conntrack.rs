@@ -1,19 +1,24 @@
-//! Connection tracking of NATed flows: lookup, validation and creation.
+//! Connection tracking of NATed flows: lookup, state, creation, and the
+//! move of an established flow to where nothing evicts it.
+//!
+//! Every function is generic over the table (`CtMaps`: a partition and a
+//! protocol class) and, inside it, over the map an entry was found in
+//! (`TIER`), so that each instance works on maps the verifier knows.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use sluice_abi::{
     config::DataplaneConfig,
     conntrack::{
-        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_SNAT, CT_REFRESH_NS, CT_TCP_FIN, CT_TCP_RST,
-        CT_UDP_TIMEOUT_NS, CtKey, CtValue,
+        CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_ESTABLISHED, CT_F_SNAT, CT_NEW, CT_REFRESH_NS,
+        CT_TIER_ESTABLISHED, CT_TIER_NEW, CtEntry, CtKey, Lifetimes, partner, tcp_may_start,
     },
     service::Backend,
     stats::{DropReason, Event},
 };
 
 use crate::{
-    maps,
-    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{self, CtMaps},
+    parse::Packet,
     stats,
 };
 
@@ -50,7 +55,7 @@ impl From<Backend> for Binding {
 impl Binding {
     /// The binding an original-direction entry holds.
     #[inline(always)]
-    const fn of(v: &CtValue) -> Self {
+    const fn of(v: &CtEntry) -> Self {
         Self {
             addr: v.nat_addr_be,
             port: v.nat_port_be,
@@ -66,6 +71,9 @@ impl Binding {
         }
     }
 }
+
+const ESTABLISHED: u32 = CT_TIER_ESTABLISHED;
+const NEW: u32 = CT_TIER_NEW;
 
 /// How many SNAT ports a new flow tries before it is dropped.
 const SNAT_TRIES: u32 = 8;
@@ -112,53 +120,168 @@ const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
 pub enum Tracked {
     /// The flow keeps this backend.
     Keep(Binding),
-    /// There was an entry, but the flow must pick again (see below).
+    /// There was an entry, but the flow must pick again (see below); the
+    /// old entries are gone.
     Stale,
     /// No entry: a new flow.
     New,
+    /// No entry, and the packet cannot start a flow (a TCP segment that
+    /// is not a bare SYN): drop it.
+    Invalid,
 }
 
 /// Looks up the original-direction entry of a client packet and says whether
-/// the flow may keep its backend.
+/// the flow may keep its backend, updating its state.
 ///
 /// A flow picks again when its backend is gone and it can move without
 /// breaking anything: a UDP flow (kube-proxy clears stale UDP conntrack for
-/// the same reason, kubernetes#125467), a UDP flow idle past its timeout, or
-/// a TCP SYN reusing the tuple of a closed connection. An established TCP
+/// the same reason, kubernetes#125467), a flow past its lifetime, or a TCP
+/// SYN reusing the tuple of a closed connection. An established TCP
 /// connection to a removed endpoint keeps it and drains, as with kube-proxy.
 #[inline(always)]
-pub fn lookup_original(p: &Packet, now: u64) -> Tracked {
+pub fn lookup_original<T: CtMaps>(p: &Packet, now: u64, l: &Lifetimes) -> Tracked {
     let k = key(p, CT_DIR_ORIGINAL);
-    let Some(entry) = maps::conntrack(&k) else {
-        return Tracked::New;
-    };
-    let v: CtValue = unsafe { *entry };
+    if let Some(e) = T::get::<ESTABLISHED>(&k) {
+        return on_original::<T, ESTABLISHED>(p, &k, e, now, l);
+    }
+    if let Some(e) = T::get::<NEW>(&k) {
+        return on_original::<T, NEW>(p, &k, e, now, l);
+    }
+    if p.is_tcp() && !tcp_may_start(p.tcp_flags) {
+        return Tracked::Invalid;
+    }
+    Tracked::New
+}
+
+#[inline(always)]
+fn on_original<T: CtMaps, const TIER: u32>(
+    p: &Packet,
+    k: &CtKey,
+    e: *mut CtEntry,
+    now: u64,
+    l: &Lifetimes,
+) -> Tracked {
+    let v: CtEntry = unsafe { *e };
     let bound = Binding::of(&v);
-    let keep = if p.is_tcp() {
-        let new_syn = p.tcp_has(TCP_SYN) && !p.tcp_has(TCP_ACK);
-        !new_syn || (v.tcp_flags & (CT_TCP_FIN | CT_TCP_RST) == 0 && backend_live(&bound))
+    let tcp = p.is_tcp();
+    let reply = partner(k, &v);
+    // Past its lifetime in this direction: the replies may have kept it.
+    let expired = v.expired_since(v.last_seen_ns, tcp, now, l)
+        && T::get::<TIER>(&reply).is_none_or(|r| {
+            let r = unsafe { *r };
+            v.expired_since(r.last_seen_ns.max(v.last_seen_ns), tcp, now, l)
+        });
+    let starts = tcp_may_start(p.tcp_flags);
+    let keep = if !tcp {
+        !expired && backend_live(&bound)
+    } else if starts {
+        !expired && !v.is_closed() && backend_live(&bound)
     } else {
-        now.wrapping_sub(v.last_seen_ns) < CT_UDP_TIMEOUT_NS && backend_live(&bound)
+        !expired
     };
     if !keep {
+        T::remove::<TIER>(&reply);
+        T::remove::<TIER>(k);
+        if tcp && !starts {
+            // The flow is over and this segment cannot start another.
+            return Tracked::Invalid;
+        }
         stats::event(Event::Reselect);
-        maps::conntrack_remove(&reply_key(p, &bound));
         return Tracked::Stale;
     }
-    let mut flags = v.tcp_flags;
-    if p.tcp_has(TCP_FIN) {
-        flags |= CT_TCP_FIN;
-    }
-    if p.tcp_has(TCP_RST) {
-        flags |= CT_TCP_RST;
-    }
-    if flags != v.tcp_flags || now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
-        unsafe {
-            (*entry).tcp_flags = flags;
-            (*entry).last_seen_ns = now;
+    let (state, flags) = v.advance(tcp, CT_DIR_ORIGINAL, p.tcp_flags, now);
+    if state != v.state || flags != v.flags {
+        update_flow::<T, TIER>(k, e, &reply, state, flags, now);
+    } else if now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
+        unsafe { (*e).last_seen_ns = now };
+        // An established flow its full table could not take: try again.
+        if TIER == NEW && state == CT_ESTABLISHED {
+            let _ = promote::<T>(k, &reply);
         }
     }
     Tracked::Keep(bound)
+}
+
+/// Looks up the reply-direction entry of a packet from a backend, in table
+/// `T`, and updates the flow's state.
+#[inline(always)]
+pub fn lookup_reply<T: CtMaps>(p: &Packet, now: u64) -> Option<CtEntry> {
+    let k = key(p, CT_DIR_REPLY);
+    if let Some(e) = T::get::<ESTABLISHED>(&k) {
+        return Some(on_reply::<T, ESTABLISHED>(p, &k, e, now));
+    }
+    let e = T::get::<NEW>(&k)?;
+    Some(on_reply::<T, NEW>(p, &k, e, now))
+}
+
+#[inline(always)]
+fn on_reply<T: CtMaps, const TIER: u32>(
+    p: &Packet,
+    k: &CtKey,
+    e: *mut CtEntry,
+    now: u64,
+) -> CtEntry {
+    let v: CtEntry = unsafe { *e };
+    let (state, flags) = v.advance(p.is_tcp(), CT_DIR_REPLY, p.tcp_flags, now);
+    if state != v.state || flags != v.flags {
+        update_flow::<T, TIER>(k, e, &partner(k, &v), state, flags, now);
+    } else if now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
+        unsafe { (*e).last_seen_ns = now };
+    }
+    v
+}
+
+/// Writes a flow's new state to both its entries (`e` is `k`'s); an
+/// established flow moves out of the new-flow map.
+#[inline(always)]
+fn update_flow<T: CtMaps, const TIER: u32>(
+    k: &CtKey,
+    e: *mut CtEntry,
+    other: &CtKey,
+    state: u8,
+    flags: u8,
+    now: u64,
+) {
+    unsafe {
+        (*e).state = state;
+        (*e).flags = flags;
+        (*e).last_seen_ns = now;
+    }
+    if let Some(o) = T::get::<TIER>(other) {
+        unsafe {
+            (*o).state = state;
+            (*o).flags = flags;
+        }
+    }
+    if TIER == NEW && state == CT_ESTABLISHED {
+        match promote::<T>(k, other) {
+            Ok(()) => stats::event(Event::CtEstablished),
+            Err(()) => stats::event(Event::CtUnprotected),
+        }
+    }
+}
+
+/// Moves a flow's two entries from the new-flow map to the established
+/// one. Fails when the established map is full; the flow then stays.
+#[inline(always)]
+fn promote<T: CtMaps>(a: &CtKey, b: &CtKey) -> Result<(), ()> {
+    let (Some(ea), Some(eb)) = (T::get::<NEW>(a), T::get::<NEW>(b)) else {
+        // Half the flow is gone (evicted): it cannot be kept whole.
+        return Err(());
+    };
+    let (va, vb) = unsafe { (*ea, *eb) };
+    // The established map is looked up first: once both entries are there,
+    // the new-flow ones are no longer used.
+    if T::insert::<ESTABLISHED>(b, &vb, maps::NOEXIST).is_err() {
+        return Err(());
+    }
+    if T::insert::<ESTABLISHED>(a, &va, maps::NOEXIST).is_err() {
+        T::remove::<ESTABLISHED>(b);
+        return Err(());
+    }
+    T::remove::<NEW>(a);
+    T::remove::<NEW>(b);
+    Ok(())
 }
 
 /// Whether the backend id still names the same backend (ids are reused).
@@ -167,44 +290,40 @@ fn backend_live(b: &Binding) -> bool {
     maps::backend(b.backend_id).is_some_and(|live| live.addr_be == b.addr && live.port_be == b.port)
 }
 
-/// Records a flow from the client in `p` to `to`, for frontend `service_id`,
-/// and returns the backend the flow is bound to.
+/// Records a new flow from the client in `p` to `to`, for frontend
+/// `service_id`, in table `T`'s new-flow map, and returns the backend the
+/// flow is bound to.
 ///
-/// A new flow's entry is created only if none exists (`replace` is false). If
-/// another CPU created it first (the first packets of a flow in parallel, as
-/// the A and AAAA queries of a resolver on one UDP socket), this packet
-/// follows that flow's backend instead of its own choice: the insert race of
-/// netfilter conntrack behind kube-proxy's 5-second DNS timeouts does not
-/// happen here. A stale entry (`replace`) is overwritten.
+/// The entry is created only if none exists. If another CPU created it
+/// first (the first packets of a flow in parallel, as the A and AAAA
+/// queries of a resolver on one UDP socket), this packet follows that
+/// flow's backend instead of its own choice: the insert race of netfilter
+/// conntrack behind kube-proxy's 5-second DNS timeouts does not happen
+/// here.
 ///
 /// With `snat` (a node address), the flow's source becomes that address and
 /// a port free for this backend: the client's own port when it can be, else
 /// a random one above 32767 and outside the NodePort range, as Cilium picks
 /// NodePort SNAT ports. The port is taken by creating the reply entry.
 #[inline(always)]
-pub fn create(
+pub fn create<T: CtMaps>(
     p: &Packet,
     to: &Binding,
     service_id: u32,
     now: u64,
-    replace: bool,
     snat: Option<([u8; 4], &DataplaneConfig)>,
 ) -> Result<Binding, DropReason> {
-    let mut tcp_flags = 0;
-    if p.tcp_has(TCP_FIN) {
-        tcp_flags |= CT_TCP_FIN;
-    }
-    if p.tcp_has(TCP_RST) {
-        tcp_flags |= CT_TCP_RST;
-    }
-    let mut reply = CtValue {
+    // Only a bare SYN (`tcp_may_start`) or a datagram gets here: the flow
+    // is new, nothing seen yet.
+    let mut reply = CtEntry {
         nat_addr_be: p.daddr,
         nat_port_be: p.dport,
-        tcp_flags: 0,
+        state: CT_NEW,
         flags: 0,
         service_id,
         backend_id: to.backend_id,
         last_seen_ns: now,
+        created_ns: now,
         snat_addr_be: [0; 4],
         snat_port_be: [0; 2],
         _pad: [0; 2],
@@ -214,45 +333,48 @@ pub fn create(
     let reply_key = match snat {
         None => {
             let k = self::reply_key(p, &bound);
-            maps::conntrack_insert(&k, &reply, maps::ANY).map_err(|_| DropReason::CtInsert)?;
+            // Another flow's reply entry under the same key (the client's
+            // port reused from a closed flow to another frontend of this
+            // backend, or two live frontends of one backend) gives way: the
+            // backend's answers to this tuple are this flow's now. In the
+            // established map it would be found first.
+            T::remove::<ESTABLISHED>(&k);
+            if T::insert::<NEW>(&k, &reply, maps::NOEXIST).is_err() {
+                T::insert::<NEW>(&k, &reply, maps::ANY).map_err(|_| DropReason::CtInsert)?;
+            }
             k
         }
         Some((addr, config)) => {
-            reply.flags = CT_F_SNAT;
+            reply.flags |= CT_F_SNAT;
             reply.snat_addr_be = p.saddr;
             reply.snat_port_be = p.sport;
-            let k = take_snat_port(p, &mut bound, addr, config, &reply)?;
+            let k = take_snat_port::<T>(p, &mut bound, addr, config, &reply)?;
             stats::event(Event::Snat);
             k
         }
     };
-    let (flags, snat_addr_be, snat_port_be) = match bound.snat {
+    let (snat_flag, snat_addr_be, snat_port_be) = match bound.snat {
         Some(s) => (CT_F_SNAT, s.addr, s.port),
         None => (0, [0; 4], [0; 2]),
     };
-    let original = CtValue {
+    let original = CtEntry {
         nat_addr_be: to.addr,
         nat_port_be: to.port,
-        tcp_flags,
-        flags,
-        service_id,
-        backend_id: to.backend_id,
-        last_seen_ns: now,
+        flags: snat_flag,
         snat_addr_be,
         snat_port_be,
-        _pad: [0; 2],
+        ..reply
     };
     let k = key(p, CT_DIR_ORIGINAL);
-    let mode = if replace { maps::ANY } else { maps::NOEXIST };
-    match maps::conntrack_insert(&k, &original, mode) {
+    match T::insert::<NEW>(&k, &original, maps::NOEXIST) {
         Ok(()) => Ok(bound),
         Err(maps::EEXIST) => {
-            let winner = maps::conntrack(&k)
+            let winner = T::get::<NEW>(&k)
                 .map(|e| unsafe { *e })
                 .ok_or(DropReason::CtInsert)?;
             let winner = Binding::of(&winner);
             if winner.backend_id != bound.backend_id || bound.snat.is_some() {
-                maps::conntrack_remove(&reply_key);
+                T::remove::<NEW>(&reply_key);
             }
             stats::event(Event::RaceLost);
             Ok(winner)
@@ -263,14 +385,15 @@ pub fn create(
 
 /// Takes a SNAT port at `addr` for the flow in `p` to `bound`'s backend by
 /// creating its reply entry (`NOEXIST`: a port another flow to the same
-/// backend holds is not taken again); records it in `bound`.
+/// backend holds, new or established, is not taken again); records it in
+/// `bound`.
 #[inline(always)]
-fn take_snat_port(
+fn take_snat_port<T: CtMaps>(
     p: &Packet,
     bound: &mut Binding,
     addr: [u8; 4],
     config: &DataplaneConfig,
-    reply: &CtValue,
+    reply: &CtEntry,
 ) -> Result<CtKey, DropReason> {
     let client_port = u16::from_be_bytes(p.sport);
     for attempt in 0..SNAT_TRIES {
@@ -288,17 +411,14 @@ fn take_snat_port(
             port: port.to_be_bytes(),
         });
         let k = reply_key(p, bound);
-        match maps::conntrack_insert(&k, reply, maps::NOEXIST) {
+        if T::get::<ESTABLISHED>(&k).is_some() {
+            continue;
+        }
+        match T::insert::<NEW>(&k, reply, maps::NOEXIST) {
             Ok(()) => return Ok(k),
             Err(maps::EEXIST) => {}
             Err(_) => return Err(DropReason::CtInsert),
         }
     }
     Err(DropReason::SnatPorts)
-}
-
-/// Looks up the reply-direction entry of a packet from a backend.
-#[inline(always)]
-pub fn lookup_reply(p: &Packet) -> Option<CtValue> {
-    maps::conntrack(&key(p, CT_DIR_REPLY)).map(|e| unsafe { *e })
 }

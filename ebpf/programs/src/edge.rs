@@ -24,18 +24,18 @@ pub mod tc;
 use aya_ebpf::EbpfContext;
 use sluice_abi::{
     config::DataplaneConfig,
-    conntrack::{CT_F_SNAT, CtValue},
+    conntrack::{CT_F_SNAT, CtEntry},
     maglev,
     service::{
-        SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV, SVC_FLAG_SOURCE_RANGES, ServiceKey,
-        ServiceValue,
+        SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
     },
     stats::{DropReason, Event},
 };
 
 use crate::{
     conntrack::{self, Binding, Tracked},
-    fib, lb, maps,
+    fib, lb,
+    maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
     parse::{self, Frame, Packet, Parsed},
     stats,
 };
@@ -69,17 +69,32 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto)
         && svc.flags & SVC_FLAG_EXTERNAL != 0
     {
-        return to_service(ctx, &p, &key, &svc, config);
+        return if p.is_tcp() {
+            to_service::<E, NsTcp>(ctx, &p, &key, &svc, config)
+        } else {
+            to_service::<E, NsOther>(ctx, &p, &key, &svc, config)
+        };
     }
-    if let Some(reply) = conntrack::lookup_reply(&p) {
+    // A backend's reply: to a node address, of a flow from outside SNATed
+    // here; to a pod, of a flow a pod on this node sent to a backend on
+    // another node.
+    let now = conntrack::now();
+    let to_node = maps::is_node_addr(p.daddr);
+    let reply = match (p.is_tcp(), to_node) {
+        (true, true) => conntrack::lookup_reply::<NsTcp>(&p, now),
+        (true, false) => conntrack::lookup_reply::<EwTcp>(&p, now),
+        (false, true) => conntrack::lookup_reply::<NsOther>(&p, now),
+        (false, false) => conntrack::lookup_reply::<EwOther>(&p, now),
+    };
+    if let Some(reply) = reply {
         return from_backend(ctx, &p, &reply);
     }
     Ok(pass::<E>())
 }
 
-/// A packet from outside to a frontend.
+/// A packet from outside to a frontend, tracked in table `T`.
 #[inline(always)]
-fn to_service<E: Edge>(
+fn to_service<E: Edge, T: CtMaps>(
     ctx: &E,
     p: &Packet,
     key: &ServiceKey,
@@ -100,10 +115,13 @@ fn to_service<E: Edge>(
         *all
     };
     let now = conntrack::now();
-    let tracked = conntrack::lookup_original(p, now);
+    let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
     let (to, new_flow, route) = if let Tracked::Keep(bound) = tracked {
         stats::event(Event::Established);
         (bound, false, None)
+    } else if let Tracked::Invalid = tracked {
+        // kube-proxy drops ctstate INVALID.
+        return Err(DropReason::CtInvalid);
     } else {
         if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
             // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
@@ -115,13 +133,7 @@ fn to_service<E: Edge>(
         }
         let hash = maglev::flow_hash(p.saddr, p.sport, p.dport, p.proto);
         let client = u64::from(u32::from_be_bytes(p.saddr));
-        let chosen = lb::with_affinity(&svc, client, now, |svc| {
-            if svc.flags & SVC_FLAG_MAGLEV != 0 {
-                lb::select_maglev(svc, hash)
-            } else {
-                lb::select(svc)
-            }
-        })?;
+        let chosen = lb::with_affinity(&svc, client, now, lb::Pick::Maglev(hash))?;
         let route = fib::lookup(ctx, ctx.ingress(), p, p.saddr, chosen.addr_be);
         // A backend behind an external interface is on another node: SNAT,
         // so that its replies come back through here. Never under the
@@ -130,8 +142,7 @@ fn to_service<E: Edge>(
             Some(ext) if !local_policy => Some((ext.addr_be, config)),
             _ => None,
         };
-        let stale = matches!(tracked, Tracked::Stale);
-        let to = conntrack::create(p, &Binding::from(chosen), svc.id, now, stale, snat)?;
+        let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat)?;
         stats::event(Event::NewFlow);
         (to, true, Some(route))
     };
@@ -151,7 +162,7 @@ fn to_service<E: Edge>(
 
 /// A packet from a backend, of a flow translated on this node.
 #[inline(always)]
-fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtValue) -> Result<E::Verdict, DropReason> {
+fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtEntry) -> Result<E::Verdict, DropReason> {
     stats::traffic(reply.service_id, reply.backend_id, p.len, false);
     stats::event(Event::Reply);
     ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;

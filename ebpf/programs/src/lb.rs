@@ -5,7 +5,7 @@ use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     service::{
         Backend, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
-        SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
+        SVC_FLAG_MAGLEV, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
     },
     stats::{DropReason, Event},
 };
@@ -140,17 +140,41 @@ fn maglev_backend(service_id: u32, hash: u32) -> Option<Backend> {
     maps::backend(id)
 }
 
+/// How a new flow picks a backend (a value, not a closure: a closure may
+/// be compiled as a BPF function of its own, whose stack adds up).
+#[derive(Clone, Copy)]
+pub enum Pick {
+    /// At random (`select`).
+    Random,
+    /// By this hash (`select_by`): the same backend for the same hash.
+    Hash(u32),
+    /// Through the frontend's Maglev table when it has one, at this flow
+    /// hash; else at random.
+    Maglev(u32),
+}
+
+#[inline(always)]
+fn pick(svc: &ServiceValue, how: Pick) -> Result<Backend, DropReason> {
+    match how {
+        Pick::Random => select(svc),
+        Pick::Hash(hash) => select_by(svc, hash),
+        Pick::Maglev(hash) if svc.flags & SVC_FLAG_MAGLEV != 0 => select_maglev(svc, hash),
+        Pick::Maglev(_) => select(svc),
+    }
+}
+
 /// The backend of a new flow from `client`: with `ClientIP` affinity, the
 /// backend of the client's last new flow if that was within the frontend's
 /// timeout and the backend is still live (the entry is refreshed);
-/// otherwise `pick`'s, remembered for the next flow.
+/// otherwise `how`'s pick, remembered for the next flow.
 #[inline(always)]
 pub fn with_affinity(
     svc: &ServiceValue,
     client: u64,
     now: u64,
-    pick: impl FnOnce(&ServiceValue) -> Result<Backend, DropReason>,
+    how: Pick,
 ) -> Result<Backend, DropReason> {
+    let pick = |svc: &ServiceValue| pick(svc, how);
     if svc.flags & SVC_FLAG_AFFINITY == 0 {
         return pick(svc);
     }

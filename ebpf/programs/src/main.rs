@@ -34,7 +34,8 @@ use sluice_abi::{
 };
 
 use crate::{
-    conntrack::Binding,
+    conntrack::{Binding, Tracked},
+    maps::{CtMaps, EwOther, EwTcp, NsOther, NsTcp},
     parse::{Packet, Parsed},
 };
 
@@ -45,14 +46,7 @@ pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// Set by the agent at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
-static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig {
-    service_net_be: [0; 4],
-    service_mask_be: [0; 4],
-    flags: 0,
-    local_ip_be: [0; 4],
-    nodeport_min: 0,
-    nodeport_max: 0,
-});
+static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig::DEFAULT);
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -159,9 +153,23 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // Every frontend uses all endpoints from a pod, a NodePort too:
     // kube-proxy short-circuits traffic from inside the cluster.
     if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto) {
-        return to_service(ctx, &p, &key, &svc);
+        return if p.is_tcp() {
+            to_service::<EwTcp>(ctx, &p, &key, &svc, &config)
+        } else {
+            to_service::<EwOther>(ctx, &p, &key, &svc, &config)
+        };
     }
-    if let Some(reply) = conntrack::lookup_reply(&p) {
+    // A backend's reply: of a flow from a pod, or from outside to a
+    // backend on this node.
+    let now = conntrack::now();
+    let reply = if p.is_tcp() {
+        conntrack::lookup_reply::<EwTcp>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<NsTcp>(&p, now))
+    } else {
+        conntrack::lookup_reply::<EwOther>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<NsOther>(&p, now))
+    };
+    if let Some(reply) = reply {
         nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
         stats::traffic(reply.service_id, reply.backend_id, p.len, false);
         stats::event(Event::Reply);
@@ -188,34 +196,39 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     Ok(pass())
 }
 
-/// A packet from a client to a Service frontend.
+/// A packet from a client to a Service frontend, tracked in table `T`.
 #[inline(always)]
-fn to_service(
+fn to_service<T: CtMaps>(
     ctx: &TcContext,
     p: &Packet,
     _key: &ServiceKey,
     svc: &ServiceValue,
+    config: &DataplaneConfig,
 ) -> Result<i32, DropReason> {
     let now = conntrack::now();
-    let tracked = conntrack::lookup_original(p, now);
-    let (to, new_flow) = if let conntrack::Tracked::Keep(bound) = tracked {
-        stats::event(Event::Established);
-        (bound, false)
-    } else {
-        if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
-            // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
-            return Err(DropReason::SourceRange);
+    let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
+    let (to, new_flow) = match tracked {
+        Tracked::Keep(bound) => {
+            stats::event(Event::Established);
+            (bound, false)
         }
-        if svc.count == 0 {
-            // kube-proxy: a Service with no endpoints REJECTs.
-            return reject::reject(ctx, p, DropReason::NoEndpoints);
+        // kube-proxy drops ctstate INVALID.
+        Tracked::Invalid => return Err(DropReason::CtInvalid),
+        Tracked::Stale | Tracked::New => {
+            if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
+                // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
+                return Err(DropReason::SourceRange);
+            }
+            if svc.count == 0 {
+                // kube-proxy: a Service with no endpoints REJECTs.
+                return reject::reject(ctx, p, DropReason::NoEndpoints);
+            }
+            let client = u64::from(u32::from_be_bytes(p.saddr));
+            let choice = Binding::from(lb::with_affinity(svc, client, now, lb::Pick::Random)?);
+            let to = conntrack::create::<T>(p, &choice, svc.id, now, None)?;
+            stats::event(Event::NewFlow);
+            (to, true)
         }
-        let client = u64::from(u32::from_be_bytes(p.saddr));
-        let choice = Binding::from(lb::with_affinity(svc, client, now, lb::select)?);
-        let stale = matches!(tracked, conntrack::Tracked::Stale);
-        let to = conntrack::create(p, &choice, svc.id, now, stale, None)?;
-        stats::event(Event::NewFlow);
-        (to, true)
     };
     nat::rewrite_dst(ctx, p, to.addr, to.port)?;
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
-    conntrack::{CtKey, CtValue},
+    conntrack::{
+        CT_COUNTERS, CT_INSERTED, CT_REMOVED, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey,
+        CtTable, split_sizes,
+    },
     maps::{
         AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_EXT_IFS, MAX_MAGLEV_CHUNKS,
         MAX_NODE_ADDRS, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE,
@@ -38,9 +41,40 @@ static SLUICE_SLOT: HashMap<SlotKey, Backend> = HashMap::pinned(MAX_BACKENDS, BP
 #[map]
 static SLUICE_BACKEND: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
-/// Connection tracking, both directions of every NATed flow (V2: SNAT).
+// Connection tracking, both directions of every NATed flow, in four tables
+// of two maps each (`sluice_abi::conntrack`). The agent sets each map's size
+// at load time (`--conntrack-size`); these are the default's split.
+const CT_SIZES: [u32; 8] = split_sizes(DEFAULT_CONNTRACK_SIZE);
+
+/// East-west TCP, established.
 #[map]
-static SLUICE_CT_V2: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_SIZE, 0);
+static SLUICE_CT_EWT: HashMap<CtKey, CtEntry> = HashMap::pinned(CT_SIZES[0], 0);
+/// East-west TCP, new (LRU).
+#[map]
+static SLUICE_CT_EWT_N: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZES[1], 0);
+/// East-west, other protocols, established.
+#[map]
+static SLUICE_CT_EWO: HashMap<CtKey, CtEntry> = HashMap::pinned(CT_SIZES[2], 0);
+/// East-west, other protocols, new (LRU).
+#[map]
+static SLUICE_CT_EWO_N: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZES[3], 0);
+/// North-south TCP, established.
+#[map]
+static SLUICE_CT_NST: HashMap<CtKey, CtEntry> = HashMap::pinned(CT_SIZES[4], 0);
+/// North-south TCP, new (LRU).
+#[map]
+static SLUICE_CT_NST_N: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZES[5], 0);
+/// North-south, other protocols, established.
+#[map]
+static SLUICE_CT_NSO: HashMap<CtKey, CtEntry> = HashMap::pinned(CT_SIZES[6], 0);
+/// North-south, other protocols, new (LRU).
+#[map]
+static SLUICE_CT_NSO_N: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZES[7], 0);
+
+/// Entries inserted and removed per conntrack map, by the programs.
+#[map]
+static SLUICE_CT_STAT: PerCpuArray<u64> =
+    PerCpuArray::pinned(CT_TABLES * CT_TIERS * CT_COUNTERS, 0);
 
 /// Traffic per frontend id; an entry is created by the first packet.
 #[map]
@@ -117,26 +151,100 @@ pub fn backend(id: u32) -> Option<Backend> {
         .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
-#[inline(always)]
-pub fn conntrack(key: &CtKey) -> Option<*mut CtValue> {
-    SLUICE_CT_V2.get_ptr_mut(key)
-}
-
 /// `BPF_ANY` / `BPF_NOEXIST` map update flags.
 pub const ANY: u64 = 0;
 pub const NOEXIST: u64 = 1;
 /// The error `insert` returns for `NOEXIST` when the key exists (-EEXIST).
 pub const EEXIST: i32 = -17;
 
-#[inline(always)]
-pub fn conntrack_insert(key: &CtKey, value: &CtValue, flags: u64) -> Result<(), i32> {
-    SLUICE_CT_V2.insert(key, value, flags)
+/// One conntrack table: its established map (`TIER` 0) and its new-flow
+/// map (`TIER` 1). Each hook is compiled once per table it uses, so the
+/// verifier always knows which map a pointer is in.
+pub trait CtMaps {
+    const TABLE: CtTable;
+    fn get<const TIER: u32>(key: &CtKey) -> Option<*mut CtEntry>;
+    fn put<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32>;
+    fn delete<const TIER: u32>(key: &CtKey) -> Result<(), i32>;
+
+    /// Inserts an entry; a new one is counted.
+    #[inline(always)]
+    fn insert<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32> {
+        let r = Self::put::<TIER>(key, value, flags);
+        if r.is_ok() && flags == NOEXIST {
+            ct_count(Self::TABLE.map(TIER), CT_INSERTED);
+        }
+        r
+    }
+
+    /// Removes an entry, if it is there (it may have been evicted).
+    #[inline(always)]
+    fn remove<const TIER: u32>(key: &CtKey) {
+        if Self::delete::<TIER>(key).is_ok() {
+            ct_count(Self::TABLE.map(TIER), CT_REMOVED);
+        }
+    }
 }
 
+macro_rules! ct_maps {
+    ($(#[$doc:meta])* $name:ident = $index:literal: $established:ident, $new:ident) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl CtMaps for $name {
+            const TABLE: CtTable = CtTable($index);
+
+            #[inline(always)]
+            fn get<const TIER: u32>(key: &CtKey) -> Option<*mut CtEntry> {
+                if TIER == CT_TIER_NEW {
+                    $new.get_ptr_mut(key)
+                } else {
+                    $established.get_ptr_mut(key)
+                }
+            }
+
+            #[inline(always)]
+            fn put<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32> {
+                if TIER == CT_TIER_NEW {
+                    $new.insert(key, value, flags)
+                } else {
+                    $established.insert(key, value, flags)
+                }
+            }
+
+            #[inline(always)]
+            fn delete<const TIER: u32>(key: &CtKey) -> Result<(), i32> {
+                if TIER == CT_TIER_NEW {
+                    $new.remove(key)
+                } else {
+                    $established.remove(key)
+                }
+            }
+        }
+    };
+}
+
+ct_maps!(
+    /// East-west TCP.
+    EwTcp = 0: SLUICE_CT_EWT, SLUICE_CT_EWT_N
+);
+ct_maps!(
+    /// East-west, other protocols.
+    EwOther = 1: SLUICE_CT_EWO, SLUICE_CT_EWO_N
+);
+ct_maps!(
+    /// North-south TCP.
+    NsTcp = 2: SLUICE_CT_NST, SLUICE_CT_NST_N
+);
+ct_maps!(
+    /// North-south, other protocols.
+    NsOther = 3: SLUICE_CT_NSO, SLUICE_CT_NSO_N
+);
+
 #[inline(always)]
-pub fn conntrack_remove(key: &CtKey) {
-    // A missing entry is fine: it may have been evicted.
-    let _ = SLUICE_CT_V2.remove(key);
+fn ct_count(map: u32, counter: u32) {
+    if let Some(c) = SLUICE_CT_STAT.get_ptr_mut(map * CT_COUNTERS + counter) {
+        unsafe { *c += 1 };
+    }
 }
 
 /// The counters of a frontend, created (zero on every CPU) by its first

@@ -8,12 +8,6 @@ use network_types::{
 };
 use sluice_abi::{proto, stats::DropReason};
 
-/// TCP flag bits in byte 13 of the TCP header.
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 /// Offset of the IPv4 header: pod-facing interfaces are Ethernet.
 pub const IP_OFF: usize = EthHdr::LEN;
 /// Offsets inside the IPv4 header.
@@ -32,7 +26,7 @@ pub struct Packet {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    /// Raw TCP flags; 0 for UDP.
+    /// Raw TCP flags (`sluice_abi::conntrack::TCP_*`); 0 for UDP.
     pub tcp_flags: u8,
     /// Length of the whole frame, for byte counters.
     pub len: u32,
@@ -54,11 +48,6 @@ impl Packet {
     #[inline(always)]
     pub const fn is_tcp(&self) -> bool {
         self.proto == proto::TCP
-    }
-
-    #[inline(always)]
-    pub const fn tcp_has(&self, flag: u8) -> bool {
-        self.tcp_flags & flag != 0
     }
 }
 

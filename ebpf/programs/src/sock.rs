@@ -87,18 +87,17 @@ pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
     let cookie = cookie(ctx);
     let now = unsafe { bpf_ktime_get_ns() };
     let client = CLIENT_NETNS | unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let chosen: Result<Backend, DropReason> = lb::with_affinity(&svc, client, now, |svc| {
-        if protocol == proto::UDP {
-            #[expect(
-                clippy::cast_possible_truncation,
-                reason = "folding the cookie to 32 bits"
-            )]
-            let hash = (cookie ^ (cookie >> 32)) as u32;
-            lb::select_by(svc, hash)
-        } else {
-            lb::select(svc)
-        }
-    });
+    let how = if protocol == proto::UDP {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "folding the cookie to 32 bits"
+        )]
+        let hash = (cookie ^ (cookie >> 32)) as u32;
+        lb::Pick::Hash(hash)
+    } else {
+        lb::Pick::Random
+    };
+    let chosen: Result<Backend, DropReason> = lb::with_affinity(&svc, client, now, how);
     let b = match chosen {
         Ok(b) => b,
         Err(reason) => return refuse(reason),

@@ -215,6 +215,14 @@ fn agents_with_different_pin_dirs_in_different_namespaces_are_independent() {
     assert!(status(&b).contains("default/web:http"));
 }
 
+/// The sizes of the pinned conntrack maps.
+fn conntrack_sizes(lab: &Lab) -> [u32; 8] {
+    sluice_abi::maps::CONNTRACK.map(|name| {
+        let map = MapData::from_pin(lab.pin_dir().join(name)).unwrap();
+        map.info().unwrap().max_entries()
+    })
+}
+
 #[test]
 fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
     if !require_privileges("the_config_file_sets_every_option_and_rejects_unknown_keys") {
@@ -233,10 +241,9 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
         ..AgentOptions::default()
     })
     .unwrap();
-    let ct = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
     assert_eq!(
-        ct.info().unwrap().max_entries(),
-        4096,
+        conntrack_sizes(&lab),
+        sluice_abi::conntrack::split_sizes(4096),
         "conntrack-size from the file"
     );
     let refused = lab
@@ -266,10 +273,9 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
     })
     .unwrap();
     assert!(lab.agent().log().contains("recreating it"));
-    let ct = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
     assert_eq!(
-        ct.info().unwrap().max_entries(),
-        8192,
+        conntrack_sizes(&lab),
+        sluice_abi::conntrack::split_sizes(8192),
         "the flag wins over the file"
     );
 

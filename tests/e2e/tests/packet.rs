@@ -6,6 +6,8 @@
 
 #[path = "packet/builder.rs"]
 mod builder;
+#[path = "packet/conntrack.rs"]
+mod conntrack;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -47,14 +49,22 @@ struct Harness {
     ebpf: Ebpf,
     maps: Maps,
     current: Current,
-    _fs: Bpffs,
+    /// The pins' bpffs (unmounted on drop).
+    fs: Bpffs,
 }
 
 impl Harness {
-    fn load(config: DataplaneConfig) -> Self {
+    /// `load`, with `conntrack_size` entries of conntrack (as the agent
+    /// splits `--conntrack-size`).
+    fn load_sized(config: DataplaneConfig, conntrack_size: u32) -> Self {
         let fs = Bpffs::new().unwrap();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(fs.path())
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(fs.path());
+        let sizes = sluice_abi::conntrack::split_sizes(conntrack_size);
+        for (name, size) in sluice_abi::maps::CONNTRACK.iter().zip(sizes) {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader
             .override_global("CONFIG", &config, true)
             .load(EBPF_OBJ)
             .unwrap();
@@ -66,14 +76,18 @@ impl Harness {
             ebpf,
             maps,
             current: Current::default(),
-            _fs: fs,
+            fs,
         }
     }
 
     /// The default lab: web (VIP:80/TCP and VIP:53/UDP) with three backends,
     /// and `empty` (`EMPTY_VIP`, 80/TCP and 53/UDP) without endpoints.
     fn web(config: DataplaneConfig) -> Self {
-        let mut h = Self::load(config);
+        Self::web_sized(config, sluice_abi::maps::DEFAULT_CONNTRACK_SIZE)
+    }
+
+    fn web_sized(config: DataplaneConfig, conntrack_size: u32) -> Self {
+        let mut h = Self::load_sized(config, conntrack_size);
         h.set(&[
             (
                 ServiceKey::new(VIP, 80, proto::TCP),

@@ -11,9 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData};
 use common::*;
-use sluice_abi::conntrack::{CtKey, CtValue};
+use sluice_agent::dataplane::conntrack::Conntrack;
 use sluice_lab::{AgentOptions, Lab, Netns, enter_on_spawn, process::Process, require_privileges};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_sluice-probe");
@@ -47,10 +46,11 @@ fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:?}"))
 }
 
-fn conntrack_entries(lab: &Lab) -> usize {
-    let data = MapData::from_pin(lab.pin_dir().join(sluice_abi::maps::CONNTRACK)).unwrap();
-    let ct: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(data)).unwrap();
-    ct.keys().count()
+fn conntrack_entries(lab: &Lab) -> u64 {
+    Conntrack::open_pinned(&lab.pin_dir())
+        .unwrap()
+        .census()
+        .entries()
 }
 
 #[test]

@@ -99,9 +99,12 @@ fn serve(stream: TcpStream, name: &str) {
     let reply = answer(name, peer);
     for line in BufReader::new(stream).lines() {
         if line.is_err() || writer.write_all(reply.as_bytes()).is_err() {
-            return;
+            break;
         }
     }
+    // The client is done: close our side too, as a server does (a clone
+    // of the socket is kept for shutdown, so dropping would not close it).
+    let _ = writer.shutdown(Shutdown::Both);
 }
 
 fn udp_loop(socket: &UdpSocket, stop: &AtomicBool, name: &str) {

@@ -1,0 +1,633 @@
+//! Conntrack in user space: the garbage collector that removes entries
+//! past their lifetime, the census of what the eight maps hold (for
+//! `/metrics` and `sluice status`), the default size, and the conversion
+//! of the previous layout's entries on upgrade.
+//!
+//! The programs expire nothing themselves: an entry past its lifetime is
+//! treated as gone when a packet finds it, and the collector removes it
+//! for good. A pass reads each map in batches (`BPF_MAP_LOOKUP_BATCH`, 4096
+//! entries a call) and removes, one at a time, only what expired, after
+//! checking it again: its cost is one read of every entry plus two calls
+//! per expired entry.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use sluice_abi::{
+    conntrack::{
+        CT_CLOSED, CT_CLOSING, CT_COUNTERS, CT_DIR_ORIGINAL, CT_ESTABLISHED, CT_EXPIRED,
+        CT_F_FIN_ORIGINAL, CT_F_REPLIED, CT_F_RST, CT_F_SNAT, CT_INSERTED, CT_REMOVED, CT_STATES,
+        CT_TIER_ESTABLISHED, CT_TIERS, CtEntry, CtKey, CtTable, Lifetimes, Partition,
+        legacy::{CtValueV2, V2_F_SNAT, V2_TCP_FIN, V2_TCP_RST},
+        partner, reply_of_original,
+    },
+    maps as names, proto,
+};
+
+use super::{Error, batch};
+
+/// The conntrack maps and their counters, opened from the pins.
+pub struct Conntrack {
+    maps: Vec<CtMap>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+struct CtMap {
+    /// `CtTable::map` index.
+    index: u32,
+    map: HashMap<MapData, CtKey, CtEntry>,
+    /// A duplicate descriptor for batch reads.
+    fd: OwnedFd,
+    capacity: u32,
+}
+
+impl CtMap {
+    fn table(&self) -> CtTable {
+        CtTable(self.index / CT_TIERS)
+    }
+
+    fn tier_label(&self) -> &'static str {
+        if self.index % CT_TIERS == CT_TIER_ESTABLISHED {
+            "established"
+        } else {
+            "new"
+        }
+    }
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |e| Error::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
+impl Conntrack {
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, Error> {
+        let mut maps = Vec::with_capacity(names::CONNTRACK.len());
+        for (index, name) in (0u32..).zip(names::CONNTRACK) {
+            let data = super::open_pinned(pin_dir, name)?;
+            let info = data.info().map_err(map_err(name))?;
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::Batch { name, source: e })?;
+            let map = Map::from_map_data(data).map_err(map_err(name))?;
+            let map = HashMap::try_from(map).map_err(map_err(name))?;
+            maps.push(CtMap {
+                index,
+                map,
+                fd,
+                capacity: info.max_entries(),
+            });
+        }
+        let data = super::open_pinned(pin_dir, names::CONNTRACK_STATS)?;
+        let stats = PerCpuArray::try_from(
+            Map::from_map_data(data).map_err(map_err(names::CONNTRACK_STATS))?,
+        )
+        .map_err(map_err(names::CONNTRACK_STATS))?;
+        Ok(Self { maps, stats })
+    }
+
+    /// Counter `counter` of map `index`, summed over CPUs.
+    fn counter(&self, index: u32, counter: u32) -> u64 {
+        self.stats
+            .get(&(index * CT_COUNTERS + counter), 0)
+            .map_or(0, |v| super::maps::sum_counter(&v))
+    }
+
+    /// Adds `n` to map `index`'s expired counter (the agent's slot: the
+    /// first CPU's; the programs never write it).
+    fn add_expired(&mut self, index: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let at = index * CT_COUNTERS + CT_EXPIRED;
+        let Ok(mut values) = self.stats.get(&at, 0).map(|v| v.to_vec()) else {
+            return;
+        };
+        if let Some(first) = values.first_mut() {
+            *first = first.wrapping_add(n);
+        }
+        if let Ok(values) = PerCpuValues::try_from(values)
+            && let Err(e) = self.stats.set(at, values, 0)
+        {
+            tracing::debug!("conntrack counters: {e}");
+        }
+    }
+
+    /// Every entry, with its table and map (`CT_TIER_*`): for tests and
+    /// debugging.
+    pub fn entries(&self) -> Vec<(CtTable, u32, CtKey, CtEntry)> {
+        let mut out = Vec::new();
+        for m in &self.maps {
+            let (table, tier) = (m.table(), m.index % CT_TIERS);
+            let read = batch::for_each::<CtKey, CtEntry>(&m.fd, |k, e| {
+                out.push((table, tier, *k, *e));
+            });
+            if let Err(e) = read {
+                tracing::warn!(
+                    map = names::CONNTRACK[m.index as usize],
+                    "reading conntrack: {e}"
+                );
+            }
+        }
+        out
+    }
+
+    /// What the maps hold, without removing anything.
+    pub fn census(&self) -> Census {
+        let maps = self
+            .maps
+            .iter()
+            .map(|m| self.map_census(m, |_, _| {}))
+            .collect();
+        Census { maps, pass: None }
+    }
+
+    /// Removes what is past its lifetime at `now` (`CLOCK_MONOTONIC`, as
+    /// `bpf_ktime_get_ns`), and says what the maps held.
+    pub fn collect_garbage(&mut self, l: &Lifetimes, now: u64) -> Census {
+        let started = Instant::now();
+        let mut censuses = Vec::with_capacity(self.maps.len());
+        let (mut visited, mut removed) = (0, 0);
+        for i in 0..self.maps.len() {
+            let tcp = self.maps[i].table().is_tcp();
+            let mut candidates: StdHashMap<CtKey, CtEntry> = StdHashMap::new();
+            let census = self.map_census(&self.maps[i], |k, e| {
+                if e.expired_since(e.last_seen_ns, tcp, now, l) {
+                    candidates.insert(*k, *e);
+                }
+            });
+            visited += census.entries;
+            let m = &mut self.maps[i];
+            let mut gone = 0;
+            for (k, e) in &candidates {
+                // A flow lives while either direction does.
+                let other = partner(k, e);
+                if !candidates.contains_key(&other) && m.map.get(&other, 0).is_ok() {
+                    continue;
+                }
+                // Checked again: a packet may have refreshed it since.
+                let still = m
+                    .map
+                    .get(k, 0)
+                    .is_ok_and(|e| e.expired_since(e.last_seen_ns, tcp, now, l));
+                if still && m.map.remove(k).is_ok() {
+                    gone += 1;
+                }
+            }
+            let index = m.index;
+            self.add_expired(index, gone);
+            removed += gone;
+            censuses.push(census);
+        }
+        Census {
+            maps: censuses,
+            pass: Some(PassStats {
+                visited,
+                removed,
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+        }
+    }
+
+    /// One map's census; `visit` sees every entry.
+    fn map_census(&self, m: &CtMap, mut visit: impl FnMut(&CtKey, &CtEntry)) -> MapCensus {
+        // Counters first: entries inserted while the map is read make the
+        // eviction count low, never high.
+        let [inserted, removed, expired] =
+            [CT_INSERTED, CT_REMOVED, CT_EXPIRED].map(|c| self.counter(m.index, c));
+        let mut by_state = [0u64; 4];
+        let read = batch::for_each::<CtKey, CtEntry>(&m.fd, |k, e| {
+            if let Some(n) = by_state.get_mut(usize::from(e.state)) {
+                *n += 1;
+            }
+            visit(k, e);
+        });
+        if let Err(e) = read {
+            tracing::warn!(
+                map = names::CONNTRACK[m.index as usize],
+                "reading conntrack: {e}"
+            );
+        }
+        let entries: u64 = by_state.iter().sum();
+        MapCensus {
+            table: m.table().label(),
+            map: m.tier_label(),
+            capacity: m.capacity,
+            entries,
+            by_state,
+            inserted,
+            removed,
+            expired,
+            evicted: inserted
+                .saturating_sub(removed)
+                .saturating_sub(expired)
+                .saturating_sub(entries),
+        }
+    }
+}
+
+/// What one conntrack map holds, and what happened to its entries.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapCensus {
+    /// `east_west_tcp`, `east_west_other`, `north_south_tcp`, `north_south_other`.
+    pub table: &'static str,
+    /// `established` or `new`.
+    pub map: &'static str,
+    pub capacity: u32,
+    pub entries: u64,
+    /// Entries by state, in `CT_STATES` order.
+    pub by_state: [u64; 4],
+    /// Entries the programs inserted, removed, and the collector expired.
+    pub inserted: u64,
+    pub removed: u64,
+    pub expired: u64,
+    /// Entries an LRU map evicted to make room (new-flow maps only): what
+    /// was inserted less what was removed, expired or is there now.
+    pub evicted: u64,
+}
+
+impl MapCensus {
+    pub fn fill(&self) -> f64 {
+        if self.capacity == 0 {
+            return 0.0;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+        let fill = self.entries as f64 / f64::from(self.capacity);
+        fill
+    }
+
+    /// `(label, entries)` by state.
+    pub fn states(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CT_STATES
+            .iter()
+            .zip(self.by_state)
+            .map(|((_, l), n)| (*l, n))
+    }
+}
+
+/// One collector pass.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PassStats {
+    pub visited: u64,
+    pub removed: u64,
+    pub seconds: f64,
+}
+
+/// What the conntrack maps hold.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Census {
+    pub maps: Vec<MapCensus>,
+    /// The collector's last pass (the agent's census only).
+    pub pass: Option<PassStats>,
+}
+
+impl Census {
+    pub fn entries(&self) -> u64 {
+        self.maps.iter().map(|m| m.entries).sum()
+    }
+}
+
+/// The latest census, shared with the health port.
+pub type Latest = Arc<Mutex<Option<Census>>>;
+
+/// The garbage collector's thread; stopped and joined on drop.
+pub struct Collector {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+    latest: Latest,
+}
+
+impl Collector {
+    /// Starts a pass now and then every `interval`.
+    pub fn spawn(pin_dir: &Path, lifetimes: Lifetimes, interval: Duration) -> Result<Self, Error> {
+        let mut ct = Conntrack::open_pinned(pin_dir)?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let latest: Latest = Arc::default();
+        let (stop2, latest2) = (stop.clone(), latest.clone());
+        let thread = std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || collect_loop(&mut ct, &lifetimes, interval, &stop2, &latest2))
+            .map_err(|e| Error::Batch {
+                name: "conntrack-gc",
+                source: e,
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            latest,
+        })
+    }
+
+    pub fn latest(&self) -> Latest {
+        self.latest.clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let (flag, cv) = &*self.stop;
+        if let Ok(mut stop) = flag.lock() {
+            *stop = true;
+        }
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An established map this full is worth a warning: when it is full, new
+/// flows are no longer protected from floods.
+const FILL_WARNING: f64 = 0.9;
+
+fn collect_loop(
+    ct: &mut Conntrack,
+    l: &Lifetimes,
+    interval: Duration,
+    stop: &(Mutex<bool>, Condvar),
+    latest: &Mutex<Option<Census>>,
+) {
+    let mut warned = [false; 8];
+    let mut evicted_seen = [0u64; 8];
+    loop {
+        let mut census = ct.collect_garbage(l, monotonic_ns());
+        for (i, m) in census.maps.iter_mut().enumerate() {
+            // Monotonic, whatever the reading's timing.
+            evicted_seen[i] = evicted_seen[i].max(m.evicted);
+            m.evicted = evicted_seen[i];
+            let full = m.map == "established" && m.fill() >= FILL_WARNING;
+            if full && !warned[i] {
+                tracing::warn!(
+                    table = m.table,
+                    entries = m.entries,
+                    capacity = m.capacity,
+                    "a conntrack table's established map is nearly full: new flows will not be protected from floods (raise --conntrack-size)"
+                );
+            }
+            warned[i] = full;
+        }
+        if let Some(p) = &census.pass {
+            tracing::debug!(
+                visited = p.visited,
+                removed = p.removed,
+                took_ms = p.seconds * 1000.0,
+                "conntrack garbage collected"
+            );
+        }
+        if let Ok(mut slot) = latest.lock() {
+            *slot = Some(census);
+        }
+        let (flag, cv) = stop;
+        let Ok(guard) = flag.lock() else { return };
+        let Ok((guard, _)) = cv.wait_timeout_while(guard, interval, |stop| !*stop) else {
+            return;
+        };
+        if *guard {
+            return;
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// Bytes of kernel memory per conntrack entry, as the maps' `memlock`
+/// reports them on Linux 6.18 (x86-64): 120 in the established (hash)
+/// maps, 128 in the new-flow (LRU) maps, which hold a quarter.
+pub const BYTES_PER_ENTRY: u64 = 122;
+
+/// The default `--conntrack-size`: 0.25 % of the node's memory, as
+/// Cilium's dynamic map sizing (`--bpf-map-dynamic-size-ratio`), no fewer
+/// than `DEFAULT_CONNTRACK_SIZE` entries and no more than 4 Mi.
+pub fn default_size() -> u32 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_total_bytes(&m))
+        .unwrap_or(0);
+    size_for_memory(total)
+}
+
+fn size_for_memory(bytes: u64) -> u32 {
+    let entries = bytes / 400 / BYTES_PER_ENTRY;
+    let entries = entries.clamp(
+        u64::from(names::DEFAULT_CONNTRACK_SIZE),
+        u64::from(MAX_DEFAULT_SIZE),
+    );
+    // A multiple of 1024: the split is then exact.
+    u32::try_from(entries & !1023).unwrap_or(MAX_DEFAULT_SIZE)
+}
+
+const MAX_DEFAULT_SIZE: u32 = 4 << 20;
+
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Converts the flows of the previous layout's conntrack map
+/// (`SLUICE_CT_V2`), if it is pinned, into this layout's established
+/// maps, so that an upgrade keeps every tracked connection. Entries that
+/// exist already are left alone, so this can run again after the new
+/// programs took over, to catch flows created meanwhile. Returns the
+/// number of flows written.
+///
+/// The old map did not say where a flow came from: a SNATed flow is
+/// north-south, a flow to a ClusterIP east-west, and any other (a NodePort
+/// or an external address, which pods and outside clients both reach) is
+/// written to both tables. It did not track replies or the backend's FIN
+/// either: a TCP flow is established unless the client sent FIN or RST.
+pub fn convert_v2(
+    pin_dir: &Path,
+    ct: &mut Conntrack,
+    is_cluster_ip: impl Fn([u8; 4]) -> bool,
+) -> io::Result<usize> {
+    let path = pin_dir.join(names::CONNTRACK_V2);
+    let Ok(data) = MapData::from_pin(&path) else {
+        return Ok(0);
+    };
+    let info = data.info().map_err(io::Error::other)?;
+    if info.key_size() as usize != size_of::<CtKey>()
+        || info.value_size() as usize != size_of::<CtValueV2>()
+    {
+        tracing::warn!(
+            map = names::CONNTRACK_V2,
+            "the previous conntrack map has an unknown layout; its flows are not kept"
+        );
+        return Ok(0);
+    }
+    let fd = data.fd().as_fd().try_clone_to_owned()?;
+    let mut old: StdHashMap<CtKey, CtValueV2> = StdHashMap::new();
+    batch::for_each::<CtKey, CtValueV2>(&fd, |k, v| {
+        old.insert(*k, *v);
+    })?;
+    let mut flows = 0;
+    for (k, v) in &old {
+        if k.dir != CT_DIR_ORIGINAL {
+            continue;
+        }
+        let (original, reply) = convert_flow(k, v, old.get(&reply_of_original(k, &upgrade(k, v))));
+        let tcp = k.proto == proto::TCP;
+        let parts: &[Partition] = if v.flags & V2_F_SNAT != 0 {
+            &[Partition::NorthSouth]
+        } else if is_cluster_ip(k.daddr_be) {
+            &[Partition::EastWest]
+        } else {
+            &[Partition::EastWest, Partition::NorthSouth]
+        };
+        let reply_key = reply_of_original(k, &original);
+        for part in parts {
+            let index = CtTable::of(*part, tcp).map(CT_TIER_ESTABLISHED);
+            let Some(m) = ct.maps.iter_mut().find(|m| m.index == index) else {
+                continue;
+            };
+            // BPF_NOEXIST: what the new programs wrote stays.
+            let wrote = m.map.insert(k, original, 1).is_ok();
+            let _ = m.map.insert(reply_key, reply, 1);
+            flows += usize::from(wrote);
+        }
+    }
+    Ok(flows)
+}
+
+/// An original-direction entry of the old layout, in this one.
+fn upgrade(k: &CtKey, v: &CtValueV2) -> CtEntry {
+    let tcp = k.proto == proto::TCP;
+    let (state, flags) = if !tcp {
+        (CT_ESTABLISHED, CT_F_REPLIED)
+    } else if v.tcp_flags & V2_TCP_RST != 0 {
+        (CT_CLOSED, CT_F_REPLIED | CT_F_RST)
+    } else if v.tcp_flags & V2_TCP_FIN != 0 {
+        (CT_CLOSING, CT_F_REPLIED | CT_F_FIN_ORIGINAL)
+    } else {
+        (CT_ESTABLISHED, CT_F_REPLIED)
+    };
+    CtEntry {
+        nat_addr_be: v.nat_addr_be,
+        nat_port_be: v.nat_port_be,
+        state,
+        flags: flags
+            | if v.flags & V2_F_SNAT != 0 {
+                CT_F_SNAT
+            } else {
+                0
+            },
+        service_id: v.service_id,
+        backend_id: v.backend_id,
+        last_seen_ns: v.last_seen_ns,
+        created_ns: v.last_seen_ns,
+        snat_addr_be: v.snat_addr_be,
+        snat_port_be: v.snat_port_be,
+        _pad: [0; 2],
+    }
+}
+
+/// A flow of the old layout (its original entry, and its reply entry if
+/// it was still there) as this layout's two entries.
+fn convert_flow(k: &CtKey, v: &CtValueV2, old_reply: Option<&CtValueV2>) -> (CtEntry, CtEntry) {
+    let original = upgrade(k, v);
+    let reply = CtEntry {
+        nat_addr_be: k.daddr_be,
+        nat_port_be: k.dport_be,
+        snat_addr_be: if v.flags & V2_F_SNAT != 0 {
+            k.saddr_be
+        } else {
+            [0; 4]
+        },
+        snat_port_be: if v.flags & V2_F_SNAT != 0 {
+            k.sport_be
+        } else {
+            [0; 2]
+        },
+        // The reply entry of the old layout held the same frontend; its
+        // own times were never refreshed.
+        service_id: old_reply.map_or(v.service_id, |r| r.service_id),
+        ..original
+    };
+    (original, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_abi::conntrack::{CT_DIR_REPLY, original_of_reply};
+
+    use super::*;
+
+    #[test]
+    fn the_default_size_follows_memory_with_a_floor_and_a_cap() {
+        assert_eq!(size_for_memory(0), names::DEFAULT_CONNTRACK_SIZE);
+        assert_eq!(size_for_memory(8 << 30), names::DEFAULT_CONNTRACK_SIZE);
+        // 64 GiB: 0.25 % is 160 MiB, 1.3 Mi entries of 122 bytes.
+        assert_eq!(size_for_memory(64 << 30), 1_408_000);
+        assert_eq!(size_for_memory(1 << 40), MAX_DEFAULT_SIZE);
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:  1 kB\n";
+        assert_eq!(mem_total_bytes(meminfo), Some(24_576_000 * 1024));
+    }
+
+    fn v2(flags: u8, tcp_flags: u8) -> (CtKey, CtValueV2) {
+        let k = CtKey {
+            saddr_be: [10, 244, 1, 2],
+            daddr_be: [10, 96, 0, 10],
+            sport_be: 40000u16.to_be_bytes(),
+            dport_be: 80u16.to_be_bytes(),
+            proto: proto::TCP,
+            dir: CT_DIR_ORIGINAL,
+            _pad: [0; 2],
+        };
+        let v = CtValueV2 {
+            nat_addr_be: [10, 244, 1, 10],
+            nat_port_be: 8080u16.to_be_bytes(),
+            tcp_flags,
+            flags,
+            service_id: 7,
+            backend_id: 9,
+            last_seen_ns: 123,
+            snat_addr_be: [192, 168, 77, 1],
+            snat_port_be: 33000u16.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        (k, v)
+    }
+
+    #[test]
+    fn old_flows_convert_to_established_pairs_that_find_each_other() {
+        for snat in [0, V2_F_SNAT] {
+            let (k, v) = v2(snat, 0);
+            let (original, reply) = convert_flow(&k, &v, None);
+            assert_eq!(original.state, CT_ESTABLISHED);
+            assert_eq!(
+                (original.nat_addr_be, original.backend_id),
+                (v.nat_addr_be, 9)
+            );
+            assert_eq!(original.flags & CT_F_SNAT != 0, snat != 0);
+            let reply_key = reply_of_original(&k, &original);
+            assert_eq!(reply_key.dir, CT_DIR_REPLY);
+            assert_eq!(original_of_reply(&reply_key, &reply), k, "snat {snat}");
+            assert_eq!(
+                (reply.nat_addr_be, reply.nat_port_be),
+                (k.daddr_be, k.dport_be)
+            );
+        }
+        let (k, v) = v2(0, V2_TCP_FIN);
+        assert_eq!(upgrade(&k, &v).state, CT_CLOSING);
+        let (k, v) = v2(0, V2_TCP_RST);
+        assert_eq!(upgrade(&k, &v).state, CT_CLOSED);
+    }
+}
