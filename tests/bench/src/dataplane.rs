@@ -29,6 +29,8 @@ use tokio::{
 
 use crate::stats::{machine, percentile};
 
+mod pressure;
+
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const BACKENDS: usize = 10;
 const TCP_PORT: u16 = 8080;
@@ -218,8 +220,30 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let medians: BTreeMap<Key, Sample> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
+    // Conntrack under pressure: Sluice's TC path and netfilter's, side by side.
+    let mut pressure = Vec::new();
+    for mode in [Mode::Sluice, Mode::Iptables] {
+        if args
+            .modes
+            .as_ref()
+            .is_some_and(|only| !only.contains(&mode))
+        {
+            continue;
+        }
+        let p = pressure::measure(mode, window.max(Duration::from_secs(1)), args.quick)
+            .with_context(|| format!("{} under conntrack pressure", mode.label()))?;
+        println!(
+            "conntrack pressure · {:<22} maximum {}  {:>9.0} new flows/s sent  {:>9.0} delivered  {} of 100 idle connections lost",
+            mode.label(),
+            p.maximum,
+            p.sent_per_s,
+            p.delivered_per_s,
+            p.lost
+        );
+        pressure.push(p);
+    }
     let svg_path = args.out.with_extension("svg");
-    let table = render(
+    let mut table = render(
         &medians,
         &RunInfo {
             scales: &scales,
@@ -232,6 +256,21 @@ pub fn run(args: &Args) -> Result<()> {
             limit,
         },
     );
+    if !pressure.is_empty() {
+        let full = pressure
+            .iter()
+            .find(|p| p.mode == Mode::Sluice)
+            .map(|p| pressure::gc_cost(u32::try_from(p.maximum).unwrap_or(u32::MAX)))
+            .transpose()?;
+        if let Some((n, read, removed)) = full {
+            println!(
+                "conntrack collection over a full table of {n} entries: {:.1} ms reading, {:.1} ms removing all",
+                read * 1e3,
+                removed * 1e3
+            );
+        }
+        table.push_str(&pressure::render(&pressure, full));
+    }
     if let Some(dir) = svg_path.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -583,13 +622,18 @@ fn chain(kind: &str, i: u32, e: usize) -> String {
     format!("KUBE-{kind}-{i:010X}{e:06X}")
 }
 
-/// The iptables-mode rules (nat table) for the Services and the probe:
-/// KUBE-SERVICES → KUBE-SVC-* (`statistic --mode random`) → KUBE-SEP-*
-/// (DNAT), with the masquerade marks, as kube-proxy writes them.
+/// The iptables-mode rules (nat table) for the Services and the probe.
 fn iptables_rules(services: u32, measured: u32) -> String {
+    iptables_rules_of(service_ports(services, measured))
+}
+
+/// The iptables-mode rules (nat table) of `ports`: KUBE-SERVICES →
+/// KUBE-SVC-* (`statistic --mode random`) → KUBE-SEP-* (DNAT), with the
+/// masquerade marks, as kube-proxy writes them.
+fn iptables_rules_of(ports: Vec<SvcPort>) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
-    for sp in service_ports(services, measured) {
+    for sp in ports {
         let SvcPort {
             id,
             tag,
