@@ -619,7 +619,7 @@ mod tests {
         );
         assert_eq!(
             c.dataplane.lifetimes,
-            sluice_abi::conntrack::Lifetimes::DEFAULT
+            Lifetimes::DEFAULT
         );
     }
 
