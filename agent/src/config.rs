@@ -617,10 +617,7 @@ mod tests {
             crate::dataplane::conntrack::default_size(),
             "sized from memory"
         );
-        assert_eq!(
-            c.dataplane.lifetimes,
-            Lifetimes::DEFAULT
-        );
+        assert_eq!(c.dataplane.lifetimes, Lifetimes::DEFAULT);
     }
 
     #[test]

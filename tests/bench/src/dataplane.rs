@@ -220,28 +220,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let medians: BTreeMap<Key, Sample> = samples.iter().map(|(k, v)| (*k, median(v))).collect();
-    // Conntrack under pressure: Sluice's TC path and netfilter's, side by side.
-    let mut pressure = Vec::new();
-    for mode in [Mode::Sluice, Mode::Iptables] {
-        if args
-            .modes
-            .as_ref()
-            .is_some_and(|only| !only.contains(&mode))
-        {
-            continue;
-        }
-        let p = pressure::measure(mode, window.max(Duration::from_secs(1)), args.quick)
-            .with_context(|| format!("{} under conntrack pressure", mode.label()))?;
-        println!(
-            "conntrack pressure · {:<22} maximum {}  {:>9.0} new flows/s sent  {:>9.0} delivered  {} of 100 idle connections lost",
-            mode.label(),
-            p.maximum,
-            p.sent_per_s,
-            p.delivered_per_s,
-            p.lost
-        );
-        pressure.push(p);
-    }
+    let pressure = pressure::section(args.modes.as_deref(), window, args.quick)?;
     let svg_path = args.out.with_extension("svg");
     let mut table = render(
         &medians,
@@ -256,21 +235,7 @@ pub fn run(args: &Args) -> Result<()> {
             limit,
         },
     );
-    if !pressure.is_empty() {
-        let full = pressure
-            .iter()
-            .find(|p| p.mode == Mode::Sluice)
-            .map(|p| pressure::gc_cost(u32::try_from(p.maximum).unwrap_or(u32::MAX)))
-            .transpose()?;
-        if let Some((n, read, removed)) = full {
-            println!(
-                "conntrack collection over a full table of {n} entries: {:.1} ms reading, {:.1} ms removing all",
-                read * 1e3,
-                removed * 1e3
-            );
-        }
-        table.push_str(&pressure::render(&pressure, full));
-    }
+    table.push_str(&pressure);
     if let Some(dir) = svg_path.parent() {
         fs::create_dir_all(dir)?;
     }

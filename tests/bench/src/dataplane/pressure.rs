@@ -45,7 +45,7 @@ const IDLE: usize = 100;
 const T: Duration = Duration::from_secs(2);
 
 /// One mode's pressure measurement.
-pub struct Pressure {
+struct Pressure {
     pub mode: Mode,
     /// The maximum: netfilter's connections, Sluice's entries.
     pub maximum: u64,
@@ -117,7 +117,46 @@ fn nf_conntrack_max(lab: &Lab) -> Result<u64> {
         .context("nf_conntrack_max")
 }
 
-pub fn measure(mode: Mode, window: Duration, quick: bool) -> Result<Pressure> {
+/// The section of the table: Sluice's TC path and netfilter's side by side
+/// (those of `modes` that are among them), and a collector pass over a
+/// full table; empty when neither mode runs.
+pub fn section(modes: Option<&[Mode]>, window: Duration, quick: bool) -> Result<String> {
+    let mut rows = Vec::new();
+    for mode in [Mode::Sluice, Mode::Iptables] {
+        if modes.is_some_and(|only| !only.contains(&mode)) {
+            continue;
+        }
+        let p = measure(mode, window.max(Duration::from_secs(1)), quick)
+            .with_context(|| format!("{} under conntrack pressure", mode.label()))?;
+        println!(
+            "conntrack pressure · {:<22} maximum {}  {:>9.0} new flows/s sent  {:>9.0} delivered  {} of 100 idle connections lost",
+            mode.label(),
+            p.maximum,
+            p.sent_per_s,
+            p.delivered_per_s,
+            p.lost
+        );
+        rows.push(p);
+    }
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    let full = rows
+        .iter()
+        .find(|p| p.mode == Mode::Sluice)
+        .map(|p| gc_cost(u32::try_from(p.maximum).unwrap_or(u32::MAX)))
+        .transpose()?;
+    if let Some((n, read, removed)) = full {
+        println!(
+            "conntrack collection over a full table of {n} entries: {:.1} ms reading, {:.1} ms removing all",
+            read * 1e3,
+            removed * 1e3
+        );
+    }
+    Ok(render(&rows, full))
+}
+
+fn measure(mode: Mode, window: Duration, quick: bool) -> Result<Pressure> {
     let mut topo = topology()?;
     let lab = &mut topo.lab;
     // iptables first: loading the rules makes netfilter track this namespace.
@@ -280,7 +319,7 @@ fn flow(hop: Hop, f: u64) -> Vec<u8> {
 
 /// The rows, as Markdown, and a collector pass over a full table
 /// (`gc_cost`: entries, seconds reading, seconds removing everything).
-pub fn render(rows: &[Pressure], full: Option<(u64, f64, f64)>) -> String {
+fn render(rows: &[Pressure], full: Option<(u64, f64, f64)>) -> String {
     let mut out = String::from(
         "\n### Conntrack under pressure\n\n\
          A pod's burst of new UDP flows (four times the maximum, then as many more as one generator core sends) beside 100 idle TCP connections through a ClusterIP. \
@@ -318,7 +357,7 @@ pub fn render(rows: &[Pressure], full: Option<(u64, f64, f64)>) -> String {
 /// with flows (entry pairs) for `--conntrack-size size`, in a bpffs of its
 /// own. Returns the entries and the seconds of a pass that removes nothing
 /// (the cost of reading) and of one that removes everything.
-pub fn gc_cost(size: u32) -> Result<(u64, f64, f64)> {
+fn gc_cost(size: u32) -> Result<(u64, f64, f64)> {
     use aya::{
         EbpfLoader,
         maps::{HashMap, Map, MapData},
