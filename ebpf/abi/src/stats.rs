@@ -91,6 +91,9 @@ counter_enum! {
         /// A TCP segment that cannot start a flow (no SYN, or SYN with ACK
         /// or RST) and belongs to none: kube-proxy drops ctstate INVALID.
         CtInvalid = 13 => "ct_invalid",
+        /// A translated packet larger than its route's MTU (each segment,
+        /// for a GSO packet): BPF cannot fragment it.
+        FragNeeded = 14 => "frag_needed",
     }
 }
 

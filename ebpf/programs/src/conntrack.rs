@@ -269,13 +269,13 @@ fn promote<T: CtMaps>(a: &CtKey, b: &CtKey) -> Result<(), ()> {
         // Half the flow is gone (evicted): it cannot be kept whole.
         return Err(());
     };
-    let (va, vb) = unsafe { (*ea, *eb) };
-    // The established map is looked up first: once both entries are there,
-    // the new-flow ones are no longer used.
-    if T::insert::<ESTABLISHED>(b, &vb, maps::NOEXIST).is_err() {
+    // Straight from one map's memory into the other (no copies on the
+    // stack). The established map is looked up first: once both entries
+    // are there, the new-flow ones are no longer used.
+    if T::insert::<ESTABLISHED>(b, unsafe { &*eb }, maps::NOEXIST).is_err() {
         return Err(());
     }
-    if T::insert::<ESTABLISHED>(a, &va, maps::NOEXIST).is_err() {
+    if T::insert::<ESTABLISHED>(a, unsafe { &*ea }, maps::NOEXIST).is_err() {
         T::remove::<ESTABLISHED>(b);
         return Err(());
     }

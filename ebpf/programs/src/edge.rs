@@ -37,6 +37,7 @@ use crate::{
     fib, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
     parse::{self, Frame, Packet, Parsed},
+    reject::Icmp,
     stats,
 };
 
@@ -47,12 +48,19 @@ pub trait Edge: EbpfContext + Frame {
     const PASS: Self::Verdict;
     /// The interface the packet arrived on.
     fn ingress(&self) -> u32;
+    /// The length a route's MTU is checked against (`fib::lookup`).
+    fn route_len(&self, p: &Packet) -> u16;
     /// DNAT: the destination becomes `addr:port`.
     fn dnat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
     /// SNAT, or the reverse NAT of a reply: the source becomes `addr:port`.
     fn snat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
-    /// Counts `reason` and answers with ICMP port-unreachable.
-    fn reject(&self, p: &Packet, reason: DropReason) -> Result<Self::Verdict, DropReason>;
+    /// Counts `reason` and answers with the ICMP error `icmp`.
+    fn answer(
+        &self,
+        p: &Packet,
+        reason: DropReason,
+        icmp: Icmp,
+    ) -> Result<Self::Verdict, DropReason>;
     /// Sends a translated packet towards its next hop, or to the stack when
     /// the route is not a plain forward.
     fn forward(&self, route: &fib::Route) -> Self::Verdict;
@@ -108,7 +116,9 @@ fn to_service<E: Edge, T: CtMaps>(
     let svc = if local_policy {
         match lb::local_scope(key) {
             Some(local) if local.count > 0 => local,
-            _ if all.count == 0 => return ctx.reject(p, DropReason::NoEndpoints),
+            _ if all.count == 0 => {
+                return ctx.answer(p, DropReason::NoEndpoints, Icmp::port_unreachable(p));
+            }
             _ => return Err(DropReason::NoLocalEndpoints),
         }
     } else {
@@ -118,7 +128,7 @@ fn to_service<E: Edge, T: CtMaps>(
     let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
     let (to, new_flow, route) = if let Tracked::Keep(bound) = tracked {
         stats::event(Event::Established);
-        (bound, false, None)
+        (bound, false, fib::Route::LOCAL)
     } else if let Tracked::Invalid = tracked {
         // kube-proxy drops ctstate INVALID.
         return Err(DropReason::CtInvalid);
@@ -129,12 +139,19 @@ fn to_service<E: Edge, T: CtMaps>(
         }
         if svc.count == 0 {
             // kube-proxy: a Service with no endpoints REJECTs.
-            return ctx.reject(p, DropReason::NoEndpoints);
+            return ctx.answer(p, DropReason::NoEndpoints, Icmp::port_unreachable(p));
         }
         let hash = maglev::flow_hash(p.saddr, p.sport, p.dport, p.proto);
         let client = u64::from(u32::from_be_bytes(p.saddr));
         let chosen = lb::with_affinity(&svc, client, now, lb::Pick::Maglev(hash))?;
-        let route = fib::lookup(ctx, ctx.ingress(), p, p.saddr, chosen.addr_be);
+        let route = fib::lookup(
+            ctx,
+            ctx.ingress(),
+            p,
+            p.saddr,
+            chosen.addr_be,
+            ctx.route_len(p),
+        );
         // A backend behind an external interface is on another node: SNAT,
         // so that its replies come back through here. Never under the
         // Local policy, which keeps the client's address.
@@ -144,19 +161,26 @@ fn to_service<E: Edge, T: CtMaps>(
         };
         let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat)?;
         stats::event(Event::NewFlow);
-        (to, true, Some(route))
+        (to, true, route)
     };
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);
-    ctx.dnat(p, to.addr, to.port)?;
     let Some(snat) = to.snat else {
         // A backend here: the stack routes the packet to it.
+        ctx.dnat(p, to.addr, to.port)?;
         return Ok(E::PASS);
     };
-    ctx.snat(p, snat.addr, snat.port)?;
-    let route = match route {
-        Some(r) => r,
-        None => fib::lookup(ctx, ctx.ingress(), p, snat.addr, to.addr),
+    // To a backend on another node: the route (a new flow's is known),
+    // checked before the rewrite.
+    let route = if new_flow {
+        route
+    } else {
+        fib::lookup(ctx, ctx.ingress(), p, snat.addr, to.addr, ctx.route_len(p))
     };
+    if route.too_big() {
+        return too_big(ctx, p, route.mtu);
+    }
+    ctx.dnat(p, to.addr, to.port)?;
+    ctx.snat(p, snat.addr, snat.port)?;
     Ok(ctx.forward(&route))
 }
 
@@ -165,15 +189,37 @@ fn to_service<E: Edge, T: CtMaps>(
 fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtEntry) -> Result<E::Verdict, DropReason> {
     stats::traffic(reply.service_id, reply.backend_id, p.len, false);
     stats::event(Event::Reply);
-    ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
     if reply.flags & CT_F_SNAT == 0 {
         // To a client on this node (a pod that reached a backend on
         // another node through TC): the stack delivers it.
+        ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
         return Ok(E::PASS);
     }
+    let route = fib::lookup(
+        ctx,
+        ctx.ingress(),
+        p,
+        reply.nat_addr_be,
+        reply.snat_addr_be,
+        ctx.route_len(p),
+    );
+    if route.too_big() {
+        return too_big(ctx, p, route.mtu);
+    }
+    ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
     ctx.dnat(p, reply.snat_addr_be, reply.snat_port_be)?;
-    let route = fib::lookup(ctx, ctx.ingress(), p, reply.nat_addr_be, reply.snat_addr_be);
     Ok(ctx.forward(&route))
+}
+
+/// A packet too big for its route (BPF cannot fragment): with DF set, its
+/// sender is told the route's MTU (ICMP fragmentation-needed, from the
+/// address it sent to); else it is dropped. Counted either way.
+#[inline(always)]
+fn too_big<E: Edge>(ctx: &E, p: &Packet, mtu: u16) -> Result<E::Verdict, DropReason> {
+    if !p.df {
+        return Err(DropReason::FragNeeded);
+    }
+    ctx.answer(p, DropReason::FragNeeded, Icmp::frag_needed(mtu, p.daddr))
 }
 
 #[inline(always)]

@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -14,35 +17,74 @@ use crate::{maps, parse::Packet};
 
 const AF_INET: u8 = 2;
 
-/// Where the stack would send a packet.
-pub enum Route {
+/// Where the stack would send a packet: `hop` says how, the other fields
+/// what goes with it (zero otherwise). A struct whose every field is set,
+/// rather than an enum with payloads: copies of an enum's undefined bytes
+/// reach the verifier as uninitialised registers.
+#[derive(Clone, Copy)]
+pub struct Route {
+    pub hop: Hop,
+    /// `Forward`, `NoNeigh`, `TooBig`: the interface out.
+    pub ifindex: u32,
+    /// `Forward`: from `smac` to the neighbour `dmac`.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// `TooBig`: the route's MTU.
+    pub mtu: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
     /// Out of `ifindex`, to the neighbour `dmac`, from `smac`.
-    Forward {
-        ifindex: u32,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-    },
+    Forward,
     /// Out of `ifindex`, but the neighbour is not resolved yet.
-    NoNeigh { ifindex: u32 },
+    NoNeigh,
+    /// The packet (a segment of it, for a GSO packet) is larger than the
+    /// route's `mtu`.
+    TooBig,
     /// Delivered on this node, or not forwarded as it is (a local address,
-    /// forwarding off, no route, a packet over the MTU): the stack decides.
+    /// forwarding off, no route): the stack decides.
     Local,
 }
 
 impl Route {
+    /// No route looked up: the stack decides.
+    pub const LOCAL: Self = Self::of(Hop::Local);
+
+    const fn of(hop: Hop) -> Self {
+        Self {
+            hop,
+            ifindex: 0,
+            smac: [0; 6],
+            dmac: [0; 6],
+            mtu: 0,
+        }
+    }
+
     /// The external interface the route leaves through, if it does: the
     /// destination is on another host.
     #[inline(always)]
     pub fn external(&self) -> Option<ExtIf> {
-        match *self {
-            Self::Forward { ifindex, .. } | Self::NoNeigh { ifindex } => maps::ext_if(ifindex),
-            Self::Local => None,
+        match self.hop {
+            Hop::Forward | Hop::NoNeigh | Hop::TooBig => maps::ext_if(self.ifindex),
+            Hop::Local => None,
         }
+    }
+
+    #[inline(always)]
+    pub fn too_big(&self) -> bool {
+        self.hop == Hop::TooBig
     }
 }
 
 /// The route of `p` once its addresses are `src` → `dst`, as if it arrived
 /// on interface `ingress`.
+///
+/// `tot_len` is the length the route's MTU is checked against: an XDP
+/// frame's own (`Packet::tot_len`: one frame, one packet); or, for an skb,
+/// 0, which makes the kernel check each segment of a GSO packet rather
+/// than the whole (`is_skb_forwardable`): a TSO or GRO packet of 64 KiB is
+/// many packets of the MTU on the wire.
 #[inline(always)]
 pub fn lookup(
     ctx: &impl EbpfContext,
@@ -50,44 +92,83 @@ pub fn lookup(
     p: &Packet,
     src: [u8; 4],
     dst: [u8; 4],
+    tot_len: u16,
 ) -> Route {
-    // SAFETY: a plain C struct of integers; all-zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let Some(params) = maps::fib_scratch() else {
+        return Route::LOCAL;
+    };
+    // SAFETY: this CPU's scratch entry, a plain C struct of integers, for
+    // this program run only (no other program runs on the CPU meanwhile).
+    let params = unsafe { &mut *params };
+    // SAFETY: all-zero is a valid value.
+    *params = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = p.proto;
     params.sport = u16::from_ne_bytes(p.sport);
     params.dport = u16::from_ne_bytes(p.dport);
-    params.__bindgen_anon_1.tot_len = p.tot_len;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ingress;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     #[expect(clippy::cast_possible_truncation, reason = "the struct is 64 bytes")]
     let size = size_of::<bpf_fib_lookup>() as i32;
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), &raw mut params, size, 0) };
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size, 0) };
     match u32::try_from(rc) {
-        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Route::Forward {
+        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Route {
             ifindex: params.ifindex,
             smac: params.smac,
             dmac: params.dmac,
+            ..Route::of(Hop::Forward)
         },
-        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route::NoNeigh {
+        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route {
             ifindex: params.ifindex,
+            ..Route::of(Hop::NoNeigh)
         },
-        _ => Route::Local,
+        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
+            // The union's other member: the route's MTU.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            // An MTU check of `tot_len` fails before the interface out is
+            // known (an skb's, without `tot_len`, after): once more without.
+            let out = if tot_len == 0 {
+                params.ifindex
+            } else {
+                // The inputs are as they were but for the length.
+                params.__bindgen_anon_1.tot_len = 0;
+                let rc = unsafe { fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size, 0) };
+                let known = matches!(
+                    u32::try_from(rc),
+                    Ok(BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH)
+                );
+                if known { params.ifindex } else { 0 }
+            };
+            Route {
+                ifindex: out,
+                mtu,
+                ..Route::of(Hop::TooBig)
+            }
+        }
+        _ => Route::of(Hop::Local),
     }
 }
 
-/// Sends a packet whose source became one of the node's own addresses
-/// (the reply of a NodePort flow, or a flow XDP translated) straight to
-/// its next hop: the stack would drop it as a martian, a local address
-/// arriving from outside. `None`: no route; the stack decides.
+/// The route of an skb in TC (MTU checked per segment) whose addresses
+/// become `src` → `dst`.
 #[inline(always)]
-pub fn redirect(ctx: &TcContext, p: &Packet, src: [u8; 4], dst: [u8; 4]) -> Option<i32> {
+pub fn route(ctx: &TcContext, p: &Packet, src: [u8; 4], dst: [u8; 4]) -> Route {
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let ifindex = match lookup(ctx, ingress, p, src, dst) {
-        Route::Forward { ifindex, .. } | Route::NoNeigh { ifindex } => ifindex,
-        Route::Local => return None,
-    };
-    let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    lookup(ctx, ingress, p, src, dst, 0)
+}
+
+/// Sends a packet whose source became one of the node's own addresses
+/// (the reply of a NodePort flow, or a flow XDP translated) along `route`
+/// (from `route`), straight to its next hop: the stack would drop it as a
+/// martian, a local address arriving from outside. `None`: not a forward;
+/// the caller decides.
+#[inline(always)]
+pub fn redirect(route: &Route) -> Option<i32> {
+    if !matches!(route.hop, Hop::Forward | Hop::NoNeigh) {
+        return None;
+    }
+    let action = unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) };
     i32::try_from(action).ok()
 }

@@ -81,7 +81,11 @@ fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
     if !maps::is_node_addr(p.saddr) {
         return Ok(TC_ACT_OK);
     }
-    Ok(fib::redirect(ctx, &p, p.saddr, p.daddr).unwrap_or(TC_ACT_OK))
+    let route = fib::route(ctx, &p, p.saddr, p.daddr);
+    if route.too_big() {
+        return Err(DropReason::FragNeeded);
+    }
+    Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
 }
 
 /// North-south at an external interface's ingress, in TC rather than XDP
@@ -170,14 +174,26 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             .or_else(|| conntrack::lookup_reply::<NsOther>(&p, now))
     };
     if let Some(reply) = reply {
+        // A NodePort's reply comes from a node address: sent on from here
+        // (the stack would take it for a martian), along a route looked
+        // up before the rewrite.
+        let route = if maps::is_node_addr(reply.nat_addr_be) {
+            fib::route(ctx, &p, reply.nat_addr_be, p.daddr)
+        } else {
+            fib::Route::LOCAL
+        };
+        if route.too_big() {
+            // Told to the backend, about the packet it sent.
+            if !p.df {
+                return Err(DropReason::FragNeeded);
+            }
+            let icmp = reject::Icmp::frag_needed(route.mtu, reply.nat_addr_be);
+            return reject::answer(ctx, &p, DropReason::FragNeeded, icmp);
+        }
         nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
         stats::traffic(reply.service_id, reply.backend_id, p.len, false);
         stats::event(Event::Reply);
-        // A NodePort's reply comes from a node address: sent on from here
-        // (the stack would take it for a martian).
-        if maps::is_node_addr(reply.nat_addr_be)
-            && let Some(action) = fib::redirect(ctx, &p, reply.nat_addr_be, p.daddr)
-        {
+        if let Some(action) = fib::redirect(&route) {
             return Ok(action);
         }
         return Ok(TC_ACT_OK);

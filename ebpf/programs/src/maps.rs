@@ -129,6 +129,29 @@ static SLUICE_EXT_IF: HashMap<u32, ExtIf> = HashMap::pinned(MAX_EXT_IFS, BPF_F_N
 static SLUICE_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
     HashMap::pinned(MAX_MAGLEV_CHUNKS, BPF_F_NO_PREALLOC);
 
+/// Per-CPU scratch for `bpf_fib_lookup`'s 64-byte parameters: on the
+/// stack, every inlined route lookup would take its own copy of the 512
+/// bytes a program has.
+#[map]
+static SLUICE_FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's route lookup parameters.
+#[inline(always)]
+pub fn fib_scratch() -> Option<*mut aya_ebpf::bindings::bpf_fib_lookup> {
+    SLUICE_FIB.get_ptr_mut(0)
+}
+
+/// Per-CPU scratch for the ICMP error a reject builds (76 bytes).
+#[map]
+static SLUICE_ICMP: PerCpuArray<crate::reject::IcmpError> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's ICMP error under construction.
+#[inline(always)]
+pub fn icmp_scratch() -> Option<*mut crate::reject::IcmpError> {
+    SLUICE_ICMP.get_ptr_mut(0)
+}
+
 /// Copies a frontend out of the map (a value, not a pointer into it).
 #[inline(always)]
 pub fn service(key: &ServiceKey) -> Option<ServiceValue> {

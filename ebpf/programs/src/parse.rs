@@ -32,6 +32,9 @@ pub struct Packet {
     pub len: u32,
     /// The IPv4 total length (host order), for route MTU checks.
     pub tot_len: u16,
+    /// Don't Fragment: a packet too big for its route is answered with
+    /// ICMP fragmentation-needed rather than fragmented.
+    pub df: bool,
 }
 
 impl Packet {
@@ -211,5 +214,6 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         tcp_flags,
         len,
         tot_len: u16::from_be_bytes(tot_len),
+        df: u16::from_be_bytes(frags) & 0x4000 != 0,
     }))
 }

@@ -28,6 +28,40 @@ use crate::{
 pub const INNER_MAX: usize = 60 + 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// The ICMP error to answer a packet with.
+#[derive(Clone, Copy)]
+pub struct Icmp {
+    pub code: u8,
+    /// The header's last four bytes (the next-hop MTU, for frag-needed).
+    pub rest: [u8; 4],
+    /// The error's source address.
+    pub from: [u8; 4],
+}
+
+impl Icmp {
+    /// kube-proxy's REJECT, from the address the client tried.
+    #[inline(always)]
+    pub const fn port_unreachable(p: &Packet) -> Self {
+        Self {
+            code: ICMP_PORT_UNREACH,
+            rest: [0; 4],
+            from: p.daddr,
+        }
+    }
+
+    /// "Fragmentation needed" with the route's MTU (RFC 1191), from `from`.
+    #[inline(always)]
+    pub const fn frag_needed(mtu: u16, from: [u8; 4]) -> Self {
+        let [hi, lo] = mtu.to_be_bytes();
+        Self {
+            code: ICMP_FRAG_NEEDED,
+            rest: [0, 0, hi, lo],
+            from,
+        }
+    }
+}
 
 /// An ICMP error message: header, then the start of the offending packet
 /// (zero-padded: zeros add nothing to the checksum).
@@ -43,8 +77,20 @@ pub struct IcmpError {
 /// Counts `reason`, then answers with ICMP port-unreachable.
 #[inline(always)]
 pub fn reject(ctx: &TcContext, p: &Packet, reason: DropReason) -> Result<i32, DropReason> {
+    answer(ctx, p, reason, Icmp::port_unreachable(p))
+}
+
+/// Counts `reason`, then answers with the ICMP error `icmp`, sent back out
+/// of the interface the packet came in on.
+#[inline(always)]
+pub fn answer(
+    ctx: &TcContext,
+    p: &Packet,
+    reason: DropReason,
+    icmp: Icmp,
+) -> Result<i32, DropReason> {
     stats::dropped(reason);
-    build(ctx, p).ok_or(DropReason::RejectFailed)?;
+    build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action != i64::from(TC_ACT_REDIRECT) {
@@ -55,18 +101,18 @@ pub fn reject(ctx: &TcContext, p: &Packet, reason: DropReason) -> Result<i32, Dr
 }
 
 #[inline(always)]
-fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
+fn build(ctx: &TcContext, p: &Packet, icmp: &Icmp) -> Option<()> {
     let eth: EthHdr = ctx.load(0).ok()?;
-    let (mut msg, inner_len) = message(p);
+    let (msg, inner_len) = message(p, icmp)?;
     let skb = ctx.skb.skb;
     let inner = core::ptr::from_mut(&mut msg.inner).cast();
     if unsafe { bpf_skb_load_bytes(skb.cast(), IP_OFF as u32, inner, inner_len as u32) } != 0 {
         return None;
     }
     let msg_len = 8 + inner_len;
-    msg.check = checksum(core::ptr::from_mut(&mut msg).cast(), msg_len).to_ne_bytes();
+    msg.check = checksum(core::ptr::from_mut(&mut *msg).cast(), msg_len).to_ne_bytes();
 
-    let mut ip = ip_header(p, msg_len);
+    let mut ip = ip_header(p, msg_len, icmp.from);
     let tot_len = u16::from_be_bytes(ip.tot_len);
     ip.check = checksum(core::ptr::from_mut(&mut ip).cast(), Ipv4Hdr::LEN).to_ne_bytes();
     let reply_eth = EthHdr {
@@ -82,36 +128,39 @@ fn build(ctx: &TcContext, p: &Packet) -> Option<()> {
     ctx.store(0, &reply_eth, 0).ok()?;
     ctx.store(IP_OFF, &ip, 0).ok()?;
     let at = (IP_OFF + Ipv4Hdr::LEN) as u32;
-    let msg_ptr = core::ptr::from_ref(&msg).cast_mut().cast();
+    let msg_ptr = core::ptr::from_ref(&*msg).cast_mut().cast();
     if unsafe { bpf_skb_store_bytes(skb.cast(), at, msg_ptr, msg_len as u32, 0) } != 0 {
         return None;
     }
     Some(())
 }
 
-/// An empty port-unreachable message for `p`, and how many bytes of `p`
-/// from its IPv4 header on go into it: a multiple of 4 in 28..=68 (the
-/// checksum helpers want whole words).
+/// The ICMP error `icmp` for `p`, its quote still empty, in this CPU's
+/// scratch (not the stack, which a program has 512 bytes of), and how many
+/// bytes of `p` from its IPv4 header on go into it: a multiple of 4 in
+/// 28..=68 (the checksum helpers want whole words).
 #[inline(always)]
-pub fn message(p: &Packet) -> (IcmpError, usize) {
+pub fn message(p: &Packet, icmp: &Icmp) -> Option<(&'static mut IcmpError, usize)> {
     // The volatile read hides the known range from LLVM, so the mask stays
     // in the code and the verifier sees the bound it needs.
     let ihl = unsafe { core::ptr::read_volatile(&raw const p.ihl_bytes) };
-    let msg = IcmpError {
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let msg = unsafe { &mut *crate::maps::icmp_scratch()? };
+    *msg = IcmpError {
         kind: ICMP_DEST_UNREACH,
-        code: ICMP_PORT_UNREACH,
+        code: icmp.code,
         check: [0; 2],
-        unused: [0; 4],
+        unused: icmp.rest,
         inner: [0; INNER_MAX],
     };
-    (msg, (ihl & 0x3c) + 8)
+    Some((msg, (ihl & 0x3c) + 8))
 }
 
-/// The IPv4 header of the error for `p`, around `msg_len` bytes of ICMP,
-/// its checksum not yet computed.
+/// The IPv4 header of the error for `p`, from `from`, around `msg_len`
+/// bytes of ICMP, its checksum not yet computed.
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "at most 96 bytes")]
-pub fn ip_header(p: &Packet, msg_len: usize) -> Ipv4Hdr {
+pub fn ip_header(p: &Packet, msg_len: usize, from: [u8; 4]) -> Ipv4Hdr {
     Ipv4Hdr {
         vihl: 0x45,
         // Linux sends ICMP errors with precedence "internetwork control".
@@ -122,8 +171,7 @@ pub fn ip_header(p: &Packet, msg_len: usize) -> Ipv4Hdr {
         ttl: 64,
         proto: proto::ICMP,
         check: [0; 2],
-        // From the address the client tried to reach, to the client.
-        src_addr: p.daddr,
+        src_addr: from,
         dst_addr: p.saddr,
     }
 }

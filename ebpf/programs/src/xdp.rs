@@ -9,7 +9,7 @@ mod rewrite;
 use aya_ebpf::programs::XdpContext;
 use sluice_abi::stats::{DropReason, Event};
 
-use crate::{edge::Edge, fib, parse::Packet, stats};
+use crate::{edge::Edge, fib, parse::Packet, reject::Icmp, stats};
 
 /// XDP verdicts (`enum xdp_action`).
 pub const XDP_DROP: u32 = 1;
@@ -28,6 +28,12 @@ impl Edge for XdpContext {
         self.ingress_ifindex() as u32
     }
 
+    /// An XDP frame is one packet.
+    #[inline(always)]
+    fn route_len(&self, p: &Packet) -> u16 {
+        p.tot_len
+    }
+
     #[inline(always)]
     fn dnat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
         rewrite::dst(self, p, addr, port)
@@ -39,39 +45,35 @@ impl Edge for XdpContext {
     }
 
     #[inline(always)]
-    fn reject(&self, p: &Packet, reason: DropReason) -> Result<u32, DropReason> {
-        reject::reject(self, p, reason)
+    fn answer(&self, p: &Packet, reason: DropReason, icmp: Icmp) -> Result<u32, DropReason> {
+        reject::answer(self, p, reason, icmp)
     }
 
     #[inline(always)]
     fn forward(&self, route: &fib::Route) -> u32 {
-        match *route {
-            fib::Route::Forward {
-                ifindex,
-                smac,
-                dmac,
-            } => {
-                if rewrite::macs(self, dmac, smac).is_err() {
+        match route.hop {
+            fib::Hop::Forward => {
+                if rewrite::macs(self, route.dmac, route.smac).is_err() {
                     return XDP_PASS;
                 }
-                if ifindex == self.ingress() {
+                if route.ifindex == self.ingress() {
                     stats::event(Event::XdpTx);
                     return XDP_TX;
                 }
-                let action = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
+                let action = unsafe { aya_ebpf::helpers::bpf_redirect(route.ifindex, 0) };
                 if action == i64::from(XDP_REDIRECT) {
                     stats::event(Event::XdpRedirect);
                     return XDP_REDIRECT;
                 }
                 XDP_PASS
             }
-            fib::Route::NoNeigh { .. } => {
+            fib::Hop::NoNeigh => {
                 // `tc_external` on this interface sends it on (the stack
                 // would take its node-address source for a martian).
                 stats::event(Event::NeighMiss);
                 XDP_PASS
             }
-            fib::Route::Local => XDP_PASS,
+            fib::Hop::TooBig | fib::Hop::Local => XDP_PASS,
         }
     }
 }

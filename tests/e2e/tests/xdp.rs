@@ -608,3 +608,62 @@ fn xdp_every_node_sends_a_flow_to_the_same_backend() {
     assert_eq!(spread.len(), 2, "flows spread over both backends");
     assert_eq!(a.events(Event::MaglevMiss), 0);
 }
+
+#[test]
+fn xdp_a_packet_too_big_for_the_route_to_its_backend_gets_frag_needed_with_the_mtu() {
+    if !require_privileges(
+        "xdp_a_packet_too_big_for_the_route_to_its_backend_gets_frag_needed_with_the_mtu",
+    ) {
+        return;
+    }
+    let h = Harness::new("toobig");
+    // Locked: forwarding takes a route's MTU only then (else the device's).
+    h.topo
+        .node
+        .ip(&[
+            "route",
+            "replace",
+            "10.244.2.0/24",
+            "via",
+            "192.168.77.2",
+            "dev",
+            "ext0",
+            "mtu",
+            "lock",
+            "1000",
+        ])
+        .unwrap();
+    let big = |sport, df| Spec {
+        payload: vec![0xab; 1300],
+        frag: if df { 0x4000 } else { 0 },
+        ..from_client(sport, (NODE, REMOTE_NP))
+    };
+    let original = build(&big(40050, true));
+    let (verdict, out) = h.run(&original);
+    assert_eq!(verdict, XDP_TX, "answered, back out of ext0");
+    let (kind, code, src, dst, quoted) = parse_icmp_error(&out);
+    assert_eq!((kind, code), (3, 4), "fragmentation needed");
+    assert_eq!((src, dst), (NODE, CLIENT), "from the address it sent to");
+    assert_eq!(
+        u16::from_be_bytes([out[14 + 20 + 6], out[14 + 20 + 7]]),
+        1000,
+        "the next hop's MTU"
+    );
+    assert_eq!(
+        quoted,
+        original[14..14 + 20 + 8],
+        "its packet, as it sent it"
+    );
+    // Without DF nothing can be said: dropped (BPF cannot fragment).
+    let (verdict, _) = h.run(&build(&big(40051, false)));
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(h.drops(DropReason::FragNeeded), 2);
+    // What fits goes on.
+    let (verdict, out) = h.run(&build(&Spec {
+        payload: vec![0xab; 900],
+        frag: 0x4000,
+        ..from_client(40052, (NODE, REMOTE_NP))
+    }));
+    assert_eq!(verdict, XDP_TX);
+    assert!(REMOTE_POD.contains(&parse_checked(&out).dst.0));
+}

@@ -111,6 +111,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Offloads as on hosts with NICs that segment and coalesce: every
+    /// offload (checksums, TSO, GSO, GRO) on both ends of every pod's veth,
+    /// so that pods send and receive 64 KiB super-packets; and on the
+    /// segment's interfaces (the client's, each node's) GSO and GRO, while
+    /// their frames keep finished checksums, as a NIC computes them before
+    /// the wire (a veth would pass partial ones along, and no wire carries
+    /// those).
+    pub fn offloads_on(&self) -> Result<()> {
+        ethtool::segment_offloads_on(&self.client.ns, "eth0")?;
+        for (lab, _) in &self.nodes {
+            ethtool::segment_offloads_on(lab.node(), EXT_IF)?;
+            for pod in lab.pods() {
+                ethtool::offloads_on(lab.node(), &pod.host_if)?;
+                ethtool::offloads_on(&pod.ns, "eth0")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Another client on the segment at `ip` (e.g. outside some range).
     pub fn add_client(&self, name: &str, ip: Ipv4Addr) -> Result<Pod> {
         let ns = Netns::create(&format!("{}-{name}", unique_stem()))?;

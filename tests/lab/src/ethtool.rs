@@ -8,6 +8,12 @@ use crate::Netns;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 /// Transmit checksum offload.
 const ETHTOOL_STXCSUM: u32 = 0x17;
+/// Scatter-gather, TCP segmentation, generic segmentation and generic
+/// receive offload (linux/ethtool.h).
+const ETHTOOL_SSG: u32 = 0x19;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_SGSO: u32 = 0x24;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 #[repr(C)]
 struct EthtoolValue {
@@ -64,4 +70,42 @@ fn set(ns: &Netns, iface: &str, cmd: u32, on: bool) -> Result<()> {
 /// ones along, which XDP on the far side cannot tell).
 pub fn tx_checksum_off(ns: &Netns, iface: &str) -> Result<()> {
     set(ns, iface, ETHTOOL_STXCSUM, false)
+}
+
+/// Every offload a veth can have on: checksums, scatter-gather, TSO, GSO
+/// and GRO, so that 64 KiB packets travel as one (as on a host with a NIC
+/// that segments and coalesces). A veth whose peer runs XDP cannot
+/// segment (the kernel takes TSO and GSO off its features): those stay
+/// off there.
+pub fn offloads_on(ns: &Netns, iface: &str) -> Result<()> {
+    for cmd in [
+        ETHTOOL_STXCSUM,
+        ETHTOOL_SSG,
+        ETHTOOL_STSO,
+        ETHTOOL_SGSO,
+        ETHTOOL_SGRO,
+    ] {
+        match set(ns, iface, cmd, true) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(cmd, ETHTOOL_STSO | ETHTOOL_SGSO)
+                    && e.to_string().contains("Operation not supported") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A segment-facing interface's offloads: scatter-gather, GSO (segments
+/// made in software, with finished checksums) and GRO; transmit checksum
+/// offload stays off, so TSO does too.
+pub fn segment_offloads_on(ns: &Netns, iface: &str) -> Result<()> {
+    for cmd in [ETHTOOL_SSG, ETHTOOL_SGSO, ETHTOOL_SGRO] {
+        match set(ns, iface, cmd, true) {
+            Ok(()) => {}
+            Err(e) if cmd == ETHTOOL_SGSO && e.to_string().contains("Operation not supported") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

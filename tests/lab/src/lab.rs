@@ -142,6 +142,11 @@ impl Lab {
         self.pods.last().ok_or_else(|| anyhow!("pod vanished"))
     }
 
+    /// Every pod, in the order they were added.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()

@@ -14,9 +14,10 @@
 mod agent;
 mod apiserver;
 mod bpffs;
+pub mod bulk;
 mod cgroup;
 pub mod cluster;
-mod ethtool;
+pub mod ethtool;
 pub mod frame;
 pub mod lab;
 pub mod manifest;

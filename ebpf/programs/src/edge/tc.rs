@@ -10,7 +10,12 @@ use aya_ebpf::{
 use sluice_abi::stats::{DropReason, Event};
 
 use super::Edge;
-use crate::{TC_ACT_OK, TC_ACT_REDIRECT, fib, nat, parse::Packet, reject, stats};
+use crate::{
+    TC_ACT_OK, TC_ACT_REDIRECT, fib, nat,
+    parse::Packet,
+    reject::{self, Icmp},
+    stats,
+};
 
 impl Edge for TcContext {
     type Verdict = i32;
@@ -20,6 +25,12 @@ impl Edge for TcContext {
     #[inline(always)]
     fn ingress(&self) -> u32 {
         unsafe { (*self.skb.skb).ifindex }
+    }
+
+    /// An skb may be a GSO packet: the kernel checks each segment.
+    #[inline(always)]
+    fn route_len(&self, _p: &Packet) -> u16 {
+        0
     }
 
     #[inline(always)]
@@ -33,27 +44,24 @@ impl Edge for TcContext {
     }
 
     #[inline(always)]
-    fn reject(&self, p: &Packet, reason: DropReason) -> Result<i32, DropReason> {
-        reject::reject(self, p, reason)
+    fn answer(&self, p: &Packet, reason: DropReason, icmp: Icmp) -> Result<i32, DropReason> {
+        reject::answer(self, p, reason, icmp)
     }
 
     #[inline(always)]
     fn forward(&self, route: &fib::Route) -> i32 {
-        let action = match *route {
-            fib::Route::Forward {
-                ifindex,
-                smac,
-                dmac,
-            } => {
-                if self.store(0, &dmac, 0).is_err() || self.store(6, &smac, 0).is_err() {
+        let action = match route.hop {
+            fib::Hop::Forward => {
+                if self.store(0, &route.dmac, 0).is_err() || self.store(6, &route.smac, 0).is_err()
+                {
                     return Self::PASS;
                 }
-                unsafe { bpf_redirect(ifindex, 0) }
+                unsafe { bpf_redirect(route.ifindex, 0) }
             }
-            fib::Route::NoNeigh { ifindex } => unsafe {
-                bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0)
+            fib::Hop::NoNeigh => unsafe {
+                bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0)
             },
-            fib::Route::Local => return Self::PASS,
+            fib::Hop::TooBig | fib::Hop::Local => return Self::PASS,
         };
         if action == i64::from(TC_ACT_REDIRECT) {
             stats::event(Event::TcForward);

@@ -1,6 +1,7 @@
-//! REJECT in XDP: the packet becomes an ICMP port-unreachable from the
-//! address the client tried, sent back out of the interface it came in on
-//! (kube-proxy REJECTs external traffic to a Service without endpoints).
+//! ICMP errors in XDP: the packet becomes an ICMP error (port-unreachable
+//! from the address the client tried, as kube-proxy REJECTs external
+//! traffic to a Service without endpoints; or fragmentation-needed), sent
+//! back out of the interface it came in on.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -16,34 +17,40 @@ use sluice_abi::{
 use super::XDP_TX;
 use crate::{
     parse::{IP_OFF, Packet, ptr_at},
-    reject::{self, INNER_MAX},
+    reject::{self, INNER_MAX, Icmp},
     stats,
 };
 
-/// Counts `reason`, then answers with ICMP port-unreachable.
+/// Counts `reason`, then answers with the ICMP error `icmp`, sent back out
+/// of the interface the packet came in on.
 #[inline(always)]
-pub fn reject(ctx: &XdpContext, p: &Packet, reason: DropReason) -> Result<u32, DropReason> {
+pub fn answer(
+    ctx: &XdpContext,
+    p: &Packet,
+    reason: DropReason,
+    icmp: Icmp,
+) -> Result<u32, DropReason> {
     stats::dropped(reason);
-    build(ctx, p).ok_or(DropReason::RejectFailed)?;
+    build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
     stats::event(Event::RejectSent);
     Ok(XDP_TX)
 }
 
 #[inline(always)]
-fn build(ctx: &XdpContext, p: &Packet) -> Option<()> {
+fn build(ctx: &XdpContext, p: &Packet, icmp: &Icmp) -> Option<()> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     let (peer, own) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
-    let (mut msg, inner_len) = reject::message(p);
+    let (msg, inner_len) = reject::message(p, icmp)?;
     let xdp = ctx.as_ptr().cast();
     let inner = core::ptr::from_mut(&mut msg.inner).cast();
     if unsafe { bpf_xdp_load_bytes(xdp, IP_OFF as u32, inner, inner_len as u32) } != 0 {
         return None;
     }
-    let words = unsafe { &*core::ptr::from_ref(&msg).cast::<[u8; 8 + INNER_MAX]>() };
+    let words = unsafe { &*core::ptr::from_ref(&*msg).cast::<[u8; 8 + INNER_MAX]>() };
     msg.check = csum::finish(csum::sum_words(0, words)).to_be_bytes();
     let msg_len = 8 + inner_len;
 
-    let mut ip = reject::ip_header(p, msg_len);
+    let mut ip = reject::ip_header(p, msg_len, icmp.from);
     let tot_len = u16::from_be_bytes(ip.tot_len);
     let ip_bytes = unsafe { &*core::ptr::from_ref(&ip).cast::<[u8; Ipv4Hdr::LEN]>() };
     ip.check = csum::ipv4_header(ip_bytes).to_be_bytes();
@@ -66,7 +73,7 @@ fn build(ctx: &XdpContext, p: &Packet) -> Option<()> {
         && store(IP_OFF, core::ptr::from_ref(&ip).cast(), Ipv4Hdr::LEN)
         && store(
             IP_OFF + Ipv4Hdr::LEN,
-            core::ptr::from_ref(&msg).cast(),
+            core::ptr::from_ref(&*msg).cast(),
             msg_len,
         );
     ok.then_some(())
