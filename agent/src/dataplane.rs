@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use crate::{
     EBPF_OBJ,
-    model::frontends::{DesiredChanges, Touched},
+    model::frontends::{DesiredChanges, Refused, Touched},
     reconcile::{Current, Op, reconcile_changes},
 };
 
@@ -141,6 +141,8 @@ pub struct Dataplane {
     socket_lb: Option<PathBuf>,
     /// Conntrack's garbage collector (stopped on drop).
     collector: conntrack::Collector,
+    /// What the refused-claims map holds.
+    refused: BTreeMap<sluice_abi::service::ServiceKey, sluice_abi::service::RefusedClaim>,
 }
 
 struct Attached {
@@ -191,6 +193,7 @@ impl Dataplane {
         }
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
+        let refused = maps.refused.iter().filter_map(Result::ok).collect();
         // Before the new programs take over: the old layout's flows.
         convert_conntrack(&opts.pin_dir, &maps);
         let collector = conntrack::Collector::spawn(
@@ -219,6 +222,7 @@ impl Dataplane {
             current,
             socket_lb: opts.socket_lb.clone(),
             collector,
+            refused,
         })
     }
 
@@ -244,6 +248,7 @@ impl Dataplane {
             self.current = self.maps.adopt().unwrap_or_default();
             return Err(e);
         }
+        self.record_refused(&changes.refused);
         let removed = ops
             .iter()
             .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
@@ -287,9 +292,57 @@ impl Dataplane {
         }
     }
 
-    /// Every frontend and ClusterIP the maps hold.
+    /// Records, logs and keeps for `sluice status` the claims on frontends
+    /// that other Services hold, as they change.
+    fn record_refused(
+        &mut self,
+        refused: &BTreeMap<sluice_abi::service::ServiceKey, Option<Refused>>,
+    ) {
+        use sluice_abi::service::{RefusedClaim, ServiceName};
+        for (key, r) in refused {
+            let want = r.as_ref().map(|r| RefusedClaim {
+                owner: ServiceName::new(&r.owner.to_string()),
+                claimant: ServiceName::new(
+                    &r.claimants
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+                claimants: u32::try_from(r.claimants.len()).unwrap_or(u32::MAX),
+                _pad: 0,
+            });
+            if self.refused.get(key) == want.as_ref() {
+                continue;
+            }
+            if let Err(e) = self.maps.set_refused(*key, want) {
+                tracing::warn!("{:#}", anyhow_chain(&e));
+            }
+            let frontend = crate::status::frontend(*key);
+            match (r, want) {
+                (Some(r), Some(claim)) => {
+                    let claimants: Vec<String> =
+                        r.claimants.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        %frontend,
+                        owner = %r.owner,
+                        refused = claimants.join(","),
+                        "a claim on a frontend another Service holds is refused (a ClusterIP belongs to its Service; else the oldest claim wins)"
+                    );
+                    self.refused.insert(*key, claim);
+                }
+                _ => {
+                    tracing::info!(%frontend, "no claim on the frontend is refused any more");
+                    self.refused.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Every frontend and ClusterIP the maps hold (refused claims too).
     pub fn scope(&self) -> Touched {
-        self.current.scope()
+        let mut scope = self.current.scope();
+        scope.frontends.extend(self.refused.keys());
+        scope
     }
 
     /// Attaches the TC program to an interface's ingress, replacing the

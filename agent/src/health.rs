@@ -95,12 +95,7 @@ impl Health {
     fn metrics_with(&self, services: bool) -> String {
         let mut text = self
             .snapshot()
-            .map(|mut s| {
-                if !services {
-                    s.services.clear();
-                }
-                crate::status::metrics(&s)
-            })
+            .map(|s| crate::status::metrics(&s, services))
             .unwrap_or_default();
         if let Some(dns) = self.dns.get() {
             text.push_str(&dns.render());

@@ -90,6 +90,10 @@ pub struct ServicePortInfo {
 )]
 pub struct ServiceInfo {
     pub key: ObjectKey,
+    /// `metadata.creationTimestamp` in seconds since the epoch (`None`: not
+    /// given, as in most manifests): of two Services claiming one frontend,
+    /// the older keeps it.
+    pub created: Option<i64>,
     pub kind: ServiceKind,
     pub ports: Vec<ServicePortInfo>,
     /// Labelled for another proxy: no dataplane entry.
@@ -203,17 +207,28 @@ impl Model {
                 by_service.entry(service).or_default().push(slice);
             }
         }
-        let mut desired = Desired::default();
-        // In key order: when two Services claim one frontend, the last wins
-        // (as `frontends::Frontends` decides it too).
+        // Claims on one frontend are decided where the planner decides them.
+        let mut claims = frontends::Frontends::default();
+        let mut touched = frontends::Touched::default();
         for svc in self.services.values() {
             let slices = by_service.get(&svc.key).map_or(&[][..], Vec::as_slice);
             let node = self.node.as_ref().map(|n| n.name.as_str());
             let want = service_desired(svc, slices, node);
-            desired.cluster_ips.extend(want.cluster_ips);
-            desired.frontends.extend(want.frontends);
+            claims.set(&svc.key, Some(want), &mut touched);
         }
-        desired
+        let changes = claims.changes(&claims.all());
+        Desired {
+            frontends: changes
+                .frontends
+                .into_iter()
+                .filter_map(|(k, f)| Some((k, f?)))
+                .collect(),
+            cluster_ips: changes
+                .cluster_ips
+                .into_iter()
+                .filter_map(|(ip, on)| on.then_some(ip))
+                .collect(),
+        }
     }
 }
 
@@ -241,6 +256,7 @@ mod tests {
     fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
         ServiceInfo {
             key: key("default", name),
+            created: None,
             kind: ServiceKind::ClusterIp {
                 ips: vec![ip.parse().unwrap()],
             },

@@ -152,6 +152,8 @@ mod tests {
         }
         ServiceInfo {
             key: key(format!("s{i}")),
+            // Of two claims, the older (or, with no time, the first name) wins.
+            created: (rng.next(3) != 0).then(|| i64::try_from(rng.next(4)).unwrap_or(0)),
             kind,
             ports,
             other_proxy: rng.next(8) == 0,
@@ -160,7 +162,11 @@ mod tests {
             affinity_secs: 0,
             external_local: false,
             health_check_node_port: None,
-            external_ips: Vec::new(),
+            // Sometimes another Service's ClusterIP (refused while that
+            // Service holds it).
+            external_ips: (0..rng.next(3) / 2)
+                .map(|_| format!("10.96.0.{}", 1 + rng.next(4)).parse().unwrap())
+                .collect(),
             lb_ips: Vec::new(),
             source_ranges: Vec::new(),
         }
@@ -299,6 +305,7 @@ mod tests {
         for i in 0..100u8 {
             let s = ServiceInfo {
                 key: key(format!("s{i}")),
+                created: None,
                 kind: ServiceKind::ClusterIp {
                     ips: vec![IpAddr::from([10, 96, 1, i])],
                 },

@@ -25,7 +25,7 @@ fn proto_name(p: u8) -> &'static str {
 /// `10.96.0.10:80/TCP`; a NodePort (every node address) is
 /// `<node>:30080/TCP`, and a frontend's local-endpoints scope (the
 /// `externalTrafficPolicy: Local` entry) has ` (local)` after it.
-fn frontend(k: ServiceKey) -> String {
+pub(crate) fn frontend(k: ServiceKey) -> String {
     let addr = if k.is_node_port() {
         "<node>".to_owned()
     } else {
@@ -75,10 +75,22 @@ pub struct ServiceRow {
     pub backends: Vec<BackendRow>,
 }
 
+/// A frontend with claims that another Service's holds refused.
+#[derive(Debug, serde::Serialize)]
+pub struct RefusedRow {
+    pub frontend: String,
+    /// The Service holding it.
+    pub owner: String,
+    /// The strongest refused claim, and how many there are.
+    pub claimant: String,
+    pub claimants: u32,
+}
+
 /// What the pinned maps hold now.
 #[derive(Debug, serde::Serialize)]
 pub struct Snapshot {
     pub services: Vec<ServiceRow>,
+    pub refused: Vec<RefusedRow>,
     pub cluster_ips: usize,
     pub conntrack: Census,
     pub drops: BTreeMap<&'static str, u64>,
@@ -150,6 +162,18 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         .filter_map(Result::ok)
         .filter(ServiceKey::is_marker)
         .count();
+    let mut refused: Vec<RefusedRow> = maps
+        .refused
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, r)| RefusedRow {
+            frontend: frontend(key),
+            owner: r.owner.as_str().to_owned(),
+            claimant: r.claimant.as_str().to_owned(),
+            claimants: r.claimants,
+        })
+        .collect();
+    refused.sort_by(|a, b| a.frontend.cmp(&b.frontend));
     let conntrack = match conntrack {
         Some(c) => c,
         None => Conntrack::open_pinned(pin_dir)?.census(),
@@ -164,6 +188,7 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         .collect();
     Ok(Snapshot {
         services: rows,
+        refused,
         cluster_ips,
         conntrack,
         drops,
@@ -198,6 +223,25 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
         for b in &svc.backends {
             let label = format!("  -> {}", b.address);
             row(&mut out, "", &label, &format!("#{}", b.slot), b.traffic);
+        }
+    }
+    if !snap.refused.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<32} {:<32} {:<32}\n(a ClusterIP belongs to its Service; of equal claims the oldest wins)",
+            "REFUSED CLAIM ON", "HELD BY", "REFUSED"
+        );
+        for r in &snap.refused {
+            let more = if r.claimants > 1 {
+                format!(" (+{})", r.claimants - 1)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{:<32} {:<32} {}{more}",
+                r.frontend, r.owner, r.claimant
+            );
         }
     }
     let _ = writeln!(
@@ -276,8 +320,10 @@ fn ordered<'a>(
 /// A per-Service counter: name, help, and its value.
 type PerService = (&'static str, &'static str, fn(&Traffic) -> u64);
 
-/// Prometheus text: traffic per Service port, drops by reason, events.
-pub fn metrics(snap: &Snapshot) -> String {
+/// Prometheus text: traffic per Service port, drops by reason, events,
+/// refused claims and conntrack. Without `named`, no series names a Service
+/// (for a port that authenticates no one).
+pub fn metrics(snap: &Snapshot, named: bool) -> String {
     let mut out = String::new();
     let per_service: [PerService; 3] = [
         ("packets", "Packets to a Service frontend.", |t| t.packets),
@@ -295,7 +341,7 @@ pub fn metrics(snap: &Snapshot) -> String {
             "counter",
             help,
         );
-        for svc in &snap.services {
+        for svc in snap.services.iter().filter(|_| named) {
             let _ = writeln!(
                 out,
                 "sluice_service_{what}_total{{service=\"{}\",frontend=\"{}\"}} {}",
@@ -328,6 +374,28 @@ pub fn metrics(snap: &Snapshot) -> String {
             out,
             "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
         );
+    }
+    family(
+        &mut out,
+        "sluice_frontends_refused",
+        "gauge",
+        "Frontends with claims refused because another Service holds them.",
+    );
+    let _ = writeln!(out, "sluice_frontends_refused {}", snap.refused.len());
+    if named && !snap.refused.is_empty() {
+        family(
+            &mut out,
+            "sluice_frontend_refused_claims",
+            "gauge",
+            "Claims refused on a frontend, with its holder and the strongest refused claim.",
+        );
+        for r in &snap.refused {
+            let _ = writeln!(
+                out,
+                "sluice_frontend_refused_claims{{frontend=\"{}\",owner=\"{}\",claimant=\"{}\"}} {}",
+                r.frontend, r.owner, r.claimant, r.claimants
+            );
+        }
     }
     conntrack_metrics(&mut out, &snap.conntrack);
     out

@@ -16,8 +16,8 @@ use sluice_abi::{
     conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey},
     maps as names,
     service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, ServiceKey, ServiceName, ServiceValue,
-        SlotKey, SourceRangeKey,
+        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
+        ServiceValue, SlotKey, SourceRangeKey,
     },
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
@@ -96,6 +96,7 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SOURCE_RANGES => (size_of::<u32>() + size_of::<SourceRangeKey>(), 1),
         names::NODE_ADDRS => (size_of::<NodeAddr>(), size_of::<u32>()),
         names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
+        names::REFUSED => (size_of::<ServiceKey>(), size_of::<RefusedClaim>()),
         names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
         _ => return None,
     })

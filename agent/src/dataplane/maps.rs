@@ -17,8 +17,8 @@ use aya::{
 use sluice_abi::{
     maps as names,
     service::{
-        Backend, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, SVC_FLAG_MARKER,
-        ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+        Backend, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim,
+        SVC_FLAG_MARKER, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
     },
     stats::TrafficStats,
 };
@@ -43,6 +43,8 @@ pub struct Maps {
     pub node_addrs: HashMap<MapData, NodeAddr, u32>,
     /// External interfaces with the XDP program, and their SNAT address.
     pub ext_ifs: HashMap<MapData, u32, ExtIf>,
+    /// Refused claims on frontends, for `sluice status`.
+    pub refused: HashMap<MapData, ServiceKey, RefusedClaim>,
     /// Maglev tables, in chunks.
     pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     /// Descriptors of the maps that programming writes in batches.
@@ -133,6 +135,7 @@ impl Maps {
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             node_addrs: typed(names::NODE_ADDRS, get(names::NODE_ADDRS)?)?,
             ext_ifs: typed(names::EXT_IFS, get(names::EXT_IFS)?)?,
+            refused: typed(names::REFUSED, get(names::REFUSED)?)?,
             maglev: typed(names::MAGLEV, maglev)?,
             batch,
         })
@@ -323,6 +326,21 @@ impl Maps {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Records the refused claims on frontend `key` (`None`: there are none).
+    pub fn set_refused(
+        &mut self,
+        key: ServiceKey,
+        claim: Option<RefusedClaim>,
+    ) -> Result<(), Error> {
+        match claim {
+            Some(c) => self
+                .refused
+                .insert(key, c, 0)
+                .map_err(map_err(names::REFUSED)),
+            None => removed(self.refused.remove(&key), names::REFUSED),
         }
     }
 

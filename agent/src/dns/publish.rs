@@ -100,6 +100,7 @@ mod tests {
                 namespace: "default".into(),
                 name: "db".into(),
             },
+            created: None,
             kind,
             ports: vec![],
             other_proxy: false,

@@ -18,6 +18,9 @@ use super::{DesiredFrontend, External, ServiceInfo, ServiceKind, ServicePortInfo
 pub struct ServiceDesired {
     pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
     pub cluster_ips: BTreeSet<Ipv4Addr>,
+    /// The Service's creation time (`ServiceInfo::created`), which decides
+    /// between claims on one frontend.
+    pub created: Option<i64>,
 }
 
 /// The frontends of one Service given its slices, with kube-proxy's
@@ -29,7 +32,10 @@ pub fn service_desired(
     slices: &[&SliceInfo],
     node: Option<&str>,
 ) -> ServiceDesired {
-    let mut desired = ServiceDesired::default();
+    let mut desired = ServiceDesired {
+        created: svc.created,
+        ..ServiceDesired::default()
+    };
     let ServiceKind::ClusterIp { ips } = &svc.kind else {
         return desired;
     };
@@ -171,6 +177,7 @@ mod tests {
                 namespace: "default".into(),
                 name: "web".into(),
             },
+            created: None,
             kind: ServiceKind::ClusterIp {
                 ips: vec!["10.96.0.10".parse().unwrap()],
             },

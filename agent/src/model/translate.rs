@@ -176,8 +176,14 @@ pub fn service(svc: &Service) -> Result<ServiceInfo, InvalidObject> {
     let (internal_local, affinity_secs) = policies(&c, &spec)?;
     let (external_local, health_check_node_port) = external_policy(&c, &spec)?;
     let (external_ips, lb_ips, source_ranges) = external_addresses(&c, svc, &spec)?;
+    let created = svc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second());
     Ok(ServiceInfo {
         key,
+        created,
         kind,
         ports,
         other_proxy,

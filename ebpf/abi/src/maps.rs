@@ -54,6 +54,10 @@ pub const AFFINITY: &str = "SLUICE_AFFINITY";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKey` → `u8` (1).
 pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGE";
 
+/// Refused claims on frontends (`sluice status`; never read by the
+/// programs): `ServiceKey` → `RefusedClaim`.
+pub const REFUSED: &str = "SLUICE_REFUSED";
+
 /// The node's own addresses: `NodeAddr` → `u32` (1).
 pub const NODE_ADDRS: &str = "SLUICE_NODE_IP";
 /// External interfaces with the XDP program: ifindex `u32` → `ExtIf`.
@@ -66,7 +70,7 @@ pub const MAGLEV: &str = "SLUICE_MAGLEV";
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 24] = [
+pub const PINNED: [&str; 25] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -88,6 +92,7 @@ pub const PINNED: [&str; 24] = [
     AFFINITY_CONFIG,
     AFFINITY,
     SOURCE_RANGES,
+    REFUSED,
     NODE_ADDRS,
     EXT_IFS,
     MAGLEV,
@@ -112,6 +117,8 @@ pub const SOCK_REV_SIZE: u32 = 262_144;
 pub const AFFINITY_SIZE: u32 = 262_144;
 /// Source ranges over all frontends.
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
+/// Frontends with refused claims.
+pub const MAX_REFUSED: u32 = 4096;
 /// Node addresses.
 pub const MAX_NODE_ADDRS: u32 = 1024;
 /// External interfaces.

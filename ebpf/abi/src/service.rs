@@ -204,6 +204,21 @@ impl ServiceName {
     }
 }
 
+/// A claim on a frontend that another Service holds (see the agent's
+/// `model::frontends`), for `sluice status`: the kernel never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedClaim {
+    /// The Service that holds the frontend (`namespace/name`).
+    pub owner: ServiceName,
+    /// The strongest refused claim.
+    pub claimant: ServiceName,
+    /// How many claims were refused.
+    pub claimants: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<RefusedClaim>() == 136);
+
 /// One of the node's own addresses (NodePorts answer on each).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,6 +279,7 @@ pod!(
     ExtIf,
     MaglevKey,
     MaglevChunk,
+    RefusedClaim,
 );
 
 #[cfg(test)]

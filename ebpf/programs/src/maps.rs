@@ -18,11 +18,11 @@ use sluice_abi::{
     },
     maps::{
         AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_EXT_IFS, MAX_MAGLEV_CHUNKS,
-        MAX_NODE_ADDRS, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE,
+        MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE,
     },
     service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, ServiceKey, ServiceName, ServiceValue,
-        SlotKey, SourceRangeKey,
+        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
+        ServiceValue, SlotKey, SourceRangeKey,
     },
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
@@ -115,6 +115,11 @@ static SLUICE_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 /// `loadBalancerSourceRanges` of frontends that have them.
 #[map]
 static SLUICE_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
+
+/// Refused claims on frontends, for `sluice status`; never read here.
+#[map]
+static SLUICE_REFUSED: HashMap<ServiceKey, RefusedClaim> =
+    HashMap::pinned(MAX_REFUSED, BPF_F_NO_PREALLOC);
 
 /// The node's own addresses: NodePorts answer on each.
 #[map]
@@ -300,10 +305,11 @@ pub fn event_counter(event: Event) -> Option<*mut u64> {
     SLUICE_EVENTS.get_ptr_mut(event as u32)
 }
 
-/// Keeps the name map in the object although no program reads it.
+/// Keeps the maps only user space reads in the object.
 #[inline(always)]
 pub fn touch_names() {
     let _ = &SLUICE_SVC_NAME;
+    let _ = &SLUICE_REFUSED;
 }
 
 #[inline(always)]
