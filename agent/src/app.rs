@@ -73,6 +73,7 @@ async fn run_services(
         external_interfaces,
         xdp_mode,
         nodeport_range,
+        snat_ports,
         maglev_size,
         pin_dir,
         conntrack_size,
@@ -110,8 +111,8 @@ async fn run_services(
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
-    let (mut links, mut ext) =
-        watch_links(&mut dp, &interfaces, external_interfaces, nodeport_range).await?;
+    let (mut links, mut ext) = watch_links(&mut dp, &interfaces, external_interfaces).await?;
+    reserve_local_ports(nodeport_range, snat_ports);
     // The new programs are in every link now.
     dp.finish_upgrade();
 
@@ -310,7 +311,6 @@ async fn watch_links(
     dp: &mut Dataplane,
     interfaces: &InterfaceMatcher,
     external_interfaces: Option<InterfaceMatcher>,
-    nodeport_range: (u16, u16),
 ) -> anyhow::Result<(LinkWatcher, Externals)> {
     let links = LinkWatcher::start()?;
     let present = links.list().await?;
@@ -327,14 +327,21 @@ async fn watch_links(
     for (index, addr) in links.addresses().await? {
         ext.ifs.add(index, addr);
     }
-    if let Err(e) = external::reserve_node_ports(nodeport_range) {
-        tracing::warn!("cannot reserve the NodePort range among local ports: {e}");
-    }
     for (index, name) in present {
         on_link(dp, interfaces, index, &name);
     }
     ext.follow(dp, interfaces, true);
     Ok((links, ext))
+}
+
+/// The node's own sockets never take an ephemeral port that a NodePort or
+/// a SNATed flow uses: no reply to them looks like one of those.
+fn reserve_local_ports(nodeport_range: (u16, u16), snat_ports: (u16, u16)) {
+    for (what, range) in [("NodePort", nodeport_range), ("SNAT", snat_ports)] {
+        if let Err(e) = external::reserve_ports(what, range) {
+            tracing::warn!("cannot reserve the {what} ports among local ports: {e}");
+        }
+    }
 }
 
 /// The node's addresses and external interfaces, kept in the dataplane.

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// NodePorts among the node's local ports, and never a SNAT port.
     #[arg(long)]
     pub nodeport_range: Option<String>,
+    /// The ports flows from outside to backends on other nodes are SNATed
+    /// to, `MIN-MAX` (default 61000-65535): reserved among the node's local
+    /// ports, apart from the NodePort range.
+    #[arg(long)]
+    pub snat_port_range: Option<String>,
     /// Maglev table size, a prime from 251 to 131071 (default 16381);
     /// frontends with many backends get larger tables.
     #[arg(long)]

@@ -56,6 +56,10 @@ pub enum ConfigError {
     XdpMode(String),
     #[error("`nodeport-range`: `{0}` is not a range MIN-MAX of ports such as 30000-32767")]
     NodePortRange(String),
+    #[error(
+        "`snat-port-range`: `{0}` is not a range MIN-MAX of ports above 1023, apart from the NodePort range"
+    )]
+    SnatPortRange(String),
     #[error("`maglev-table-size`: {0} is not a prime from 251 to 131071")]
     MaglevSize(u32),
     #[error("`dns-ttl` must be at most 3600 seconds")]
@@ -95,6 +99,7 @@ struct FileConfig {
     external_interfaces: Option<InterfaceList>,
     xdp_mode: Option<String>,
     nodeport_range: Option<String>,
+    snat_port_range: Option<String>,
     maglev_table_size: Option<u32>,
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
@@ -156,6 +161,8 @@ pub struct ServicesConfig {
     pub xdp_mode: crate::dataplane::XdpAttach,
     /// The NodePort range, inclusive.
     pub nodeport_range: (u16, u16),
+    /// The SNAT ports, inclusive.
+    pub snat_ports: (u16, u16),
     pub maglev_size: u32,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
@@ -224,6 +231,7 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
             .or(file.external_interfaces),
         xdp_mode: args.xdp_mode.or(file.xdp_mode),
         nodeport_range: args.nodeport_range.or(file.nodeport_range),
+        snat_port_range: args.snat_port_range.or(file.snat_port_range),
         maglev_table_size: args.maglev_table_size.or(file.maglev_table_size),
         service_cidr: args.service_cidr.or(file.service_cidr),
         pin_dir: args.pin_dir.or(file.pin_dir),
@@ -291,6 +299,12 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         None => DEFAULT_NODEPORT_RANGE,
         Some(r) => parse_port_range(&r).ok_or(ConfigError::NodePortRange(r))?,
     };
+    let snat_ports = match c.snat_port_range.take() {
+        None => sluice_abi::config::DEFAULT_SNAT_PORTS,
+        Some(r) => parse_port_range(&r)
+            .filter(|&(min, max)| min > 1023 && (max < nodeport_range.0 || min > nodeport_range.1))
+            .ok_or(ConfigError::SnatPortRange(r))?,
+    };
     let maglev_size = c
         .maglev_table_size
         .unwrap_or(sluice_abi::maglev::DEFAULT_TABLE_SIZE);
@@ -305,6 +319,7 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
     let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
     let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?
         .with_nodeport_range(nodeport_range.0, nodeport_range.1)
+        .with_snat_ports(snat_ports.0, snat_ports.1)
         .with_lifetimes(lifetimes(c)?);
     let conntrack_size = c
         .conntrack_size
@@ -331,6 +346,7 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         external_interfaces,
         xdp_mode,
         nodeport_range,
+        snat_ports,
         maglev_size,
         pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         conntrack_size,
@@ -632,6 +648,11 @@ mod tests {
         assert!(ext.matches("eth0") && ext.matches("bond0") && !ext.matches("veth1"));
         assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Generic);
         assert_eq!(c.nodeport_range, (20_000, 20_999));
+        assert_eq!(
+            c.snat_ports,
+            sluice_abi::config::DEFAULT_SNAT_PORTS,
+            "the default SNAT ports"
+        );
         assert!(c.dataplane.in_nodeport_range(20_500) && !c.dataplane.in_nodeport_range(30_000));
         assert_eq!(c.maglev_size, 65_521);
 
@@ -670,6 +691,13 @@ mod tests {
                     ..args()
                 },
                 "nodeport-range",
+            ),
+            (
+                RunArgs {
+                    snat_port_range: Some("32000-33000".into()),
+                    ..args()
+                },
+                "snat-port-range",
             ),
             (
                 RunArgs {

@@ -84,17 +84,17 @@ impl NodeInterfaces {
 /// Where the node's reserved local ports are (per network namespace).
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
-/// Keeps the node's own sockets from picking ephemeral ports in the
-/// NodePort range (as Cilium does), so that no reply to them looks like
-/// NodePort traffic: adds the range to `ip_local_reserved_ports`, keeping
-/// what is there.
-pub fn reserve_node_ports((min, max): (u16, u16)) -> io::Result<()> {
+/// Keeps the node's own sockets from picking ephemeral ports in a range
+/// the dataplane uses (the NodePorts, as Cilium does; the SNAT ports), so
+/// that no reply to them looks like such traffic: adds the range to
+/// `ip_local_reserved_ports`, keeping what is there. `what` names it.
+pub fn reserve_ports(what: &str, (min, max): (u16, u16)) -> io::Result<()> {
     let current = fs::read_to_string(RESERVED_PORTS)?;
     let Some(new) = with_range(current.trim(), min, max) else {
         return Ok(());
     };
     fs::write(RESERVED_PORTS, new)?;
-    tracing::info!(range = %format!("{min}-{max}"), "reserved the NodePort range among local ports");
+    tracing::info!(range = %format!("{min}-{max}"), "reserved the {what} ports among local ports");
     Ok(())
 }
 

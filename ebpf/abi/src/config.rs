@@ -4,6 +4,12 @@ use core::net::Ipv4Addr;
 
 use crate::{conntrack::Lifetimes, pod};
 
+/// The XDP metadata word by which `xdp_ingress` hands a packet it
+/// translated but could not send (its next hop unresolved) to `tc_external`
+/// behind it on the same interface, which sends it on: nothing else with a
+/// node's source address may leave that way.
+pub const XDP_HANDOFF: u32 = 0x534c_4345;
+
 /// `DataplaneConfig::flags`: a service CIDR is set; unallocated addresses in
 /// it, and ClusterIPs on ports no Service has, are rejected (kube-proxy's
 /// nftables mode).
@@ -26,8 +32,18 @@ pub struct DataplaneConfig {
     pub nodeport_max: u16,
     /// Conntrack lifetimes by state (`--conntrack-lifetime-*`).
     pub lifetimes: Lifetimes,
+    /// The ports north-south flows are SNATed to (`--snat-port-range`),
+    /// inclusive, host order: outside the node's ephemeral range and the
+    /// NodePort range, so that no reply to one of the node's own sockets
+    /// is taken for a SNATed flow's.
+    pub snat_min: u16,
+    pub snat_max: u16,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 44);
+const _: () = assert!(size_of::<DataplaneConfig>() == 48);
+
+/// The default SNAT ports: above Linux's default ephemeral range
+/// (32768-60999).
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61_000, 65_535);
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -46,6 +62,8 @@ impl DataplaneConfig {
         nodeport_min: 0,
         nodeport_max: 0,
         lifetimes: Lifetimes::DEFAULT,
+        snat_min: DEFAULT_SNAT_PORTS.0,
+        snat_max: DEFAULT_SNAT_PORTS.1,
     };
 
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
@@ -76,6 +94,24 @@ impl DataplaneConfig {
     pub const fn with_lifetimes(mut self, lifetimes: Lifetimes) -> Self {
         self.lifetimes = lifetimes;
         self
+    }
+
+    /// The same, with SNAT ports `min..=max`.
+    #[must_use]
+    pub const fn with_snat_ports(mut self, min: u16, max: u16) -> Self {
+        self.snat_min = min;
+        self.snat_max = max;
+        self
+    }
+
+    /// SNAT port number `n` (any `u16`, e.g. random): one of the range's.
+    #[inline(always)]
+    pub const fn snat_port(&self, n: u16) -> u16 {
+        let span = (self.snat_max as u32).saturating_sub(self.snat_min as u32) + 1;
+        // Within u16: min + (n mod span) ≤ max.
+        #[expect(clippy::cast_possible_truncation, reason = "at most snat_max")]
+        let port = (self.snat_min as u32 + n as u32 % span) as u16;
+        port
     }
 
     /// Whether `port` (host order) is in the NodePort range.
@@ -139,6 +175,20 @@ mod tests {
             !c.in_service_cidr([169, 254, 20, 10]),
             "no service CIDR set"
         );
+    }
+
+    #[test]
+    fn snat_ports_stay_in_their_range() {
+        let c = DataplaneConfig::default();
+        assert_eq!(
+            (c.snat_port(0), c.snat_port(u16::MAX)),
+            (61_000, 61_000 + 65_535 % 4536)
+        );
+        for n in [1, 4535, 4536, 9999, u16::MAX] {
+            assert!((61_000..=65_535).contains(&c.snat_port(n)), "{n}");
+        }
+        let one = c.with_snat_ports(40_000, 40_000);
+        assert_eq!((one.snat_port(0), one.snat_port(77)), (40_000, 40_000));
     }
 
     #[test]

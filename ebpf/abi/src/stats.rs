@@ -94,6 +94,9 @@ counter_enum! {
         /// A translated packet larger than its route's MTU (each segment,
         /// for a GSO packet): BPF cannot fragment it.
         FragNeeded = 14 => "frag_needed",
+        /// A packet from outside (at an external interface) whose source
+        /// is one of the node's own addresses: forged.
+        ForgedSource = 15 => "forged_source",
     }
 }
 

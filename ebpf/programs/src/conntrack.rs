@@ -302,9 +302,8 @@ fn backend_live(b: &Binding) -> bool {
 /// here.
 ///
 /// With `snat` (a node address), the flow's source becomes that address and
-/// a port free for this backend: the client's own port when it can be, else
-/// a random one above 32767 and outside the NodePort range, as Cilium picks
-/// NodePort SNAT ports. The port is taken by creating the reply entry.
+/// a port of the SNAT range free for this backend. The port is taken by
+/// creating the reply entry.
 #[inline(always)]
 pub fn create<T: CtMaps>(
     p: &Packet,
@@ -386,7 +385,9 @@ pub fn create<T: CtMaps>(
 /// Takes a SNAT port at `addr` for the flow in `p` to `bound`'s backend by
 /// creating its reply entry (`NOEXIST`: a port another flow to the same
 /// backend holds, new or established, is not taken again); records it in
-/// `bound`.
+/// `bound`. Ports come at random from `--snat-port-range`, never the
+/// client's own: it could be one of the node's sockets' (K7 of the 2026-12
+/// review).
 #[inline(always)]
 fn take_snat_port<T: CtMaps>(
     p: &Packet,
@@ -395,17 +396,9 @@ fn take_snat_port<T: CtMaps>(
     config: &DataplaneConfig,
     reply: &CtEntry,
 ) -> Result<CtKey, DropReason> {
-    let client_port = u16::from_be_bytes(p.sport);
-    for attempt in 0..SNAT_TRIES {
-        let port = if attempt == 0 {
-            client_port
-        } else {
-            let random = (unsafe { bpf_get_prandom_u32() } & 0x7fff) as u16;
-            0x8000 | random
-        };
-        if port < 1024 || config.in_nodeport_range(port) {
-            continue;
-        }
+    for _ in 0..SNAT_TRIES {
+        #[expect(clippy::cast_possible_truncation, reason = "16 random bits")]
+        let port = config.snat_port(unsafe { bpf_get_prandom_u32() } as u16);
         bound.snat = Some(Snat {
             addr,
             port: port.to_be_bytes(),

@@ -74,6 +74,11 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
         // rest is not Service traffic here.
         Parsed::NotOurs | Parsed::Fragment { .. } => return Ok(pass::<E>()),
     };
+    // Nothing from outside comes from this node: forged, and sent on by a
+    // BPF redirect it would skip the stack's martian and rp_filter checks.
+    if maps::is_node_addr(p.saddr) {
+        return Err(DropReason::ForgedSource);
+    }
     if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto)
         && svc.flags & SVC_FLAG_EXTERNAL != 0
     {

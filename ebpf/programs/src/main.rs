@@ -28,7 +28,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use sluice_abi::{
-    config::{CFG_SERVICE_CIDR, DataplaneConfig},
+    config::{CFG_SERVICE_CIDR, DataplaneConfig, XDP_HANDOFF},
     service::{SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
     stats::{DropReason, Event},
 };
@@ -61,7 +61,9 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 
 /// On external interfaces, behind `xdp_ingress`: a packet XDP translated
 /// but passed to the stack (its next hop had no neighbour entry yet) has
-/// one of the node's addresses as source; it is sent on from here.
+/// one of the node's addresses as source; it is sent on from here. Only
+/// those: XDP marks them (`XDP_HANDOFF`); any other packet with a node's
+/// source address is forged.
 #[classifier]
 pub fn tc_external(ctx: TcContext) -> i32 {
     match try_tc_external(&ctx) {
@@ -81,11 +83,26 @@ fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
     if !maps::is_node_addr(p.saddr) {
         return Ok(TC_ACT_OK);
     }
+    if !handed_off(ctx) {
+        return Err(DropReason::ForgedSource);
+    }
     let route = fib::route(ctx, &p, p.saddr, p.daddr);
     if route.too_big() {
         return Err(DropReason::FragNeeded);
     }
     Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
+}
+
+/// Whether XDP handed this packet over (`XDP_HANDOFF` in the metadata it
+/// left in front of the packet).
+#[inline(always)]
+fn handed_off(ctx: &TcContext) -> bool {
+    let skb = ctx.skb.skb;
+    let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
+    if meta + size_of::<u32>() > data {
+        return false;
+    }
+    unsafe { *(meta as *const u32) == XDP_HANDOFF }
 }
 
 /// North-south at an external interface's ingress, in TC rather than XDP

@@ -6,8 +6,11 @@
 mod reject;
 mod rewrite;
 
-use aya_ebpf::programs::XdpContext;
-use sluice_abi::stats::{DropReason, Event};
+use aya_ebpf::{EbpfContext as _, programs::XdpContext};
+use sluice_abi::{
+    config::XDP_HANDOFF,
+    stats::{DropReason, Event},
+};
 
 use crate::{edge::Edge, fib, parse::Packet, reject::Icmp, stats};
 
@@ -16,6 +19,31 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+/// Marks a passed packet as handed to `tc_external` (`XDP_HANDOFF` in its
+/// metadata); `false` when the driver keeps no metadata.
+trait HandOff {
+    fn hand_off(&self) -> bool;
+}
+
+impl HandOff for XdpContext {
+    #[inline(always)]
+    fn hand_off(&self) -> bool {
+        let word = size_of::<u32>();
+        #[expect(clippy::cast_possible_wrap, reason = "4")]
+        let grow = -(word as i32);
+        if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(self.as_ptr().cast(), grow) } != 0 {
+            stats::dropped(DropReason::Rewrite);
+            return false;
+        }
+        let (meta, data) = (self.metadata(), self.data());
+        if meta + word > data {
+            return false;
+        }
+        unsafe { *(meta as *mut u32) = XDP_HANDOFF };
+        true
+    }
+}
 
 impl Edge for XdpContext {
     type Verdict = u32;
@@ -69,8 +97,12 @@ impl Edge for XdpContext {
             }
             fib::Hop::NoNeigh => {
                 // `tc_external` on this interface sends it on (the stack
-                // would take its node-address source for a martian).
+                // would take its node-address source for a martian); the
+                // metadata word says it is ours.
                 stats::event(Event::NeighMiss);
+                if !self.hand_off() {
+                    return XDP_DROP;
+                }
                 XDP_PASS
             }
             fib::Hop::TooBig | fib::Hop::Local => XDP_PASS,

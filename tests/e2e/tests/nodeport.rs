@@ -134,6 +134,16 @@ fn a_node_port_on_either_node_reaches_backends_on_both_nodes() {
     reaches_both_nodes(&c);
     // The forwarding happened in XDP, back out of the interface.
     assert_ne!(event(&c, 0, "xdp_tx"), 0);
+    // The node's own sockets take no NodePort and no SNAT port.
+    let reserved = c
+        .node_ref(0)
+        .node()
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports"))
+        .unwrap()
+        .unwrap();
+    for range in ["30000-32767", "61000-65535"] {
+        assert!(reserved.contains(range), "{range} in {reserved}");
+    }
 }
 
 #[test]
@@ -180,6 +190,15 @@ fn reaches_both_nodes(c: &Cluster) {
 
 /// Node `i`'s count of dataplane event `name`, from its metrics.
 fn event(c: &Cluster, i: usize, name: &str) -> u64 {
+    counter(c, i, &format!("event=\"{name}\""))
+}
+
+/// Node `i`'s drops for `reason`, from its metrics.
+fn drops(c: &Cluster, i: usize, reason: &str) -> u64 {
+    counter(c, i, &format!("reason=\"{reason}\""))
+}
+
+fn counter(c: &Cluster, i: usize, needle: &str) -> u64 {
     let metrics = http_get(
         c.node_ref(i),
         SocketAddr::from(([127, 0, 0, 1], 10256)),
@@ -187,10 +206,9 @@ fn event(c: &Cluster, i: usize, name: &str) -> u64 {
     )
     .unwrap()
     .1;
-    let needle = format!("event=\"{name}\"");
     let line = metrics
         .lines()
-        .find(|l| l.contains(&needle))
+        .find(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("{metrics}"));
     line.rsplit(' ')
         .next()
@@ -376,4 +394,73 @@ fn a_node_address_added_later_serves_node_ports_until_it_is_removed() {
     assert!(c.client().tcp_request(to, SHORT).is_err());
     let seen = answers(c.client(), SocketAddr::from((c.node_ip(0), NODE_PORT)), 10);
     assert!(!seen.is_empty());
+}
+
+/// 10,000 UDP datagrams from the client's segment to a pod on node a,
+/// each claiming node a's own address as its source; how many the pod got.
+fn forge_node_sources(c: &Cluster) -> usize {
+    let pod = c.node_ref(0).pod(&pod_name(0, 0));
+    let socket = pod.udp_socket_on(9999).unwrap();
+    let hop = sluice_lab::frame::Hop {
+        src_mac: c.client().mac("eth0").unwrap(),
+        dst_mac: sluice_lab::mac_of(c.node_ref(0).node(), EXT_IF).unwrap(),
+    };
+    let node = c.node_ip(0);
+    let frames: Vec<Vec<u8>> = (0..10_000u16)
+        .map(|i| sluice_lab::frame::udp(hop, (node, 20_000 + i), (pod_ip(0, 0), 9999), 16, true))
+        .collect();
+    c.client().send_frames(frames).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    // Bounded: at most as many as were sent, each wait short.
+    while got < 10_000 && socket.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    got
+}
+
+/// `xdp`: the agents attach XDP (whose hand-off to TC must keep working).
+fn forged_sources_never_reach_a_pod(args: &[&str], xdp: bool) {
+    let c = cluster_with("", &[(0, 0), (1, 0)], args);
+    assert_eq!(
+        forge_node_sources(&c),
+        0,
+        "no forged datagram reaches the pod"
+    );
+    assert!(drops(&c, 0, "forged_source") >= 10_000);
+    // Real traffic still flows both ways, to backends here and elsewhere;
+    // with the neighbours forgotten, XDP's hand-off to TC too.
+    c.node_ref(0)
+        .node()
+        .ip(&["neigh", "flush", "dev", EXT_IF])
+        .unwrap();
+    let misses = event(&c, 0, "neigh_miss");
+    reaches_both_nodes(&c);
+    if xdp {
+        assert!(
+            event(&c, 0, "neigh_miss") > misses,
+            "XDP handed translated packets to TC"
+        );
+    }
+}
+
+#[test]
+fn packets_from_outside_claiming_a_node_address_never_reach_a_pod_and_are_counted() {
+    if !require_privileges(
+        "packets_from_outside_claiming_a_node_address_never_reach_a_pod_and_are_counted",
+    ) {
+        return;
+    }
+    forged_sources_never_reach_a_pod(&[], true);
+}
+
+#[test]
+fn with_xdp_mode_tc_packets_claiming_a_node_address_never_reach_a_pod() {
+    if !require_privileges("with_xdp_mode_tc_packets_claiming_a_node_address_never_reach_a_pod") {
+        return;
+    }
+    forged_sources_never_reach_a_pod(&["--xdp-mode", "tc"], false);
 }

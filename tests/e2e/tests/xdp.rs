@@ -50,6 +50,8 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 /// NodePorts of the test Services.
+/// The default `--snat-port-range`.
+const SNAT_PORTS: std::ops::RangeInclusive<u16> = 61_000..=65_535;
 const LOCAL_NP: u16 = 30080;
 const REMOTE_NP: u16 = 30081;
 const ETP_LOCAL_NP: u16 = 30082;
@@ -369,10 +371,10 @@ fn xdp_a_remote_backend_is_dnated_snated_and_sent_back_out_and_its_replies_rever
             REMOTE_POD.contains(&seen.dst.0) && seen.dst.1 == 8080,
             "{seen:?}"
         );
-        assert_eq!(
-            seen.src,
-            (NODE, sport),
-            "SNAT to the node, keeping the client's port"
+        assert_eq!(seen.src.0, NODE, "SNAT to the node");
+        assert!(
+            SNAT_PORTS.contains(&seen.src.1),
+            "a port of the SNAT range, never the client's: {seen:?}"
         );
         assert_eq!(
             (seen.eth_dst, seen.eth_src),
@@ -383,7 +385,7 @@ fn xdp_a_remote_backend_is_dnated_snated_and_sent_back_out_and_its_replies_rever
         // The backend's reply comes back to the node's address and port.
         let reply = Spec {
             src: seen.dst,
-            dst: (NODE, sport),
+            dst: seen.src,
             tcp_flags: SYN | ACK,
             ..spec.clone()
         };
@@ -408,8 +410,8 @@ fn xdp_a_remote_backend_is_dnated_snated_and_sent_back_out_and_its_replies_rever
 }
 
 #[test]
-fn xdp_snat_ports_never_collide_and_avoid_the_node_port_range() {
-    if !require_privileges("xdp_snat_ports_never_collide_and_avoid_the_node_port_range") {
+fn xdp_snat_ports_never_collide_and_come_from_their_own_range() {
+    if !require_privileges("xdp_snat_ports_never_collide_and_come_from_their_own_range") {
         return;
     }
     let mut h = Harness::new("ports");
@@ -423,26 +425,30 @@ fn xdp_snat_ports_never_collide_and_avoid_the_node_port_range() {
         )],
         &[],
     );
+    // Many clients on one port, and client ports of every kind (the
+    // node's ephemeral range, the NodePort range, the SNAT range itself).
     let mut ports = BTreeSet::new();
-    for client in [CLIENT, Ipv4Addr::new(192, 168, 77, 101)] {
+    let clients: Vec<(Ipv4Addr, u16)> = (0..200u8)
+        .map(|i| (Ipv4Addr::new(192, 168, 77, 101), 40_000 + u16::from(i)))
+        .chain([
+            (CLIENT, 40_000),
+            (CLIENT, 31_000),
+            (CLIENT, 62_000),
+            (CLIENT, 1_024),
+        ])
+        .collect();
+    for src in &clients {
         let (verdict, out) = h.run(&build(&Spec {
-            src: (client, 40000),
+            src: *src,
             dst: (NODE, REMOTE_NP),
             ..Spec::default()
         }));
         assert_eq!(verdict, XDP_TX);
-        ports.insert(parse_checked(&out).src.1);
+        let port = parse_checked(&out).src.1;
+        assert!(SNAT_PORTS.contains(&port), "{src:?}: {port}");
+        ports.insert(port);
     }
-    assert_eq!(
-        ports.len(),
-        2,
-        "two clients on one port get two SNAT ports: {ports:?}"
-    );
-    assert!(ports.contains(&40000));
-    // A client port inside the NodePort range is not used as a SNAT port.
-    let (_, out) = h.run(&build(&from_client(31000, (NODE, REMOTE_NP))));
-    let port = parse_checked(&out).src.1;
-    assert!(!(30000..=32767).contains(&port) && port > 32767, "{port}");
+    assert_eq!(ports.len(), clients.len(), "no two flows share a SNAT port");
 }
 
 #[test]

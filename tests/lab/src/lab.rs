@@ -328,7 +328,12 @@ impl Pod {
 
     /// A UDP socket in this pod.
     pub fn udp_socket(&self) -> Result<UdpSocket> {
-        Ok(self.ns.run(|| UdpSocket::bind("0.0.0.0:0"))??)
+        self.udp_socket_on(0)
+    }
+
+    /// A UDP socket in this pod on `port`.
+    pub fn udp_socket_on(&self, port: u16) -> Result<UdpSocket> {
+        Ok(self.ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??)
     }
 }
 
