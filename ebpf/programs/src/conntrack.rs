@@ -120,10 +120,8 @@ const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
 pub enum Tracked {
     /// The flow keeps this backend.
     Keep(Binding),
-    /// There was an entry, but the flow must pick again (see below); the
-    /// old entries are gone.
-    Stale,
-    /// No entry: a new flow.
+    /// No entry, or one that must pick again (see below, and counted as
+    /// `reselect`; its entries are gone): a new flow.
     New,
     /// No entry, and the packet cannot start a flow (a TCP segment that
     /// is not a bare SYN): drop it.
@@ -187,7 +185,7 @@ fn on_original<T: CtMaps, const TIER: u32>(
             return Tracked::Invalid;
         }
         stats::event(Event::Reselect);
-        return Tracked::Stale;
+        return Tracked::New;
     }
     let (state, flags) = v.advance(tcp, CT_DIR_ORIGINAL, p.tcp_flags, now);
     if state != v.state || flags != v.flags {

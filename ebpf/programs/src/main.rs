@@ -247,7 +247,7 @@ fn to_service<T: CtMaps>(
         }
         // kube-proxy drops ctstate INVALID.
         Tracked::Invalid => return Err(DropReason::CtInvalid),
-        Tracked::Stale | Tracked::New => {
+        Tracked::New => {
             if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
                 // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
                 return Err(DropReason::SourceRange);
