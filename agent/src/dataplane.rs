@@ -53,6 +53,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the `{name}` thread")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to load the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("socket LB: cannot attach `{program}` to the cgroup `{}`", cgroup.display())]

@@ -319,7 +319,7 @@ impl Collector {
         let thread = std::thread::Builder::new()
             .name("conntrack-gc".into())
             .spawn(move || collect_loop(&mut ct, &lifetimes, interval, &stop2, &latest2))
-            .map_err(|e| Error::Batch {
+            .map_err(|e| Error::Thread {
                 name: "conntrack-gc",
                 source: e,
             })?;

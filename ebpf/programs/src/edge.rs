@@ -79,7 +79,13 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     if maps::is_node_addr(p.saddr) {
         return Err(DropReason::ForgedSource);
     }
-    if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto)
+    // Whether it is to this node: a NodePort, or a SNATed flow's reply.
+    let to_node = maps::is_node_addr(p.daddr);
+    let frontend = match lb::frontend_of(p.daddr, p.dport, p.proto) {
+        Some(f) => Some(f),
+        None => lb::node_port(p.dport, p.proto, to_node),
+    };
+    if let Some((key, svc)) = frontend
         && svc.flags & SVC_FLAG_EXTERNAL != 0
     {
         return if p.is_tcp() {
@@ -92,7 +98,6 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     // here; to a pod, of a flow a pod on this node sent to a backend on
     // another node.
     let now = conntrack::now();
-    let to_node = maps::is_node_addr(p.daddr);
     let reply = match (p.is_tcp(), to_node) {
         (true, true) => conntrack::lookup_reply::<NsTcp>(&p, now),
         (true, false) => conntrack::lookup_reply::<EwTcp>(&p, now),

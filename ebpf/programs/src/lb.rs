@@ -50,7 +50,14 @@ pub fn frontend_or_node_port(
     if let Some(f) = frontend_of(addr_be, port_be, proto) {
         return Some(f);
     }
-    if !maps::is_node_addr(addr_be) {
+    node_port(port_be, proto, maps::is_node_addr(addr_be))
+}
+
+/// The NodePort of a port, for a packet to one of the node's addresses
+/// (`to_node`, known to the caller).
+#[inline(always)]
+pub fn node_port(port_be: [u8; 2], proto: u8, to_node: bool) -> Option<(ServiceKey, ServiceValue)> {
+    if !to_node {
         return None;
     }
     frontend_of(NODE_PORT_ADDR.octets(), port_be, proto)
