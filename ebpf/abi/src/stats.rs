@@ -153,5 +153,9 @@ counter_enum! {
         /// A flow became established but its table's established map was
         /// full: it stays in the new-flow map, where newer flows can evict it.
         CtUnprotected = 19 => "ct_unprotected",
+        /// An ICMP error about a translated flow (unreachable, fragmentation
+        /// needed, time exceeded) was translated back: its destination and
+        /// the packet it quotes.
+        IcmpError = 20 => "icmp_error",
     }
 }

@@ -200,6 +200,15 @@ fn on_original<T: CtMaps, const TIER: u32>(
     Tracked::Keep(bound)
 }
 
+/// The entry under `k` in table `T`, whichever map it is in, read and left
+/// as it is (for an ICMP error about the flow: it neither refreshes nor
+/// advances it).
+#[inline(always)]
+pub fn peek<T: CtMaps>(k: &CtKey) -> Option<CtEntry> {
+    let e = T::get::<ESTABLISHED>(k).or_else(|| T::get::<NEW>(k))?;
+    Some(unsafe { *e })
+}
+
 /// Looks up the reply-direction entry of a packet from a backend, in table
 /// `T`, and updates the flow's state.
 #[inline(always)]

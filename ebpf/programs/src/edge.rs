@@ -16,7 +16,8 @@
 //! are translated back to the client. `externalTrafficPolicy: Local` uses
 //! this node's endpoints only and keeps the client's address.
 //!
-//! What is not Service traffic passes untouched: ARP, IPv6, ICMP,
+//! ICMP errors about translated flows are translated back (`icmp.rs`).
+//! What is not Service traffic passes untouched: ARP, IPv6, other ICMP,
 //! fragments, ClusterIPs, and the node's own ports.
 
 pub mod tc;
@@ -34,7 +35,7 @@ use sluice_abi::{
 
 use crate::{
     conntrack::{self, Binding, Tracked},
-    fib, lb,
+    fib, icmp, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
     parse::{self, Frame, Packet, Parsed},
     reject::Icmp,
@@ -68,8 +69,9 @@ pub trait Edge: EbpfContext + Frame {
 
 #[inline(always)]
 pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, DropReason> {
-    let p = match parse::parse(ctx)? {
-        Parsed::Packet(p) => p,
+    let (p, error) = match parse::parse(ctx)? {
+        Parsed::Packet(p) => (p, false),
+        Parsed::IcmpError(p) => (p, true),
         // Only the first fragment has ports: what the stack makes of the
         // rest is not Service traffic here.
         Parsed::NotOurs | Parsed::Fragment { .. } => return Ok(pass::<E>()),
@@ -78,6 +80,9 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     // BPF redirect it would skip the stack's martian and rp_filter checks.
     if maps::is_node_addr(p.saddr) {
         return Err(DropReason::ForgedSource);
+    }
+    if error {
+        return icmp_error(ctx, &p);
     }
     // Whether it is to this node: a NodePort, or a SNATed flow's reply.
     let to_node = maps::is_node_addr(p.daddr);
@@ -219,6 +224,41 @@ fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtEntry) -> Result<E::Verd
     ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
     ctx.dnat(p, reply.snat_addr_be, reply.snat_port_be)?;
     Ok(ctx.forward(&route))
+}
+
+/// An ICMP error from outside about a flow translated here (`icmp.rs`):
+/// a router's fragmentation-needed or time-exceeded about a reply on its
+/// way to the client, or about a SNATed packet on its way to a backend on
+/// another node; that backend's own port-unreachable. Translated back, and
+/// sent on to a host outside as the flow's packets are, or to the stack
+/// for a pod here.
+#[inline(always)]
+fn icmp_error<E: Edge>(ctx: &E, p: &Packet) -> Result<E::Verdict, DropReason> {
+    let Some(q) = icmp::quoted(ctx, p) else {
+        return Ok(pass::<E>());
+    };
+    let t = if q.is_tcp() {
+        icmp::translation::<NsTcp>(p, &q).or_else(|| icmp::translation::<EwTcp>(p, &q))
+    } else {
+        icmp::translation::<NsOther>(p, &q).or_else(|| icmp::translation::<EwOther>(p, &q))
+    };
+    let Some(t) = t else {
+        return Ok(pass::<E>());
+    };
+    let route = fib::lookup(
+        ctx,
+        ctx.ingress(),
+        p,
+        t.outer_src,
+        t.outer_dst,
+        ctx.route_len(p),
+    );
+    icmp::rewrite(ctx, p, &q, &t)?;
+    stats::event(Event::IcmpError);
+    if route.external().is_some() {
+        return Ok(ctx.forward(&route));
+    }
+    Ok(E::PASS)
 }
 
 /// A packet too big for its route (BPF cannot fragment): with DF set, its

@@ -13,6 +13,7 @@
 mod conntrack;
 mod edge;
 mod fib;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;
@@ -77,8 +78,9 @@ pub fn tc_external(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Parsed::Packet(p) = parse::parse(ctx)? else {
-        return Ok(TC_ACT_OK);
+    let p = match parse::parse(ctx)? {
+        Parsed::Packet(p) | Parsed::IcmpError(p) => p,
+        Parsed::NotOurs | Parsed::Fragment { .. } => return Ok(TC_ACT_OK),
     };
     if !maps::is_node_addr(p.saddr) {
         return Ok(TC_ACT_OK);
@@ -156,6 +158,7 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let p = match parse::parse(ctx)? {
         Parsed::Packet(p) => p,
         Parsed::NotOurs => return Ok(pass()),
+        Parsed::IcmpError(p) => return icmp_from_pod(ctx, &p),
         // The node-local DNS address: the agent's own sockets, not a Service.
         Parsed::Fragment { daddr } if CONFIG.load().is_local_ip(daddr) => return Ok(pass()),
         Parsed::Fragment { daddr } => {
@@ -227,6 +230,34 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     Ok(pass())
+}
+
+/// An ICMP error from a pod: about a flow it is the backend of (its
+/// port-unreachable, a router's error on the way to it), or one it is the
+/// client of; translated back (`icmp.rs`). An error that leaves with a
+/// node address as its source (about a NodePort flow) is sent on from
+/// here, as the flow's replies are.
+#[inline(always)]
+fn icmp_from_pod(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
+    let Some(q) = icmp::quoted(ctx, p) else {
+        return Ok(pass());
+    };
+    let t = if q.is_tcp() {
+        icmp::translation::<EwTcp>(p, &q).or_else(|| icmp::translation::<NsTcp>(p, &q))
+    } else {
+        icmp::translation::<EwOther>(p, &q).or_else(|| icmp::translation::<NsOther>(p, &q))
+    };
+    let Some(t) = t else {
+        return Ok(pass());
+    };
+    let route = if maps::is_node_addr(t.outer_src) {
+        fib::route(ctx, p, t.outer_src, t.outer_dst)
+    } else {
+        fib::Route::LOCAL
+    };
+    icmp::rewrite(ctx, p, &q, &t)?;
+    stats::event(Event::IcmpError);
+    Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
 }
 
 /// A packet from a client to a Service frontend, tracked in table `T`.

@@ -15,6 +15,11 @@ pub const IP_CHECK_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
 
+/// ICMP error types (RFC 792) whose message quotes the packet it is about.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
 /// What the dataplane needs of a TCP or UDP packet, copied out of it.
 pub struct Packet {
     /// Offset of the L4 header (honours IPv4 options).
@@ -62,6 +67,11 @@ pub enum Parsed {
         daddr: [u8; 4],
     },
     Packet(Packet),
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem), not fragmented: `proto` is ICMP, the ports are zero and
+    /// `l4_off` is the ICMP header's offset. What it is about is
+    /// `icmp::quoted`'s to read.
+    IcmpError(Packet),
 }
 
 /// The packet memory of a program's context.
@@ -143,7 +153,7 @@ pub fn ptr_at_mut<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
 /// Like `ptr_at`, but pulls non-linear data in first when the packet is long
 /// enough: headers of forwarded packets are not always in the linear area.
 #[inline(always)]
-fn header<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
+pub fn header<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
     if let Some(p) = ptr_at::<T>(ctx, off) {
         return Some(p);
     }
@@ -185,15 +195,45 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
     if ihl_bytes < Ipv4Hdr::LEN {
         return Err(DropReason::MalformedIp);
     }
-    if l4proto != proto::TCP && l4proto != proto::UDP {
+    let icmp = l4proto == proto::ICMP;
+    if l4proto != proto::TCP && l4proto != proto::UDP && !icmp {
         return Ok(Parsed::NotOurs);
     }
     // More-fragments flag or a non-zero offset.
     if u16::from_be_bytes(frags) & 0x3fff != 0 {
+        if icmp {
+            return Ok(Parsed::NotOurs);
+        }
         return Ok(Parsed::Fragment { daddr });
     }
     let l4_off = IP_OFF + ihl_bytes;
     let len = ctx.len();
+    let mut packet = Packet {
+        l4_off,
+        ihl_bytes,
+        saddr,
+        daddr,
+        sport: [0; 2],
+        dport: [0; 2],
+        proto: l4proto,
+        tcp_flags: 0,
+        len,
+        tot_len: u16::from_be_bytes(tot_len),
+        df: u16::from_be_bytes(frags) & 0x4000 != 0,
+    };
+    if icmp {
+        let Some(h) = header::<[u8; 8]>(ctx, l4_off) else {
+            return Ok(Parsed::NotOurs);
+        };
+        let [kind, ..] = unsafe { *h };
+        if !matches!(
+            kind,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        ) {
+            return Ok(Parsed::NotOurs);
+        }
+        return Ok(Parsed::IcmpError(packet));
+    }
     let (sport, dport, tcp_flags) = if l4proto == proto::TCP {
         let tcp = header::<[u8; 20]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
         let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, _, flags, ..] = unsafe { *tcp };
@@ -203,17 +243,8 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         let [s0, s1, d0, d1, ..] = unsafe { *udp };
         ([s0, s1], [d0, d1], 0)
     };
-    Ok(Parsed::Packet(Packet {
-        l4_off,
-        ihl_bytes,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto: l4proto,
-        tcp_flags,
-        len,
-        tot_len: u16::from_be_bytes(tot_len),
-        df: u16::from_be_bytes(frags) & 0x4000 != 0,
-    }))
+    packet.sport = sport;
+    packet.dport = dport;
+    packet.tcp_flags = tcp_flags;
+    Ok(Parsed::Packet(packet))
 }

@@ -20,13 +20,12 @@ use sluice_abi::{
 
 use crate::{
     TC_ACT_REDIRECT,
-    parse::{IP_OFF, Packet},
+    parse::{ICMP_DEST_UNREACH, IP_OFF, Packet},
     stats,
 };
 
 /// Original IPv4 header (with options) plus 8 bytes of L4, as RFC 792 asks.
 pub const INNER_MAX: usize = 60 + 8;
-pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_PORT_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 

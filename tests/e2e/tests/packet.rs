@@ -8,6 +8,8 @@
 mod builder;
 #[path = "packet/conntrack.rs"]
 mod conntrack;
+#[path = "packet/icmp.rs"]
+mod icmp;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 

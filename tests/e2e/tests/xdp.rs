@@ -21,7 +21,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use builder::{
-    ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, parse_checked, parse_icmp_error,
+    ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked,
+    parse_icmp_error, parse_quoted,
 };
 use sluice_abi::{
     config::DataplaneConfig,
@@ -672,4 +673,104 @@ fn xdp_a_packet_too_big_for_the_route_to_its_backend_gets_frag_needed_with_the_m
     }));
     assert_eq!(verdict, XDP_TX);
     assert!(REMOTE_POD.contains(&parse_checked(&out).dst.0));
+}
+
+/// A router between the client and the node.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+
+#[test]
+fn xdp_icmp_errors_about_snated_flows_are_translated_both_ways() {
+    if !require_privileges("xdp_icmp_errors_about_snated_flows_are_translated_both_ways") {
+        return;
+    }
+    let h = Harness::new("icmpsnat");
+    // A datagram to a NodePort whose backend is on the other node: SNATed.
+    let query = Spec {
+        proto: UDP,
+        payload: b"query".to_vec(),
+        ..from_client(40060, (NODE, REMOTE_NP))
+    };
+    let (verdict, snated) = h.run(&build(&query));
+    assert_eq!(verdict, XDP_TX);
+    let backend = parse_checked(&snated).dst;
+    // The backend has no listener: its error goes to the node's address,
+    // about the datagram as it got it, and on to the client as if from
+    // the NodePort, about the datagram as the client sent it.
+    let error = icmp_error((backend.0, NODE), (3, 3, [0; 4]), &snated);
+    let (verdict, out) = h.run(&error);
+    assert_eq!(verdict, XDP_TX, "back out, to the client");
+    let (kind, code, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((kind, code), (3, 3));
+    assert_eq!((src, dst), (NODE, CLIENT));
+    let quoted = parse_quoted(&quote);
+    assert_eq!(
+        (quoted.src, quoted.dst),
+        ((CLIENT, 40060), (NODE, REMOTE_NP))
+    );
+    assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &HOST_MAC[..]));
+
+    // A segment from the backend, on its way to the client, is too big
+    // for a router's next link: the router tells the NodePort's address;
+    // the error goes on to the backend, about the segment as it sent it.
+    let syn = from_client(40061, (NODE, REMOTE_NP));
+    let (_, out) = h.run(&build(&syn));
+    let out = parse_checked(&out);
+    let (backend, snat) = (out.dst, out.src);
+    let (verdict, reply) = h.run(&build(&Spec {
+        src: backend,
+        dst: snat,
+        tcp_flags: SYN | ACK,
+        ..syn
+    }));
+    assert_eq!(verdict, XDP_TX);
+    let error = icmp_error((ROUTER, NODE), (3, 4, [0, 0, 5, 0]), &reply);
+    let (verdict, out) = h.run(&error);
+    assert_eq!(verdict, XDP_TX, "on to the node the backend lives on");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&OTHER_NODE_MAC[..], &HOST_MAC[..])
+    );
+    let (kind, code, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((kind, code), (3, 4));
+    assert_eq!((src, dst), (ROUTER, backend.0), "the router, as itself");
+    let quoted = parse_quoted(&quote);
+    assert_eq!((quoted.src, quoted.dst), (backend, snat));
+    assert_eq!(h.events(Event::IcmpError), 2);
+}
+
+#[test]
+fn xdp_a_routers_frag_needed_about_a_local_backends_reply_reaches_the_backend() {
+    if !require_privileges(
+        "xdp_a_routers_frag_needed_about_a_local_backends_reply_reaches_the_backend",
+    ) {
+        return;
+    }
+    let h = Harness::new("icmplocal");
+    let syn = from_client(40062, (NODE, LOCAL_NP));
+    let (verdict, _) = h.run(&build(&syn));
+    assert_eq!(verdict, XDP_PASS);
+    // The backend's reply, as TC on its interface sent it on.
+    let reply = build(&Spec {
+        src: (NODE, LOCAL_NP),
+        dst: (CLIENT, 40062),
+        tcp_flags: SYN | ACK,
+        ..syn
+    });
+    let error = icmp_error((ROUTER, NODE), (3, 4, [0, 0, 5, 0]), &reply);
+    let (verdict, out) = h.run(&error);
+    assert_eq!(
+        verdict, XDP_PASS,
+        "to the stack, which routes it to the pod"
+    );
+    let (_, _, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((src, dst), (ROUTER, LOCAL_POD));
+    let quoted = parse_quoted(&quote);
+    assert_eq!(
+        (quoted.src, quoted.dst),
+        ((LOCAL_POD, 8080), (CLIENT, 40062))
+    );
+    // An error that claims to come from the node itself is forged.
+    let forged = icmp_error((NODE, NODE), (3, 4, [0, 0, 5, 0]), &reply);
+    assert_eq!(h.run(&forged).0, XDP_DROP);
+    assert_eq!(h.drops(DropReason::ForgedSource), 1);
 }

@@ -252,3 +252,38 @@ pub fn parse_icmp_error(frame: &[u8]) -> (u8, u8, Ipv4Addr, Ipv4Addr, Vec<u8>) {
         icmp[8..].to_vec(),
     )
 }
+
+/// An ICMP error (`kind`, `code`, and `rest`, the header's last four
+/// bytes) from `src` to `dst`, quoting `quoted` (a frame built or written
+/// here: its IPv4 packet, less the Ethernet header, as Linux quotes a
+/// small packet whole), with every checksum right.
+pub fn icmp_error(
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&quoted[14..]);
+    let c = !fold(sum(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    frame(
+        &IpHeader {
+            ihl: 5,
+            frag: 0,
+            proto: ICMP,
+            src,
+            dst,
+        },
+        &[],
+        &icmp,
+    )
+}
+
+/// The packet an ICMP error quotes (from `parse_icmp_error`), whole, with
+/// its IPv4 and L4 checksums checked as `parse_checked` does.
+pub fn parse_quoted(quoted: &[u8]) -> Seen {
+    let mut frame = ethernet(0x0800);
+    frame.extend_from_slice(quoted);
+    parse_checked(&frame)
+}

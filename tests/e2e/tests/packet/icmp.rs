@@ -1,0 +1,157 @@
+//! Packet tests of ICMP errors about translated flows, from a pod: the
+//! error's destination and the packet it quotes are translated back, and
+//! every checksum (the error's IPv4 header, the ICMP checksum over the
+//! quote, the quoted IPv4 header and TCP or UDP checksum) is recomputed
+//! independently in `builder`.
+
+use std::net::Ipv4Addr;
+
+use sluice_abi::{config::DataplaneConfig, stats::Event};
+
+use super::{
+    CLIENT, Harness, TC_ACT_OK, VIP,
+    builder::{
+        ICMP, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked, parse_icmp_error, parse_quoted,
+    },
+    privileged,
+};
+
+/// A router between the client and the backend (the node's own address
+/// on the pods' side, say).
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const PORT_UNREACH: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+/// Fragmentation needed, next-hop MTU 1280.
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x00]);
+const TTL_EXCEEDED: (u8, u8, [u8; 4]) = (11, 0, [0; 4]);
+
+fn udp_query(sport: u16) -> Spec {
+    Spec {
+        src: (CLIENT, sport),
+        dst: (VIP, 53),
+        proto: UDP,
+        payload: b"query".to_vec(),
+        ..Spec::default()
+    }
+}
+
+#[test]
+fn a_backends_port_unreachable_reaches_the_client_as_from_the_cluster_ip() {
+    if !privileged("a_backends_port_unreachable_reaches_the_client_as_from_the_cluster_ip") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    let (verdict, dnated) = h.run(&build(&udp_query(40100)));
+    assert_eq!(verdict, TC_ACT_OK);
+    let backend = parse_checked(&dnated).dst;
+
+    // The backend has no listener: its error quotes the datagram it got.
+    let error = icmp_error((backend.0, CLIENT), PORT_UNREACH, &dnated);
+    let (verdict, out) = h.run(&error);
+    assert_eq!(verdict, TC_ACT_OK, "to the client, through the stack");
+    let (kind, code, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((kind, code), (3, 3));
+    assert_eq!(src, VIP, "from the address the client sent to");
+    assert_eq!(dst, CLIENT);
+    let quoted = parse_quoted(&quote);
+    assert_eq!(quoted.src, (CLIENT, 40100));
+    assert_eq!(quoted.dst, (VIP, 53), "the datagram as the client sent it");
+    assert_eq!(h.events(Event::IcmpError), 1);
+}
+
+#[test]
+fn a_routers_errors_about_a_flow_are_translated_both_ways_and_keep_their_source() {
+    if !privileged("a_routers_errors_about_a_flow_are_translated_both_ways_and_keep_their_source") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    let (_, dnated) = h.run(&build(&Spec {
+        src: (CLIENT, 40101),
+        ..Spec::default()
+    }));
+    let backend = parse_checked(&dnated).dst;
+
+    // On the way to the backend: time exceeded, from the router.
+    let (verdict, out) = h.run(&icmp_error((ROUTER, CLIENT), TTL_EXCEEDED, &dnated));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (kind, _, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!(kind, 11);
+    assert_eq!((src, dst), (ROUTER, CLIENT), "the router is seen as itself");
+    let quoted = parse_quoted(&quote);
+    assert_eq!((quoted.src, quoted.dst), ((CLIENT, 40101), (VIP, 80)));
+
+    // On the way back: the backend's SYN+ACK, reverse-NATed, is too big
+    // for a link towards the client; the error goes to the backend.
+    let (verdict, reply) = h.run(&build(&Spec {
+        src: backend,
+        dst: (CLIENT, 40101),
+        tcp_flags: SYN | 0x10,
+        ..Spec::default()
+    }));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&reply).src, (VIP, 80));
+    let (verdict, out) = h.run(&icmp_error((ROUTER, VIP), FRAG_NEEDED, &reply));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (kind, code, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((kind, code), (3, 4));
+    assert_eq!(
+        &out[14 + 20 + 4..14 + 20 + 8],
+        &FRAG_NEEDED.2,
+        "the MTU is kept"
+    );
+    assert_eq!((src, dst), (ROUTER, backend.0), "to the backend");
+    let quoted = parse_quoted(&quote);
+    assert_eq!(quoted.proto, TCP);
+    assert_eq!(
+        (quoted.src, quoted.dst),
+        (backend, (CLIENT, 40101)),
+        "the segment as the backend sent it"
+    );
+    assert_eq!(h.events(Event::IcmpError), 2);
+}
+
+#[test]
+fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
+    if !privileged("a_clients_port_unreachable_about_a_reply_reaches_the_backend") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    let (_, dnated) = h.run(&build(&udp_query(40102)));
+    let backend = parse_checked(&dnated).dst;
+    let (_, reply) = h.run(&build(&Spec {
+        src: backend,
+        dst: (CLIENT, 40102),
+        ..udp_query(0)
+    }));
+    // The client's socket is gone: it answers the reply's source.
+    let (verdict, out) = h.run(&icmp_error((CLIENT, VIP), PORT_UNREACH, &reply));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (_, _, src, dst, quote) = parse_icmp_error(&out);
+    assert_eq!((src, dst), (CLIENT, backend.0));
+    let quoted = parse_quoted(&quote);
+    assert_eq!((quoted.src, quoted.dst), (backend, (CLIENT, 40102)));
+}
+
+#[test]
+fn an_icmp_error_about_no_tracked_flow_passes_untouched() {
+    if !privileged("an_icmp_error_about_no_tracked_flow_passes_untouched") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    let stray = build(&Spec {
+        src: (CLIENT, 40103),
+        dst: (Ipv4Addr::new(10, 244, 1, 10), 5353),
+        proto: UDP,
+        payload: b"x".to_vec(),
+        ..Spec::default()
+    });
+    let error = icmp_error(
+        (Ipv4Addr::new(10, 244, 1, 10), CLIENT),
+        PORT_UNREACH,
+        &stray,
+    );
+    let (verdict, out) = h.run(&error);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, error, "untouched");
+    assert_eq!(out[14 + 9], ICMP);
+    assert_eq!(h.events(Event::IcmpError), 0);
+}
