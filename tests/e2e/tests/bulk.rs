@@ -134,37 +134,45 @@ fn both_ways(from: &sluice_lab::Pod, to: SocketAddr, what: &str) {
 
 fn every_path(args: &[&str]) {
     let (c, _servers) = bulk_cluster(args);
-    let node = c.node_ip(0);
     both_ways(
         c.node_ref(0).pod("client"),
         SocketAddr::from((VIP, 80)),
         "ClusterIP from a pod (TC)",
     );
-    both_ways(
-        c.client(),
-        SocketAddr::from((node, LOCAL_PORT)),
-        "NodePort, backend on the node",
-    );
-    both_ways(
-        c.client(),
-        SocketAddr::from((node, REMOTE_PORT)),
-        "NodePort, backend on the other node",
-    );
-    both_ways(
-        c.client(),
-        SocketAddr::from((node, ETP_LOCAL_PORT)),
-        "NodePort, externalTrafficPolicy: Local",
-    );
-    both_ways(
-        c.client(),
-        SocketAddr::from((EXTERNAL_IP, 80)),
-        "external IP, backend on the other node",
-    );
-    both_ways(
-        c.client(),
-        SocketAddr::from((LB_IP, 80)),
-        "load balancer IP, backend on the other node",
-    );
+    north_south(&c, c.client(), "");
+}
+
+/// Every north-south frontend, from `from` (`what` says which client).
+fn north_south(c: &Cluster, from: &sluice_lab::Pod, what: &str) {
+    let node = c.node_ip(0);
+    for (to, path) in [
+        ((node, LOCAL_PORT), "NodePort, backend on the node"),
+        ((node, REMOTE_PORT), "NodePort, backend on the other node"),
+        (
+            (node, ETP_LOCAL_PORT),
+            "NodePort, externalTrafficPolicy: Local",
+        ),
+        ((EXTERNAL_IP, 80), "external IP, backend on the other node"),
+        ((LB_IP, 80), "load balancer IP, backend on the other node"),
+    ] {
+        both_ways(from, SocketAddr::from(to), &format!("{path}{what}"));
+    }
+}
+
+/// The same transfers from a client behind a link of MTU 1280 between two
+/// routers, while its own interface and every other link have 1500:
+/// the backends' segments are too big for that link, and only the
+/// router's ICMP fragmentation-needed, translated back to the backend,
+/// lets them through (path MTU discovery).
+fn through_a_smaller_mtu(args: &[&str]) {
+    let (c, _servers) = bulk_cluster(args);
+    let far = c.add_far_client(1280).unwrap();
+    for addr in [EXTERNAL_IP, LB_IP] {
+        far.route_via(addr, c.node_ip(0)).unwrap();
+    }
+    north_south(&c, &far.client, ", path MTU 1280");
+    // The routers' errors were translated on the node the client reaches.
+    assert!(event_count(c.node_ref(0), "icmp_error") > 0);
 }
 
 #[test]
@@ -189,4 +197,33 @@ fn bulk_transfers_with_offloads_pass_every_path_in_tc_mode() {
         return;
     }
     every_path(&["--xdp-mode", "tc"]);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_every_north_south_frontend_in_native_xdp() {
+    if !require_privileges(
+        "path_mtu_discovery_works_through_every_north_south_frontend_in_native_xdp",
+    ) {
+        return;
+    }
+    through_a_smaller_mtu(&["--xdp-mode", "native"]);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_every_north_south_frontend_in_generic_xdp() {
+    if !require_privileges(
+        "path_mtu_discovery_works_through_every_north_south_frontend_in_generic_xdp",
+    ) {
+        return;
+    }
+    through_a_smaller_mtu(&["--xdp-mode", "generic"]);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_every_north_south_frontend_in_tc_mode() {
+    if !require_privileges("path_mtu_discovery_works_through_every_north_south_frontend_in_tc_mode")
+    {
+        return;
+    }
+    through_a_smaller_mtu(&["--xdp-mode", "tc"]);
 }

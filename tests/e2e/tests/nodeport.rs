@@ -133,7 +133,7 @@ fn a_node_port_on_either_node_reaches_backends_on_both_nodes() {
     let c = cluster("", &[(0, 0), (1, 0)]);
     reaches_both_nodes(&c);
     // The forwarding happened in XDP, back out of the interface.
-    assert_ne!(event(&c, 0, "xdp_tx"), 0);
+    assert_ne!(event_count(c.node_ref(0), "xdp_tx"), 0);
     // The node's own sockets take no NodePort and no SNAT port.
     let reserved = c
         .node_ref(0)
@@ -157,8 +157,8 @@ fn with_xdp_mode_tc_a_node_port_on_either_node_reaches_backends_on_both_nodes() 
     reaches_both_nodes(&c);
     // The same forwarding, in TC: redirected at the interface's ingress,
     // with no XDP program on it.
-    assert_ne!(event(&c, 0, "tc_forward"), 0);
-    assert_eq!(event(&c, 0, "xdp_tx"), 0);
+    assert_ne!(event_count(c.node_ref(0), "tc_forward"), 0);
+    assert_eq!(event_count(c.node_ref(0), "xdp_tx"), 0);
     let link = c
         .node_ref(0)
         .node()
@@ -186,34 +186,6 @@ fn reaches_both_nodes(c: &Cluster) {
             assert_eq!(*saw, want, "via node {i}, {backend}");
         }
     }
-}
-
-/// Node `i`'s count of dataplane event `name`, from its metrics.
-fn event(c: &Cluster, i: usize, name: &str) -> u64 {
-    counter(c, i, &format!("event=\"{name}\""))
-}
-
-/// Node `i`'s drops for `reason`, from its metrics.
-fn drops(c: &Cluster, i: usize, reason: &str) -> u64 {
-    counter(c, i, &format!("reason=\"{reason}\""))
-}
-
-fn counter(c: &Cluster, i: usize, needle: &str) -> u64 {
-    let metrics = http_get(
-        c.node_ref(i),
-        SocketAddr::from(([127, 0, 0, 1], 10256)),
-        "/metrics",
-    )
-    .unwrap()
-    .1;
-    let line = metrics
-        .lines()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    line.rsplit(' ')
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line}"))
 }
 
 #[test]
@@ -430,18 +402,18 @@ fn forged_sources_never_reach_a_pod(args: &[&str], xdp: bool) {
         0,
         "no forged datagram reaches the pod"
     );
-    assert!(drops(&c, 0, "forged_source") >= 10_000);
+    assert!(drop_count(c.node_ref(0), "forged_source") >= 10_000);
     // Real traffic still flows both ways, to backends here and elsewhere;
     // with the neighbours forgotten, XDP's hand-off to TC too.
     c.node_ref(0)
         .node()
         .ip(&["neigh", "flush", "dev", EXT_IF])
         .unwrap();
-    let misses = event(&c, 0, "neigh_miss");
+    let misses = event_count(c.node_ref(0), "neigh_miss");
     reaches_both_nodes(&c);
     if xdp {
         assert!(
-            event(&c, 0, "neigh_miss") > misses,
+            event_count(c.node_ref(0), "neigh_miss") > misses,
             "XDP handed translated packets to TC"
         );
     }

@@ -130,6 +130,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// A client behind two routers, whose link between them has MTU
+    /// `mtu` while every other link has 1500 (see `FarClient`); each node
+    /// routes the client's networks through the router on the segment.
+    pub fn add_far_client(&self, mtu: u32) -> Result<FarClient> {
+        let stem = unique_stem();
+        let client_ns = Netns::create(&format!("{stem}-far"))?;
+        let r1 = Netns::create(&format!("{stem}-r1"))?;
+        let r2 = Netns::create(&format!("{stem}-r2"))?;
+        veth(
+            (&r1, "c0", "192.168.79.1/24"),
+            (&client_ns, "eth0", "192.168.79.100/24"),
+        )?;
+        veth(
+            (&r1, "t0", "192.168.78.1/30"),
+            (&r2, "t0", "192.168.78.2/30"),
+        )?;
+        plug(&self.wire, &r2, "pfar", "s0", FAR_ROUTER_IP)?;
+        for ns in [&r1, &r2] {
+            ns.ip(&["link", "set", "t0", "mtu", &mtu.to_string()])?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+        }
+        client_ns.ip(&["route", "add", "default", "via", "192.168.79.1"])?;
+        r1.ip(&["route", "add", "default", "via", "192.168.78.2"])?;
+        r2.ip(&["route", "add", "192.168.79.0/24", "via", "192.168.78.1"])?;
+        for (lab, _) in &self.nodes {
+            for net in ["192.168.79.0/24", "192.168.78.0/30"] {
+                lab.node()
+                    .ip(&["route", "add", net, "via", &FAR_ROUTER_IP.to_string()])?;
+            }
+        }
+        for (ns, iface) in [
+            (&client_ns, "eth0"),
+            (&r1, "c0"),
+            (&r1, "t0"),
+            (&r2, "t0"),
+            (&r2, "s0"),
+        ] {
+            ethtool::segment_offloads_on(ns, iface)?;
+        }
+        Ok(FarClient {
+            client: Pod {
+                name: "far".into(),
+                ip: FAR_CLIENT_IP,
+                host_if: "c0".into(),
+                ns: client_ns,
+            },
+            _r1: r1,
+            r2,
+        })
+    }
+
     /// Another client on the segment at `ip` (e.g. outside some range).
     pub fn add_client(&self, name: &str, ip: Ipv4Addr) -> Result<Pod> {
         let ns = Netns::create(&format!("{}-{name}", unique_stem()))?;
@@ -142,6 +193,71 @@ impl Cluster {
             ns,
         })
     }
+}
+
+/// The client behind two routers (`Cluster::add_far_client`):
+///
+/// ```text
+///   far client ns: eth0 192.168.79.100/24 (MTU 1500), default via r1
+///   r1 ns:         c0 192.168.79.1/24 (1500); t0 192.168.78.1/30 (the
+///                  small MTU); default via r2
+///   r2 ns:         t0 192.168.78.2/30 (the small MTU); s0 192.168.77.254/24
+///                  on the segment (1500); routes to external addresses via
+///                  a node (`route_via`)
+/// ```
+///
+/// The nodes' packets to the client are too big for the link between the
+/// routers: r2 answers them with ICMP fragmentation-needed, as a router on
+/// the path to a client behind a tunnel does; the client's own packets
+/// get the same from r1.
+pub struct FarClient {
+    pub client: Pod,
+    _r1: Netns,
+    r2: Netns,
+}
+
+/// The far client's address, and its second router's on the segment.
+pub const FAR_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 100);
+pub const FAR_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+
+impl FarClient {
+    /// Routes `addr` (an external or load balancer address) from the
+    /// routers through `node` (a node's address on the segment).
+    pub fn route_via(&self, addr: Ipv4Addr, node: Ipv4Addr) -> Result<()> {
+        self.r2.ip(&[
+            "route",
+            "replace",
+            &format!("{addr}/32"),
+            "via",
+            &node.to_string(),
+        ])?;
+        Ok(())
+    }
+}
+
+/// A veth between `a` and `b`, each end with its name and address.
+fn veth(
+    (a, a_if, a_ip): (&Netns, &str, &str),
+    (b, b_if, b_ip): (&Netns, &str, &str),
+) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])
+    .with_context(|| format!("a veth from {} to {}", a.name(), b.name()))?;
+    for (ns, iface, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
+        ns.ip(&["addr", "add", ip, "dev", iface])?;
+        ns.ip(&["link", "set", iface, "up"])?;
+    }
+    Ok(())
 }
 
 /// A veth from the bridge to `iface` in `ns`, with `ip` on it.

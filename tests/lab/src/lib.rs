@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result, bail};
 pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
 pub use cgroup::{Cgroup, cgroup2_root};
-pub use cluster::{Cluster, EXT_IF};
+pub use cluster::{Cluster, EXT_IF, FarClient};
 pub use lab::{GATEWAY, Lab, Pod, mac_of};
 pub use netns::{Entered, Netns, enter_on_spawn, reap_stale};
 pub use responder::Responder;

@@ -146,3 +146,29 @@ pub fn http_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)
     .ok()?
     .ok()
 }
+
+/// The agent's count of dataplane event `name` in `lab`, from its metrics.
+pub fn event_count(lab: &Lab, name: &str) -> u64 {
+    metric(lab, &format!("event=\"{name}\""))
+}
+
+/// The agent's drops for `reason` in `lab`, from its metrics.
+pub fn drop_count(lab: &Lab, reason: &str) -> u64 {
+    metric(lab, &format!("reason=\"{reason}\""))
+}
+
+/// The value of the first line of the agent's metrics in `lab` that
+/// contains `needle`.
+pub fn metric(lab: &Lab, needle: &str) -> u64 {
+    let metrics = http_get(lab, SocketAddr::from(([127, 0, 0, 1], 10256)), "/metrics")
+        .unwrap()
+        .1;
+    let line = metrics
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
