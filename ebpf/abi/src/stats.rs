@@ -97,6 +97,10 @@ counter_enum! {
         /// A packet from outside (at an external interface) whose source
         /// is one of the node's own addresses: forged.
         ForgedSource = 15 => "forged_source",
+        /// A packet BPF would forward itself (XDP_TX, a redirect) whose
+        /// time to live has run out: answered with ICMP time-exceeded, as
+        /// a router does (an ICMP error itself is only dropped).
+        TtlExceeded = 16 => "ttl_exceeded",
     }
 }
 

@@ -55,6 +55,8 @@ pub trait Edge: EbpfContext + Frame {
     fn dnat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
     /// SNAT, or the reverse NAT of a reply: the source becomes `addr:port`.
     fn snat(&self, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason>;
+    /// One hop: the TTL goes down by one (it is above 1).
+    fn ttl_down(&self, p: &Packet) -> Result<(), DropReason>;
     /// Counts `reason` and answers with the ICMP error `icmp`.
     fn answer(
         &self,
@@ -127,6 +129,10 @@ fn to_service<E: Edge, T: CtMaps>(
     // externalTrafficPolicy: Local: this node's endpoints, in the local
     // scope. kube-proxy drops when there are endpoints but none here, and
     // rejects when there are none at all.
+    // This node is a hop on the way to any backend, here or not.
+    if p.ttl <= 1 {
+        return ttl_exceeded(ctx, p);
+    }
     let local_policy = all.flags & SVC_FLAG_EXT_LOCAL != 0;
     let svc = if local_policy {
         match lb::local_scope(key) {
@@ -194,6 +200,7 @@ fn to_service<E: Edge, T: CtMaps>(
     if route.too_big() {
         return too_big(ctx, p, route.mtu);
     }
+    hop(ctx, p, &route)?;
     ctx.dnat(p, to.addr, to.port)?;
     ctx.snat(p, snat.addr, snat.port)?;
     Ok(ctx.forward(&route))
@@ -202,6 +209,9 @@ fn to_service<E: Edge, T: CtMaps>(
 /// A packet from a backend, of a flow translated on this node.
 #[inline(always)]
 fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtEntry) -> Result<E::Verdict, DropReason> {
+    if p.ttl <= 1 {
+        return ttl_exceeded(ctx, p);
+    }
     stats::traffic(reply.service_id, reply.backend_id, p.len, false);
     stats::event(Event::Reply);
     if reply.flags & CT_F_SNAT == 0 {
@@ -221,9 +231,30 @@ fn from_backend<E: Edge>(ctx: &E, p: &Packet, reply: &CtEntry) -> Result<E::Verd
     if route.too_big() {
         return too_big(ctx, p, route.mtu);
     }
+    hop(ctx, p, &route)?;
     ctx.snat(p, reply.nat_addr_be, reply.nat_port_be)?;
     ctx.dnat(p, reply.snat_addr_be, reply.snat_port_be)?;
     Ok(ctx.forward(&route))
+}
+
+/// One hop for a packet that BPF sends on along `route` itself, as the
+/// stack's forwarding would count it (a packet the stack gets is counted
+/// there).
+#[inline(always)]
+fn hop<E: Edge>(ctx: &E, p: &Packet, route: &fib::Route) -> Result<(), DropReason> {
+    if matches!(route.hop, fib::Hop::Forward | fib::Hop::NoNeigh) {
+        ctx.ttl_down(p)?;
+    }
+    Ok(())
+}
+
+/// A packet whose TTL runs out here: its sender gets ICMP time-exceeded
+/// from this node's address on the interface it came in on (the hop a
+/// traceroute should see), about the packet as it was sent.
+#[inline(always)]
+fn ttl_exceeded<E: Edge>(ctx: &E, p: &Packet) -> Result<E::Verdict, DropReason> {
+    let here = maps::ext_if(ctx.ingress()).map_or(p.daddr, |e| e.addr_be);
+    ctx.answer(p, DropReason::TtlExceeded, Icmp::time_exceeded(here))
 }
 
 /// An ICMP error from outside about a flow translated here (`icmp.rs`):
@@ -253,9 +284,15 @@ fn icmp_error<E: Edge>(ctx: &E, p: &Packet) -> Result<E::Verdict, DropReason> {
         t.outer_dst,
         ctx.route_len(p),
     );
+    let forward = route.external().is_some();
+    if forward && p.ttl <= 1 {
+        // No error about an error (RFC 1812).
+        return Err(DropReason::TtlExceeded);
+    }
     icmp::rewrite(ctx, p, &q, &t)?;
     stats::event(Event::IcmpError);
-    if route.external().is_some() {
+    if forward {
+        hop(ctx, p, &route)?;
         return Ok(ctx.forward(&route));
     }
     Ok(E::PASS)

@@ -210,6 +210,14 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             let icmp = reject::Icmp::frag_needed(route.mtu, reply.nat_addr_be);
             return reject::answer(ctx, &p, DropReason::FragNeeded, icmp);
         }
+        // Sent on by BPF rather than forwarded by the stack: one hop.
+        if matches!(route.hop, fib::Hop::Forward | fib::Hop::NoNeigh) {
+            if p.ttl <= 1 {
+                let icmp = reject::Icmp::time_exceeded(reply.nat_addr_be);
+                return reject::answer(ctx, &p, DropReason::TtlExceeded, icmp);
+            }
+            nat::ttl_down(ctx, &p)?;
+        }
         nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
         stats::traffic(reply.service_id, reply.backend_id, p.len, false);
         stats::event(Event::Reply);

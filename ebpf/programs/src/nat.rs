@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sluice_abi::stats::DropReason;
 
-use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet};
+use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet};
 
 /// DNAT: the destination becomes `addr:port`.
 #[inline(always)]
@@ -27,6 +27,18 @@ pub fn rewrite_dst(
         p.dport,
         port,
     )
+}
+
+/// One hop, for a packet BPF forwards itself: its TTL goes down by one
+/// (the caller made sure it is above 1).
+#[inline(always)]
+pub fn ttl_down(ctx: &TcContext, p: &Packet) -> Result<(), DropReason> {
+    let ttl = p.ttl.saturating_sub(1);
+    let old = u64::from(u16::from_ne_bytes([p.ttl, p.proto]));
+    let new = u64::from(u16::from_ne_bytes([ttl, p.proto]));
+    ctx.l3_csum_replace(IP_CHECK_OFF, old, new, 2)
+        .and_then(|()| ctx.store(IP_TTL_OFF, &ttl, 0))
+        .map_err(|_| DropReason::Rewrite)
 }
 
 /// Reverse NAT of a reply: the source becomes `addr:port`.

@@ -14,6 +14,8 @@ pub const IP_OFF: usize = EthHdr::LEN;
 pub const IP_CHECK_OFF: usize = IP_OFF + 10;
 pub const IP_SADDR_OFF: usize = IP_OFF + 12;
 pub const IP_DADDR_OFF: usize = IP_OFF + 16;
+/// Offset of the TTL and protocol, one 16-bit word of the header.
+pub const IP_TTL_OFF: usize = IP_OFF + 8;
 
 /// ICMP error types (RFC 792) whose message quotes the packet it is about.
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -40,6 +42,8 @@ pub struct Packet {
     /// Don't Fragment: a packet too big for its route is answered with
     /// ICMP fragmentation-needed rather than fragmented.
     pub df: bool,
+    /// The IPv4 time to live.
+    pub ttl: u8,
 }
 
 impl Packet {
@@ -178,7 +182,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         return Ok(Parsed::NotOurs);
     }
     let ip = header::<Ipv4Hdr>(ctx, IP_OFF).ok_or(DropReason::MalformedIp)?;
-    let (vihl, l4proto, frags, saddr, daddr, tot_len) = unsafe {
+    let (vihl, l4proto, frags, saddr, daddr, tot_len, ttl) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
@@ -186,6 +190,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
             (*ip).src_addr,
             (*ip).dst_addr,
             (*ip).tot_len,
+            (*ip).ttl,
         )
     };
     if vihl >> 4 != 4 {
@@ -220,6 +225,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         len,
         tot_len: u16::from_be_bytes(tot_len),
         df: u16::from_be_bytes(frags) & 0x4000 != 0,
+        ttl,
     };
     if icmp {
         let Some(h) = header::<[u8; 8]>(ctx, l4_off) else {

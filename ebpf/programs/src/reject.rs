@@ -20,7 +20,7 @@ use sluice_abi::{
 
 use crate::{
     TC_ACT_REDIRECT,
-    parse::{ICMP_DEST_UNREACH, IP_OFF, Packet},
+    parse::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IP_OFF, Packet},
     stats,
 };
 
@@ -32,6 +32,7 @@ pub const ICMP_FRAG_NEEDED: u8 = 4;
 /// The ICMP error to answer a packet with.
 #[derive(Clone, Copy)]
 pub struct Icmp {
+    pub kind: u8,
     pub code: u8,
     /// The header's last four bytes (the next-hop MTU, for frag-needed).
     pub rest: [u8; 4],
@@ -44,6 +45,7 @@ impl Icmp {
     #[inline(always)]
     pub const fn port_unreachable(p: &Packet) -> Self {
         Self {
+            kind: ICMP_DEST_UNREACH,
             code: ICMP_PORT_UNREACH,
             rest: [0; 4],
             from: p.daddr,
@@ -55,8 +57,21 @@ impl Icmp {
     pub const fn frag_needed(mtu: u16, from: [u8; 4]) -> Self {
         let [hi, lo] = mtu.to_be_bytes();
         Self {
+            kind: ICMP_DEST_UNREACH,
             code: ICMP_FRAG_NEEDED,
             rest: [0, 0, hi, lo],
+            from,
+        }
+    }
+
+    /// "Time to live exceeded in transit", from `from` (the hop that
+    /// would have forwarded it).
+    #[inline(always)]
+    pub const fn time_exceeded(from: [u8; 4]) -> Self {
+        Self {
+            kind: ICMP_TIME_EXCEEDED,
+            code: 0,
+            rest: [0; 4],
             from,
         }
     }
@@ -146,7 +161,7 @@ pub fn message(p: &Packet, icmp: &Icmp) -> Option<(&'static mut IcmpError, usize
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let msg = unsafe { &mut *crate::maps::icmp_scratch()? };
     *msg = IcmpError {
-        kind: ICMP_DEST_UNREACH,
+        kind: icmp.kind,
         code: icmp.code,
         check: [0; 2],
         unused: icmp.rest,

@@ -73,6 +73,11 @@ impl Edge for XdpContext {
     }
 
     #[inline(always)]
+    fn ttl_down(&self, _p: &Packet) -> Result<(), DropReason> {
+        rewrite::ttl_down(self)
+    }
+
+    #[inline(always)]
     fn answer(&self, p: &Packet, reason: DropReason, icmp: Icmp) -> Result<u32, DropReason> {
         reject::answer(self, p, reason, icmp)
     }

@@ -774,3 +774,53 @@ fn xdp_a_routers_frag_needed_about_a_local_backends_reply_reaches_the_backend() 
     assert_eq!(h.run(&forged).0, XDP_DROP);
     assert_eq!(h.drops(DropReason::ForgedSource), 1);
 }
+
+#[test]
+fn xdp_forwarding_takes_one_hop_off_the_ttl_and_a_packet_at_its_last_hop_gets_time_exceeded() {
+    if !require_privileges(
+        "xdp_forwarding_takes_one_hop_off_the_ttl_and_a_packet_at_its_last_hop_gets_time_exceeded",
+    ) {
+        return;
+    }
+    let h = Harness::new("ttl");
+    // Sent on by XDP to the other node: one hop less, checksum right.
+    let (verdict, out) = h.run(&build(&Spec {
+        ttl: 5,
+        ..from_client(40070, (NODE, REMOTE_NP))
+    }));
+    assert_eq!(verdict, XDP_TX);
+    let snated = parse_checked(&out);
+    assert_eq!(out[14 + 8], 4, "the TTL");
+    // Its reply, sent on to the client by XDP, too.
+    let (verdict, back) = h.run(&build(&Spec {
+        src: snated.dst,
+        dst: snated.src,
+        tcp_flags: SYN | ACK,
+        ttl: 9,
+        ..Spec::default()
+    }));
+    assert_eq!(verdict, XDP_TX);
+    parse_checked(&back);
+    assert_eq!(back[14 + 8], 8);
+
+    // The last hop: to a backend elsewhere or here, the sender is told,
+    // from this node's address, about the packet as it sent it.
+    for (sport, port) in [(40071, REMOTE_NP), (40072, LOCAL_NP)] {
+        let probe = build(&Spec {
+            ttl: 1,
+            ..from_client(sport, (NODE, port))
+        });
+        let (verdict, out) = h.run(&probe);
+        assert_eq!(verdict, XDP_TX, "answered");
+        let (kind, code, src, dst, quoted) = parse_icmp_error(&out);
+        assert_eq!((kind, code), (11, 0), "time exceeded in transit");
+        assert_eq!((src, dst), (NODE, CLIENT));
+        assert_eq!(quoted, probe[14..14 + 20 + 8]);
+    }
+    assert_eq!(h.drops(DropReason::TtlExceeded), 2);
+    assert_eq!(
+        h.events(Event::NewFlow),
+        1,
+        "an expired probe starts no flow"
+    );
+}

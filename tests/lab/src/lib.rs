@@ -22,6 +22,7 @@ pub mod frame;
 pub mod lab;
 pub mod manifest;
 mod netns;
+pub mod probe;
 pub mod process;
 mod responder;
 mod xdp_pass;

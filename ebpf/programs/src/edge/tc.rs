@@ -44,6 +44,11 @@ impl Edge for TcContext {
     }
 
     #[inline(always)]
+    fn ttl_down(&self, p: &Packet) -> Result<(), DropReason> {
+        nat::ttl_down(self, p)
+    }
+
+    #[inline(always)]
     fn answer(&self, p: &Packet, reason: DropReason, icmp: Icmp) -> Result<i32, DropReason> {
         reject::answer(self, p, reason, icmp)
     }

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -63,7 +63,14 @@ fn build(ctx: &XdpContext, p: &Packet, icmp: &Icmp) -> Option<()> {
     let frame_len = EthHdr::LEN + usize::from(tot_len);
     #[expect(clippy::cast_possible_wrap, reason = "frames are far below 2 GiB")]
     let delta = frame_len as i32 - p.len as i32;
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(xdp, delta) } != 0 {
+    // Every byte is written below, so the frame may grow at either end: at
+    // the tail where there is room, else at the head (a driver keeps
+    // XDP_PACKET_HEADROOM there; a small skb under generic XDP or on a
+    // veth may have no tailroom at all).
+    if delta != 0
+        && unsafe { bpf_xdp_adjust_tail(xdp, delta) } != 0
+        && (delta < 0 || unsafe { bpf_xdp_adjust_head(xdp, -delta) } != 0)
+    {
         return None;
     }
     let store = |at: usize, from: *const u8, len: usize| unsafe {

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
 use sluice_abi::{csum, stats::DropReason};
 
-use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, Packet, ptr_at_mut};
+use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet, ptr_at_mut};
 
 /// DNAT: the destination becomes `addr:port`.
 #[inline(always)]
@@ -17,6 +17,25 @@ pub fn dst(ctx: &XdpContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result
 #[inline(always)]
 pub fn src(ctx: &XdpContext, p: &Packet, addr: [u8; 4], port: [u8; 2]) -> Result<(), DropReason> {
     rewrite(ctx, p, IP_SADDR_OFF, p.l4_off, addr, port)
+}
+
+/// One hop: the TTL goes down by one (the caller made sure it is above 1).
+#[inline(always)]
+pub fn ttl_down(ctx: &XdpContext) -> Result<(), DropReason> {
+    let check = ptr_at_mut::<[u8; 2]>(ctx, IP_CHECK_OFF).ok_or(DropReason::Rewrite)?;
+    let word = ptr_at_mut::<[u8; 2]>(ctx, IP_TTL_OFF).ok_or(DropReason::Rewrite)?;
+    unsafe {
+        let [ttl, proto] = *word;
+        let new = [ttl.saturating_sub(1), proto];
+        let c = csum::replace16(
+            u16::from_be_bytes(*check),
+            u16::from_be_bytes(*word),
+            u16::from_be_bytes(new),
+        );
+        *check = c.to_be_bytes();
+        *word = new;
+    }
+    Ok(())
 }
 
 /// The Ethernet addresses of a forwarded frame.

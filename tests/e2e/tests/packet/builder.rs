@@ -32,6 +32,8 @@ pub struct Spec {
     pub truncate: Option<usize>,
     /// Override the IHL nibble (for malformed headers).
     pub ihl: Option<u8>,
+    /// The IPv4 time to live.
+    pub ttl: u8,
 }
 
 impl Default for Spec {
@@ -47,6 +49,7 @@ impl Default for Spec {
             frag: 0,
             truncate: None,
             ihl: None,
+            ttl: 64,
         }
     }
 }
@@ -105,6 +108,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     let header = IpHeader {
         ihl: spec.ihl.unwrap_or(ihl),
         frag: spec.frag,
+        ttl: spec.ttl,
         proto: spec.proto,
         src: spec.src.0,
         dst: spec.dst.0,
@@ -119,6 +123,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
 struct IpHeader {
     ihl: u8,
     frag: u16,
+    ttl: u8,
     proto: u8,
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -131,7 +136,7 @@ fn frame(h: &IpHeader, options: &[u8], l4: &[u8]) -> Vec<u8> {
     ip.extend_from_slice(&tot.to_be_bytes());
     ip.extend_from_slice(&0x1234u16.to_be_bytes());
     ip.extend_from_slice(&h.frag.to_be_bytes());
-    ip.extend_from_slice(&[64, h.proto, 0, 0]);
+    ip.extend_from_slice(&[h.ttl, h.proto, 0, 0]);
     ip.extend_from_slice(&h.src.octets());
     ip.extend_from_slice(&h.dst.octets());
     ip.extend_from_slice(options);
@@ -167,6 +172,7 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
         &IpHeader {
             ihl: 5,
             frag: 0,
+            ttl: 64,
             proto: ICMP,
             src,
             dst,
@@ -271,6 +277,7 @@ pub fn icmp_error(
         &IpHeader {
             ihl: 5,
             frag: 0,
+            ttl: 64,
             proto: ICMP,
             src,
             dst,
