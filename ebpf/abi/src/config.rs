@@ -14,6 +14,11 @@ pub const XDP_HANDOFF: u32 = 0x534c_4345;
 /// it, and ClusterIPs on ports no Service has, are rejected (kube-proxy's
 /// nftables mode).
 pub const CFG_SERVICE_CIDR: u32 = 1;
+/// The source a pod's packets get when a Service sends them back to the
+/// pod itself (hairpin): link-local, never any pod's or node's, so the
+/// pod's answers leave it and come back through TC, as with Cilium's
+/// `IPV4_LOOPBACK` (kube-proxy masquerades to the node's address).
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 /// `DataplaneConfig::flags`: `local_ip_be` is the node-local DNS address,
 /// served by the agent itself: never NATed nor rejected, even when a
 /// Service has it as ClusterIP (as NodeLocal DNSCache binds kube-dns's).

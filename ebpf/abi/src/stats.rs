@@ -161,5 +161,9 @@ counter_enum! {
         /// needed, time exceeded) was translated back: its destination and
         /// the packet it quotes.
         IcmpError = 20 => "icmp_error",
+        /// A pod reached itself through a Service (hairpin): its source
+        /// became `HAIRPIN_ADDR` and the packet went straight back in; or
+        /// its answer went back to it.
+        Hairpin = 21 => "hairpin",
     }
 }

@@ -308,16 +308,17 @@ fn backend_live(b: &Binding) -> bool {
 /// conntrack behind kube-proxy's 5-second DNS timeouts does not happen
 /// here.
 ///
-/// With `snat` (a node address), the flow's source becomes that address and
-/// a port of the SNAT range free for this backend. The port is taken by
-/// creating the reply entry.
+/// With `snat` (a node address, or the hairpin address), the flow's source
+/// becomes that address and a port of `config`'s SNAT range free for this
+/// backend. The port is taken by creating the reply entry.
 #[inline(always)]
 pub fn create<T: CtMaps>(
     p: &Packet,
     to: &Binding,
     service_id: u32,
     now: u64,
-    snat: Option<([u8; 4], &DataplaneConfig)>,
+    snat: Option<[u8; 4]>,
+    config: &DataplaneConfig,
 ) -> Result<Binding, DropReason> {
     // Only a bare SYN (`tcp_may_start`) or a datagram gets here: the flow
     // is new, nothing seen yet.
@@ -350,7 +351,7 @@ pub fn create<T: CtMaps>(
             }
             k
         }
-        Some((addr, config)) => {
+        Some(addr) => {
             reply.flags |= CT_F_SNAT;
             reply.snat_addr_be = p.saddr;
             reply.snat_port_be = p.sport;

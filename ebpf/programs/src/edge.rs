@@ -177,10 +177,10 @@ fn to_service<E: Edge, T: CtMaps>(
         // so that its replies come back through here. Never under the
         // Local policy, which keeps the client's address.
         let snat = match route.external() {
-            Some(ext) if !local_policy => Some((ext.addr_be, config)),
+            Some(ext) if !local_policy => Some(ext.addr_be),
             _ => None,
         };
-        let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat)?;
+        let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat, config)?;
         stats::event(Event::NewFlow);
         (to, true, route)
     };

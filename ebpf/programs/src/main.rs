@@ -29,7 +29,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use sluice_abi::{
-    config::{CFG_SERVICE_CIDR, DataplaneConfig, XDP_HANDOFF},
+    config::{CFG_SERVICE_CIDR, DataplaneConfig, HAIRPIN_ADDR, XDP_HANDOFF},
+    conntrack::{CT_F_SNAT, CtEntry},
     service::{SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
     stats::{DropReason, Event},
 };
@@ -194,37 +195,7 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             .or_else(|| conntrack::lookup_reply::<NsOther>(&p, now))
     };
     if let Some(reply) = reply {
-        // A NodePort's reply comes from a node address: sent on from here
-        // (the stack would take it for a martian), along a route looked
-        // up before the rewrite.
-        let route = if maps::is_node_addr(reply.nat_addr_be) {
-            fib::route(ctx, &p, reply.nat_addr_be, p.daddr)
-        } else {
-            fib::Route::LOCAL
-        };
-        if route.too_big() {
-            // Told to the backend, about the packet it sent.
-            if !p.df {
-                return Err(DropReason::FragNeeded);
-            }
-            let icmp = reject::Icmp::frag_needed(route.mtu, reply.nat_addr_be);
-            return reject::answer(ctx, &p, DropReason::FragNeeded, icmp);
-        }
-        // Sent on by BPF rather than forwarded by the stack: one hop.
-        if matches!(route.hop, fib::Hop::Forward | fib::Hop::NoNeigh) {
-            if p.ttl <= 1 {
-                let icmp = reject::Icmp::time_exceeded(reply.nat_addr_be);
-                return reject::answer(ctx, &p, DropReason::TtlExceeded, icmp);
-            }
-            nat::ttl_down(ctx, &p)?;
-        }
-        nat::rewrite_src(ctx, &p, reply.nat_addr_be, reply.nat_port_be)?;
-        stats::traffic(reply.service_id, reply.backend_id, p.len, false);
-        stats::event(Event::Reply);
-        if let Some(action) = fib::redirect(&route) {
-            return Ok(action);
-        }
-        return Ok(TC_ACT_OK);
+        return from_backend(ctx, &p, &reply);
     }
     // kube-proxy nftables mode: with a service CIDR known, traffic to an
     // unallocated address in it, or to a ClusterIP on a port no Service has,
@@ -238,6 +209,48 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     Ok(pass())
+}
+
+/// A packet from a backend of a flow translated on this node (`reply`,
+/// its reply-direction entry), reverse-NATed.
+#[inline(always)]
+fn from_backend(ctx: &TcContext, p: &Packet, reply: &CtEntry) -> Result<i32, DropReason> {
+    if reply.flags & CT_F_SNAT != 0 {
+        // A hairpin flow's answer: back into the pod that is both ends.
+        nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
+        nat::rewrite_dst(ctx, p, reply.snat_addr_be, reply.snat_port_be)?;
+        stats::traffic(reply.service_id, reply.backend_id, p.len, false);
+        stats::event(Event::Reply);
+        return hairpin(ctx);
+    }
+    // A NodePort's reply comes from a node address: sent on from here
+    // (the stack would take it for a martian), along a route looked up
+    // before the rewrite.
+    let route = if maps::is_node_addr(reply.nat_addr_be) {
+        fib::route(ctx, p, reply.nat_addr_be, p.daddr)
+    } else {
+        fib::Route::LOCAL
+    };
+    if route.too_big() {
+        // Told to the backend, about the packet it sent.
+        if !p.df {
+            return Err(DropReason::FragNeeded);
+        }
+        let icmp = reject::Icmp::frag_needed(route.mtu, reply.nat_addr_be);
+        return reject::answer(ctx, p, DropReason::FragNeeded, icmp);
+    }
+    // Sent on by BPF rather than forwarded by the stack: one hop.
+    if matches!(route.hop, fib::Hop::Forward | fib::Hop::NoNeigh) {
+        if p.ttl <= 1 {
+            let icmp = reject::Icmp::time_exceeded(reply.nat_addr_be);
+            return reject::answer(ctx, p, DropReason::TtlExceeded, icmp);
+        }
+        nat::ttl_down(ctx, p)?;
+    }
+    nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
+    stats::traffic(reply.service_id, reply.backend_id, p.len, false);
+    stats::event(Event::Reply);
+    Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
 }
 
 /// An ICMP error from a pod: about a flow it is the backend of (its
@@ -297,14 +310,40 @@ fn to_service<T: CtMaps>(
             }
             let client = u64::from(u32::from_be_bytes(p.saddr));
             let choice = Binding::from(lb::with_affinity(svc, client, now, lb::Pick::Random)?);
-            let to = conntrack::create::<T>(p, &choice, svc.id, now, None)?;
+            // To itself (hairpin): from the hairpin address, so that its
+            // answer leaves it and comes back here to be translated.
+            let snat = (choice.addr == p.saddr).then_some(HAIRPIN_ADDR);
+            let to = conntrack::create::<T>(p, &choice, svc.id, now, snat, config)?;
             stats::event(Event::NewFlow);
             (to, true)
         }
     };
     nat::rewrite_dst(ctx, p, to.addr, to.port)?;
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);
+    if let Some(snat) = to.snat {
+        nat::rewrite_src(ctx, p, snat.addr, snat.port)?;
+        return hairpin(ctx);
+    }
     Ok(TC_ACT_OK)
+}
+
+/// Sends a hairpin packet back into the pod it came from (the egress of
+/// the interface it arrived on): the stack would route it there too, but
+/// a strict reverse-path check would drop its link-local source first.
+#[inline(always)]
+fn hairpin(ctx: &TcContext) -> Result<i32, DropReason> {
+    // Addressed to the pod's own MAC now, from the host's side.
+    let eth: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Rewrite)?;
+    let [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5] = eth;
+    let swapped = [s0, s1, s2, s3, s4, s5, d0, d1, d2, d3, d4, d5];
+    ctx.store(0, &swapped, 0).map_err(|_| DropReason::Rewrite)?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let action = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
+    if action != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::Rewrite);
+    }
+    stats::event(Event::Hairpin);
+    Ok(TC_ACT_REDIRECT)
 }
 
 #[inline(always)]

@@ -8,8 +8,8 @@
 mod builder;
 #[path = "packet/conntrack.rs"]
 mod conntrack;
-#[path = "packet/icmp.rs"]
-mod icmp;
+#[path = "packet/rewrites.rs"]
+mod rewrites;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 

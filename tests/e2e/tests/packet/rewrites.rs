@@ -1,17 +1,18 @@
-//! Packet tests of ICMP errors about translated flows, from a pod: the
-//! error's destination and the packet it quotes are translated back, and
-//! every checksum (the error's IPv4 header, the ICMP checksum over the
-//! quote, the quoted IPv4 header and TCP or UDP checksum) is recomputed
-//! independently in `builder`.
+//! Packet tests of the rewrites beyond DNAT: ICMP errors about translated
+//! flows, from a pod (the error's destination and the packet it quotes
+//! are translated back, and every checksum, the error's IPv4 header, the
+//! ICMP checksum over the quote, the quoted IPv4 header and TCP or UDP
+//! checksum, is recomputed independently in `builder`); and hairpin SNAT.
 
 use std::net::Ipv4Addr;
 
-use sluice_abi::{config::DataplaneConfig, stats::Event};
+use sluice_abi::{config::DataplaneConfig, proto, service::ServiceKey, stats::Event};
 
 use super::{
-    CLIENT, Harness, TC_ACT_OK, VIP,
+    CLIENT, Harness, TC_ACT_OK, TC_ACT_REDIRECT, VIP,
     builder::{
-        ICMP, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked, parse_icmp_error, parse_quoted,
+        CLIENT_MAC, HOST_MAC, ICMP, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked,
+        parse_icmp_error, parse_quoted,
     },
     privileged,
 };
@@ -154,4 +155,61 @@ fn an_icmp_error_about_no_tracked_flow_passes_untouched() {
     assert_eq!(out, error, "untouched");
     assert_eq!(out[14 + 9], ICMP);
     assert_eq!(h.events(Event::IcmpError), 0);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_a_service_is_snated_to_the_hairpin_address_and_sent_back_in() {
+    if !privileged(
+        "a_pod_reaching_itself_through_a_service_is_snated_to_the_hairpin_address_and_sent_back_in",
+    ) {
+        return;
+    }
+    const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+    let mut h = Harness::load_sized(
+        DataplaneConfig::default(),
+        sluice_abi::maps::DEFAULT_CONNTRACK_SIZE,
+    );
+    h.set(&[
+        (ServiceKey::new(VIP, 80, proto::TCP), vec![(CLIENT, 8080)]),
+        (ServiceKey::new(VIP, 53, proto::UDP), vec![(CLIENT, 5353)]),
+    ]);
+    for (proto, sport, port) in [(TCP, 40200, 8080), (UDP, 40201, 5353)] {
+        let to = if proto == TCP { 80 } else { 53 };
+        let spec = Spec {
+            src: (CLIENT, sport),
+            dst: (VIP, to),
+            proto,
+            payload: if proto == UDP {
+                b"q".to_vec()
+            } else {
+                Vec::new()
+            },
+            ..Spec::default()
+        };
+        let (verdict, out) = h.run(&build(&spec));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "straight back into the pod");
+        let seen = parse_checked(&out);
+        assert_eq!(seen.dst, (CLIENT, port), "to itself");
+        assert_eq!(seen.src.0, HAIRPIN, "from the hairpin address");
+        assert!(
+            (61_000..=65_535).contains(&seen.src.1),
+            "a port of the SNAT range: {seen:?}"
+        );
+        assert_eq!(
+            (seen.eth_dst, seen.eth_src),
+            (CLIENT_MAC, HOST_MAC),
+            "to the pod's own MAC"
+        );
+        // Its answer comes back out and goes back in, from the Service.
+        let (verdict, back) = h.run(&build(&Spec {
+            src: seen.dst,
+            dst: seen.src,
+            tcp_flags: SYN | 0x10,
+            ..spec.clone()
+        }));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let back = parse_checked(&back);
+        assert_eq!((back.src, back.dst), ((VIP, to), (CLIENT, sport)));
+    }
+    assert_eq!(h.events(Event::Hairpin), 4);
 }
