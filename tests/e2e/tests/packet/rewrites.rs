@@ -24,6 +24,8 @@ const PORT_UNREACH: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
 /// Fragmentation needed, next-hop MTU 1280.
 const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x00]);
 const TTL_EXCEEDED: (u8, u8, [u8; 4]) = (11, 0, [0; 4]);
+/// The source of a pod's packets to itself through a Service.
+const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 
 fn udp_query(sport: u16) -> Spec {
     Spec {
@@ -164,7 +166,6 @@ fn a_pod_reaching_itself_through_a_service_is_snated_to_the_hairpin_address_and_
     ) {
         return;
     }
-    const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
     let mut h = Harness::load_sized(
         DataplaneConfig::default(),
         sluice_abi::maps::DEFAULT_CONNTRACK_SIZE,
