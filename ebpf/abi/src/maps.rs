@@ -113,6 +113,9 @@ pub const DEFAULT_CONNTRACK_SIZE: u32 = 262_144;
 /// Reverse translations of sockets: one per socket and backend it was
 /// pointed at (an unconnected UDP socket may talk to several).
 pub const SOCK_REV_SIZE: u32 = 262_144;
+/// Fragmented datagrams in flight whose later fragments can be matched
+/// (Cilium's default for its fragment map).
+pub const FRAG_SIZE: u32 = 8192;
 /// Clients remembered for `ClientIP` affinity, over all frontends.
 pub const AFFINITY_SIZE: u32 = 262_144;
 /// Source ranges over all frontends.

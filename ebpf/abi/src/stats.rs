@@ -63,7 +63,9 @@ counter_enum! {
         MalformedIp = 0 => "malformed_ip",
         /// TCP or UDP header truncated.
         MalformedL4 = 1 => "malformed_l4",
-        /// A fragment addressed to a ClusterIP: ports are not in every fragment.
+        /// A later fragment addressed to a ClusterIP whose first fragment
+        /// was not seen (ports are only in the first; lost, or out of
+        /// order), or a first fragment that could not be remembered.
         Fragment = 2 => "fragment",
         /// Rejected: the Service has no usable endpoint (a packet, or a
         /// `connect()` or send refused with ECONNREFUSED by socket LB).
@@ -165,5 +167,8 @@ counter_enum! {
         /// became `HAIRPIN_ADDR` and the packet went straight back in; or
         /// its answer went back to it.
         Hairpin = 21 => "hairpin",
+        /// A later fragment of a datagram was translated with the ports
+        /// of its first fragment.
+        FragmentFollowed = 22 => "fragment_followed",
     }
 }

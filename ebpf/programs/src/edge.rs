@@ -147,6 +147,10 @@ fn to_service<E: Edge, T: CtMaps>(
     };
     let now = conntrack::now();
     let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
+    if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {
+        // A later fragment never starts a flow: its first did, or failed.
+        return Err(DropReason::Fragment);
+    }
     let (to, new_flow, route) = if let Tracked::Keep(bound) = tracked {
         stats::event(Event::Established);
         (bound, false, fib::Route::LOCAL)

@@ -292,6 +292,10 @@ fn to_service<T: CtMaps>(
 ) -> Result<i32, DropReason> {
     let now = conntrack::now();
     let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
+    if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {
+        // A later fragment never starts a flow: its first did, or failed.
+        return Err(DropReason::Fragment);
+    }
     let (to, new_flow) = match tracked {
         Tracked::Keep(bound) => {
             stats::event(Event::Established);

@@ -17,8 +17,9 @@ use sluice_abi::{
         CtTable, split_sizes,
     },
     maps::{
-        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_EXT_IFS, MAX_MAGLEV_CHUNKS,
-        MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE,
+        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, FRAG_SIZE, MAX_BACKENDS, MAX_EXT_IFS,
+        MAX_MAGLEV_CHUNKS, MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES,
+        SOCK_REV_SIZE,
     },
     service::{
         Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
@@ -145,6 +146,42 @@ static SLUICE_FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[inline(always)]
 pub fn fib_scratch() -> Option<*mut aya_ebpf::bindings::bpf_fib_lookup> {
     SLUICE_FIB.get_ptr_mut(0)
+}
+
+/// A fragmented datagram: its addresses, IP ID and protocol, as its
+/// fragments arrive (Cilium's `ipv4_frag_id`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The ports of fragmented datagrams, from their first fragments, for the
+/// fragments that follow (LRU: a datagram whose fragments never come
+/// leaves when newer ones need the room). Not pinned: a datagram in
+/// flight across a restart is lost, as on any reassembly timeout.
+#[map]
+static SLUICE_FRAG: LruHashMap<FragKey, [[u8; 2]; 2]> = LruHashMap::with_max_entries(FRAG_SIZE, 0);
+
+/// Remembers the ports of a datagram's first fragment.
+#[inline(always)]
+pub fn remember_fragment(key: &FragKey, ports: [[u8; 2]; 2]) {
+    if SLUICE_FRAG.insert(key, ports, 0).is_err() {
+        crate::stats::dropped(DropReason::Fragment);
+    }
+}
+
+/// The ports of a later fragment's datagram, if its first fragment was
+/// seen.
+#[inline(always)]
+pub fn fragment_ports(key: &FragKey) -> Option<[[u8; 2]; 2]> {
+    SLUICE_FRAG
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
 /// Per-CPU scratch for the ICMP error a reject builds (76 bytes).

@@ -80,6 +80,14 @@ fn rewrite(
         u64::from(u16::from_ne_bytes(old_port)),
         u64::from(u16::from_ne_bytes(new_port)),
     );
+    if !p.l4 {
+        // A later fragment: its first fragment's L4 checksum covered the
+        // change (and its ports are not here).
+        let r = ctx
+            .l3_csum_replace(IP_CHECK_OFF, oa, na, 4)
+            .and_then(|()| ctx.store(addr_off, &new_addr, 0));
+        return r.map_err(|_| DropReason::Rewrite);
+    }
     let r = ctx
         .l4_csum_replace(check, oa, na, udp | u64::from(BPF_F_PSEUDO_HDR) | 4)
         .and_then(|()| ctx.l4_csum_replace(check, op, np, udp | 2))

@@ -6,7 +6,15 @@ use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
-use sluice_abi::{proto, stats::DropReason};
+use sluice_abi::{
+    proto,
+    stats::{DropReason, Event},
+};
+
+use crate::{
+    maps::{self, FragKey},
+    stats,
+};
 
 /// Offset of the IPv4 header: pod-facing interfaces are Ethernet.
 pub const IP_OFF: usize = EthHdr::LEN;
@@ -44,6 +52,10 @@ pub struct Packet {
     pub df: bool,
     /// The IPv4 time to live.
     pub ttl: u8,
+    /// Whether the TCP or UDP header is in this packet: not in a later
+    /// fragment, whose ports are its first fragment's (the fragment map),
+    /// and whose rewrites touch the IPv4 header only.
+    pub l4: bool,
 }
 
 impl Packet {
@@ -66,7 +78,8 @@ impl Packet {
 pub enum Parsed {
     /// Not IPv4 TCP/UDP: pass it.
     NotOurs,
-    /// An IPv4 TCP/UDP fragment to `daddr`: ports may be absent.
+    /// A later IPv4 TCP/UDP fragment to `daddr` whose ports are not known
+    /// (its first fragment was not seen; or TCP, whose flags it lacks).
     Fragment {
         daddr: [u8; 4],
     },
@@ -182,7 +195,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         return Ok(Parsed::NotOurs);
     }
     let ip = header::<Ipv4Hdr>(ctx, IP_OFF).ok_or(DropReason::MalformedIp)?;
-    let (vihl, l4proto, frags, saddr, daddr, tot_len, ttl) = unsafe {
+    let (vihl, l4proto, frags, saddr, daddr, tot_len, ttl, id) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
@@ -191,6 +204,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
             (*ip).dst_addr,
             (*ip).tot_len,
             (*ip).ttl,
+            (*ip).id,
         )
     };
     if vihl >> 4 != 4 {
@@ -205,12 +219,18 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         return Ok(Parsed::NotOurs);
     }
     // More-fragments flag or a non-zero offset.
-    if u16::from_be_bytes(frags) & 0x3fff != 0 {
-        if icmp {
-            return Ok(Parsed::NotOurs);
-        }
-        return Ok(Parsed::Fragment { daddr });
+    let fragment = u16::from_be_bytes(frags) & 0x3fff != 0;
+    let later = u16::from_be_bytes(frags) & 0x1fff != 0;
+    if fragment && icmp {
+        return Ok(Parsed::NotOurs);
     }
+    let frag = FragKey {
+        saddr,
+        daddr,
+        id,
+        proto: l4proto,
+        _pad: 0,
+    };
     let l4_off = IP_OFF + ihl_bytes;
     let len = ctx.len();
     let mut packet = Packet {
@@ -226,7 +246,22 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         tot_len: u16::from_be_bytes(tot_len),
         df: u16::from_be_bytes(frags) & 0x4000 != 0,
         ttl,
+        l4: !later,
     };
+    if later {
+        // The ports are the first fragment's. A TCP segment's flags would
+        // be missing too: TCP is never fragmented in practice (DF).
+        if l4proto != proto::UDP {
+            return Ok(Parsed::Fragment { daddr });
+        }
+        let Some([sport, dport]) = maps::fragment_ports(&frag) else {
+            return Ok(Parsed::Fragment { daddr });
+        };
+        packet.sport = sport;
+        packet.dport = dport;
+        stats::event(Event::FragmentFollowed);
+        return Ok(Parsed::Packet(packet));
+    }
     if icmp {
         let Some(h) = header::<[u8; 8]>(ctx, l4_off) else {
             return Ok(Parsed::NotOurs);
@@ -252,5 +287,9 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
     packet.sport = sport;
     packet.dport = dport;
     packet.tcp_flags = tcp_flags;
+    if fragment {
+        // A first fragment: its datagram's later fragments follow it.
+        maps::remember_fragment(&frag, [sport, dport]);
+    }
     Ok(Parsed::Packet(packet))
 }

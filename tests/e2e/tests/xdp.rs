@@ -21,8 +21,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use builder::{
-    ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked,
-    parse_icmp_error, parse_quoted,
+    ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, fragments, icmp_error, parse_checked,
+    parse_icmp_error, parse_quoted, reassemble,
 };
 use sluice_abi::{
     config::DataplaneConfig,
@@ -571,10 +571,11 @@ fn xdp_traffic_that_is_not_for_an_external_frontend_passes_untouched() {
             build(&from_client(40053, (CLUSTER_IP, 80))),
         ),
         (
-            "a fragment to a NodePort",
+            "a later fragment to a NodePort, its first unseen",
             build(&Spec {
-                frag: 0x2000,
-                ..from_client(40054, (NODE, LOCAL_NP))
+                frag: 0x00b9,
+                proto: UDP,
+                ..from_client(40054, (NODE, REMOTE_NP))
             }),
         ),
         (
@@ -822,5 +823,55 @@ fn xdp_forwarding_takes_one_hop_off_the_ttl_and_a_packet_at_its_last_hop_gets_ti
         h.events(Event::NewFlow),
         1,
         "an expired probe starts no flow"
+    );
+}
+
+#[test]
+fn xdp_a_fragmented_datagram_follows_its_first_fragment_through_snat_both_ways() {
+    if !require_privileges(
+        "xdp_a_fragmented_datagram_follows_its_first_fragment_through_snat_both_ways",
+    ) {
+        return;
+    }
+    let h = Harness::new("frag");
+    let query = build(&Spec {
+        proto: UDP,
+        payload: (0..8000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect(),
+        ..from_client(40080, (NODE, REMOTE_NP))
+    });
+    let mut out = Vec::new();
+    for part in fragments(&query, 1480, 0x1234) {
+        let (verdict, written) = h.run(&part);
+        assert_eq!(verdict, XDP_TX, "every fragment sent on");
+        assert_eq!(
+            (&written[0..6], &written[6..12]),
+            (&OTHER_NODE_MAC[..], &HOST_MAC[..])
+        );
+        out.push(written);
+    }
+    let datagram = parse_checked(&reassemble(&out));
+    assert!(REMOTE_POD.contains(&datagram.dst.0) && datagram.dst.1 == 8080);
+    assert_eq!(datagram.src.0, NODE, "SNATed");
+    assert_eq!(h.events(Event::FragmentFollowed), 5);
+
+    let answer = build(&Spec {
+        src: datagram.dst,
+        dst: datagram.src,
+        proto: UDP,
+        payload: vec![9; 8000],
+        ..Spec::default()
+    });
+    let mut back = Vec::new();
+    for part in fragments(&answer, 1480, 0x4321) {
+        let (verdict, written) = h.run(&part);
+        assert_eq!(verdict, XDP_TX);
+        back.push(written);
+    }
+    let datagram = parse_checked(&reassemble(&back));
+    assert_eq!(
+        (datagram.src, datagram.dst),
+        ((NODE, REMOTE_NP), (CLIENT, 40080))
     );
 }

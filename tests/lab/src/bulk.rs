@@ -1,5 +1,6 @@
 //! Bulk transfers: a server in a pod and the client side, so that tests
-//! move megabytes each way and check that every byte arrived. A connection
+//! move megabytes each way and check that every byte arrived; and a UDP
+//! echo for datagrams larger than the MTU. A connection
 //! asks `GET <n>\n` (the server sends n bytes) or `PUT <n>\n` (the client
 //! sends n bytes, the server answers `OK <n>\n` once it has them all). The
 //! bytes follow a pattern (`i % 251`), so that a corrupted or misplaced
@@ -7,7 +8,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -171,5 +172,64 @@ pub fn upload(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<D
             "the server said {answer:?}"
         );
         Ok(t.elapsed())
+    })?
+}
+
+/// A UDP echo server in a pod: each datagram comes back as it came, for
+/// datagrams larger than the MTU (fragmented both ways); stopped on drop.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &Netns, port: u16) -> Result<Self> {
+        let sock = ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??;
+        // The stop flag is seen within this.
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends one datagram of `n` bytes of the pattern to `to` from a socket in
+/// `ns` connected to it, and checks that the same bytes come back from
+/// `to` within `limit`.
+pub fn udp_echo(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<()> {
+    ns.run(move || -> Result<()> {
+        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        s.connect(to)?;
+        s.set_read_timeout(Some(limit))?;
+        let mut out = vec![0u8; n];
+        fill(&mut out, 0);
+        s.send(&out)?;
+        let mut back = vec![0u8; n + 1];
+        let got = s
+            .recv(&mut back)
+            .with_context(|| format!("no echo of {n} bytes from {to}"))?;
+        ensure!(got == n, "{got} bytes came back of {n}");
+        ensure!(back[..n] == out[..], "the echo of {n} bytes differs");
+        Ok(())
     })?
 }

@@ -60,6 +60,16 @@ fn rewrite(
 ) -> Result<(), DropReason> {
     let ip_check = ptr_at_mut::<[u8; 2]>(ctx, IP_CHECK_OFF).ok_or(DropReason::Rewrite)?;
     let addr = ptr_at_mut::<[u8; 4]>(ctx, addr_off).ok_or(DropReason::Rewrite)?;
+    if !p.l4 {
+        // A later fragment: its first fragment's L4 checksum covered the
+        // change (and its ports are not here).
+        unsafe {
+            let (old, new) = (u32::from_be_bytes(*addr), u32::from_be_bytes(new_addr));
+            *ip_check = csum::replace32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
+            *addr = new_addr;
+        }
+        return Ok(());
+    }
     let port = ptr_at_mut::<[u8; 2]>(ctx, port_off).ok_or(DropReason::Rewrite)?;
     let l4_check = ptr_at_mut::<[u8; 2]>(ctx, p.l4_check_off()).ok_or(DropReason::Rewrite)?;
     unsafe {

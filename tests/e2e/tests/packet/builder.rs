@@ -294,3 +294,59 @@ pub fn parse_quoted(quoted: &[u8]) -> Seen {
     frame.extend_from_slice(quoted);
     parse_checked(&frame)
 }
+
+/// Splits a frame built here (IPv4 without options) into fragments of at
+/// most `chunk` bytes of payload each (a multiple of 8), all with IP ID
+/// `id` and right header checksums.
+pub fn fragments(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let header = &frame[14..34];
+    let payload = &frame[34..];
+    let mut out = Vec::new();
+    for (i, part) in payload.chunks(chunk).enumerate() {
+        let offset = i * chunk;
+        let more = offset + part.len() < payload.len();
+        let mut ip = header.to_vec();
+        let tot = u16::try_from(20 + part.len()).unwrap();
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        let bits = u16::try_from(offset / 8).unwrap() | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&bits.to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = !fold(sum(&ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut f = frame[..14].to_vec();
+        f.extend(ip);
+        f.extend_from_slice(part);
+        out.push(f);
+    }
+    out
+}
+
+/// The datagram of fragments the program wrote, in order: each one's IPv4
+/// header checksum is checked, and that all have the same addresses; the
+/// result is one unfragmented frame for `parse_checked`, whose L4
+/// checksum then covers the whole datagram.
+pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let first = &frames[0];
+    let mut payload = Vec::new();
+    for f in frames {
+        let ip = &f[14..34];
+        assert_eq!(fold(sum(ip)), 0xffff, "a fragment's IPv4 header checksum");
+        assert_eq!(ip[12..20], first[26..34], "a fragment's addresses");
+        let offset = usize::from(u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) * 8;
+        assert_eq!(offset, payload.len(), "fragments in order");
+        payload.extend_from_slice(&f[34..]);
+    }
+    let mut ip = first[14..34].to_vec();
+    let tot = u16::try_from(20 + payload.len()).unwrap();
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip[6..8].copy_from_slice(&[0, 0]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = first[..14].to_vec();
+    frame.extend(ip);
+    frame.extend(payload);
+    frame
+}

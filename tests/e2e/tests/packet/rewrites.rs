@@ -2,17 +2,23 @@
 //! flows, from a pod (the error's destination and the packet it quotes
 //! are translated back, and every checksum, the error's IPv4 header, the
 //! ICMP checksum over the quote, the quoted IPv4 header and TCP or UDP
-//! checksum, is recomputed independently in `builder`); and hairpin SNAT.
+//! checksum, is recomputed independently in `builder`); hairpin SNAT;
+//! and fragments, whose reassembled datagram's checksum is checked.
 
 use std::net::Ipv4Addr;
 
-use sluice_abi::{config::DataplaneConfig, proto, service::ServiceKey, stats::Event};
+use sluice_abi::{
+    config::DataplaneConfig,
+    proto,
+    service::ServiceKey,
+    stats::{DropReason, Event},
+};
 
 use super::{
-    CLIENT, Harness, TC_ACT_OK, TC_ACT_REDIRECT, VIP,
+    CLIENT, Harness, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP,
     builder::{
-        CLIENT_MAC, HOST_MAC, ICMP, SYN, Spec, TCP, UDP, build, icmp_error, parse_checked,
-        parse_icmp_error, parse_quoted,
+        CLIENT_MAC, HOST_MAC, ICMP, SYN, Spec, TCP, UDP, build, fragments, icmp_error,
+        parse_checked, parse_icmp_error, parse_quoted, reassemble,
     },
     privileged,
 };
@@ -213,4 +219,55 @@ fn a_pod_reaching_itself_through_a_service_is_snated_to_the_hairpin_address_and_
         assert_eq!((back.src, back.dst), ((VIP, to), (CLIENT, sport)));
     }
     assert_eq!(h.events(Event::Hairpin), 4);
+}
+
+#[test]
+fn a_fragmented_datagram_follows_its_first_fragment_both_ways() {
+    if !privileged("a_fragmented_datagram_follows_its_first_fragment_both_ways") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    let query = build(&Spec {
+        payload: (0..8000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect(),
+        ..udp_query(40300)
+    });
+    let parts = fragments(&query, 1480, 0x4242);
+    assert_eq!(parts.len(), 6);
+    // A later fragment before its first: its ports are unknown.
+    let (verdict, _) = h.run(&parts[1]);
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "to a ClusterIP, it cannot be translated"
+    );
+    assert_eq!(h.drops(DropReason::Fragment), 1);
+
+    let mut out = Vec::new();
+    for part in &parts {
+        let (verdict, written) = h.run(part);
+        assert_eq!(verdict, TC_ACT_OK);
+        out.push(written);
+    }
+    let datagram = parse_checked(&reassemble(&out));
+    let backend = datagram.dst;
+    assert_eq!(backend.1, 5353, "every fragment DNATed: {datagram:?}");
+    assert_eq!(datagram.src, (CLIENT, 40300));
+    assert_eq!(h.events(Event::FragmentFollowed), 5);
+
+    // The answer, as large, fragmented by the backend.
+    let answer = build(&Spec {
+        src: backend,
+        dst: (CLIENT, 40300),
+        payload: vec![7; 8000],
+        ..udp_query(0)
+    });
+    let mut back = Vec::new();
+    for part in fragments(&answer, 1480, 0x0101) {
+        let (verdict, written) = h.run(&part);
+        assert_eq!(verdict, TC_ACT_OK);
+        back.push(written);
+    }
+    let datagram = parse_checked(&reassemble(&back));
+    assert_eq!((datagram.src, datagram.dst), ((VIP, 53), (CLIENT, 40300)));
 }
