@@ -103,6 +103,11 @@ counter_enum! {
         /// time to live has run out: answered with ICMP time-exceeded, as
         /// a router does (an ICMP error itself is only dropped).
         TtlExceeded = 16 => "ttl_exceeded",
+        /// A packet on a pod's interface to be translated (to a frontend,
+        /// a backend's reply, an ICMP error) whose source is not routed
+        /// through that interface (strict reverse path): a pod that lies
+        /// about its address gets no Service translation.
+        SpoofedSource = 17 => "spoofed_source",
     }
 }
 

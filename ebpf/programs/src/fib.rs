@@ -159,6 +159,16 @@ pub fn route(ctx: &TcContext, p: &Packet, src: [u8; 4], dst: [u8; 4]) -> Route {
     lookup(ctx, ingress, p, src, dst, 0)
 }
 
+/// Strict reverse path (RFC 3704) for a packet arriving on a pod's
+/// interface: whether the route back to its source leaves through that
+/// same interface.
+#[inline(always)]
+pub fn source_routed_here(ctx: &TcContext, p: &Packet) -> bool {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let back = lookup(ctx, ifindex, p, p.daddr, p.saddr, 0);
+    back.hop != Hop::Local && back.ifindex == ifindex
+}
+
 /// Sends a packet whose source became one of the node's own addresses
 /// (the reply of a NodePort flow, or a flow XDP translated) along `route`
 /// (from `route`), straight to its next hop: the stack would drop it as a

@@ -215,6 +215,9 @@ fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 /// its reply-direction entry), reverse-NATed.
 #[inline(always)]
 fn from_backend(ctx: &TcContext, p: &Packet, reply: &CtEntry) -> Result<i32, DropReason> {
+    if !fib::source_routed_here(ctx, p) {
+        return Err(DropReason::SpoofedSource);
+    }
     if reply.flags & CT_F_SNAT != 0 {
         // A hairpin flow's answer: back into the pod that is both ends.
         nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
@@ -271,6 +274,9 @@ fn icmp_from_pod(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     let Some(t) = t else {
         return Ok(pass());
     };
+    if !fib::source_routed_here(ctx, p) {
+        return Err(DropReason::SpoofedSource);
+    }
     let route = if maps::is_node_addr(t.outer_src) {
         fib::route(ctx, p, t.outer_src, t.outer_dst)
     } else {
@@ -290,6 +296,9 @@ fn to_service<T: CtMaps>(
     svc: &ServiceValue,
     config: &DataplaneConfig,
 ) -> Result<i32, DropReason> {
+    if !fib::source_routed_here(ctx, p) {
+        return Err(DropReason::SpoofedSource);
+    }
     let now = conntrack::now();
     let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
     if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {

@@ -11,11 +11,11 @@ use std::{
 };
 
 use common::{
-    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, http, peer,
-    spread, web_lab, web_manifest, who,
+    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, drop_count,
+    event_count, http, peer, spread, web_lab, web_manifest, who,
 };
 use sluice_lab::{
-    AgentOptions, Lab,
+    AgentOptions, Lab, frame,
     lab::request_line,
     manifest::{self, Endpoint, Port},
     require_privileges,
@@ -392,4 +392,37 @@ fn a_renamed_interface_is_detached_when_it_leaves_the_list_and_attached_once_whe
             .unwrap()
     };
     assert_eq!(flows(&after), flows(&status) + 1);
+}
+
+#[test]
+fn a_pod_that_forges_another_pods_source_gets_no_service_translation() {
+    if !require_privileges("a_pod_that_forges_another_pods_source_gets_no_service_translation") {
+        return;
+    }
+    let mut lab = web_lab(3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let client = lab.pod("client");
+    let hop = frame::Hop::pod_to_node(client, lab.node()).unwrap();
+    let flows = event_count(&lab, "new_flow");
+    // b1's address, routed through b1's interface, not the client's.
+    let forged: Vec<Vec<u8>> = (0..1000u16)
+        .map(|i| frame::udp(hop, (backend_ip(1), 20_000 + i), (VIP, 53), 8, true))
+        .collect();
+    client
+        .ns
+        .spawn(move || frame::RawSocket::open("eth0")?.send_all(&forged))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The drops are counted as the frames arrive: wait for all of them.
+    let deadline = std::time::Instant::now() + T;
+    while drop_count(&lab, "spoofed_source") < 1000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(drop_count(&lab, "spoofed_source"), 1000);
+    assert_eq!(event_count(&lab, "new_flow"), flows, "no flow was created");
+    // The client's own traffic is translated as ever.
+    lab.pod("client").udp_request(dns(), T).unwrap();
 }

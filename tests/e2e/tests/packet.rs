@@ -32,7 +32,7 @@ use sluice_agent::{
     model::{Desired, DesiredFrontend},
     reconcile::{Current, reconcile},
 };
-use sluice_lab::{Bpffs, require_privileges};
+use sluice_lab::{Bpffs, Netns, require_privileges, unique_stem};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -53,6 +53,38 @@ struct Harness {
     current: Current,
     /// The pins' bpffs (unmounted on drop).
     fs: Bpffs,
+    pods: PodSide,
+}
+
+/// The node the program believes it runs in, for its route lookups: the
+/// frames arrive on `vpod`, a pod's interface, through which the pods'
+/// network (10.244.0.0/16) is routed.
+struct PodSide {
+    ns: Netns,
+    vpod: u32,
+}
+
+impl PodSide {
+    fn new() -> Self {
+        let ns = Netns::create(&format!("{}-tcpkt", unique_stem())).unwrap();
+        for args in [
+            &[
+                "link", "add", "vpod", "type", "veth", "peer", "name", "vpodp",
+            ][..],
+            &["link", "set", "vpod", "up"],
+            &["link", "set", "vpodp", "up"],
+            &["route", "add", "10.244.0.0/16", "dev", "vpod"],
+        ] {
+            ns.ip(args).unwrap();
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
+        let vpod = ns
+            .run(|| unsafe { libc::if_nametoindex(c"vpod".as_ptr()) })
+            .unwrap();
+        assert_ne!(vpod, 0);
+        Self { ns, vpod }
+    }
 }
 
 impl Harness {
@@ -79,6 +111,7 @@ impl Harness {
             maps,
             current: Current::default(),
             fs,
+            pods: PodSide::new(),
         }
     }
 
@@ -126,10 +159,16 @@ impl Harness {
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &SchedClassifier = self.ebpf.program("tc_ingress").unwrap().try_into().unwrap();
         let mut out = vec![0u8; 2048];
+        // struct __sk_buff, zero but for ifindex (offset 40): the frame
+        // arrives on the pod's interface.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&self.pods.vpod.to_ne_bytes());
+        let _inside = self.pods.ns.enter().unwrap();
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..TestRunOptions::default()
             })
             .unwrap();

@@ -36,7 +36,7 @@ pub use bpffs::Bpffs;
 pub use cgroup::{Cgroup, cgroup2_root};
 pub use cluster::{Cluster, EXT_IF, FarClient};
 pub use lab::{GATEWAY, Lab, Pod, mac_of};
-pub use netns::{Entered, Netns, enter_on_spawn, reap_stale};
+pub use netns::{Entered, Netns, enter_on_spawn, reap_stale, unique_stem};
 pub use responder::Responder;
 
 /// Whether this process may load BPF programs and create namespaces.

@@ -271,3 +271,29 @@ fn a_fragmented_datagram_follows_its_first_fragment_both_ways() {
     let datagram = parse_checked(&reassemble(&back));
     assert_eq!((datagram.src, datagram.dst), ((VIP, 53), (CLIENT, 40300)));
 }
+
+#[test]
+fn a_pod_that_lies_about_its_source_gets_no_translation() {
+    if !privileged("a_pod_that_lies_about_its_source_gets_no_translation") {
+        return;
+    }
+    let h = Harness::web(DataplaneConfig::default());
+    // Not routed through the pod's interface (the pods' network is).
+    let elsewhere = Ipv4Addr::new(10, 99, 0, 1);
+    let (verdict, _) = h.run(&build(&Spec {
+        src: (elsewhere, 40400),
+        ..Spec::default()
+    }));
+    assert_eq!(verdict, TC_ACT_SHOT, "to a frontend");
+    let (verdict, _) = h.run(&build(&Spec {
+        src: (elsewhere, 40401),
+        ..udp_query(0)
+    }));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::SpoofedSource), 2);
+    assert_eq!(h.events(Event::NewFlow), 0, "no flow for a forged source");
+    // The same from the pods' network is translated.
+    let (verdict, out) = h.run(&build(&udp_query(40402)));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&out).dst.1, 5353);
+}
