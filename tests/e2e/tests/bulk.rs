@@ -1,7 +1,8 @@
 //! Bulk transfers through every Service path, with TSO, GSO and GRO on
 //! for every pod's veth (and GSO and GRO on the segment, whose frames keep
 //! finished checksums, as from a NIC): 64 MiB each way through a ClusterIP
-//! from a pod, and from outside through a NodePort whose backend is on
+//! from a pod (TC, and socket LB for a process in the lab's cgroup), and
+//! from outside through a NodePort whose backend is on
 //! the node, one whose backend is on the other node, an
 //! `externalTrafficPolicy: Local` NodePort, an external IP and a load
 //! balancer IP, in each north-south mode (native XDP, generic XDP, TC).
@@ -13,6 +14,7 @@ mod common;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    process::Command,
     time::Duration,
 };
 
@@ -20,8 +22,10 @@ use common::*;
 use sluice_lab::{
     AgentOptions, Cluster,
     bulk::{self, BulkServer},
-    require_privileges,
+    enter_on_spawn, require_privileges,
 };
+
+const PROBE: &str = env!("CARGO_BIN_EXE_sluice-probe");
 
 const SIZE: usize = 64 << 20;
 /// A transfer that stalls takes far longer than this (on veth 64 MiB take
@@ -139,7 +143,39 @@ fn every_path(args: &[&str]) {
         SocketAddr::from((VIP, 80)),
         "ClusterIP from a pod (TC)",
     );
+    through_socket_lb(&c);
     north_south(&c, c.client(), "");
+}
+
+/// The same through the ClusterIP from a process in the lab's cgroup,
+/// which socket LB connects straight to the backend.
+fn through_socket_lb(c: &Cluster) {
+    let lab = c.node_ref(0);
+    let connects = event_count(lab, "sock_connect");
+    // `timeout` bounds the whole run; the probe bounds each transfer.
+    let mut cmd = Command::new("timeout");
+    cmd.arg("150").arg(PROBE).args([
+        "bulk",
+        &SocketAddr::from((VIP, 80)).to_string(),
+        &SIZE.to_string(),
+    ]);
+    let ns = lab.pod("client").ns.open().unwrap();
+    enter_on_spawn(&mut cmd, &ns);
+    lab.cgroup().enter_on_spawn(&mut cmd).unwrap();
+    let out = cmd.output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && lines.contains("down ") && lines.contains("up "),
+        "ClusterIP through socket LB: {lines}"
+    );
+    eprintln!(
+        "ClusterIP from a pod (socket LB): {}",
+        lines.replace('\n', " ")
+    );
+    assert!(
+        event_count(lab, "sock_connect") >= connects + 2,
+        "socket LB connected both"
+    );
 }
 
 /// Every north-south frontend, from `from` (`what` says which client).

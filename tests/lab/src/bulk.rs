@@ -136,21 +136,29 @@ fn read_checked(r: &mut impl std::io::Read, n: usize) -> Result<()> {
 /// Downloads `n` bytes from the bulk server at `to`, from a thread in
 /// `ns`, within `limit`; how long it took.
 pub fn download(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<Duration> {
-    ns.run(move || -> Result<Duration> {
-        let t = Instant::now();
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(limit))?;
-        s.write_all(format!("GET {n}\n").as_bytes())?;
-        read_checked(&mut s, n).with_context(|| format!("downloading {n} bytes from {to}"))?;
-        ensure!(t.elapsed() < limit, "took {:?}", t.elapsed());
-        Ok(t.elapsed())
-    })?
+    ns.run(move || download_here(to, n, limit))?
+}
+
+/// `download`, from this thread's namespace (a process started in a pod).
+pub fn download_here(to: SocketAddr, n: usize, limit: Duration) -> Result<Duration> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(limit))?;
+    s.write_all(format!("GET {n}\n").as_bytes())?;
+    read_checked(&mut s, n).with_context(|| format!("downloading {n} bytes from {to}"))?;
+    ensure!(t.elapsed() < limit, "took {:?}", t.elapsed());
+    Ok(t.elapsed())
 }
 
 /// Uploads `n` bytes to the bulk server at `to`, which confirms it read
 /// them all, within `limit`; how long it took.
 pub fn upload(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<Duration> {
-    ns.run(move || -> Result<Duration> {
+    ns.run(move || upload_here(to, n, limit))?
+}
+
+/// `upload`, from this thread's namespace (a process started in a pod).
+pub fn upload_here(to: SocketAddr, n: usize, limit: Duration) -> Result<Duration> {
+    {
         let t = Instant::now();
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
         s.set_read_timeout(Some(limit))?;
@@ -172,7 +180,7 @@ pub fn upload(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<D
             "the server said {answer:?}"
         );
         Ok(t.elapsed())
-    })?
+    }
 }
 
 /// A UDP echo server in a pod: each datagram comes back as it came, for

@@ -8,6 +8,9 @@
 //!   each `reply <recvfrom source> <answer>`.
 //! - `sluice-probe udp-connected ADDR N`: the same on a connected socket,
 //!   after `peer <getpeername>`.
+//! - `sluice-probe bulk ADDR BYTES`: downloads then uploads BYTES through
+//!   the lab's bulk server (`sluice_lab::bulk`), `down <seconds>` and
+//!   `up <seconds>`, within 60 s each.
 //! - `sluice-probe udp-stream ADDR SECONDS`: a connected socket sending a
 //!   request every 20 ms for SECONDS, `reply <answer>` each; an error
 //!   prints `error <errno>` and the probe connects a new socket.
@@ -30,7 +33,8 @@ fn main() -> ExitCode {
         ["udp", addr, n] => parse(addr).and_then(|a| udp(a, count(n)?, false)),
         ["udp-connected", addr, n] => parse(addr).and_then(|a| udp(a, count(n)?, true)),
         ["udp-stream", addr, secs] => parse(addr).and_then(|a| udp_stream(a, count(secs)?)),
-        _ => Err("usage: sluice-probe tcp|udp|udp-connected|udp-stream ADDR [N]".into()),
+        ["bulk", addr, n] => parse(addr).and_then(|a| bulk(a, count(n)?)),
+        _ => Err("usage: sluice-probe tcp|udp|udp-connected|udp-stream|bulk ADDR [N]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,6 +74,16 @@ fn errno(e: &std::io::Error) -> String {
             name.to_owned()
         },
     )
+}
+
+fn bulk(to: SocketAddr, n: u64) -> Result<()> {
+    let n = usize::try_from(n).map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(60);
+    let down = sluice_lab::bulk::download_here(to, n, limit).map_err(|e| format!("{e:#}"))?;
+    say(&format!("down {}", down.as_secs_f64()));
+    let up = sluice_lab::bulk::upload_here(to, n, limit).map_err(|e| format!("{e:#}"))?;
+    say(&format!("up {}", up.as_secs_f64()));
+    Ok(())
 }
 
 fn say(line: &str) {
