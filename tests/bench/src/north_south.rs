@@ -1,9 +1,11 @@
 //! `cargo xtask bench north-south`: packets per second of NodePort
 //! forwarding to a backend on another node, through Sluice's XDP program
 //! (native and generic), the same logic in TC (`--xdp-mode tc`), and kube-proxy's iptables DNAT
-//! and masquerade, against plain routing to the pod (the floor). Every mode
-//! gets a fresh `Cluster` (a client, two nodes and a segment of veths and a
-//! bridge); modes alternate over rounds and medians are reported.
+//! and masquerade, against plain routing to the pod (the floor); and the
+//! bulk TCP throughput of the same paths (iperf3, one stream and four,
+//! with GSO and GRO on). Every mode gets a fresh `Cluster` (a client, two
+//! nodes and a segment of veths and a bridge); modes alternate over
+//! rounds and medians are reported.
 //!
 //! The generator is fixed: an `AF_PACKET` socket in the client namespace
 //! sending the same 64-byte UDP frames (`--flows` source ports) with
@@ -38,6 +40,9 @@ use crate::stats::machine;
 
 const NODE_PORT: u16 = 30080;
 const TARGET_PORT: u16 = 8080;
+/// The bulk TCP NodePort and its target, iperf3's port.
+const BULK_NODE_PORT: u16 = 30081;
+const IPERF_PORT: u16 = 5201;
 /// The backend, a pod on node b.
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 /// UDP payload bytes: 14 + 20 + 8 + 18 = a 60-byte frame (64 on a wire).
@@ -112,11 +117,13 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     crate::stats::parse_named(&Mode::ALL, Mode::name, s)
 }
 
-/// One measurement: frames per second sent and delivered to the backend.
+/// One measurement: frames per second sent and delivered to the backend;
+/// bulk TCP in bits per second, over one stream and over four.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     sent: f64,
     delivered: f64,
+    bulk: [f64; 2],
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -137,14 +144,16 @@ pub fn run(args: &Args) -> Result<()> {
             modes.reverse();
         }
         for mode in modes {
-            let s = measure(mode, args.flows, window)
+            let s = measure(mode, args.flows, window, args.quick)
                 .with_context(|| format!("measuring {}", mode.label()))?;
             println!(
-                "round {} · {:<42} sent {:>6.3} Mpps  delivered {:>6.3} Mpps",
+                "round {} · {:<42} sent {:>6.3} Mpps  delivered {:>6.3} Mpps  bulk TCP {:>5.2} / {:>5.2} Gbit/s",
                 round + 1,
                 mode.label(),
                 s.sent / 1e6,
-                s.delivered / 1e6
+                s.delivered / 1e6,
+                s.bulk[0] / 1e9,
+                s.bulk[1] / 1e9,
             );
             samples.entry(mode).or_default().push(s);
         }
@@ -154,7 +163,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// A fresh cluster set up for `mode`, then one measurement.
-fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
+fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Sample> {
     let mut c = Cluster::new()?;
     c.node(1).add_pod("backend", BACKEND)?;
     // Bound but never read: frames are counted at the interface and
@@ -165,7 +174,7 @@ fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
         .ns
         .run(move || UdpSocket::bind((BACKEND, TARGET_PORT)))??;
     let node = c.node_ip(0);
-    let (dst, dport) = match mode {
+    let (dst, dport, bulk_port) = match mode {
         Mode::Xdp | Mode::XdpGeneric | Mode::Tc => {
             let lab = c.node(0);
             lab.write_manifest("web.yaml", &service_manifest())?;
@@ -182,13 +191,17 @@ fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
                 ..AgentOptions::default()
             })?;
             agent.wait_for("external interface attached", 0, Duration::from_secs(10))?;
-            (node, NODE_PORT)
+            (node, NODE_PORT, BULK_NODE_PORT)
         }
         Mode::Iptables => {
             restore_iptables(&c, node)?;
-            (node, NODE_PORT)
+            (node, NODE_PORT, BULK_NODE_PORT)
         }
-        Mode::Floor => (BACKEND, TARGET_PORT),
+        Mode::Floor => {
+            // iperf3's connection is routed, through node a.
+            c.route_via(BACKEND, 0)?;
+            (BACKEND, TARGET_PORT, IPERF_PORT)
+        }
     };
     let client = c.client();
     let hop = Hop {
@@ -208,9 +221,10 @@ fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
     drop(sink);
     let secs = (t1 - t0).as_secs_f64();
     #[expect(clippy::cast_precision_loss, reason = "packet counts")]
-    let sample = Sample {
+    let mut sample = Sample {
         sent: (tx1 - tx0) as f64 / secs,
         delivered: rx1.saturating_sub(rx0) as f64 / secs,
+        bulk: [0.0; 2],
     };
     if sample.delivered == 0.0 {
         bail!(
@@ -218,15 +232,95 @@ fn measure(mode: Mode, flows: u16, window: Duration) -> Result<Sample> {
             tx1 - tx0
         );
     }
+    // Bulk TCP, with the offloads of hosts whose NICs segment and coalesce.
+    c.offloads_on()?;
+    let server = Iperf3Server::start(c.node_ref(1).pod("backend"))?;
+    let bulk_secs = if quick { 1 } else { 5 };
+    for (i, streams) in [1u32, 4].into_iter().enumerate() {
+        sample.bulk[i] = iperf3(&c.client().ns, (dst, bulk_port), streams, bulk_secs)?;
+    }
+    drop(server);
     Ok(sample)
+}
+
+/// `iperf3 -s` in a pod; killed on drop.
+struct Iperf3Server(std::process::Child);
+
+impl Iperf3Server {
+    /// Starts the server and waits (5 s at most) until it listens.
+    fn start(pod: &Pod) -> Result<Self> {
+        let mut child = pod
+            .ns
+            .command("iperf3")
+            .args(["-s", "-p", &IPERF_PORT.to_string(), "--forceflush"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s (Debian's iperf3)")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("iperf3 has no stdout"))?;
+        let server = Self(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                if line.contains("Server listening") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .context("iperf3 -s did not start listening")?;
+        Ok(server)
+    }
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `iperf3 -c` from `ns` to `to` with `streams` parallel streams for
+/// `secs` seconds: the bits per second the server received.
+fn iperf3(ns: &sluice_lab::Netns, to: (Ipv4Addr, u16), streams: u32, secs: u32) -> Result<f64> {
+    let out = ns
+        .command("timeout")
+        .args([
+            &(secs + 30).to_string(),
+            "iperf3",
+            "-c",
+            &to.0.to_string(),
+            "-p",
+            &to.1.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+        ])
+        .output()
+        .context("running iperf3 -c")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3's JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v.get("error").and_then(serde_json::Value::as_str) {
+        bail!("iperf3 to {}:{}: {e}", to.0, to.1);
+    }
+    v.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| anyhow!("no received rate in iperf3's JSON"))
 }
 
 /// `web`: a NodePort Service whose one endpoint is the pod on node b.
 fn service_manifest() -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  - {{name: udp, protocol: UDP, port: 53, nodePort: {NODE_PORT}}}\n---\n\
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  - {{name: udp, protocol: UDP, port: 53, nodePort: {NODE_PORT}}}\n  - {{name: bulk, protocol: TCP, port: {IPERF_PORT}, nodePort: {BULK_NODE_PORT}}}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{{name: udp, protocol: UDP, port: {TARGET_PORT}}}]\n\
+         addressType: IPv4\nports: [{{name: udp, protocol: UDP, port: {TARGET_PORT}}}, {{name: bulk, protocol: TCP, port: {IPERF_PORT}}}]\n\
          endpoints: [{{addresses: [\"{BACKEND}\"], nodeName: node-b, conditions: {{ready: true}}}}]\n"
     )
 }
@@ -239,10 +333,16 @@ fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
         "*nat\n\
          :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
          :KUBE-EXT-WEB - [0:0]\n:KUBE-SVC-WEB - [0:0]\n:KUBE-SEP-WEB0 - [0:0]\n\
+         :KUBE-EXT-BULK - [0:0]\n:KUBE-SVC-BULK - [0:0]\n:KUBE-SEP-BULK0 - [0:0]\n\
          -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
          -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
          -A KUBE-NODEPORTS -d {node}/32 -p udp -m udp --dport {NODE_PORT} -j KUBE-EXT-WEB\n\
+         -A KUBE-NODEPORTS -d {node}/32 -p tcp -m tcp --dport {BULK_NODE_PORT} -j KUBE-EXT-BULK\n\
+         -A KUBE-EXT-BULK -j KUBE-MARK-MASQ\n\
+         -A KUBE-EXT-BULK -j KUBE-SVC-BULK\n\
+         -A KUBE-SVC-BULK -j KUBE-SEP-BULK0\n\
+         -A KUBE-SEP-BULK0 -p tcp -m tcp -j DNAT --to-destination {BACKEND}:{IPERF_PORT}\n\
          -A KUBE-EXT-WEB -j KUBE-MARK-MASQ\n\
          -A KUBE-EXT-WEB -j KUBE-SVC-WEB\n\
          -A KUBE-SVC-WEB -j KUBE-SEP-WEB0\n\
@@ -374,6 +474,38 @@ fn send_loop(frames: &[Vec<u8>], stop: &AtomicBool, sent: &AtomicU64) -> Result<
     Ok(())
 }
 
+/// Bulk TCP through the NodePort: iperf3's received rate, one stream and
+/// four, against the floor and iptables.
+fn bulk_table(t: &mut String, samples: &BTreeMap<Mode, Vec<Sample>>) {
+    let rate = |mode: &Mode, i: usize| {
+        samples
+            .get(mode)
+            .map(|v| median(&v.iter().map(|s| s.bulk[i]).collect::<Vec<_>>()))
+    };
+    let _ = writeln!(
+        t,
+        "\n## Bulk TCP through the NodePort (iperf3, GSO/GRO on)\n\n\
+         | path | 1 stream (Gbit/s) | 4 streams (Gbit/s) | 4 streams vs floor | 4 streams vs iptables |\n|---|---:|---:|---:|---:|"
+    );
+    for mode in samples.keys() {
+        let ratio = |base: Option<f64>| {
+            base.filter(|b| *b > 0.0).map_or_else(
+                || "-".into(),
+                |b| format!("{:.2}×", rate(mode, 1).unwrap_or(0.0) / b),
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {:.2} | {:.2} | {} | {} |",
+            mode.label(),
+            rate(mode, 0).unwrap_or(0.0) / 1e9,
+            rate(mode, 1).unwrap_or(0.0) / 1e9,
+            ratio(rate(&Mode::Floor, 1)),
+            ratio(rate(&Mode::Iptables, 1)),
+        );
+    }
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -439,6 +571,7 @@ fn render(
             ratio(iptables),
         );
     }
+    bulk_table(&mut t, samples);
     let _ = writeln!(
         t,
         "\nTopology: client ns → bridge → node a (ext0) → bridge → node b (ext0) → backend pod, all veth. \
