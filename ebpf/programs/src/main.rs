@@ -2,8 +2,11 @@
 //!
 //! `tc_ingress` runs on the host side of pod-facing interfaces. It DNATs
 //! client packets sent to a Service frontend (a NodePort too, on the node's
-//! addresses) to a backend, reverse-NATs the backends' replies, rejects what
-//! kube-proxy rejects, and passes everything else untouched. `xdp_ingress`
+//! addresses) to a backend, SNATs a pod's packets to itself (hairpin),
+//! reverse-NATs the backends' replies and translates ICMP errors about
+//! those flows (`icmp.rs`), rejects what kube-proxy rejects, translates
+//! only sources routed through the interface (strict reverse path), and
+//! passes everything else untouched. `xdp_ingress`
 //! runs on external interfaces, for traffic from outside the cluster (see
 //! `edge.rs`), or `tc_north_south` where XDP cannot. The `sock_*` programs are socket LB on a cgroup (see
 //! `sock.rs`).
