@@ -72,6 +72,7 @@ async fn run_services(
         interfaces,
         external_interfaces,
         xdp_mode,
+        tc_attach,
         nodeport_range,
         snat_ports,
         maglev_size,
@@ -90,6 +91,7 @@ async fn run_services(
         config,
         socket_lb,
         xdp_mode,
+        tc_attach,
         maglev_size,
     })
     .context("loading the dataplane")?;

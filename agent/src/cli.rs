@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// the interfaces' ingress.
     #[arg(long)]
     pub xdp_mode: Option<String>,
+    /// How TC programs attach: `auto` (TCX where the kernel has it, Linux
+    /// 6.6 and later; else netlink), `tcx`, or `netlink` (a clsact qdisc
+    /// and a direct-action filter of fixed priority and handle).
+    #[arg(long)]
+    pub tc_attach: Option<String>,
     /// The NodePort range `MIN-MAX` (default 30000-32767): reserved for
     /// NodePorts among the node's local ports, and never a SNAT port.
     #[arg(long)]

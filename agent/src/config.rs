@@ -54,6 +54,8 @@ pub enum ConfigError {
     ExternalInterfaces(#[source] PatternError),
     #[error("`xdp-mode`: `{0}` is not auto, native, generic or tc")]
     XdpMode(String),
+    #[error("`tc-attach`: `{0}` is not auto, tcx or netlink")]
+    TcAttach(String),
     #[error("`nodeport-range`: `{0}` is not a range MIN-MAX of ports such as 30000-32767")]
     NodePortRange(String),
     #[error(
@@ -98,6 +100,7 @@ struct FileConfig {
     interfaces: Option<InterfaceList>,
     external_interfaces: Option<InterfaceList>,
     xdp_mode: Option<String>,
+    tc_attach: Option<String>,
     nodeport_range: Option<String>,
     snat_port_range: Option<String>,
     maglev_table_size: Option<u32>,
@@ -159,6 +162,7 @@ pub struct ServicesConfig {
     /// The XDP program's interfaces; `None`: those holding node addresses.
     pub external_interfaces: Option<InterfaceMatcher>,
     pub xdp_mode: crate::dataplane::XdpAttach,
+    pub tc_attach: crate::dataplane::TcAttach,
     /// The NodePort range, inclusive.
     pub nodeport_range: (u16, u16),
     /// The SNAT ports, inclusive.
@@ -230,6 +234,7 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
             .map(InterfaceList::Joined)
             .or(file.external_interfaces),
         xdp_mode: args.xdp_mode.or(file.xdp_mode),
+        tc_attach: args.tc_attach.or(file.tc_attach),
         nodeport_range: args.nodeport_range.or(file.nodeport_range),
         snat_port_range: args.snat_port_range.or(file.snat_port_range),
         maglev_table_size: args.maglev_table_size.or(file.maglev_table_size),
@@ -295,6 +300,12 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         Some("tc") => crate::dataplane::XdpAttach::Tc,
         Some(other) => return Err(ConfigError::XdpMode(other.to_owned())),
     };
+    let tc_attach = match c.tc_attach.take().as_deref() {
+        None | Some("auto") => crate::dataplane::TcAttach::Auto,
+        Some("tcx") => crate::dataplane::TcAttach::Tcx,
+        Some("netlink") => crate::dataplane::TcAttach::Netlink,
+        Some(other) => return Err(ConfigError::TcAttach(other.to_owned())),
+    };
     let nodeport_range = match c.nodeport_range.take() {
         None => DEFAULT_NODEPORT_RANGE,
         Some(r) => parse_port_range(&r).ok_or(ConfigError::NodePortRange(r))?,
@@ -345,6 +356,7 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         interfaces,
         external_interfaces,
         xdp_mode,
+        tc_attach,
         nodeport_range,
         snat_ports,
         maglev_size,
@@ -634,6 +646,31 @@ mod tests {
             "sized from memory"
         );
         assert_eq!(c.dataplane.lifetimes, Lifetimes::DEFAULT);
+    }
+
+    #[test]
+    fn the_tc_attach_path_has_a_key_a_flag_a_default_and_a_check() {
+        let c = with_file(
+            "manifests: /m\ninterfaces: veth*\ntc-attach: netlink\n",
+            RunArgs::default(),
+        )
+        .map(services)
+        .unwrap();
+        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Netlink);
+        let args = |v: Option<&str>| RunArgs {
+            manifests: Some("/m".into()),
+            interfaces: Some("veth*".into()),
+            tc_attach: v.map(Into::into),
+            ..RunArgs::default()
+        };
+        let c = services(RunConfig::from_args(args(None)).unwrap());
+        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Auto);
+        let c = services(RunConfig::from_args(args(Some("tcx"))).unwrap());
+        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Tcx);
+        let err = RunConfig::from_args(args(Some("bpf")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tc-attach"), "{err}");
     }
 
     #[test]

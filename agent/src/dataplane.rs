@@ -25,7 +25,13 @@ use aya::{
     maps::{MapData, MapError},
     programs::{ProgramError, SchedClassifier, Xdp, XdpMode, links::PinnedLink},
 };
-pub use bpffs::cleanup;
+/// Removes the programs, links and pinned maps (`sluice cleanup`): the
+/// netlink filters of every interface of this namespace, then the pins,
+/// whose links go with them.
+pub fn cleanup(pin_dir: &Path) -> Result<(), Error> {
+    attach::remove_filters(&[TC_PROGRAM, TC_EXTERNAL, TC_NORTH_SOUTH]);
+    bpffs::cleanup(pin_dir)
+}
 use sluice_abi::{config::DataplaneConfig, maps as names};
 use thiserror::Error;
 
@@ -88,6 +94,10 @@ pub enum Error {
         #[source]
         source: Box<MapError>,
     },
+    #[error(
+        "`--tc-attach tcx`: this kernel has no TCX (Linux 6.6 and later); use `netlink` or `auto`"
+    )]
+    NoTcx(#[source] Box<ProgramError>),
     #[error("failed to attach to interface `{iface}`")]
     Attach {
         iface: String,
@@ -116,6 +126,8 @@ pub struct Options {
     pub socket_lb: Option<PathBuf>,
     /// How XDP attaches to external interfaces.
     pub xdp_mode: XdpAttach,
+    /// How TC programs attach (`--tc-attach`).
+    pub tc_attach: TcAttach,
     /// The smallest Maglev table (a prime).
     pub maglev_size: u32,
 }
@@ -133,6 +145,8 @@ pub enum XdpAttach {
     Tc,
 }
 
+pub use attach::{TcAttach, TcPath};
+
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: maps::Maps,
@@ -142,6 +156,8 @@ pub struct Dataplane {
     /// External interfaces with the XDP program (and `tc_external`).
     xdp_links: BTreeMap<u32, ExternalAttached>,
     xdp_mode: XdpAttach,
+    /// How TC programs are attached (TCX links, or netlink filters).
+    tc_path: TcPath,
     current: Current,
     /// Socket LB's cgroup, when it is on.
     socket_lb: Option<PathBuf>,
@@ -153,20 +169,21 @@ pub struct Dataplane {
 
 struct Attached {
     name: String,
-    _link: PinnedLink,
+    link: attach::TcLink,
 }
 
 struct ExternalAttached {
     name: String,
     /// `None` with `--xdp-mode tc`.
     _xdp: Option<PinnedLink>,
-    _tc: PinnedLink,
+    tc: attach::TcLink,
 }
 
 impl Dataplane {
     /// Loads the programs, creating the pinned maps or adopting existing ones.
     pub fn load(opts: &Options) -> Result<Self, Error> {
         bpffs::ensure(&opts.pin_dir)?;
+        let tc_path = attach::choose(opts.tc_attach)?;
         let ct_sizes = sluice_abi::conntrack::split_sizes(opts.conntrack_size);
         bpffs::drop_incompatible_pins(&opts.pin_dir, &ct_sizes);
         let mut loader = EbpfLoader::new();
@@ -225,6 +242,7 @@ impl Dataplane {
             links: BTreeMap::new(),
             xdp_links: BTreeMap::new(),
             xdp_mode: opts.xdp_mode,
+            tc_path,
             current,
             socket_lb: opts.socket_lb.clone(),
             collector,
@@ -361,12 +379,12 @@ impl Dataplane {
         }
         let path = attach::link_pin_path(&self.pin_dir, index);
         let prog = tc_program(&mut self.ebpf)?;
-        let link = attach::attach_pinned(prog, name, &path)?;
+        let link = attach::attach_tc(prog, name, &path, self.tc_path)?;
         self.links.insert(
             index,
             Attached {
                 name: name.to_owned(),
-                _link: link,
+                link,
             },
         );
         Ok(())
@@ -395,7 +413,7 @@ impl Dataplane {
                     ExternalAttached {
                         name: name.to_owned(),
                         _xdp: xdp,
-                        _tc: tc,
+                        tc,
                     },
                 );
                 Ok(())
@@ -415,14 +433,14 @@ impl Dataplane {
         &mut self,
         index: u32,
         name: &str,
-    ) -> Result<(Option<PinnedLink>, PinnedLink), Error> {
+    ) -> Result<(Option<PinnedLink>, attach::TcLink), Error> {
         let xdp_path = attach::xdp_pin_path(&self.pin_dir, index);
         let tc_path = attach::ext_tc_pin_path(&self.pin_dir, index);
         let mode = match self.xdp_mode {
             XdpAttach::Tc => {
                 attach::remove_pin(&xdp_path);
                 let prog = classifier(&mut self.ebpf, TC_NORTH_SOUTH)?;
-                return Ok((None, attach::attach_pinned(prog, name, &tc_path)?));
+                return Ok((None, attach::attach_tc(prog, name, &tc_path, self.tc_path)?));
             }
             XdpAttach::Native => Some(XdpMode::Driver),
             XdpAttach::Generic => Some(XdpMode::Skb),
@@ -442,12 +460,17 @@ impl Dataplane {
                 })?,
         };
         let prog = classifier(&mut self.ebpf, TC_EXTERNAL)?;
-        Ok((Some(xdp), attach::attach_pinned(prog, name, &tc_path)?))
+        Ok((
+            Some(xdp),
+            attach::attach_tc(prog, name, &tc_path, self.tc_path)?,
+        ))
     }
 
     /// Detaches XDP from an interface that is gone or no longer external.
     pub fn detach_xdp(&mut self, index: u32) {
-        self.xdp_links.remove(&index);
+        if let Some(attached) = self.xdp_links.remove(&index) {
+            attached.tc.detach(index);
+        }
         attach::remove_pin(&attach::xdp_pin_path(&self.pin_dir, index));
         attach::remove_pin(&attach::ext_tc_pin_path(&self.pin_dir, index));
         if let Err(e) = self.maps.set_ext_if(index, None) {
@@ -476,7 +499,9 @@ impl Dataplane {
     /// Detaches from an interface that is gone or no longer matches: drops
     /// the link and its pin.
     pub fn detach(&mut self, index: u32) {
-        self.links.remove(&index);
+        if let Some(attached) = self.links.remove(&index) {
+            attached.link.detach(index);
+        }
         attach::remove_pin(&attach::link_pin_path(&self.pin_dir, index));
     }
 
@@ -496,6 +521,11 @@ impl Dataplane {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// How TC programs are attached.
+    pub const fn tc_path(&self) -> TcPath {
+        self.tc_path
     }
 }
 

@@ -113,6 +113,10 @@ pub fn test(args: &Args) -> Result<()> {
         ],
     )?;
 
+    if args.filter.is_none() {
+        netlink_run(&bin_env, &apiserver_env)?;
+    }
+
     if args.filter.is_none() && args.fuzz_seconds > 0 {
         // Each target: any bytes as a query (no panic, well-formed
         // answers), and the UDP fast path against the library path.
@@ -195,4 +199,19 @@ fn cargo(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> 
     }
     cmd.envs(env.iter().copied());
     prereqs::run(&mut cmd)
+}
+
+/// Both TC attach paths in every run: the ClusterIP tests again on netlink
+/// filters (the suite before used TCX, this kernel's own).
+fn netlink_run(bin: &str, apiserver: &str) -> Result<()> {
+    step("ClusterIP end-to-end tests with `--tc-attach netlink`");
+    cargo(
+        &["test", "-p", "sluice-e2e", "--test", "clusterip"],
+        &["--test-threads=1"],
+        &[
+            ("SLUICE_BIN", bin),
+            ("SLUICE_APISERVER_BIN", apiserver),
+            ("SLUICE_LAB_TC_ATTACH", "netlink"),
+        ],
+    )
 }

@@ -1,9 +1,17 @@
-//! TCX and XDP attachment with pinned links.
+//! TC and XDP attachment: TCX and XDP links, pinned; or, for TC on kernels
+//! without TCX (before Linux 6.6), netlink filters.
 //!
 //! A pinned link keeps the program attached after the agent exits. On start,
 //! an existing pinned link gets the new program through `bpf_link_update`
 //! (atomic: no packet sees the interface without a program); a stale pin
 //! (its interface was deleted and maybe recreated) is replaced.
+//!
+//! A netlink filter (a direct-action `cls_bpf` filter under the interface's
+//! `clsact` qdisc) has no link to pin: it stays attached by itself. Sluice's
+//! filter on an interface has a fixed priority and handle, so a restarted
+//! agent finds it and replaces its program in place (`RTM_NEWTFILTER`
+//! without `NLM_F_EXCL` on the same priority and handle, atomic as a link
+//! update is), as Cilium does with its own fixed handles.
 
 use std::{
     collections::BTreeSet,
@@ -12,9 +20,9 @@ use std::{
 };
 
 use aya::programs::{
-    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    Link, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
-    tc::SchedClassifierLink,
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     xdp::XdpLink,
 };
 
@@ -100,6 +108,175 @@ pub fn remove_pin(path: &Path) {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How TC programs attach (`--tc-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcAttach {
+    /// TCX where the kernel has it, else netlink.
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// The attach path in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcPath {
+    /// TCX links (Linux 6.6 and later), pinned.
+    Tcx,
+    /// A `clsact` qdisc and a direct-action filter of fixed priority and
+    /// handle.
+    Netlink,
+}
+
+impl TcPath {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
+}
+
+/// Sluice's filter on an interface's ingress: its priority (the first, so
+/// that nothing ahead of it sees untranslated packets) and handle.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: TcHandle = TcHandle::new(0, 0x5c1);
+
+/// Chooses the attach path: `wanted`, or with `auto` what the kernel has.
+/// TCX is probed by querying loopback's TCX ingress (read-only; a kernel
+/// without TCX refuses the attach type).
+pub fn choose(wanted: TcAttach) -> Result<TcPath, Error> {
+    let probe = SchedClassifier::query_tcx("lo", TcAttachType::Ingress);
+    let path = match (wanted, probe) {
+        (TcAttach::Netlink, _) => TcPath::Netlink,
+        (TcAttach::Tcx | TcAttach::Auto, Ok(_)) => TcPath::Tcx,
+        (TcAttach::Tcx, Err(e)) => return Err(Error::NoTcx(Box::new(e))),
+        (TcAttach::Auto, Err(e)) => {
+            tracing::info!("no TCX in this kernel ({e}): TC programs attach through netlink");
+            TcPath::Netlink
+        }
+    };
+    tracing::info!(path = path.name(), "TC attach path");
+    Ok(path)
+}
+
+/// A TC program's attachment to an interface.
+pub enum TcLink {
+    /// A TCX link, pinned: it stays when the agent exits.
+    Pinned { _link: PinnedLink },
+    /// Sluice's netlink filter: it stays by itself, also when the agent
+    /// exits.
+    Netlink,
+}
+
+impl TcLink {
+    /// Takes the program off interface `index` (it left the list, or is
+    /// gone; it may have been renamed). A pinned link goes with its pin,
+    /// which the caller removes.
+    pub fn detach(self, index: u32) {
+        if let Self::Netlink = self {
+            let Ok(name) = nix::net::if_::if_indextoname(index) else {
+                // Gone, and its filter with it.
+                return;
+            };
+            let iface = name.to_string_lossy();
+            let filter = SchedClassifierLink::attached(
+                &iface,
+                TcAttachType::Ingress,
+                FILTER_PRIORITY,
+                FILTER_HANDLE,
+                None,
+            );
+            if let Err(e) = filter.map_err(ProgramError::IOError).and_then(Link::detach) {
+                tracing::warn!(%iface, "removing the TC filter: {e}");
+            }
+        }
+    }
+}
+
+/// Attaches a TC program at the ingress of `iface` along `path`: a TCX
+/// link pinned at `pin` (replacing a pinned link's program in place), or
+/// Sluice's netlink filter (replacing its program in place when it is
+/// there; a TCX link pinned there before is removed).
+pub fn attach_tc(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    pin: &Path,
+    path: TcPath,
+) -> Result<TcLink, Error> {
+    match path {
+        TcPath::Tcx => attach_pinned(prog, iface, pin).map(|link| TcLink::Pinned { _link: link }),
+        TcPath::Netlink => {
+            remove_pin(pin);
+            attach_filter(prog, iface).map(|()| TcLink::Netlink)
+        }
+    }
+}
+
+/// Removes the netlink filters of the programs `names` from the ingress
+/// of every interface of this namespace.
+pub fn remove_filters(names: &[&str]) {
+    // This namespace's interfaces (rtnetlink; sysfs may be another's).
+    let Ok(interfaces) = nix::net::if_::if_nameindex() else {
+        return;
+    };
+    for interface in &interfaces {
+        let Ok(iface) = interface.name().to_str() else {
+            continue;
+        };
+        for name in names {
+            match aya::programs::tc::qdisc_detach_program(iface, TcAttachType::Ingress, name) {
+                Ok(()) => tracing::info!(iface, program = name, "removed the TC filter"),
+                Err(e) => tracing::debug!(iface, program = name, "no TC filter to remove: {e}"),
+            }
+        }
+    }
+}
+
+fn attach_filter(prog: &mut SchedClassifier, iface: &str) -> Result<(), Error> {
+    let attach_err = |source: ProgramError| Error::Attach {
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    };
+    // There may be one already (ours, or another tool's): that is fine.
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+        tracing::debug!(iface, "adding the clsact qdisc: {e}");
+    }
+    let ours = SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Ingress,
+        FILTER_PRIORITY,
+        FILTER_HANDLE,
+        None,
+    )
+    .map_err(|e| attach_err(ProgramError::IOError(e)))?;
+    let id = match prog.attach_to_link(ours) {
+        Ok(id) => {
+            tracing::info!(iface, "took over the TC filter");
+            id
+        }
+        // No filter of ours there yet.
+        Err(_) => prog
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: FILTER_PRIORITY,
+                    handle: FILTER_HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(attach_err)?,
+    };
+    let link = prog.take_link(id).map_err(attach_err)?;
+    // Dropping the handle would delete the filter (aya detaches its links
+    // on drop); the filter must outlive the agent, as a pinned link does.
+    // The handle holds no resource (an interface index, a priority, a
+    // handle), so forgetting it leaks nothing.
+    std::mem::forget(link);
+    Ok(())
+}
 
 /// Attaches a TC program at the ingress of `iface`, pinned at `path`.
 pub fn attach_pinned(

@@ -1,5 +1,6 @@
-//! End-to-end: the agent's life cycle and tools. Restarts that drop no flow,
-//! cleanup, status, independent agents, configuration, manifest handling.
+//! End-to-end: the agent's life cycle and tools. Restarts that drop no flow
+//! (on TCX links and on netlink filters), cleanup, status, independent
+//! agents, configuration, manifest handling.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 #[path = "common/mod.rs"]
@@ -34,8 +35,48 @@ fn counter(status: &str, label: &str) -> u64 {
 /// established connection keep flowing without it, restarts it, and checks
 /// that it took the dataplane over without breaking the connection.
 fn restart_keeps_flows(kill: bool) {
+    restart_keeps_flows_on(kill, "tcx");
+}
+
+/// `restart_keeps_flows` with `--tc-attach path`.
+fn restart_keeps_flows_on(kill: bool, path: &str) {
+    let opts = AgentOptions {
+        extra_args: vec!["--tc-attach".into(), path.into()],
+        ..AgentOptions::default()
+    };
     let mut lab = web_lab(3);
-    lab.start_agent(&AgentOptions::default()).unwrap();
+    lab.start_agent(&opts).unwrap();
+    let log = lab.agent().log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TC attach path") && l.contains(path)),
+        "{log}"
+    );
+    if path == "netlink" {
+        // A direct-action filter of Sluice's priority and handle, and no
+        // TCX link pinned for the pods' interfaces.
+        let host_if = &lab.pod("client").host_if;
+        let out = lab
+            .node()
+            .command("tc")
+            .args(["filter", "show", "dev", host_if, "ingress"])
+            .output()
+            .unwrap();
+        let filters = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            filters.contains("tc_ingress")
+                && filters.contains("pref 1 ")
+                && filters.contains("handle 0x5c1")
+                && filters.contains("direct-action"),
+            "{filters}"
+        );
+        let pinned = fs::read_dir(lab.pin_dir().join("links")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("tc_ingress"))
+                .count()
+        });
+        assert_eq!(pinned, 0, "no TCX link");
+    }
     let mut conn = lab.pod("client").tcp_connect(http(), T).unwrap();
     let backend = who(&request_line(&mut conn, T).unwrap());
 
@@ -52,10 +93,15 @@ fn restart_keeps_flows(kill: bool) {
     assert_eq!(who(&request_line(&mut conn, T).unwrap()), backend);
     assert_eq!(spread(&lab, http(), 3, 60).len(), 3);
 
-    lab.start_agent(&AgentOptions::default()).unwrap();
+    lab.start_agent(&opts).unwrap();
     let log = lab.agent().log();
     assert!(log.contains("adopted the pinned maps"), "{log}");
-    assert!(log.contains("took over the pinned link"), "{log}");
+    let took_over = if path == "netlink" {
+        "took over the TC filter"
+    } else {
+        "took over the pinned link"
+    };
+    assert!(log.contains(took_over), "{log}");
     assert!(
         log.contains("map_ops=0"),
         "an unchanged state rewrites nothing:\n{log}"
@@ -79,6 +125,24 @@ fn restart_keeps_flows(kill: bool) {
 fn sigterm_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
     if require_privileges("sigterm_leaves_the_dataplane_serving_and_a_restart_takes_it_over") {
         restart_keeps_flows(false);
+    }
+}
+
+#[test]
+fn with_netlink_filters_sigterm_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
+    if require_privileges(
+        "with_netlink_filters_sigterm_leaves_the_dataplane_serving_and_a_restart_takes_it_over",
+    ) {
+        restart_keeps_flows_on(false, "netlink");
+    }
+}
+
+#[test]
+fn with_netlink_filters_a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over() {
+    if require_privileges(
+        "with_netlink_filters_a_killed_agent_leaves_the_dataplane_serving_and_a_restart_takes_it_over",
+    ) {
+        restart_keeps_flows_on(true, "netlink");
     }
 }
 
@@ -122,18 +186,23 @@ fn pins_of_interfaces_deleted_while_the_agent_was_down_are_removed() {
     lab.pod("client").tcp_request(http(), T).unwrap();
 }
 
-#[test]
-fn cleanup_removes_the_programs_links_and_pins() {
-    if !require_privileges("cleanup_removes_the_programs_links_and_pins") {
-        return;
-    }
+/// Runs an agent on `path` (`--tc-attach`), stops it, runs `sluice
+/// cleanup` on the node, and checks that nothing of Sluice is left.
+fn cleanup_removes_everything(path: &str) {
     let mut lab = web_lab(1);
-    lab.start_agent(&AgentOptions::default()).unwrap();
+    lab.start_agent(&AgentOptions {
+        extra_args: vec!["--tc-attach".into(), path.into()],
+        ..AgentOptions::default()
+    })
+    .unwrap();
     lab.pod("client").tcp_request(http(), T).unwrap();
     lab.take_agent().unwrap().stop().unwrap();
     let pin_dir = lab.pin_dir();
     assert!(pin_dir.join("SLUICE_SVC").exists() && pin_dir.join("links").exists());
-    let out = Command::new(default_bin())
+    // On the node, as an operator runs it.
+    let out = lab
+        .node()
+        .command(&default_bin().display().to_string())
         .arg("cleanup")
         .arg("--pin-dir")
         .arg(&pin_dir)
@@ -148,11 +217,36 @@ fn cleanup_removes_the_programs_links_and_pins() {
         !pin_dir.exists(),
         "the pin directory (a bpffs the agent mounted) is gone"
     );
+    let host_if = &lab.pod("client").host_if;
+    let filters = lab
+        .node()
+        .command("tc")
+        .args(["filter", "show", "dev", host_if, "ingress"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&filters.stdout).contains("tc_ingress"),
+        "no filter is left"
+    );
     // No program: the ClusterIP is an address like any other, and unrouted.
     assert!(lab.pod("client").tcp_request(http(), T).is_err());
     lab.pod("client")
         .tcp_request(SocketAddr::from((common::backend_ip(0), 8080)), T)
         .unwrap();
+}
+
+#[test]
+fn cleanup_removes_the_programs_links_and_pins() {
+    if require_privileges("cleanup_removes_the_programs_links_and_pins") {
+        cleanup_removes_everything("tcx");
+    }
+}
+
+#[test]
+fn cleanup_removes_the_netlink_filters_and_pins() {
+    if require_privileges("cleanup_removes_the_netlink_filters_and_pins") {
+        cleanup_removes_everything("netlink");
+    }
 }
 
 #[test]

@@ -143,6 +143,14 @@ impl Agent {
             }))
             .args(&opts.extra_args)
             .env_remove("RUST_LOG");
+        // SLUICE_LAB_TC_ATTACH runs a whole suite on one TC attach path
+        // (`cargo xtask test` runs the ClusterIP tests with `netlink`),
+        // unless the test chose one itself.
+        if let Ok(path) = env::var("SLUICE_LAB_TC_ATTACH")
+            && !opts.extra_args.iter().any(|a| a == "--tc-attach")
+        {
+            cmd.args(["--tc-attach", &path]);
+        }
         // SLUICE_LOG sets the agent's RUST_LOG; otherwise its flags decide.
         if let Ok(filter) = env::var("SLUICE_LOG") {
             cmd.env("RUST_LOG", filter);
