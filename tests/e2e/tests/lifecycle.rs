@@ -31,6 +31,18 @@ fn counter(status: &str, label: &str) -> u64 {
         .unwrap()
 }
 
+/// The TC filters at the ingress of the client pod's interface (`tc`).
+fn client_filters(lab: &Lab) -> String {
+    let host_if = &lab.pod("client").host_if;
+    let out = lab
+        .node()
+        .command("tc")
+        .args(["filter", "show", "dev", host_if, "ingress"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Stops (SIGTERM) or kills (SIGKILL) the agent, checks that traffic and an
 /// established connection keep flowing without it, restarts it, and checks
 /// that it took the dataplane over without breaking the connection.
@@ -55,14 +67,7 @@ fn restart_keeps_flows_on(kill: bool, path: &str) {
     if path == "netlink" {
         // A direct-action filter of Sluice's priority and handle, and no
         // TCX link pinned for the pods' interfaces.
-        let host_if = &lab.pod("client").host_if;
-        let out = lab
-            .node()
-            .command("tc")
-            .args(["filter", "show", "dev", host_if, "ingress"])
-            .output()
-            .unwrap();
-        let filters = String::from_utf8_lossy(&out.stdout);
+        let filters = client_filters(&lab);
         assert!(
             filters.contains("tc_ingress")
                 && filters.contains("pref 1 ")
@@ -217,15 +222,8 @@ fn cleanup_removes_everything(path: &str) {
         !pin_dir.exists(),
         "the pin directory (a bpffs the agent mounted) is gone"
     );
-    let host_if = &lab.pod("client").host_if;
-    let filters = lab
-        .node()
-        .command("tc")
-        .args(["filter", "show", "dev", host_if, "ingress"])
-        .output()
-        .unwrap();
     assert!(
-        !String::from_utf8_lossy(&filters.stdout).contains("tc_ingress"),
+        !client_filters(&lab).contains("tc_ingress"),
         "no filter is left"
     );
     // No program: the ClusterIP is an address like any other, and unrouted.
