@@ -145,7 +145,7 @@ pub enum XdpAttach {
     Tc,
 }
 
-pub use attach::{TcAttach, TcPath};
+pub use attach::{TcAttach, TcPath, pinned_path};
 
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -214,6 +214,7 @@ impl Dataplane {
                 source: Box::new(e),
             })?;
         }
+        attach::mark_path(classifier(&mut ebpf, TC_PROGRAM)?, &opts.pin_dir, tc_path)?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
         let refused = maps.refused.iter().filter_map(Result::ok).collect();

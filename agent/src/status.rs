@@ -244,9 +244,11 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
             );
         }
     }
+    let path = crate::dataplane::pinned_path(pin_dir).map_or("none attached", |p| p.name());
+    let _ = writeln!(out, "\nTC attach path: {path}");
     let _ = writeln!(
         out,
-        "\nClusterIPs: {}   conntrack entries: {}",
+        "ClusterIPs: {}   conntrack entries: {}",
         snap.cluster_ips,
         snap.conntrack.entries()
     );

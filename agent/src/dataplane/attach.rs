@@ -138,6 +138,42 @@ impl TcPath {
     }
 }
 
+/// On the netlink path, `tc_ingress` is pinned here under the links
+/// directory: the filters' program, and the mark `sluice status` reads the
+/// path from (a netlink filter has no link to pin).
+const NETLINK_MARK: &str = "tc_netlink";
+
+/// The TC attach path of the agent whose pins are in `pin_dir`, as it left
+/// them: netlink (its mark), TCX (pinned TC links), or none attached.
+pub fn pinned_path(pin_dir: &Path) -> Option<TcPath> {
+    let links = pin_dir.join(LINKS_DIR);
+    if links.join(NETLINK_MARK).exists() {
+        return Some(TcPath::Netlink);
+    }
+    let tcx = fs::read_dir(links).ok()?.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(LINK_PREFIX) || n.starts_with(EXT_LINK_PREFIX))
+    });
+    tcx.then_some(TcPath::Tcx)
+}
+
+/// Marks the pins with `path` (see `NETLINK_MARK`).
+pub fn mark_path(prog: &mut SchedClassifier, pin_dir: &Path, path: TcPath) -> Result<(), Error> {
+    let mark = pin_dir.join(LINKS_DIR).join(NETLINK_MARK);
+    remove_pin(&mark);
+    if path == TcPath::Tcx {
+        return Ok(());
+    }
+    let pin_err = |source: BoxError| Error::PinLink {
+        iface: "(netlink filters)".to_owned(),
+        path: mark.clone(),
+        source,
+    };
+    fs::create_dir_all(pin_dir.join(LINKS_DIR)).map_err(|e| pin_err(Box::new(e)))?;
+    prog.pin(&mark).map_err(|e| pin_err(Box::new(e)))
+}
+
 /// Sluice's filter on an interface's ingress: its priority (the first, so
 /// that nothing ahead of it sees untranslated packets) and handle.
 const FILTER_PRIORITY: u16 = 1;

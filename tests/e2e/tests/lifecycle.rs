@@ -64,6 +64,11 @@ fn restart_keeps_flows_on(kill: bool, path: &str) {
             .any(|l| l.contains("TC attach path") && l.contains(path)),
         "{log}"
     );
+    let status = lab.status(&default_bin()).unwrap();
+    assert!(
+        status.contains(&format!("TC attach path: {path}")),
+        "{status}"
+    );
     if path == "netlink" {
         // A direct-action filter of Sluice's priority and handle, and no
         // TCX link pinned for the pods' interfaces.
