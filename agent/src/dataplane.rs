@@ -11,6 +11,7 @@ mod batch;
 mod bpffs;
 pub mod conntrack;
 pub mod maps;
+pub mod probe;
 pub mod sock;
 mod stale_udp;
 
@@ -98,6 +99,8 @@ pub enum Error {
         "`--tc-attach tcx`: this kernel has no TCX (Linux 6.6 and later); use `netlink` or `auto`"
     )]
     NoTcx(#[source] Box<ProgramError>),
+    #[error("this kernel lacks what the dataplane needs: {0}")]
+    Kernel(String),
     #[error("failed to attach to interface `{iface}`")]
     Attach {
         iface: String,
@@ -179,10 +182,48 @@ struct ExternalAttached {
     tc: attach::TcLink,
 }
 
+/// What `opts` asks for, less what this kernel lacks (`probe`): the XDP
+/// mode (north-south in TC without XDP's features) and socket LB's cgroup
+/// (none without its features); an error when the dataplane itself, or a
+/// mode asked for by name, cannot run.
+fn probed(opts: &Options) -> Result<(XdpAttach, Option<PathBuf>), Error> {
+    use probe::Need;
+    let missing = probe::Missing::probe();
+    tracing::info!(
+        features = probe::FEATURES.len(),
+        missing = missing.count(),
+        "kernel features probed"
+    );
+    if let Some(what) = missing.for_need(Need::Dataplane) {
+        return Err(Error::Kernel(what));
+    }
+    let xdp_mode = match (missing.for_need(Need::Xdp), opts.xdp_mode) {
+        (None, mode) | (Some(_), mode @ XdpAttach::Tc) => mode,
+        (Some(what), XdpAttach::Auto) => {
+            tracing::warn!(
+                "XDP off: this kernel lacks {what}; north-south runs in TC, as with --xdp-mode tc"
+            );
+            XdpAttach::Tc
+        }
+        (Some(what), XdpAttach::Native | XdpAttach::Generic) => {
+            return Err(Error::Kernel(format!("{what}, for the XDP mode asked for")));
+        }
+    };
+    let socket_lb = match (missing.for_need(Need::SocketLb), &opts.socket_lb) {
+        (Some(what), Some(_)) => {
+            tracing::warn!("socket LB off: this kernel lacks {what}");
+            None
+        }
+        (_, cgroup) => cgroup.clone(),
+    };
+    Ok((xdp_mode, socket_lb))
+}
+
 impl Dataplane {
     /// Loads the programs, creating the pinned maps or adopting existing ones.
     pub fn load(opts: &Options) -> Result<Self, Error> {
         bpffs::ensure(&opts.pin_dir)?;
+        let (xdp_mode, socket_lb) = probed(opts)?;
         let tc_path = attach::choose(opts.tc_attach)?;
         let ct_sizes = sluice_abi::conntrack::split_sizes(opts.conntrack_size);
         bpffs::drop_incompatible_pins(&opts.pin_dir, &ct_sizes);
@@ -198,7 +239,7 @@ impl Dataplane {
         // External interfaces get XDP and `tc_external`, or with
         // `--xdp-mode tc` only `tc_north_south`: the verifier sees only
         // the programs this mode attaches.
-        let tc_mode = opts.xdp_mode == XdpAttach::Tc;
+        let tc_mode = xdp_mode == XdpAttach::Tc;
         let external = if tc_mode { TC_NORTH_SOUTH } else { TC_EXTERNAL };
         for name in [TC_PROGRAM, external] {
             classifier(&mut ebpf, name)?
@@ -225,7 +266,7 @@ impl Dataplane {
             opts.config.lifetimes,
             opts.conntrack_gc_interval,
         )?;
-        match &opts.socket_lb {
+        match &socket_lb {
             Some(cgroup) => sock::attach(&mut ebpf, cgroup, &opts.pin_dir)?,
             None => sock::detach(&opts.pin_dir),
         }
@@ -242,10 +283,10 @@ impl Dataplane {
             pin_dir: opts.pin_dir.clone(),
             links: BTreeMap::new(),
             xdp_links: BTreeMap::new(),
-            xdp_mode: opts.xdp_mode,
+            xdp_mode,
             tc_path,
             current,
-            socket_lb: opts.socket_lb.clone(),
+            socket_lb,
             collector,
             refused,
         })

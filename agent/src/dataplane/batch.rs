@@ -158,3 +158,49 @@ pub fn for_each<K: Pod, V: Pod>(map: &OwnedFd, mut visit: impl FnMut(&K, &V)) ->
         first = false;
     }
 }
+
+/// `BPF_MAP_CREATE` and `BPF_MAP_TYPE_HASH`.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// The `map_create` member of `union bpf_attr`, as far as it is used.
+#[repr(C)]
+#[derive(Default)]
+struct CreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// Whether this kernel has the batch commands (Linux 5.6): a lookup batch
+/// on a small empty hash map made for the probe answers "no entries"
+/// rather than "invalid command".
+pub fn probe() -> bool {
+    let mut attr = CreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        ..CreateAttr::default()
+    };
+    // SAFETY: a valid `map_create` attribute of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &raw mut attr,
+            size_of::<CreateAttr>(),
+        )
+    };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    let map = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    for_each::<u32, u32>(&map, |_, _| {}).is_ok()
+}

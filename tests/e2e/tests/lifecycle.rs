@@ -501,3 +501,45 @@ fn a_malformed_ipv4_header_from_a_pod_is_dropped_and_counted() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_missing_kernel_feature_is_named_with_what_was_turned_off() {
+    if !require_privileges("a_missing_kernel_feature_is_named_with_what_was_turned_off") {
+        return;
+    }
+    let missing = |features: &str| AgentOptions {
+        env: vec![("SLUICE_PROBE_MISSING".into(), features.into())],
+        ..AgentOptions::default()
+    };
+    // What socket LB and XDP need: each is turned off, in one line that
+    // names the feature; the pods' dataplane serves on.
+    let mut lab = web_lab(1);
+    lab.start_agent(&missing("helper bpf_set_retval,helper bpf_xdp_load_bytes"))
+        .unwrap();
+    let log = lab.agent().log();
+    assert!(
+        log.contains("socket LB off: this kernel lacks helper bpf_set_retval (Linux 5.18)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("XDP off: this kernel lacks helper bpf_xdp_load_bytes (Linux 5.18)"),
+        "{log}"
+    );
+    assert!(
+        !lab.pin_dir().join("links/sock_connect4").exists(),
+        "no socket LB"
+    );
+    lab.pod("client").tcp_request(http(), T).unwrap();
+    lab.take_agent().unwrap().stop().unwrap();
+
+    // What the dataplane itself needs: the agent does not start, and says
+    // what is missing.
+    let agent = lab.spawn_agent(&missing("batch map commands")).unwrap();
+    agent
+        .wait_for(
+            "this kernel lacks what the dataplane needs: batch map commands (Linux 5.6)",
+            0,
+            APPLY,
+        )
+        .unwrap();
+}

@@ -43,6 +43,8 @@ pub struct AgentOptions {
     /// resolvers: only lab addresses, or none).
     pub dns: Option<LabDns>,
     pub extra_args: Vec<String>,
+    /// More environment for the agent (e.g. `SLUICE_PROBE_MISSING`).
+    pub env: Vec<(String, String)>,
     /// Print the agent's log lines as they come (also with `SLUICE_LAB_ECHO`).
     pub echo: bool,
 }
@@ -56,6 +58,7 @@ impl Default for AgentOptions {
             service_cidr: None,
             dns: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
             echo: env::var_os("SLUICE_LAB_ECHO").is_some(),
         }
     }
@@ -142,6 +145,7 @@ impl Agent {
                 ]
             }))
             .args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG");
         // SLUICE_LAB_TC_ATTACH runs a whole suite on one TC attach path
         // (`cargo xtask test` runs the ClusterIP tests with `netlink`),
