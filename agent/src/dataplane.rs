@@ -149,6 +149,7 @@ pub enum XdpAttach {
 }
 
 pub use attach::{TcAttach, TcPath, pinned_path};
+pub use batch::create_map;
 
 pub struct Dataplane {
     ebpf: Ebpf,

@@ -172,17 +172,30 @@ struct CreateAttr {
     value_size: u32,
     max_entries: u32,
     map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
 }
 
-/// Whether this kernel has the batch commands (Linux 5.6): a lookup batch
-/// on a small empty hash map made for the probe answers "no entries"
-/// rather than "invalid command".
-pub fn probe() -> bool {
+/// A map made with `BPF_MAP_CREATE`: `map_type` as linux/bpf.h numbers it,
+/// named `name` (its first 15 bytes).
+pub fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (to, from) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *to = from;
+    }
     let mut attr = CreateAttr {
-        map_type: BPF_MAP_TYPE_HASH,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_name,
         ..CreateAttr::default()
     };
     // SAFETY: a valid `map_create` attribute of the size given.
@@ -194,13 +207,18 @@ pub fn probe() -> bool {
             size_of::<CreateAttr>(),
         )
     };
-    let Ok(fd) = i32::try_from(fd) else {
-        return false;
-    };
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     if fd < 0 {
-        return false;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    let map = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    for_each::<u32, u32>(&map, |_, _| {}).is_ok()
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Whether this kernel has the batch commands (Linux 5.6): a lookup batch
+/// on a small empty hash map made for the probe answers "no entries"
+/// rather than "invalid command".
+pub fn probe() -> bool {
+    create_map(BPF_MAP_TYPE_HASH, 4, 4, 1, "sluice_probe")
+        .is_ok_and(|map| for_each::<u32, u32>(&map, |_, _| {}).is_ok())
 }

@@ -395,57 +395,30 @@ fn closed_and_idle_flows_expire_after_their_lifetimes_and_established_ones_stay(
 /// LRU, `CtKey` → `CtValueV2`.
 fn pin_v2_map(path: &std::path::Path, max_entries: u32) {
     #[repr(C)]
-    #[derive(Default)]
-    struct CreateAttr {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-        inner_map_fd: u32,
-        numa_node: u32,
-        map_name: [u8; 16],
-    }
-    #[repr(C)]
     struct PinAttr {
         pathname: u64,
         bpf_fd: u32,
         file_flags: u32,
     }
-    const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    let mut name = [0u8; 16];
-    name[..12].copy_from_slice(b"SLUICE_CT_V2");
-    let mut create = CreateAttr {
-        map_type: BPF_MAP_TYPE_LRU_HASH,
-        key_size: u32::try_from(size_of::<CtKey>()).unwrap(),
-        value_size: u32::try_from(size_of::<CtValueV2>()).unwrap(),
+    let map = sluice_agent::dataplane::create_map(
+        BPF_MAP_TYPE_LRU_HASH,
+        u32::try_from(size_of::<CtKey>()).unwrap(),
+        u32::try_from(size_of::<CtValueV2>()).unwrap(),
         max_entries,
-        map_name: name,
-        ..CreateAttr::default()
-    };
-    // SAFETY: bpf(2) with attribute structs laid out as linux/bpf.h's.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &raw mut create,
-            size_of::<CreateAttr>(),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
+        "SLUICE_CT_V2",
+    )
+    .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&map);
     let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut pin = PinAttr {
         pathname: path.as_ptr() as u64,
         bpf_fd: u32::try_from(fd).unwrap(),
         file_flags: 0,
     };
-    // SAFETY: as above; `path` outlives the call.
+    // SAFETY: bpf(2) with `BPF_OBJ_PIN`'s attribute laid out as
+    // linux/bpf.h's; `path` and `map` outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -455,8 +428,7 @@ fn pin_v2_map(path: &std::path::Path, max_entries: u32) {
         )
     };
     assert_eq!(r, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-    // SAFETY: our descriptor; the pin keeps the map.
-    unsafe { libc::close(i32::try_from(fd).unwrap()) };
+    // The pin keeps the map once `map` is closed.
 }
 
 /// An entry of this layout as the previous layout held it.
