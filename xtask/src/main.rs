@@ -1,4 +1,5 @@
-//! Developer tasks: `setup`, `doctor`, `build`, `run`, `test`.
+//! Developer tasks: `setup`, `doctor`, `build`, `run`, `test`, `bench`,
+//! `vm-test`.
 //!
 //! `run` and `test` call `setup` first when something is missing, so a fresh
 //! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
@@ -7,6 +8,7 @@ mod bench;
 mod prereqs;
 mod run;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,9 @@ enum Command {
     /// Run a benchmark (`sync`, `dns`, `dataplane`, `north-south`) and write
     /// its table to target/bench/.
     Bench(bench::Args),
+    /// Run the packet tests and an end-to-end subset in a guest booting
+    /// Debian's cloud kernel of a series (`6.1`) under qemu.
+    VmTest(vm::Args),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +55,9 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::VmTest(args) => {
+            prereqs::ensure()?;
+            vm::vm_test(&args)
+        }
     }
 }

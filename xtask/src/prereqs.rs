@@ -36,6 +36,9 @@ const TOOL_PACKAGES: &[&str] = &[
     "dnsmasq",
     "wrk",
     "iperf3",
+    // `cargo xtask vm-test`: the guest's emulator and its busybox.
+    "qemu-system-x86",
+    "busybox-static",
     "libzstd-dev",
     "zlib1g-dev",
 ];

@@ -4,7 +4,9 @@
 //! 2. lints (clippy on the host crates and on the eBPF crate for its target);
 //! 3. privileged tests, one at a time: packet tests through
 //!    BPF_PROG_TEST_RUN and end-to-end tests in network namespaces, against
-//!    the `sluice` binary built here;
+//!    the `sluice` binary built here; the ClusterIP tests again with
+//!    `--tc-attach netlink`; and the packet tests and an end-to-end subset
+//!    in a Linux 6.1 guest (`vm.rs`);
 //! 4. the DNS fuzz targets (cargo-fuzz), each for a bounded time;
 //! 5. smoke runs of `cargo xtask run` (the README's first command) and of
 //!    `cargo xtask bench dataplane --quick` and `… north-south --quick`
@@ -115,6 +117,12 @@ pub fn test(args: &Args) -> Result<()> {
 
     if args.filter.is_none() {
         netlink_run(&bin_env, &apiserver_env)?;
+        step(
+            "the packet tests and an end-to-end subset in a Linux 6.1 guest (`cargo xtask vm-test 6.1`)",
+        );
+        crate::vm::vm_test(&crate::vm::Args {
+            version: "6.1".into(),
+        })?;
     }
 
     if args.filter.is_none() && args.fuzz_seconds > 0 {

@@ -25,8 +25,6 @@ use sluice_lab::{
     enter_on_spawn, require_privileges,
 };
 
-const PROBE: &str = env!("CARGO_BIN_EXE_sluice-probe");
-
 const SIZE: usize = 64 << 20;
 /// A transfer that stalls takes far longer than this (on veth 64 MiB take
 /// well under a second).
@@ -154,7 +152,7 @@ fn through_socket_lb(c: &Cluster) {
     let connects = event_count(lab, "sock_connect");
     // `timeout` bounds the whole run; the probe bounds each transfer.
     let mut cmd = Command::new("timeout");
-    cmd.arg("150").arg(PROBE).args([
+    cmd.arg("150").arg(probe_bin()).args([
         "bulk",
         &SocketAddr::from((VIP, 80)).to_string(),
         &SIZE.to_string(),

@@ -15,14 +15,12 @@ use common::*;
 use sluice_agent::dataplane::conntrack::Conntrack;
 use sluice_lab::{AgentOptions, Lab, Netns, enter_on_spawn, process::Process, require_privileges};
 
-const PROBE: &str = env!("CARGO_BIN_EXE_sluice-probe");
-
 /// The probe's command line, to run in `ns` inside the lab's cgroup, and
 /// the namespace file that must stay open until it is spawned.
 fn probe_command(lab: &Lab, ns: &Netns, args: &[&str]) -> (Command, std::fs::File) {
     // `timeout` bounds the whole run; the probe bounds each of its waits.
     let mut cmd = Command::new("timeout");
-    cmd.arg("30").arg(PROBE).args(args);
+    cmd.arg("30").arg(probe_bin()).args(args);
     let file = ns.open().unwrap();
     enter_on_spawn(&mut cmd, &file);
     lab.cgroup().enter_on_spawn(&mut cmd).unwrap();

@@ -147,6 +147,13 @@ pub fn http_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)
     .ok()
 }
 
+/// The `sluice-probe` binary: `$SLUICE_PROBE_BIN` (a guest of `cargo xtask
+/// vm-test` has it elsewhere), or the one cargo built beside the tests.
+pub fn probe_bin() -> String {
+    std::env::var("SLUICE_PROBE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice-probe").to_owned())
+}
+
 /// The agent's count of dataplane event `name` in `lab`, from its metrics.
 pub fn event_count(lab: &Lab, name: &str) -> u64 {
     metric(lab, &format!("event=\"{name}\""))

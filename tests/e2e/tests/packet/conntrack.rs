@@ -153,14 +153,10 @@ fn a_flood_of_new_flows_evicts_only_flows_that_are_not_established() {
         assert_eq!(parse_checked(&out).src, Spec::default().dst, "reverse NAT");
     }
     assert!(B.contains(&half_open.0));
-    // The half-open flow was pushed out: its answer is not ours any more.
-    let frame = build(&Spec {
-        src: half_open,
-        dst: (CLIENT, 21_000),
-        tcp_flags: SYN | ACK,
-        ..Spec::default()
-    });
-    assert_eq!(h.run(&frame), (TC_ACT_OK, frame), "untranslated");
+    // Which new flows the flood pushed out is the LRU's choice, and the
+    // kernel's LRU is approximate (per-CPU free lists; Linux 6.1 kept the
+    // half-open flow of this test on a 2-CPU guest, 6.18 did not): the
+    // evictions are counted, and no established flow was among them.
     let census = Conntrack::open_pinned(&h.fs.path()).unwrap().census();
     let new_map = census
         .maps
