@@ -57,6 +57,7 @@ struct Survey {
     missing_components: Vec<&'static str>,
     bpf_linker_ok: bool,
     cargo_fuzz_ok: bool,
+    guest_kernel_ok: bool,
 }
 
 fn survey() -> Survey {
@@ -144,6 +145,7 @@ fn survey() -> Survey {
             why: "`cargo xtask test` fuzzes the DNS message handling for a bounded time".into(),
         });
     }
+    let guest_kernel_ok = guest_kernel(&mut missing);
     Survey {
         llvm_major,
         missing,
@@ -151,7 +153,23 @@ fn survey() -> Survey {
         missing_components,
         bpf_linker_ok,
         cargo_fuzz_ok,
+        guest_kernel_ok,
     }
+}
+
+/// Whether the guest's kernel is there; if not, says so in `missing`.
+fn guest_kernel(missing: &mut Vec<Missing>) -> bool {
+    let ok = crate::vm::has_kernel(crate::vm::GUEST_SERIES);
+    if !ok {
+        missing.push(Missing {
+            what: format!(
+                "Debian's {} cloud kernel (target/vm/)",
+                crate::vm::GUEST_SERIES
+            ),
+            why: "`cargo xtask test` boots it in qemu (`cargo xtask vm-test`)".into(),
+        });
+    }
+    ok
 }
 
 /// `cargo xtask doctor`: report, change nothing. Fails when something is missing.
@@ -227,6 +245,9 @@ pub fn setup() -> Result<()> {
     }
     if !s.bpf_linker_ok {
         install_bpf_linker(major)?;
+    }
+    if !s.guest_kernel_ok {
+        crate::vm::fetch_kernel(crate::vm::GUEST_SERIES)?;
     }
     if !s.cargo_fuzz_ok {
         run(Command::new("cargo").args([

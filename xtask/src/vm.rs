@@ -35,6 +35,24 @@ pub struct Args {
     pub version: String,
 }
 
+/// The kernel series `cargo xtask test` boots.
+pub const GUEST_SERIES: &str = "6.1";
+
+/// Where the kernel of a series is unpacked.
+fn kernel_dir(series: &str) -> PathBuf {
+    PathBuf::from("target/vm").join(format!("linux-{series}"))
+}
+
+/// Whether the kernel of `series` is downloaded and unpacked.
+pub fn has_kernel(series: &str) -> bool {
+    find_kernel(&kernel_dir(series)).is_ok_and(|k| k.is_some())
+}
+
+/// Downloads and unpacks the kernel of `series` (`cargo xtask setup`).
+pub fn fetch_kernel(series: &str) -> Result<()> {
+    ensure_kernel(Path::new("target/vm"), series).map(drop)
+}
+
 /// The guest's whole run, boot to power-off, at most.
 const LIMIT: Duration = Duration::from_secs(8 * 60);
 

@@ -51,6 +51,63 @@ fn map(map: MapType) -> bool {
     is_map_supported(map).unwrap_or(false)
 }
 
+/// `BPF_PROG_LOAD`'s attribute, as far as a probe needs it.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// Whether a `cgroup_sock_addr` program for attach point `attach_type`
+/// (linux/bpf.h's `enum bpf_attach_type`) loads: a kernel without the
+/// hook refuses the attach type. The program is `return 1` and is closed
+/// at once; nothing is attached.
+fn sock_addr_hook(attach_type: u32) -> bool {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+    // r0 = 1; exit.
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x95];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: attach_type,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: a `prog_load` attribute of the size given, whose
+    // instructions and license outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &raw mut attr,
+            size_of::<ProgLoadAttr>(),
+        )
+    };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    unsafe { libc::close(fd) };
+    true
+}
+
 /// Every feature the dataplane uses, with its need. TCX is probed apart
 /// (`attach::choose`): without it TC attaches through netlink.
 pub const FEATURES: &[Feature] = &[
@@ -135,6 +192,30 @@ pub const FEATURES: &[Feature] = &[
         since: "4.17",
         need: Need::SocketLb,
         probe: || program(ProgramType::CgroupSockAddr),
+    },
+    Feature {
+        name: "attach point cgroup/connect4",
+        since: "4.17",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(10),
+    },
+    Feature {
+        name: "attach point cgroup/sendmsg4",
+        since: "4.18",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(14),
+    },
+    Feature {
+        name: "attach point cgroup/recvmsg4",
+        since: "5.2",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(19),
+    },
+    Feature {
+        name: "attach point cgroup/getpeername4",
+        since: "5.8",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(29),
     },
     Feature {
         name: "helper bpf_set_retval",
