@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     certs::serving::ServingSlot,
-    health::{Health, serve_connection, serve_plain, text},
+    health::{HEADER_TIMEOUT, Health, accept_bounded, serve_connection, serve_plain, text},
 };
 
 #[derive(Debug, Error)]
@@ -131,16 +131,18 @@ fn secure_answer(health: &Health, path: &str) -> Response<Full<Bytes>> {
 /// Serves HTTPS until dropped.
 pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health: Health) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+    accept_bounded(listener, move |tcp, peer, permit| {
         let (acceptor, health) = (acceptor.clone(), health.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
+        async move {
+            let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, "secure port handshake: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "secure port handshake: timed out");
                     return;
                 }
             };
@@ -159,8 +161,10 @@ pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health:
                 }
             })
             .await;
-        });
-    }
+            drop(permit);
+        }
+    })
+    .await;
 }
 
 /// Serves the read-only port (plain HTTP) until dropped.

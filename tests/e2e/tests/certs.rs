@@ -673,6 +673,26 @@ fn the_secure_port_serves_the_nodes_serving_certificate_to_cluster_clients_only(
     assert_eq!(anonymous.status, 401);
     assert!(!anonymous.body.contains("serial"));
 
+    // A client that never starts its handshake is closed within the
+    // handshake timeout (10 s), not kept forever.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", node.secure)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut silent, &mut buf);
+    assert!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed by the server, not timed out here: {read:?}"
+    );
+    assert!(
+        admin.get("/healthz").is_ok(),
+        "served beside a silent client"
+    );
+
     // New addresses: a new certificate that names them.
     let from = node.mark();
     node.set_node_addresses(&[

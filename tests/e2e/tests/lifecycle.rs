@@ -9,7 +9,9 @@ mod common;
 use std::{fs, net::SocketAddr, process::Command, time::Duration};
 
 use aya::maps::MapData;
-use common::{APPLY, SERVICE_CIDR, T, VIP, apply, http, spread, web_lab, web_manifest, who};
+use common::{
+    APPLY, SERVICE_CIDR, T, VIP, apply, http, http_get, spread, web_lab, web_manifest, who,
+};
 use sluice_lab::{
     AgentOptions, Lab, default_bin,
     lab::request_line,
@@ -542,4 +544,66 @@ fn a_missing_kernel_feature_is_named_with_what_was_turned_off() {
             APPLY,
         )
         .unwrap();
+}
+
+#[test]
+fn the_health_port_closes_silent_connections_and_caps_how_many_it_serves() {
+    if !require_privileges("the_health_port_closes_silent_connections_and_caps_how_many_it_serves")
+    {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let health = SocketAddr::from(([127, 0, 0, 1], 10256));
+    let outcome = lab
+        .node()
+        .run(move || -> (Vec<bool>, Option<Duration>, bool) {
+            use std::io::{Read as _, Write as _};
+            // 256 connections (the cap) that never finish their headers.
+            let silent: Vec<std::net::TcpStream> = (0..256)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect_timeout(&health, T).unwrap();
+                    s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+                    s
+                })
+                .collect();
+            // One more, complete: it waits for a slot.
+            let mut queued = std::net::TcpStream::connect_timeout(&health, T).unwrap();
+            queued
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            queued
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let waited = queued.read(&mut buf).is_err();
+            // The silent ones are closed within the header timeout (10 s);
+            // then the queued one is answered.
+            let started = std::time::Instant::now();
+            queued
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let answered = queued.read(&mut buf).is_ok_and(|n| n > 0);
+            let closed = silent
+                .into_iter()
+                .map(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    // Closed by the server; a timeout here is not that.
+                    let read = s.read(&mut buf);
+                    matches!(read, Ok(0))
+                        || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+                })
+                .collect();
+            (closed, answered.then(|| started.elapsed()), waited)
+        })
+        .unwrap();
+    let (closed, answered, waited) = outcome;
+    assert!(waited, "the 257th connection waits while 256 are served");
+    assert!(answered.is_some(), "and is answered once slots free up");
+    assert!(
+        closed.iter().all(|c| *c),
+        "every silent connection was closed"
+    );
+    // Served as ever.
+    assert_eq!(http_get(&lab, health, "/healthz").unwrap().0, 200);
 }
