@@ -20,7 +20,7 @@ use std::{
 
 use common::*;
 use sluice_lab::{
-    AgentOptions, Cluster,
+    Cluster,
     bulk::{self, BulkServer},
     enter_on_spawn, require_privileges,
 };
@@ -108,18 +108,7 @@ fn bulk_cluster(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
     }
     c.node(0).add_pod("client", CLIENT).unwrap();
     c.offloads_on().unwrap();
-    for (i, node) in ["node-a", "node-b"].into_iter().enumerate() {
-        c.node(i)
-            .start_agent(&AgentOptions {
-                extra_args: ["--node-name", node]
-                    .iter()
-                    .chain(args)
-                    .map(|a| (*a).to_owned())
-                    .collect(),
-                ..AgentOptions::default()
-            })
-            .unwrap();
-    }
+    start_agents(&mut c, args);
     c.route_via(EXTERNAL_IP, 0).unwrap();
     c.route_via(LB_IP, 0).unwrap();
     (c, servers)

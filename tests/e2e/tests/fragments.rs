@@ -15,7 +15,7 @@ use std::{
 
 use common::*;
 use sluice_lab::{
-    AgentOptions, Cluster,
+    Cluster,
     bulk::{self, UdpEcho},
     require_privileges,
 };
@@ -29,14 +29,6 @@ const SIZE: usize = 8000;
 /// Echoes in the lab take microseconds.
 const LIMIT: Duration = Duration::from_secs(3);
 
-fn service(name: &str, vip: Ipv4Addr, node_port: u16, (backend, node): (Ipv4Addr, &str)) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  ports:\n  - {{name: echo, port: 7, protocol: UDP, nodePort: {node_port}}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
-         addressType: IPv4\nports: [{{name: echo, port: 7000, protocol: UDP}}]\nendpoints: [{{addresses: [\"{backend}\"], nodeName: {node}, conditions: {{ready: true}}}}]\n"
-    )
-}
-
 fn echoes(args: &[&str]) {
     let mut c = Cluster::new().unwrap();
     let mut servers = Vec::new();
@@ -46,28 +38,27 @@ fn echoes(args: &[&str]) {
         servers.push(UdpEcho::start(&lab.pod("echo").ns, 7000).unwrap());
         lab.write_manifest(
             "local.yaml",
-            &service("local", LOCAL_VIP, LOCAL_PORT, (ECHO[0], "node-a")),
+            &udp_node_port(
+                "local",
+                LOCAL_VIP,
+                (7, LOCAL_PORT, 7000),
+                (ECHO[0], "node-a"),
+            ),
         )
         .unwrap();
         lab.write_manifest(
             "remote.yaml",
-            &service("remote", REMOTE_VIP, REMOTE_PORT, (ECHO[1], "node-b")),
+            &udp_node_port(
+                "remote",
+                REMOTE_VIP,
+                (7, REMOTE_PORT, 7000),
+                (ECHO[1], "node-b"),
+            ),
         )
         .unwrap();
     }
     c.node(0).add_pod("client", CLIENT).unwrap();
-    for (i, node) in ["node-a", "node-b"].into_iter().enumerate() {
-        c.node(i)
-            .start_agent(&AgentOptions {
-                extra_args: ["--node-name", node]
-                    .iter()
-                    .chain(args)
-                    .map(|a| (*a).to_owned())
-                    .collect(),
-                ..AgentOptions::default()
-            })
-            .unwrap();
-    }
+    start_agents(&mut c, args);
     let pod = &c.node_ref(0).pod("client").ns;
     let node = c.node_ip(0);
     for (from, to, what) in [

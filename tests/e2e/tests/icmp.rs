@@ -16,7 +16,7 @@ use std::{
 
 use common::*;
 use sluice_lab::{
-    AgentOptions, Cluster,
+    Cluster,
     probe::{self, Outcome},
     require_privileges,
 };
@@ -30,14 +30,6 @@ const REMOTE_PORT: u16 = 30091;
 /// Long enough for any answer in the lab (they take microseconds).
 const WAIT: Duration = Duration::from_secs(3);
 
-fn service(name: &str, vip: Ipv4Addr, node_port: u16, (backend, node): (Ipv4Addr, &str)) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  ports:\n  - {{name: dns, port: 53, protocol: UDP, nodePort: {node_port}}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
-         addressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints: [{{addresses: [\"{backend}\"], nodeName: {node}, conditions: {{ready: true}}}}]\n"
-    )
-}
-
 /// Two nodes, a backend without a listener on each, a client pod on node
 /// a, the Services `local` and `remote`; the agents run with `args`.
 fn quiet_cluster(args: &[&str]) -> Cluster {
@@ -47,28 +39,27 @@ fn quiet_cluster(args: &[&str]) -> Cluster {
         lab.add_pod("quiet", quiet).unwrap();
         lab.write_manifest(
             "local.yaml",
-            &service("local", LOCAL_VIP, LOCAL_PORT, (QUIET[0], "node-a")),
+            &udp_node_port(
+                "local",
+                LOCAL_VIP,
+                (53, LOCAL_PORT, 5353),
+                (QUIET[0], "node-a"),
+            ),
         )
         .unwrap();
         lab.write_manifest(
             "remote.yaml",
-            &service("remote", REMOTE_VIP, REMOTE_PORT, (QUIET[1], "node-b")),
+            &udp_node_port(
+                "remote",
+                REMOTE_VIP,
+                (53, REMOTE_PORT, 5353),
+                (QUIET[1], "node-b"),
+            ),
         )
         .unwrap();
     }
     c.node(0).add_pod("client", CLIENT).unwrap();
-    for (i, node) in ["node-a", "node-b"].into_iter().enumerate() {
-        c.node(i)
-            .start_agent(&AgentOptions {
-                extra_args: ["--node-name", node]
-                    .iter()
-                    .chain(args)
-                    .map(|a| (*a).to_owned())
-                    .collect(),
-                ..AgentOptions::default()
-            })
-            .unwrap();
-    }
+    start_agents(&mut c, args);
     c
 }
 

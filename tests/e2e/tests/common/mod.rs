@@ -10,7 +10,7 @@ use std::{
 };
 
 use sluice_lab::{
-    Lab, Netns, Pod,
+    AgentOptions, Cluster, Lab, Netns, Pod,
     manifest::{self, Endpoint, Port},
 };
 
@@ -145,6 +145,37 @@ pub fn http_in(ns: &Netns, addr: SocketAddr, path: &str) -> Option<(u16, String)
     })
     .ok()?
     .ok()
+}
+
+/// Starts the agent on both nodes of `c` (`node-a`, `node-b`), with `args`.
+pub fn start_agents(c: &mut Cluster, args: &[&str]) {
+    for (i, node) in ["node-a", "node-b"].into_iter().enumerate() {
+        c.node(i)
+            .start_agent(&AgentOptions {
+                extra_args: ["--node-name", node]
+                    .iter()
+                    .chain(args)
+                    .map(|a| (*a).to_owned())
+                    .collect(),
+                ..AgentOptions::default()
+            })
+            .unwrap();
+    }
+}
+
+/// A NodePort Service `name` at `vip` with one UDP port, `port` (NodePort
+/// `node_port`) to `target` on its one endpoint `backend` on `node`.
+pub fn udp_node_port(
+    name: &str,
+    vip: Ipv4Addr,
+    (port, node_port, target): (u16, u16, u16),
+    (backend, node): (Ipv4Addr, &str),
+) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  ports:\n  - {{name: udp, port: {port}, protocol: UDP, nodePort: {node_port}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports: [{{name: udp, port: {target}, protocol: UDP}}]\nendpoints: [{{addresses: [\"{backend}\"], nodeName: {node}, conditions: {{ready: true}}}}]\n"
+    )
 }
 
 /// The `sluice-probe` binary: `$SLUICE_PROBE_BIN` (a guest of `cargo xtask
