@@ -18,11 +18,14 @@ use crate::{
     dataplane::{self, Dataplane},
     dns::Dns,
     external::{self, NodeInterfaces},
-    health::{self, Health},
+    health::{
+        self, Health,
+        sync::{Capacity, SyncState},
+    },
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
     model::NodeInfo,
-    plan::Planner,
+    plan::{Planner, capacity::Resource},
     secure,
     source::{AbortOnDrop, Events, apiserver, manifests},
 };
@@ -35,11 +38,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let RunConfig {
         node_name,
         health_listen,
+        metrics_per_service,
         services,
         certs,
         read_only_listen,
     } = cfg;
-    let health = Health::default();
+    let health = Health::new(metrics_per_service);
     // Certificates only: the health port first, so that it answers as soon
     // as anything happens.
     let _health = match &services {
@@ -67,34 +71,18 @@ async fn run_services(
     health: Health,
     health_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let ServicesConfig {
+    let (options, rest) = split_services(services);
+    let ServicesRest {
         source,
         interfaces,
         external_interfaces,
-        xdp_mode,
-        tc_attach,
         nodeport_range,
         snat_ports,
-        maglev_size,
-        pin_dir,
-        conntrack_size,
-        conntrack_gc_interval,
-        socket_lb,
-        dataplane: config,
         dns,
-    } = services;
-    health.set_pin_dir(pin_dir.clone());
-    let mut dp = Dataplane::load(&dataplane::Options {
-        pin_dir,
-        conntrack_size,
-        conntrack_gc_interval,
-        config,
-        socket_lb,
-        xdp_mode,
-        tc_attach,
-        maglev_size,
-    })
-    .context("loading the dataplane")?;
+    } = rest;
+    let maglev_size = options.maglev_size;
+    health.set_pin_dir(options.pin_dir.clone());
+    let mut dp = Dataplane::load(&options).context("loading the dataplane")?;
     health.set_conntrack(dp.conntrack_census());
     let _health = serve_health(&health, health_listen).await?;
     let dns = match &dns {
@@ -109,6 +97,7 @@ async fn run_services(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let described = describe(&source);
     let mut planner = Planner::new(node_name.clone());
+    planner.set_limits(dp.limits(), maglev_size);
     let local_node = node_name.clone();
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
@@ -120,6 +109,7 @@ async fn run_services(
 
     let mut node = None;
     let mut retry = Retry::default();
+    let mut announced = false;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
@@ -133,28 +123,33 @@ async fn run_services(
                 while let Ok(more) = events.try_recv() {
                     planner.apply(more);
                 }
+                health.update_sync(SyncState::queued);
+                follow_node(&planner, &mut node, &health);
+                let applied = sync(&mut planner, &mut dp, &mut retry, &health);
+                // After the plan: it says which Services it left out.
                 let changed = planner.take_changed();
                 health_checks
-                    .update(planner.store(), &changed, local_node.as_deref())
+                    .update(planner.store(), planner.admission(), &changed, local_node.as_deref())
                     .await;
                 if let Some(dns) = &dns {
-                    dns.update(planner.store(), &changed);
-                    if planner.synced() {
-                        dns.set_synced();
+                    dns.follow(&planner, &changed);
+                }
+                if let Some(applied) = applied {
+                    applied.log();
+                    if !announced {
+                        announced = true;
+                        ready(&described, &dp);
                     }
-                }
-                if planner.node() != node.as_ref() {
-                    node = planner.node().cloned();
-                    log_node(node.as_ref());
-                }
-                if sync(&mut planner, &mut dp, &mut retry) && !health.is_ready() {
-                    ready(&health, &described, &dp);
                 }
             }
             // A failed write: try again (the plan now covers everything).
             () = sleep_until(retry.at), if retry.pending => {
-                if sync(&mut planner, &mut dp, &mut retry) && !health.is_ready() {
-                    ready(&health, &described, &dp);
+                if let Some(applied) = sync(&mut planner, &mut dp, &mut retry, &health) {
+                    applied.log();
+                    if !announced {
+                        announced = true;
+                        ready(&described, &dp);
+                    }
                 }
             }
             event = links.next() => {
@@ -172,6 +167,59 @@ async fn run_services(
     drop(source_task);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
+}
+
+/// What `run_services` uses besides the dataplane's options.
+struct ServicesRest {
+    source: Source,
+    interfaces: InterfaceMatcher,
+    external_interfaces: Option<InterfaceMatcher>,
+    nodeport_range: (u16, u16),
+    snat_ports: (u16, u16),
+    dns: Option<crate::dns::DnsConfig>,
+}
+
+/// The dataplane's options, and the rest.
+fn split_services(services: ServicesConfig) -> (dataplane::Options, ServicesRest) {
+    let ServicesConfig {
+        source,
+        interfaces,
+        external_interfaces,
+        xdp_mode,
+        tc_attach,
+        nodeport_range,
+        snat_ports,
+        maglev_size,
+        pin_dir,
+        conntrack_size,
+        max_frontends,
+        max_backends,
+        conntrack_gc_interval,
+        socket_lb,
+        dataplane: config,
+        dns,
+    } = services;
+    let options = dataplane::Options {
+        pin_dir,
+        conntrack_size,
+        conntrack_gc_interval,
+        config,
+        socket_lb,
+        xdp_mode,
+        tc_attach,
+        maglev_size,
+        max_frontends,
+        max_backends,
+    };
+    let rest = ServicesRest {
+        source,
+        interfaces,
+        external_interfaces,
+        nodeport_range,
+        snat_ports,
+        dns,
+    };
+    (options, rest)
 }
 
 async fn start_read_only(
@@ -256,6 +304,18 @@ fn describe(source: &Source) -> String {
     }
 }
 
+/// Logs this node's Node object when it changed, and tells health whether
+/// the node is leaving.
+fn follow_node(planner: &Planner, node: &mut Option<NodeInfo>, health: &Health) {
+    if planner.node() == node.as_ref() {
+        return;
+    }
+    *node = planner.node().cloned();
+    log_node(node.as_ref());
+    let leaving = node.as_ref().and_then(|n| n.leaving.clone());
+    health.update_sync(|s| s.set_leaving(leaving));
+}
+
 fn log_node(node: Option<&NodeInfo>) {
     match node {
         Some(n) => {
@@ -270,8 +330,7 @@ fn log_node(node: Option<&NodeInfo>) {
     }
 }
 
-fn ready(health: &Health, source: &str, dp: &Dataplane) {
-    health.set_ready();
+fn ready(source: &str, dp: &Dataplane) {
     tracing::info!(
         source,
         pin_dir = %dp.pin_dir().display(),
@@ -419,38 +478,98 @@ impl Default for Retry {
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Programs what changed once the sources have listed everything; `true`
-/// when the maps now hold the whole model.
-fn sync(planner: &mut Planner, dp: &mut Dataplane, retry: &mut Retry) -> bool {
+/// Programs what changed once the sources have listed everything; `Some`
+/// when the maps now hold the model (less the Services left out, which
+/// `health` reports). A failure is logged here; a success by the caller
+/// (`Applied::log`), once everything that follows the plan is updated.
+fn sync(
+    planner: &mut Planner,
+    dp: &mut Dataplane,
+    retry: &mut Retry,
+    health: &Health,
+) -> Option<Applied> {
     let started = std::time::Instant::now();
-    let Some(changes) = planner.plan(|| dp.scope()) else {
-        return false;
-    };
+    let left_out_before = planner.admission().left_out();
+    let changes = planner.plan(|| dp.scope())?;
     let result = dp.sync_changes(&changes);
     planner.done(result.is_ok());
+    let left_out = planner.admission().left_out();
+    let left_out = (left_out != left_out_before).then_some(left_out);
     match result {
         Ok(ops) => {
             *retry = Retry::default();
-            tracing::info!(
-                frontends = planner.frontends(),
-                map_ops = ops,
-                took_ms = started.elapsed().as_millis(),
-                "Services applied"
-            );
-            true
+            let capacity = Capacity::of(planner.admission());
+            let triggers = planner.take_triggers();
+            let refused = dp.refused_count();
+            health.update_sync(|s| {
+                s.set_refused(refused);
+                s.synced_in(capacity, started.elapsed());
+                s.programmed_changes(&triggers);
+            });
+            Some(Applied {
+                ops,
+                took: started.elapsed(),
+                frontends: planner.frontends(),
+                left_out,
+            })
         }
         Err(e) => {
+            if let Some(left_out) = left_out {
+                log_left_out(&left_out);
+            }
+            let e = anyhow::Error::from(e);
+            health.update_sync(|s| s.failed(format!("{e:#}")));
             tracing::error!(
                 retry_in_s = retry.pause.as_secs(),
-                "applying the Services: {:#}",
-                anyhow::Error::from(e)
+                "applying the Services: {e:#}"
             );
             retry.pending = true;
             retry.at = Instant::now() + retry.pause;
             retry.pause = (retry.pause * 2).min(RETRY_MAX);
-            false
+            None
         }
     }
+}
+
+/// A sync written to the maps.
+struct Applied {
+    ops: usize,
+    took: Duration,
+    frontends: usize,
+    /// The Services left out, when that changed.
+    left_out: Option<Vec<(crate::model::ObjectKey, Resource)>>,
+}
+
+impl Applied {
+    fn log(&self) {
+        if let Some(left_out) = &self.left_out {
+            log_left_out(left_out);
+        }
+        tracing::info!(
+            frontends = self.frontends,
+            map_ops = self.ops,
+            took_ms = self.took.as_millis(),
+            "Services applied"
+        );
+    }
+}
+
+/// Names the Services the maps cannot hold (or says that all fit again).
+fn log_left_out(left_out: &[(crate::model::ObjectKey, Resource)]) {
+    if left_out.is_empty() {
+        tracing::info!("every Service fits in the maps again");
+        return;
+    }
+    let mut maps: Vec<&str> = left_out.iter().map(|(_, r)| r.map()).collect();
+    maps.sort_unstable();
+    maps.dedup();
+    let names: Vec<String> = left_out.iter().map(|(k, _)| k.to_string()).collect();
+    tracing::error!(
+        count = left_out.len(),
+        full = maps.join(","),
+        services = names.join(","),
+        "Services left out: they do not fit in the maps (the oldest are kept; raise --max-frontends or --max-backends)"
+    );
 }
 
 /// An interface exists (new, renamed or changed): attach when its name

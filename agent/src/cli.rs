@@ -20,7 +20,7 @@ pub enum Command {
     /// Run the agent in the current network namespace.
     Run(Box<RunArgs>),
     /// Print the Services, backends and counters from the pinned maps.
-    Status(PinDirArgs),
+    Status(StatusArgs),
     /// Remove the programs, links and pinned maps (like `kube-proxy --cleanup`).
     Cleanup(PinDirArgs),
 }
@@ -89,6 +89,15 @@ pub struct RunArgs {
     /// north-south, TCP and other protocols, established and new flows.
     #[arg(long)]
     pub conntrack_size: Option<u32>,
+    /// Frontends (a Service port on one address) and ClusterIPs the maps
+    /// hold (default 131072; about 300 bytes each, plus 24 per CPU).
+    /// Services that do not fit are left out whole, oldest first kept.
+    #[arg(long)]
+    pub max_frontends: Option<u32>,
+    /// Backends over all frontends (default 524288; about 250 bytes each,
+    /// plus 24 per CPU).
+    #[arg(long)]
+    pub max_backends: Option<u32>,
     /// Seconds between conntrack garbage collections (default 10).
     #[arg(long)]
     pub conntrack_gc_interval: Option<u32>,
@@ -108,6 +117,11 @@ pub struct RunArgs {
     /// Seconds a UDP flow lives without traffic once replied (default 120).
     #[arg(long)]
     pub conntrack_lifetime_udp_replied: Option<u32>,
+    /// Series per Service frontend in `/metrics` (default false: node-level
+    /// series only, as kube-proxy has; per-backend detail is in `sluice
+    /// status`)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub metrics_per_service: Option<bool>,
     /// Socket LB: `connect()` and sends to ClusterIPs from processes in the
     /// cgroup go straight to a backend (default true)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
@@ -161,4 +175,13 @@ pub struct RunArgs {
 pub struct PinDirArgs {
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pins: PinDirArgs,
+    /// The agent's health port, asked which Services do not fit in the maps.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    pub health_listen: std::net::SocketAddr,
 }

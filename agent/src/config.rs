@@ -44,6 +44,8 @@ pub enum ConfigError {
     ServiceCidr(String),
     #[error("`conntrack-size` must be at least 4096")]
     ConntrackSize,
+    #[error("`{0}` must be from 16 to 16777216")]
+    Capacity(&'static str),
     #[error("`{0}` must be from 1 to 604800 seconds (a week)")]
     Seconds(&'static str),
     #[error("socket LB needs a cgroup: give `cgroup-path` or `socket-lb: false`")]
@@ -96,6 +98,7 @@ struct FileConfig {
     kubeconfig: Option<PathBuf>,
     node_name: Option<String>,
     health_listen: Option<std::net::SocketAddr>,
+    metrics_per_service: Option<bool>,
     service_account_dir: Option<PathBuf>,
     interfaces: Option<InterfaceList>,
     external_interfaces: Option<InterfaceList>,
@@ -107,6 +110,8 @@ struct FileConfig {
     service_cidr: Option<String>,
     pin_dir: Option<PathBuf>,
     conntrack_size: Option<u32>,
+    max_frontends: Option<u32>,
+    max_backends: Option<u32>,
     conntrack_gc_interval: Option<u32>,
     conntrack_lifetime_syn: Option<u32>,
     conntrack_lifetime_established: Option<u32>,
@@ -146,6 +151,8 @@ pub const DEFAULT_HEALTH_LISTEN: std::net::SocketAddr =
 pub struct RunConfig {
     pub node_name: Option<String>,
     pub health_listen: std::net::SocketAddr,
+    /// Series per Service frontend in `/metrics` (`--metrics-per-service`).
+    pub metrics_per_service: bool,
     /// The Service dataplane and DNS; `None` when only certificates are
     /// managed.
     pub services: Option<ServicesConfig>,
@@ -170,6 +177,10 @@ pub struct ServicesConfig {
     pub maglev_size: u32,
     pub pin_dir: PathBuf,
     pub conntrack_size: u32,
+    /// Frontends and ClusterIPs the maps hold (`--max-frontends`).
+    pub max_frontends: u32,
+    /// Backends over all frontends (`--max-backends`).
+    pub max_backends: u32,
     pub conntrack_gc_interval: std::time::Duration,
     /// Socket LB's cgroup; `None`: socket LB is off.
     pub socket_lb: Option<PathBuf>,
@@ -205,6 +216,7 @@ impl RunConfig {
             && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none();
         Ok(Self {
             health_listen: c.health_listen.unwrap_or(DEFAULT_HEALTH_LISTEN),
+            metrics_per_service: c.metrics_per_service.unwrap_or(false),
             read_only_listen: c.read_only_listen,
             services: if certs_only {
                 None
@@ -224,6 +236,7 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         kubeconfig: args.kubeconfig.or(file.kubeconfig),
         node_name: args.node_name.or(file.node_name),
         health_listen: args.health_listen.or(file.health_listen),
+        metrics_per_service: args.metrics_per_service.or(file.metrics_per_service),
         service_account_dir: args.service_account_dir.or(file.service_account_dir),
         interfaces: args
             .interfaces
@@ -241,6 +254,8 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         service_cidr: args.service_cidr.or(file.service_cidr),
         pin_dir: args.pin_dir.or(file.pin_dir),
         conntrack_size: args.conntrack_size.or(file.conntrack_size),
+        max_frontends: args.max_frontends.or(file.max_frontends),
+        max_backends: args.max_backends.or(file.max_backends),
         conntrack_gc_interval: args.conntrack_gc_interval.or(file.conntrack_gc_interval),
         conntrack_lifetime_syn: args.conntrack_lifetime_syn.or(file.conntrack_lifetime_syn),
         conntrack_lifetime_established: args
@@ -338,6 +353,7 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
     if conntrack_size < 4096 {
         return Err(ConfigError::ConntrackSize);
     }
+    let (max_frontends, max_backends) = capacities(c)?;
     let conntrack_gc_interval = std::time::Duration::from_secs(u64::from(seconds(
         "conntrack-gc-interval",
         c.conntrack_gc_interval,
@@ -362,6 +378,8 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         maglev_size,
         pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         conntrack_size,
+        max_frontends,
+        max_backends,
         conntrack_gc_interval,
         socket_lb,
         dataplane,
@@ -542,6 +560,29 @@ fn parse_port_range(range: &str) -> Option<(u16, u16)> {
     (min >= 1 && min <= max).then_some((min, max))
 }
 
+/// `max-frontends` and `max-backends`, from 16 to 2^24.
+fn capacities(c: &FileConfig) -> Result<(u32, u32), ConfigError> {
+    let capacity = |name, value: Option<u32>, default| {
+        let n = value.unwrap_or(default);
+        (16..=1 << 24)
+            .contains(&n)
+            .then_some(n)
+            .ok_or(ConfigError::Capacity(name))
+    };
+    Ok((
+        capacity(
+            "max-frontends",
+            c.max_frontends,
+            sluice_abi::maps::MAX_SERVICES,
+        )?,
+        capacity(
+            "max-backends",
+            c.max_backends,
+            sluice_abi::maps::MAX_BACKENDS,
+        )?,
+    ))
+}
+
 fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let (net, len) = cidr.split_once('/')?;
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
@@ -571,11 +612,13 @@ mod tests {
         let c = with_file(
             "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 8192\nlog-level: debug\n\
              conntrack-gc-interval: 3\nconntrack-lifetime-syn: 4\nconntrack-lifetime-established: 5\n\
-             conntrack-lifetime-closing: 6\nconntrack-lifetime-udp: 7\nconntrack-lifetime-udp-replied: 8\n",
+             conntrack-lifetime-closing: 6\nconntrack-lifetime-udp: 7\nconntrack-lifetime-udp-replied: 8\n\
+             max-frontends: 1000\nmax-backends: 5000\n",
             RunArgs::default(),
         )
         .map(services)
         .unwrap();
+        assert_eq!((c.max_frontends, c.max_backends), (1000, 5000));
         assert_eq!(c.source, Source::Manifests("/m".into()));
         assert!(
             c.interfaces.matches("veth12")
@@ -674,6 +717,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one table of bad values")]
     fn xdp_settings_have_keys_defaults_and_checks() {
         let c = with_file(
             "manifests: /m\ninterfaces: veth*\nexternal-interfaces: [eth0, bond*]\nxdp-mode: generic\nnodeport-range: 20000-20999\nmaglev-table-size: 65521\n",
@@ -692,6 +736,14 @@ mod tests {
         );
         assert!(c.dataplane.in_nodeport_range(20_500) && !c.dataplane.in_nodeport_range(30_000));
         assert_eq!(c.maglev_size, 65_521);
+        assert_eq!(
+            (c.max_frontends, c.max_backends),
+            (
+                sluice_abi::maps::MAX_SERVICES,
+                sluice_abi::maps::MAX_BACKENDS
+            ),
+            "the defaults"
+        );
 
         let args = || RunArgs {
             manifests: Some("/m".into()),
@@ -756,6 +808,20 @@ mod tests {
                     ..args()
                 },
                 "maglev-table-size",
+            ),
+            (
+                RunArgs {
+                    max_frontends: Some(8),
+                    ..args()
+                },
+                "max-frontends",
+            ),
+            (
+                RunArgs {
+                    max_backends: Some(1 << 25),
+                    ..args()
+                },
+                "max-backends",
             ),
         ] {
             let err = RunConfig::from_args(bad).unwrap_err().to_string();

@@ -39,6 +39,7 @@ use thiserror::Error;
 use crate::{
     EBPF_OBJ,
     model::frontends::{DesiredChanges, Refused, Touched},
+    plan::capacity::{self, Entries, Resource},
     reconcile::{Current, Op, reconcile_changes},
 };
 
@@ -133,6 +134,10 @@ pub struct Options {
     pub tc_attach: TcAttach,
     /// The smallest Maglev table (a prime).
     pub maglev_size: u32,
+    /// Frontends and ClusterIP markers the maps hold (`--max-frontends`).
+    pub max_frontends: u32,
+    /// Backends over all frontends (`--max-backends`).
+    pub max_backends: u32,
 }
 
 /// How the XDP program attaches (`--xdp-mode`).
@@ -169,6 +174,53 @@ pub struct Dataplane {
     collector: conntrack::Collector,
     /// What the refused-claims map holds.
     refused: BTreeMap<sluice_abi::service::ServiceKey, sluice_abi::service::RefusedClaim>,
+    /// What the maps can hold (`plan::capacity`).
+    limits: Entries,
+}
+
+/// The maps whose size follows `--max-frontends` and `--max-backends`, and
+/// the limit each is created for.
+fn capacity_maps(opts: &Options) -> [(&'static str, u32); 7] {
+    [
+        (names::SERVICES, opts.max_frontends),
+        (names::SERVICE_NAMES, opts.max_frontends),
+        (names::AFFINITY_CONFIG, opts.max_frontends),
+        (names::SERVICE_STATS, opts.max_frontends),
+        (names::SLOTS, opts.max_backends),
+        (names::BACKENDS, opts.max_backends),
+        (names::BACKEND_STATS, opts.max_backends),
+    ]
+}
+
+/// What the maps can hold. A pinned map made smaller by an earlier
+/// configuration stays (replacing it would empty it under live traffic);
+/// its limit is then what it holds less the headroom, until `sluice
+/// cleanup`.
+fn limits(opts: &Options, maps: &maps::Maps) -> Entries {
+    let mut limits = Entries::UNLIMITED;
+    let fixed = [
+        (Resource::Frontends, opts.max_frontends),
+        (Resource::Backends, opts.max_backends),
+        (Resource::MaglevChunks, names::MAX_MAGLEV_CHUNKS),
+        (Resource::SourceRanges, names::MAX_SOURCE_RANGES),
+    ];
+    for (resource, limit) in fixed {
+        let held = maps.max_entries(resource);
+        let usable = held.map_or(limit, |n| {
+            limit.min(n.saturating_sub(capacity::headroom(limit)))
+        });
+        if usable < limit {
+            tracing::warn!(
+                map = resource.map(),
+                pinned = held,
+                asked = limit,
+                usable,
+                "a pinned map is smaller than the configuration asks; it stays until `sluice cleanup`"
+            );
+        }
+        limits.set(resource, u64::from(usable));
+    }
+    limits
 }
 
 struct Attached {
@@ -233,6 +285,9 @@ impl Dataplane {
         for (name, size) in names::CONNTRACK.iter().zip(ct_sizes) {
             loader.map_max_entries(name, size);
         }
+        for (name, limit) in capacity_maps(opts) {
+            loader.map_max_entries(name, capacity::map_size(limit));
+        }
         let mut ebpf = loader
             .override_global(CONFIG_GLOBAL, &opts.config, true)
             .load(EBPF_OBJ)
@@ -259,6 +314,7 @@ impl Dataplane {
         attach::mark_path(classifier(&mut ebpf, TC_PROGRAM)?, &opts.pin_dir, tc_path)?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
+        let limits = limits(opts, &maps);
         let refused = maps.refused.iter().filter_map(Result::ok).collect();
         // Before the new programs take over: the old layout's flows.
         convert_conntrack(&opts.pin_dir, &maps);
@@ -290,7 +346,13 @@ impl Dataplane {
             socket_lb,
             collector,
             refused,
+            limits,
         })
+    }
+
+    /// What the maps can hold, by resource, for the planner.
+    pub const fn limits(&self) -> Entries {
+        self.limits
     }
 
     /// Once the new programs are attached: converts the flows the old
@@ -310,19 +372,29 @@ impl Dataplane {
     /// from the maps (the caller then syncs everything).
     #[tracing::instrument(level = "debug", skip_all)]
     pub fn sync_changes(&mut self, changes: &DesiredChanges) -> Result<usize, Error> {
-        let ops = reconcile_changes(changes, &mut self.current);
-        if let Err(e) = self.maps.apply_all(&ops) {
-            self.current = self.maps.adopt().unwrap_or_default();
-            return Err(e);
+        let mut count = 0;
+        let mut removed = false;
+        for step in steps(changes, &self.limits) {
+            let ops = reconcile_changes(&step, &mut self.current);
+            if let Err(e) = self.maps.apply_all(&ops) {
+                let maglev_size = self.current.maglev_size();
+                self.current = self
+                    .maps
+                    .adopt()
+                    .unwrap_or_default()
+                    .with_maglev_size(maglev_size);
+                return Err(e);
+            }
+            count += ops.len();
+            removed |= ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
         }
         self.record_refused(&changes.refused);
-        let removed = ops
-            .iter()
-            .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
         if removed && let Some(cgroup) = &self.socket_lb {
             self.close_stale_udp(cgroup.clone());
         }
-        Ok(ops.len())
+        Ok(count)
     }
 
     /// Closes, on a thread of its own, connected UDP sockets that socket LB
@@ -403,6 +475,11 @@ impl Dataplane {
                 }
             }
         }
+    }
+
+    /// Frontends with refused claims.
+    pub fn refused_count(&self) -> usize {
+        self.refused.len()
     }
 
     /// Every frontend and ClusterIP the maps hold (refused claims too).
@@ -625,4 +702,124 @@ pub(crate) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<MapData,
         name,
         source: Box::new(e),
     })
+}
+
+/// `changes` in the steps they are written in: first every removal, so that
+/// deletes proceed whatever the puts meet; then the frontends to write
+/// (each with its ClusterIP's marker), in steps whose new entries fit in
+/// the maps' headroom.
+fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredChanges> {
+    use sluice_abi::service::ServiceKey;
+    let room = |r: Resource| {
+        let limit = u32::try_from(limits.get(r)).unwrap_or(u32::MAX);
+        usize::try_from(capacity::headroom(limit)).unwrap_or(usize::MAX)
+    };
+    let (frontend_room, backend_room) = (room(Resource::Frontends), room(Resource::Backends));
+    let mut removals = DesiredChanges::default();
+    let mut markers = BTreeSet::new();
+    for (ip, want) in &changes.cluster_ips {
+        if *want {
+            markers.insert(*ip);
+        } else {
+            removals.cluster_ips.insert(*ip, false);
+        }
+    }
+    let mut steps = Vec::new();
+    let mut step = DesiredChanges::default();
+    let (mut frontends, mut backends) = (0, 0);
+    let mut last: Option<ServiceKey> = None;
+    for (key, want) in &changes.frontends {
+        let Some(front) = want else {
+            removals.frontends.insert(*key, None);
+            continue;
+        };
+        let marker = markers.remove(&key.addr());
+        let (f, b) = (1 + usize::from(marker), front.backends.len());
+        // A frontend's scopes (the `Local` policies' entries) go together.
+        let same = last.is_some_and(|k| {
+            ServiceKey {
+                scope: key.scope,
+                ..k
+            } == *key
+        });
+        if last.is_some() && !same && (frontends + f > frontend_room || backends + b > backend_room)
+        {
+            steps.push(std::mem::take(&mut step));
+            (frontends, backends) = (0, 0);
+        }
+        step.frontends.insert(*key, want.clone());
+        if marker {
+            step.cluster_ips.insert(key.addr(), true);
+        }
+        (frontends, backends) = (frontends + f, backends + b);
+        last = Some(*key);
+    }
+    // ClusterIPs without a frontend to write.
+    for ip in markers {
+        if frontends + 1 > frontend_room {
+            steps.push(std::mem::take(&mut step));
+            frontends = 0;
+        }
+        step.cluster_ips.insert(ip, true);
+        frontends += 1;
+    }
+    steps.push(step);
+    steps.insert(0, removals);
+    steps.retain(|s| !s.frontends.is_empty() || !s.cluster_ips.is_empty());
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sluice_abi::{proto, service::ServiceKey};
+
+    use super::*;
+    use crate::model::DesiredFrontend;
+
+    #[test]
+    fn removals_go_first_and_writes_in_steps_that_fit_the_headroom() {
+        let mut changes = DesiredChanges::default();
+        for i in 0..200u8 {
+            let key = ServiceKey::new(Ipv4Addr::new(10, 96, 0, i), 80, proto::TCP);
+            let want = (i % 4 != 0).then(|| DesiredFrontend {
+                backends: (0..10)
+                    .map(|b| (Ipv4Addr::new(10, 0, i, b), 8080))
+                    .collect(),
+                ..DesiredFrontend::default()
+            });
+            changes.frontends.insert(key, want);
+            changes.cluster_ips.insert(key.addr(), i % 4 != 0);
+        }
+        let mut limits = Entries::UNLIMITED;
+        // Headroom: 64 frontends, 125 backends.
+        limits.set(Resource::Frontends, 400);
+        limits.set(Resource::Backends, 1000);
+        let steps = steps(&changes, &limits);
+        let removals = &steps[0];
+        assert_eq!(removals.frontends.len(), 50);
+        assert!(removals.frontends.values().all(Option::is_none));
+        assert!(removals.cluster_ips.values().all(|want| !want));
+        let mut written = 0;
+        for step in &steps[1..] {
+            assert!(step.frontends.values().all(Option::is_some));
+            let backends: usize = step
+                .frontends
+                .values()
+                .flatten()
+                .map(|f| f.backends.len())
+                .sum();
+            assert!(backends <= 125, "{backends}");
+            assert!(step.frontends.len() + step.cluster_ips.len() <= 64);
+            assert!(
+                step.cluster_ips
+                    .keys()
+                    .all(|ip| step.frontends.keys().any(|k| k.addr() == *ip))
+            );
+            written += step.frontends.len();
+        }
+        assert_eq!(written, 150);
+        assert_eq!(steps.len(), 1 + 150_usize.div_ceil(12));
+    }
 }

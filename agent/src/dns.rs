@@ -117,6 +117,15 @@ impl Dns {
         }
     }
 
+    /// Publishes the Services in `changed` from `planner`'s store; once
+    /// the sources have listed everything, cluster names are answered.
+    pub fn follow(&self, planner: &crate::plan::Planner, changed: &BTreeSet<ObjectKey>) {
+        self.update(planner.store(), changed);
+        if planner.synced() {
+            self.set_synced();
+        }
+    }
+
     /// The model is complete: cluster names are answered from now on.
     pub fn set_synced(&self) {
         self.zone.set_synced();

@@ -1,14 +1,13 @@
-//! The health port (`--health-listen`, like kube-proxy's 10256): `/healthz`
-//! answers while the agent runs, `/readyz` once the first full sync has
-//! been programmed into the maps.
+//! The health port (`--health-listen`, like kube-proxy's 10256): `/livez`
+//! while the agent runs; `/healthz` and `/readyz` as the control loop
+//! stands (`sync`); `/metrics`.
+
+pub mod sync;
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use bytes::Bytes;
@@ -27,20 +26,36 @@ use crate::{certs::CertStatus, dns::metrics::Metrics};
 
 #[derive(Clone, Default)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    sync: Arc<Mutex<sync::SyncState>>,
     dns: Arc<OnceLock<Arc<Metrics>>>,
     certs: Arc<OnceLock<CertStatus>>,
     pin_dir: Arc<OnceLock<std::path::PathBuf>>,
     conntrack: Arc<OnceLock<crate::dataplane::conntrack::Latest>>,
+    /// Series per Service frontend (`--metrics-per-service`).
+    per_service: bool,
 }
 
 impl Health {
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::SeqCst);
+    /// `per_service`: `/metrics` has series per Service frontend.
+    pub fn new(per_service: bool) -> Self {
+        Self {
+            per_service,
+            ..Self::default()
+        }
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    /// Changes the control loop's state.
+    pub fn update_sync<T>(&self, f: impl FnOnce(&mut sync::SyncState) -> T) -> T {
+        let mut state = self
+            .sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+
+    /// Ready with nothing to program (certificates only).
+    pub fn set_ready(&self) {
+        self.update_sync(|s| s.synced(sync::Capacity::default()));
     }
 
     /// `/metrics` shows these (once DNS runs).
@@ -85,9 +100,10 @@ impl Health {
             .ok()
     }
 
-    /// Prometheus text: dataplane, DNS and certificates.
+    /// Prometheus text: dataplane, DNS and certificates; per Service only
+    /// with `--metrics-per-service`.
     pub fn metrics(&self) -> String {
-        self.metrics_with(true)
+        self.metrics_with(self.per_service)
     }
 
     /// `metrics` without the series that name Services (for the read-only
@@ -96,11 +112,27 @@ impl Health {
         self.metrics_with(false)
     }
 
+    /// Node-level series read from fixed-size arrays and from what the
+    /// agent keeps (no map is walked); with `services`, also the series
+    /// per Service frontend, which walk the Service maps.
     fn metrics_with(&self, services: bool) -> String {
-        let mut text = self
-            .snapshot()
-            .map(|s| crate::status::metrics(&s, services))
-            .unwrap_or_default();
+        let mut text = String::new();
+        if let Some(pin_dir) = self.pin_dir.get() {
+            if services && let Some(snap) = self.snapshot() {
+                text.push_str(&crate::status::service_metrics(&snap));
+            }
+            let counters = crate::status::Counters::from_pins(pin_dir)
+                .map_err(|e| tracing::debug!("reading the dataplane's counters: {e}"))
+                .unwrap_or_default();
+            let conntrack = self
+                .conntrack
+                .get()
+                .and_then(|latest| latest.lock().ok().and_then(|c| c.clone()))
+                .unwrap_or_default();
+            let (refused, sync) = self.update_sync(|s| (s.refused(), s.render()));
+            text.push_str(&crate::status::node_metrics(&counters, refused, &conntrack));
+            text.push_str(&sync);
+        }
         if let Some(dns) = self.dns.get() {
             text.push_str(&dns.render());
         }
@@ -121,15 +153,12 @@ impl Health {
             return text(StatusCode::INTERNAL_SERVER_ERROR, reason);
         }
         let (status, body) = match path {
-            "/healthz" | "/livez" => (StatusCode::OK, "ok"),
-            "/readyz" if self.is_ready() => (StatusCode::OK, "ok"),
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: the first sync has not been programmed yet",
-            ),
-            _ => (StatusCode::NOT_FOUND, "not found"),
+            "/livez" => return text(StatusCode::OK, "ok"),
+            "/healthz" => self.update_sync(|s| s.healthz()),
+            "/readyz" => self.update_sync(|s| s.readyz()),
+            _ => return text(StatusCode::NOT_FOUND, "not found"),
         };
-        text(status, body)
+        json(status, body)
     }
 
     /// Serves until the task is dropped.
@@ -142,6 +171,16 @@ impl Health {
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
+    resp
+}
+
+/// A response of `status` with `body` as JSON.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = text(status, body);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

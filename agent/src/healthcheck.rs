@@ -1,14 +1,16 @@
 //! `healthCheckNodePort`s: for each Service with `externalTrafficPolicy:
 //! Local`, an HTTP port on the node that external load balancers probe, as
 //! kube-proxy serves it: 200 while this node has a ready endpoint of the
-//! Service, 503 otherwise, with the count in a JSON body.
+//! Service, 503 otherwise, with the count in a JSON body. A Service the
+//! maps cannot hold (`plan::capacity`) answers 503 with
+//! `serviceProxyHealthy: false`, so that load balancers drain the node.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -17,12 +19,15 @@ use hyper::StatusCode;
 use crate::{
     health::{serve_plain, text},
     model::{ObjectKey, store::Store},
+    plan::capacity::Admission,
 };
 
 /// One Service's open health check port.
 struct Listening {
     port: u16,
     local: Arc<AtomicUsize>,
+    /// Whether the maps hold the Service.
+    programmed: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,6 +49,7 @@ impl HealthChecks {
     pub async fn update(
         &mut self,
         store: &Store,
+        admission: &Admission,
         changed: &BTreeSet<ObjectKey>,
         node: Option<&str>,
     ) {
@@ -56,8 +62,10 @@ impl HealthChecks {
                 continue;
             };
             let local = local_endpoints(store, key, node);
+            let programmed = admission.admitted(key);
             if let Some(open) = self.ports.get(key).filter(|p| p.port == port) {
                 open.local.store(local, Ordering::Relaxed);
+                open.programmed.store(programmed, Ordering::Relaxed);
                 continue;
             }
             self.ports.remove(key);
@@ -70,18 +78,20 @@ impl HealthChecks {
                 }
             };
             let count = Arc::new(AtomicUsize::new(local));
+            let healthy = Arc::new(AtomicBool::new(programmed));
             let answer = {
-                let count = count.clone();
+                let (count, healthy) = (count.clone(), healthy.clone());
                 let (namespace, name) = (key.namespace.clone(), key.name.clone());
                 move |_: &str| {
                     let local = count.load(Ordering::Relaxed);
+                    let programmed = healthy.load(Ordering::Relaxed);
                     let body = serde_json::json!({
                         "service": {"namespace": namespace, "name": name},
                         "localEndpoints": local,
-                        "serviceProxyHealthy": true,
+                        "serviceProxyHealthy": programmed,
                     })
                     .to_string();
-                    let status = if local > 0 {
+                    let status = if local > 0 && programmed {
                         StatusCode::OK
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
@@ -95,6 +105,7 @@ impl HealthChecks {
                 Listening {
                     port,
                     local: count,
+                    programmed: healthy,
                     task: tokio::spawn(serve_plain(listener, answer)),
                 },
             );

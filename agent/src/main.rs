@@ -41,7 +41,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             runtime.block_on(app::run(config))
         }
         cli::Command::Status(args) => {
-            let out = status::render(&args.pin_dir)?;
+            let mut out = status::render(&args.pins.pin_dir)?;
+            out.push_str(&status::left_out(args.health_listen));
             print!("{out}");
             Ok(())
         }

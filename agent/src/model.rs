@@ -143,6 +143,10 @@ pub struct SliceInfo {
     pub service: Option<String>,
     pub ports: Vec<SlicePortInfo>,
     pub endpoints: Vec<EndpointInfo>,
+    /// When the change that made this version was seen
+    /// (`endpoints.kubernetes.io/last-change-trigger-time`), as the
+    /// EndpointSlice controller wrote it.
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 /// This node, as its Node object says.
@@ -151,6 +155,9 @@ pub struct NodeInfo {
     pub name: String,
     /// (type, address): `InternalIP`, `ExternalIP`, `Hostname`, ….
     pub addresses: Vec<(String, String)>,
+    /// Why the node takes no new traffic from load balancers: it is being
+    /// deleted, or the cluster autoscaler is removing it (KEP-3836).
+    pub leaving: Option<String>,
 }
 
 /// Every Service and EndpointSlice a source knows (and this node).
@@ -310,6 +317,7 @@ mod tests {
                 })
                 .collect(),
             endpoints: eps,
+            trigger_time: None,
         }
     }
 
@@ -423,6 +431,7 @@ mod tests {
         m.node = Some(NodeInfo {
             name: "n1".into(),
             addresses: Vec::new(),
+            leaving: None,
         });
         assert_eq!(
             backends(&m.desired(), "10.96.0.10", 80, proto::TCP),

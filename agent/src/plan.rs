@@ -2,9 +2,14 @@
 //! Services an event touched, the frontend index turns those into the
 //! desired state of just their frontends, and reconcile writes the
 //! difference. A change costs in proportion to the Services it touches,
-//! not to the number of Services.
+//! not to the number of Services. What the maps cannot hold is left out
+//! whole, by Service (`capacity`).
 
-use std::collections::BTreeSet;
+pub mod capacity;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use capacity::{Admission, Entries};
 
 use crate::model::{
     NodeInfo, ObjectKey,
@@ -16,6 +21,8 @@ use crate::model::{
 pub struct Planner {
     store: Store,
     frontends: Frontends,
+    /// Which Services fit in the maps.
+    admission: Admission,
     /// Services changed since the last plan.
     dirty: BTreeSet<ObjectKey>,
     /// Services changed since the last `take_changed` (for DNS).
@@ -35,6 +42,17 @@ impl Planner {
         planner
     }
 
+    /// The maps' limits, and the smallest Maglev table (before the first
+    /// plan).
+    pub const fn set_limits(&mut self, limits: Entries, maglev_size: u32) {
+        self.admission.set_limits(limits, maglev_size);
+    }
+
+    /// Which Services fit, and which are left out.
+    pub const fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     pub fn apply(&mut self, batch: Vec<SourceEvent>) {
         let mut dirty = BTreeSet::new();
         for event in batch {
@@ -48,6 +66,12 @@ impl Planner {
     /// model (DNS); the store has their current state.
     pub fn take_changed(&mut self) -> BTreeSet<ObjectKey> {
         std::mem::take(&mut self.changed)
+    }
+
+    /// The trigger times of the EndpointSlice changes the last written plan
+    /// carried.
+    pub fn take_triggers(&mut self) -> Vec<std::time::SystemTime> {
+        self.store.take_triggers()
     }
 
     pub fn store(&self) -> &Store {
@@ -67,8 +91,22 @@ impl Planner {
             return None;
         }
         let mut touched = Touched::default();
+        let mut wants = BTreeMap::new();
         for key in std::mem::take(&mut self.dirty) {
             let want = self.store.service_desired(&key);
+            self.admission.set(&key, want.as_ref());
+            wants.insert(key, want);
+        }
+        // Services that came in or went out with these changes.
+        for key in self.admission.admit() {
+            self.changed.insert(key.clone());
+            if let std::collections::btree_map::Entry::Vacant(e) = wants.entry(key) {
+                let want = self.store.service_desired(e.key());
+                e.insert(want);
+            }
+        }
+        for (key, want) in wants {
+            let want = want.filter(|_| self.admission.admitted(&key));
             self.frontends.set(&key, want, &mut touched);
         }
         if !self.planned || self.full {
@@ -199,6 +237,7 @@ mod tests {
                 },
             ],
             endpoints,
+            trigger_time: None,
         }
     }
 
@@ -298,33 +337,38 @@ mod tests {
         }
     }
 
+    /// `s<i>`: ClusterIP 10.96.1.`i`, http 80/TCP.
+    fn http_service(i: u8, created: Option<i64>) -> ServiceInfo {
+        ServiceInfo {
+            key: key(format!("s{i}")),
+            created,
+            kind: ServiceKind::ClusterIp {
+                ips: vec![IpAddr::from([10, 96, 1, i])],
+            },
+            ports: vec![ServicePortInfo {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                node_port: None,
+            }],
+            other_proxy: false,
+            publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
+            external_local: false,
+            health_check_node_port: None,
+            external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
+        }
+    }
+
     #[test]
     fn one_changed_slice_plans_only_its_services_frontends() {
         let mut rng = Rng(7);
         let mut model = Model::default();
         for i in 0..100u8 {
-            let s = ServiceInfo {
-                key: key(format!("s{i}")),
-                created: None,
-                kind: ServiceKind::ClusterIp {
-                    ips: vec![IpAddr::from([10, 96, 1, i])],
-                },
-                ports: vec![ServicePortInfo {
-                    name: "http".into(),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                    node_port: None,
-                }],
-                other_proxy: false,
-                publish_not_ready: false,
-                internal_local: false,
-                affinity_secs: 0,
-                external_local: false,
-                health_check_node_port: None,
-                external_ips: Vec::new(),
-                lb_ips: Vec::new(),
-                source_ranges: Vec::new(),
-            };
+            let s = http_service(i, None);
             model.services.insert(s.key.clone(), s);
             let mut e = slice(&mut rng, u64::from(i));
             e.service = Some(format!("s{i}"));
@@ -353,6 +397,56 @@ mod tests {
         planner.done(false);
         let full = planner.plan(Touched::default).unwrap();
         assert_eq!(full.frontends.len(), 100);
+    }
+
+    #[test]
+    fn services_that_do_not_fit_are_never_planned_and_come_back_when_room_frees() {
+        use capacity::Resource;
+        let mut rng = Rng(11);
+        let mut model = Model::default();
+        for i in 0..150u8 {
+            let s = http_service(i, Some(i64::from(i)));
+            model.services.insert(s.key.clone(), s);
+        }
+        // A frontend and a marker each: 100 Services fill 200 entries.
+        let mut limits = Entries::UNLIMITED;
+        limits.set(Resource::Frontends, 200);
+        let mut planner = Planner::default();
+        planner.set_limits(limits, 251);
+        planner.apply(list_events(&model));
+        let mut current = Current::default();
+        let changes = planner.plan(Touched::default).unwrap();
+        reconcile_changes(&changes, &mut current);
+        planner.done(true);
+        assert_eq!(current.frontends.len(), 100);
+        assert_eq!(current.markers.len(), 100);
+        let served: BTreeSet<u8> = current.markers.iter().map(|ip| ip.octets()[3]).collect();
+        assert_eq!(served, (0..100).collect(), "the oldest");
+        let left_out = planner.admission().left_out();
+        assert_eq!(left_out.len(), 50);
+        assert_eq!(left_out[0], (key("s100".into()), Resource::Frontends));
+        assert_eq!(planner.take_changed().len(), 150);
+
+        // An endpoint change to a Service left out writes nothing.
+        let mut e = slice(&mut rng, 140);
+        e.service = Some("s140".into());
+        planner.apply(vec![SourceEvent::Slice(Event::Applied(
+            e.key.clone(),
+            Some(e),
+        ))]);
+        let changes = planner.plan(|| unreachable!()).unwrap();
+        assert!(reconcile_changes(&changes, &mut current).is_empty());
+        planner.done(true);
+
+        // 60 deleted: the other 50 come in, with no full plan.
+        let deletes = (0..60).map(|i| SourceEvent::Service(Event::Deleted(key(format!("s{i}")))));
+        planner.apply(deletes.collect());
+        let changes = planner.plan(|| unreachable!()).unwrap();
+        reconcile_changes(&changes, &mut current);
+        assert_eq!(current.frontends.len(), 90);
+        assert!(planner.admission().left_out().is_empty());
+        let changed = planner.take_changed();
+        assert!(changed.contains(&key("s149".into())) && changed.contains(&key("s0".into())));
     }
 
     #[test]

@@ -225,6 +225,11 @@ impl Current {
         self
     }
 
+    /// The smallest Maglev table.
+    pub const fn maglev_size(&self) -> u32 {
+        self.maglev_size
+    }
+
     fn alloc_service_id(&mut self) -> u32 {
         self.next_service_id = self.next_service_id.wrapping_add(1).max(1);
         self.next_service_id

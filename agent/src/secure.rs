@@ -111,7 +111,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, SecureError> {
 /// The secure port's answer to an authenticated request.
 fn secure_answer(health: &Health, path: &str) -> Response<Full<Bytes>> {
     match path {
-        "/healthz" | "/metrics" => health.answer(path),
+        // The kubelet's `/healthz`: "ok" while the agent (and its
+        // certificates) are healthy.
+        "/healthz" => health.answer("/livez"),
+        "/metrics" => health.answer(path),
         "/status" => {
             let body = serde_json::json!({
                 "dataplane": health.snapshot(),
@@ -170,7 +173,7 @@ pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health:
 /// Serves the read-only port (plain HTTP) until dropped.
 pub async fn serve_read_only(listener: TcpListener, health: Health) {
     serve_plain(listener, move |path: &str| match path {
-        "/healthz" => health.answer("/healthz"),
+        "/healthz" => health.answer("/livez"),
         "/metrics" => text(StatusCode::OK, health.public_metrics()),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     })

@@ -2,16 +2,20 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
+use aya::maps::{MapData, PerCpuArray};
 use sluice_abi::{
-    proto,
+    maps as names, proto,
     service::{SVC_FLAG_MARKER, ServiceKey},
     stats::{DropReason, Event, TrafficStats},
 };
 
-use crate::dataplane::{
-    Error,
-    conntrack::{Census, Conntrack},
-    maps::{Maps, sum_stats},
+use crate::{
+    dataplane::{
+        Error,
+        conntrack::{Census, Conntrack},
+        maps::{Maps, counter, sum_stats},
+    },
+    plan::capacity::Resource,
 };
 
 fn proto_name(p: u8) -> &'static str {
@@ -95,6 +99,16 @@ pub struct Snapshot {
     pub conntrack: Census,
     pub drops: BTreeMap<&'static str, u64>,
     pub events: BTreeMap<&'static str, u64>,
+    /// Entries and size of the maps Services fill.
+    pub maps: Vec<MapRow>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct MapRow {
+    pub map: &'static str,
+    pub entries: usize,
+    /// The map's size, with the headroom for changes in flight.
+    pub size: u32,
 }
 
 /// Reads the pinned maps; conntrack from `conntrack` (the agent's
@@ -135,7 +149,7 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
             .map(|v| sum_stats(&v))
             .unwrap_or_default()
     };
-    let rows = services
+    let rows: Vec<ServiceRow> = services
         .iter()
         .map(|(key, value)| {
             let mut backends = slots.remove(&value.id).unwrap_or_default();
@@ -178,22 +192,34 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         Some(c) => c,
         None => Conntrack::open_pinned(pin_dir)?.census(),
     };
-    let drops = DropReason::ALL
-        .iter()
-        .map(|reason| (reason.label(), maps.drop_count(*reason)))
-        .collect();
-    let events = Event::ALL
-        .iter()
-        .map(|event| (event.label(), maps.event_count(*event)))
-        .collect();
+    let counters = Counters::read(|r| maps.drop_count(r), |e| maps.event_count(e));
+    let map_rows = map_rows(&maps, &rows, cluster_ips);
     Ok(Snapshot {
         services: rows,
         refused,
         cluster_ips,
         conntrack,
-        drops,
-        events,
+        drops: counters.drops,
+        events: counters.events,
+        maps: map_rows,
     })
+}
+
+/// The maps Services fill: entries, and size.
+fn map_rows(maps: &Maps, rows: &[ServiceRow], cluster_ips: usize) -> Vec<MapRow> {
+    let size = |r| maps.max_entries(r).unwrap_or_default();
+    vec![
+        MapRow {
+            map: Resource::Frontends.map(),
+            entries: rows.len() + cluster_ips,
+            size: size(Resource::Frontends),
+        },
+        MapRow {
+            map: Resource::Backends.map(),
+            entries: rows.iter().map(|r| r.backends.len()).sum(),
+            size: size(Resource::Backends),
+        },
+    ]
 }
 
 /// Renders the status table.
@@ -252,6 +278,11 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
         snap.cluster_ips,
         snap.conntrack.entries()
     );
+    let _ = write!(out, "maps:");
+    for m in &snap.maps {
+        let _ = write!(out, " {} {}/{}", m.map, m.entries, m.size);
+    }
+    out.push('\n');
     render_conntrack(&mut out, &snap.conntrack);
     let _ = write!(out, "drops:");
     for (reason, n) in ordered(&snap.drops, DropReason::ALL.iter().map(|r| r.label())) {
@@ -263,6 +294,41 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
     }
     out.push('\n');
     Ok(out)
+}
+
+/// The Services the agent at `health` left out of the maps, from its
+/// `/readyz`; empty when none are (or the agent does not answer).
+pub fn left_out(health: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(1);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&health, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.take(1 << 20).read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    let Ok(answer) = answer else {
+        return String::new();
+    };
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Some(list) = v.pointer("/capacity/leftOut").and_then(|l| l.as_array()) else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\nLEFT OUT (they do not fit in the maps; the oldest Services are kept): {}\n",
+        list.len()
+    );
+    for l in list {
+        let service = l.get("service").and_then(|s| s.as_str()).unwrap_or("?");
+        let map = l.get("map").and_then(|s| s.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "{service:<48} {map}");
+    }
+    out
 }
 
 /// The conntrack maps: fill, entries by state, and what became of entries.
@@ -319,13 +385,91 @@ fn ordered<'a>(
     labels.map(|l| (l, counts.get(l).copied().unwrap_or(0)))
 }
 
+/// The node-level counters: drops by reason and events.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub drops: BTreeMap<&'static str, u64>,
+    pub events: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    fn read(maps_drops: impl Fn(DropReason) -> u64, maps_events: impl Fn(Event) -> u64) -> Self {
+        Self {
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.label(), maps_drops(*r)))
+                .collect(),
+            events: Event::ALL
+                .iter()
+                .map(|e| (e.label(), maps_events(*e)))
+                .collect(),
+        }
+    }
+
+    /// From the two pinned per-CPU arrays alone: a fixed number of lookups,
+    /// whatever the number of Services.
+    pub fn from_pins(pin_dir: &Path) -> Result<Self, Error> {
+        let open = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, Error> {
+            let data = crate::dataplane::open_pinned(pin_dir, name)?;
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(|e| Error::Map {
+                name,
+                source: Box::new(e),
+            })
+        };
+        let (drops, events) = (open(names::DROPS)?, open(names::EVENTS)?);
+        Ok(Self::read(
+            |r| counter(&drops, r as u32),
+            |e| counter(&events, e as u32),
+        ))
+    }
+}
+
+/// Prometheus text of the node: drops by reason, events, the number of
+/// frontends with refused claims, and conntrack. Its size does not grow
+/// with the Services.
+pub fn node_metrics(counters: &Counters, refused: usize, conntrack: &Census) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "sluice_dataplane_drops_total",
+        "counter",
+        "Packets dropped in the kernel, by reason.",
+    );
+    for (reason, n) in &counters.drops {
+        let _ = writeln!(
+            out,
+            "sluice_dataplane_drops_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "sluice_dataplane_events_total",
+        "counter",
+        "Dataplane events, by kind.",
+    );
+    for (event, n) in &counters.events {
+        let _ = writeln!(
+            out,
+            "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "sluice_frontends_refused",
+        "gauge",
+        "Frontends with claims refused because another Service holds them.",
+    );
+    let _ = writeln!(out, "sluice_frontends_refused {refused}");
+    conntrack_metrics(&mut out, conntrack);
+    out
+}
+
 /// A per-Service counter: name, help, and its value.
 type PerService = (&'static str, &'static str, fn(&Traffic) -> u64);
 
-/// Prometheus text: traffic per Service port, drops by reason, events,
-/// refused claims and conntrack. Without `named`, no series names a Service
-/// (for a port that authenticates no one).
-pub fn metrics(snap: &Snapshot, named: bool) -> String {
+/// Prometheus text per Service frontend (`--metrics-per-service`): traffic
+/// and refused claims.
+pub fn service_metrics(snap: &Snapshot) -> String {
     let mut out = String::new();
     let per_service: [PerService; 3] = [
         ("packets", "Packets to a Service frontend.", |t| t.packets),
@@ -343,7 +487,7 @@ pub fn metrics(snap: &Snapshot, named: bool) -> String {
             "counter",
             help,
         );
-        for svc in snap.services.iter().filter(|_| named) {
+        for svc in &snap.services {
             let _ = writeln!(
                 out,
                 "sluice_service_{what}_total{{service=\"{}\",frontend=\"{}\"}} {}",
@@ -353,38 +497,7 @@ pub fn metrics(snap: &Snapshot, named: bool) -> String {
             );
         }
     }
-    family(
-        &mut out,
-        "sluice_dataplane_drops_total",
-        "counter",
-        "Packets dropped in the kernel, by reason.",
-    );
-    for (reason, n) in &snap.drops {
-        let _ = writeln!(
-            out,
-            "sluice_dataplane_drops_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
-        "sluice_dataplane_events_total",
-        "counter",
-        "Dataplane events, by kind.",
-    );
-    for (event, n) in &snap.events {
-        let _ = writeln!(
-            out,
-            "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
-        "sluice_frontends_refused",
-        "gauge",
-        "Frontends with claims refused because another Service holds them.",
-    );
-    let _ = writeln!(out, "sluice_frontends_refused {}", snap.refused.len());
-    if named && !snap.refused.is_empty() {
+    if !snap.refused.is_empty() {
         family(
             &mut out,
             "sluice_frontend_refused_claims",
@@ -399,7 +512,6 @@ pub fn metrics(snap: &Snapshot, named: bool) -> String {
             );
         }
     }
-    conntrack_metrics(&mut out, &snap.conntrack);
     out
 }
 

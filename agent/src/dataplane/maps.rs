@@ -24,7 +24,10 @@ use sluice_abi::{
 };
 
 use super::{Error, batch};
-use crate::reconcile::{Current, Op, write_order};
+use crate::{
+    plan::capacity::Resource,
+    reconcile::{Current, Op, write_order},
+};
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -139,6 +142,18 @@ impl Maps {
             maglev: typed(names::MAGLEV, maglev)?,
             batch,
         })
+    }
+
+    /// How many entries the map that counts `resource` was created with.
+    pub fn max_entries(&self, resource: Resource) -> Option<u32> {
+        use aya::maps::IterableMap as _;
+        let info = match resource {
+            Resource::Frontends => self.services.map().info(),
+            Resource::Backends => self.backends.map().info(),
+            Resource::MaglevChunks => self.maglev.map().info(),
+            Resource::SourceRanges => self.source_ranges.map().info(),
+        };
+        info.ok().map(|i| i.max_entries())
     }
 
     /// Reads back what reconcile needs to know of the maps.
@@ -471,7 +486,7 @@ pub fn sum_counter(values: &PerCpuValues<u64>) -> u64 {
     values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v))
 }
 
-fn counter(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+pub fn counter(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
     array
         .get(&index, 0)
         .map(|v| sum_counter(&v))

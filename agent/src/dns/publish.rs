@@ -139,6 +139,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             }],
             endpoints,
+            trigger_time: None,
         }
     }
 

@@ -220,6 +220,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             }],
             endpoints: vec![ep("10.244.1.10", "a"), ep("10.244.2.10", "b")],
+            trigger_time: None,
         }
     }
 

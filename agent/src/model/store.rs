@@ -121,7 +121,13 @@ pub struct Store {
     slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// This node's name (`--node-name`), for `internalTrafficPolicy: Local`.
     node_name: Option<String>,
+    /// Trigger times of the slice changes not yet programmed (at most
+    /// `MAX_TRIGGERS`, the newest kept).
+    triggers: Vec<std::time::SystemTime>,
 }
+
+/// Trigger times kept while the maps cannot be written.
+const MAX_TRIGGERS: usize = 4096;
 
 impl Store {
     /// Applies one event; adds the Services whose frontends may have
@@ -144,6 +150,15 @@ impl Store {
                     );
                 }
                 for (key, before) in applied.changed {
+                    let now = self.slices.items.get(&key).and_then(|s| s.trigger_time);
+                    if let Some(t) = now
+                        && before.as_ref().and_then(|b| b.trigger_time) != Some(t)
+                    {
+                        if self.triggers.len() == MAX_TRIGGERS {
+                            self.triggers.remove(0);
+                        }
+                        self.triggers.push(t);
+                    }
                     if let Some(service) = before.as_ref().and_then(SliceInfo::service_key) {
                         unindex(&mut self.slices_of, &service, &key);
                         dirty.insert(service);
@@ -179,6 +194,12 @@ impl Store {
             .as_deref()
             .or_else(|| self.node().map(|n| n.name.as_str()));
         Some(service_desired(svc, &self.slices_of(key), node))
+    }
+
+    /// The trigger times of slice changes since the last call
+    /// (`kubeproxy_network_programming_duration_seconds`).
+    pub fn take_triggers(&mut self) -> Vec<std::time::SystemTime> {
+        std::mem::take(&mut self.triggers)
     }
 
     /// Sets this node's name (before the first event).

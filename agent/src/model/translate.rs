@@ -346,13 +346,27 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<SliceInfo, InvalidObject>
     for (i, ep) in slice.endpoints.iter().enumerate() {
         endpoints.push(endpoint(&c, i, ep, ip_family)?);
     }
+    let trigger_time = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TRIGGER_TIME))
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(std::time::SystemTime::from);
     Ok(SliceInfo {
         key,
         service,
         ports,
         endpoints,
+        trigger_time,
     })
 }
+
+/// When the change behind an EndpointSlice's version was seen, as its
+/// controller writes it.
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 fn is_link_local(ip: IpAddr) -> bool {
     match ip {
@@ -412,11 +426,27 @@ pub fn node(node: &Node) -> NodeInfo {
         .flatten()
         .map(|a| (a.type_.clone(), a.address.clone()))
         .collect();
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
+    let leaving = if node.metadata.deletion_timestamp.is_some() {
+        Some("the Node is being deleted".to_owned())
+    } else if tainted {
+        Some(format!("the Node has the {TO_BE_DELETED_TAINT} taint"))
+    } else {
+        None
+    };
     NodeInfo {
         name: node.metadata.name.clone().unwrap_or_default(),
         addresses,
+        leaving,
     }
 }
+
+/// The taint the cluster autoscaler puts on a node it is removing.
+const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[cfg(test)]
 mod tests {

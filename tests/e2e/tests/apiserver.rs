@@ -280,6 +280,21 @@ apiVersion: v1\nkind: Pod\nmetadata: {name: other, labels: {app: db}}\nspec:\n  
         ports.contains(r#""port":8081"#) && ports.contains(r#""name":"http""#),
         "named targetPort resolved: {ports}"
     );
+    // The change carries the time it was seen, as kube-controller-manager's.
+    let trigger = jsonpath(
+        &s,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=app",
+        ],
+        r"{.items[*].metadata.annotations.endpoints\.kubernetes\.io/last-change-trigger-time}",
+    );
+    assert!(
+        trigger.starts_with("20") && trigger.ends_with('Z'),
+        "an RFC 3339 trigger time: {trigger:?}"
+    );
 
     set_status(r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#);
     eventually("a not-ready endpoint", || {

@@ -398,7 +398,9 @@ fn readyz_waits_for_the_first_sync_and_healthz_answers_throughout() {
     }
     let mut lab = cluster_lab(1);
     kubectl_apply(&mut lab, &web(&[0]));
-    let opts = kubeconfig_agent(&mut lab);
+    let mut opts = kubeconfig_agent(&mut lab);
+    opts.extra_args
+        .extend(["--metrics-per-service".into(), "true".into()]);
     lab.apiserver().stop().unwrap();
     lab.spawn_agent(&opts).unwrap();
     let health = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
@@ -425,7 +427,8 @@ fn readyz_waits_for_the_first_sync_and_healthz_answers_throughout() {
         .unwrap();
     assert_eq!(http_get(&lab, health, "/readyz").unwrap().0, 200);
     assert_eq!(answering(&lab, http(), 3), names(&["b0"]));
-    // The dataplane's counters, from the pinned maps, on /metrics.
+    // The dataplane's counters, from the pinned maps, on /metrics (per
+    // Service, as asked).
     let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
     let flows = metrics
         .lines()
@@ -583,4 +586,62 @@ fn the_deployment_manifests_apply_grant_least_privilege_and_run_in_cluster() {
         !log.contains("code: 403") && !log.contains("Forbidden"),
         "{log}"
     );
+}
+
+/// `kubeproxy_network_programming_duration_seconds_count` on the health port.
+fn programming_count(lab: &Lab) -> u64 {
+    let health = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
+    let (_, metrics) = http_get(lab, health, "/metrics").unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no programming latency in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_endpoint_change_through_the_api_server_is_timed_to_the_maps() {
+    if !require_privileges("an_endpoint_change_through_the_api_server_is_timed_to_the_maps") {
+        return;
+    }
+    let mut lab = cluster_lab(1);
+    // A Service with a selector: the API server's EndpointSlice controller
+    // writes its slices, with their trigger time.
+    let vip = Ipv4Addr::new(10, 96, 0, 20);
+    kubectl_apply(
+        &mut lab,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: app, namespace: default}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: b0, namespace: default, labels: {{app: web}}}}\nspec:\n  containers: [{{name: c, image: web}}]\n"
+        ),
+    );
+    let opts = kubeconfig_agent(&mut lab);
+    lab.start_agent(&opts).unwrap();
+    lab.agent()
+        .wait_for("sluice is ready", 0, CATCH_UP)
+        .unwrap();
+    assert_eq!(programming_count(&lab), 0, "the first list is not a change");
+    // The Pod becomes ready: the controller changes the slice, the agent
+    // programs it and times it from the trigger.
+    kubectl(
+        &mut lab,
+        &[
+            "patch",
+            "pod",
+            "b0",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(
+                r#"{{"status":{{"podIP":"{}","conditions":[{{"type":"Ready","status":"True"}}]}}}}"#,
+                backend_ip(0)
+            ),
+        ],
+    );
+    let to = SocketAddr::from((vip, 80));
+    until_applied(&mut lab, "the ready Pod behind the Service", |lab| {
+        answering(lab, to, 1) == names(&["b0"])
+    });
+    assert!(programming_count(&lab) >= 1);
 }

@@ -607,3 +607,174 @@ fn the_health_port_closes_silent_connections_and_caps_how_many_it_serves() {
     // Served as ever.
     assert_eq!(http_get(&lab, health, "/healthz").unwrap().0, 200);
 }
+
+/// `n` Services `s000…`, created a minute apart in that order, each a
+/// ClusterIP (10.96.2.0/23) on 80/TCP with backend b0; the last, if
+/// `health_port`, a NodePort with `externalTrafficPolicy: Local` and that
+/// health check port.
+fn aged_services(range: std::ops::Range<usize>, last_health_port: Option<(usize, u16)>) -> String {
+    let mut docs = Vec::new();
+    for i in range {
+        let ip = std::net::Ipv4Addr::new(
+            10,
+            96,
+            2 + u8::try_from(i / 200).unwrap(),
+            u8::try_from(i % 200 + 1).unwrap(),
+        );
+        let created = format!("2026-01-01T{:02}:{:02}:00Z", i / 60, i % 60);
+        let mut spec = format!(
+            "  clusterIP: {ip}\n  ports:\n  - port: 80\n    protocol: TCP\n    name: http\n"
+        );
+        if let Some((_, port)) = last_health_port.filter(|(last, _)| *last == i) {
+            spec = format!(
+                "  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {port}\n  clusterIP: {ip}\n  ports:\n  - port: 80\n    protocol: TCP\n    name: http\n    nodePort: 30080\n"
+            );
+        }
+        docs.push(format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i:03}\n  namespace: default\n  creationTimestamp: \"{created}\"\nspec:\n{spec}"
+        ));
+        docs.push(manifest::endpoint_slice(
+            &format!("s{i:03}-1"),
+            &format!("s{i:03}"),
+            &[Port::tcp("http", 8080)],
+            &[manifest::Endpoint::ready(common::backend_ip(0))],
+        ));
+    }
+    docs.join("---\n")
+}
+
+fn aged_ip(i: usize) -> SocketAddr {
+    let ip = std::net::Ipv4Addr::new(
+        10,
+        96,
+        2 + u8::try_from(i / 200).unwrap(),
+        u8::try_from(i % 200 + 1).unwrap(),
+    );
+    SocketAddr::from((ip, 80))
+}
+
+/// `/readyz`, `/healthz`, the health check port of the left-out `s149`,
+/// `/metrics` and `sluice status` say that 50 Services (`s100`…) are left
+/// out of a full `SLUICE_SVC`.
+fn assert_left_out_reported(lab: &Lab, health_port: u16) {
+    let health = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 10256));
+    let (code, body) = http_get(lab, health, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("SLUICE_SVC")
+            && body.contains("default/s100")
+            && body.contains("default/s149"),
+        "{body}"
+    );
+    assert!(!body.contains("default/s099"), "{body}");
+    let (code, body) = http_get(lab, health, "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("\"lastUpdated\"") && body.contains("\"nodeEligible\":true"),
+        "{body}"
+    );
+    assert_eq!(http_get(lab, health, "/livez").unwrap().0, 200);
+    // The left-out Service's health check port drains the node.
+    let check = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, health_port));
+    let (code, body) = http_get(lab, check, "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"serviceProxyHealthy\":false"), "{body}");
+    let (_, metrics) = http_get(lab, health, "/metrics").unwrap();
+    for series in [
+        "sluice_services_left_out 50",
+        "sluice_map_capacity{map=\"SLUICE_SVC\"} 200",
+        "sluice_map_entries{map=\"SLUICE_SVC\"} 200",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("sluice_service_packets_total{"),
+        "no series per Service unless asked: {metrics}"
+    );
+    let shown = status(lab);
+    assert!(
+        shown.contains("LEFT OUT")
+            && shown.contains("default/s149")
+            && shown.contains("SLUICE_SVC 200/264"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn services_that_do_not_fit_are_left_out_whole_named_and_come_back_when_room_frees() {
+    if !require_privileges(
+        "services_that_do_not_fit_are_left_out_whole_named_and_come_back_when_room_frees",
+    ) {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.remove_manifest("web.yaml").unwrap();
+    // 150 Services; the maps hold 200 frontends and ClusterIPs: 100 of them.
+    let health_port = 31_999;
+    lab.write_manifest(
+        "many.yaml",
+        &aged_services(0..150, Some((149, health_port))),
+    )
+    .unwrap();
+    let opts = AgentOptions {
+        service_cidr: Some(SERVICE_CIDR.into()),
+        extra_args: vec!["--max-frontends".into(), "200".into()],
+        ..AgentOptions::default()
+    };
+    lab.start_agent(&opts).unwrap();
+    let line = lab.agent().wait_for("Services left out", 0, APPLY).unwrap();
+    assert!(
+        line.contains("count=50") && line.contains("default/s100"),
+        "{line}"
+    );
+    for i in [0, 57, 99] {
+        assert_eq!(
+            who(&lab.pod("client").tcp_request(aged_ip(i), T).unwrap()),
+            "b0",
+            "s{i:03}"
+        );
+    }
+    for i in [100, 148] {
+        assert!(
+            lab.pod("client").tcp_request(aged_ip(i), T).is_err(),
+            "s{i:03} is left out"
+        );
+    }
+    assert_left_out_reported(&lab, health_port);
+
+    // 60 go: the 50 left out come in, with no restart.
+    let health = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 10256));
+    let check = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, health_port));
+    let mark = lab.agent().log_len();
+    lab.write_manifest(
+        "many.yaml",
+        &aged_services(60..150, Some((149, health_port))),
+    )
+    .unwrap();
+    lab.agent()
+        .wait_for("every Service fits in the maps again", mark, APPLY)
+        .unwrap();
+    for i in [60, 100, 148, 149] {
+        assert_eq!(
+            who(&lab.pod("client").tcp_request(aged_ip(i), T).unwrap()),
+            "b0",
+            "s{i:03}"
+        );
+    }
+    assert!(
+        lab.pod("client").tcp_request(aged_ip(0), T).is_err(),
+        "s000 was deleted"
+    );
+    assert_eq!(http_get(&lab, health, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(&lab, health, "/healthz").unwrap().0, 200);
+    let (_, body) = http_get(&lab, check, "/healthz").unwrap();
+    assert!(body.contains("\"serviceProxyHealthy\":true"), "{body}");
+    assert_eq!(
+        lab.agent().log().matches("sluice is ready").count(),
+        1,
+        "no restart"
+    );
+}

@@ -275,12 +275,16 @@ impl Lab {
 
     /// `sluice status` against this lab's pins.
     pub fn status(&self, bin: &Path) -> Result<String> {
-        crate::run(
-            std::process::Command::new(bin)
-                .arg("status")
-                .arg("--pin-dir")
-                .arg(self.pin_dir()),
-        )
+        // In the node's namespace, where the agent's health port is.
+        let (bin, pin_dir) = (bin.to_path_buf(), self.pin_dir());
+        self.node.run(move || {
+            crate::run(
+                std::process::Command::new(bin)
+                    .arg("status")
+                    .arg("--pin-dir")
+                    .arg(pin_dir),
+            )
+        })?
     }
 }
 

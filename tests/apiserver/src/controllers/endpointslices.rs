@@ -1,7 +1,9 @@
 //! The EndpointSlice controller: for every Service with a selector, slices
 //! of at most 100 endpoints made from the matching Pods, as
 //! kube-controller-manager's. Services without a selector keep the slices
-//! users write.
+//! users write. A slice changed by a Pod or Service change carries the
+//! time that change was seen (`endpoints.kubernetes.io/last-change-trigger-time`),
+//! from which proxies measure their programming latency.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -14,6 +16,7 @@ const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const CONTROLLER: &str = "endpointslice-controller.k8s.io";
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MAX_ENDPOINTS: usize = 100;
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 pub struct EndpointSlices;
 
@@ -29,17 +32,27 @@ impl Controller for EndpointSlices {
                 app,
                 str_at(&svc, "/metadata/namespace"),
                 str_at(&svc, "/metadata/name"),
+                None,
             );
         }
     }
 
     fn on_event(&mut self, app: &Arc<App>, e: &Event) {
         let ns = str_at(&e.object, "/metadata/namespace");
+        // When the change that may move endpoints was seen.
+        let trigger = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok();
         if e.key.starts_with("core/services/") {
             // A Service that had no selector before and has none now has
             // no managed slices: skip the scan of the namespace's slices.
             if has_selector(&e.object) || e.prev.as_deref().is_some_and(has_selector) {
-                sync(app, ns, str_at(&e.object, "/metadata/name"));
+                sync(
+                    app,
+                    ns,
+                    str_at(&e.object, "/metadata/name"),
+                    trigger.as_deref(),
+                );
             }
         } else if e.key.starts_with("core/pods/") {
             // The Services this Pod matches, before or after the change.
@@ -56,7 +69,7 @@ impl Controller for EndpointSlices {
                 if sel.matches_labels(&e.object)
                     || e.prev.as_deref().is_some_and(|p| sel.matches_labels(p))
                 {
-                    sync(app, ns, str_at(&svc, "/metadata/name"));
+                    sync(app, ns, str_at(&svc, "/metadata/name"), trigger.as_deref());
                 }
             }
         }
@@ -114,7 +127,8 @@ fn resolve_port(svc_port: &Value, pod: &Value) -> Option<i64> {
     }
 }
 
-fn sync(app: &Arc<App>, ns: &str, name: &str) {
+/// Writes Service `ns/name`'s slices; those that change carry `trigger`.
+fn sync(app: &Arc<App>, ns: &str, name: &str, trigger: Option<&str>) {
     let svc = app.store.get(&format!("core/services/{ns}/{name}"));
     let selector = svc
         .as_ref()
@@ -162,7 +176,11 @@ fn sync(app: &Arc<App>, ns: &str, name: &str) {
                     |obj| {
                         let before = obj.clone();
                         content(obj);
-                        *obj != before
+                        let changed = *obj != before;
+                        if changed && let Some(t) = trigger {
+                            obj["metadata"]["annotations"][TRIGGER_TIME] = json!(t);
+                        }
+                        changed
                     },
                 );
                 if let Err(e) = result {
@@ -182,6 +200,9 @@ fn sync(app: &Arc<App>, ns: &str, name: &str) {
                     },
                 });
                 content(&mut obj);
+                if let Some(t) = trigger {
+                    obj["metadata"]["annotations"] = json!({TRIGGER_TIME: t});
+                }
                 if let Err(e) = create(app, "discovery.k8s.io", "endpointslices", ns, obj) {
                     tracing::warn!(service = name, "creating an EndpointSlice: {e}");
                 }
