@@ -102,7 +102,8 @@ async fn run_services(
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
-    let (mut links, mut ext) = watch_links(&mut dp, &interfaces, external_interfaces).await?;
+    let (mut links, mut ext) =
+        watch_links(&mut dp, &interfaces, external_interfaces, &health).await?;
     reserve_local_ports(nodeport_range, snat_ports);
     // The new programs are in every link now.
     dp.finish_upgrade();
@@ -350,10 +351,12 @@ fn on_link_event(
     match event {
         LinkEvent::Present { index, name } => {
             ext.ifs.link(index, &name);
-            on_link(dp, pods, index, &name);
+            on_link(dp, pods, index, &name, &ext.health);
         }
         LinkEvent::Gone { index, name } => {
             ext.ifs.link_gone(index);
+            ext.health
+                .update_sync(|s| s.attach_result(index, &name, Ok(())));
             if dp.is_attached(index) {
                 tracing::info!(iface = name, "interface removed");
                 dp.detach(index);
@@ -372,6 +375,7 @@ async fn watch_links(
     dp: &mut Dataplane,
     interfaces: &InterfaceMatcher,
     external_interfaces: Option<InterfaceMatcher>,
+    health: &Health,
 ) -> anyhow::Result<(LinkWatcher, Externals)> {
     let links = LinkWatcher::start()?;
     let present = links.list().await?;
@@ -381,6 +385,7 @@ async fn watch_links(
         explicit: external_interfaces,
         addrs: None,
         snat: std::collections::BTreeMap::new(),
+        health: health.clone(),
     };
     for (index, name) in &present {
         ext.ifs.link(*index, name);
@@ -389,7 +394,7 @@ async fn watch_links(
         ext.ifs.add(index, addr);
     }
     for (index, name) in present {
-        on_link(dp, interfaces, index, &name);
+        on_link(dp, interfaces, index, &name, health);
     }
     ext.follow(dp, interfaces, true);
     Ok((links, ext))
@@ -414,6 +419,8 @@ struct Externals {
     addrs: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// The SNAT address of each interface with XDP.
     snat: std::collections::BTreeMap<u32, std::net::Ipv4Addr>,
+    /// Told of interfaces the programs could not be attached to.
+    health: Health,
 }
 
 impl Externals {
@@ -441,13 +448,15 @@ impl Externals {
             if self.snat.get(index) == Some(snat) {
                 continue;
             }
-            match dp.attach_xdp(*index, name, *snat) {
+            let result = dp.attach_xdp(*index, name, *snat).map_err(chain);
+            match &result {
                 Ok(()) => {
                     tracing::info!(iface = name, snat = %snat, "external interface attached (north-south)");
                     self.snat.insert(*index, *snat);
                 }
-                Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
+                Err(e) => tracing::error!("{e}"),
             }
+            record_attach(&self.health, *index, name, result);
         }
         for index in gone {
             if self.snat.remove(&index).is_some() || first {
@@ -574,18 +583,38 @@ fn log_left_out(left_out: &[(crate::model::ObjectKey, Resource)]) {
 
 /// An interface exists (new, renamed or changed): attach when its name
 /// matches, detach when it no longer does.
-fn on_link(dp: &mut Dataplane, interfaces: &InterfaceMatcher, index: u32, name: &str) {
+fn on_link(
+    dp: &mut Dataplane,
+    interfaces: &InterfaceMatcher,
+    index: u32,
+    name: &str,
+    health: &Health,
+) {
     let attached = dp.is_attached(index);
     if !interfaces.matches(name) {
         if attached {
             tracing::info!(iface = name, "renamed out of the interface list; detaching");
             dp.detach(index);
         }
+        health.update_sync(|s| s.attach_result(index, name, Ok(())));
         return;
     }
-    match dp.attach(index, name) {
+    let result = dp.attach(index, name).map_err(chain);
+    match &result {
         Ok(()) if !attached => tracing::info!(iface = name, "attached"),
         Ok(()) => {}
-        Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
+        Err(e) => tracing::error!("{e}"),
     }
+    record_attach(health, index, name, result);
+}
+
+/// Tells health whether interface `index` has its program: readiness fails
+/// while one that should does not.
+fn record_attach(health: &Health, index: u32, name: &str, result: Result<(), String>) {
+    health.update_sync(|s| s.attach_result(index, name, result));
+}
+
+/// An error with its causes, as the log prints them.
+fn chain(e: dataplane::Error) -> String {
+    format!("{:#}", anyhow::Error::from(e))
 }

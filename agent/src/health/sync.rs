@@ -42,6 +42,9 @@ pub struct SyncState {
     errors: u64,
     /// Frontends with refused claims.
     refused: usize,
+    /// Interfaces that should have a program and could not get one:
+    /// ifindex → (name, error).
+    attach_failed: std::collections::BTreeMap<u32, (String, String)>,
     /// When the agent started: changes triggered before are not its
     /// latency (kube-proxy's rule).
     started: SystemTime,
@@ -60,6 +63,7 @@ impl Default for SyncState {
             programming_seconds: Histogram::new(&PROGRAMMING_BUCKETS),
             errors: 0,
             refused: 0,
+            attach_failed: std::collections::BTreeMap::new(),
             started: SystemTime::now(),
         }
     }
@@ -157,6 +161,18 @@ impl SyncState {
         self.errors += 1;
     }
 
+    /// Whether interface `index` (`name`) has the program it should have.
+    pub fn attach_result(&mut self, index: u32, name: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.attach_failed.remove(&index);
+            }
+            Err(e) => {
+                self.attach_failed.insert(index, (name.to_owned(), e));
+            }
+        }
+    }
+
     /// How many frontends have refused claims.
     pub const fn set_refused(&mut self, n: usize) {
         self.refused = n;
@@ -228,6 +244,12 @@ impl SyncState {
             self.error
                 .as_ref()
                 .map(|e| format!("the last write failed: {e}"))
+                .or_else(|| {
+                    self.attach_failed
+                        .values()
+                        .next()
+                        .map(|(iface, e)| format!("cannot attach to {iface}: {e}"))
+                })
                 .or_else(|| self.unfit())
         } else {
             Some("the first sync has not been programmed yet".to_owned())
@@ -471,6 +493,18 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert!(text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1"));
+    }
+
+    #[test]
+    fn readiness_fails_while_an_interface_lacks_its_program() {
+        let mut s = SyncState::default();
+        s.synced(Capacity::default());
+        s.attach_result(7, "eth1", Err("failed to attach".into()));
+        let (code, body) = s.readyz();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("eth1"), "{body}");
+        s.attach_result(7, "eth1", Ok(()));
+        assert_eq!(s.readyz().0, StatusCode::OK);
     }
 
     #[test]
