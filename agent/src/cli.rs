@@ -21,6 +21,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the Services, backends and counters from the pinned maps.
     Status(StatusArgs),
+    /// Show drops, rejects and new flows as they happen (from a ring buffer
+    /// the programs write to while a monitor runs).
+    Monitor(MonitorArgs),
     /// Remove the programs, links and pinned maps (like `kube-proxy --cleanup`).
     Cleanup(PinDirArgs),
 }
@@ -175,6 +178,27 @@ pub struct RunArgs {
 pub struct PinDirArgs {
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub pins: PinDirArgs,
+    /// Only events of this Service: `namespace/name` or `namespace/name:port`.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only drops and rejects for this reason (`no_endpoints`, `ct_invalid`, …).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only events with this address as source, destination, backend or SNAT.
+    #[arg(long)]
+    pub addr: Option<std::net::Ipv4Addr>,
+    /// Only `drop`, `reject`, `new-flow` or `snat` events.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// `text`, or `json`: one JSON object a line.
+    #[arg(short = 'o', long, default_value = "text")]
+    pub output: String,
 }
 
 #[derive(Args, Debug)]

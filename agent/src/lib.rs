@@ -13,6 +13,7 @@ pub mod healthcheck;
 pub mod interfaces;
 pub mod links;
 pub mod model;
+pub mod monitor;
 pub mod plan;
 pub mod reconcile;
 pub mod secure;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use sluice_agent::{app, cli, config, dataplane, status};
+use sluice_agent::{app, cli, config, dataplane, monitor, status};
 
 /// Parsing thousands of manifests or API objects is mostly small
 /// allocations, where mimalloc is about twice as fast as glibc's malloc.
@@ -45,6 +45,20 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             out.push_str(&status::left_out(args.health_listen));
             print!("{out}");
             Ok(())
+        }
+        cli::Command::Monitor(args) => {
+            let json = match args.output.as_str() {
+                "json" => true,
+                "text" => false,
+                other => anyhow::bail!("`-o {other}`: the output is `text` or `json`"),
+            };
+            let filter = monitor::Filter {
+                service: args.service,
+                reason: args.reason,
+                addr: args.addr,
+                kind: args.kind,
+            };
+            monitor::run(&args.pins.pin_dir, &filter, json)
         }
         cli::Command::Cleanup(args) => {
             dataplane::cleanup(&args.pin_dir)?;

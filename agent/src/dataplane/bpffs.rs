@@ -98,6 +98,12 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
         names::REFUSED => (size_of::<ServiceKey>(), size_of::<RefusedClaim>()),
         names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
+        names::MONITOR => (0, 0),
+        names::MONITOR_ON => (size_of::<u32>(), size_of::<u32>()),
+        names::MONITOR_LIMIT => (
+            size_of::<u32>(),
+            size_of::<sluice_abi::monitor::MonitorLimiter>(),
+        ),
         _ => return None,
     })
 }

@@ -17,6 +17,7 @@ pub mod conntrack;
 pub mod csum;
 pub mod maglev;
 pub mod maps;
+pub mod monitor;
 pub mod service;
 pub mod sock;
 pub mod stats;

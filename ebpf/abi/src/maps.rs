@@ -65,12 +65,19 @@ pub const EXT_IFS: &str = "SLUICE_EXT_IF";
 /// Maglev tables of the frontends XDP serves: `MaglevKey` → `MaglevChunk`.
 pub const MAGLEV: &str = "SLUICE_MAGLEV";
 
+/// `sluice monitor`'s ring buffer of `monitor::MonitorEvent`s.
+pub const MONITOR: &str = "SLUICE_MONITOR";
+/// Whether a monitor is attached: one `u32`, 0 or 1.
+pub const MONITOR_ON: &str = "SLUICE_MON_ON";
+/// Per-CPU `monitor::MonitorLimiter`: the rate limit, and what it suppressed.
+pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
+
 /// Pins of earlier layouts, removed once this build's maps exist (and
 /// their entries are converted, for `CONNTRACK_V2`).
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 25] = [
+pub const PINNED: [&str; 28] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -96,6 +103,9 @@ pub const PINNED: [&str; 25] = [
     NODE_ADDRS,
     EXT_IFS,
     MAGLEV,
+    MONITOR,
+    MONITOR_ON,
+    MONITOR_LIMIT,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.

@@ -186,6 +186,7 @@ fn to_service<E: Edge, T: CtMaps>(
         };
         let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat, config)?;
         stats::event(Event::NewFlow);
+        crate::monitor::new_flow(p, ctx.ingress(), svc.id, &to);
         (to, true, route)
     };
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);

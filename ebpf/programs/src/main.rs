@@ -19,6 +19,7 @@ mod fib;
 mod icmp;
 mod lb;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod reject;
@@ -68,10 +69,7 @@ pub fn tc_ingress(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     match try_tc_ingress(&ctx) {
         Ok(action) => action,
-        Err(reason) => {
-            stats::dropped(reason);
-            TC_ACT_SHOT
-        }
+        Err(reason) => tc_drop(&ctx, reason),
     }
 }
 
@@ -84,11 +82,17 @@ pub fn tc_ingress(skb: *mut __sk_buff) -> i32 {
 pub fn tc_external(ctx: TcContext) -> i32 {
     match try_tc_external(&ctx) {
         Ok(action) => action,
-        Err(reason) => {
-            stats::dropped(reason);
-            TC_ACT_SHOT
-        }
+        Err(reason) => tc_drop(&ctx, reason),
     }
+}
+
+/// Counts a dropped packet (and shows it to a monitor).
+#[inline(always)]
+fn tc_drop(ctx: &TcContext, reason: DropReason) -> i32 {
+    stats::dropped(reason);
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    monitor::dropped_frame(ctx.data(), ctx.data_end(), reason, ifindex);
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -131,10 +135,7 @@ pub fn tc_north_south(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     match edge::run(&ctx, &CONFIG.load()) {
         Ok(action) => action,
-        Err(reason) => {
-            stats::dropped(reason);
-            TC_ACT_SHOT
-        }
+        Err(reason) => tc_drop(&ctx, reason),
     }
 }
 
@@ -146,6 +147,9 @@ pub fn xdp_ingress(md: *mut xdp_md) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::dropped(reason);
+            #[expect(clippy::cast_possible_truncation, reason = "an ifindex is a u32")]
+            let ifindex = ctx.ingress_ifindex() as u32;
+            monitor::dropped_frame(ctx.data(), ctx.data_end(), reason, ifindex);
             xdp::XDP_DROP
         }
     }
@@ -346,6 +350,7 @@ fn to_service<T: CtMaps>(
             let snat = (choice.addr == p.saddr).then_some(HAIRPIN_ADDR);
             let to = conntrack::create::<T>(p, &choice, svc.id, now, snat, config)?;
             stats::event(Event::NewFlow);
+            monitor::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
             (to, true)
         }
     };

@@ -104,8 +104,10 @@ pub fn answer(
     icmp: Icmp,
 ) -> Result<i32, DropReason> {
     stats::dropped(reason);
-    build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let about = crate::monitor::About::refused(sluice_abi::monitor::KIND_REJECT, reason, ifindex);
+    crate::monitor::packet(p, &about);
+    build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RejectFailed);

@@ -778,3 +778,117 @@ fn services_that_do_not_fit_are_left_out_whole_named_and_come_back_when_room_fre
         "no restart"
     );
 }
+
+/// `sluice monitor -o json` (and `args`) in the node's namespace, once it
+/// says it is watching.
+fn start_monitor(lab: &Lab, args: &[&str]) -> sluice_lab::process::Process {
+    let mut cmd = Command::new(default_bin());
+    cmd.arg("monitor")
+        .arg("--pin-dir")
+        .arg(lab.pin_dir())
+        .args(["-o", "json"])
+        .args(args);
+    let mut monitor = lab
+        .node()
+        .run(move || sluice_lab::process::Process::spawn("monitor", cmd, false))
+        .unwrap()
+        .unwrap();
+    monitor
+        .wait_for("monitoring the dataplane", 0, APPLY)
+        .unwrap();
+    monitor
+}
+
+/// The monitor's flag, from the pins.
+fn monitor_flag(lab: &Lab) -> u32 {
+    let data = MapData::from_pin(lab.pin_dir().join("SLUICE_MON_ON")).unwrap();
+    let flag: aya::maps::Array<MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    flag.get(&0, 0).unwrap()
+}
+
+#[test]
+fn the_monitor_shows_rejects_and_new_flows_with_their_tuple_and_frontend() {
+    if !require_privileges("the_monitor_shows_rejects_and_new_flows_with_their_tuple_and_frontend")
+    {
+        return;
+    }
+    let mut lab = web_lab(1);
+    let empty = std::net::Ipv4Addr::new(10, 96, 0, 30);
+    lab.write_manifest(
+        "empty.yaml",
+        &manifest::service_with_endpoints(
+            "empty",
+            empty,
+            &[Port::tcp("http", 80)],
+            &[Port::tcp("http", 8080)],
+            &[],
+        ),
+    )
+    .unwrap();
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    assert_eq!(
+        monitor_flag(&lab),
+        0,
+        "no monitor: the programs write nothing"
+    );
+    let mut monitor = start_monitor(&lab, &[]);
+    assert_eq!(monitor_flag(&lab), 1);
+
+    // A Service without endpoints: rejected, shown within a second.
+    assert!(
+        lab.pod("client")
+            .tcp_request(SocketAddr::from((empty, 80)), T)
+            .is_err()
+    );
+    let line = monitor
+        .wait_for("\"reject\"", 0, Duration::from_secs(1))
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["reason"], "no_endpoints", "{line}");
+    assert_eq!(event["proto"], "TCP", "{line}");
+    assert_eq!(event["dst"], "10.96.0.30:80", "{line}");
+    assert_eq!(event["frontend"], "default/empty:http", "{line}");
+    let src = event["src"].as_str().unwrap();
+    assert!(src.starts_with(&format!("{}:", common::CLIENT)), "{line}");
+    assert_eq!(event["iface"], lab.pod("client").host_if.as_str(), "{line}");
+
+    // A new flow: its frontend and backend.
+    let mark = monitor.log_len();
+    assert_eq!(
+        who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+        "b0"
+    );
+    let line = monitor
+        .wait_for("\"new-flow\"", mark, Duration::from_secs(1))
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["frontend"], "default/web:http", "{line}");
+    assert_eq!(
+        event["backend"],
+        format!("{}:8080", common::backend_ip(0)),
+        "{line}"
+    );
+    assert_eq!(event["dst"], format!("{VIP}:80"), "{line}");
+
+    // Stopped, it turns the events off again.
+    assert!(monitor.stop().unwrap().success());
+    assert_eq!(monitor_flag(&lab), 0);
+
+    // A filter: only what it asks for.
+    let mut monitor = start_monitor(&lab, &["--kind", "new-flow", "--service", "default/web"]);
+    assert!(
+        lab.pod("client")
+            .tcp_request(SocketAddr::from((empty, 80)), T)
+            .is_err()
+    );
+    let mark = monitor.log_len();
+    assert_eq!(
+        who(&lab.pod("client").tcp_request(http(), T).unwrap()),
+        "b0"
+    );
+    monitor
+        .wait_for("\"new-flow\"", mark, Duration::from_secs(1))
+        .unwrap();
+    assert!(!monitor.log().contains("\"reject\""), "{}", monitor.log());
+}

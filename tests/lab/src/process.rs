@@ -126,6 +126,11 @@ impl Process {
     }
 
     /// Sends `signal` and waits for the exit (SIGKILL after a bound).
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.signal_and_wait(Signal::SIGTERM)
+    }
+
     pub fn signal_and_wait(&mut self, signal: Signal) -> Result<ExitStatus> {
         let mut child = self
             .child

@@ -31,6 +31,10 @@ pub fn answer(
     icmp: Icmp,
 ) -> Result<u32, DropReason> {
     stats::dropped(reason);
+    #[expect(clippy::cast_possible_truncation, reason = "an ifindex is a u32")]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let about = crate::monitor::About::refused(sluice_abi::monitor::KIND_REJECT, reason, ifindex);
+    crate::monitor::packet(p, &about);
     build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
     stats::event(Event::RejectSent);
     Ok(XDP_TX)
