@@ -547,3 +547,61 @@ fn metrics_count_queries_by_type_and_rcode_the_cache_upstream_failures_and_drops
         "{page}"
     );
 }
+
+/// The metric names (`sluice_…`, `kubeproxy_…`) a `PromQL` expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = ["sluice_", "kubeproxy_"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn every_series_the_grafana_dashboard_charts_is_in_metrics() {
+    if !require_privileges("every_series_the_grafana_dashboard_charts_is_in_metrics") {
+        return;
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../manifests/grafana/sluice-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let lab = dns_lab();
+    let health = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
+    let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    metrics.lines().any(
+                        |l| l.starts_with(&name) || l.starts_with(&format!("# TYPE {family} "))
+                    ),
+                    "`{name}` (panel {}) is not in /metrics:\n{metrics}",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked} series checked");
+}
