@@ -83,6 +83,8 @@ async fn run_services(
     let maglev_size = options.maglev_size;
     health.set_pin_dir(options.pin_dir.clone());
     let mut dp = Dataplane::load(&options).context("loading the dataplane")?;
+    let replaced = dp.replaced().iter().map(|r| (r.map, r.entries)).collect();
+    health.update_sync(|s| s.set_replaced(replaced));
     health.set_conntrack(dp.conntrack_census());
     let _health = serve_health(&health, health_listen).await?;
     let dns = match &dns {

@@ -10,6 +10,7 @@ mod attach;
 mod batch;
 mod bpffs;
 pub mod conntrack;
+pub mod layout;
 pub mod maps;
 pub mod probe;
 pub mod sock;
@@ -176,6 +177,8 @@ pub struct Dataplane {
     refused: BTreeMap<sluice_abi::service::ServiceKey, sluice_abi::service::RefusedClaim>,
     /// What the maps can hold (`plan::capacity`).
     limits: Entries,
+    /// Pins replaced at load (`layout`).
+    replaced: Vec<layout::Replaced>,
 }
 
 /// The maps whose size follows `--max-frontends` and `--max-backends`, and
@@ -279,7 +282,7 @@ impl Dataplane {
         let (xdp_mode, socket_lb) = probed(opts)?;
         let tc_path = attach::choose(opts.tc_attach)?;
         let ct_sizes = sluice_abi::conntrack::split_sizes(opts.conntrack_size);
-        bpffs::drop_incompatible_pins(&opts.pin_dir, &ct_sizes);
+        let replaced = layout::check(&opts.pin_dir, &ct_sizes);
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&opts.pin_dir);
         for (name, size) in names::CONNTRACK.iter().zip(ct_sizes) {
@@ -312,6 +315,12 @@ impl Dataplane {
             })?;
         }
         attach::mark_path(classifier(&mut ebpf, TC_PROGRAM)?, &opts.pin_dir, tc_path)?;
+        layout::stamp(ebpf.take_map(names::LAYOUT).ok_or(Error::Map {
+            name: names::LAYOUT,
+            source: Box::new(MapError::InvalidName {
+                name: names::LAYOUT.into(),
+            }),
+        })?)?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
         let limits = limits(opts, &maps);
@@ -347,7 +356,13 @@ impl Dataplane {
             collector,
             refused,
             limits,
+            replaced,
         })
+    }
+
+    /// The pinned maps this start replaced, losing what they held.
+    pub fn replaced(&self) -> &[layout::Replaced] {
+        &self.replaced
     }
 
     /// What the maps can hold, by resource, for the planner.

@@ -159,6 +159,59 @@ pub fn for_each<K: Pod, V: Pod>(map: &OwnedFd, mut visit: impl FnMut(&K, &V)) ->
     }
 }
 
+/// `BPF_MAP_GET_NEXT_KEY`.
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// The `BPF_MAP_*_ELEM` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+    flags: u64,
+}
+
+/// The number of keys of the map behind `map` (keys of `key_size` bytes),
+/// counted with `BPF_MAP_GET_NEXT_KEY`, whatever its type and layout.
+pub fn count_keys(map: std::os::fd::BorrowedFd<'_>, key_size: usize) -> io::Result<u64> {
+    let fd =
+        u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut key = vec![0u8; key_size.max(1)];
+    let mut next = vec![0u8; key_size.max(1)];
+    let mut count = 0;
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: both buffers hold a key of the map's key size and outlive
+        // the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &raw mut attr,
+                size_of::<ElemAttr>(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) => Ok(count),
+                _ => Err(e),
+            };
+        }
+        count += 1;
+        std::mem::swap(&mut key, &mut next);
+        first = false;
+    }
+}
+
 /// `BPF_MAP_CREATE` and `BPF_MAP_TYPE_HASH`.
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_TYPE_HASH: u32 = 1;

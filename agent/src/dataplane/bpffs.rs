@@ -1,4 +1,4 @@
-//! The bpffs pin directory: mounting it, checking pinned layouts, cleanup.
+//! The bpffs pin directory: mounting it, removing earlier layouts' pins, cleanup.
 
 use std::{
     fs, io,
@@ -6,22 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapData, MapType};
 use nix::{
     mount::{MsFlags, mount, umount},
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
-use sluice_abi::{
-    affinity::{AffinityKey, AffinityValue},
-    conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey},
-    maps as names,
-    service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
-        ServiceValue, SlotKey, SourceRangeKey,
-    },
-    sock::{SockRevKey, SockRevValue},
-    stats::{DropReason, Event, TrafficStats},
-};
+use sluice_abi::maps as names;
 
 use super::{Error, attach::LINKS_DIR};
 
@@ -75,80 +64,6 @@ pub fn ensure(pin_dir: &Path) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-/// Expected layout of each pinned map: (key size, value size).
-fn layout(name: &str) -> Option<(usize, usize)> {
-    Some(match name {
-        names::SERVICES => (size_of::<ServiceKey>(), size_of::<ServiceValue>()),
-        names::SLOTS => (size_of::<SlotKey>(), size_of::<Backend>()),
-        names::BACKENDS => (size_of::<u32>(), size_of::<Backend>()),
-        _ if names::CONNTRACK.contains(&name) => (size_of::<CtKey>(), size_of::<CtEntry>()),
-        names::CONNTRACK_STATS => (size_of::<u32>(), size_of::<u64>()),
-        names::SERVICE_STATS | names::BACKEND_STATS => {
-            (size_of::<u32>(), size_of::<TrafficStats>())
-        }
-        names::DROPS | names::EVENTS => (size_of::<u32>(), size_of::<u64>()),
-        names::SERVICE_NAMES => (size_of::<u32>(), size_of::<ServiceName>()),
-        names::SOCK_REV => (size_of::<SockRevKey>(), size_of::<SockRevValue>()),
-        names::AFFINITY_CONFIG => (size_of::<u32>(), size_of::<u32>()),
-        names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityValue>()),
-        names::SOURCE_RANGES => (size_of::<u32>() + size_of::<SourceRangeKey>(), 1),
-        names::NODE_ADDRS => (size_of::<NodeAddr>(), size_of::<u32>()),
-        names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
-        names::REFUSED => (size_of::<ServiceKey>(), size_of::<RefusedClaim>()),
-        names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
-        names::MONITOR => (0, 0),
-        names::MONITOR_ON => (size_of::<u32>(), size_of::<u32>()),
-        names::MONITOR_LIMIT => (
-            size_of::<u32>(),
-            size_of::<sluice_abi::monitor::MonitorLimiter>(),
-        ),
-        _ => return None,
-    })
-}
-
-/// aya reuses a pinned map whatever its shape. A pin whose layout differs
-/// from this build's (an upgrade that should have renamed the map), or a
-/// conntrack map of another size or type, is removed so that it is created
-/// anew. A new conntrack map forgets its flows, as Cilium's does on resize.
-pub fn drop_incompatible_pins(pin_dir: &Path, conntrack_sizes: &[u32; 8]) {
-    for name in names::PINNED {
-        let path = pin_dir.join(name);
-        let Ok(map) = MapData::from_pin(&path) else {
-            continue;
-        };
-        let Ok(info) = map.info() else { continue };
-        let (key, value) = layout(name).unwrap_or_default();
-        let wrong_layout = info.key_size() as usize != key || info.value_size() as usize != value;
-        let count = match name {
-            names::DROPS => Some(DropReason::COUNT),
-            names::EVENTS => Some(Event::COUNT),
-            names::CONNTRACK_STATS => Some(CT_TABLES * CT_TIERS * CT_COUNTERS),
-            _ => None,
-        };
-        let wrong_count = count.is_some_and(|n| info.max_entries() != n);
-        let resized = names::CONNTRACK
-            .iter()
-            .zip(conntrack_sizes)
-            .zip(0u32..)
-            .find(|((n, _), _)| **n == name)
-            .is_some_and(|((_, size), index)| {
-                let lru = index % CT_TIERS == CT_TIER_NEW;
-                let want = if lru { MapType::LruHash } else { MapType::Hash };
-                info.max_entries() != *size || info.map_type().ok() != Some(want)
-            });
-        if wrong_layout || wrong_count || resized {
-            tracing::warn!(
-                map = name,
-                old_entries = info.max_entries(),
-                "the pinned map does not fit this build or configuration; recreating it"
-            );
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(map = name, "cannot remove the pin: {e}");
-            }
-        }
-    }
 }
 
 /// Removes the pins of maps of earlier layouts (`names::LEGACY`), once this

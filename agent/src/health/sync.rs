@@ -42,6 +42,8 @@ pub struct SyncState {
     errors: u64,
     /// Frontends with refused claims.
     refused: usize,
+    /// Pinned maps replaced at start, and the entries each held.
+    replaced: Vec<(&'static str, u64)>,
     /// Interfaces that should have a program and could not get one:
     /// ifindex → (name, error).
     attach_failed: std::collections::BTreeMap<u32, (String, String)>,
@@ -63,6 +65,7 @@ impl Default for SyncState {
             programming_seconds: Histogram::new(&PROGRAMMING_BUCKETS),
             errors: 0,
             refused: 0,
+            replaced: Vec::new(),
             attach_failed: std::collections::BTreeMap::new(),
             started: SystemTime::now(),
         }
@@ -171,6 +174,12 @@ impl SyncState {
                 self.attach_failed.insert(index, (name.to_owned(), e));
             }
         }
+    }
+
+    /// The pinned maps this start replaced (`dataplane::layout`), and the
+    /// entries each held.
+    pub fn set_replaced(&mut self, replaced: Vec<(&'static str, u64)>) {
+        self.replaced = replaced;
     }
 
     /// How many frontends have refused claims.
@@ -313,6 +322,23 @@ impl SyncState {
             "Services not programmed because the maps cannot hold them.",
             self.capacity.left_out.len().to_string(),
         );
+        for (name, help, value) in [
+            (
+                "sluice_pinned_map_replaced_total",
+                "Pinned maps this agent replaced at start (another layout version or shape), losing what they held.",
+                (|_: u64| 1) as fn(u64) -> u64,
+            ),
+            (
+                "sluice_pinned_map_entries_lost_total",
+                "Entries the pinned maps replaced at start held.",
+                |n| n,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (map, entries) in &self.replaced {
+                let _ = writeln!(out, "{name}{{map=\"{map}\"}} {}", value(*entries));
+            }
+        }
         for (name, help, value) in [
             (
                 "sluice_map_entries",

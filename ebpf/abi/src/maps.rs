@@ -72,12 +72,24 @@ pub const MONITOR_ON: &str = "SLUICE_MON_ON";
 /// Per-CPU `monitor::MonitorLimiter`: the rate limit, and what it suppressed.
 pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
 
+/// The layout version of every pinned map, as the build that pinned it
+/// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.
+pub const LAYOUT: &str = "SLUICE_LAYOUT";
+
+/// The version of pinned map `name`'s layout in this build: raised with
+/// any change of what its keys or values mean, so that a build meeting
+/// another version's pins converts them or replaces them, and says so.
+/// Conntrack is at 3 (after `SLUICE_CT` and `SLUICE_CT_V2`).
+pub fn layout_version(name: &str) -> u32 {
+    if CONNTRACK.contains(&name) { 3 } else { 1 }
+}
+
 /// Pins of earlier layouts, removed once this build's maps exist (and
 /// their entries are converted, for `CONNTRACK_V2`).
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 28] = [
+pub const PINNED: [&str; 29] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -106,6 +118,7 @@ pub const PINNED: [&str; 28] = [
     MONITOR,
     MONITOR_ON,
     MONITOR_LIMIT,
+    LAYOUT,
 ];
 
 /// Frontends (Service IP, port, protocol) plus one marker per ClusterIP.

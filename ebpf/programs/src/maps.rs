@@ -29,6 +29,11 @@ use sluice_abi::{
     stats::{DropReason, Event, TrafficStats},
 };
 
+/// The layout version of each pinned map (written by the agent; the
+/// programs never read it): name → version.
+#[map]
+static SLUICE_LAYOUT: HashMap<[u8; 16], u32> = HashMap::pinned(64, 0);
+
 /// Frontends (ClusterIP, port, protocol) and ClusterIP markers.
 #[map]
 static SLUICE_SVC: HashMap<ServiceKey, ServiceValue> =

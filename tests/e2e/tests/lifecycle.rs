@@ -371,7 +371,7 @@ fn the_config_file_sets_every_option_and_rejects_unknown_keys() {
         ..AgentOptions::default()
     })
     .unwrap();
-    assert!(lab.agent().log().contains("recreating it"));
+    assert!(lab.agent().log().contains("replacing it"));
     assert_eq!(
         conntrack_sizes(&lab),
         sluice_abi::conntrack::split_sizes(8192),
@@ -891,4 +891,104 @@ fn the_monitor_shows_rejects_and_new_flows_with_their_tuple_and_frontend() {
         .wait_for("\"new-flow\"", mark, Duration::from_secs(1))
         .unwrap();
     assert!(!monitor.log().contains("\"reject\""), "{}", monitor.log());
+}
+
+/// The pinned `SLUICE_LAYOUT`: map name → layout version.
+fn layout_stamps(lab: &Lab) -> aya::maps::HashMap<MapData, [u8; 16], u32> {
+    let data = MapData::from_pin(lab.pin_dir().join("SLUICE_LAYOUT")).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap()
+}
+
+fn stamp_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..name.len()].copy_from_slice(name.as_bytes());
+    key
+}
+
+#[test]
+fn a_live_connection_survives_an_agent_start_over_pins_of_the_previous_layout() {
+    if !require_privileges(
+        "a_live_connection_survives_an_agent_start_over_pins_of_the_previous_layout",
+    ) {
+        return;
+    }
+    let mut lab = web_lab(3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    assert_eq!(
+        layout_stamps(&lab)
+            .get(&stamp_key("SLUICE_CT_EWT"), 0)
+            .unwrap(),
+        3,
+        "every pinned map carries its layout version"
+    );
+    let mut conn = lab.pod("client").tcp_connect(http(), T).unwrap();
+    let backend = who(&request_line(&mut conn, T).unwrap());
+    lab.take_agent().unwrap().stop().unwrap();
+    // The pins as the build before layout versions left them: unstamped.
+    fs::remove_file(lab.pin_dir().join("SLUICE_LAYOUT")).unwrap();
+
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let log = lab.agent().log();
+    assert!(log.contains("carry no layout versions"), "{log}");
+    assert!(!log.contains("replacing it"), "{log}");
+    assert_eq!(
+        who(&request_line(&mut conn, T).unwrap()),
+        backend,
+        "the connection (its conntrack entries) survived"
+    );
+    assert_eq!(
+        layout_stamps(&lab)
+            .get(&stamp_key("SLUICE_SVC"), 0)
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn a_pin_of_another_layout_version_is_replaced_with_a_logged_counted_loss() {
+    if !require_privileges("a_pin_of_another_layout_version_is_replaced_with_a_logged_counted_loss")
+    {
+        return;
+    }
+    let mut lab = web_lab(1);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let mut conn = lab.pod("client").tcp_connect(http(), T).unwrap();
+    assert_eq!(who(&request_line(&mut conn, T).unwrap()), "b0");
+    lab.take_agent().unwrap().stop().unwrap();
+    // A newer build's conntrack layout (a downgrade): no conversion back.
+    layout_stamps(&lab)
+        .insert(stamp_key("SLUICE_CT_EWT"), 4, 0)
+        .unwrap();
+
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let line = lab.agent().wait_for("cannot be adopted", 0, APPLY).unwrap();
+    assert!(
+        line.contains("SLUICE_CT_EWT")
+            && line.contains("layout version 4")
+            && line.contains("entries=2"),
+        "the flow's two entries are named as lost: {line}"
+    );
+    let health = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 10256));
+    let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
+    for series in [
+        "sluice_pinned_map_replaced_total{map=\"SLUICE_CT_EWT\"} 1",
+        "sluice_pinned_map_entries_lost_total{map=\"SLUICE_CT_EWT\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in\n{metrics}"
+        );
+    }
+    // Only that map: the Services were adopted, and it is this build's now.
+    assert!(
+        !metrics.contains("map=\"SLUICE_SVC\"} 1\nsluice_pinned"),
+        "{metrics}"
+    );
+    assert_eq!(
+        layout_stamps(&lab)
+            .get(&stamp_key("SLUICE_CT_EWT"), 0)
+            .unwrap(),
+        3
+    );
+    assert!(lab.agent().log().contains("adopted the pinned maps"));
 }
