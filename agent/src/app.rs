@@ -514,7 +514,7 @@ fn sync(
             let refused = dp.refused_count();
             health.update_sync(|s| {
                 s.set_refused(refused);
-                s.synced_in(capacity, started.elapsed());
+                s.synced_in(capacity, started.elapsed(), ops);
                 s.programmed_changes(&triggers);
             });
             Some(Applied {
@@ -528,8 +528,9 @@ fn sync(
             if let Some(left_out) = left_out {
                 log_left_out(&left_out);
             }
+            let map = e.map();
             let e = anyhow::Error::from(e);
-            health.update_sync(|s| s.failed(format!("{e:#}")));
+            health.update_sync(|s| s.failed(map, format!("{e:#}")));
             tracing::error!(
                 retry_in_s = retry.pause.as_secs(),
                 "applying the Services: {e:#}"

@@ -118,6 +118,16 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The map an error is about (`"-"` for others).
+    pub const fn map(&self) -> &'static str {
+        match self {
+            Self::Batch { name, .. } | Self::Map { name, .. } => name,
+            _ => "-",
+        }
+    }
+}
+
 /// How to load the dataplane.
 #[derive(Clone, Debug)]
 pub struct Options {

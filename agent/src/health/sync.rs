@@ -38,8 +38,10 @@ pub struct SyncState {
     sync_seconds: Histogram,
     /// Seconds from an EndpointSlice change (its trigger time) to the maps.
     programming_seconds: Histogram,
-    /// Failed writes.
-    errors: u64,
+    /// Failed writes, by the map that refused them.
+    errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Map writes and deletes the syncs made.
+    map_ops: u64,
     /// Frontends with refused claims.
     refused: usize,
     /// Pinned maps replaced at start, and the entries each held.
@@ -63,7 +65,8 @@ impl Default for SyncState {
             capacity: Capacity::default(),
             sync_seconds: Histogram::new(&SYNC_BUCKETS),
             programming_seconds: Histogram::new(&PROGRAMMING_BUCKETS),
-            errors: 0,
+            errors: std::collections::BTreeMap::new(),
+            map_ops: 0,
             refused: 0,
             replaced: Vec::new(),
             attach_failed: std::collections::BTreeMap::new(),
@@ -136,8 +139,9 @@ impl SyncState {
 
     /// The maps hold the model (less what `capacity` left out), after a
     /// sync of `took`.
-    pub fn synced_in(&mut self, capacity: Capacity, took: Duration) {
+    pub fn synced_in(&mut self, capacity: Capacity, took: Duration, map_ops: usize) {
         self.sync_seconds.observe(took.as_secs_f64());
+        self.map_ops += u64::try_from(map_ops).unwrap_or(u64::MAX);
         self.synced(capacity);
     }
 
@@ -158,10 +162,10 @@ impl SyncState {
         self.capacity = capacity;
     }
 
-    /// A write failed; the change stays pending.
-    pub fn failed(&mut self, error: String) {
+    /// A write to `map` failed; the change stays pending.
+    pub fn failed(&mut self, map: &'static str, error: String) {
         self.error = Some(error);
-        self.errors += 1;
+        *self.errors.entry(map).or_default() += 1;
     }
 
     /// Whether interface `index` (`name`) has the program it should have.
@@ -298,25 +302,29 @@ impl SyncState {
             .last_updated
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        gauge(
+        single(
+            &mut out,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "gauge",
             "When the maps last held every change (Unix seconds).",
             format!("{last}"),
         );
-        gauge(
-            "sluice_sync_errors_total",
+        single(
+            &mut out,
+            "sluice_map_operations_total",
             "counter",
-            "Syncs whose map writes failed.",
-            self.errors.to_string(),
+            "Map writes and deletes the syncs made.",
+            self.map_ops.to_string(),
         );
-        gauge(
+        let _ = writeln!(
+            out,
+            "# HELP sluice_sync_errors_total Syncs whose map writes failed, by the map that refused them.\n# TYPE sluice_sync_errors_total counter"
+        );
+        for (map, n) in &self.errors {
+            let _ = writeln!(out, "sluice_sync_errors_total{{map=\"{map}\"}} {n}");
+        }
+        single(
+            &mut out,
             "sluice_services_left_out",
             "gauge",
             "Services not programmed because the maps cannot hold them.",
@@ -358,6 +366,14 @@ impl SyncState {
         }
         out
     }
+}
+
+/// A family of one sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// kube-proxy's buckets for its sync duration: 1 ms doubling to 16 s.
@@ -485,7 +501,7 @@ mod tests {
         let mut s = SyncState::default();
         s.synced(Capacity::default());
         s.queued();
-        s.failed("batch write to map `SLUICE_SVC`".into());
+        s.failed("SLUICE_SVC", "batch write to map `SLUICE_SVC`".into());
         assert_eq!(s.readyz().0, StatusCode::SERVICE_UNAVAILABLE);
         let now = Instant::now();
         assert!(s.unhealthy(now).is_none(), "within the deadline");
@@ -499,7 +515,8 @@ mod tests {
     #[test]
     fn metrics_carry_kube_proxys_names_and_the_maps_fill() {
         let mut s = SyncState::default();
-        s.synced_in(left_out(), Duration::from_millis(3));
+        s.synced_in(left_out(), Duration::from_millis(3), 7);
+        s.failed("SLUICE_BACKEND", "batch write".into());
         s.started -= Duration::from_secs(10);
         s.programmed_changes(&[
             SystemTime::now() - Duration::from_millis(1500),
@@ -515,6 +532,8 @@ mod tests {
             "sluice_map_entries{map=\"SLUICE_BACKEND\"} 100",
             "sluice_map_capacity{map=\"SLUICE_BACKEND\"} 100",
             "sluice_services_left_out 1",
+            "sluice_map_operations_total 7",
+            "sluice_sync_errors_total{map=\"SLUICE_BACKEND\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
