@@ -211,26 +211,32 @@ fn capacity_maps(opts: &Options) -> [(&'static str, u32); 7] {
 /// cleanup`.
 fn limits(opts: &Options, maps: &maps::Maps) -> Entries {
     let mut limits = Entries::UNLIMITED;
-    let fixed = [
-        (Resource::Frontends, opts.max_frontends),
-        (Resource::Backends, opts.max_backends),
-        (Resource::MaglevChunks, names::MAX_MAGLEV_CHUNKS),
-        (Resource::SourceRanges, names::MAX_SOURCE_RANGES),
+    let asked = [
+        (Resource::Frontends, Some(opts.max_frontends)),
+        (Resource::Backends, Some(opts.max_backends)),
+        (Resource::MaglevChunks, None),
+        (Resource::SourceRanges, None),
     ];
-    for (resource, limit) in fixed {
-        let held = maps.max_entries(resource);
-        let usable = held.map_or(limit, |n| {
-            limit.min(n.saturating_sub(capacity::headroom(limit)))
-        });
-        if usable < limit {
-            tracing::warn!(
-                map = resource.map(),
-                pinned = held,
-                asked = limit,
-                usable,
-                "a pinned map is smaller than the configuration asks; it stays until `sluice cleanup`"
-            );
-        }
+    for (resource, asked) in asked {
+        let held = maps.max_entries(resource).unwrap_or_default();
+        let usable = match asked {
+            // Created for `limit` with its headroom on top.
+            Some(limit) => {
+                let usable = limit.min(held.saturating_sub(capacity::headroom(limit)));
+                if usable < limit {
+                    tracing::warn!(
+                        map = resource.map(),
+                        pinned = held,
+                        asked = limit,
+                        usable,
+                        "a pinned map is smaller than the configuration asks; it stays until `sluice cleanup`"
+                    );
+                }
+                usable
+            }
+            // Of a fixed size: the headroom comes out of it.
+            None => held.saturating_sub(capacity::headroom(held)),
+        };
         limits.set(resource, u64::from(usable));
     }
     limits
@@ -416,7 +422,17 @@ impl Dataplane {
                 .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
         }
         self.record_refused(&changes.refused);
-        if removed && let Some(cgroup) = &self.socket_lb {
+        // Only UDP frontends have connected sockets to close.
+        let udp = || {
+            changes
+                .frontends
+                .keys()
+                .any(|k| k.proto == sluice_abi::proto::UDP)
+        };
+        if removed
+            && udp()
+            && let Some(cgroup) = &self.socket_lb
+        {
             self.close_stale_udp(cgroup.clone());
         }
         Ok(count)

@@ -124,17 +124,20 @@ pub const fn headroom(limit: u32) -> u32 {
     if h < 64 { 64 } else { h }
 }
 
-/// Where a Service stands in the order of admission: the oldest first,
-/// those without a creation time last, then by namespace/name.
-type Rank = (i64, ObjectKey);
-
-/// The Services with frontends, their cost, and those left out.
+/// The Services with frontends, their cost, and those left out. While
+/// everything fits (the usual case) a change costs O(log n); the order of
+/// admission is only sorted out while something does not.
 #[derive(Debug)]
 pub struct Admission {
     limits: Entries,
     maglev_size: u32,
+    /// Each Service's creation time (its place in the order of admission:
+    /// the oldest first, those without one last, then by namespace/name)
+    /// and cost.
     cost: BTreeMap<ObjectKey, (i64, Entries)>,
-    order: BTreeSet<Rank>,
+    /// The order of admission, built while something does not fit and kept
+    /// until a Service comes, goes or changes its creation time.
+    order: Option<Vec<(i64, ObjectKey)>>,
     /// The cost of every Service.
     total: Entries,
     /// The cost of the Services admitted.
@@ -149,7 +152,7 @@ impl Default for Admission {
             limits: Entries::UNLIMITED,
             maglev_size: sluice_abi::maglev::DEFAULT_TABLE_SIZE,
             cost: BTreeMap::new(),
-            order: BTreeSet::new(),
+            order: None,
             total: Entries::default(),
             used: Entries::default(),
             left_out: BTreeMap::new(),
@@ -167,19 +170,24 @@ impl Admission {
 
     /// Service `key` now wants `want` (`None`: it is gone).
     pub fn set(&mut self, key: &ObjectKey, want: Option<&ServiceDesired>) {
-        if let Some((created, cost)) = self.cost.remove(key) {
-            self.order.remove(&(created, key.clone()));
+        let before = self.cost.remove(key);
+        if let Some((_, cost)) = before {
             self.total.sub(cost);
         }
         let Some(want) = want.filter(|w| !w.frontends.is_empty() || !w.cluster_ips.is_empty())
         else {
             self.left_out.remove(key);
+            if before.is_some() {
+                self.order = None;
+            }
             return;
         };
         let cost = Entries::of(want, self.maglev_size);
         let created = want.created.unwrap_or(i64::MAX);
+        if before.is_none_or(|(c, _)| c != created) {
+            self.order = None;
+        }
         self.cost.insert(key.clone(), (created, cost));
-        self.order.insert((created, key.clone()));
         self.total.add(cost);
     }
 
@@ -194,13 +202,22 @@ impl Admission {
         {
             self.used = self.total;
         } else {
+            let cost = &self.cost;
+            let order = self.order.get_or_insert_with(|| {
+                let mut order: Vec<(i64, ObjectKey)> =
+                    cost.iter().map(|(k, (c, _))| (*c, k.clone())).collect();
+                order.sort_unstable();
+                order
+            });
             let mut used = Entries::default();
-            for rank in &self.order {
-                let (_, cost) = self.cost[&rank.1];
-                match used.overflow(cost, self.limits) {
-                    None => used.add(cost),
+            for (_, key) in order.iter() {
+                let Some((_, c)) = cost.get(key) else {
+                    continue;
+                };
+                match used.overflow(*c, self.limits) {
+                    None => used.add(*c),
                     Some(full) => {
-                        left_out.insert(rank.1.clone(), full);
+                        left_out.insert(key.clone(), full);
                     }
                 }
             }
@@ -220,10 +237,16 @@ impl Admission {
 
     /// The Services left out, oldest first, with the map each did not fit.
     pub fn left_out(&self) -> Vec<(ObjectKey, Resource)> {
-        self.order
+        let mut out: Vec<(i64, ObjectKey, Resource)> = self
+            .left_out
             .iter()
-            .filter_map(|(_, key)| self.left_out.get(key).map(|r| (key.clone(), *r)))
-            .collect()
+            .map(|(key, r)| {
+                let created = self.cost.get(key).map_or(i64::MAX, |(c, _)| *c);
+                (created, key.clone(), *r)
+            })
+            .collect();
+        out.sort_unstable();
+        out.into_iter().map(|(_, key, r)| (key, r)).collect()
     }
 
     /// Entries the admitted Services take, as planned.

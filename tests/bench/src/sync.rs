@@ -112,7 +112,8 @@ pub fn run(args: &Args) -> Result<()> {
     // of 10 endpoints).
     let largest = args.scales.last().copied().unwrap_or(0);
     let backends = (largest * args.endpoints).max(sluice_abi::maps::MAX_BACKENDS);
-    let frontends = (2 * largest).max(sluice_abi::maps::MAX_SERVICES);
+    // A frontend and a ClusterIP each, and the API server's own Services.
+    let frontends = (2 * largest + 1024).max(sluice_abi::maps::MAX_SERVICES);
     let opts = AgentOptions {
         source: AgentSource::Kubeconfig(kubeconfig.clone()),
         service_cidr: Some("10.96.0.0/12".into()),
