@@ -437,7 +437,7 @@ impl Externals {
                     tracing::info!(addresses = ?addrs, "node addresses (NodePorts)");
                     self.addrs = Some(addrs);
                 }
-                Err(e) => tracing::error!("{:#}", anyhow::Error::from(e)),
+                Err(e) => tracing::error!("{}", e.chain()),
             }
         }
         let want = self.ifs.external(self.explicit.as_ref(), pods);
@@ -450,7 +450,7 @@ impl Externals {
             if self.snat.get(index) == Some(snat) {
                 continue;
             }
-            let result = dp.attach_xdp(*index, name, *snat).map_err(chain);
+            let result = dp.attach_xdp(*index, name, *snat).map_err(|e| e.chain());
             match &result {
                 Ok(()) => {
                     tracing::info!(iface = name, snat = %snat, "external interface attached (north-south)");
@@ -528,13 +528,12 @@ fn sync(
             if let Some(left_out) = left_out {
                 log_left_out(&left_out);
             }
-            let map = e.map();
-            let e = anyhow::Error::from(e);
-            health.update_sync(|s| s.failed(map, format!("{e:#}")));
+            let (map, e) = (e.map(), e.chain());
             tracing::error!(
                 retry_in_s = retry.pause.as_secs(),
-                "applying the Services: {e:#}"
+                "applying the Services: {e}"
             );
+            health.update_sync(|s| s.failed(map, e));
             retry.pending = true;
             retry.at = Instant::now() + retry.pause;
             retry.pause = (retry.pause * 2).min(RETRY_MAX);
@@ -602,7 +601,7 @@ fn on_link(
         health.update_sync(|s| s.attach_result(index, name, Ok(())));
         return;
     }
-    let result = dp.attach(index, name).map_err(chain);
+    let result = dp.attach(index, name).map_err(|e| e.chain());
     match &result {
         Ok(()) if !attached => tracing::info!(iface = name, "attached"),
         Ok(()) => {}
@@ -615,9 +614,4 @@ fn on_link(
 /// while one that should does not.
 fn record_attach(health: &Health, index: u32, name: &str, result: Result<(), String>) {
     health.update_sync(|s| s.attach_result(index, name, result));
-}
-
-/// An error with its causes, as the log prints them.
-fn chain(e: dataplane::Error) -> String {
-    format!("{:#}", anyhow::Error::from(e))
 }

@@ -82,10 +82,11 @@ pub enum ConfigError {
     CertsWithoutNode,
 }
 
-/// Interfaces as a comma-separated string or a YAML list.
+/// A list value (interfaces, upstreams): a comma-separated string or a YAML
+/// list.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum InterfaceList {
+enum ListValue {
     Joined(String),
     List(Vec<String>),
 }
@@ -100,8 +101,8 @@ struct FileConfig {
     health_listen: Option<std::net::SocketAddr>,
     metrics_per_service: Option<bool>,
     service_account_dir: Option<PathBuf>,
-    interfaces: Option<InterfaceList>,
-    external_interfaces: Option<InterfaceList>,
+    interfaces: Option<ListValue>,
+    external_interfaces: Option<ListValue>,
     xdp_mode: Option<String>,
     tc_attach: Option<String>,
     nodeport_range: Option<String>,
@@ -123,7 +124,7 @@ struct FileConfig {
     dns_ip: Option<std::net::IpAddr>,
     cluster_domain: Option<String>,
     dns_ttl: Option<u32>,
-    upstream: Option<InterfaceList>,
+    upstream: Option<ListValue>,
     bootstrap_kubeconfig: Option<PathBuf>,
     kubelet_kubeconfig: Option<PathBuf>,
     cert_dir: Option<PathBuf>,
@@ -238,13 +239,10 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         health_listen: args.health_listen.or(file.health_listen),
         metrics_per_service: args.metrics_per_service.or(file.metrics_per_service),
         service_account_dir: args.service_account_dir.or(file.service_account_dir),
-        interfaces: args
-            .interfaces
-            .map(InterfaceList::Joined)
-            .or(file.interfaces),
+        interfaces: args.interfaces.map(ListValue::Joined).or(file.interfaces),
         external_interfaces: args
             .external_interfaces
-            .map(InterfaceList::Joined)
+            .map(ListValue::Joined)
             .or(file.external_interfaces),
         xdp_mode: args.xdp_mode.or(file.xdp_mode),
         tc_attach: args.tc_attach.or(file.tc_attach),
@@ -273,7 +271,7 @@ fn merge(args: RunArgs, file: FileConfig) -> FileConfig {
         dns_ip: args.dns_ip.or(file.dns_ip),
         cluster_domain: args.cluster_domain.or(file.cluster_domain),
         dns_ttl: args.dns_ttl.or(file.dns_ttl),
-        upstream: args.upstream.map(InterfaceList::Joined).or(file.upstream),
+        upstream: args.upstream.map(ListValue::Joined).or(file.upstream),
         bootstrap_kubeconfig: args.bootstrap_kubeconfig.or(file.bootstrap_kubeconfig),
         kubelet_kubeconfig: args.kubelet_kubeconfig.or(file.kubelet_kubeconfig),
         cert_dir: args.cert_dir.or(file.cert_dir),
@@ -302,8 +300,8 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         None => None,
         Some(list) => {
             let names = match list {
-                InterfaceList::Joined(s) => split(&s),
-                InterfaceList::List(l) => l,
+                ListValue::Joined(s) => split(&s),
+                ListValue::List(l) => l,
             };
             Some(InterfaceMatcher::new(&names).map_err(ConfigError::ExternalInterfaces)?)
         }
@@ -338,8 +336,8 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         return Err(ConfigError::MaglevSize(maglev_size));
     }
     let upstream = match c.upstream.take() {
-        Some(InterfaceList::Joined(s)) => Some(split(&s)),
-        Some(InterfaceList::List(l)) => Some(l),
+        Some(ListValue::Joined(s)) => Some(split(&s)),
+        Some(ListValue::List(l)) => Some(l),
         None => None,
     };
     let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
@@ -448,10 +446,10 @@ fn dataplane_config(
     Ok(dataplane)
 }
 
-fn interface_matcher(list: Option<InterfaceList>) -> Result<InterfaceMatcher, ConfigError> {
+fn interface_matcher(list: Option<ListValue>) -> Result<InterfaceMatcher, ConfigError> {
     let interfaces = match list {
-        Some(InterfaceList::Joined(s)) => split(&s),
-        Some(InterfaceList::List(l)) => l,
+        Some(ListValue::Joined(s)) => split(&s),
+        Some(ListValue::List(l)) => l,
         None => return Err(ConfigError::NoInterfaces),
     };
     if interfaces.is_empty() {

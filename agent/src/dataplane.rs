@@ -119,6 +119,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its sources, `: `-separated, as anyhow's `{:#}` prints
+    /// them: for log lines and health answers.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+
     /// The map an error is about (`"-"` for others).
     pub const fn map(&self) -> &'static str {
         match self {
@@ -419,7 +432,7 @@ impl Dataplane {
             count += ops.len();
             removed |= ops
                 .iter()
-                .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteService { .. }));
+                .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteFrontend { .. }));
         }
         self.record_refused(&changes.refused);
         // Only UDP frontends have connected sockets to close.
@@ -495,7 +508,7 @@ impl Dataplane {
                 continue;
             }
             if let Err(e) = self.maps.set_refused(*key, want) {
-                tracing::warn!("{:#}", anyhow_chain(&e));
+                tracing::warn!("{}", e.chain());
             }
             let frontend = crate::status::frontend(*key);
             match (r, want) {
@@ -615,7 +628,7 @@ impl Dataplane {
                     tracing::info!(
                         iface = name,
                         "no native XDP ({:#}); attaching generic XDP",
-                        anyhow_chain(&e)
+                        e.chain()
                     );
                     attach::attach_xdp_pinned(prog, index, name, &xdp_path, XdpMode::Skb)
                 })?,
@@ -635,7 +648,7 @@ impl Dataplane {
         attach::remove_pin(&attach::xdp_pin_path(&self.pin_dir, index));
         attach::remove_pin(&attach::ext_tc_pin_path(&self.pin_dir, index));
         if let Err(e) = self.maps.set_ext_if(index, None) {
-            tracing::warn!("{:#}", anyhow_chain(&e));
+            tracing::warn!("{}", e.chain());
         }
     }
 
@@ -702,20 +715,8 @@ fn convert_conntrack(pin_dir: &Path, maps: &maps::Maps) {
             "converted tracked flows from the previous conntrack layout"
         ),
         Ok(Err(e)) => tracing::warn!("converting the previous conntrack layout: {e}"),
-        Err(e) => tracing::warn!("{:#}", anyhow_chain(&e)),
+        Err(e) => tracing::warn!("{}", e.chain()),
     }
-}
-
-/// An error with its sources, for a log line.
-fn anyhow_chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {

@@ -38,7 +38,7 @@ pub enum Op {
     /// Create or update a frontend; `name` is set when it is new or renamed.
     /// `affinity_secs` is its `ClientIP` affinity timeout (0: none), written
     /// next to it when `value.flags` has `SVC_FLAG_AFFINITY`.
-    PutService {
+    PutFrontend {
         key: ServiceKey,
         value: ServiceValue,
         name: Option<String>,
@@ -46,7 +46,7 @@ pub enum Op {
     },
     DeleteSlot(SlotKey),
     /// Remove a frontend, its name and its counters.
-    DeleteService {
+    DeleteFrontend {
         key: ServiceKey,
         id: u32,
     },
@@ -84,8 +84,8 @@ impl Op {
         match self {
             Self::PutMarker(_) | Self::PutBackend(_) | Self::PutSourceRange { .. } => 0,
             Self::PutSlot { .. } | Self::PutMaglev { .. } => 1,
-            Self::PutService { .. } => 2,
-            Self::DeleteService { .. } => 3,
+            Self::PutFrontend { .. } => 2,
+            Self::DeleteFrontend { .. } => 3,
             Self::DeleteSlot(_) | Self::DeleteMaglev { .. } => 4,
             Self::DeleteBackend(_) | Self::DeleteMarker(_) | Self::DeleteSourceRange { .. } => 5,
         }
@@ -295,7 +295,7 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Vec
     }
     for (key, _) in changes.frontends.iter().filter(|(_, want)| want.is_none()) {
         if let Some(f) = current.frontends.remove(key) {
-            ops.push(Op::DeleteService {
+            ops.push(Op::DeleteFrontend {
                 key: *key,
                 id: f.id,
             });
@@ -453,7 +453,7 @@ fn sync_frontend(
             count: u16::try_from(new_len).unwrap_or(u16::MAX),
             flags,
         };
-        ops.push(Op::PutService {
+        ops.push(Op::PutFrontend {
             key,
             value,
             name: (is_new || renamed).then(|| name.to_owned()),
@@ -509,7 +509,7 @@ mod tests {
                     Op::PutSlot { slot, backend } => {
                         self.slots.insert(*slot, *backend);
                     }
-                    Op::PutService {
+                    Op::PutFrontend {
                         key,
                         value,
                         name,
@@ -528,7 +528,7 @@ mod tests {
                     Op::DeleteSlot(s) => {
                         self.slots.remove(s);
                     }
-                    Op::DeleteService { key, id } => {
+                    Op::DeleteFrontend { key, id } => {
                         self.services.remove(key);
                         self.names.remove(id);
                         self.affinity.remove(id);
@@ -686,7 +686,7 @@ mod tests {
                 Op::PutMarker(_) => "marker",
                 Op::PutBackend(_) => "backend",
                 Op::PutSlot { .. } => "slot",
-                Op::PutService { .. } => "service",
+                Op::PutFrontend { .. } => "service",
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -718,7 +718,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(ops[2], Op::PutService { name: None, .. }));
+        assert!(matches!(ops[2], Op::PutFrontend { name: None, .. }));
     }
 
     #[test]
@@ -734,7 +734,7 @@ mod tests {
         );
         assert!(matches!(
             ops[1],
-            Op::PutService {
+            Op::PutFrontend {
                 value: ServiceValue { count: 2, .. },
                 ..
             }
@@ -778,7 +778,7 @@ mod tests {
         ]);
         assert!(ops.contains(&Op::DeleteMarker(other.addr())));
         assert!(
-            matches!(ops[0], Op::DeleteService { .. }),
+            matches!(ops[0], Op::DeleteFrontend { .. }),
             "the frontend goes before its slots: {ops:?}"
         );
         assert!(maps.slots.len() == 1 && maps.backends.len() == 1);
@@ -823,7 +823,7 @@ mod tests {
         let (maps, ops, _) = run(&[plain.clone(), sticky]);
         assert!(matches!(
             &ops[..],
-            [Op::PutService { value, affinity_secs: 600, name: None, .. }]
+            [Op::PutFrontend { value, affinity_secs: 600, name: None, .. }]
                 if value.flags & SVC_FLAG_AFFINITY != 0
         ));
         assert_eq!(maps.affinity.values().copied().collect::<Vec<_>>(), [600]);
@@ -832,7 +832,7 @@ mod tests {
         let (maps, ops, _) = run(&[sticky, plain]);
         assert!(matches!(
             &ops[..],
-            [Op::PutService { value, affinity_secs: 0, .. }] if value.flags == 0
+            [Op::PutFrontend { value, affinity_secs: 0, .. }] if value.flags == 0
         ));
         assert!(maps.affinity.is_empty());
     }
@@ -853,7 +853,7 @@ mod tests {
         assert_eq!(phases, [0, 2], "the range, then the flag: {ops:?}");
         assert!(matches!(
             &ops[..],
-            [Op::PutSourceRange { .. }, Op::PutService { value, .. }]
+            [Op::PutSourceRange { .. }, Op::PutFrontend { value, .. }]
                 if value.flags & SVC_FLAG_SOURCE_RANGES != 0
         ));
         let mut ranged = plain;

@@ -200,7 +200,7 @@ impl Maps {
                 Op::PutMarker(_)
                     | Op::PutBackend(_)
                     | Op::PutSlot { .. }
-                    | Op::PutService { .. }
+                    | Op::PutFrontend { .. }
                     | Op::PutSourceRange { .. }
             )
         }));
@@ -218,7 +218,7 @@ impl Maps {
                 }
                 Op::PutBackend(b) => backends.push((b.id, *b)),
                 Op::PutSlot { slot, backend } => slots.push((*slot, *backend)),
-                Op::PutService {
+                Op::PutFrontend {
                     key,
                     value,
                     name,
@@ -280,7 +280,7 @@ impl Maps {
                 .slots
                 .insert(slot, backend, 0)
                 .map_err(map_err(names::SLOTS)),
-            Op::PutService {
+            Op::PutFrontend {
                 key,
                 value,
                 name,
@@ -297,7 +297,7 @@ impl Maps {
                     .map_err(map_err(names::SERVICES))
             }
             Op::DeleteSlot(slot) => removed(self.slots.remove(slot), names::SLOTS),
-            Op::DeleteService { key, id } => {
+            Op::DeleteFrontend { key, id } => {
                 removed(self.services.remove(key), names::SERVICES)?;
                 removed(self.names.remove(id), names::SERVICE_NAMES)?;
                 removed(self.affinity_config.remove(id), names::AFFINITY_CONFIG)?;

@@ -152,7 +152,7 @@ mod tests {
             .unwrap();
         let service_at = order
             .iter()
-            .position(|op| matches!(op, Op::PutService { value, .. } if value.flags & SVC_FLAG_MAGLEV != 0))
+            .position(|op| matches!(op, Op::PutFrontend { value, .. } if value.flags & SVC_FLAG_MAGLEV != 0))
             .unwrap();
         assert!(table_at < service_at, "{order:?}");
     }

@@ -175,5 +175,12 @@ counter_enum! {
         /// A later fragment of a datagram was translated with the ports
         /// of its first fragment.
         FragmentFollowed = 22 => "fragment_followed",
+        /// A `ClientIP` affinity entry could not be written (its map
+        /// full): the flow works, the client's next one may land elsewhere.
+        AffinityNotKept = 23 => "affinity_not_kept",
+        /// Socket LB could not remember a socket's reverse translation (its
+        /// map full): the connection works, but replies show the backend's
+        /// address to `recvmsg`/`getpeername`.
+        SockRevNotKept = 24 => "sock_rev_not_kept",
     }
 }

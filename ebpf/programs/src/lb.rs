@@ -216,7 +216,7 @@ pub fn with_affinity(
     };
     if maps::affinity_insert(&key, &value).is_err() {
         // This flow still works; the next one may land elsewhere.
-        stats::dropped(DropReason::CtInsert);
+        stats::event(Event::AffinityNotKept);
     }
     Ok(b)
 }

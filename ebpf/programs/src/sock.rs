@@ -117,7 +117,7 @@ pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
     // Without its reverse entry the application would see the backend's
     // address in replies: not worth a connection that works otherwise.
     if maps::sock_rev_insert(&key, &value).is_err() {
-        stats::dropped(DropReason::CtInsert);
+        stats::event(Event::SockRevNotKept);
     }
     set_addr(ctx, b.addr_be, b.port_be);
     stats::connection(svc.id, b.id);
