@@ -18,15 +18,18 @@ use crate::{
     dataplane::{self, Dataplane},
     dns::Dns,
     external::{self, NodeInterfaces},
-    health::{
-        self, Health,
-        sync::{Capacity, SyncState},
-    },
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
     model::NodeInfo,
     plan::{Planner, capacity::Resource},
-    secure,
+    servers::{
+        self,
+        health_port::{
+            Health,
+            sync::{Capacity, SyncState},
+        },
+        kubelet, lb_checks,
+    },
     source::{AbortOnDrop, Events, apiserver, manifests},
 };
 
@@ -101,7 +104,7 @@ async fn run_services(
     let mut planner = Planner::new(node_name.clone());
     planner.set_limits(dp.limits(), maglev_size);
     let local_node = node_name.clone();
-    let mut health_checks = crate::healthcheck::HealthChecks::default();
+    let mut health_checks = lb_checks::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
     let (mut links, mut ext) =
@@ -229,9 +232,9 @@ async fn start_read_only(
     addr: std::net::SocketAddr,
     health: &Health,
 ) -> anyhow::Result<AbortOnDrop> {
-    let listener = secure::bind(addr).await?;
+    let listener = kubelet::bind(addr).await?;
     tracing::info!(%addr, "serving the read-only port (/healthz, /metrics)");
-    Ok(AbortOnDrop(tokio::spawn(secure::serve_read_only(
+    Ok(AbortOnDrop(tokio::spawn(kubelet::serve_read_only(
         listener,
         health.clone(),
     ))))
@@ -245,11 +248,11 @@ async fn start_certs(cfg: certs::CertConfig, health: &Health) -> anyhow::Result<
     let (ca, from) = cfg.client_ca().context(
         "the secure port needs the cluster CA for client certificates: give `--client-ca-file`",
     )?;
-    let roots = secure::client_roots(&ca, &from)?;
-    let tls = secure::tls_config(roots, slot.clone())?;
-    let listener = secure::bind(cfg.secure_listen).await?;
+    let roots = kubelet::client_roots(&ca, &from)?;
+    let tls = kubelet::tls_config(roots, slot.clone())?;
+    let listener = kubelet::bind(cfg.secure_listen).await?;
     tracing::info!(addr = %cfg.secure_listen, "serving the secure port (/healthz, /metrics, /status)");
-    let server = AbortOnDrop(tokio::spawn(secure::serve_secure(
+    let server = AbortOnDrop(tokio::spawn(kubelet::serve_secure(
         listener,
         std::sync::Arc::new(tls),
         health.clone(),
@@ -272,7 +275,7 @@ async fn certificates_only(health: &Health) -> anyhow::Result<()> {
 }
 
 async fn serve_health(health: &Health, addr: std::net::SocketAddr) -> anyhow::Result<AbortOnDrop> {
-    let listener = health::bind(addr)
+    let listener = servers::bind(addr)
         .await
         .with_context(|| format!("binding the health port {addr}"))?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");

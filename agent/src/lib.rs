@@ -8,15 +8,13 @@ pub mod config;
 pub mod dataplane;
 pub mod dns;
 pub mod external;
-pub mod health;
-pub mod healthcheck;
 pub mod interfaces;
 pub mod links;
 pub mod model;
 pub mod monitor;
 pub mod plan;
 pub mod reconcile;
-pub mod secure;
+pub mod servers;
 pub mod source;
 pub mod status;
 

@@ -31,7 +31,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     certs::serving::ServingSlot,
-    health::{HEADER_TIMEOUT, Health, accept_bounded, serve_connection, serve_plain, text},
+    servers::{
+        HEADER_TIMEOUT, accept_bounded, health_port::Health, serve_connection, serve_plain, text,
+    },
 };
 
 #[derive(Debug, Error)]

@@ -17,9 +17,9 @@ use std::{
 use hyper::StatusCode;
 
 use crate::{
-    health::{serve_plain, text},
     model::{ObjectKey, store::Store},
     plan::capacity::Admission,
+    servers::{serve_plain, text},
 };
 
 /// One Service's open health check port.
