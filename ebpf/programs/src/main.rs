@@ -1,15 +1,12 @@
-//! Sluice's kernel programs.
+//! Sluice's kernel programs: the entry points, each handing its packet to
+//! the module with the logic.
+//! - `tc_ingress`, on the host side of pod-facing interfaces: `pod::run`.
+//! - `xdp_ingress` on external interfaces, for traffic from outside the
+//!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
+//!   `tc_external` behind XDP, for the packets XDP handed to the stack.
+//! - `sock_*`: socket LB on a cgroup (`sock.rs`).
 //!
-//! `tc_ingress` runs on the host side of pod-facing interfaces. It DNATs
-//! client packets sent to a Service frontend (a NodePort too, on the node's
-//! addresses) to a backend, SNATs a pod's packets to itself (hairpin),
-//! reverse-NATs the backends' replies and translates ICMP errors about
-//! those flows (`icmp.rs`), rejects what kube-proxy rejects, translates
-//! only sources routed through the interface (strict reverse path), and
-//! passes everything else untouched. `xdp_ingress`
-//! runs on external interfaces, for traffic from outside the cluster (see
-//! `edge.rs`), or `tc_north_south` where XDP cannot. The `sock_*` programs are socket LB on a cgroup (see
-//! `sock.rs`).
+//! A drop is counted with its reason, and shown to a monitor, here.
 #![no_std]
 #![no_main]
 
@@ -22,6 +19,7 @@ mod maps;
 mod monitor;
 mod nat;
 mod parse;
+mod pod;
 mod reject;
 mod sock;
 mod stats;
@@ -34,17 +32,11 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use sluice_abi::{
-    config::{CFG_SERVICE_CIDR, DataplaneConfig, HAIRPIN_ADDR, XDP_HANDOFF},
-    conntrack::{CT_F_SNAT, CtEntry},
-    service::{SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
+    config::{DataplaneConfig, XDP_HANDOFF},
     stats::{DropReason, Event},
 };
 
-use crate::{
-    conntrack::{Binding, Tracked},
-    maps::{CtMaps, EwOther, EwTcp, NsOther, NsTcp},
-    parse::{Packet, Parsed},
-};
+use crate::parse::Parsed;
 
 /// TC verdicts (linux/pkt_cls.h), as the classifier returns them.
 pub const TC_ACT_OK: i32 = 0;
@@ -67,7 +59,7 @@ static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig::DEFAULT);
 #[unsafe(link_section = "classifier")]
 pub fn tc_ingress(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    match try_tc_ingress(&ctx) {
+    match pod::run(&ctx, &CONFIG.load()) {
         Ok(action) => action,
         Err(reason) => tc_drop(&ctx, reason),
     }
@@ -173,219 +165,6 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse(&ctx)
-}
-
-#[inline(always)]
-fn try_tc_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
-    maps::touch_names();
-    let p = match parse::parse(ctx)? {
-        Parsed::Packet(p) => p,
-        Parsed::NotOurs => return Ok(pass()),
-        Parsed::IcmpError(p) => return icmp_from_pod(ctx, &p),
-        // The node-local DNS address: the agent's own sockets, not a Service.
-        Parsed::Fragment { daddr } if CONFIG.load().is_local_ip(daddr) => return Ok(pass()),
-        Parsed::Fragment { daddr } => {
-            // Only the first fragment has ports, so Service traffic cannot be
-            // NATed fragment by fragment; anything else is not ours.
-            if lb::is_cluster_ip(daddr) {
-                return Err(DropReason::Fragment);
-            }
-            return Ok(pass());
-        }
-    };
-    let config = CONFIG.load();
-    if config.is_local_ip(p.daddr) {
-        return Ok(pass());
-    }
-    // Every frontend uses all endpoints from a pod, a NodePort too:
-    // kube-proxy short-circuits traffic from inside the cluster.
-    if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto) {
-        return if p.is_tcp() {
-            to_service::<EwTcp>(ctx, &p, &key, &svc, &config)
-        } else {
-            to_service::<EwOther>(ctx, &p, &key, &svc, &config)
-        };
-    }
-    // A backend's reply: of a flow from a pod, or from outside to a
-    // backend on this node.
-    let now = conntrack::now();
-    let reply = if p.is_tcp() {
-        conntrack::lookup_reply::<EwTcp>(&p, now)
-            .or_else(|| conntrack::lookup_reply::<NsTcp>(&p, now))
-    } else {
-        conntrack::lookup_reply::<EwOther>(&p, now)
-            .or_else(|| conntrack::lookup_reply::<NsOther>(&p, now))
-    };
-    if let Some(reply) = reply {
-        return from_backend(ctx, &p, &reply);
-    }
-    // kube-proxy nftables mode: with a service CIDR known, traffic to an
-    // unallocated address in it, or to a ClusterIP on a port no Service has,
-    // is rejected rather than sent towards a default route.
-    if config.flags & CFG_SERVICE_CIDR != 0 {
-        if lb::is_cluster_ip(p.daddr) {
-            return reject::reject(ctx, &p, DropReason::UnknownPort);
-        }
-        if config.in_service_cidr(p.daddr) {
-            return reject::reject(ctx, &p, DropReason::UnallocatedIp);
-        }
-    }
-    Ok(pass())
-}
-
-/// A packet from a backend of a flow translated on this node (`reply`,
-/// its reply-direction entry), reverse-NATed.
-#[inline(always)]
-fn from_backend(ctx: &TcContext, p: &Packet, reply: &CtEntry) -> Result<i32, DropReason> {
-    if !fib::source_routed_here(ctx, p) {
-        return Err(DropReason::SpoofedSource);
-    }
-    if reply.flags & CT_F_SNAT != 0 {
-        // A hairpin flow's answer: back into the pod that is both ends.
-        nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
-        nat::rewrite_dst(ctx, p, reply.snat_addr_be, reply.snat_port_be)?;
-        stats::traffic(reply.service_id, reply.backend_id, p.len, false);
-        stats::event(Event::Reply);
-        return hairpin(ctx);
-    }
-    // A NodePort's reply comes from a node address: sent on from here
-    // (the stack would take it for a martian), along a route looked up
-    // before the rewrite.
-    let route = if maps::is_node_addr(reply.nat_addr_be) {
-        fib::route(ctx, p, reply.nat_addr_be, p.daddr)
-    } else {
-        fib::Route::LOCAL
-    };
-    if route.too_big() {
-        // Told to the backend, about the packet it sent.
-        if !p.df {
-            return Err(DropReason::FragNeeded);
-        }
-        let icmp = reject::Icmp::frag_needed(route.mtu, reply.nat_addr_be);
-        return reject::answer(ctx, p, DropReason::FragNeeded, icmp);
-    }
-    // Sent on by BPF rather than forwarded by the stack: one hop.
-    if matches!(route.hop, fib::Hop::Forward | fib::Hop::NoNeigh) {
-        if p.ttl <= 1 {
-            let icmp = reject::Icmp::time_exceeded(reply.nat_addr_be);
-            return reject::answer(ctx, p, DropReason::TtlExceeded, icmp);
-        }
-        nat::ttl_down(ctx, p)?;
-    }
-    nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
-    stats::traffic(reply.service_id, reply.backend_id, p.len, false);
-    stats::event(Event::Reply);
-    Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
-}
-
-/// An ICMP error from a pod: about a flow it is the backend of (its
-/// port-unreachable, a router's error on the way to it), or one it is the
-/// client of; translated back (`icmp.rs`). An error that leaves with a
-/// node address as its source (about a NodePort flow) is sent on from
-/// here, as the flow's replies are.
-#[inline(always)]
-fn icmp_from_pod(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
-    let Some(q) = icmp::quoted(ctx, p) else {
-        return Ok(pass());
-    };
-    let t = if q.is_tcp() {
-        icmp::translation::<EwTcp>(p, &q).or_else(|| icmp::translation::<NsTcp>(p, &q))
-    } else {
-        icmp::translation::<EwOther>(p, &q).or_else(|| icmp::translation::<NsOther>(p, &q))
-    };
-    let Some(t) = t else {
-        return Ok(pass());
-    };
-    if !fib::source_routed_here(ctx, p) {
-        return Err(DropReason::SpoofedSource);
-    }
-    let route = if maps::is_node_addr(t.outer_src) {
-        fib::route(ctx, p, t.outer_src, t.outer_dst)
-    } else {
-        fib::Route::LOCAL
-    };
-    icmp::rewrite(ctx, p, &q, &t)?;
-    stats::event(Event::IcmpError);
-    Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
-}
-
-/// A packet from a client to a Service frontend, tracked in table `T`.
-#[inline(always)]
-fn to_service<T: CtMaps>(
-    ctx: &TcContext,
-    p: &Packet,
-    _key: &ServiceKey,
-    svc: &ServiceValue,
-    config: &DataplaneConfig,
-) -> Result<i32, DropReason> {
-    if !fib::source_routed_here(ctx, p) {
-        return Err(DropReason::SpoofedSource);
-    }
-    let now = conntrack::now();
-    let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
-    if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {
-        // A later fragment never starts a flow: its first did, or failed.
-        return Err(DropReason::Fragment);
-    }
-    let (to, new_flow) = match tracked {
-        Tracked::Keep(bound) => {
-            stats::event(Event::Established);
-            (bound, false)
-        }
-        // kube-proxy drops ctstate INVALID.
-        Tracked::Invalid => return Err(DropReason::CtInvalid),
-        Tracked::New => {
-            if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
-                // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
-                return Err(DropReason::SourceRange);
-            }
-            if svc.count == 0 {
-                // kube-proxy: a Service with no endpoints REJECTs.
-                return reject::reject(ctx, p, DropReason::NoEndpoints);
-            }
-            let client = u64::from(u32::from_be_bytes(p.saddr));
-            let choice = Binding::from(lb::with_affinity(svc, client, now, lb::Pick::Random)?);
-            // To itself (hairpin): from the hairpin address, so that its
-            // answer leaves it and comes back here to be translated.
-            let snat = (choice.addr == p.saddr).then_some(HAIRPIN_ADDR);
-            let to = conntrack::create::<T>(p, &choice, svc.id, now, snat, config)?;
-            stats::event(Event::NewFlow);
-            monitor::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
-            (to, true)
-        }
-    };
-    nat::rewrite_dst(ctx, p, to.addr, to.port)?;
-    stats::traffic(svc.id, to.backend_id, p.len, new_flow);
-    if let Some(snat) = to.snat {
-        nat::rewrite_src(ctx, p, snat.addr, snat.port)?;
-        return hairpin(ctx);
-    }
-    Ok(TC_ACT_OK)
-}
-
-/// Sends a hairpin packet back into the pod it came from (the egress of
-/// the interface it arrived on): the stack would route it there too, but
-/// a strict reverse-path check would drop its link-local source first.
-#[inline(always)]
-fn hairpin(ctx: &TcContext) -> Result<i32, DropReason> {
-    // Addressed to the pod's own MAC now, from the host's side.
-    let eth: [u8; 12] = ctx.load(0).map_err(|_| DropReason::Rewrite)?;
-    let [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5] = eth;
-    let swapped = [s0, s1, s2, s3, s4, s5, d0, d1, d2, d3, d4, d5];
-    ctx.store(0, &swapped, 0).map_err(|_| DropReason::Rewrite)?;
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let action = unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
-    if action != i64::from(TC_ACT_REDIRECT) {
-        return Err(DropReason::Rewrite);
-    }
-    stats::event(Event::Hairpin);
-    Ok(TC_ACT_REDIRECT)
-}
-
-#[inline(always)]
-fn pass() -> i32 {
-    stats::event(Event::Pass);
-    TC_ACT_OK
 }
 
 #[cfg(not(test))]
