@@ -119,6 +119,32 @@ pub struct ServiceInfo {
     pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
+#[cfg(test)]
+impl ServiceInfo {
+    /// For tests: Service `default/name` of `kind` with `ports`, every other
+    /// field as a plain Service has it; change fields with `..`.
+    pub fn test(name: &str, kind: ServiceKind, ports: Vec<ServicePortInfo>) -> Self {
+        Self {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            created: None,
+            kind,
+            ports,
+            other_proxy: false,
+            publish_not_ready: false,
+            internal_local: false,
+            affinity_secs: 0,
+            external_local: false,
+            health_check_node_port: None,
+            external_ips: Vec::new(),
+            lb_ips: Vec::new(),
+            source_ranges: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePortInfo {
     pub name: String,
@@ -261,31 +287,17 @@ mod tests {
     }
 
     fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
-        ServiceInfo {
-            key: key("default", name),
-            created: None,
-            kind: ServiceKind::ClusterIp {
-                ips: vec![ip.parse().unwrap()],
-            },
-            ports: ports
-                .iter()
-                .map(|&(n, p, protocol)| ServicePortInfo {
-                    name: n.into(),
-                    port: p,
-                    protocol,
-                    node_port: None,
-                })
-                .collect(),
-            other_proxy: false,
-            publish_not_ready: false,
-            internal_local: false,
-            affinity_secs: 0,
-            external_local: false,
-            health_check_node_port: None,
-            external_ips: Vec::new(),
-            lb_ips: Vec::new(),
-            source_ranges: Vec::new(),
-        }
+        let ports = ports
+            .iter()
+            .map(|&(n, p, protocol)| ServicePortInfo {
+                name: n.into(),
+                port: p,
+                protocol,
+                node_port: None,
+            })
+            .collect();
+        let ips = vec![ip.parse().unwrap()];
+        ServiceInfo::test(name, ServiceKind::ClusterIp { ips }, ports)
     }
 
     fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {

@@ -189,24 +189,15 @@ mod tests {
             });
         }
         ServiceInfo {
-            key: key(format!("s{i}")),
             // Of two claims, the older (or, with no time, the first name) wins.
             created: (rng.next(3) != 0).then(|| i64::try_from(rng.next(4)).unwrap_or(0)),
-            kind,
-            ports,
             other_proxy: rng.next(8) == 0,
-            publish_not_ready: false,
-            internal_local: false,
-            affinity_secs: 0,
-            external_local: false,
-            health_check_node_port: None,
             // Sometimes another Service's ClusterIP (refused while that
             // Service holds it).
             external_ips: (0..rng.next(3) / 2)
                 .map(|_| format!("10.96.0.{}", 1 + rng.next(4)).parse().unwrap())
                 .collect(),
-            lb_ips: Vec::new(),
-            source_ranges: Vec::new(),
+            ..ServiceInfo::test(&format!("s{i}"), kind, ports)
         }
     }
 
@@ -339,27 +330,16 @@ mod tests {
 
     /// `s<i>`: ClusterIP 10.96.1.`i`, http 80/TCP.
     fn http_service(i: u8, created: Option<i64>) -> ServiceInfo {
+        let ips = vec![IpAddr::from([10, 96, 1, i])];
+        let ports = vec![ServicePortInfo {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: None,
+        }];
         ServiceInfo {
-            key: key(format!("s{i}")),
             created,
-            kind: ServiceKind::ClusterIp {
-                ips: vec![IpAddr::from([10, 96, 1, i])],
-            },
-            ports: vec![ServicePortInfo {
-                name: "http".into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                node_port: None,
-            }],
-            other_proxy: false,
-            publish_not_ready: false,
-            internal_local: false,
-            affinity_secs: 0,
-            external_local: false,
-            health_check_node_port: None,
-            external_ips: Vec::new(),
-            lb_ips: Vec::new(),
-            source_ranges: Vec::new(),
+            ..ServiceInfo::test(&format!("s{i}"), ServiceKind::ClusterIp { ips }, ports)
         }
     }
 

@@ -269,8 +269,9 @@ impl Maps {
         }
     }
 
-    /// Applies one reconcile operation.
-    pub fn apply(&mut self, op: &Op) -> Result<(), Error> {
+    /// Applies one reconcile operation (for `apply_all`, whose batches
+    /// leave these to it).
+    fn apply(&mut self, op: &Op) -> Result<(), Error> {
         match op {
             Op::PutBackend(b) => self
                 .backends

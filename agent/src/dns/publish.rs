@@ -95,24 +95,7 @@ mod tests {
     use crate::model::{EndpointInfo, ObjectKey, SlicePortInfo};
 
     fn svc(kind: ServiceKind) -> ServiceInfo {
-        ServiceInfo {
-            key: ObjectKey {
-                namespace: "default".into(),
-                name: "db".into(),
-            },
-            created: None,
-            kind,
-            ports: vec![],
-            other_proxy: false,
-            publish_not_ready: false,
-            internal_local: false,
-            affinity_secs: 0,
-            external_local: false,
-            health_check_node_port: None,
-            external_ips: Vec::new(),
-            lb_ips: Vec::new(),
-            source_ranges: Vec::new(),
-        }
+        ServiceInfo::test("db", kind, Vec::new())
     }
 
     fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> EndpointInfo {

@@ -172,30 +172,19 @@ mod tests {
     use crate::model::{EndpointInfo, ObjectKey, Protocol, SlicePortInfo};
 
     fn web(external_local: bool) -> ServiceInfo {
+        let ips = vec!["10.96.0.10".parse().unwrap()];
+        let ports = vec![ServicePortInfo {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: Some(30080),
+        }];
         ServiceInfo {
-            key: ObjectKey {
-                namespace: "default".into(),
-                name: "web".into(),
-            },
-            created: None,
-            kind: ServiceKind::ClusterIp {
-                ips: vec!["10.96.0.10".parse().unwrap()],
-            },
-            ports: vec![ServicePortInfo {
-                name: "http".into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                node_port: Some(30080),
-            }],
-            other_proxy: false,
-            publish_not_ready: false,
-            internal_local: false,
-            affinity_secs: 0,
             external_local,
-            health_check_node_port: None,
             external_ips: vec!["192.0.2.50".parse().unwrap()],
             lb_ips: vec!["198.51.100.7".parse().unwrap()],
             source_ranges: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+            ..ServiceInfo::test("web", ServiceKind::ClusterIp { ips }, ports)
         }
     }
 

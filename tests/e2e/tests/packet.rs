@@ -151,9 +151,9 @@ impl Harness {
                 },
             );
         }
-        for op in reconcile(&desired, &mut self.current) {
-            self.maps.apply(&op).unwrap();
-        }
+        // As the agent writes them: in write order, in batches.
+        let ops = reconcile(&desired, &mut self.current);
+        self.maps.apply_all(&ops).unwrap();
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
