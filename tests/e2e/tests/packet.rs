@@ -8,18 +8,18 @@
 mod builder;
 #[path = "packet/conntrack.rs"]
 mod conntrack;
+#[path = "packet/harness.rs"]
+#[allow(dead_code, reason = "shared with the XDP packet tests")]
+mod harness;
 #[path = "packet/rewrites.rs"]
 mod rewrites;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-};
 use builder::{
     ACK, CLIENT_MAC, FIN, HOST_MAC, SYN, Spec, TCP, UDP, build, parse_checked, parse_icmp_error,
 };
+use harness::{Hook, Loaded};
 use sluice_abi::{
     config::DataplaneConfig,
     proto,
@@ -27,12 +27,10 @@ use sluice_abi::{
     stats::{DropReason, Event, TrafficStats},
 };
 use sluice_agent::{
-    EBPF_OBJ,
-    dataplane::maps::{Maps, sum_stats},
+    dataplane::maps::sum_stats,
     model::{Desired, DesiredFrontend},
-    reconcile::{Current, reconcile},
 };
-use sluice_lab::{Bpffs, Netns, require_privileges, unique_stem};
+use sluice_lab::{Netns, require_privileges, unique_stem};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -47,14 +45,8 @@ const B: [Ipv4Addr; 3] = [
     Ipv4Addr::new(10, 244, 1, 12),
 ];
 
-struct Harness {
-    ebpf: Ebpf,
-    maps: Maps,
-    current: Current,
-    /// The pins' bpffs (unmounted on drop).
-    fs: Bpffs,
-    pods: PodSide,
-}
+/// `tc_ingress`, as if on a pod's interface (`PodSide`).
+type Harness = harness::Harness<PodSide>;
 
 /// The node the program believes it runs in, for its route lookups: the
 /// frames arrive on `vpod`, a pod's interface, through which the pods'
@@ -91,27 +83,9 @@ impl Harness {
     /// `load`, with `conntrack_size` entries of conntrack (as the agent
     /// splits `--conntrack-size`).
     fn load_sized(config: DataplaneConfig, conntrack_size: u32) -> Self {
-        let fs = Bpffs::new().unwrap();
-        let mut loader = EbpfLoader::new();
-        loader.default_map_pin_directory(fs.path());
-        let sizes = sluice_abi::conntrack::split_sizes(conntrack_size);
-        for (name, size) in sluice_abi::maps::CONNTRACK.iter().zip(sizes) {
-            loader.map_max_entries(name, size);
-        }
-        let mut ebpf = loader
-            .override_global("CONFIG", &config, true)
-            .load(EBPF_OBJ)
-            .unwrap();
-        let prog: &mut SchedClassifier =
-            ebpf.program_mut("tc_ingress").unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        let maps = Maps::take(&mut ebpf).unwrap();
         Self {
-            ebpf,
-            maps,
-            current: Current::default(),
-            fs,
-            pods: PodSide::new(),
+            loaded: Loaded::new(Hook::Tc, &config, conntrack_size),
+            side: PodSide::new(),
         }
     }
 
@@ -151,37 +125,15 @@ impl Harness {
                 },
             );
         }
-        // As the agent writes them: in write order, in batches.
-        let ops = reconcile(&desired, &mut self.current);
-        self.maps.apply_all(&ops).unwrap();
+        self.program(&desired);
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &SchedClassifier = self.ebpf.program("tc_ingress").unwrap().try_into().unwrap();
-        let mut out = vec![0u8; 2048];
         // struct __sk_buff, zero but for ifindex (offset 40): the frame
         // arrives on the pod's interface.
         let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&self.pods.vpod.to_ne_bytes());
-        let _inside = self.pods.ns.enter().unwrap();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        out.truncate(usize::try_from(r.data_size_out).unwrap());
-        (r.return_value, out)
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.maps.drop_count(reason)
-    }
-
-    fn events(&self, event: Event) -> u64 {
-        self.maps.event_count(event)
+        ctx[40..44].copy_from_slice(&self.side.vpod.to_ne_bytes());
+        self.loaded.run(frame, &ctx, &self.side.ns)
     }
 
     fn service_stats(&self, key: ServiceKey) -> TrafficStats {

@@ -13,30 +13,25 @@
 #[path = "packet/builder.rs"]
 #[allow(dead_code, reason = "shared with the TC packet tests")]
 mod builder;
+#[path = "packet/harness.rs"]
+#[allow(dead_code, reason = "shared with the TC packet tests")]
+mod harness;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{TestRun as _, TestRunOptions, Xdp},
-};
 use builder::{
     ACK, CLIENT_MAC, HOST_MAC, SYN, Spec, TCP, UDP, build, fragments, icmp_error, parse_checked,
     parse_icmp_error, parse_quoted, reassemble,
 };
+use harness::{Hook, Loaded};
 use sluice_abi::{
     config::DataplaneConfig,
     proto,
     service::ServiceKey,
     stats::{DropReason, Event},
 };
-use sluice_agent::{
-    EBPF_OBJ,
-    dataplane::maps::Maps,
-    model::{Desired, DesiredFrontend, External},
-    reconcile::{Current, reconcile},
-};
-use sluice_lab::{Bpffs, Netns, require_privileges};
+use sluice_agent::model::{Desired, DesiredFrontend, External};
+use sluice_lab::{Netns, require_privileges};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -172,13 +167,8 @@ impl Topology {
     }
 }
 
-struct Harness {
-    ebpf: Ebpf,
-    maps: Maps,
-    current: Current,
-    topo: Topology,
-    _fs: Bpffs,
-}
+/// `xdp_ingress`, as if on `ext0` of the test's node (`Topology`).
+type Harness = harness::Harness<Topology>;
 
 /// A test frontend: key, backends, how XDP uses it.
 type Frontend = (ServiceKey, Vec<(Ipv4Addr, u16)>, External);
@@ -231,25 +221,11 @@ fn services() -> Vec<Frontend> {
 impl Harness {
     fn new(tag: &str) -> Self {
         let topo = Topology::new(tag);
-        let fs = Bpffs::new().unwrap();
         let config = DataplaneConfig::default().with_nodeport_range(30000, 32767);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(fs.path())
-            .override_global("CONFIG", &config, true)
-            .load(EBPF_OBJ)
-            .unwrap();
-        let prog: &mut Xdp = ebpf.program_mut("xdp_ingress").unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        let mut maps = Maps::take(&mut ebpf).unwrap();
-        maps.set_node_addrs(&BTreeSet::from([NODE])).unwrap();
-        maps.set_ext_if(topo.ext0, Some(NODE)).unwrap();
-        let mut h = Self {
-            ebpf,
-            maps,
-            current: Current::default(),
-            topo,
-            _fs: fs,
-        };
+        let mut loaded = Loaded::new(Hook::Xdp, &config, sluice_abi::maps::DEFAULT_CONNTRACK_SIZE);
+        loaded.maps.set_node_addrs(&BTreeSet::from([NODE])).unwrap();
+        loaded.maps.set_ext_if(topo.ext0, Some(NODE)).unwrap();
+        let mut h = Self { loaded, side: topo };
         h.set(&services(), &[]);
         h
     }
@@ -276,44 +252,18 @@ impl Harness {
                 },
             );
         }
-        let ops = reconcile(&desired, &mut self.current);
-        self.maps.apply_all(&ops).unwrap();
+        self.program(&desired);
     }
 
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self
-            .ebpf
-            .program("xdp_ingress")
-            .unwrap()
-            .try_into()
-            .unwrap();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let len = u32::try_from(frame.len()).unwrap();
-        let ctx: Vec<u8> = [0, len, 0, self.topo.ext0, 0, 0]
+        let ctx: Vec<u8> = [0, len, 0, self.side.ext0, 0, 0]
             .iter()
             .flat_map(|v: &u32| v.to_ne_bytes())
             .collect();
-        let mut out = vec![0u8; 2048];
-        let _inside = self.topo.node.enter().unwrap();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        out.truncate(usize::try_from(r.data_size_out).unwrap());
-        (r.return_value, out)
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.maps.drop_count(reason)
-    }
-
-    fn events(&self, event: Event) -> u64 {
-        self.maps.event_count(event)
+        self.loaded.run(frame, &ctx, &self.side.node)
     }
 }
 
@@ -491,7 +441,7 @@ fn xdp_a_source_outside_load_balancer_source_ranges_is_dropped_and_counted() {
         dst: (LB_IP, 80),
         ..Spec::default()
     };
-    h.topo
+    h.side
         .node
         .ip(&[
             "neigh",
@@ -626,7 +576,7 @@ fn xdp_a_packet_too_big_for_the_route_to_its_backend_gets_frag_needed_with_the_m
     }
     let h = Harness::new("toobig");
     // Locked: forwarding takes a route's MTU only then (else the device's).
-    h.topo
+    h.side
         .node
         .ip(&[
             "route",
