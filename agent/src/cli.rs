@@ -209,3 +209,63 @@ pub struct StatusArgs {
     #[arg(long, default_value = "127.0.0.1:10256")]
     pub health_listen: std::net::SocketAddr,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The flags of `sluice run`.
+    fn run_flags() -> BTreeSet<String> {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("a run subcommand");
+        run.get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "help")
+            .map(|l| format!("--{l}"))
+            .collect()
+    }
+
+    /// The flags in the README's table of `sluice run` (rows starting with
+    /// `` | `--name``), and the config key each names after ` / `.
+    fn documented() -> Vec<(String, Option<String>)> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `--"))
+            .map(|row| {
+                let cell = row.split(" |").next().unwrap_or_default();
+                let flag = format!("--{}", cell.split([' ', '`']).next().unwrap_or_default());
+                let key = cell
+                    .split(" / `")
+                    .nth(1)
+                    .map(|k| k.trim_end_matches('`').to_owned());
+                (flag, key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_is_documented_and_every_documented_flag_exists() {
+        let flags = run_flags();
+        let rows = documented();
+        let table: BTreeSet<String> = rows.iter().map(|(f, _)| f.clone()).collect();
+        let undocumented: Vec<_> = flags.difference(&table).collect();
+        let unknown: Vec<_> = table.difference(&flags).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "flags missing from the README's table: {undocumented:?}; rows for no flag: {unknown:?}"
+        );
+        // Every flag but `--config` has its config key, of its own name.
+        for (flag, key) in rows.iter().filter(|(f, _)| f != "--config") {
+            assert_eq!(
+                key.as_deref(),
+                flag.strip_prefix("--"),
+                "the README row of {flag} names its key"
+            );
+        }
+    }
+}
