@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     certs::{self, CertStatus, serving::ServingSlot},
     config::{RunConfig, ServicesConfig, Source},
-    dataplane::{self, Dataplane},
+    dataplane::Dataplane,
     dns::Dns,
     external::{self, NodeInterfaces},
     interfaces::InterfaceMatcher,
@@ -74,15 +74,15 @@ async fn run_services(
     health: Health,
     health_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    let (options, rest) = split_services(services);
-    let ServicesRest {
+    let ServicesConfig {
         source,
         interfaces,
         external_interfaces,
         nodeport_range,
         snat_ports,
+        dataplane: options,
         dns,
-    } = rest;
+    } = services;
     let maglev_size = options.maglev_size;
     health.set_pin_dir(options.pin_dir.clone());
     let mut dp = Dataplane::load(&options).context("loading the dataplane")?;
@@ -173,59 +173,6 @@ async fn run_services(
     drop(source_task);
     tracing::info!(pin_dir = %dp.pin_dir().display(), "stopping; the dataplane stays in place");
     Ok(())
-}
-
-/// What `run_services` uses besides the dataplane's options.
-struct ServicesRest {
-    source: Source,
-    interfaces: InterfaceMatcher,
-    external_interfaces: Option<InterfaceMatcher>,
-    nodeport_range: (u16, u16),
-    snat_ports: (u16, u16),
-    dns: Option<crate::dns::DnsConfig>,
-}
-
-/// The dataplane's options, and the rest.
-fn split_services(services: ServicesConfig) -> (dataplane::Options, ServicesRest) {
-    let ServicesConfig {
-        source,
-        interfaces,
-        external_interfaces,
-        xdp_mode,
-        tc_attach,
-        nodeport_range,
-        snat_ports,
-        maglev_size,
-        pin_dir,
-        conntrack_size,
-        max_frontends,
-        max_backends,
-        conntrack_gc_interval,
-        socket_lb,
-        dataplane: config,
-        dns,
-    } = services;
-    let options = dataplane::Options {
-        pin_dir,
-        conntrack_size,
-        conntrack_gc_interval,
-        config,
-        socket_lb,
-        xdp_mode,
-        tc_attach,
-        maglev_size,
-        max_frontends,
-        max_backends,
-    };
-    let rest = ServicesRest {
-        source,
-        interfaces,
-        external_interfaces,
-        nodeport_range,
-        snat_ports,
-        dns,
-    };
-    (options, rest)
 }
 
 async fn start_read_only(

@@ -169,23 +169,12 @@ pub struct ServicesConfig {
     pub interfaces: InterfaceMatcher,
     /// The XDP program's interfaces; `None`: those holding node addresses.
     pub external_interfaces: Option<InterfaceMatcher>,
-    pub xdp_mode: crate::dataplane::XdpAttach,
-    pub tc_attach: crate::dataplane::TcAttach,
     /// The NodePort range, inclusive.
     pub nodeport_range: (u16, u16),
     /// The SNAT ports, inclusive.
     pub snat_ports: (u16, u16),
-    pub maglev_size: u32,
-    pub pin_dir: PathBuf,
-    pub conntrack_size: u32,
-    /// Frontends and ClusterIPs the maps hold (`--max-frontends`).
-    pub max_frontends: u32,
-    /// Backends over all frontends (`--max-backends`).
-    pub max_backends: u32,
-    pub conntrack_gc_interval: std::time::Duration,
-    /// Socket LB's cgroup; `None`: socket LB is off.
-    pub socket_lb: Option<PathBuf>,
-    pub dataplane: DataplaneConfig,
+    /// How the dataplane is loaded.
+    pub dataplane: crate::dataplane::Options,
     pub dns: Option<DnsConfig>,
 }
 
@@ -357,32 +346,41 @@ fn services_config(c: &mut FileConfig) -> Result<ServicesConfig, ConfigError> {
         c.conntrack_gc_interval,
         10,
     )?));
-    let socket_lb = if c.socket_lb.unwrap_or(true) {
-        match c.cgroup_path.take() {
-            Some(path) => Some(path),
-            None => Some(crate::dataplane::sock::cgroup2_root().map_err(ConfigError::NoCgroup)?),
-        }
-    } else {
-        None
-    };
+    let socket_lb = socket_lb(c)?;
     Ok(ServicesConfig {
         source,
         interfaces,
         external_interfaces,
-        xdp_mode,
-        tc_attach,
         nodeport_range,
         snat_ports,
-        maglev_size,
-        pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-        conntrack_size,
-        max_frontends,
-        max_backends,
-        conntrack_gc_interval,
-        socket_lb,
-        dataplane,
+        dataplane: crate::dataplane::Options {
+            pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            conntrack_size,
+            conntrack_gc_interval,
+            config: dataplane,
+            socket_lb,
+            xdp_mode,
+            tc_attach,
+            maglev_size,
+            max_frontends,
+            max_backends,
+        },
         dns,
     })
+}
+
+/// Socket LB's cgroup (`cgroup-path`, else the cgroup2 root); `None` with
+/// `socket-lb: false`.
+fn socket_lb(c: &mut FileConfig) -> Result<Option<PathBuf>, ConfigError> {
+    if !c.socket_lb.unwrap_or(true) {
+        return Ok(None);
+    }
+    match c.cgroup_path.take() {
+        Some(path) => Ok(Some(path)),
+        None => crate::dataplane::sock::cgroup2_root()
+            .map(Some)
+            .map_err(ConfigError::NoCgroup),
+    }
 }
 
 /// The conntrack lifetimes, each from 1 s to a week.
@@ -616,18 +614,24 @@ mod tests {
         )
         .map(services)
         .unwrap();
-        assert_eq!((c.max_frontends, c.max_backends), (1000, 5000));
+        assert_eq!(
+            (c.dataplane.max_frontends, c.dataplane.max_backends),
+            (1000, 5000)
+        );
         assert_eq!(c.source, Source::Manifests("/m".into()));
         assert!(
             c.interfaces.matches("veth12")
                 && c.interfaces.matches("eth0")
                 && !c.interfaces.matches("eth1")
         );
-        assert!(c.dataplane.in_service_cidr([10, 100, 0, 1]));
-        assert_eq!(c.pin_dir, PathBuf::from("/p"));
-        assert_eq!(c.conntrack_size, 8192);
-        assert_eq!(c.conntrack_gc_interval, std::time::Duration::from_secs(3));
-        let l = c.dataplane.lifetimes;
+        assert!(c.dataplane.config.in_service_cidr([10, 100, 0, 1]));
+        assert_eq!(c.dataplane.pin_dir, PathBuf::from("/p"));
+        assert_eq!(c.dataplane.conntrack_size, 8192);
+        assert_eq!(
+            c.dataplane.conntrack_gc_interval,
+            std::time::Duration::from_secs(3)
+        );
+        let l = c.dataplane.config.lifetimes;
         assert_eq!(
             [
                 l.syn_s,
@@ -651,13 +655,13 @@ mod tests {
         .map(services)
         .unwrap();
         assert_eq!(c.source, Source::Manifests("/flag".into()));
-        assert_eq!(c.conntrack_size, 4096);
-        assert_eq!(c.dataplane.lifetimes.closing_s, 2);
+        assert_eq!(c.dataplane.conntrack_size, 4096);
+        assert_eq!(c.dataplane.config.lifetimes.closing_s, 2);
         assert_eq!(
-            c.dataplane.lifetimes.established_s, 21_600,
+            c.dataplane.config.lifetimes.established_s, 21_600,
             "the others keep their defaults"
         );
-        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(c.dataplane.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
     }
 
     #[test]
@@ -678,15 +682,15 @@ mod tests {
         )
         .map(services)
         .unwrap();
-        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Auto);
+        assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Auto);
         assert_eq!(c.nodeport_range, (30_000, 32_767));
-        assert_eq!(c.maglev_size, 16_381);
+        assert_eq!(c.dataplane.maglev_size, 16_381);
         assert_eq!(
-            c.conntrack_size,
+            c.dataplane.conntrack_size,
             crate::dataplane::conntrack::default_size(),
             "sized from memory"
         );
-        assert_eq!(c.dataplane.lifetimes, Lifetimes::DEFAULT);
+        assert_eq!(c.dataplane.config.lifetimes, Lifetimes::DEFAULT);
     }
 
     #[test]
@@ -697,7 +701,7 @@ mod tests {
         )
         .map(services)
         .unwrap();
-        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Netlink);
+        assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Netlink);
         let args = |v: Option<&str>| RunArgs {
             manifests: Some("/m".into()),
             interfaces: Some("veth*".into()),
@@ -705,9 +709,9 @@ mod tests {
             ..RunArgs::default()
         };
         let c = services(RunConfig::from_args(args(None)).unwrap());
-        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Auto);
+        assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Auto);
         let c = services(RunConfig::from_args(args(Some("tcx"))).unwrap());
-        assert_eq!(c.tc_attach, crate::dataplane::TcAttach::Tcx);
+        assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Tcx);
         let err = RunConfig::from_args(args(Some("bpf")))
             .unwrap_err()
             .to_string();
@@ -725,17 +729,20 @@ mod tests {
         .unwrap();
         let ext = c.external_interfaces.unwrap();
         assert!(ext.matches("eth0") && ext.matches("bond0") && !ext.matches("veth1"));
-        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Generic);
+        assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Generic);
         assert_eq!(c.nodeport_range, (20_000, 20_999));
         assert_eq!(
             c.snat_ports,
             sluice_abi::config::DEFAULT_SNAT_PORTS,
             "the default SNAT ports"
         );
-        assert!(c.dataplane.in_nodeport_range(20_500) && !c.dataplane.in_nodeport_range(30_000));
-        assert_eq!(c.maglev_size, 65_521);
+        assert!(
+            c.dataplane.config.in_nodeport_range(20_500)
+                && !c.dataplane.config.in_nodeport_range(30_000)
+        );
+        assert_eq!(c.dataplane.maglev_size, 65_521);
         assert_eq!(
-            (c.max_frontends, c.max_backends),
+            (c.dataplane.max_frontends, c.dataplane.max_backends),
             (
                 sluice_abi::maps::MAX_SERVICES,
                 sluice_abi::maps::MAX_BACKENDS
@@ -753,9 +760,9 @@ mod tests {
             c.external_interfaces.is_none(),
             "default: the node's interfaces"
         );
-        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Auto);
+        assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Auto);
         assert_eq!(c.nodeport_range, DEFAULT_NODEPORT_RANGE);
-        assert_eq!(c.maglev_size, 16_381);
+        assert_eq!(c.dataplane.maglev_size, 16_381);
         let c = services(
             RunConfig::from_args(RunArgs {
                 xdp_mode: Some("tc".into()),
@@ -763,7 +770,7 @@ mod tests {
             })
             .unwrap(),
         );
-        assert_eq!(c.xdp_mode, crate::dataplane::XdpAttach::Tc);
+        assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Tc);
         for (bad, key) in [
             (
                 RunArgs {
