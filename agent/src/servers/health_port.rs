@@ -23,7 +23,13 @@ pub struct Health {
     conntrack: Arc<OnceLock<crate::dataplane::conntrack::Latest>>,
     /// Series per Service frontend (`--metrics-per-service`).
     per_service: bool,
+    /// Those series as the last walk of the Service maps left them
+    /// (`refresh_service_series`); `/metrics` never walks a map itself.
+    service_series: Arc<Mutex<String>>,
 }
+
+/// How often the series per Service frontend are walked from the maps.
+pub const SERVICE_SERIES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Health {
     /// `per_service`: `/metrics` has series per Service frontend.
@@ -102,14 +108,33 @@ impl Health {
         self.metrics_with(false)
     }
 
+    /// Walks the Service maps for the series per frontend, which `/metrics`
+    /// then serves until the next walk. Blocking: run it away from the
+    /// runtime's workers.
+    pub fn refresh_service_series(&self) {
+        let Some(snap) = self.snapshot() else {
+            return;
+        };
+        let series = crate::status::service_metrics(&snap);
+        *self
+            .service_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = series;
+    }
+
     /// Node-level series read from fixed-size arrays and from what the
     /// agent keeps (no map is walked); with `services`, also the series
-    /// per Service frontend, which walk the Service maps.
+    /// per Service frontend from the last walk (`refresh_service_series`).
     fn metrics_with(&self, services: bool) -> String {
         let mut text = String::new();
         if let Some(pin_dir) = self.pin_dir.get() {
-            if services && let Some(snap) = self.snapshot() {
-                text.push_str(&crate::status::service_metrics(&snap));
+            if services {
+                text.push_str(
+                    &self
+                        .service_series
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
             }
             let counters = crate::status::Counters::from_pins(pin_dir)
                 .map_err(|e| tracing::debug!("reading the dataplane's counters: {e}"))
@@ -151,8 +176,26 @@ impl Health {
         json(status, body)
     }
 
-    /// Serves until the task is dropped.
+    /// Serves until the task is dropped; with `--metrics-per-service`,
+    /// also walks the Service maps every `SERVICE_SERIES_EVERY` for them.
     pub async fn serve(self, listener: TcpListener) {
-        serve_plain(listener, move |path| self.answer(path)).await;
+        let walker = self.clone();
+        let walk = async move {
+            if !walker.per_service {
+                return std::future::pending().await;
+            }
+            let mut every = tokio::time::interval(SERVICE_SERIES_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let walker = walker.clone();
+                if let Err(e) =
+                    tokio::task::spawn_blocking(move || walker.refresh_service_series()).await
+                {
+                    tracing::debug!("walking the Service maps for /metrics: {e}");
+                }
+            }
+        };
+        tokio::join!(serve_plain(listener, move |path| self.answer(path)), walk);
     }
 }

@@ -428,14 +428,26 @@ fn readyz_waits_for_the_first_sync_and_healthz_answers_throughout() {
     assert_eq!(http_get(&lab, health, "/readyz").unwrap().0, 200);
     assert_eq!(answering(&lab, http(), 3), names(&["b0"]));
     // The dataplane's counters, from the pinned maps, on /metrics (per
-    // Service, as asked).
-    let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
-    let flows = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("sluice_service_new_flows_total{service=\"default/web:http\",frontend=\"10.96.0.10:80/TCP\"}")
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
+    // Service, as asked): walked every 5 s away from the request, so the
+    // three flows show within a few walks.
+    let flows_line = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_service_new_flows_total{service=\"default/web:http\",frontend=\"10.96.0.10:80/TCP\"}")
+            })
+            .map(str::to_owned)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = http_get(&lab, health, "/metrics").unwrap();
+        let done = flows_line(&metrics).is_some_and(|l| l.ends_with(" 3"));
+        if done || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let flows = flows_line(&metrics).unwrap_or_else(|| panic!("{metrics}"));
     assert!(
         flows.ends_with(" 3"),
         "three requests, three flows: {flows}"
