@@ -59,6 +59,11 @@ pub struct Args {
     /// Seconds per throughput measurement (default 2).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Another build of the agent, measured beside this one as "Sluice
+    /// (TC), baseline" in the same rounds: the commit before a change to
+    /// the packet path, to see what the change costs.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Seconds a mode may take to program all Services; one that takes
     /// longer is reported as such and not measured at that scale or above.
     #[arg(long, default_value_t = 30)]
@@ -71,6 +76,8 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     Sluice,
+    /// Sluice's TC dataplane from `--baseline-bin`.
+    Baseline,
     /// Sluice with the client inside socket LB's cgroup.
     SocketLb,
     Iptables,
@@ -80,8 +87,9 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Sluice,
+        Self::Baseline,
         Self::SocketLb,
         Self::Iptables,
         Self::Nftables,
@@ -92,6 +100,7 @@ impl Mode {
     const fn name(self) -> &'static str {
         match self {
             Self::Sluice => "sluice",
+            Self::Baseline => "baseline",
             Self::SocketLb => "socket",
             Self::Iptables => "iptables",
             Self::Nftables => "nftables",
@@ -103,6 +112,7 @@ impl Mode {
     const fn label(self) -> &'static str {
         match self {
             Self::Sluice => "Sluice (TC)",
+            Self::Baseline => "Sluice (TC), baseline",
             Self::SocketLb => "Sluice (socket LB)",
             Self::Iptables => "kube-proxy iptables",
             Self::Nftables => "kube-proxy nftables",
@@ -114,6 +124,7 @@ impl Mode {
     const fn color(self) -> &'static str {
         match self {
             Self::Sluice => "#1b9e77",
+            Self::Baseline => "#a6761d",
             Self::SocketLb => "#66a61e",
             Self::Iptables => "#d95f02",
             Self::Nftables => "#7570b3",
@@ -139,10 +150,36 @@ struct Sample {
     errors: u64,
 }
 
+/// The modes measured in `round`, in the order of that round (reversed
+/// every other round).
+fn round_modes(args: &Args, ipvs: bool, round: u32) -> Vec<Mode> {
+    let mut modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| *m != Mode::Ipvs || ipvs)
+        .filter(|m| *m != Mode::Baseline || BASELINE.get().is_some())
+        .filter(|m| args.modes.as_ref().is_none_or(|only| only.contains(m)))
+        .collect();
+    if round % 2 == 1 {
+        modes.reverse();
+    }
+    modes
+}
+
+/// `--baseline-bin`, for `Mode::Baseline`.
+static BASELINE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// (mode, services, measured Service last in rule order)
 type Key = (Mode, u32, bool);
 
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(bin) = &args.baseline_bin {
+        anyhow::ensure!(
+            bin.is_file(),
+            "--baseline-bin `{}` is not a file",
+            bin.display()
+        );
+        let _ = BASELINE.set(bin.clone());
+    }
     let scales = args.scales.clone().unwrap_or_else(|| {
         if args.quick {
             vec![100, 1000]
@@ -160,14 +197,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut too_slow: BTreeMap<Mode, u32> = BTreeMap::new();
     let limit = Duration::from_secs(args.program_limit);
     for round in 0..rounds {
-        let mut modes: Vec<Mode> = Mode::ALL
-            .into_iter()
-            .filter(|m| *m != Mode::Ipvs || ipvs)
-            .filter(|m| args.modes.as_ref().is_none_or(|only| only.contains(m)))
-            .collect();
-        if round % 2 == 1 {
-            modes.reverse();
-        }
+        let modes = round_modes(args, ipvs, round);
         for &services in &scales {
             let mut cases = vec![false];
             if services == 10_000 {
@@ -348,7 +378,9 @@ fn measure(
     let mut topo = topology()?;
     let measured = if last { services.saturating_sub(1) } else { 0 };
     let program = match mode {
-        Mode::Sluice | Mode::SocketLb => Some(program_sluice(&mut topo.lab, services, measured)?),
+        Mode::Sluice | Mode::SocketLb | Mode::Baseline => {
+            Some(program_sluice(&mut topo.lab, services, measured, mode)?)
+        }
         Mode::Iptables => restore_within(
             &topo.lab,
             "iptables-restore",
@@ -412,13 +444,18 @@ fn measure(
 /// The objects are one JSON `List`, as `kubectl get -o json` writes them and
 /// as the API server speaks; the same objects as multi-document YAML take
 /// longer to parse (see the README).
-fn program_sluice(lab: &mut Lab, services: u32, measured: u32) -> Result<Duration> {
+fn program_sluice(lab: &mut Lab, services: u32, measured: u32, mode: Mode) -> Result<Duration> {
     lab.write_manifest("services.json", &manifests(services, measured).to_string())?;
     lab.write_manifest("probe.yaml", &probe_manifest(0))?;
-    let opts = AgentOptions {
+    let mut opts = AgentOptions {
         service_cidr: Some(SERVICE_CIDR.into()),
         ..AgentOptions::default()
     };
+    if mode == Mode::Baseline
+        && let Some(bin) = BASELINE.get()
+    {
+        opts.bin.clone_from(bin);
+    }
     let t = Instant::now();
     lab.start_agent(&opts)?;
     Ok(t.elapsed())
@@ -750,7 +787,9 @@ fn change(lab: &Lab, mode: Mode) -> Result<Duration> {
     });
     let t = Instant::now();
     match mode {
-        Mode::Sluice | Mode::SocketLb => lab.write_manifest("probe.yaml", &probe_manifest(1))?,
+        Mode::Sluice | Mode::SocketLb | Mode::Baseline => {
+            lab.write_manifest("probe.yaml", &probe_manifest(1))?;
+        }
         Mode::Iptables => {
             // A minimal sync (KEP-3453): only the changed chains.
             let svc = chain("SVC", PROBE_ID, 0xff_0000);
