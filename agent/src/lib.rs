@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod plan;
 pub mod reconcile;
 pub mod servers;
+pub mod settings;
 pub mod source;
 pub mod status;
 

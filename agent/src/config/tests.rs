@@ -1,0 +1,298 @@
+//! `RunConfig` from flags and config files: defaults, validation, and
+//! the flags laid over the file.
+
+use super::*;
+
+fn services(c: RunConfig) -> ServicesConfig {
+    c.services.expect("a Service configuration")
+}
+
+fn with_file(yaml: &str, args: Settings) -> Result<RunConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.yaml");
+    fs::write(&path, yaml).unwrap();
+    RunConfig::from_args(Settings {
+        config: Some(path),
+        ..args
+    })
+}
+
+#[test]
+fn every_flag_has_a_key_and_flags_win() {
+    let c = with_file(
+        "manifests: /m\ninterfaces: [veth*, eth0]\nservice-cidr: 10.96.0.0/12\npin-dir: /p\nconntrack-size: 8192\nlog-level: debug\n\
+         conntrack-gc-interval: 3\nconntrack-lifetime-syn: 4\nconntrack-lifetime-established: 5\n\
+         conntrack-lifetime-closing: 6\nconntrack-lifetime-udp: 7\nconntrack-lifetime-udp-replied: 8\n\
+         max-frontends: 1000\nmax-backends: 5000\n",
+        Settings::default(),
+    )
+    .map(services)
+    .unwrap();
+    assert_eq!(
+        (c.dataplane.max_frontends, c.dataplane.max_backends),
+        (1000, 5000)
+    );
+    assert_eq!(c.source, Source::Manifests("/m".into()));
+    assert!(
+        c.interfaces.matches("veth12")
+            && c.interfaces.matches("eth0")
+            && !c.interfaces.matches("eth1")
+    );
+    assert!(c.dataplane.config.in_service_cidr([10, 100, 0, 1]));
+    assert_eq!(c.dataplane.pin_dir, PathBuf::from("/p"));
+    assert_eq!(c.dataplane.conntrack_size, 8192);
+    assert_eq!(
+        c.dataplane.conntrack_gc_interval,
+        std::time::Duration::from_secs(3)
+    );
+    let l = c.dataplane.config.lifetimes;
+    assert_eq!(
+        [
+            l.syn_s,
+            l.established_s,
+            l.closing_s,
+            l.other_s,
+            l.other_replied_s
+        ],
+        [4, 5, 6, 7, 8]
+    );
+
+    let c = with_file(
+        "manifests: /m\ninterfaces: 'veth*'\n",
+        Settings {
+            manifests: Some("/flag".into()),
+            conntrack_size: Some(4096),
+            conntrack_lifetime_closing: Some(2),
+            ..Settings::default()
+        },
+    )
+    .map(services)
+    .unwrap();
+    assert_eq!(c.source, Source::Manifests("/flag".into()));
+    assert_eq!(c.dataplane.conntrack_size, 4096);
+    assert_eq!(c.dataplane.config.lifetimes.closing_s, 2);
+    assert_eq!(
+        c.dataplane.config.lifetimes.established_s, 21_600,
+        "the others keep their defaults"
+    );
+    assert_eq!(c.dataplane.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+}
+
+#[test]
+fn the_deployed_configuration_file_is_valid() {
+    let cm = include_str!("../../../manifests/03-configmap.yaml");
+    let (_, body) = cm.split_once("sluice.yaml: |\n").unwrap();
+    let yaml: String = body
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = with_file(
+        &yaml,
+        Settings {
+            manifests: Some("/m".into()),
+            ..Settings::default()
+        },
+    )
+    .map(services)
+    .unwrap();
+    assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Auto);
+    assert_eq!(c.nodeport_range, (30_000, 32_767));
+    assert_eq!(c.dataplane.maglev_size, 16_381);
+    assert_eq!(
+        c.dataplane.conntrack_size,
+        crate::dataplane::conntrack::default_size(),
+        "sized from memory"
+    );
+    assert_eq!(c.dataplane.config.lifetimes, Lifetimes::DEFAULT);
+}
+
+#[test]
+fn the_tc_attach_path_has_a_key_a_flag_a_default_and_a_check() {
+    let c = with_file(
+        "manifests: /m\ninterfaces: veth*\ntc-attach: netlink\n",
+        Settings::default(),
+    )
+    .map(services)
+    .unwrap();
+    assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Netlink);
+    let args = |v: Option<&str>| Settings {
+        manifests: Some("/m".into()),
+        interfaces: Some("veth*".into()),
+        tc_attach: v.map(Into::into),
+        ..Settings::default()
+    };
+    let c = services(RunConfig::from_args(args(None)).unwrap());
+    assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Auto);
+    let c = services(RunConfig::from_args(args(Some("tcx"))).unwrap());
+    assert_eq!(c.dataplane.tc_attach, crate::dataplane::TcAttach::Tcx);
+    let err = RunConfig::from_args(args(Some("bpf")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tc-attach"), "{err}");
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one table of bad values")]
+fn xdp_settings_have_keys_defaults_and_checks() {
+    let c = with_file(
+        "manifests: /m\ninterfaces: veth*\nexternal-interfaces: [eth0, bond*]\nxdp-mode: generic\nnodeport-range: 20000-20999\nmaglev-table-size: 65521\n",
+        Settings::default(),
+    )
+    .map(services)
+    .unwrap();
+    let ext = c.external_interfaces.unwrap();
+    assert!(ext.matches("eth0") && ext.matches("bond0") && !ext.matches("veth1"));
+    assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Generic);
+    assert_eq!(c.nodeport_range, (20_000, 20_999));
+    assert_eq!(
+        c.snat_ports,
+        sluice_abi::config::DEFAULT_SNAT_PORTS,
+        "the default SNAT ports"
+    );
+    assert!(
+        c.dataplane.config.in_nodeport_range(20_500)
+            && !c.dataplane.config.in_nodeport_range(30_000)
+    );
+    assert_eq!(c.dataplane.maglev_size, 65_521);
+    assert_eq!(
+        (c.dataplane.max_frontends, c.dataplane.max_backends),
+        (
+            sluice_abi::maps::MAX_SERVICES,
+            sluice_abi::maps::MAX_BACKENDS
+        ),
+        "the defaults"
+    );
+
+    let args = || Settings {
+        manifests: Some("/m".into()),
+        interfaces: Some("veth*".into()),
+        ..Settings::default()
+    };
+    let c = services(RunConfig::from_args(args()).unwrap());
+    assert!(
+        c.external_interfaces.is_none(),
+        "default: the node's interfaces"
+    );
+    assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Auto);
+    assert_eq!(c.nodeport_range, DEFAULT_NODEPORT_RANGE);
+    assert_eq!(c.dataplane.maglev_size, 16_381);
+    let c = services(
+        RunConfig::from_args(Settings {
+            xdp_mode: Some("tc".into()),
+            ..args()
+        })
+        .unwrap(),
+    );
+    assert_eq!(c.dataplane.xdp_mode, crate::dataplane::XdpAttach::Tc);
+    for (bad, key) in [
+        (
+            Settings {
+                xdp_mode: Some("fast".into()),
+                ..args()
+            },
+            "xdp-mode",
+        ),
+        (
+            Settings {
+                nodeport_range: Some("32767-30000".into()),
+                ..args()
+            },
+            "nodeport-range",
+        ),
+        (
+            Settings {
+                snat_port_range: Some("32000-33000".into()),
+                ..args()
+            },
+            "snat-port-range",
+        ),
+        (
+            Settings {
+                nodeport_range: Some("0-100".into()),
+                ..args()
+            },
+            "nodeport-range",
+        ),
+        (
+            Settings {
+                maglev_table_size: Some(16_000),
+                ..args()
+            },
+            "maglev-table-size",
+        ),
+        (
+            Settings {
+                maglev_table_size: Some(131),
+                ..args()
+            },
+            "maglev-table-size",
+        ),
+        (
+            Settings {
+                max_frontends: Some(8),
+                ..args()
+            },
+            "max-frontends",
+        ),
+        (
+            Settings {
+                max_backends: Some(1 << 25),
+                ..args()
+            },
+            "max-backends",
+        ),
+    ] {
+        let err = RunConfig::from_args(bad).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_it() {
+    let err = with_file("manifests: /m\nintefaces: eth0\n", Settings::default()).unwrap_err();
+    let msg = format!("{err}");
+    assert!(msg.contains("unknown field `intefaces`"), "{msg}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let args = || Settings {
+        manifests: Some("/m".into()),
+        interfaces: Some("eth0".into()),
+        ..Settings::default()
+    };
+    let err = RunConfig::from_args(Settings {
+        service_cidr: Some("10.96.0.0/33".into()),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("service-cidr"));
+    assert!(matches!(
+        RunConfig::from_args(Settings {
+            kubeconfig: Some("/k".into()),
+            ..args()
+        }),
+        Err(ConfigError::TwoSources)
+    ));
+    assert!(matches!(
+        RunConfig::from_args(Settings {
+            interfaces: Some(" , ".into()),
+            ..args()
+        }),
+        Err(ConfigError::NoInterfaces)
+    ));
+    let err = RunConfig::from_args(Settings {
+        conntrack_lifetime_udp: Some(0),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("conntrack-lifetime-udp"), "{err}");
+    assert!(matches!(
+        RunConfig::from_args(Settings {
+            conntrack_size: Some(1000),
+            ..args()
+        }),
+        Err(ConfigError::ConntrackSize)
+    ));
+}
