@@ -42,6 +42,10 @@ pub enum ConfigError {
     NoInterfaces,
     #[error("`service-cidr`: `{0}` is not an IPv4 CIDR such as 10.96.0.0/12")]
     ServiceCidr(String),
+    #[error("`metrics-per-service-top` needs `metrics-per-service: true`")]
+    TopWithoutPerService,
+    #[error("`metrics-per-service-top` must be at least 1")]
+    TopZero,
     #[error("`conntrack-size` must be at least 4096")]
     ConntrackSize,
     #[error("`{0}` must be from 16 to 16777216")]
@@ -101,7 +105,7 @@ pub struct RunConfig {
     pub node_name: Option<String>,
     pub health_listen: std::net::SocketAddr,
     /// Series per Service frontend in `/metrics` (`--metrics-per-service`).
-    pub metrics_per_service: bool,
+    pub metrics_per_service: crate::status::PerService,
     /// The Service dataplane and DNS; `None` when only certificates are
     /// managed.
     pub services: Option<ServicesConfig>,
@@ -154,7 +158,7 @@ impl RunConfig {
             && std::env::var_os("KUBERNETES_SERVICE_HOST").is_none();
         Ok(Self {
             health_listen: c.health_listen.unwrap_or(DEFAULT_HEALTH_LISTEN),
-            metrics_per_service: c.metrics_per_service.unwrap_or(false),
+            metrics_per_service: per_service(&c)?,
             read_only_listen: c.read_only_listen,
             services: if certs_only {
                 None
@@ -298,6 +302,21 @@ fn lifetimes(c: &Settings) -> Result<Lifetimes, ConfigError> {
         )?,
         _pad: 0,
     })
+}
+
+/// Which frontends get series of their own in `/metrics`.
+fn per_service(c: &Settings) -> Result<crate::status::PerService, ConfigError> {
+    use crate::status::PerService;
+    match (
+        c.metrics_per_service.unwrap_or(false),
+        c.metrics_per_service_top,
+    ) {
+        (false, None) => Ok(PerService::Off),
+        (false, Some(_)) => Err(ConfigError::TopWithoutPerService),
+        (true, None) => Ok(PerService::All),
+        (true, Some(0)) => Err(ConfigError::TopZero),
+        (true, Some(n)) => Ok(PerService::Top(usize::try_from(n).unwrap_or(usize::MAX))),
+    }
 }
 
 /// A number of seconds from 1 to 604800 (`default` when not given).

@@ -169,6 +169,11 @@ settings! {
     /// status`)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
     metrics_per_service: bool,
+    /// With `--metrics-per-service true`, series for only the N frontends
+    /// with the most packets, chosen again at each walk of the maps
+    /// (default: every frontend).
+    #[arg(long, value_name = "N")]
+    metrics_per_service_top: u32,
     /// Socket LB: `connect()` and sends to ClusterIPs from processes in the
     /// cgroup go straight to a backend (default true)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]

@@ -2,9 +2,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use aya::maps::{MapData, PerCpuArray};
 use sluice_abi::{
-    maps as names, proto,
+    proto,
     service::{SVC_FLAG_MARKER, ServiceKey},
     stats::{DropReason, Event, TrafficStats},
 };
@@ -13,10 +12,13 @@ use crate::{
     dataplane::{
         Error,
         conntrack::{Census, Conntrack},
-        maps::{Maps, counter, sum_stats},
+        maps::{Maps, sum_stats},
     },
     plan::capacity::Resource,
 };
+
+mod metrics;
+pub use metrics::{Counters, PerService, node_metrics, service_metrics};
 
 fn proto_name(p: u8) -> &'static str {
     match p {
@@ -91,7 +93,7 @@ pub struct RefusedRow {
 }
 
 /// What the pinned maps hold now.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Snapshot {
     pub services: Vec<ServiceRow>,
     pub refused: Vec<RefusedRow>,
@@ -383,236 +385,6 @@ fn ordered<'a>(
     labels: impl Iterator<Item = &'static str> + 'a,
 ) -> impl Iterator<Item = (&'static str, u64)> + 'a {
     labels.map(|l| (l, counts.get(l).copied().unwrap_or(0)))
-}
-
-/// The node-level counters: drops by reason and events.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub drops: BTreeMap<&'static str, u64>,
-    pub events: BTreeMap<&'static str, u64>,
-}
-
-impl Counters {
-    fn read(maps_drops: impl Fn(DropReason) -> u64, maps_events: impl Fn(Event) -> u64) -> Self {
-        Self {
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.label(), maps_drops(*r)))
-                .collect(),
-            events: Event::ALL
-                .iter()
-                .map(|e| (e.label(), maps_events(*e)))
-                .collect(),
-        }
-    }
-
-    /// From the two pinned per-CPU arrays alone: a fixed number of lookups,
-    /// whatever the number of Services.
-    pub fn from_pins(pin_dir: &Path) -> Result<Self, Error> {
-        let open = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, Error> {
-            let data = crate::dataplane::open_pinned(pin_dir, name)?;
-            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(|e| Error::Map {
-                name,
-                source: Box::new(e),
-            })
-        };
-        let (drops, events) = (open(names::DROPS)?, open(names::EVENTS)?);
-        Ok(Self::read(
-            |r| counter(&drops, r as u32),
-            |e| counter(&events, e as u32),
-        ))
-    }
-}
-
-/// Prometheus text of the node: drops by reason, events, the number of
-/// frontends with refused claims, and conntrack. Its size does not grow
-/// with the Services.
-pub fn node_metrics(counters: &Counters, refused: usize, conntrack: &Census) -> String {
-    let mut out = String::new();
-    family(
-        &mut out,
-        "sluice_dataplane_drops_total",
-        "counter",
-        "Packets dropped in the kernel, by reason.",
-    );
-    for (reason, n) in &counters.drops {
-        let _ = writeln!(
-            out,
-            "sluice_dataplane_drops_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
-        "sluice_dataplane_events_total",
-        "counter",
-        "Dataplane events, by kind.",
-    );
-    for (event, n) in &counters.events {
-        let _ = writeln!(
-            out,
-            "sluice_dataplane_events_total{{event=\"{event}\"}} {n}"
-        );
-    }
-    family(
-        &mut out,
-        "sluice_frontends_refused",
-        "gauge",
-        "Frontends with claims refused because another Service holds them.",
-    );
-    let _ = writeln!(out, "sluice_frontends_refused {refused}");
-    conntrack_metrics(&mut out, conntrack);
-    out
-}
-
-/// A per-Service counter: name, help, and its value.
-type PerService = (&'static str, &'static str, fn(&Traffic) -> u64);
-
-/// Prometheus text per Service frontend (`--metrics-per-service`): traffic
-/// and refused claims.
-pub fn service_metrics(snap: &Snapshot) -> String {
-    let mut out = String::new();
-    let per_service: [PerService; 3] = [
-        ("packets", "Packets to a Service frontend.", |t| t.packets),
-        ("bytes", "Bytes to a Service frontend.", |t| t.bytes),
-        (
-            "new_flows",
-            "Flows a Service frontend load-balanced.",
-            |t| t.new_flows,
-        ),
-    ];
-    for (what, help, value) in per_service {
-        family(
-            &mut out,
-            &format!("sluice_service_{what}_total"),
-            "counter",
-            help,
-        );
-        for svc in &snap.services {
-            let _ = writeln!(
-                out,
-                "sluice_service_{what}_total{{service=\"{}\",frontend=\"{}\"}} {}",
-                svc.name,
-                svc.frontend,
-                value(&svc.traffic)
-            );
-        }
-    }
-    if !snap.refused.is_empty() {
-        family(
-            &mut out,
-            "sluice_frontend_refused_claims",
-            "gauge",
-            "Claims refused on a frontend, with its holder and the strongest refused claim.",
-        );
-        for r in &snap.refused {
-            let _ = writeln!(
-                out,
-                "sluice_frontend_refused_claims{{frontend=\"{}\",owner=\"{}\",claimant=\"{}\"}} {}",
-                r.frontend, r.owner, r.claimant, r.claimants
-            );
-        }
-    }
-    out
-}
-
-/// A per-map conntrack series: name, type, help, and its value.
-type PerMap = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&crate::dataplane::conntrack::MapCensus) -> f64,
-);
-
-#[expect(clippy::cast_precision_loss, reason = "metrics are floats")]
-fn conntrack_metrics(out: &mut String, c: &Census) {
-    family(
-        out,
-        "sluice_conntrack_entries",
-        "gauge",
-        "Conntrack entries (two per flow), by table, map and state.",
-    );
-    for m in &c.maps {
-        for (state, n) in m.states() {
-            let _ = writeln!(
-                out,
-                "sluice_conntrack_entries{{table=\"{}\",map=\"{}\",state=\"{state}\"}} {n}",
-                m.table, m.map
-            );
-        }
-    }
-    let per_map: [PerMap; 6] = [
-        (
-            "capacity",
-            "gauge",
-            "Entries a conntrack map holds at most.",
-            |m| f64::from(m.capacity),
-        ),
-        (
-            "fill_ratio",
-            "gauge",
-            "Entries over capacity of a conntrack map.",
-            |m| m.fill(),
-        ),
-        (
-            "inserted_total",
-            "counter",
-            "Conntrack entries the dataplane created (new flows, and flows moved to the established map).",
-            |m| m.inserted as f64,
-        ),
-        (
-            "expired_total",
-            "counter",
-            "Conntrack entries the garbage collector removed, their lifetime over.",
-            |m| m.expired as f64,
-        ),
-        (
-            "evicted_total",
-            "counter",
-            "Conntrack entries of flows not yet established pushed out of a full new-flow map by newer ones.",
-            |m| m.evicted as f64,
-        ),
-        (
-            "removed_total",
-            "counter",
-            "Conntrack entries the dataplane removed (replaced flows, and flows moved to the established map).",
-            |m| m.removed as f64,
-        ),
-    ];
-    for (name, kind, help, value) in per_map {
-        family(out, &format!("sluice_conntrack_{name}"), kind, help);
-        for m in &c.maps {
-            let _ = writeln!(
-                out,
-                "sluice_conntrack_{name}{{table=\"{}\",map=\"{}\"}} {}",
-                m.table,
-                m.map,
-                value(m)
-            );
-        }
-    }
-    if let Some(p) = &c.pass {
-        let name = "sluice_conntrack_gc_duration_seconds";
-        family(
-            out,
-            name,
-            "gauge",
-            "How long the last conntrack garbage collection took.",
-        );
-        let _ = writeln!(out, "{name} {}", p.seconds);
-        let name = "sluice_conntrack_gc_visited_entries";
-        family(
-            out,
-            name,
-            "gauge",
-            "Entries the last conntrack garbage collection read.",
-        );
-        let _ = writeln!(out, "{name} {}", p.visited);
-    }
-}
-
-/// The `# HELP` and `# TYPE` lines of a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]

@@ -296,3 +296,33 @@ fn bad_values_are_named() {
         Err(ConfigError::ConntrackSize)
     ));
 }
+
+#[test]
+fn series_per_service_are_off_all_or_the_top_n() {
+    use crate::status::PerService;
+    let per_service = |on: Option<bool>, top: Option<u32>| {
+        RunConfig::from_args(Settings {
+            manifests: Some("/m".into()),
+            interfaces: Some("veth*".into()),
+            socket_lb: Some(false),
+            metrics_per_service: on,
+            metrics_per_service_top: top,
+            ..Settings::default()
+        })
+        .map(|c| c.metrics_per_service)
+    };
+    assert_eq!(per_service(None, None).unwrap(), PerService::Off);
+    assert_eq!(per_service(Some(true), None).unwrap(), PerService::All);
+    assert_eq!(
+        per_service(Some(true), Some(20)).unwrap(),
+        PerService::Top(20)
+    );
+    assert!(matches!(
+        per_service(None, Some(20)),
+        Err(ConfigError::TopWithoutPerService)
+    ));
+    assert!(matches!(
+        per_service(Some(true), Some(0)),
+        Err(ConfigError::TopZero)
+    ));
+}

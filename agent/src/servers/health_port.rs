@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 use tokio::net::TcpListener;
 
 use super::{json, serve_plain, text};
-use crate::{certs::CertStatus, dns::metrics::Metrics};
+use crate::{certs::CertStatus, dns::metrics::Metrics, status::PerService};
 
 #[derive(Clone, Default)]
 pub struct Health {
@@ -22,7 +22,7 @@ pub struct Health {
     pin_dir: Arc<OnceLock<std::path::PathBuf>>,
     conntrack: Arc<OnceLock<crate::dataplane::conntrack::Latest>>,
     /// Series per Service frontend (`--metrics-per-service`).
-    per_service: bool,
+    per_service: PerService,
     /// Those series as the last walk of the Service maps left them
     /// (`refresh_service_series`); `/metrics` never walks a map itself.
     service_series: Arc<Mutex<String>>,
@@ -32,8 +32,9 @@ pub struct Health {
 pub const SERVICE_SERIES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Health {
-    /// `per_service`: `/metrics` has series per Service frontend.
-    pub fn new(per_service: bool) -> Self {
+    /// `per_service`: which frontends have series of their own in
+    /// `/metrics`.
+    pub fn new(per_service: PerService) -> Self {
         Self {
             per_service,
             ..Self::default()
@@ -99,7 +100,7 @@ impl Health {
     /// Prometheus text: dataplane, DNS and certificates; per Service only
     /// with `--metrics-per-service`.
     pub fn metrics(&self) -> String {
-        self.metrics_with(self.per_service)
+        self.metrics_with(self.per_service != PerService::Off)
     }
 
     /// `metrics` without the series that name Services (for the read-only
@@ -115,7 +116,11 @@ impl Health {
         let Some(snap) = self.snapshot() else {
             return;
         };
-        let series = crate::status::service_metrics(&snap);
+        let top = match self.per_service {
+            PerService::Top(n) => Some(n),
+            PerService::All | PerService::Off => None,
+        };
+        let series = crate::status::service_metrics(&snap, top);
         *self
             .service_series
             .lock()
@@ -181,7 +186,7 @@ impl Health {
     pub async fn serve(self, listener: TcpListener) {
         let walker = self.clone();
         let walk = async move {
-            if !walker.per_service {
+            if walker.per_service == PerService::Off {
                 return std::future::pending().await;
             }
             let mut every = tokio::time::interval(SERVICE_SERIES_EVERY);
