@@ -26,7 +26,7 @@ use sluice_abi::{
 use super::{Error, batch};
 use crate::{
     plan::capacity::Resource,
-    reconcile::{Current, Op, write_order},
+    reconcile::{Current, Op, Plan},
 };
 
 pub struct Maps {
@@ -190,20 +190,10 @@ impl Maps {
         ))
     }
 
-    /// Applies reconcile operations in `write_order`, each phase's writes
-    /// in batches (names before the frontends that carry them).
-    pub fn apply_all(&mut self, ops: &[Op]) -> Result<(), Error> {
-        let ordered = write_order(ops);
-        let (puts, deletes) = ordered.split_at(ordered.partition_point(|op| {
-            matches!(
-                op,
-                Op::PutMarker(_)
-                    | Op::PutBackend(_)
-                    | Op::PutSlot { .. }
-                    | Op::PutFrontend { .. }
-                    | Op::PutSourceRange { .. }
-            )
-        }));
+    /// Writes a plan in its order: the puts in batches, a map at a time
+    /// (names before the frontends that carry them), then the deletes.
+    pub fn apply_all(&mut self, plan: &Plan) -> Result<(), Error> {
+        let (puts, deletes) = plan.split();
         let mut backends = Vec::new();
         let mut slots = Vec::new();
         let mut services = Vec::new();

@@ -95,7 +95,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Desired, DesiredFrontend},
-        reconcile::{Current, reconcile, write_order},
+        reconcile::{Current, reconcile},
     };
 
     fn node_port() -> ServiceKey {
@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(table.len(), DEFAULT_TABLE_SIZE as usize);
         let seen: BTreeSet<Ipv4Addr> = addresses(&current, &table).into_iter().collect();
         assert_eq!(seen.len(), 3, "every backend has entries");
-        let order: Vec<&Op> = write_order(&ops);
+        let order: &[Op] = &ops;
         let table_at = order
             .iter()
             .position(|op| matches!(op, Op::PutMaglev { .. }))
