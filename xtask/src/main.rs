@@ -1,10 +1,11 @@
 //! Developer tasks: `setup`, `doctor`, `build`, `run`, `test`, `bench`,
-//! `vm-test`.
+//! `vm-test`, `gen-proto`.
 //!
 //! `run` and `test` call `setup` first when something is missing, so a fresh
 //! machine needs nothing but `cargo xtask run` or `cargo xtask test`.
 
 mod bench;
+mod gen_proto;
 mod prereqs;
 mod run;
 mod test;
@@ -41,6 +42,9 @@ enum Command {
     /// Run the packet tests and an end-to-end subset in a guest booting
     /// Debian's cloud kernel of a series (`6.1`) under qemu.
     VmTest(vm::Args),
+    /// Regenerate the local API server's protobuf tables
+    /// (tests/apiserver/src/proto/schema.rs) from k8s-pb and k8s-openapi.
+    GenProto(gen_proto::Args),
 }
 
 fn main() -> Result<()> {
@@ -55,6 +59,7 @@ fn main() -> Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::GenProto(args) => gen_proto::gen_proto(&args),
         Command::VmTest(args) => {
             prereqs::ensure()?;
             vm::vm_test(&args)

@@ -79,6 +79,8 @@ pub fn test(args: &Args) -> Result<()> {
             &[],
             &[],
         )?;
+        // The generated protobuf tables are what their generator writes.
+        crate::gen_proto::gen_proto(&crate::gen_proto::Args::checking())?;
         let mut ebpf = Command::new("cargo");
         // aya-build passes the same cfg: it selects the helper bindings.
         ebpf.env(

@@ -7,6 +7,8 @@
 //! field holds the object; the field tables in `schema.rs` are generated
 //! from k8s-pb (tags) and k8s-openapi (JSON names).
 
+// Kept as generated (`cargo xtask gen-proto`), not reformatted.
+#[rustfmt::skip]
 mod schema;
 
 use base64::Engine as _;
