@@ -86,10 +86,13 @@ mod tests {
             .collect()
     }
 
-    /// The flags in the README's table of `sluice run` (rows starting with
+    /// The flags in the table of `docs/configuration.md` for `sluice run` (rows starting with
     /// `` | `--name``), and the config key each names after ` / `.
     fn documented() -> Vec<(String, Option<String>)> {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let readme = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ));
         readme
             .lines()
             .filter_map(|l| l.strip_prefix("| `--"))
@@ -114,14 +117,14 @@ mod tests {
         let unknown: Vec<_> = table.difference(&flags).collect();
         assert!(
             undocumented.is_empty() && unknown.is_empty(),
-            "flags missing from the README's table: {undocumented:?}; rows for no flag: {unknown:?}"
+            "flags missing from the table of docs/configuration.md: {undocumented:?}; rows for no flag: {unknown:?}"
         );
         // Every flag but `--config` has its config key, of its own name.
         for (flag, key) in rows.iter().filter(|(f, _)| f != "--config") {
             assert_eq!(
                 key.as_deref(),
                 flag.strip_prefix("--"),
-                "the README row of {flag} names its key"
+                "the configuration row of {flag} names its key"
             );
         }
     }

@@ -1,8 +1,8 @@
 //! `Settings`: every setting of `sluice run`, written once. Each is a flag
 //! (clap) and the config file's key of the same name (serde, kebab-case,
 //! unknown keys refused); `over` lays the flags over the file. A new setting
-//! is one entry in `settings!` below and one row in the README's table
-//! (`cli::tests` checks the two agree).
+//! is one entry in `settings!` below and one row in the table of
+//! `agent/docs/configuration.md` (`cli::tests` checks the two agree).
 
 use std::{convert::Infallible, path::PathBuf, str::FromStr};
 

@@ -443,7 +443,7 @@ fn measure(
 /// start to ready (loading its programs and reading the objects included).
 /// The objects are one JSON `List`, as `kubectl get -o json` writes them and
 /// as the API server speaks; the same objects as multi-document YAML take
-/// longer to parse (see the README).
+/// longer to parse (see agent/docs/performance.md).
 fn program_sluice(lab: &mut Lab, services: u32, measured: u32, mode: Mode) -> Result<Duration> {
     lab.write_manifest("services.json", &manifests(services, measured).to_string())?;
     lab.write_manifest("probe.yaml", &probe_manifest(0))?;
