@@ -31,7 +31,7 @@ fn proto_name(p: u8) -> &'static str {
 /// `10.96.0.10:80/TCP`; a NodePort (every node address) is
 /// `<node>:30080/TCP`, and a frontend's local-endpoints scope (the
 /// `externalTrafficPolicy: Local` entry) has ` (local)` after it.
-pub(crate) fn frontend(k: ServiceKey) -> String {
+pub fn frontend(k: ServiceKey) -> String {
     let addr = if k.is_node_port() {
         "<node>".to_owned()
     } else {
@@ -77,6 +77,8 @@ pub struct ServiceRow {
     /// `ClusterIP:port/PROTO`.
     pub frontend: String,
     pub slots: u32,
+    /// What its flags ask for (`flag_words`); empty for a plain ClusterIP.
+    pub flags: String,
     pub traffic: Traffic,
     pub backends: Vec<BackendRow>,
 }
@@ -160,6 +162,7 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
                 name: names.get(&value.id).cloned().unwrap_or_else(|| "?".into()),
                 frontend: frontend(*key),
                 slots: u32::from(value.count),
+                flags: flag_words(value.flags),
                 traffic: svc_stats(value.id).into(),
                 backends: backends
                     .into_iter()
@@ -224,23 +227,57 @@ fn map_rows(maps: &Maps, rows: &[ServiceRow], cluster_ips: usize) -> Vec<MapRow>
     ]
 }
 
-/// Renders the status table.
-pub fn render(pin_dir: &Path) -> Result<String, Error> {
-    let snap = collect(pin_dir, None)?;
+/// What a frontend's flags ask for, in words: `affinity`, `source-ranges`,
+/// `external` (reachable from outside), `external-local`
+/// (`externalTrafficPolicy: Local`) and `maglev`.
+pub fn flag_words(flags: u16) -> String {
+    use sluice_abi::service::{
+        SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV,
+        SVC_FLAG_SOURCE_RANGES,
+    };
+    [
+        (SVC_FLAG_AFFINITY, "affinity"),
+        (SVC_FLAG_SOURCE_RANGES, "source-ranges"),
+        (SVC_FLAG_EXTERNAL, "external"),
+        (SVC_FLAG_EXT_LOCAL, "external-local"),
+        (SVC_FLAG_MAGLEV, "maglev"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, word)| *word)
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+/// The table of frontends, their flags and their backends, and the refused
+/// claims, as `sluice status` prints them; without `traffic`, no counters
+/// (the golden cases' dumps, `agent/tests/golden.rs`).
+pub fn services_table(services: &[ServiceRow], refused: &[RefusedRow], traffic: bool) -> String {
     let mut out = String::new();
     let row = |out: &mut String, a: &str, b: &str, c: &str, s: Traffic| {
-        let _ = writeln!(
-            out,
-            "{a:<32} {b:<24} {c:>8} {:>10} {:>12} {:>10}",
-            s.packets, s.bytes, s.new_flows
-        );
+        let line = if traffic {
+            format!(
+                "{a:<32} {b:<24} {c:>8} {:>10} {:>12} {:>10}",
+                s.packets, s.bytes, s.new_flows
+            )
+        } else {
+            format!("{a:<32} {b:<24} {c:>8}")
+        };
+        let _ = writeln!(out, "{}", line.trim_end());
     };
-    let _ = writeln!(
-        out,
-        "{:<32} {:<24} {:>8} {:>10} {:>12} {:>10}",
-        "SERVICE", "FRONTEND / BACKEND", "SLOTS", "PACKETS", "BYTES", "NEW FLOWS"
-    );
-    for svc in &snap.services {
+    let header = if traffic {
+        format!(
+            "{:<32} {:<24} {:>8} {:>10} {:>12} {:>10}",
+            "SERVICE", "FRONTEND / BACKEND", "SLOTS", "PACKETS", "BYTES", "NEW FLOWS"
+        )
+    } else {
+        format!(
+            "{:<32} {:<24} {:>8}",
+            "SERVICE", "FRONTEND / BACKEND", "SLOTS"
+        )
+    };
+    let _ = writeln!(out, "{header}");
+    for svc in services {
         row(
             &mut out,
             &svc.name,
@@ -248,18 +285,27 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
             &svc.slots.to_string(),
             svc.traffic,
         );
+        if !svc.flags.is_empty() {
+            let _ = writeln!(out, "{:<32}   {}", "", svc.flags);
+        }
         for b in &svc.backends {
             let label = format!("  -> {}", b.address);
             row(&mut out, "", &label, &format!("#{}", b.slot), b.traffic);
         }
     }
-    if !snap.refused.is_empty() {
+    refused_table(&mut out, refused);
+    out
+}
+
+/// The refused claims, if there are any.
+fn refused_table(out: &mut String, refused: &[RefusedRow]) {
+    if !refused.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<32} {:<32} {:<32}\n(a ClusterIP belongs to its Service; of equal claims the oldest wins)",
-            "REFUSED CLAIM ON", "HELD BY", "REFUSED"
+            "\n{:<32} {:<32} REFUSED\n(a ClusterIP belongs to its Service; of equal claims the oldest wins)",
+            "REFUSED CLAIM ON", "HELD BY"
         );
-        for r in &snap.refused {
+        for r in refused {
             let more = if r.claimants > 1 {
                 format!(" (+{})", r.claimants - 1)
             } else {
@@ -272,6 +318,12 @@ pub fn render(pin_dir: &Path) -> Result<String, Error> {
             );
         }
     }
+}
+
+/// Renders the status table.
+pub fn render(pin_dir: &Path) -> Result<String, Error> {
+    let snap = collect(pin_dir, None)?;
+    let mut out = services_table(&snap.services, &snap.refused, true);
     let path = crate::dataplane::pinned_path(pin_dir).map_or("none attached", |p| p.name());
     let _ = writeln!(out, "\nTC attach path: {path}");
     let _ = writeln!(

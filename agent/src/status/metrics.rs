@@ -280,6 +280,7 @@ mod tests {
             name: format!("default/{name}:http"),
             frontend: format!("10.96.0.{}:80/TCP", name.len()),
             slots: 1,
+            flags: String::new(),
             traffic: Traffic {
                 packets,
                 bytes: packets * 100,

@@ -1,0 +1,375 @@
+//! Golden cases, in the manner of Cilium's `pkg/loadbalancer` txtar tests:
+//! each file of `tests/golden/` states one semantics rule of
+//! `docs/semantics.md`, gives manifests (and later steps), and the maps it
+//! expects, dumped in `sluice status`'s format. They run without root:
+//! the manifest directory's decoder, the model, the planner, reconcile and
+//! the simulated maps (`reconcile::sim`), checked after every operation.
+//!
+//! A case file:
+//!
+//! ```text
+//! One line naming the rule, then any prose.
+//! # node: node-a                (optional: `--node-name`)
+//! # max-frontends: 4            (optional: capacity limits)
+//! # max-backends: 10
+//!
+//! -- web.yaml --                (a manifest file; the same name again
+//! ...                            later changes it)
+//! -- delete web.yaml --         (removes a file)
+//! -- want --                    (the maps after the files so far)
+//! ...
+//! ```
+//!
+//! `SLUICE_GOLDEN_UPDATE=1 cargo test -p sluice-agent --test golden`
+//! rewrites each `want` with what the code gives; review the diff.
+
+#![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use sluice_abi::service::{SVC_FLAG_MARKER, ServiceKey};
+use sluice_agent::{
+    model::{frontends::Refused, store::list_events},
+    plan::{
+        Planner,
+        capacity::{Entries, Resource},
+    },
+    reconcile::{Current, reconcile_changes, sim::SimMaps},
+    source::manifests::ManifestDir,
+    status::{BackendRow, RefusedRow, ServiceRow, Traffic, flag_words, frontend, services_table},
+};
+
+/// One section of a case file.
+enum Section {
+    File(String, String),
+    Delete(String),
+    Want(String),
+}
+
+struct Case {
+    node: Option<String>,
+    limits: Vec<(Resource, u64)>,
+    /// The text before the first section.
+    preamble: String,
+    sections: Vec<Section>,
+}
+
+fn parse(text: &str) -> Case {
+    let mut case = Case {
+        node: None,
+        limits: Vec::new(),
+        preamble: String::new(),
+        sections: Vec::new(),
+    };
+    let mut current: Option<(String, String)> = None;
+    let finish = |case: &mut Case, header: String, body: String| {
+        let section = if header == "want" {
+            Section::Want(body)
+        } else if let Some(name) = header.strip_prefix("delete ") {
+            Section::Delete(name.to_owned())
+        } else {
+            Section::File(header, body)
+        };
+        case.sections.push(section);
+    };
+    for line in text.split_inclusive('\n') {
+        if let Some(header) = line
+            .trim_end()
+            .strip_prefix("-- ")
+            .and_then(|l| l.strip_suffix(" --"))
+        {
+            if let Some((h, b)) = current.take() {
+                finish(&mut case, h, b);
+            }
+            current = Some((header.to_owned(), String::new()));
+            continue;
+        }
+        match &mut current {
+            Some((_, body)) => body.push_str(line),
+            None => {
+                case.preamble.push_str(line);
+                if let Some((key, value)) = line.strip_prefix("# ").and_then(|l| l.split_once(": "))
+                {
+                    let value = value.trim();
+                    match key {
+                        "node" => case.node = Some(value.to_owned()),
+                        "max-frontends" => case
+                            .limits
+                            .push((Resource::Frontends, value.parse().unwrap())),
+                        "max-backends" => case
+                            .limits
+                            .push((Resource::Backends, value.parse().unwrap())),
+                        other => panic!("unknown directive `{other}`"),
+                    }
+                }
+            }
+        }
+    }
+    if let Some((h, b)) = current.take() {
+        finish(&mut case, h, b);
+    }
+    case
+}
+
+/// The model, planner, reconcile and simulated maps of one case.
+struct Run {
+    dir: tempfile::TempDir,
+    manifests: ManifestDir,
+    planner: Planner,
+    current: Current,
+    maps: SimMaps,
+    refused: BTreeMap<ServiceKey, Refused>,
+    listed: bool,
+}
+
+impl Run {
+    fn new(case: &Case) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = ManifestDir::new(dir.path());
+        let mut planner = Planner::new(case.node.clone());
+        let mut limits = Entries::UNLIMITED;
+        for &(r, n) in &case.limits {
+            limits.set(r, n);
+        }
+        planner.set_limits(limits, sluice_abi::maglev::DEFAULT_TABLE_SIZE);
+        Self {
+            dir,
+            manifests,
+            planner,
+            current: Current::default(),
+            maps: SimMaps::default(),
+            refused: BTreeMap::new(),
+            listed: false,
+        }
+    }
+
+    /// Reads the directory as the manifest source does, and writes the
+    /// plan into the simulated maps, checking them after every operation.
+    fn sync(&mut self) -> Result<(), String> {
+        let scan = self.manifests.rescan().map_err(|e| e.to_string())?;
+        let events = if self.listed {
+            self.manifests.changes(&scan.touched)
+        } else {
+            self.listed = true;
+            list_events(&self.manifests.model())
+        };
+        self.planner.apply(events);
+        let current = &self.current;
+        let changes = self
+            .planner
+            .plan(|| current.scope())
+            .ok_or("the planner has not synced")?;
+        let plan = reconcile_changes(&changes, &mut self.current);
+        for op in plan.iter() {
+            self.maps.apply(op);
+            self.maps
+                .check()
+                .map_err(|e| format!("after {op:?}: {e}"))?;
+        }
+        for (key, r) in changes.refused {
+            match r {
+                Some(r) => self.refused.insert(key, r),
+                None => self.refused.remove(&key),
+            };
+        }
+        Ok(())
+    }
+
+    /// The maps in `sluice status`'s format (without counters), each
+    /// frontend's flags with their settings, the ClusterIP markers and
+    /// the Services left out.
+    fn dump(&self) -> String {
+        let maps = &self.maps;
+        let mut services: Vec<_> = maps
+            .services
+            .iter()
+            .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0)
+            .collect();
+        services.sort_by(|a, b| {
+            maps.names
+                .get(&a.1.id)
+                .cmp(&maps.names.get(&b.1.id))
+                .then(a.0.cmp(b.0))
+        });
+        let rows: Vec<ServiceRow> = services
+            .iter()
+            .map(|(key, v)| {
+                let ranges: Vec<String> = maps
+                    .ranges
+                    .iter()
+                    .filter(|(id, ..)| *id == v.id)
+                    .map(|(_, net, len)| format!("{net}/{len}"))
+                    .collect();
+                // The flags, with what the maps next to them hold.
+                let flags: Vec<String> = flag_words(v.flags)
+                    .split_whitespace()
+                    .map(|word| match word {
+                        "affinity" => format!(
+                            "affinity {}s",
+                            maps.affinity.get(&v.id).copied().unwrap_or_default()
+                        ),
+                        "source-ranges" => format!("source-ranges {}", ranges.join(" ")),
+                        "maglev" => format!(
+                            "maglev {}",
+                            maps.maglev.get(&v.id).copied().unwrap_or_default()
+                        ),
+                        other => other.to_owned(),
+                    })
+                    .collect();
+                let flags = flags.join(", ");
+                ServiceRow {
+                    name: maps.names.get(&v.id).cloned().unwrap_or_else(|| "?".into()),
+                    frontend: frontend(**key),
+                    slots: u32::from(v.count),
+                    flags,
+                    traffic: Traffic::default(),
+                    backends: maps
+                        .slots
+                        .iter()
+                        .filter(|(s, _)| s.service_id == v.id)
+                        .map(|(s, b)| BackendRow {
+                            slot: s.slot,
+                            address: format!("{}:{}", b.addr(), b.port()),
+                            traffic: Traffic::default(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let refused: Vec<RefusedRow> = self
+            .refused
+            .iter()
+            .map(|(key, r)| RefusedRow {
+                frontend: frontend(*key),
+                owner: r.owner.to_string(),
+                claimant: r
+                    .claimants
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                claimants: u32::try_from(r.claimants.len()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        let mut out = services_table(&rows, &refused, false);
+        let markers: Vec<String> = maps
+            .services
+            .keys()
+            .filter(|k| k.is_marker())
+            .map(|k| k.addr().to_string())
+            .collect();
+        let _ = write!(out, "\nClusterIPs:");
+        for m in &markers {
+            let _ = write!(out, " {m}");
+        }
+        out.push('\n');
+        let left_out = self.planner.admission().left_out();
+        if !left_out.is_empty() {
+            let names: Vec<String> = left_out
+                .iter()
+                .map(|(key, r)| format!("{key} ({})", r.map()))
+                .collect();
+            let _ = writeln!(out, "left out: {}", names.join(", "));
+        }
+        out
+    }
+}
+
+/// Runs one case; the case text with each `want` as the code gives it, and
+/// the differences.
+fn run_case(path: &Path) -> (String, Vec<String>) {
+    let text = fs::read_to_string(path).unwrap();
+    let case = parse(&text);
+    let mut run = Run::new(&case);
+    let mut out = case.preamble.clone();
+    let mut failures = Vec::new();
+    let mut step = 0;
+    for section in &case.sections {
+        match section {
+            Section::File(name, body) => {
+                fs::write(run.dir.path().join(name), body).unwrap();
+                let _ = write!(out, "-- {name} --\n{body}");
+            }
+            Section::Delete(name) => {
+                fs::remove_file(run.dir.path().join(name)).unwrap();
+                let _ = writeln!(out, "-- delete {name} --");
+            }
+            Section::Want(want) => {
+                step += 1;
+                let got = match run.sync() {
+                    Ok(()) => run.dump(),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                if got.trim_end() != want.trim_end() {
+                    failures.push(format!(
+                        "{} (want #{step}):\n--- want\n{want}\n--- got\n{got}",
+                        path.display()
+                    ));
+                }
+                let _ = write!(out, "-- want --\n{got}");
+                if !got.ends_with("\n\n") {
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    (out, failures)
+}
+
+fn cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut cases: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txtar"))
+        .collect();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn every_golden_case_gives_the_maps_it_states() {
+    let update = std::env::var_os("SLUICE_GOLDEN_UPDATE").is_some();
+    let cases = cases();
+    assert!(cases.len() >= 25, "{} golden cases", cases.len());
+    let mut failures = Vec::new();
+    for path in &cases {
+        let (out, mut failed) = run_case(path);
+        if update {
+            fs::write(path, out).unwrap();
+        } else {
+            failures.append(&mut failed);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every rule of `docs/semantics.md` marked as a golden case names an
+/// existing case, and every case is named there.
+#[test]
+fn every_case_is_a_rule_of_the_semantics_doc() {
+    let doc = include_str!("../docs/semantics.md");
+    let named: BTreeSet<&str> = doc
+        .split("golden/")
+        .skip(1)
+        .filter_map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))?;
+            rest[end..].starts_with(".txtar").then(|| &rest[..end])
+        })
+        .collect();
+    let files: BTreeSet<String> = cases()
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    let files: BTreeSet<&str> = files.iter().map(String::as_str).collect();
+    let missing: Vec<_> = files.difference(&named).collect();
+    let unknown: Vec<_> = named.difference(&files).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "cases not named in docs/semantics.md: {missing:?}; named but absent: {unknown:?}"
+    );
+}
