@@ -56,8 +56,9 @@ pub fn fetch_kernel(series: &str) -> Result<()> {
 /// The guest's whole run, boot to power-off, at most.
 const LIMIT: Duration = Duration::from_secs(8 * 60);
 
-/// Test binaries of sluice-e2e that run in the guest, with their filters
-/// (each runs the tests whose names contain one of them; none: all).
+/// Modules of sluice-e2e's test binary (`e2e`) that run in the guest, one
+/// run each, with their filters (each runs the module's tests whose names
+/// contain one of them; none: all of the module).
 const SUITES: &[(&str, &[&str])] = &[
     ("packet", &[]),
     (
@@ -254,11 +255,7 @@ fn build_binaries() -> Result<BTreeMap<String, PathBuf>> {
         }
         found.insert(name.to_owned(), PathBuf::from(exe));
     }
-    for name in SUITES
-        .iter()
-        .map(|(s, _)| *s)
-        .chain(["sluice", "sluice-probe"])
-    {
+    for name in ["e2e", "sluice", "sluice-probe"] {
         ensure!(found.contains_key(name), "no `{name}` binary was built");
     }
     Ok(found)
@@ -355,11 +352,16 @@ fn init_script() -> String {
          cd /tmp\n",
     );
     for (suite, filters) in SUITES {
+        let filters: Vec<String> = if filters.is_empty() {
+            vec![format!("{suite}::")]
+        } else {
+            filters.iter().map(|f| format!("{suite}::{f}")).collect()
+        };
         let _ = write!(
             s,
             "echo \"VMTEST start {suite}\"\n\
              CI=true SLUICE_BIN=/bin/sluice SLUICE_PROBE_BIN=/bin/sluice-probe \
-             /tests/{suite} --test-threads=1 {}\n\
+             /tests/e2e --test-threads=1 {}\n\
              echo \"VMTEST {suite} exit $?\"\n",
             filters.join(" ")
         );

@@ -4,8 +4,6 @@
 //! the previous layout's pins.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -14,7 +12,6 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use common::*;
 use sluice_abi::{
     conntrack::{
         CT_CLOSED, CT_DIR_ORIGINAL, CT_ESTABLISHED, CT_F_FIN_ORIGINAL, CT_F_RST, CT_F_SNAT,
@@ -32,6 +29,8 @@ use sluice_lab::{
     manifest::{self, Endpoint, Port},
     require_privileges,
 };
+
+use crate::common::*;
 
 /// `web` with a NodePort (type NodePort, port 80 → 8080) on `backends`.
 fn web_node_port(backends: &[usize]) -> String {

@@ -1,5 +1,4 @@
 //! Shared set-up of the end-to-end tests: the `web` Service lab.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
 #![allow(clippy::unwrap_used, reason = "test helpers: a failure fails the test")]
 
 use std::{

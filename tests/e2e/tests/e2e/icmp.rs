@@ -7,19 +7,18 @@
 //! backend's port-unreachable.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
-use common::*;
 use sluice_lab::{
     Cluster,
     probe::{self, Outcome},
     require_privileges,
 };
+
+use crate::common::*;
 
 /// Backends without a listener, one on each node.
 const QUIET: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 1, 20), Ipv4Addr::new(10, 244, 2, 20)];

@@ -3,20 +3,18 @@
 //! agents, configuration, manifest handling.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{fs, net::SocketAddr, process::Command, time::Duration};
 
 use aya::maps::MapData;
-use common::{
-    APPLY, SERVICE_CIDR, T, VIP, apply, http, http_get, spread, web_lab, web_manifest, who,
-};
 use sluice_lab::{
     AgentOptions, Lab, default_bin,
     lab::request_line,
     manifest::{self, Port},
     require_privileges,
+};
+
+use crate::common::{
+    APPLY, SERVICE_CIDR, T, VIP, apply, http, http_get, spread, web_lab, web_manifest, who,
 };
 
 fn status(lab: &Lab) -> String {
@@ -236,7 +234,7 @@ fn cleanup_removes_everything(path: &str) {
     // No program: the ClusterIP is an address like any other, and unrouted.
     assert!(lab.pod("client").tcp_request(http(), T).is_err());
     lab.pod("client")
-        .tcp_request(SocketAddr::from((common::backend_ip(0), 8080)), T)
+        .tcp_request(SocketAddr::from((crate::common::backend_ip(0), 8080)), T)
         .unwrap();
 }
 
@@ -461,7 +459,7 @@ fn a_broken_file_is_reported_by_name_and_everything_else_still_applies() {
         std::net::Ipv4Addr::new(10, 96, 0, 31),
         &[Port::tcp("", 443)],
         &[Port::tcp("", 8080)],
-        &[manifest::Endpoint::ready(common::backend_ip(1))],
+        &[manifest::Endpoint::ready(crate::common::backend_ip(1))],
     );
     lab.write_manifest("api.yaml", &format!("{bad}---\n{good}"))
         .unwrap();
@@ -508,7 +506,7 @@ fn a_malformed_ipv4_header_from_a_pod_is_dropped_and_counted() {
     frame.extend_from_slice(&host_mac);
     frame.extend_from_slice(&pod_mac);
     frame.extend_from_slice(&[0x08, 0x00, 0x44, 0, 0, 40, 0, 1, 0, 0, 64, 6, 0, 0]);
-    frame.extend_from_slice(&common::CLIENT.octets());
+    frame.extend_from_slice(&crate::common::CLIENT.octets());
     frame.extend_from_slice(&VIP.octets());
     frame.extend_from_slice(&[0u8; 20]);
     client.send_raw_frame(frame).unwrap();
@@ -659,7 +657,7 @@ fn aged_services(range: std::ops::Range<usize>, last_health_port: Option<(usize,
             &format!("s{i:03}-1"),
             &format!("s{i:03}"),
             &[Port::tcp("http", 8080)],
-            &[manifest::Endpoint::ready(common::backend_ip(0))],
+            &[manifest::Endpoint::ready(crate::common::backend_ip(0))],
         ));
     }
     docs.join("---\n")
@@ -872,7 +870,10 @@ fn the_monitor_shows_rejects_and_new_flows_with_their_tuple_and_frontend() {
     assert_eq!(event["dst"], "10.96.0.30:80", "{line}");
     assert_eq!(event["frontend"], "default/empty:http", "{line}");
     let src = event["src"].as_str().unwrap();
-    assert!(src.starts_with(&format!("{}:", common::CLIENT)), "{line}");
+    assert!(
+        src.starts_with(&format!("{}:", crate::common::CLIENT)),
+        "{line}"
+    );
     assert_eq!(event["iface"], lab.pod("client").host_if.as_str(), "{line}");
 
     // A new flow: its frontend and backend.
@@ -888,7 +889,7 @@ fn the_monitor_shows_rejects_and_new_flows_with_their_tuple_and_frontend() {
     assert_eq!(event["frontend"], "default/web:http", "{line}");
     assert_eq!(
         event["backend"],
-        format!("{}:8080", common::backend_ip(0)),
+        format!("{}:8080", crate::common::backend_ip(0)),
         "{line}"
     );
     assert_eq!(event["dst"], format!("{VIP}:80"), "{line}");

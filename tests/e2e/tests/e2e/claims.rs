@@ -5,8 +5,6 @@
 //! `sluice status` and counted in `/metrics`.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -14,8 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use sluice_lab::{AgentOptions, AgentSource, Lab, default_bin, require_privileges};
+
+use crate::common::*;
 
 const APPLIED: &str = "Services applied";
 const CATCH_UP: Duration = Duration::from_secs(20);

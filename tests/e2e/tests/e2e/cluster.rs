@@ -4,9 +4,6 @@
 //! crashes, in-cluster credentials and the manifests in manifests/.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -19,13 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{SERVICE_CIDR, T, VIP, backend_ip, http, http_get, spread, web_lab, who};
 use sluice_lab::{
     AgentOptions, AgentSource, Lab, default_bin,
     lab::request_line,
     manifest::{self, Endpoint, Port},
     require_privileges,
 };
+
+use crate::common::{SERVICE_CIDR, T, VIP, backend_ip, http, http_get, spread, web_lab, who};
 
 /// Bounds every wait on the agent catching up with the API server.
 const CATCH_UP: Duration = Duration::from_secs(20);

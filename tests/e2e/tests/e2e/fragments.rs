@@ -6,19 +6,18 @@
 //! follow its translation.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
-use common::*;
 use sluice_lab::{
     Cluster,
     bulk::{self, UdpEcho},
     require_privileges,
 };
+
+use crate::common::*;
 
 const ECHO: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 1, 30), Ipv4Addr::new(10, 244, 2, 30)];
 const LOCAL_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);

@@ -10,13 +10,6 @@
 //! (recomputed independently in `builder`) and the counters.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "packet/builder.rs"]
-#[allow(dead_code, reason = "shared with the TC packet tests")]
-mod builder;
-#[path = "packet/harness.rs"]
-#[allow(dead_code, reason = "shared with the TC packet tests")]
-mod harness;
-
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use builder::{
@@ -32,6 +25,8 @@ use sluice_abi::{
 };
 use sluice_agent::model::{Desired, DesiredFrontend, External};
 use sluice_lab::{Netns, require_privileges};
+
+use crate::packet::{builder, harness};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -4,14 +4,9 @@
 //! checksums (recomputed independently in `builder`) and the counters.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "packet/builder.rs"]
-mod builder;
-#[path = "packet/conntrack.rs"]
+pub mod builder;
 mod conntrack;
-#[path = "packet/harness.rs"]
-#[allow(dead_code, reason = "shared with the XDP packet tests")]
-mod harness;
-#[path = "packet/rewrites.rs"]
+pub mod harness;
 mod rewrites;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};

@@ -3,17 +3,16 @@
 //! (`sluice-probe`) started inside it, in the node namespace or in a pod.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
 use sluice_agent::dataplane::conntrack::Conntrack;
 use sluice_lab::{AgentOptions, Lab, Netns, enter_on_spawn, process::Process, require_privileges};
+
+use crate::common::*;
 
 /// The probe's command line, to run in `ns` inside the lab's cgroup, and
 /// the namespace file that must stay open until it is spawned.

@@ -5,16 +5,15 @@
 //! balancer addresses, and `loadBalancerSourceRanges`.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
-use common::*;
 use sluice_lab::{AgentOptions, Cluster, EXT_IF, Pod, require_privileges};
+
+use crate::common::*;
 
 const NODE_PORT: u16 = 30080;
 const PLAIN_PORT: u16 = 30081;

@@ -2,23 +2,21 @@
 //! TC program, in the lab's routed-veth topology.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
 };
 
-use common::{
-    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, drop_count,
-    event_count, http, peer, spread, web_lab, web_manifest, who,
-};
 use sluice_lab::{
     AgentOptions, Lab, frame,
     lab::request_line,
     manifest::{self, Endpoint, Port},
     require_privileges,
+};
+
+use crate::common::{
+    APPLY, CLIENT, SERVICE_CIDR, T, VIP, apply, backend_ip, backend_name, delete, dns, drop_count,
+    event_count, http, peer, spread, web_lab, web_manifest, who,
 };
 
 fn io_kind(err: &anyhow::Error) -> Option<ErrorKind> {

@@ -4,20 +4,18 @@
 //! pod of its own serves the names outside the cluster.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use common::{APPLY, SERVICE_CIDR, backend_ip, backend_name, http_get};
 use sluice_lab::{
     AgentOptions, Lab, LabDns,
     manifest::{self, Endpoint, Port},
     require_privileges,
 };
+
+use crate::common::{APPLY, SERVICE_CIDR, backend_ip, backend_name, http_get};
 
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 53);

@@ -10,20 +10,19 @@
 //! super-packets that the wire carries as many.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr},
     process::Command,
     time::Duration,
 };
 
-use common::*;
 use sluice_lab::{
     Cluster,
     bulk::{self, BulkServer},
     enter_on_spawn, require_privileges,
 };
+
+use crate::common::*;
 
 const SIZE: usize = 64 << 20;
 /// A transfer that stalls takes far longer than this (on veth 64 MiB take

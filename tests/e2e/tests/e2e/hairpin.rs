@@ -5,12 +5,11 @@
 //! and as one of three.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::*;
 use sluice_lab::{AgentOptions, Lab, manifest, require_privileges};
+
+use crate::common::*;
 
 const HAIRPIN: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 const SELF_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);

@@ -14,9 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[path = "common/mod.rs"]
-mod common;
-
 use base64::Engine as _;
 use sluice_lab::{
     AgentOptions, AgentSource, ApiServer, default_bin, process::Process, require_privileges,
@@ -839,21 +836,21 @@ fn the_secure_port_shows_the_services_backends_and_certificates_of_a_running_nod
     }
     // The full agent in a lab: Services from the API server, and the node's
     // certificates from the same server.
-    let mut lab = common::web_lab(2);
+    let mut lab = crate::common::web_lab(2);
     lab.start_apiserver(&["--enable-bootstrap-token-auth", "--approve-kubelet-serving"])
         .unwrap();
     let dir = lab.dir().to_owned();
     prepare_bootstrap(lab.apiserver(), &dir, true);
     set_node_addresses(lab.apiserver(), &dir, &[("InternalIP", "127.0.0.1")]);
     let web = dir.join("web.yaml");
-    fs::write(&web, common::web_manifest(&[0, 1])).unwrap();
+    fs::write(&web, crate::common::web_manifest(&[0, 1])).unwrap();
     lab.apiserver()
         .kubectl(&["apply", "-f", web.to_str().unwrap()])
         .unwrap();
     let path = |name: &str| dir.join(name).display().to_string();
     let opts = AgentOptions {
         source: AgentSource::Kubeconfig(lab.apiserver().admin_kubeconfig()),
-        service_cidr: Some(common::SERVICE_CIDR.into()),
+        service_cidr: Some(crate::common::SERVICE_CIDR.into()),
         extra_args: [
             "--bootstrap-kubeconfig",
             &path("bootstrap.kubeconfig"),
@@ -876,7 +873,7 @@ fn the_secure_port_shows_the_services_backends_and_certificates_of_a_running_nod
         .unwrap();
     for _ in 0..4 {
         lab.pod("client")
-            .tcp_request(common::http(), common::T)
+            .tcp_request(crate::common::http(), crate::common::T)
             .unwrap();
     }
     // Asked from the node namespace, where the agent listens.

@@ -3,16 +3,15 @@
 //! ClientIP`.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     process::Command,
 };
 
-use common::*;
 use sluice_lab::{AgentOptions, Lab, enter_on_spawn, require_privileges};
+
+use crate::common::*;
 
 const NODE: &str = "lab-node";
 
