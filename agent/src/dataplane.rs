@@ -10,23 +10,25 @@ mod attach;
 mod batch;
 mod bpffs;
 pub mod conntrack;
+mod error;
 pub mod layout;
 pub mod maps;
 pub mod probe;
 pub mod sock;
 mod stale_udp;
+mod steps;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapError},
-    programs::{ProgramError, SchedClassifier, Xdp, XdpMode, links::PinnedLink},
+    programs::{XdpMode, links::PinnedLink},
 };
+pub use error::Error;
 /// Removes the programs, links and pinned maps (`sluice cleanup`): the
 /// netlink filters of every interface of this namespace, then the pins,
 /// whose links go with them.
@@ -34,13 +36,14 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), Error> {
     attach::remove_filters(&[TC_PROGRAM, TC_EXTERNAL, TC_NORTH_SOUTH]);
     bpffs::cleanup(pin_dir)
 }
+use attach::{classifier, tc_program, xdp_program};
 use sluice_abi::{config::DataplaneConfig, maps as names};
 use thiserror::Error;
 
 use crate::{
     EBPF_OBJ,
     model::frontends::{DesiredChanges, Refused, Touched},
-    plan::capacity::{self, Entries, Resource},
+    plan::capacity::{self, Entries},
     reconcile::{Current, Op, reconcile_changes},
 };
 
@@ -53,93 +56,6 @@ const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";
 /// The load-time configuration global in the eBPF object.
 const CONFIG_GLOBAL: &str = "CONFIG";
-
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("bpffs at `{}`", path.display())]
-    Bpffs {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot start the `{name}` thread")]
-    Thread {
-        name: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("failed to load the eBPF object")]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("socket LB: cannot attach `{program}` to the cgroup `{}`", cgroup.display())]
-    SocketLb {
-        program: &'static str,
-        cgroup: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("the embedded eBPF object has no program `{0}`")]
-    MissingProgram(&'static str),
-    #[error("failed to load program `{name}` into the kernel")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: Box<ProgramError>,
-    },
-    #[error("batch write to map `{name}`")]
-    Batch {
-        name: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("map `{name}`")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
-    #[error(
-        "`--tc-attach tcx`: this kernel has no TCX (Linux 6.6 and later); use `netlink` or `auto`"
-    )]
-    NoTcx(#[source] Box<ProgramError>),
-    #[error("this kernel lacks what the dataplane needs: {0}")]
-    Kernel(String),
-    #[error("failed to attach to interface `{iface}`")]
-    Attach {
-        iface: String,
-        #[source]
-        source: Box<ProgramError>,
-    },
-    #[error("failed to pin the link of `{iface}` at `{}`", path.display())]
-    PinLink {
-        iface: String,
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl Error {
-    /// The error and its sources, `: `-separated, as anyhow's `{:#}` prints
-    /// them: for log lines and health answers.
-    pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            source = s.source();
-        }
-        out
-    }
-
-    /// The map an error is about (`"-"` for others).
-    pub const fn map(&self) -> &'static str {
-        match self {
-            Self::Batch { name, .. } | Self::Map { name, .. } => name,
-            _ => "-",
-        }
-    }
-}
 
 /// How to load the dataplane.
 #[derive(Clone, Debug)]
@@ -204,57 +120,6 @@ pub struct Dataplane {
     replaced: Vec<layout::Replaced>,
 }
 
-/// The maps whose size follows `--max-frontends` and `--max-backends`, and
-/// the limit each is created for.
-fn capacity_maps(opts: &Options) -> [(&'static str, u32); 7] {
-    [
-        (names::SERVICES, opts.max_frontends),
-        (names::SERVICE_NAMES, opts.max_frontends),
-        (names::AFFINITY_CONFIG, opts.max_frontends),
-        (names::SERVICE_STATS, opts.max_frontends),
-        (names::SLOTS, opts.max_backends),
-        (names::BACKENDS, opts.max_backends),
-        (names::BACKEND_STATS, opts.max_backends),
-    ]
-}
-
-/// What the maps can hold. A pinned map made smaller by an earlier
-/// configuration stays (replacing it would empty it under live traffic);
-/// its limit is then what it holds less the headroom, until `sluice
-/// cleanup`.
-fn limits(opts: &Options, maps: &maps::Maps) -> Entries {
-    let mut limits = Entries::UNLIMITED;
-    let asked = [
-        (Resource::Frontends, Some(opts.max_frontends)),
-        (Resource::Backends, Some(opts.max_backends)),
-        (Resource::MaglevChunks, None),
-        (Resource::SourceRanges, None),
-    ];
-    for (resource, asked) in asked {
-        let held = maps.max_entries(resource).unwrap_or_default();
-        let usable = match asked {
-            // Created for `limit` with its headroom on top.
-            Some(limit) => {
-                let usable = limit.min(held.saturating_sub(capacity::headroom(limit)));
-                if usable < limit {
-                    tracing::warn!(
-                        map = resource.map(),
-                        pinned = held,
-                        asked = limit,
-                        usable,
-                        "a pinned map is smaller than the configuration asks; it stays until `sluice cleanup`"
-                    );
-                }
-                usable
-            }
-            // Of a fixed size: the headroom comes out of it.
-            None => held.saturating_sub(capacity::headroom(held)),
-        };
-        limits.set(resource, u64::from(usable));
-    }
-    limits
-}
-
 struct Attached {
     name: String,
     link: attach::TcLink,
@@ -317,7 +182,7 @@ impl Dataplane {
         for (name, size) in names::CONNTRACK.iter().zip(ct_sizes) {
             loader.map_max_entries(name, size);
         }
-        for (name, limit) in capacity_maps(opts) {
+        for (name, limit) in steps::capacity_maps(opts) {
             loader.map_max_entries(name, capacity::map_size(limit));
         }
         let mut ebpf = loader
@@ -352,7 +217,7 @@ impl Dataplane {
         })?)?;
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
-        let limits = limits(opts, &maps);
+        let limits = steps::limits(opts, &maps);
         let refused = maps.refused.iter().filter_map(Result::ok).collect();
         // Before the new programs take over: the old layout's flows.
         convert_conntrack(&opts.pin_dir, &maps);
@@ -418,7 +283,7 @@ impl Dataplane {
     pub fn sync_changes(&mut self, changes: &DesiredChanges) -> Result<usize, Error> {
         let mut count = 0;
         let mut removed = false;
-        for step in steps(changes, &self.limits) {
+        for step in steps::steps(changes, &self.limits) {
             let ops = reconcile_changes(&step, &mut self.current);
             if let Err(e) = self.maps.apply_all(&ops) {
                 let maglev_size = self.current.maglev_size();
@@ -719,149 +584,10 @@ fn convert_conntrack(pin_dir: &Path, maps: &maps::Maps) {
     }
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .and_then(|p| <&mut Xdp>::try_from(p).ok())
-        .ok_or(Error::MissingProgram(XDP_PROGRAM))
-}
-
-fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {
-    classifier(ebpf, TC_PROGRAM)
-}
-
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, Error> {
-    ebpf.program_mut(name)
-        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-        .ok_or(Error::MissingProgram(name))
-}
-
 /// Opens one pinned map of the pin directory.
 pub(crate) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<MapData, Error> {
     MapData::from_pin(pin_dir.join(name)).map_err(|e| Error::Map {
         name,
         source: Box::new(e),
     })
-}
-
-/// `changes` in the steps they are written in: first every removal, so that
-/// deletes proceed whatever the puts meet; then the frontends to write
-/// (each with its ClusterIP's marker), in steps whose new entries fit in
-/// the maps' headroom.
-fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredChanges> {
-    use sluice_abi::service::ServiceKey;
-    let room = |r: Resource| {
-        let limit = u32::try_from(limits.get(r)).unwrap_or(u32::MAX);
-        usize::try_from(capacity::headroom(limit)).unwrap_or(usize::MAX)
-    };
-    let (frontend_room, backend_room) = (room(Resource::Frontends), room(Resource::Backends));
-    let mut removals = DesiredChanges::default();
-    let mut markers = BTreeSet::new();
-    for (ip, want) in &changes.cluster_ips {
-        if *want {
-            markers.insert(*ip);
-        } else {
-            removals.cluster_ips.insert(*ip, false);
-        }
-    }
-    let mut steps = Vec::new();
-    let mut step = DesiredChanges::default();
-    let (mut frontends, mut backends) = (0, 0);
-    let mut last: Option<ServiceKey> = None;
-    for (key, want) in &changes.frontends {
-        let Some(front) = want else {
-            removals.frontends.insert(*key, None);
-            continue;
-        };
-        let marker = markers.remove(&key.addr());
-        let (f, b) = (1 + usize::from(marker), front.backends.len());
-        // A frontend's scopes (the `Local` policies' entries) go together.
-        let same = last.is_some_and(|k| {
-            ServiceKey {
-                scope: key.scope,
-                ..k
-            } == *key
-        });
-        if last.is_some() && !same && (frontends + f > frontend_room || backends + b > backend_room)
-        {
-            steps.push(std::mem::take(&mut step));
-            (frontends, backends) = (0, 0);
-        }
-        step.frontends.insert(*key, want.clone());
-        if marker {
-            step.cluster_ips.insert(key.addr(), true);
-        }
-        (frontends, backends) = (frontends + f, backends + b);
-        last = Some(*key);
-    }
-    // ClusterIPs without a frontend to write.
-    for ip in markers {
-        if frontends + 1 > frontend_room {
-            steps.push(std::mem::take(&mut step));
-            frontends = 0;
-        }
-        step.cluster_ips.insert(ip, true);
-        frontends += 1;
-    }
-    steps.push(step);
-    steps.insert(0, removals);
-    steps.retain(|s| !s.frontends.is_empty() || !s.cluster_ips.is_empty());
-    steps
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use sluice_abi::{proto, service::ServiceKey};
-
-    use super::*;
-    use crate::model::DesiredFrontend;
-
-    #[test]
-    fn removals_go_first_and_writes_in_steps_that_fit_the_headroom() {
-        let mut changes = DesiredChanges::default();
-        for i in 0..200u8 {
-            let key = ServiceKey::new(Ipv4Addr::new(10, 96, 0, i), 80, proto::TCP);
-            let want = (i % 4 != 0).then(|| DesiredFrontend {
-                backends: (0..10)
-                    .map(|b| (Ipv4Addr::new(10, 0, i, b), 8080))
-                    .collect(),
-                ..DesiredFrontend::default()
-            });
-            changes.frontends.insert(key, want);
-            changes.cluster_ips.insert(key.addr(), i % 4 != 0);
-        }
-        let mut limits = Entries::UNLIMITED;
-        // Headroom: 64 frontends, 125 backends.
-        limits.set(Resource::Frontends, 400);
-        limits.set(Resource::Backends, 1000);
-        let steps = steps(&changes, &limits);
-        let removals = &steps[0];
-        assert_eq!(removals.frontends.len(), 50);
-        assert!(removals.frontends.values().all(Option::is_none));
-        assert!(removals.cluster_ips.values().all(|want| !want));
-        let mut written = 0;
-        for step in &steps[1..] {
-            assert!(step.frontends.values().all(Option::is_some));
-            let backends: usize = step
-                .frontends
-                .values()
-                .flatten()
-                .map(|f| f.backends.len())
-                .sum();
-            assert!(backends <= 125, "{backends}");
-            assert!(step.frontends.len() + step.cluster_ips.len() <= 64);
-            assert!(
-                step.cluster_ips
-                    .keys()
-                    .all(|ip| step.frontends.keys().any(|k| k.addr() == *ip))
-            );
-            written += step.frontends.len();
-        }
-        assert_eq!(written, 150);
-        assert_eq!(steps.len(), 1 + 150_usize.div_ceil(12));
-    }
 }

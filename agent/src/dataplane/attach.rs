@@ -19,11 +19,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    Link, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    links::{FdLink, LinkError, PinnedLink},
-    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-    xdp::XdpLink,
+use aya::{
+    Ebpf,
+    programs::{
+        Link, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        xdp::XdpLink,
+    },
 };
 
 use super::Error;
@@ -411,4 +414,26 @@ where
     })?;
     let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
     fd_link.pin(path).map_err(|e| pin_err(Box::new(e)))
+}
+
+/// The XDP program of the object.
+pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
+    ebpf.program_mut(super::XDP_PROGRAM)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(super::XDP_PROGRAM))
+}
+
+/// The pod-facing TC program of the object.
+pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error> {
+    classifier(ebpf, super::TC_PROGRAM)
+}
+
+/// A TC program of the object, by name.
+pub(super) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(name))
 }
