@@ -7,6 +7,7 @@
 pub mod builder;
 mod conntrack;
 pub mod harness;
+mod matrix;
 mod rewrites;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
