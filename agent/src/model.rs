@@ -145,6 +145,52 @@ impl ServiceInfo {
     }
 }
 
+#[cfg(test)]
+impl SliceInfo {
+    /// For tests: slice `default/name` of Service `service`, with `ports`
+    /// (name, port, protocol) and `endpoints`; change fields with `..`.
+    pub fn test(
+        name: &str,
+        service: &str,
+        ports: &[(&str, u16, Protocol)],
+        endpoints: Vec<EndpointInfo>,
+    ) -> Self {
+        Self {
+            key: ObjectKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            service: Some(service.into()),
+            ports: ports
+                .iter()
+                .map(|&(name, port, protocol)| SlicePortInfo {
+                    name: name.into(),
+                    port,
+                    protocol,
+                })
+                .collect(),
+            endpoints,
+            trigger_time: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl EndpointInfo {
+    /// For tests: a ready endpoint at `addr`, on no node in particular;
+    /// change fields with `..`.
+    pub fn test(addr: &str) -> Self {
+        Self {
+            addresses: addr.parse().into_iter().collect(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            hostname: None,
+            node_name: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePortInfo {
     pub name: String,

@@ -92,7 +92,7 @@ pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo]) -> DnsService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EndpointInfo, ObjectKey, SlicePortInfo};
+    use crate::model::EndpointInfo;
 
     fn svc(kind: ServiceKind) -> ServiceInfo {
         ServiceInfo::test("db", kind, Vec::new())
@@ -110,20 +110,7 @@ mod tests {
     }
 
     fn slice(endpoints: Vec<EndpointInfo>) -> SliceInfo {
-        SliceInfo {
-            key: ObjectKey {
-                namespace: "default".into(),
-                name: "db-x".into(),
-            },
-            service: Some("db".into()),
-            ports: vec![SlicePortInfo {
-                name: "PG".into(),
-                port: 5432,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints,
-            trigger_time: None,
-        }
+        SliceInfo::test("db-x", "db", &[("PG", 5432, Protocol::Tcp)], endpoints)
     }
 
     #[test]

@@ -169,7 +169,7 @@ mod tests {
     use sluice_abi::{proto, service::SCOPE_LOCAL};
 
     use super::*;
-    use crate::model::{EndpointInfo, ObjectKey, Protocol, SlicePortInfo};
+    use crate::model::{EndpointInfo, Protocol};
 
     fn web(external_local: bool) -> ServiceInfo {
         let ips = vec!["10.96.0.10".parse().unwrap()];
@@ -190,27 +190,15 @@ mod tests {
 
     fn slice() -> SliceInfo {
         let ep = |ip: &str, node: &str| EndpointInfo {
-            addresses: vec![ip.parse().unwrap()],
-            ready: true,
-            serving: true,
-            terminating: false,
-            hostname: None,
             node_name: Some(node.into()),
+            ..EndpointInfo::test(ip)
         };
-        SliceInfo {
-            key: ObjectKey {
-                namespace: "default".into(),
-                name: "web-1".into(),
-            },
-            service: Some("web".into()),
-            ports: vec![SlicePortInfo {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![ep("10.244.1.10", "a"), ep("10.244.2.10", "b")],
-            trigger_time: None,
-        }
+        SliceInfo::test(
+            "web-1",
+            "web",
+            &[("http", 8080, Protocol::Tcp)],
+            vec![ep("10.244.1.10", "a"), ep("10.244.2.10", "b")],
+        )
     }
 
     #[test]

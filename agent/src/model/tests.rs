@@ -2,13 +2,6 @@
 
 use super::*;
 
-fn key(ns: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        namespace: ns.into(),
-        name: name.into(),
-    }
-}
-
 fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
     let ports = ports
         .iter()
@@ -40,20 +33,7 @@ fn slice(
     ports: &[(&str, u16, Protocol)],
     eps: Vec<EndpointInfo>,
 ) -> SliceInfo {
-    SliceInfo {
-        key: key("default", name),
-        service: Some(service.into()),
-        ports: ports
-            .iter()
-            .map(|&(n, p, protocol)| SlicePortInfo {
-                name: n.into(),
-                port: p,
-                protocol,
-            })
-            .collect(),
-        endpoints: eps,
-        trigger_time: None,
-    }
+    SliceInfo::test(name, service, ports, eps)
 }
 
 fn model(services: Vec<ServiceInfo>, slices: Vec<SliceInfo>) -> Model {

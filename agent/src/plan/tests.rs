@@ -6,7 +6,6 @@ use super::*;
 use crate::{
     model::{
         EndpointInfo, Model, Protocol, ServiceInfo, ServiceKind, ServicePortInfo, SliceInfo,
-        SlicePortInfo,
         store::{Event, list_events},
     },
     reconcile::{Current, reconcile, reconcile_changes},
@@ -79,20 +78,12 @@ fn slice(rng: &mut Rng, j: u64) -> SliceInfo {
     SliceInfo {
         key: key(format!("e{j}")),
         service: (rng.next(7) != 0).then(|| format!("s{}", rng.next(6))),
-        ports: vec![
-            SlicePortInfo {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            },
-            SlicePortInfo {
-                name: "dns".into(),
-                port: 5353,
-                protocol: Protocol::Udp,
-            },
-        ],
-        endpoints,
-        trigger_time: None,
+        ..SliceInfo::test(
+            "",
+            "",
+            &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp)],
+            endpoints,
+        )
     }
 }
 
