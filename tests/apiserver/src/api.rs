@@ -3,6 +3,7 @@
 
 pub mod crud;
 mod discovery;
+pub mod list;
 mod openapi;
 mod reviews;
 mod table;

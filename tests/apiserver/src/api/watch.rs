@@ -11,7 +11,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
-use super::{Body, crud};
+use super::{Body, list};
 use crate::{
     App,
     error::{ApiError, ApiResult},
@@ -90,7 +90,7 @@ pub fn watch(
     query: &HashMap<String, String>,
     printing: super::Printing,
 ) -> ApiResult<Response<Body>> {
-    let (labels, mut fields) = crud::selectors(query)?;
+    let (labels, mut fields) = list::selectors(query)?;
     if let Some(name) = &rr.name {
         fields =
             Selector::fields(&format!("metadata.name={name}")).map_err(ApiError::bad_request)?;
@@ -117,7 +117,7 @@ pub fn watch(
         .and_then(|t| t.parse().ok())
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let bookmarks = is_true(query, "allowWatchBookmarks");
-    let prefix = crud::prefix(rr);
+    let prefix = list::prefix(rr);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     match app.store.watch(&prefix, rv) {
         // kube-apiserver answers an expired resourceVersion inside the
