@@ -216,8 +216,8 @@ fn cargo(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> 
 fn netlink_run(bin: &str, apiserver: &str) -> Result<()> {
     step("ClusterIP end-to-end tests with `--tc-attach netlink`");
     cargo(
-        &["test", "-p", "sluice-e2e", "--test", "clusterip"],
-        &["--test-threads=1"],
+        &["test", "-p", "sluice-e2e", "--test", "e2e"],
+        &["--test-threads=1", "clusterip::"],
         &[
             ("SLUICE_BIN", bin),
             ("SLUICE_APISERVER_BIN", apiserver),
