@@ -130,6 +130,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// The segment carries MTU frames, as a wire between NICs does: the
+    /// client and the nodes segment before sending onto it (their TSO and
+    /// GSO off on the segment), and each node's `ext0` still coalesces
+    /// what it receives (GRO, as a NIC's driver does). With `offloads_on`
+    /// alone the client hands the segment 64 KiB GSO packets, which no
+    /// wire carries, except into a node whose `ext0` runs XDP (a veth
+    /// whose peer runs XDP cannot take them), so XDP would meet MTU frames
+    /// where the other paths meet 64 KiB packets.
+    pub fn wire_carries_mtu_frames(&self) -> Result<()> {
+        ethtool::segmentation_off(&self.client.ns, "eth0")?;
+        for (lab, _) in &self.nodes {
+            ethtool::segmentation_off(lab.node(), EXT_IF)?;
+        }
+        Ok(())
+    }
+
     /// A client behind two routers, whose link between them has MTU
     /// `mtu` while every other link has 1500 (see `FarClient`); each node
     /// routes the client's networks through the router on the segment.

@@ -96,6 +96,20 @@ pub fn offloads_on(ns: &Netns, iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// No segmentation offload on `iface` (TSO and GSO off): the stack cuts
+/// its large packets into MTU frames before they leave, as frames on a
+/// real wire are whatever the sending host's NIC segmented.
+pub fn segmentation_off(ns: &Netns, iface: &str) -> Result<()> {
+    for cmd in [ETHTOOL_STSO, ETHTOOL_SGSO] {
+        match set(ns, iface, cmd, false) {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("Operation not supported") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A segment-facing interface's offloads: scatter-gather, GSO (segments
 /// made in software, with finished checksums) and GRO; transmit checksum
 /// offload stays off, so TSO does too.
