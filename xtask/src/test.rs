@@ -119,6 +119,7 @@ pub fn test(args: &Args) -> Result<()> {
 
     if args.filter.is_none() {
         netlink_run(&bin_env, &apiserver_env)?;
+        daemonset_capabilities_run(&bin_env, &apiserver_env)?;
         step(
             "the packet tests and an end-to-end subset in a Linux 6.1 guest (`cargo xtask vm-test 6.1`)",
         );
@@ -209,6 +210,30 @@ fn cargo(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> 
     }
     cmd.envs(env.iter().copied());
     prereqs::run(&mut cmd)
+}
+
+/// The ClusterIP, NodePort, socket LB and DNS tests again with the agent
+/// holding only the capabilities `manifests/04-daemonset.yaml` grants, as a
+/// container that is not privileged.
+fn daemonset_capabilities_run(bin: &str, apiserver: &str) -> Result<()> {
+    step(
+        "ClusterIP, NodePort, socket LB and DNS end-to-end tests with the DaemonSet's capabilities only",
+    );
+    cargo(
+        &["test", "-p", "sluice-e2e", "--test", "e2e"],
+        &[
+            "--test-threads=1",
+            "clusterip::",
+            "nodeport::",
+            "socketlb::",
+            "dns::",
+        ],
+        &[
+            ("SLUICE_BIN", bin),
+            ("SLUICE_APISERVER_BIN", apiserver),
+            ("SLUICE_LAB_CAPS", "daemonset"),
+        ],
+    )
 }
 
 /// Both TC attach paths in every run: the ClusterIP tests again on netlink

@@ -47,6 +47,12 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// Print the agent's log lines as they come (also with `SLUICE_LAB_ECHO`).
     pub echo: bool,
+    /// Run it with these capabilities only (as a Pod's
+    /// `securityContext.capabilities.add` names them, e.g. `NET_ADMIN`):
+    /// the bounding set cut to them and `no_new_privs`, as a container
+    /// that is not privileged. `None`: as root, with every capability,
+    /// unless `SLUICE_LAB_CAPS=daemonset` asks for the `DaemonSet`'s.
+    pub capabilities: Option<Vec<String>>,
 }
 
 impl Default for AgentOptions {
@@ -60,6 +66,7 @@ impl Default for AgentOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             echo: env::var_os("SLUICE_LAB_ECHO").is_some(),
+            capabilities: None,
         }
     }
 }
@@ -108,7 +115,29 @@ impl Agent {
             );
         }
         let netns = node.open()?;
-        let mut cmd = Command::new(&opts.bin);
+        let capabilities = match &opts.capabilities {
+            Some(caps) => Some(caps.clone()),
+            None if env::var("SLUICE_LAB_CAPS").is_ok_and(|v| v == "daemonset") => {
+                Some(daemonset_capabilities()?)
+            }
+            None => None,
+        };
+        let mut cmd = match capabilities {
+            // util-linux's setpriv: root keeps only its bounding set across
+            // execve(2), so the agent holds exactly these.
+            Some(caps) => {
+                let mut cmd = Command::new("setpriv");
+                let keep: Vec<String> = caps
+                    .iter()
+                    .map(|c| format!("+{}", c.to_lowercase()))
+                    .collect();
+                cmd.arg(format!("--bounding-set=-all,{}", keep.join(",")))
+                    .args(["--no-new-privs", "--"])
+                    .arg(&opts.bin);
+                cmd
+            }
+            None => Command::new(&opts.bin),
+        };
         cmd.arg("run");
         match &opts.source {
             AgentSource::Manifests => {
@@ -191,4 +220,33 @@ impl Agent {
     pub fn kill(mut self) -> Result<ExitStatus> {
         self.process.signal_and_wait(Signal::SIGKILL)
     }
+}
+
+/// The capabilities `manifests/04-daemonset.yaml` gives the agent's
+/// container (`securityContext.capabilities.add`).
+pub fn daemonset_capabilities() -> Result<Vec<String>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../manifests/04-daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {path}"))?;
+    let containers = doc["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .context("the DaemonSet has no containers")?;
+    let sluice = containers
+        .iter()
+        .find(|c| c["name"] == "sluice")
+        .context("no `sluice` container")?;
+    let add = sluice["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .context("the `sluice` container adds no capabilities")?;
+    add.iter()
+        .map(|c| {
+            c.as_str()
+                .map(str::to_owned)
+                .context("a capability that is not a string")
+        })
+        .collect()
 }
