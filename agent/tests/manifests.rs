@@ -3,7 +3,11 @@
 //! reaches the API server at a real address, never a Service's ClusterIP
 //! (which only a running Service proxy, Sluice itself, would translate).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failure fails the test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure fails the test"
+)]
 
 use std::{fs, net::Ipv4Addr, path::Path};
 
