@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use sluice_abi::{
     proto,
-    service::{SVC_FLAG_MARKER, ServiceKey},
+    service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -125,22 +125,15 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         .filter_map(Result::ok)
         .map(|(id, n)| (id, n.as_str().to_owned()))
         .collect();
-    let mut slots: BTreeMap<u32, Vec<(u32, sluice_abi::service::Backend)>> = BTreeMap::new();
+    let mut slots: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
     for (k, b) in maps.slots.iter().filter_map(Result::ok) {
         slots.entry(k.service_id).or_default().push((k.slot, b));
     }
-    let mut services: Vec<_> = maps
+    let services = maps
         .services
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0)
-        .collect();
-    services.sort_by(|a, b| {
-        names
-            .get(&a.1.id)
-            .cmp(&names.get(&b.1.id))
-            .then(a.0.cmp(&b.0))
-    });
+        .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0);
     let svc_stats = |id: u32| {
         maps.service_stats
             .get(&id, 0)
@@ -153,28 +146,14 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
             .map(|v| sum_stats(&v))
             .unwrap_or_default()
     };
-    let rows: Vec<ServiceRow> = services
-        .iter()
-        .map(|(key, value)| {
-            let mut backends = slots.remove(&value.id).unwrap_or_default();
-            backends.sort_by_key(|(slot, _)| *slot);
-            ServiceRow {
-                name: names.get(&value.id).cloned().unwrap_or_else(|| "?".into()),
-                frontend: frontend(*key),
-                slots: u32::from(value.count),
-                flags: flag_words(value.flags),
-                traffic: svc_stats(value.id).into(),
-                backends: backends
-                    .into_iter()
-                    .map(|(slot, b)| BackendRow {
-                        slot,
-                        address: format!("{}:{}", b.addr(), b.port()),
-                        traffic: be_stats(b.id).into(),
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
+    let rows = service_rows(
+        services,
+        |id| names.get(&id).cloned(),
+        slots,
+        |v| flag_words(v.flags),
+        |id| svc_stats(id).into(),
+        |id| be_stats(id).into(),
+    );
     let cluster_ips = maps
         .services
         .keys()
@@ -230,7 +209,7 @@ fn map_rows(maps: &Maps, rows: &[ServiceRow], cluster_ips: usize) -> Vec<MapRow>
 /// What a frontend's flags ask for, in words: `affinity`, `source-ranges`,
 /// `external` (reachable from outside), `external-local`
 /// (`externalTrafficPolicy: Local`) and `maglev`.
-pub fn flag_words(flags: u16) -> String {
+pub fn flag_list(flags: u16) -> impl Iterator<Item = &'static str> {
     use sluice_abi::service::{
         SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV,
         SVC_FLAG_SOURCE_RANGES,
@@ -242,11 +221,56 @@ pub fn flag_words(flags: u16) -> String {
         (SVC_FLAG_EXT_LOCAL, "external-local"),
         (SVC_FLAG_MAGLEV, "maglev"),
     ]
-    .iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, word)| *word)
-    .collect::<Vec<_>>()
-    .join(" ")
+    .into_iter()
+    .filter(move |(bit, _)| flags & bit != 0)
+    .map(|(_, word)| word)
+}
+
+/// `flag_list`, space-separated.
+pub fn flag_words(flags: u16) -> String {
+    flag_list(flags).collect::<Vec<_>>().join(" ")
+}
+
+/// One row per frontend (ClusterIP markers left out by the caller), in
+/// Service-name then frontend order, with its backends in slot order:
+/// the rows of `sluice status` from the pinned maps, and of the golden
+/// cases' dumps from the simulated ones, with a frontend id's and a
+/// backend id's counters.
+pub fn service_rows(
+    frontends: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+    name: impl Fn(u32) -> Option<String>,
+    mut slots: BTreeMap<u32, Vec<(u32, Backend)>>,
+    flags: impl Fn(&ServiceValue) -> String,
+    frontend_traffic: impl Fn(u32) -> Traffic,
+    backend_traffic: impl Fn(u32) -> Traffic,
+) -> Vec<ServiceRow> {
+    let mut frontends: Vec<(ServiceKey, ServiceValue, Option<String>)> = frontends
+        .into_iter()
+        .map(|(k, v)| (k, v, name(v.id)))
+        .collect();
+    frontends.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(&b.0)));
+    frontends
+        .into_iter()
+        .map(|(key, value, name)| {
+            let mut backends = slots.remove(&value.id).unwrap_or_default();
+            backends.sort_by_key(|(slot, _)| *slot);
+            ServiceRow {
+                name: name.unwrap_or_else(|| "?".into()),
+                frontend: frontend(key),
+                slots: u32::from(value.count),
+                flags: flags(&value),
+                traffic: frontend_traffic(value.id),
+                backends: backends
+                    .into_iter()
+                    .map(|(slot, b)| BackendRow {
+                        slot,
+                        address: format!("{}:{}", b.addr(), b.port()),
+                        traffic: backend_traffic(b.id),
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// The table of frontends, their flags and their backends, and the refused

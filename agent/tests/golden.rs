@@ -32,7 +32,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sluice_abi::service::{SVC_FLAG_MARKER, ServiceKey};
+use sluice_abi::service::{SVC_FLAG_MARKER, ServiceKey, ServiceValue};
 use sluice_agent::{
     model::{frontends::Refused, store::list_events},
     plan::{
@@ -41,7 +41,7 @@ use sluice_agent::{
     },
     reconcile::{Current, reconcile_changes, sim::SimMaps},
     source::manifests::ManifestDir,
-    status::{BackendRow, RefusedRow, ServiceRow, Traffic, flag_words, frontend, services_table},
+    status::{RefusedRow, Traffic, flag_list, frontend, service_rows, services_table},
 };
 
 /// One section of a case file.
@@ -185,62 +185,45 @@ impl Run {
     /// the Services left out.
     fn dump(&self) -> String {
         let maps = &self.maps;
-        let mut services: Vec<_> = maps
-            .services
-            .iter()
-            .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0)
-            .collect();
-        services.sort_by(|a, b| {
-            maps.names
-                .get(&a.1.id)
-                .cmp(&maps.names.get(&b.1.id))
-                .then(a.0.cmp(b.0))
-        });
-        let rows: Vec<ServiceRow> = services
-            .iter()
-            .map(|(key, v)| {
-                let ranges: Vec<String> = maps
-                    .ranges
-                    .iter()
-                    .filter(|(id, ..)| *id == v.id)
-                    .map(|(_, net, len)| format!("{net}/{len}"))
-                    .collect();
-                // The flags, with what the maps next to them hold.
-                let flags: Vec<String> = flag_words(v.flags)
-                    .split_whitespace()
-                    .map(|word| match word {
-                        "affinity" => format!(
-                            "affinity {}s",
-                            maps.affinity.get(&v.id).copied().unwrap_or_default()
-                        ),
-                        "source-ranges" => format!("source-ranges {}", ranges.join(" ")),
-                        "maglev" => format!(
-                            "maglev {}",
-                            maps.maglev.get(&v.id).copied().unwrap_or_default()
-                        ),
-                        other => other.to_owned(),
-                    })
-                    .collect();
-                let flags = flags.join(", ");
-                ServiceRow {
-                    name: maps.names.get(&v.id).cloned().unwrap_or_else(|| "?".into()),
-                    frontend: frontend(**key),
-                    slots: u32::from(v.count),
-                    flags,
-                    traffic: Traffic::default(),
-                    backends: maps
-                        .slots
-                        .iter()
-                        .filter(|(s, _)| s.service_id == v.id)
-                        .map(|(s, b)| BackendRow {
-                            slot: s.slot,
-                            address: format!("{}:{}", b.addr(), b.port()),
-                            traffic: Traffic::default(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
+        let mut slots: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for (s, b) in &maps.slots {
+            slots.entry(s.service_id).or_default().push((s.slot, *b));
+        }
+        // The flags, with what the maps next to them hold.
+        let flags = |v: &ServiceValue| {
+            let ranges: Vec<String> = maps
+                .ranges
+                .iter()
+                .filter(|(id, ..)| *id == v.id)
+                .map(|(_, net, len)| format!("{net}/{len}"))
+                .collect();
+            let words: Vec<String> = flag_list(v.flags)
+                .map(|word| match word {
+                    "affinity" => format!(
+                        "affinity {}s",
+                        maps.affinity.get(&v.id).copied().unwrap_or_default()
+                    ),
+                    "source-ranges" => format!("source-ranges {}", ranges.join(" ")),
+                    "maglev" => format!(
+                        "maglev {}",
+                        maps.maglev.get(&v.id).copied().unwrap_or_default()
+                    ),
+                    other => other.to_owned(),
+                })
+                .collect();
+            words.join(", ")
+        };
+        let rows = service_rows(
+            maps.services
+                .iter()
+                .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0)
+                .map(|(k, v)| (*k, *v)),
+            |id| maps.names.get(&id).cloned(),
+            slots,
+            flags,
+            |_| Traffic::default(),
+            |_| Traffic::default(),
+        );
         let refused: Vec<RefusedRow> = self
             .refused
             .iter()
