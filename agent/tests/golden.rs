@@ -356,3 +356,43 @@ fn every_case_is_a_rule_of_the_semantics_doc() {
         "cases not named in docs/semantics.md: {missing:?}; named but absent: {unknown:?}"
     );
 }
+
+/// Every rule of `docs/semantics.md` (a bullet before its limitations)
+/// names at least one case: a golden case, or a packet or end-to-end test
+/// linked as `module::test` to its file under `tests/e2e/tests/e2e/`,
+/// which must hold that test.
+#[test]
+fn every_rule_of_the_semantics_doc_names_a_case_that_exists() {
+    let doc = include_str!("../docs/semantics.md");
+    let rules = doc.split("## Limitations").next().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut failures = Vec::new();
+    let bullets: Vec<&str> = rules.split("\n- ").skip(1).collect();
+    assert!(bullets.len() >= 15, "{} rules found", bullets.len());
+    for rule in bullets {
+        let first = rule.lines().next().unwrap_or_default();
+        let golden = rule.contains("](../tests/golden/");
+        let mut tests = 0;
+        for link in rule.split("[`").skip(1) {
+            let Some((name, rest)) = link.split_once("`](") else {
+                continue;
+            };
+            let Some((target, _)) = rest.split_once(')') else {
+                continue;
+            };
+            if !target.starts_with("../../tests/e2e/") {
+                continue;
+            }
+            tests += 1;
+            let test = name.rsplit("::").next().unwrap();
+            let source = fs::read_to_string(root.join(target)).unwrap_or_default();
+            if !source.contains(&format!("fn {test}()")) {
+                failures.push(format!("{name}: no such test in {target}"));
+            }
+        }
+        if !golden && tests == 0 {
+            failures.push(format!("a rule names no case: {first}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
