@@ -91,6 +91,48 @@ pub async fn handle(
     resp
 }
 
+/// Resource requests by verb, group and resource (with its subresource),
+/// as kube-apiserver's `apiserver_request_total` counts them.
+#[derive(Debug, Default)]
+pub struct RequestCounts(
+    std::sync::Mutex<std::collections::BTreeMap<(String, String, String), u64>>,
+);
+
+impl RequestCounts {
+    fn count(&self, rr: &ResourceRequest) {
+        let resource = match &rr.subresource {
+            Some(sub) => format!("{}/{sub}", rr.resource.plural),
+            None => rr.resource.plural.to_owned(),
+        };
+        let key = (rr.verb.to_owned(), rr.resource.group.to_owned(), resource);
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text of `/metrics`.
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::from(
+            "# HELP apiserver_request_total Resource requests, by verb, group and resource.\n# TYPE apiserver_request_total counter\n",
+        );
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((verb, group, resource), n) in counts.iter() {
+            let _ = writeln!(
+                out,
+                "apiserver_request_total{{verb=\"{verb}\",group=\"{group}\",resource=\"{resource}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
 /// The caller after authentication and impersonation.
 pub struct Caller {
     pub user: Option<UserInfo>,
@@ -145,6 +187,7 @@ async fn handle_inner(
             if !rbac::authorize(&app.store, user, &attrs).0 {
                 return Err(ApiError::forbidden(attrs.forbidden_message(&user.name)));
             }
+            app.requests.count(&rr);
             let content_type = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -287,6 +330,11 @@ fn non_resource(
     match path {
         "/healthz" | "/livez" | "/readyz" => Ok(full(StatusCode::OK, "text/plain", "ok")),
         "/version" | "/version/" => Ok(json(StatusCode::OK, &discovery::version())),
+        "/metrics" => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            app.requests.render(),
+        )),
         p if p.starts_with("/openapi") => openapi::handle(p, query),
         p => discovery::handle(app, p).ok_or_else(|| ApiError::not_found("path", p)),
     }

@@ -51,6 +51,8 @@ pub struct App {
     pub advertise: String,
     /// Signs ServiceAccount tokens.
     pub sa_key: jsonwebtoken::EncodingKey,
+    /// Resource requests served, for `/metrics`.
+    pub requests: api::RequestCounts,
 }
 
 /// A running server.
@@ -164,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running> {
         node_ports,
         advertise,
         sa_key,
+        requests: api::RequestCounts::default(),
     });
     bootstrap(&app)?;
 

@@ -78,6 +78,7 @@ pub static RESOURCES: &[ResourceType] = &[
     resource!("authorization.k8s.io", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, [], CREATE_ONLY, [], authz::SubjectAccessReview),
     resource!("apps", "daemonsets", "daemonset", "DaemonSet", true, ["ds"], CRUD, ["status"], apps::DaemonSet),
     resource!("authentication.k8s.io", "selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview", false, [], CREATE_ONLY, [], authn::SelfSubjectReview),
+    resource!("authentication.k8s.io", "tokenreviews", "tokenreview", "TokenReview", false, [], CREATE_ONLY, [], authn::TokenReview),
 ];
 
 impl ResourceType {

@@ -1,4 +1,6 @@
-//! SelfSubjectAccessReview and SubjectAccessReview: RBAC, asked.
+//! The reviews: SelfSubjectAccessReview and SubjectAccessReview (RBAC,
+//! asked), TokenReview (a bearer token, authenticated), SelfSubjectReview
+//! (`kubectl auth whoami`) and TokenRequest.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -61,6 +63,12 @@ pub fn create(
     }
     let mut review = body.ok_or_else(|| ApiError::bad_request("no body"))?;
     let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if rr.resource.kind == "TokenReview" {
+        review["apiVersion"] = json!("authentication.k8s.io/v1");
+        review["kind"] = json!("TokenReview");
+        review["status"] = token_review(app, &spec)?;
+        return Ok(respond(StatusCode::CREATED, &review));
+    }
     let attrs = attributes(&spec)?;
     let user = if rr.resource.kind == "SelfSubjectAccessReview" {
         caller.clone()
@@ -159,4 +167,36 @@ pub fn token_request(
     request["spec"]["expirationSeconds"] = json!(seconds);
     request["status"] = json!({"token": token, "expirationTimestamp": expiration});
     Ok(respond(StatusCode::CREATED, &request))
+}
+
+/// A TokenReview's status: who `spec.token` authenticates as, by the
+/// authenticators of requests (static tokens, bootstrap tokens,
+/// ServiceAccount tokens), or `authenticated: false`.
+fn token_review(app: &Arc<App>, spec: &Value) -> ApiResult<Value> {
+    let token = spec
+        .get("token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "TokenReview",
+                "",
+                "spec.token: Required value: token must not be empty",
+            )
+        })?;
+    let audiences = spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!(app.config.service_account_issuer)]);
+    let header = format!("Bearer {token}");
+    Ok(match app.authn.authenticate(None, Some(&header)) {
+        Ok(Some(user)) => json!({
+            "authenticated": true,
+            "user": {"username": user.name, "uid": user.uid, "groups": user.groups, "extra": user.extra},
+            "audiences": audiences,
+        }),
+        _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+    })
 }
