@@ -196,13 +196,25 @@ async fn start_certs(cfg: certs::CertConfig, health: &Health) -> anyhow::Result<
         "the secure port needs the cluster CA for client certificates: give `--client-ca-file`",
     )?;
     let roots = kubelet::client_roots(&ca, &from)?;
-    let tls = kubelet::tls_config(roots, slot.clone())?;
+    let tls = kubelet::tls_config(roots, slot.clone(), &cfg.tls)?;
     let listener = kubelet::bind(cfg.secure_listen).await?;
-    tracing::info!(addr = %cfg.secure_listen, "serving the secure port (/healthz, /metrics, /status)");
+    tracing::info!(addr = %cfg.secure_listen, anonymous_auth = cfg.anonymous_auth, "serving the secure port (/healthz, /metrics, /status), each request authorized by the API server");
+    // Reviews are asked with the node's own credentials, as the kubelet's.
+    let reviewer = kubelet::auth::ApiReviewer::new(
+        cfg.kubelet_kubeconfig.clone(),
+        certs::store::FileStore::new(&cfg.cert_dir, certs::request::Kind::Client.prefix())
+            .current_path(),
+    );
+    let guard = kubelet::auth::Guard::new(
+        &cfg.node_name,
+        cfg.anonymous_auth,
+        std::sync::Arc::new(reviewer),
+    );
     let server = AbortOnDrop(tokio::spawn(kubelet::serve_secure(
         listener,
         std::sync::Arc::new(tls),
         health.clone(),
+        std::sync::Arc::new(guard),
     )));
     let [client, serving] = certs::spawn(cfg, &status, &slot).map(AbortOnDrop);
     Ok([server, client, serving])

@@ -38,6 +38,11 @@ pub struct CertConfig {
     /// CA bundle of the client certificates the secure port accepts;
     /// default: the cluster CA of the (bootstrap) kubeconfig.
     pub client_ca_file: Option<PathBuf>,
+    /// Requests without credentials are `system:anonymous` (then
+    /// authorized), not refused with 401.
+    pub anonymous_auth: bool,
+    /// The secure port's TLS versions and suites.
+    pub tls: crate::servers::kubelet::TlsPolicy,
 }
 
 /// The kubelet's port.

@@ -84,6 +84,12 @@ pub enum ConfigError {
     DnsWithoutIp,
     #[error("certificate management needs the node's name: give `--node-name` (or NODE_NAME)")]
     CertsWithoutNode,
+    #[error(
+        "`anonymous-auth`, `tls-min-version` and `tls-cipher-suites` are for the secure port, which needs certificate management (`--bootstrap-kubeconfig`, `--kubelet-kubeconfig` or `--cert-dir`)"
+    )]
+    SecurePortWithoutCerts,
+    #[error("the secure port's TLS: {0}")]
+    Tls(String),
 }
 
 /// Where Services and EndpointSlices come from.
@@ -149,6 +155,11 @@ impl RunConfig {
             ],
             c.secure_listen,
             c.node_name.as_deref(),
+            (
+                c.anonymous_auth.take(),
+                c.tls_min_version.take(),
+                c.tls_cipher_suites.take(),
+            ),
         )?;
         // Certificate flags alone: the agent manages certificates only.
         let certs_only = certs.is_some()
@@ -370,10 +381,23 @@ fn cert_config(
     ]: [Option<PathBuf>; 4],
     secure_listen: Option<std::net::SocketAddr>,
     node_name: Option<&str>,
+    (anonymous_auth, tls_min_version, tls_cipher_suites): (
+        Option<bool>,
+        Option<String>,
+        Option<ListValue>,
+    ),
 ) -> Result<Option<CertConfig>, ConfigError> {
     if bootstrap_kubeconfig.is_none() && kubelet_kubeconfig.is_none() && cert_dir.is_none() {
+        if anonymous_auth.is_some() || tls_min_version.is_some() || tls_cipher_suites.is_some() {
+            return Err(ConfigError::SecurePortWithoutCerts);
+        }
         return Ok(None);
     }
+    let tls = crate::servers::kubelet::TlsPolicy::new(
+        tls_min_version.as_deref(),
+        tls_cipher_suites.map(ListValue::items).unwrap_or_default(),
+    )
+    .map_err(ConfigError::Tls)?;
     Ok(Some(CertConfig {
         bootstrap_kubeconfig,
         kubelet_kubeconfig: kubelet_kubeconfig
@@ -382,6 +406,8 @@ fn cert_config(
         node_name: node_name.ok_or(ConfigError::CertsWithoutNode)?.to_owned(),
         secure_listen: secure_listen.unwrap_or(crate::certs::DEFAULT_SECURE_LISTEN),
         client_ca_file,
+        anonymous_auth: anonymous_auth.unwrap_or(false),
+        tls,
     }))
 }
 

@@ -64,9 +64,24 @@ pub async fn serve_connection<IO>(io: IO, answer: impl Answer)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_requests(io, move |parts: hyper::http::request::Parts| {
+        let resp = answer(parts.uri.path());
+        async move { resp }
+    })
+    .await;
+}
+
+/// HTTP/1 on one connection, each request answered by `handle` from its
+/// head (method, path, headers); bodies are not read.
+pub async fn serve_requests<IO, F, Fut>(io: IO, handle: F)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::http::request::Parts) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
-        let resp = answer(req.uri().path());
-        async move { Ok::<_, Infallible>(resp) }
+        let resp = handle(req.into_parts().0);
+        async move { Ok::<_, Infallible>(resp.await) }
     });
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())

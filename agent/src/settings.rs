@@ -215,6 +215,18 @@ settings! {
     /// cluster CA of the bootstrap or kubelet kubeconfig).
     #[arg(long)]
     client_ca_file: PathBuf,
+    /// Requests to the secure port without credentials are authorized as
+    /// `system:anonymous` instead of refused with 401 (default false)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    anonymous_auth: bool,
+    /// The secure port's lowest TLS version: `VersionTLS12` (default) or
+    /// `VersionTLS13`.
+    #[arg(long)]
+    tls_min_version: String,
+    /// The secure port's TLS 1.2 cipher suites, comma-separated IANA names
+    /// (default: the TLS library's); TLS 1.3 suites are always offered.
+    #[arg(long)]
+    tls_cipher_suites: ListValue,
     /// A plain-HTTP port with /healthz and /metrics only (default: off).
     #[arg(long)]
     read_only_listen: std::net::SocketAddr,

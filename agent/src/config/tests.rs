@@ -326,3 +326,57 @@ fn series_per_service_are_off_all_or_the_top_n() {
         Err(ConfigError::TopZero)
     ));
 }
+
+#[test]
+fn the_secure_ports_auth_and_tls_settings_are_checked() {
+    let args = || Settings {
+        cert_dir: Some("/pki".into()),
+        node_name: Some("node-1".into()),
+        ..Settings::default()
+    };
+    let c = RunConfig::from_args(args()).unwrap();
+    let certs = c.certs.unwrap();
+    assert!(
+        !certs.anonymous_auth,
+        "anonymous requests refused by default"
+    );
+    assert_eq!(certs.tls, crate::servers::kubelet::TlsPolicy::default());
+    let c = RunConfig::from_args(Settings {
+        anonymous_auth: Some(true),
+        tls_min_version: Some("VersionTLS13".into()),
+        tls_cipher_suites: Some(
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256".into(),
+        ),
+        ..args()
+    })
+    .unwrap();
+    let certs = c.certs.unwrap();
+    assert!(certs.anonymous_auth && certs.tls.tls13_only);
+    assert_eq!(certs.tls.cipher_suites.len(), 2);
+    for (min, suites, needle) in [
+        (Some("VersionTLS10"), None, "VersionTLS10 is not offered"),
+        (Some("TLS1.3"), None, "unknown TLS version"),
+        (
+            None,
+            Some("TLS_RSA_WITH_RC4_128_SHA"),
+            "TLS_RSA_WITH_RC4_128_SHA",
+        ),
+    ] {
+        let err = RunConfig::from_args(Settings {
+            tls_min_version: min.map(Into::into),
+            tls_cipher_suites: suites.map(Into::into),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    assert!(matches!(
+        RunConfig::from_args(Settings {
+            manifests: Some("/m".into()),
+            interfaces: Some("eth0".into()),
+            anonymous_auth: Some(true),
+            ..Settings::default()
+        }),
+        Err(ConfigError::SecurePortWithoutCerts)
+    ));
+}

@@ -1,14 +1,18 @@
 //! The node's ports, as the kubelet has them. The secure port
 //! (`--secure-listen`, 10250) serves HTTPS with the current serving
 //! certificate: a rotated certificate is used for new handshakes at once,
-//! and open connections keep theirs. A client must present a certificate
-//! of the cluster CA; without one it gets 401. It serves `/healthz`,
+//! and open connections keep theirs. Each request is authenticated (a
+//! client certificate of the cluster CA, or a bearer token) and authorized
+//! by the API server as the kubelet's are (`auth`). It serves `/healthz`,
 //! `/metrics` (dataplane, DNS and certificate expiry) and `/status`
-//! (Services, backends and certificates, as JSON).
+//! (Services, backends and certificates, as JSON). `--tls-min-version` and
+//! `--tls-cipher-suites` narrow its TLS, as the kubelet's flags do.
 //!
 //! The read-only port (`--read-only-listen`, off by default) serves
 //! `/healthz` and `/metrics` over plain HTTP, and nothing that names a
 //! Service, an endpoint or a secret.
+
+pub mod auth;
 
 use std::{
     net::SocketAddr,
@@ -29,10 +33,11 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use self::auth::{Decision, Guard, User};
 use crate::{
     certs::serving::ServingSlot,
     servers::{
-        HEADER_TIMEOUT, accept_bounded, health_port::Health, serve_connection, serve_plain, text,
+        HEADER_TIMEOUT, accept_bounded, health_port::Health, serve_plain, serve_requests, text,
     },
 };
 
@@ -81,18 +86,103 @@ pub fn client_roots(pem: &[u8], path: &Path) -> Result<RootCertStore, SecureErro
     Ok(roots)
 }
 
+/// The TLS the secure port offers: `--tls-min-version` and
+/// `--tls-cipher-suites`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// TLS 1.3 only (`VersionTLS13`); else 1.2 and 1.3.
+    pub tls13_only: bool,
+    /// The TLS 1.2 suites offered, by IANA name; empty: rustls's defaults.
+    /// As with Go's `crypto/tls`, which the kubelet uses, the TLS 1.3
+    /// suites are always offered; naming them is allowed.
+    pub cipher_suites: Vec<String>,
+}
+
+/// The suites the TLS library can offer, with their IANA names (rustls
+/// writes TLS 1.3's as `TLS13_…`, IANA and Go as `TLS_…`).
+fn offered_suites() -> Vec<(String, rustls::SupportedCipherSuite)> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .map(|s| {
+            let name = format!("{:?}", s.suite()).replacen("TLS13_", "TLS_", 1);
+            (name, s)
+        })
+        .collect()
+}
+
+impl TlsPolicy {
+    /// From the flags' values: `VersionTLS12` or `VersionTLS13`, and IANA
+    /// suite names.
+    pub fn new(min_version: Option<&str>, cipher_suites: Vec<String>) -> Result<Self, String> {
+        let tls13_only = match min_version {
+            None | Some("VersionTLS12") => false,
+            Some("VersionTLS13") => true,
+            Some(v @ ("VersionTLS10" | "VersionTLS11")) => {
+                return Err(format!(
+                    "{v} is not offered: the secure port speaks TLS 1.2 and 1.3 only"
+                ));
+            }
+            Some(v) => {
+                return Err(format!(
+                    "unknown TLS version `{v}`: VersionTLS12 or VersionTLS13"
+                ));
+            }
+        };
+        let offered = offered_suites();
+        for name in &cipher_suites {
+            if !offered.iter().any(|(n, _)| n == name) {
+                let names: Vec<&str> = offered.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(format!(
+                    "cipher suite `{name}` is not offered; these are: {}",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(Self {
+            tls13_only,
+            cipher_suites,
+        })
+    }
+
+    fn provider(&self) -> rustls::crypto::CryptoProvider {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if !self.cipher_suites.is_empty() {
+            provider.cipher_suites = offered_suites()
+                .into_iter()
+                .filter(|(name, s)| s.tls13().is_some() || self.cipher_suites.contains(name))
+                .map(|(_, s)| s)
+                .collect();
+        }
+        provider
+    }
+
+    fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        if self.tls13_only {
+            TLS13_ONLY
+        } else {
+            rustls::DEFAULT_VERSIONS
+        }
+    }
+}
+
 /// The TLS configuration of the secure port.
-pub fn tls_config(roots: RootCertStore, slot: ServingSlot) -> Result<ServerConfig, SecureError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+pub fn tls_config(
+    roots: RootCertStore,
+    slot: ServingSlot,
+    policy: &TlsPolicy,
+) -> Result<ServerConfig, SecureError> {
+    let provider = Arc::new(policy.provider());
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            // Accept the handshake without a certificate: the request then
-            // gets 401, as the kubelet answers it.
+            // Accept the handshake without a certificate: the request is
+            // then authenticated by its bearer token, or anonymous.
             .allow_unauthenticated()
             .build()
             .map_err(|e| SecureError::Tls(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(policy.versions())
         .map_err(|e| SecureError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(Current(slot)));
@@ -133,11 +223,16 @@ fn secure_answer(health: &Health, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves HTTPS until dropped.
-pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health: Health) {
+/// Serves HTTPS until dropped, each request decided by `guard`.
+pub async fn serve_secure(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    health: Health,
+    guard: Arc<Guard>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     accept_bounded(listener, move |tcp, peer, permit| {
-        let (acceptor, health) = (acceptor.clone(), health.clone());
+        let (acceptor, health, guard) = (acceptor.clone(), health.clone(), Arc::clone(&guard));
         async move {
             let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await;
             let stream = match handshake {
@@ -153,16 +248,35 @@ pub async fn serve_secure(listener: TcpListener, tls: Arc<ServerConfig>, health:
             };
             // A certificate that chains to the cluster CA (rustls checked
             // it), or none at all.
-            let authenticated = stream
+            let certificate = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
-            serve_connection(stream, move |path: &str| {
-                if authenticated {
-                    secure_answer(&health, path)
-                } else {
-                    text(StatusCode::UNAUTHORIZED, "Unauthorized")
+                .and_then(|c| c.first())
+                .and_then(|c| User::of_certificate(c));
+            serve_requests(stream, move |parts: hyper::http::request::Parts| {
+                let (health, guard, certificate) =
+                    (health.clone(), Arc::clone(&guard), certificate.clone());
+                async move {
+                    let path = parts.uri.path();
+                    let authorization = parts
+                        .headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok());
+                    let decision = guard
+                        .decide(&parts.method, path, certificate, authorization)
+                        .await;
+                    match decision.refusal(guard.node()) {
+                        None => secure_answer(&health, path),
+                        Some((status, body)) => {
+                            if let Decision::Failed(e) = &decision {
+                                tracing::warn!(%peer, path, "secure port: {e}");
+                            } else {
+                                tracing::debug!(%peer, path, %status, "secure port: {body}");
+                            }
+                            text(status, body)
+                        }
+                    }
                 }
             })
             .await;

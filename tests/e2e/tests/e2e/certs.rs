@@ -90,13 +90,15 @@ fn set_node_addresses(server: &ApiServer, dir: &Path, addresses: &[(&str, &str)]
 }
 
 /// An API server with bootstrap tokens, a node directory, and the agent.
-struct Node {
+pub(crate) struct Node {
     dir: TempDir,
-    server: ApiServer,
+    pub(crate) server: ApiServer,
     agent: Option<Process>,
     health: u16,
-    secure: u16,
+    pub(crate) secure: u16,
     read_only: u16,
+    /// More flags for the agent.
+    pub(crate) extra_args: Vec<String>,
 }
 
 /// A loopback port the kernel picked (released for the agent).
@@ -110,7 +112,7 @@ fn free_port() -> u16 {
 
 impl Node {
     /// `auto`: the auto-approval bindings of manifests/bootstrap/ too.
-    fn new(server_args: &[&str], auto: bool) -> Self {
+    pub(crate) fn new(server_args: &[&str], auto: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sluice-certs-test-")
             .tempdir()
@@ -126,10 +128,11 @@ impl Node {
             health: free_port(),
             secure: free_port(),
             read_only: free_port(),
+            extra_args: Vec::new(),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -141,7 +144,7 @@ impl Node {
         self.path("pki")
     }
 
-    fn start_agent(&mut self) {
+    pub(crate) fn start_agent(&mut self) {
         self.start_agent_with(true);
     }
 
@@ -165,6 +168,7 @@ impl Node {
                 "--read-only-listen",
                 &format!("127.0.0.1:{}", self.read_only),
             ])
+            .args(&self.extra_args)
             .env_remove("RUST_LOG")
             .env_remove("KUBERNETES_SERVICE_HOST");
         let echo = std::env::var_os("SLUICE_LAB_ECHO").is_some();
@@ -175,7 +179,7 @@ impl Node {
         self.agent.as_mut().unwrap()
     }
 
-    fn wait(&mut self, needle: &str, from: usize) -> String {
+    pub(crate) fn wait(&mut self, needle: &str, from: usize) -> String {
         self.agent()
             .wait_for(needle, from, STEP)
             .unwrap_or_else(|e| panic!("waiting for `{needle}`: {e:#}"))
@@ -255,7 +259,7 @@ impl Node {
     }
 
     /// Nothing secret in the agent's log: the token, a private key.
-    fn assert_log_clean(&self) {
+    pub(crate) fn assert_log_clean(&self) {
         let log = self.agent.as_ref().unwrap().log();
         assert!(
             !log.contains(TOKEN_SECRET),
@@ -488,7 +492,7 @@ fn a_corrupt_or_expired_certificate_at_start_leads_to_a_new_bootstrap() {
 
 /// A TLS client of the secure port: the cluster CA as its only root, and
 /// optionally a client certificate of the cluster CA (the admin's).
-struct SecureClient {
+pub(crate) struct SecureClient {
     config: std::sync::Arc<rustls::ClientConfig>,
     port: u16,
     /// The name the server certificate must carry.
@@ -496,30 +500,32 @@ struct SecureClient {
 }
 
 /// One HTTP response, and the serial of the server certificate it came with.
-struct Answer {
-    status: u16,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
     serial: String,
 }
 
 impl SecureClient {
-    fn new(node: &Node, authenticated: bool) -> Self {
+    pub(crate) fn new(node: &Node, authenticated: bool) -> Self {
         Self::of(&node.server, node.secure, authenticated)
     }
 
     /// A client of the secure port on `port`, trusting `server`'s CA, with
     /// its admin certificate if `authenticated`.
     fn of(server: &ApiServer, port: u16, authenticated: bool) -> Self {
+        Self::with(server, port, authenticated, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A client offering only `versions` of TLS.
+    pub(crate) fn with(
+        server: &ApiServer,
+        port: u16,
+        authenticated: bool,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(server.ca()).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
+        let builder = Self::builder(server, versions);
         let config = if authenticated {
             let field = |name: &str| {
                 let out = server
@@ -550,6 +556,39 @@ impl SecureClient {
         }
     }
 
+    fn builder(
+        server: &ApiServer,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(server.ca()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+    }
+
+    /// A client presenting this certificate (PEM) and key.
+    pub(crate) fn with_identity(server: &ApiServer, port: u16, cert: &str, key: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = Self::builder(server, rustls::DEFAULT_VERSIONS)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Self {
+            config: std::sync::Arc::new(config),
+            port,
+            name: rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        }
+    }
+
     /// Expects the server certificate to name `name` instead of 127.0.0.1.
     fn expecting(mut self, name: &str) -> Self {
         self.name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
@@ -569,9 +608,19 @@ impl SecureClient {
     }
 
     /// A GET on a new connection.
-    fn get(&self, path: &str) -> std::io::Result<Answer> {
+    pub(crate) fn get(&self, path: &str) -> std::io::Result<Answer> {
         let mut stream = self.connect()?;
         request(&mut stream, path)
+    }
+
+    /// A GET with a bearer token, on a new connection.
+    pub(crate) fn get_with_token(&self, path: &str, token: &str) -> std::io::Result<Answer> {
+        let mut stream = self.connect()?;
+        request_with(
+            &mut stream,
+            path,
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
     }
 }
 
@@ -580,8 +629,20 @@ fn request(
     stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
     path: &str,
 ) -> std::io::Result<Answer> {
+    request_with(stream, path, "")
+}
+
+/// GET `path` with more header lines (each ending in CRLF).
+fn request_with(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    path: &str,
+    headers: &str,
+) -> std::io::Result<Answer> {
     use std::io::{BufRead as _, Read as _, Write as _};
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: node-1\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: node-1\r\n{headers}\r\n"
+    )?;
     stream.flush()?;
     let serial = stream
         .conn
@@ -622,10 +683,10 @@ fn request(
     })
 }
 
-const NODE_OBJECT: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
+pub(crate) const NODE_OBJECT: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
 
 impl Node {
-    fn set_node_addresses(&self, addresses: &[(&str, &str)]) {
+    pub(crate) fn set_node_addresses(&self, addresses: &[(&str, &str)]) {
         set_node_addresses(&self.server, self.dir.path(), addresses);
     }
 }

@@ -22,5 +22,6 @@ mod lifecycle;
 mod nodeport;
 mod packet;
 mod policy;
+mod secure_port;
 mod socketlb;
 mod xdp;
