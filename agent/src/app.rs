@@ -92,7 +92,7 @@ async fn run_services(
     let _health = serve_health(&health, health_listen).await?;
     let dns = match &dns {
         Some(cfg) => {
-            let dns = Dns::start(cfg).await.context("starting DNS")?;
+            let dns = Dns::start(cfg, &interfaces).await.context("starting DNS")?;
             health.set_dns_metrics(dns.metrics());
             Some(dns)
         }

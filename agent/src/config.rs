@@ -80,8 +80,16 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`cluster-domain`, `dns-ttl` and `upstream` need `dns-ip`")]
+    #[error(
+        "the DNS settings (`cluster-domain`, `dns-ttl`, `upstream`, `dns-allow-cidrs`, `dns-max-*`, `dns-cache-bytes`) need `dns-ip`"
+    )]
     DnsWithoutIp,
+    #[error("`dns-allow-cidrs`: {0}")]
+    DnsAllow(String),
+    #[error("`{0}` must be at least 1")]
+    DnsShare(&'static str),
+    #[error("`dns-cache-bytes` {0} is below 1 MiB (1048576)")]
+    DnsCacheBytes(u64),
     #[error("certificate management needs the node's name: give `--node-name` (or NODE_NAME)")]
     CertsWithoutNode,
     #[error(
@@ -231,8 +239,7 @@ fn services_config(c: &mut Settings) -> Result<ServicesConfig, ConfigError> {
     if !(251..=131_071).contains(&maglev_size) || !sluice_abi::maglev::is_prime(maglev_size) {
         return Err(ConfigError::MaglevSize(maglev_size));
     }
-    let upstream = c.upstream.take().map(ListValue::items);
-    let dns = dns_config(c.dns_ip, c.cluster_domain.take(), c.dns_ttl, upstream)?;
+    let dns = dns_config(c)?;
     let dataplane = dataplane_config(c.service_cidr.take(), dns.as_ref())?
         .with_nodeport_range(nodeport_range.0, nodeport_range.1)
         .with_snat_ports(snat_ports.0, snat_ports.1)
@@ -411,17 +418,54 @@ fn cert_config(
     }))
 }
 
-fn dns_config(
-    ip: Option<std::net::IpAddr>,
-    domain: Option<String>,
-    ttl: Option<u32>,
-    upstream: Option<Vec<String>>,
-) -> Result<Option<DnsConfig>, ConfigError> {
-    let Some(ip) = ip else {
-        if domain.is_some() || ttl.is_some() || upstream.is_some() {
+fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigError> {
+    let (domain, ttl, upstream) = (
+        c.cluster_domain.take(),
+        c.dns_ttl,
+        c.upstream.take().map(ListValue::items),
+    );
+    let allow = c.dns_allow_cidrs.take().map(ListValue::items);
+    let (forwards, tcp, cache_bytes) = (
+        c.dns_max_forwards_per_client,
+        c.dns_max_tcp_per_client,
+        c.dns_cache_bytes,
+    );
+    let Some(ip) = c.dns_ip else {
+        if domain.is_some()
+            || ttl.is_some()
+            || upstream.is_some()
+            || allow.is_some()
+            || forwards.is_some()
+            || tcp.is_some()
+            || cache_bytes.is_some()
+        {
             return Err(ConfigError::DnsWithoutIp);
         }
         return Ok(None);
+    };
+    let allow = allow
+        .map(|items| sluice_dns::clients::AccessList::parse(&items))
+        .transpose()
+        .map_err(ConfigError::DnsAllow)?;
+    let per_client = |v: Option<u32>, default: u32, what: &'static str| match v {
+        Some(0) => Err(ConfigError::DnsShare(what)),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let forwards_per_client = per_client(
+        forwards,
+        sluice_dns::clients::DEFAULT_FORWARDS_PER_CLIENT,
+        "dns-max-forwards-per-client",
+    )?;
+    let tcp_per_client = per_client(
+        tcp,
+        sluice_dns::clients::DEFAULT_TCP_PER_CLIENT,
+        "dns-max-tcp-per-client",
+    )?;
+    let cache_bytes = match cache_bytes {
+        None => crate::dns::DEFAULT_CACHE_BYTES,
+        Some(n) if n >= 1 << 20 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => return Err(ConfigError::DnsCacheBytes(n)),
     };
     let ttl = ttl.unwrap_or(crate::dns::DEFAULT_TTL);
     if ttl > 3600 {
@@ -446,6 +490,10 @@ fn dns_config(
         cluster_domain: domain.unwrap_or_else(|| crate::dns::DEFAULT_CLUSTER_DOMAIN.to_owned()),
         ttl,
         upstreams,
+        allow,
+        forwards_per_client,
+        tcp_per_client,
+        cache_bytes,
     }))
 }
 

@@ -5,6 +5,7 @@
 //! The servers run on a runtime of their own, so that a long dataplane sync
 //! on the agent's runtime never delays an answer.
 
+pub mod access;
 pub mod address;
 pub mod publish;
 
@@ -28,7 +29,16 @@ pub struct DnsConfig {
     pub cluster_domain: String,
     pub ttl: u32,
     pub upstreams: Vec<SocketAddr>,
+    /// Sources answered; `None`: the node and its pods (`access`).
+    pub allow: Option<sluice_dns::clients::AccessList>,
+    pub forwards_per_client: u32,
+    pub tcp_per_client: u32,
+    /// The forward cache's and the memos' bytes, half each.
+    pub cache_bytes: usize,
 }
+
+/// Default of `--dns-cache-bytes`.
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// CoreDNS's default record TTL.
@@ -60,8 +70,13 @@ pub struct Dns {
 }
 
 impl Dns {
-    /// Makes the address local, binds UDP and TCP port 53 on it and serves.
-    pub async fn start(cfg: &DnsConfig) -> Result<Self, DnsError> {
+    /// Makes the address local, binds UDP and TCP port 53 on it and serves
+    /// the sources `cfg.allow` lists, or else the node and the pods behind
+    /// `pods`.
+    pub async fn start(
+        cfg: &DnsConfig,
+        pods: &crate::interfaces::InterfaceMatcher,
+    ) -> Result<Self, DnsError> {
         let domain = Name::from_ascii(&cfg.cluster_domain)
             .map_err(|_| DnsError::Domain(cfg.cluster_domain.clone()))?;
         let placed = address::ensure(cfg.ip).await?;
@@ -76,10 +91,16 @@ impl Dns {
         if upstreams.len() < cfg.upstreams.len() {
             tracing::warn!("the DNS address itself is not an upstream (that would loop); skipped");
         }
+        let clients = Arc::new(sluice_dns::clients::Clients::new(
+            cfg.allow.clone().unwrap_or_default(),
+            cfg.forwards_per_client,
+            cfg.tcp_per_client,
+        ));
         let resolver = Arc::new(respond::Resolver {
             zone: Arc::clone(&zone),
-            forwarder: forward::Forwarder::new(upstreams.clone()),
+            forwarder: forward::Forwarder::with_cache_bytes(upstreams.clone(), cfg.cache_bytes / 2),
             metrics: Arc::clone(&metrics),
+            clients: Arc::clone(&clients),
         });
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,14 +110,29 @@ impl Dns {
             .build()
             .map_err(DnsError::Runtime)?;
         let addr = SocketAddr::new(cfg.ip, 53);
-        let servers = server::serve(addr, workers, resolver, runtime.handle())
-            .map_err(|source| DnsError::Listen { addr, source })?;
+        if cfg.allow.is_none() {
+            // The first list before the first query; then followed.
+            clients.set_access(access::node_and_pods(pods).await);
+            runtime.spawn(access::follow(pods.clone(), Arc::clone(&clients)));
+        }
+        let servers = server::serve(
+            addr,
+            workers,
+            resolver,
+            runtime.handle(),
+            cfg.cache_bytes / 2,
+        )
+        .map_err(|source| DnsError::Listen { addr, source })?;
         tracing::info!(
             %addr,
             domain = %zone.domain(),
             ttl = cfg.ttl,
             upstreams = ?upstreams,
             on = ?placed,
+            allowed = cfg.allow.as_ref().map_or_else(|| "the node and its pods".to_owned(), |a| format!("{a:?}")),
+            forwards_per_client = cfg.forwards_per_client,
+            tcp_per_client = cfg.tcp_per_client,
+            cache_bytes = cfg.cache_bytes,
             "serving DNS"
         );
         Ok(Self {

@@ -196,6 +196,24 @@ settings! {
     /// `IP:port`. Default: the nameservers of /etc/resolv.conf at start.
     #[arg(long)]
     upstream: ListValue,
+    /// Sources DNS answers: comma-separated CIDRs or addresses. Default:
+    /// the node itself (loopback and its addresses) and its pods (the
+    /// routes through `--interfaces`), followed as they change. Others get
+    /// REFUSED.
+    #[arg(long)]
+    dns_allow_cidrs: ListValue,
+    /// Forwarded DNS queries one client may have waiting on an upstream
+    /// (default 100); past it, REFUSED.
+    #[arg(long, value_name = "N")]
+    dns_max_forwards_per_client: u32,
+    /// DNS TCP connections one client may have open (default 32); past it,
+    /// new ones are closed.
+    #[arg(long, value_name = "N")]
+    dns_max_tcp_per_client: u32,
+    /// Bytes the DNS forward cache and the UDP workers' memos may hold,
+    /// half each (default 33554432, 32 MiB; at least 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    dns_cache_bytes: u64,
     /// Kubelet TLS bootstrapping: a kubeconfig with a bootstrap token (or
     /// token-file) user, used when there is no valid client certificate.
     #[arg(long)]

@@ -54,5 +54,6 @@ pub fn resolver(big: u8) -> Resolver {
         zone: Arc::new(zone),
         forwarder: Forwarder::new(Vec::new()),
         metrics: Arc::new(Metrics::default()),
+        clients: Arc::new(crate::clients::Clients::open()),
     }
 }

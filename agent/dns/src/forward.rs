@@ -2,7 +2,10 @@
 //! when the answer comes back truncated, the next upstream when one fails.
 //! Answers are cached: positive ones for their TTL capped at 30 s, negative
 //! ones for 5 s; when every upstream fails, an expired entry is served for
-//! up to 5 minutes more (RFC 8767, "serve stale").
+//! up to 5 minutes more (RFC 8767, "serve stale"). The cache is bounded in
+//! bytes (`--dns-cache-bytes`): each entry counts its wire size twice
+//! over, plus its records' and key's memory, an estimate above what it
+//! holds.
 
 use std::{
     collections::HashMap,
@@ -30,7 +33,8 @@ const STALE_FOR: Duration = Duration::from_secs(300);
 /// The TTL of a stale answer (RFC 8767 suggests 30 s).
 const STALE_TTL: u32 = 30;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const CACHE_ENTRIES: usize = 10_000;
+/// Default of the forward cache's bound, in bytes.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 /// Forwarded queries in flight at once (CoreDNS's `max_concurrent 1000`).
 const MAX_IN_FLIGHT: usize = 1000;
 const BUFFER: u16 = 1232;
@@ -49,13 +53,23 @@ struct Entry {
     answer: Answer,
     stored: Instant,
     expires: Instant,
+    /// What it is counted as against the bound.
+    bytes: usize,
+}
+
+/// The cache and the bytes its entries count.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Key, Entry>,
+    bytes: usize,
 }
 
 type Key = (Name, RecordType, DNSClass);
 
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
-    cache: Mutex<HashMap<Key, Entry>>,
+    cache: Mutex<Cache>,
+    max_bytes: usize,
     in_flight: Semaphore,
 }
 
@@ -72,11 +86,25 @@ pub enum ForwardError {
 
 impl Forwarder {
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self::with_cache_bytes(upstreams, DEFAULT_CACHE_BYTES)
+    }
+
+    /// A forwarder whose cache holds at most `max_bytes`.
+    pub fn with_cache_bytes(upstreams: Vec<SocketAddr>, max_bytes: usize) -> Self {
         Self {
             upstreams,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
+            max_bytes,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
         }
+    }
+
+    /// Bytes the cache's entries count now.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
     }
 
     /// The answer to `name`/`qtype`, from the cache or the upstreams.
@@ -105,8 +133,8 @@ impl Forwarder {
         };
         for upstream in &self.upstreams {
             match ask(*upstream, name, qtype, qclass).await {
-                Ok(answer) => {
-                    self.store(key, &answer, now);
+                Ok((answer, wire)) => {
+                    self.store(key, &answer, wire, now, metrics);
                     return Ok(answer);
                 }
                 Err(e) => {
@@ -147,11 +175,12 @@ impl Forwarder {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .get(key)
             .cloned()
     }
 
-    fn store(&self, key: Key, answer: &Answer, now: Instant) {
+    fn store(&self, key: Key, answer: &Answer, wire: usize, now: Instant, metrics: &Metrics) {
         let ttl = match answer.rcode {
             ResponseCode::NoError if !answer.answers.is_empty() => answer
                 .answers
@@ -164,25 +193,56 @@ impl Forwarder {
             // SERVFAIL and the like are not kept.
             _ => return,
         };
+        let records = answer.answers.len() + answer.authorities.len() + answer.additionals.len();
+        let bytes =
+            2 * wire + records * size_of::<Record>() + 2 * key.0.len() + size_of::<(Key, Entry)>();
+        if bytes > self.max_bytes / 8 {
+            // One answer may not take an eighth of the cache.
+            return;
+        }
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_ENTRIES {
-            // Drop what is past serving stale, then, if still full, anything.
-            cache.retain(|_, e| now < e.expires + STALE_FOR);
-            if cache.len() >= CACHE_ENTRIES {
-                let excess: Vec<Key> = cache.keys().take(CACHE_ENTRIES / 10).cloned().collect();
-                for k in excess {
-                    cache.remove(&k);
+        if let Some(old) = cache.entries.remove(&key) {
+            cache.bytes -= old.bytes;
+        }
+        if cache.bytes + bytes > self.max_bytes {
+            // Drop what is past serving stale, then, if still over, the
+            // entries that expire first until a tenth is free.
+            let before = cache.entries.len();
+            cache.entries.retain(|_, e| now < e.expires + STALE_FOR);
+            if cache.entries.len() < before {
+                cache.bytes = cache.entries.values().map(|e| e.bytes).sum();
+            }
+            if cache.bytes + bytes > self.max_bytes {
+                let mut by_expiry: Vec<(Instant, Key)> = cache
+                    .entries
+                    .iter()
+                    .map(|(k, e)| (e.expires, k.clone()))
+                    .collect();
+                by_expiry.sort_unstable_by_key(|(at, _)| *at);
+                let goal = self.max_bytes - self.max_bytes / 10 - bytes.min(self.max_bytes / 10);
+                for (_, k) in by_expiry {
+                    if cache.bytes <= goal {
+                        break;
+                    }
+                    if let Some(e) = cache.entries.remove(&k) {
+                        cache.bytes -= e.bytes;
+                    }
                 }
             }
         }
-        cache.insert(
+        cache.bytes += bytes;
+        cache.entries.insert(
             key,
             Entry {
                 answer: answer.clone(),
                 stored: now,
                 expires: now + Duration::from_secs(u64::from(ttl)),
+                bytes,
             },
         );
+        metrics
+            .cache_bytes
+            .store(u64::try_from(cache.bytes).unwrap_or(u64::MAX), Relaxed);
     }
 }
 
@@ -228,12 +288,13 @@ enum AskError {
     Failed(ResponseCode),
 }
 
+/// The upstream's answer, and its size on the wire.
 async fn ask(
     upstream: SocketAddr,
     name: &Name,
     qtype: RecordType,
     qclass: DNSClass,
-) -> Result<Answer, AskError> {
+) -> Result<(Answer, usize), AskError> {
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     let mut q = Query::query(name.clone(), qtype);
@@ -262,29 +323,36 @@ async fn ask(
             let n = socket.recv(&mut buf).await?;
             // Anything that is not the answer to this query is ignored.
             if let Some(reply) = buf.get(..n).and_then(|b| matching(&query, b)) {
-                return Ok::<_, std::io::Error>(reply);
+                return Ok::<_, std::io::Error>((reply, n));
             }
         }
     })
     .await
     .map_err(|_| AskError::Timeout)??;
-    let reply = if reply.metadata.truncation {
+    let (reply, wire) = if reply.0.metadata.truncation {
         ask_tcp(upstream, &query, &bytes).await?
     } else {
         reply
     };
     match reply.metadata.response_code {
-        ResponseCode::NoError | ResponseCode::NXDomain => Ok(Answer {
-            rcode: reply.metadata.response_code,
-            answers: reply.answers,
-            authorities: reply.authorities,
-            additionals: reply.additionals,
-        }),
+        ResponseCode::NoError | ResponseCode::NXDomain => Ok((
+            Answer {
+                rcode: reply.metadata.response_code,
+                answers: reply.answers,
+                authorities: reply.authorities,
+                additionals: reply.additionals,
+            },
+            wire,
+        )),
         other => Err(AskError::Failed(other)),
     }
 }
 
-async fn ask_tcp(upstream: SocketAddr, query: &Message, bytes: &[u8]) -> Result<Message, AskError> {
+async fn ask_tcp(
+    upstream: SocketAddr,
+    query: &Message,
+    bytes: &[u8],
+) -> Result<(Message, usize), AskError> {
     timeout(ATTEMPT_TIMEOUT, async {
         let mut stream = TcpStream::connect(upstream).await?;
         let len = u16::try_from(bytes.len()).map_err(|_| AskError::Mismatch)?;
@@ -294,7 +362,9 @@ async fn ask_tcp(upstream: SocketAddr, query: &Message, bytes: &[u8]) -> Result<
         let len = usize::from(stream.read_u16().await?);
         let mut buf = vec![0u8; len];
         stream.read_exact(&mut buf).await?;
-        matching(query, &buf).ok_or(AskError::Mismatch)
+        matching(query, &buf)
+            .map(|m| (m, len))
+            .ok_or(AskError::Mismatch)
     })
     .await
     .map_err(|_| AskError::Timeout)?
@@ -316,4 +386,59 @@ fn matching(query: &Message, bytes: &[u8]) -> Option<Message> {
         && reply.metadata.op_code == OpCode::Query
         && same_question)
         .then_some(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+    use hickory_proto::rr::{RData, rdata::A};
+
+    use super::*;
+
+    #[test]
+    fn the_cache_stays_within_its_bytes_and_keeps_the_newest() {
+        let forwarder = Forwarder::with_cache_bytes(Vec::new(), 64 << 10);
+        let metrics = Metrics::default();
+        let now = Instant::now();
+        let mut most = 0;
+        for i in 0..5000u32 {
+            let name = Name::from_ascii(format!("n{i}.example.")).unwrap();
+            let record =
+                Record::from_rdata(name.clone(), 30, RData::A(A(std::net::Ipv4Addr::from(i))));
+            let answer = Answer {
+                rcode: ResponseCode::NoError,
+                answers: vec![record],
+                authorities: Vec::new(),
+                additionals: Vec::new(),
+            };
+            // Later ones expire later, as they would.
+            let at = now + Duration::from_millis(u64::from(i));
+            forwarder.store(
+                (name, RecordType::A, DNSClass::IN),
+                &answer,
+                60,
+                at,
+                &metrics,
+            );
+            most = most.max(forwarder.cache_bytes());
+        }
+        assert!(most <= 64 << 10, "{most} bytes");
+        let last = Name::from_ascii("n4999.example.").unwrap();
+        assert!(
+            forwarder
+                .cached(&last, RecordType::A, DNSClass::IN, &metrics)
+                .is_some()
+        );
+        let first = Name::from_ascii("n0.example.").unwrap();
+        assert!(
+            forwarder
+                .entry(&(first, RecordType::A, DNSClass::IN))
+                .is_none()
+        );
+        assert_eq!(
+            metrics.cache_bytes.load(Relaxed),
+            u64::try_from(forwarder.cache_bytes()).unwrap()
+        );
+    }
 }

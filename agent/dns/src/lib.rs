@@ -4,6 +4,7 @@
 //! out, forwarding with a cache, the UDP and TCP listeners, and metrics.
 //! The agent fills the zone from its model.
 
+pub mod clients;
 pub mod forward;
 pub mod memo;
 pub mod metrics;

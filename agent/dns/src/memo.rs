@@ -8,7 +8,9 @@
 //! only the id and the RD bit are the new query's.
 //!
 //! It is not a cache: an entry is only valid for the zone generation it was
-//! computed in, and any change to the zone ends that generation.
+//! computed in, and any change to the zone ends that generation. Each
+//! worker's memo is bounded in bytes (its share of `--dns-cache-bytes`);
+//! past it, the memo starts over.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -16,8 +18,8 @@ use hickory_proto::{op::ResponseCode, rr::RecordType};
 
 use crate::respond::{EDNS_BUFFER, Resolver, Step, Transport};
 
-/// Entries per worker; past that the memo starts over.
-const MAX_ENTRIES: usize = 1 << 16;
+/// Default bound of one worker's memo, in bytes.
+pub const DEFAULT_MEMO_BYTES: usize = 4 << 20;
 /// The longest name on the wire (RFC 1035 §3.1).
 const MAX_NAME: usize = 255;
 /// Header: id, flags, and the four section counts.
@@ -37,15 +39,41 @@ pub struct Memo {
     entries: HashMap<Box<[u8]>, Entry>,
     /// The key being looked up, reused between queries.
     key: Vec<u8>,
+    /// What the entries take (wire answers, keys and the map's slots).
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Default for Memo {
     fn default() -> Self {
+        Self::new(DEFAULT_MEMO_BYTES)
+    }
+}
+
+impl Memo {
+    /// A memo of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
         Self {
             generation: u64::MAX,
             entries: HashMap::new(),
             key: Vec::with_capacity(MAX_NAME + 5),
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn clear(&mut self, metrics: &crate::metrics::Metrics) {
+        self.entries.clear();
+        metrics.memo_bytes.fetch_sub(
+            u64::try_from(self.bytes).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.bytes = 0;
     }
 }
 
@@ -139,7 +167,7 @@ impl Resolver {
         // Read before the lookup: an answer computed now holds for it.
         let generation = self.zone.generation();
         if memo.generation != generation {
-            memo.entries.clear();
+            memo.clear(&self.metrics);
             memo.generation = generation;
         }
         memo.key.clear();
@@ -159,9 +187,15 @@ impl Resolver {
             && let Step::Done(Some(wire)) = &step
             && let Some(entry) = entry(wire, query.question)
         {
-            if memo.entries.len() >= MAX_ENTRIES {
-                memo.entries.clear();
+            let bytes = entry.wire.len() + 2 * memo.key.len() + size_of::<(Box<[u8]>, Entry)>();
+            if memo.bytes + bytes > memo.max_bytes {
+                memo.clear(&self.metrics);
             }
+            memo.bytes += bytes;
+            self.metrics.memo_bytes.fetch_add(
+                u64::try_from(bytes).unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             memo.entries.insert(memo.key.as_slice().into(), entry);
         }
         step

@@ -48,6 +48,25 @@ pub enum Dropped {
     Response,
 }
 
+/// Why a client was refused (REFUSED over UDP, a closed TCP connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its source is outside the access list.
+    Access,
+    /// It had its share of forwarded queries in flight.
+    ClientForwards,
+    /// It had its share of TCP connections open.
+    ClientConnections,
+}
+
+impl Refused {
+    const ALL: [(Self, &'static str); 3] = [
+        (Self::Access, "access"),
+        (Self::ClientForwards, "client_forwards"),
+        (Self::ClientConnections, "client_connections"),
+    ];
+}
+
 #[derive(Default)]
 pub struct Metrics {
     queries: [[AtomicU64; OTHER_RCODE + 1]; OTHER_TYPE + 1],
@@ -61,6 +80,12 @@ pub struct Metrics {
     dropped_short: AtomicU64,
     dropped_response: AtomicU64,
     pub tcp_refused: AtomicU64,
+    refused: [AtomicU64; 3],
+    /// Bytes held by the forward cache and by the UDP memos.
+    pub cache_bytes: AtomicU64,
+    pub memo_bytes: AtomicU64,
+    /// TCP connections closed for a client that did not read its answer.
+    pub tcp_write_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -86,6 +111,60 @@ impl Metrics {
         }
         self.latency_sum_us
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn refused(&self, why: Refused) {
+        if let Some(c) = Refused::ALL
+            .iter()
+            .position(|(r, _)| *r == why)
+            .and_then(|i| self.refused.get(i))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refused_count(&self, why: Refused) -> u64 {
+        Refused::ALL
+            .iter()
+            .position(|(r, _)| *r == why)
+            .and_then(|i| self.refused.get(i))
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// The refusals, the caches' bytes and the TCP write timeouts.
+    fn render_bounds(&self, out: &mut String) {
+        out.push_str("# HELP sluice_dns_refused_total Clients refused (REFUSED, or a TCP connection closed), by reason: outside the access list, or past their share of forwarded queries or of TCP connections.\n");
+        out.push_str("# TYPE sluice_dns_refused_total counter\n");
+        for (why, name) in Refused::ALL {
+            let _ = writeln!(
+                out,
+                "sluice_dns_refused_total{{reason=\"{name}\"}} {}",
+                self.refused_count(why)
+            );
+        }
+        for (name, help, value) in [
+            (
+                "sluice_dns_cache_bytes",
+                "Bytes held by the forward cache.",
+                &self.cache_bytes,
+            ),
+            (
+                "sluice_dns_memo_bytes",
+                "Bytes held by the UDP workers' remembered cluster answers.",
+                &self.memo_bytes,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_dns_tcp_write_timeouts_total TCP connections closed because the client did not take its answer in time.\n# TYPE sluice_dns_tcp_write_timeouts_total counter\nsluice_dns_tcp_write_timeouts_total {}",
+            self.tcp_write_timeouts.load(Relaxed)
+        );
     }
 
     pub fn dropped(&self, why: Dropped) {
@@ -179,6 +258,7 @@ impl Metrics {
                 value.load(Relaxed)
             );
         }
+        self.render_bounds(&mut out);
         out.push_str(
             "# HELP sluice_dns_dropped_total Messages dropped without an answer, by reason.\n",
         );

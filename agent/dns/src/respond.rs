@@ -34,6 +34,8 @@ pub struct Resolver {
     pub zone: Arc<ClusterZone>,
     pub forwarder: Forwarder,
     pub metrics: Arc<Metrics>,
+    /// Who is answered, and each client's share.
+    pub clients: Arc<crate::clients::Clients>,
 }
 
 /// What the answer section and rcode of a response are made of.
@@ -125,6 +127,22 @@ impl Resolver {
             Ok(query) => self.resolve(query.name(), query.query_type(), 0).await,
         };
         self.finish(&request, outcome, transport, started)
+    }
+
+    /// REFUSED to the wire query `bytes` (a client outside the access
+    /// list, or past its share), or nothing for what is not a query.
+    pub fn refuse(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let request = match self.parse(bytes, started) {
+            Ok(request) => request,
+            Err(done) => return done,
+        };
+        self.finish(
+            &request,
+            Outcome::rcode(ResponseCode::Refused),
+            Transport::Udp,
+            started,
+        )
     }
 
     /// The request, or what to send instead (FORMERR, or nothing).

@@ -3,7 +3,9 @@
 //! own in a blocking loop (no event loop between a query and its answer),
 //! and a TCP listener whose connections may pipeline queries. Cluster
 //! answers are computed inline; a forwarded query runs as a task on the
-//! runtime, so that a slow upstream never stalls other clients.
+//! runtime, so that a slow upstream never stalls other clients. A client
+//! outside the access list, or past its share of forwarded queries or TCP
+//! connections, is refused (`clients`).
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -32,7 +34,9 @@ use tokio::{
 };
 
 use crate::{
+    clients::Share,
     memo::Memo,
+    metrics::Refused,
     respond::{Resolver, Step, Transport},
 };
 
@@ -40,6 +44,8 @@ use crate::{
 const MAX_TCP: usize = 1024;
 /// A TCP connection with no complete query for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// A TCP client that does not take its answer within this is closed.
+const TCP_WRITE: Duration = Duration::from_secs(10);
 /// The largest UDP query read (a bigger one is cut, fails to parse and
 /// gets FORMERR).
 const UDP_READ: usize = 4096;
@@ -90,13 +96,16 @@ impl Drop for Servers {
 }
 
 /// Binds every socket now (so that errors surface at start), then serves:
-/// `workers` UDP threads, and TCP and forwarding on `runtime`.
+/// `workers` UDP threads, and TCP and forwarding on `runtime`. The UDP
+/// workers' memos share `memo_bytes`.
 pub fn serve(
     addr: SocketAddr,
     workers: usize,
     resolver: Arc<Resolver>,
     runtime: &Handle,
+    memo_bytes: usize,
 ) -> io::Result<Servers> {
+    let memo_bytes = memo_bytes / workers.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut udp = Vec::new();
     for i in 0..workers.max(1) {
@@ -108,7 +117,7 @@ pub fn serve(
         udp.push(
             std::thread::Builder::new()
                 .name(format!("sluice-dns-udp{i}"))
-                .spawn(move || udp_worker(&socket, &resolver, &stop, &runtime))?,
+                .spawn(move || udp_worker(&socket, &resolver, &stop, &runtime, memo_bytes))?,
         );
     }
     let tcp = socket(addr, Type::STREAM, Protocol::TCP)?;
@@ -135,6 +144,7 @@ fn udp_worker(
     resolver: &Arc<Resolver>,
     stop: &AtomicBool,
     runtime: &Handle,
+    memo_bytes: usize,
 ) {
     let fd = socket.as_raw_fd();
     let mut bufs = vec![[0u8; UDP_READ]; UDP_BATCH];
@@ -143,7 +153,7 @@ fn udp_worker(
     let mut received: Vec<(usize, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
     let mut answers: Vec<Vec<u8>> = Vec::with_capacity(UDP_BATCH);
     let mut peers: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
-    let mut memo = Memo::default();
+    let mut memo = Memo::new(memo_bytes);
     while !stop.load(Relaxed) {
         received.clear();
         {
@@ -171,15 +181,31 @@ fn udp_worker(
         }
         answers.clear();
         peers.clear();
+        let access = resolver.clients.access();
         for (buf, &(n, peer)) in bufs.iter().zip(&received) {
             let Some(query) = buf.get(..n) else { continue };
-            match resolver.try_answer_udp(query, &mut memo) {
-                Step::Done(Some(answer)) => {
-                    answers.push(answer);
-                    peers.push(Some(peer));
-                }
-                Step::Done(None) => {}
-                Step::Network => forward(socket, resolver, runtime, query, peer),
+            let Some(from) = socket_addr(&peer) else {
+                continue;
+            };
+            let step = if access.contains(from.ip()) {
+                resolver.try_answer_udp(query, &mut memo)
+            } else {
+                resolver.metrics.refused(Refused::Access);
+                Step::Done(resolver.refuse(query))
+            };
+            let step = match step {
+                Step::Network => match resolver.clients.forward(from.ip(), &resolver.metrics) {
+                    Some(share) => {
+                        forward(socket, resolver, runtime, query, from, share);
+                        continue;
+                    }
+                    None => Step::Done(resolver.refuse(query)),
+                },
+                done @ Step::Done(_) => done,
+            };
+            if let Step::Done(Some(answer)) = step {
+                answers.push(answer);
+                peers.push(Some(peer));
             }
         }
         send_all(fd, &mut send_headers, &answers, &peers);
@@ -215,27 +241,28 @@ fn send_all(
     }
 }
 
-/// A query that needs an upstream becomes a task, so that this thread goes
-/// on with the next.
-fn forward(
-    socket: &Arc<UdpSocket>,
-    resolver: &Arc<Resolver>,
-    runtime: &Handle,
-    query: &[u8],
-    peer: SockaddrStorage,
-) {
-    let Some(peer) = peer
-        .as_sockaddr_in()
+fn socket_addr(peer: &SockaddrStorage) -> Option<SocketAddr> {
+    peer.as_sockaddr_in()
         .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
         .or_else(|| {
             peer.as_sockaddr_in6()
                 .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
         })
-    else {
-        return;
-    };
+}
+
+/// A query that needs an upstream becomes a task, so that this thread goes
+/// on with the next; it holds one of its client's shares until answered.
+fn forward(
+    socket: &Arc<UdpSocket>,
+    resolver: &Arc<Resolver>,
+    runtime: &Handle,
+    query: &[u8],
+    peer: SocketAddr,
+    share: Share,
+) {
     let (socket, resolver, query) = (Arc::clone(socket), Arc::clone(resolver), query.to_vec());
     runtime.spawn(async move {
+        let _share = share;
         if let Some(answer) = resolver.answer(&query, Transport::Udp).await {
             let _ = socket.send_to(&answer, peer);
         }
@@ -245,7 +272,13 @@ fn forward(
 async fn tcp_acceptor(listener: TcpListener, resolver: Arc<Resolver>) {
     let limit = Arc::new(Semaphore::new(MAX_TCP));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        if !resolver.clients.allowed(peer.ip(), &resolver.metrics) {
+            continue;
+        }
+        let Some(share) = resolver.clients.connection(peer.ip(), &resolver.metrics) else {
             continue;
         };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
@@ -254,7 +287,7 @@ async fn tcp_acceptor(listener: TcpListener, resolver: Arc<Resolver>) {
         };
         let resolver = Arc::clone(&resolver);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, share);
             let _ = tcp_connection(stream, &resolver).await;
         });
     }
@@ -283,6 +316,12 @@ async fn tcp_connection(mut stream: TcpStream, resolver: &Resolver) -> io::Resul
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&n.to_be_bytes());
         framed.extend_from_slice(&answer);
-        stream.write_all(&framed).await?;
+        match timeout(TCP_WRITE, stream.write_all(&framed)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                resolver.metrics.tcp_write_timeouts.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+        }
     }
 }

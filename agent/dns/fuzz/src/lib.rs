@@ -69,6 +69,7 @@ pub fn resolver() -> &'static Resolver {
             // the fuzzer does not reach.
             forwarder: Forwarder::new(Vec::new()),
             metrics: Arc::new(Metrics::default()),
+            clients: Arc::new(sluice_dns::clients::Clients::open()),
         }
     })
 }

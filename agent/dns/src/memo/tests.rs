@@ -170,3 +170,30 @@ fn an_answer_too_big_for_the_client_is_truncated_not_remembered_whole() {
     }
     assert_eq!(memo.entries.len(), 1);
 }
+
+#[test]
+fn a_memo_stays_within_its_bytes() {
+    let r = resolver();
+    let mut memo = Memo::new(16 << 10);
+    let mut most = 0;
+    for i in 0..2000u16 {
+        // Names of the zone that do not exist: NXDOMAIN from the zone,
+        // remembered, each distinct.
+        let q = wire(
+            i,
+            &format!("n{i}.default.svc.cluster.local."),
+            RecordType::A,
+            None,
+        );
+        answer(r.try_answer_udp(&q, &mut memo));
+        most = most.max(memo.bytes());
+    }
+    assert!(most <= 16 << 10, "{most} bytes");
+    assert!(most > 8 << 10, "it was used: {most}");
+    assert_eq!(
+        r.metrics
+            .memo_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        u64::try_from(memo.bytes()).unwrap()
+    );
+}
