@@ -96,8 +96,20 @@ impl Lab {
 
     /// Adds a pod namespace with address `ip`, wired to the node.
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<&Pod> {
-        let ns = Netns::create(&format!("{}-{name}", self.stem))?;
         let host_if = format!("veth{}", self.pods.len());
+        self.add_wired(name, ip, host_if)
+    }
+
+    /// A namespace wired as a pod is, but through an interface the agent
+    /// does not treat as a pod's (`ext<N>`, outside `--interfaces`): a
+    /// host beside the node, not one of its pods.
+    pub fn add_outsider(&mut self, name: &str, ip: Ipv4Addr) -> Result<&Pod> {
+        let host_if = format!("ext{}", self.pods.len());
+        self.add_wired(name, ip, host_if)
+    }
+
+    fn add_wired(&mut self, name: &str, ip: Ipv4Addr, host_if: String) -> Result<&Pod> {
+        let ns = Netns::create(&format!("{}-{name}", self.stem))?;
         self.node.ip(&[
             "link",
             "add",

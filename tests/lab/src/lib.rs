@@ -25,6 +25,7 @@ mod netns;
 pub mod probe;
 pub mod process;
 mod responder;
+mod slow_dns;
 mod xdp_pass;
 
 use std::process::Command;
@@ -38,6 +39,7 @@ pub use cluster::{Cluster, EXT_IF, FarClient};
 pub use lab::{GATEWAY, Lab, Pod, mac_of};
 pub use netns::{Entered, Netns, enter_on_spawn, reap_stale, unique_stem};
 pub use responder::Responder;
+pub use slow_dns::SlowDns;
 
 /// Whether this process may load BPF programs and create namespaces.
 pub fn privileged() -> bool {

@@ -17,16 +17,16 @@ use sluice_lab::{
 
 use crate::common::{APPLY, SERVICE_CIDR, backend_ip, backend_name, http_get};
 
-const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
+pub(crate) const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 53);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 /// Bound of one DNS exchange in a test.
 const T: Duration = Duration::from_secs(2);
-const RESOLV_CONF: &str = "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.20.10\noptions ndots:5\n";
+pub(crate) const RESOLV_CONF: &str = "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 169.254.20.10\noptions ndots:5\n";
 
 /// Services in two namespaces; a headless one with hostnames; an
 /// ExternalName; named ports for SRV.
-fn cluster_manifests() -> String {
+pub(crate) fn cluster_manifests() -> String {
     let web = manifest::service_with_endpoints(
         "web",
         Ipv4Addr::new(10, 96, 0, 10),
@@ -435,7 +435,7 @@ fn parallel_lookups(n: u16, wait: Duration) -> Vec<String> {
 }
 
 /// A minimal query message: id, RD, one question.
-fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+pub(crate) fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut m = Vec::new();
     m.extend_from_slice(&id.to_be_bytes());
     m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -450,7 +450,7 @@ fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
 }
 
 /// The value of one sample line (a counter) of a Prometheus text page.
-fn sample(page: &str, series: &str) -> Option<u64> {
+pub(crate) fn sample(page: &str, series: &str) -> Option<u64> {
     page.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

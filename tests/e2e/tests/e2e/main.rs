@@ -15,6 +15,7 @@ mod cluster;
 mod clusterip;
 mod conntrack;
 mod dns;
+mod dns_fairness;
 mod fragments;
 mod hairpin;
 mod icmp;
