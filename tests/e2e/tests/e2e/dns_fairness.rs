@@ -173,6 +173,36 @@ fn other_pod(flooding: &AtomicBool) -> Seen {
     })
 }
 
+/// Queries sent, queries per second and REFUSED answers in a dnsperf
+/// report.
+fn dnsperf_numbers(report: &str) -> (f64, f64, u64) {
+    let number = |label: &str| -> f64 {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let refused = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Response codes:"))
+        .and_then(|codes| {
+            let at = codes.find("REFUSED ")?;
+            codes
+                .get(at + 8..)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    (
+        number("Queries sent:"),
+        number("Queries per second:"),
+        refused,
+    )
+}
+
 #[test]
 fn a_pods_flood_of_external_names_leaves_other_pods_answered_within_bounded_memory() {
     if !require_privileges(
@@ -227,27 +257,7 @@ fn a_pods_flood_of_external_names_leaves_other_pods_answered_within_bounded_memo
     let out = dnsperf.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(status.success(), "dnsperf: {report}");
-    let number = |label: &str| -> f64 {
-        report
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
-    let (sent, qps) = (number("Queries sent:"), number("Queries per second:"));
-    let refused = report
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Response codes:"))
-        .and_then(|codes| {
-            let at = codes.find("REFUSED ")?;
-            codes
-                .get(at + 8..)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .unwrap_or(0);
+    let (sent, qps, refused) = dnsperf_numbers(&report);
     let mut latencies = seen.cluster.clone();
     latencies.sort();
     let p99 = latencies
@@ -339,6 +349,22 @@ fn tcp_connections_past_a_share_are_closed_and_others_served(lab: &Lab) {
     assert_eq!(tcp_answer, Some((0, Some(Ipv4Addr::new(10, 96, 0, 10)))));
 }
 
+/// The rcode and address of `web`'s A record, asked in `ns` from `from`.
+fn ask_in(ns: &sluice_lab::Netns, from: Ipv4Addr) -> Option<(u8, Option<Ipv4Addr>)> {
+    ns.run(move || {
+        let s = UdpSocket::bind((from, 0)).unwrap();
+        s.connect((DNS_IP, 53)).unwrap();
+        ask(
+            &s,
+            9,
+            "web.default.svc.cluster.local",
+            Duration::from_secs(2),
+        )
+        .map(|(rcode, ip, _)| (rcode, ip))
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_source_that_is_neither_the_node_nor_its_pods_gets_refused() {
     if !require_privileges("a_source_that_is_neither_the_node_nor_its_pods_gets_refused") {
@@ -350,41 +376,13 @@ fn a_source_that_is_neither_the_node_nor_its_pods_gets_refused() {
         .ns
         .ip(&["route", "add", &format!("{DNS_IP}/32"), "via", "10.244.0.1"])
         .unwrap();
-    let ask_from = |lab: &Lab, pod: &str, from: Ipv4Addr| {
-        lab.pod(pod)
-            .ns
-            .run(move || {
-                let s = UdpSocket::bind((from, 0)).unwrap();
-                s.connect((DNS_IP, 53)).unwrap();
-                ask(
-                    &s,
-                    9,
-                    "web.default.svc.cluster.local",
-                    Duration::from_secs(2),
-                )
-                .map(|(rcode, ip, _)| (rcode, ip))
-            })
-            .unwrap()
-    };
     let cluster_ip = Some(Ipv4Addr::new(10, 96, 0, 10));
+    let ask_from = |lab: &Lab, pod: &str, from: Ipv4Addr| ask_in(&lab.pod(pod).ns, from);
     // REFUSED is rcode 5, with no answer.
     assert_eq!(ask_from(&lab, "outsider", OUTSIDER), Some((5, None)));
     assert_eq!(ask_from(&lab, "client", CLIENT), Some((0, cluster_ip)));
     // The node itself.
-    let node = lab
-        .node()
-        .run(|| {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-            s.connect((DNS_IP, 53)).unwrap();
-            ask(
-                &s,
-                9,
-                "web.default.svc.cluster.local",
-                Duration::from_secs(2),
-            )
-            .map(|(rcode, ip, _)| (rcode, ip))
-        })
-        .unwrap();
+    let node = ask_in(lab.node(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(node, Some((0, cluster_ip)));
     // Over TCP, the outsider's connection is closed unanswered.
     let tcp = lab
