@@ -104,25 +104,6 @@ pub fn read_token_file(path: &Path) -> Result<HashMap<String, UserInfo>> {
     Ok(tokens)
 }
 
-/// A verification key from a PEM file: a public key, or a private key whose
-/// public half is used (kube-apiserver accepts both).
-pub fn decoding_key(pem: &str) -> Result<(DecodingKey, Algorithm)> {
-    if pem.contains("PRIVATE KEY") {
-        let key = rcgen::KeyPair::from_pem(pem).context("parsing a private key")?;
-        return Ok((
-            DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())?,
-            Algorithm::ES256,
-        ));
-    }
-    if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
-        return Ok((k, Algorithm::ES256));
-    }
-    Ok((
-        DecodingKey::from_rsa_pem(pem.as_bytes()).context("neither an EC nor an RSA public key")?,
-        Algorithm::RS256,
-    ))
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -137,21 +118,17 @@ impl Authenticator {
     pub fn new(
         tokens: HashMap<String, UserInfo>,
         bootstrap: bool,
-        sa_key_pems: &[String],
+        sa_keys: Vec<(DecodingKey, Algorithm)>,
         issuer: &str,
         store: Arc<Store>,
-    ) -> Result<Self> {
-        let sa_keys = sa_key_pems
-            .iter()
-            .map(|p| decoding_key(p))
-            .collect::<Result<_>>()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             tokens,
             bootstrap,
             sa_keys,
             issuer: issuer.to_owned(),
             store,
-        })
+        }
     }
 
     /// Who sent the request: the client certificate's user, else the bearer
@@ -258,9 +235,15 @@ impl Authenticator {
 
     /// ServiceAccount JWTs: legacy (Secret-based) and bound tokens.
     fn service_account_token(&self, token: &str) -> Option<UserInfo> {
+        let claims = self.verified_claims(token)?;
+        self.service_account_user(token, &claims)
+    }
+
+    /// The claims of a ServiceAccount JWT whose signature one of the keys
+    /// verifies, with a known issuer, unexpired; nothing else checked.
+    pub fn verified_claims(&self, token: &str) -> Option<Value> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        let claims = self
-            .sa_keys
+        self.sa_keys
             .iter()
             .filter(|(_, alg)| *alg == header.alg)
             .find_map(|(key, alg)| {
@@ -275,7 +258,12 @@ impl Authenticator {
                 jsonwebtoken::decode::<Value>(token, key, &validation)
                     .ok()
                     .map(|d| d.claims)
-            })?;
+            })
+    }
+
+    /// The user of verified ServiceAccount claims, if its account (and, for
+    /// a legacy token, its Secret) still holds it.
+    fn service_account_user(&self, token: &str, claims: &Value) -> Option<UserInfo> {
         let sub = claims.get("sub")?.as_str()?;
         let (namespace, name) = sub
             .strip_prefix("system:serviceaccount:")?

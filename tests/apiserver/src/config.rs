@@ -27,14 +27,24 @@ pub struct Config {
     /// Static tokens: `token,user,uid,"group1,group2"` per line.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
-    /// Public (or private) keys that verify ServiceAccount tokens; repeatable.
-    /// Default: the public half of the signing key.
+    /// Keys that verify ServiceAccount tokens: every PEM key of the file
+    /// (public or private keys, certificates); repeatable, so keys rotate.
+    /// Default: `--tls-private-key-file`, else the signing key's public half.
     #[arg(long)]
     pub service_account_key_file: Vec<PathBuf>,
-    /// The key that signs ServiceAccount tokens (ECDSA P-256 PEM); created in
-    /// the data directory when not given.
+    /// The key that signs ServiceAccount tokens (RSA of 2048 to 4096 bits,
+    /// or ECDSA P-256 or P-384; PEM). Default: `--tls-private-key-file`,
+    /// else a key made in the data directory.
     #[arg(long)]
     pub service_account_private_key_file: Option<PathBuf>,
+    /// The serving certificate (PEM, with its chain). Default: one signed by
+    /// the cluster CA for the server's names, made at start.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's key; also the ServiceAccount key when no
+    /// other is given, as kube-apiserver's.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     pub service_account_issuer: String,
     /// Lifetime of signed certificates (Go duration). Unlike

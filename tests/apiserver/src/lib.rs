@@ -15,6 +15,7 @@ mod proto;
 mod rbac;
 mod request;
 mod resources;
+mod sa_keys;
 mod selectors;
 mod server;
 mod store;
@@ -49,8 +50,9 @@ pub struct App {
     pub node_ports: PortAllocator,
     /// `host:port` clients use.
     pub advertise: String,
-    /// Signs ServiceAccount tokens.
+    /// Signs ServiceAccount tokens, with this algorithm.
     pub sa_key: jsonwebtoken::EncodingKey,
+    pub sa_alg: jsonwebtoken::Algorithm,
     /// Resource requests served, for `/metrics`.
     pub requests: api::RequestCounts,
 }
@@ -84,18 +86,57 @@ pub fn controller_user() -> UserInfo {
     )
 }
 
-fn signing_key(config: &Config) -> Result<String> {
-    let path = config
-        .service_account_private_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("sa.key"));
-    if !path.exists() {
-        let key = rcgen::KeyPair::generate()?;
-        fs::write(&path, key.serialize_pem())?;
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        fs::write(config.data_dir.join("sa.pub"), key.public_key_pem())?;
+/// The key that signs ServiceAccount tokens: `--service-account-private-key-file`,
+/// else `--tls-private-key-file`, else one made in the data directory
+/// (`sa.key`, with `sa.pub`).
+fn signing_key(config: &Config) -> Result<sa_keys::SigningKey> {
+    let path = match (
+        &config.service_account_private_key_file,
+        &config.tls_private_key_file,
+    ) {
+        (Some(path), _) | (None, Some(path)) => path.clone(),
+        (None, None) => {
+            let path = config.data_dir.join("sa.key");
+            if !path.exists() {
+                let key = rcgen::KeyPair::generate()?;
+                fs::write(&path, key.serialize_pem())?;
+                fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                fs::write(config.data_dir.join("sa.pub"), key.public_key_pem())?;
+            }
+            path
+        }
+    };
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    sa_keys::signing_key(&text).with_context(|| {
+        format!(
+            "the ServiceAccount signing key {}: RSA (2048 to 4096 bits) or ECDSA P-256 or P-384, PEM",
+            path.display()
+        )
+    })
+}
+
+/// The keys that verify ServiceAccount tokens: every key of every
+/// `--service-account-key-file`, else `--tls-private-key-file`'s, else the
+/// signing key's public half (kube-apiserver's defaults).
+fn verify_keys(config: &Config, signing: &sa_keys::SigningKey) -> Result<Vec<sa_keys::VerifyKey>> {
+    let files: Vec<&PathBuf> = if config.service_account_key_file.is_empty() {
+        config.tls_private_key_file.iter().collect()
+    } else {
+        config.service_account_key_file.iter().collect()
+    };
+    if files.is_empty() {
+        return Ok(vec![signing.public.clone()]);
     }
-    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    let mut keys = Vec::new();
+    for path in files {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        keys.extend(
+            sa_keys::verify_keys(&text)
+                .with_context(|| format!("the ServiceAccount key file {}", path.display()))?,
+        );
+    }
+    Ok(keys)
 }
 
 pub async fn start(config: Config) -> Result<Running> {
@@ -118,18 +159,8 @@ pub async fn start(config: Config) -> Result<Running> {
             let _ = node_ports.claim(port);
         }
     }
-    let signing_pem = signing_key(&config)?;
-    let sa_key = jsonwebtoken::EncodingKey::from_ec_pem(signing_pem.as_bytes())
-        .context("the ServiceAccount signing key must be an ECDSA P-256 PEM key")?;
-    let verify_pems = if config.service_account_key_file.is_empty() {
-        vec![signing_pem.clone()]
-    } else {
-        config
-            .service_account_key_file
-            .iter()
-            .map(fs::read_to_string)
-            .collect::<Result<_, _>>()?
-    };
+    let signing = signing_key(&config)?;
+    let verify = verify_keys(&config, &signing)?;
     let tokens = match &config.token_auth_file {
         Some(path) => authn::read_token_file(path)?,
         None => HashMap::new(),
@@ -137,10 +168,10 @@ pub async fn start(config: Config) -> Result<Running> {
     let authn = Authenticator::new(
         tokens,
         config.enable_bootstrap_token_auth,
-        &verify_pems,
+        verify,
         &config.service_account_issuer,
         store.clone(),
-    )?;
+    );
 
     let listener = tokio::net::TcpListener::bind((config.bind_address, config.secure_port))
         .await
@@ -165,7 +196,8 @@ pub async fn start(config: Config) -> Result<Running> {
         ips,
         node_ports,
         advertise,
-        sa_key,
+        sa_key: signing.key,
+        sa_alg: signing.alg,
         requests: api::RequestCounts::default(),
     });
     bootstrap(&app)?;
@@ -205,7 +237,15 @@ fn write_credentials(
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     ];
-    let serving = pki.serving_cert(&serving_ips, &dns)?;
+    let serving = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => pki::Issued {
+            cert_pem: fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            key_pem: fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?,
+        },
+        _ => pki.serving_cert(&serving_ips, &dns)?,
+    };
     fs::write(config.data_dir.join("apiserver.crt"), &serving.cert_pem)?;
     fs::write(config.data_dir.join("apiserver.key"), &serving.key_pem)?;
     fs::set_permissions(

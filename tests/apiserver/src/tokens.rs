@@ -1,7 +1,8 @@
 //! ServiceAccount tokens: legacy (Secret-held, no expiry) and bound
-//! (TokenRequest, with audiences and an expiry), signed ES256.
+//! (TokenRequest, with audiences and an expiry), signed with the
+//! ServiceAccount signing key (RS256, ES256 or ES384).
 
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::Header;
 use serde_json::json;
 
 use crate::{App, authn::LEGACY_SA_ISSUER};
@@ -21,8 +22,7 @@ pub fn legacy(
         "kubernetes.io/serviceaccount/service-account.name": sa,
         "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
     });
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &app.sa_key)
-        .map_err(|e| e.to_string())
+    jsonwebtoken::encode(&Header::new(app.sa_alg), &claims, &app.sa_key).map_err(|e| e.to_string())
 }
 
 pub fn bound(
@@ -49,7 +49,7 @@ pub fn bound(
         "exp": exp,
         "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": sa, "uid": sa_uid}},
     });
-    let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &app.sa_key)
+    let token = jsonwebtoken::encode(&Header::new(app.sa_alg), &claims, &app.sa_key)
         .map_err(|e| e.to_string())?;
     Ok((token, exp))
 }

@@ -174,6 +174,13 @@ impl ApiServer {
         self.launch()
     }
 
+    /// Starts again on the same port and data directory, with these flags
+    /// instead of the first ones.
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.restart()
+    }
+
     /// kubectl keeps its discovery cache per data directory, so that
     /// servers reusing a port never see each other's resources.
     fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> Command {

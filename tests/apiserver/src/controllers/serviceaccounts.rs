@@ -135,10 +135,22 @@ fn ensure_token(app: &Arc<App>, sa: &Value) {
     }
 }
 
-/// Fills `token`, `ca.crt` and `namespace` into a token Secret that lacks them.
+/// Fills `token`, `ca.crt` and `namespace` into a token Secret that lacks
+/// them, or whose token no key verifies any more (the keys were given or
+/// changed since it was signed): legacy token Secrets authenticate with
+/// whatever keys the server has.
 fn fill_token(app: &Arc<App>, secret: &Value) {
-    if secret.get("type").and_then(Value::as_str) != Some(TOKEN_TYPE)
-        || secret.pointer("/data/token").is_some()
+    if secret.get("type").and_then(Value::as_str) != Some(TOKEN_TYPE) {
+        return;
+    }
+    let held = secret
+        .pointer("/data/token")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|t| String::from_utf8(t).ok());
+    if held
+        .as_deref()
+        .is_some_and(|t| app.authn.verified_claims(t).is_some())
     {
         return;
     }
@@ -155,10 +167,28 @@ fn fill_token(app: &Arc<App>, secret: &Value) {
     let Ok(token) = tokens::legacy(app, &ns, &sa_name, &sa_uid, &secret_name) else {
         return;
     };
+    if app.authn.verified_claims(&token).is_none() {
+        // The signing key is not among the verification keys: a new token
+        // would not authenticate either (and would be signed again forever).
+        tracing::warn!(
+            namespace = ns,
+            secret = secret_name,
+            "no ServiceAccount key file verifies the signing key's tokens: the token Secret is left as it is"
+        );
+        return;
+    }
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let _ = update(app, ("", "secrets", &ns, &secret_name, None), |obj| {
-        if obj.pointer("/data/token").is_some() {
+        if obj.pointer("/data/token") != secret.pointer("/data/token") {
+            // Changed meanwhile: the next event decides again.
             return false;
+        }
+        if held.is_some() {
+            tracing::info!(
+                namespace = ns,
+                secret = secret_name,
+                "signed the token Secret again: no key verifies its token"
+            );
         }
         obj["data"]["token"] = json!(b64(&token));
         obj["data"]["ca.crt"] = json!(b64(&app.pki.ca_pem));

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A server with its state in a fresh directory (removed after the server).
-fn server(args: &[&str]) -> (TempDir, ApiServer) {
+pub(crate) fn server(args: &[&str]) -> (TempDir, ApiServer) {
     let dir = tempfile::Builder::new()
         .prefix("sluice-apiserver-test-")
         .tempdir()
@@ -27,7 +27,7 @@ fn server(args: &[&str]) -> (TempDir, ApiServer) {
 
 /// Polls `f` until it returns `Some`, for at most `WAIT`; the condition is
 /// another component's work (a controller), with no event to wait on here.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(v) = f() {
@@ -39,7 +39,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// A kubeconfig for a bearer token.
-fn token_kubeconfig(s: &ApiServer, dir: &Path, name: &str, token: &str) -> PathBuf {
+pub(crate) fn token_kubeconfig(s: &ApiServer, dir: &Path, name: &str, token: &str) -> PathBuf {
     let path = dir.join(format!("{name}.kubeconfig"));
     let ca = base64::engine::general_purpose::STANDARD.encode(fs::read(s.ca()).unwrap());
     fs::write(

@@ -23,6 +23,7 @@ mod lifecycle;
 mod nodeport;
 mod packet;
 mod policy;
+mod sa_keys;
 mod secure_port;
 mod socketlb;
 mod xdp;
