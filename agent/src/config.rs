@@ -81,9 +81,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error(
-        "the DNS settings (`cluster-domain`, `dns-ttl`, `upstream`, `dns-allow-cidrs`, `dns-max-*`, `dns-cache-bytes`) need `dns-ip`"
+        "the DNS settings (`cluster-domain`, `dns-ttl`, `upstream`, `forward-zone`, `dns-*`) need `dns-ip`"
     )]
     DnsWithoutIp,
+    #[error("`forward-zone` `{0}`: give ZONE=IP[:PORT][,IP[:PORT]…], e.g. corp.example=10.0.0.53")]
+    ForwardZone(String),
+    #[error("`dns-prefer-udp` and `dns-force-tcp` exclude each other")]
+    DnsProtocols,
     #[error("`dns-allow-cidrs`: {0}")]
     DnsAllow(String),
     #[error("`{0}` must be at least 1")]
@@ -418,85 +422,6 @@ fn cert_config(
     }))
 }
 
-fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigError> {
-    let (domain, ttl, upstream) = (
-        c.cluster_domain.take(),
-        c.dns_ttl,
-        c.upstream.take().map(ListValue::items),
-    );
-    let allow = c.dns_allow_cidrs.take().map(ListValue::items);
-    let (forwards, tcp, cache_bytes) = (
-        c.dns_max_forwards_per_client,
-        c.dns_max_tcp_per_client,
-        c.dns_cache_bytes,
-    );
-    let Some(ip) = c.dns_ip else {
-        if domain.is_some()
-            || ttl.is_some()
-            || upstream.is_some()
-            || allow.is_some()
-            || forwards.is_some()
-            || tcp.is_some()
-            || cache_bytes.is_some()
-        {
-            return Err(ConfigError::DnsWithoutIp);
-        }
-        return Ok(None);
-    };
-    let allow = allow
-        .map(|items| sluice_dns::clients::AccessList::parse(&items))
-        .transpose()
-        .map_err(ConfigError::DnsAllow)?;
-    let per_client = |v: Option<u32>, default: u32, what: &'static str| match v {
-        Some(0) => Err(ConfigError::DnsShare(what)),
-        Some(n) => Ok(n),
-        None => Ok(default),
-    };
-    let forwards_per_client = per_client(
-        forwards,
-        sluice_dns::clients::DEFAULT_FORWARDS_PER_CLIENT,
-        "dns-max-forwards-per-client",
-    )?;
-    let tcp_per_client = per_client(
-        tcp,
-        sluice_dns::clients::DEFAULT_TCP_PER_CLIENT,
-        "dns-max-tcp-per-client",
-    )?;
-    let cache_bytes = match cache_bytes {
-        None => crate::dns::DEFAULT_CACHE_BYTES,
-        Some(n) if n >= 1 << 20 => usize::try_from(n).unwrap_or(usize::MAX),
-        Some(n) => return Err(ConfigError::DnsCacheBytes(n)),
-    };
-    let ttl = ttl.unwrap_or(crate::dns::DEFAULT_TTL);
-    if ttl > 3600 {
-        return Err(ConfigError::DnsTtl);
-    }
-    let upstreams = match upstream {
-        Some(list) => list
-            .iter()
-            .map(|u| crate::dns::parse_upstream(u).ok_or_else(|| ConfigError::Upstream(u.clone())))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => {
-            crate::dns::upstreams_from_resolv_conf(Path::new(RESOLV_CONF)).map_err(|source| {
-                ConfigError::ResolvConf {
-                    path: RESOLV_CONF.into(),
-                    source,
-                }
-            })?
-        }
-    };
-    Ok(Some(DnsConfig {
-        ip,
-        cluster_domain: domain.unwrap_or_else(|| crate::dns::DEFAULT_CLUSTER_DOMAIN.to_owned()),
-        ttl,
-        upstreams,
-        allow,
-        forwards_per_client,
-        tcp_per_client,
-        cache_bytes,
-    }))
-}
-
 /// The log level from the config file, for logging set up before the rest.
 pub fn file_log_level(path: &Path) -> Option<String> {
     load(path).ok().and_then(|f| f.log_level)
@@ -553,6 +478,9 @@ fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     Some((net.parse().ok()?, len))
 }
+
+mod dns;
+use dns::dns_config;
 
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,9 @@ pub struct DnsConfig {
     pub tcp_per_client: u32,
     /// The forward cache's and the memos' bytes, half each.
     pub cache_bytes: usize,
+    /// `(zone, upstreams)`: names in the zone go there (`--forward-zone`).
+    pub forward_zones: Vec<(String, Vec<SocketAddr>)>,
+    pub protocol: forward::Protocol,
 }
 
 /// Default of `--dns-cache-bytes`.
@@ -98,7 +101,16 @@ impl Dns {
         ));
         let resolver = Arc::new(respond::Resolver {
             zone: Arc::clone(&zone),
-            forwarder: forward::Forwarder::with_cache_bytes(upstreams.clone(), cfg.cache_bytes / 2),
+            forwarder: forward::Forwarder::with(forward::ForwardConfig {
+                upstreams: upstreams.clone(),
+                zones: cfg
+                    .forward_zones
+                    .iter()
+                    .filter_map(|(zone, ups)| Some((Name::from_ascii(zone).ok()?, ups.clone())))
+                    .collect(),
+                protocol: cfg.protocol,
+                cache_bytes: cfg.cache_bytes / 2,
+            }),
             metrics: Arc::clone(&metrics),
             clients: Arc::clone(&clients),
         });
@@ -110,6 +122,9 @@ impl Dns {
             .build()
             .map_err(DnsError::Runtime)?;
         let addr = SocketAddr::new(cfg.ip, 53);
+        metrics.set_server(SocketAddr::new(cfg.ip, 53));
+        metrics.set_upstreams(resolver.forwarder.upstreams());
+        runtime.spawn(resolver.forwarder.health_checks(Arc::clone(&metrics)));
         if cfg.allow.is_none() {
             // The first list before the first query; then followed.
             clients.set_access(access::node_and_pods(pods).await);
@@ -128,6 +143,8 @@ impl Dns {
             domain = %zone.domain(),
             ttl = cfg.ttl,
             upstreams = ?upstreams,
+            forward_zones = ?cfg.forward_zones,
+            protocol = ?cfg.protocol,
             on = ?placed,
             allowed = cfg.allow.as_ref().map_or_else(|| "the node and its pods".to_owned(), |a| format!("{a:?}")),
             forwards_per_client = cfg.forwards_per_client,

@@ -196,6 +196,18 @@ settings! {
     /// `IP:port`. Default: the nameservers of /etc/resolv.conf at start.
     #[arg(long)]
     upstream: ListValue,
+    /// Names in ZONE (and below) go to these upstreams instead of the
+    /// default ones (CoreDNS's per-zone `forward`, kube-dns's stub
+    /// domains); repeatable; the longest zone wins.
+    #[arg(long, value_name = "ZONE=IP[:PORT][,IP[:PORT]…]")]
+    forward_zone: Vec<String>,
+    /// Forward over UDP first even for a TCP client (CoreDNS's
+    /// `prefer_udp`; default false: the client's protocol)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    dns_prefer_udp: bool,
+    /// Forward over TCP always (CoreDNS's `force_tcp`; default false)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    dns_force_tcp: bool,
     /// Sources DNS answers: comma-separated CIDRs or addresses. Default:
     /// the node itself (loopback and its addresses) and its pods (the
     /// routes through `--interfaces`), followed as they change. Others get

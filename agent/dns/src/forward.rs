@@ -1,5 +1,11 @@
-//! Names outside the cluster go to the upstream servers: UDP first, TCP
-//! when the answer comes back truncated, the next upstream when one fails.
+//! Names outside the cluster go to the upstream servers: those of the
+//! longest `--forward-zone` the name is in, else the default ones. As
+//! CoreDNS's `forward`: over the client's protocol (UDP, then TCP when the
+//! answer comes back truncated; TCP for a TCP client), or UDP first always
+//! (`prefer-udp`), or TCP always (`force-tcp`); the next upstream when one
+//! fails. An upstream that fails twice in a row is down: queries skip it
+//! at once (or try every upstream when all are down), and a health check
+//! asks it `. NS` every half second until it answers.
 //! Answers are cached: positive ones for their TTL capped at 30 s, negative
 //! ones for 5 s; when every upstream fails, an expired entry is served for
 //! up to 5 minutes more (RFC 8767, "serve stale"). The cache is bounded in
@@ -10,7 +16,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Mutex, PoisonError, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -25,7 +31,22 @@ use tokio::{
     time::timeout,
 };
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, respond::Transport};
+
+mod upstream;
+use upstream::probe;
+pub use upstream::{HEALTH_CHECK_INTERVAL, MAX_FAILS, Protocol, Upstream};
+
+/// What the forwarder is made of.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardConfig {
+    /// For names in no forward zone.
+    pub upstreams: Vec<SocketAddr>,
+    /// `(zone, its upstreams)`.
+    pub zones: Vec<(Name, Vec<SocketAddr>)>,
+    pub protocol: Protocol,
+    pub cache_bytes: usize,
+}
 
 const MAX_POSITIVE_TTL: u32 = 30;
 const NEGATIVE_TTL: u32 = 5;
@@ -57,17 +78,48 @@ struct Entry {
     bytes: usize,
 }
 
-/// The cache and the bytes its entries count.
+/// The cache, the bytes its entries count, and how many are negative.
 #[derive(Default)]
 struct Cache {
     entries: HashMap<Key, Entry>,
     bytes: usize,
+    denials: usize,
+}
+
+impl Cache {
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.bytes;
+            self.denials -= usize::from(e.answer.answers.is_empty());
+        }
+    }
+
+    fn insert(&mut self, key: Key, entry: Entry) {
+        self.remove(&key);
+        self.bytes += entry.bytes;
+        self.denials += usize::from(entry.answer.answers.is_empty());
+        self.entries.insert(key, entry);
+    }
+
+    /// Keeps the entries `keep` says, and counts again.
+    fn retain(&mut self, keep: impl FnMut(&Key, &mut Entry) -> bool) {
+        self.entries.retain(keep);
+        self.bytes = self.entries.values().map(|e| e.bytes).sum();
+        self.denials = self
+            .entries
+            .values()
+            .filter(|e| e.answer.answers.is_empty())
+            .count();
+    }
 }
 
 type Key = (Name, RecordType, DNSClass);
 
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
+    upstreams: Vec<Arc<Upstream>>,
+    /// Longest zone first.
+    zones: Vec<(Name, Vec<Arc<Upstream>>)>,
+    protocol: Protocol,
     cache: Mutex<Cache>,
     max_bytes: usize,
     in_flight: Semaphore,
@@ -91,11 +143,83 @@ impl Forwarder {
 
     /// A forwarder whose cache holds at most `max_bytes`.
     pub fn with_cache_bytes(upstreams: Vec<SocketAddr>, max_bytes: usize) -> Self {
-        Self {
+        Self::with(ForwardConfig {
             upstreams,
+            cache_bytes: max_bytes,
+            ..ForwardConfig::default()
+        })
+    }
+
+    pub fn with(config: ForwardConfig) -> Self {
+        let mut zones: Vec<(Name, Vec<Arc<Upstream>>)> = config
+            .zones
+            .into_iter()
+            .map(|(zone, addrs)| {
+                let zone = zone.to_lowercase();
+                (zone, addrs.into_iter().map(Upstream::new).collect())
+            })
+            .collect();
+        zones.sort_by_key(|(zone, _)| std::cmp::Reverse(zone.num_labels()));
+        Self {
+            upstreams: config.upstreams.into_iter().map(Upstream::new).collect(),
+            zones,
+            protocol: config.protocol,
             cache: Mutex::new(Cache::default()),
-            max_bytes,
+            max_bytes: config.cache_bytes,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
+
+    /// The upstreams `name` goes to.
+    fn upstreams_of(&self, name: &Name) -> &[Arc<Upstream>] {
+        self.zones
+            .iter()
+            .find(|(zone, _)| zone.zone_of(name))
+            .map_or(&self.upstreams, |(_, ups)| ups)
+    }
+
+    /// Every upstream, once (an address in several zones is one server).
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut seen: Vec<Arc<Upstream>> = Vec::new();
+        for up in self
+            .upstreams
+            .iter()
+            .chain(self.zones.iter().flat_map(|(_, ups)| ups))
+        {
+            if !seen.iter().any(|u| u.addr == up.addr) {
+                seen.push(Arc::clone(up));
+            }
+        }
+        seen
+    }
+
+    /// Asks each down upstream `. NS` every `HEALTH_CHECK_INTERVAL`, for
+    /// the forwarder's life; an answer of any kind brings it back.
+    pub fn health_checks(
+        &self,
+        metrics: Arc<Metrics>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let all: Vec<Arc<Upstream>> = self
+            .upstreams
+            .iter()
+            .chain(self.zones.iter().flat_map(|(_, ups)| ups))
+            .cloned()
+            .collect();
+        // An address in several zones is one upstream here and one there:
+        // each is probed, and each comes back on its own.
+        async move {
+            loop {
+                tokio::time::sleep(HEALTH_CHECK_INTERVAL).await;
+                for up in all.iter().filter(|u| !u.is_up()) {
+                    if probe(up.addr).await {
+                        tracing::info!(upstream = %up.addr, "DNS upstream is back");
+                        up.answered();
+                    } else {
+                        metrics.health_check_failures.fetch_add(1, Relaxed);
+                        up.health_check_failures.fetch_add(1, Relaxed);
+                    }
+                }
+            }
         }
     }
 
@@ -113,6 +237,7 @@ impl Forwarder {
         name: &Name,
         qtype: RecordType,
         qclass: DNSClass,
+        transport: Transport,
         metrics: &Metrics,
     ) -> Result<Answer, ForwardError> {
         let key = (name.to_lowercase(), qtype, qclass);
@@ -121,25 +246,38 @@ impl Forwarder {
         if let Some(entry) = &cached
             && now < entry.expires
         {
-            metrics.cache_hits.fetch_add(1, Relaxed);
+            hit(metrics, &entry.answer);
             return Ok(aged(entry, now));
         }
         metrics.cache_misses.fetch_add(1, Relaxed);
-        if self.upstreams.is_empty() {
+        let upstreams = self.upstreams_of(name);
+        if upstreams.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return Err(ForwardError::Busy);
         };
-        for upstream in &self.upstreams {
-            match ask(*upstream, name, qtype, qclass).await {
+        let tcp = match self.protocol {
+            Protocol::ForceTcp => true,
+            Protocol::PreferUdp => false,
+            Protocol::SameAsClient => transport == Transport::Tcp,
+        };
+        // The healthy ones, in order; every one when none is.
+        let any_up = upstreams.iter().any(|u| u.is_up());
+        for upstream in upstreams.iter().filter(|u| !any_up || u.is_up()) {
+            match ask(upstream.addr, name, qtype, qclass, tcp).await {
                 Ok((answer, wire)) => {
+                    upstream.answered();
                     self.store(key, &answer, wire, now, metrics);
                     return Ok(answer);
                 }
                 Err(e) => {
+                    upstream.failed();
                     metrics.upstream_failures.fetch_add(1, Relaxed);
-                    tracing::debug!(%upstream, %name, "upstream: {e}");
+                    tracing::debug!(upstream = %upstream.addr, %name, "upstream: {e}");
+                    if !upstream.is_up() && upstream.fails.load(Relaxed) == MAX_FAILS {
+                        tracing::warn!(upstream = %upstream.addr, "DNS upstream is down after {MAX_FAILS} failures in a row; skipped until it answers a health check");
+                    }
                 }
             }
         }
@@ -167,7 +305,7 @@ impl Forwarder {
         if now >= entry.expires {
             return None;
         }
-        metrics.cache_hits.fetch_add(1, Relaxed);
+        hit(metrics, &entry.answer);
         Some(aged(&entry, now))
     }
 
@@ -201,17 +339,11 @@ impl Forwarder {
             return;
         }
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = cache.entries.remove(&key) {
-            cache.bytes -= old.bytes;
-        }
+        cache.remove(&key);
         if cache.bytes + bytes > self.max_bytes {
             // Drop what is past serving stale, then, if still over, the
             // entries that expire first until a tenth is free.
-            let before = cache.entries.len();
-            cache.entries.retain(|_, e| now < e.expires + STALE_FOR);
-            if cache.entries.len() < before {
-                cache.bytes = cache.entries.values().map(|e| e.bytes).sum();
-            }
+            cache.retain(|_, e| now < e.expires + STALE_FOR);
             if cache.bytes + bytes > self.max_bytes {
                 let mut by_expiry: Vec<(Instant, Key)> = cache
                     .entries
@@ -224,14 +356,11 @@ impl Forwarder {
                     if cache.bytes <= goal {
                         break;
                     }
-                    if let Some(e) = cache.entries.remove(&k) {
-                        cache.bytes -= e.bytes;
-                    }
+                    cache.remove(&k);
                 }
             }
         }
-        cache.bytes += bytes;
-        cache.entries.insert(
+        cache.insert(
             key,
             Entry {
                 answer: answer.clone(),
@@ -243,6 +372,20 @@ impl Forwarder {
         metrics
             .cache_bytes
             .store(u64::try_from(cache.bytes).unwrap_or(u64::MAX), Relaxed);
+        let [success, denial] = &metrics.cache_entries;
+        success.store(
+            u64::try_from(cache.entries.len() - cache.denials).unwrap_or(0),
+            Relaxed,
+        );
+        denial.store(u64::try_from(cache.denials).unwrap_or(0), Relaxed);
+    }
+}
+
+/// Counts a cache hit, and whether it was a negative answer.
+fn hit(metrics: &Metrics, answer: &Answer) {
+    metrics.cache_hits.fetch_add(1, Relaxed);
+    if answer.answers.is_empty() {
+        metrics.cache_denials.fetch_add(1, Relaxed);
     }
 }
 
@@ -294,6 +437,7 @@ async fn ask(
     name: &Name,
     qtype: RecordType,
     qclass: DNSClass,
+    tcp: bool,
 ) -> Result<(Answer, usize), AskError> {
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
@@ -306,33 +450,10 @@ async fn ask(
     let bytes = query
         .to_vec()
         .map_err(|e| AskError::Encode(e.to_string()))?;
-
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .map_err(|_| AskError::Mismatch)?;
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(upstream).await?;
-    socket.send(&bytes).await?;
-    let mut buf = vec![0u8; 65_535];
-    let reply = timeout(ATTEMPT_TIMEOUT, async {
-        loop {
-            let n = socket.recv(&mut buf).await?;
-            // Anything that is not the answer to this query is ignored.
-            if let Some(reply) = buf.get(..n).and_then(|b| matching(&query, b)) {
-                return Ok::<_, std::io::Error>((reply, n));
-            }
-        }
-    })
-    .await
-    .map_err(|_| AskError::Timeout)??;
-    let (reply, wire) = if reply.0.metadata.truncation {
+    let (reply, wire) = if tcp {
         ask_tcp(upstream, &query, &bytes).await?
     } else {
-        reply
+        ask_udp(upstream, &query, &bytes).await?
     };
     match reply.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => Ok((
@@ -346,6 +467,40 @@ async fn ask(
         )),
         other => Err(AskError::Failed(other)),
     }
+}
+
+/// Over UDP, then TCP if the answer is truncated.
+async fn ask_udp(
+    upstream: SocketAddr,
+    query: &Message,
+    bytes: &[u8],
+) -> Result<(Message, usize), AskError> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|_| AskError::Mismatch)?;
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(upstream).await?;
+    socket.send(bytes).await?;
+    let mut buf = vec![0u8; 65_535];
+    let reply = timeout(ATTEMPT_TIMEOUT, async {
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            // Anything that is not the answer to this query is ignored.
+            if let Some(reply) = buf.get(..n).and_then(|b| matching(query, b)) {
+                return Ok::<_, std::io::Error>((reply, n));
+            }
+        }
+    })
+    .await
+    .map_err(|_| AskError::Timeout)??;
+    if reply.0.metadata.truncation {
+        return ask_tcp(upstream, query, bytes).await;
+    }
+    Ok(reply)
 }
 
 async fn ask_tcp(
@@ -389,56 +544,4 @@ fn matching(query: &Message, bytes: &[u8]) -> Option<Message> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
-
-    use hickory_proto::rr::{RData, rdata::A};
-
-    use super::*;
-
-    #[test]
-    fn the_cache_stays_within_its_bytes_and_keeps_the_newest() {
-        let forwarder = Forwarder::with_cache_bytes(Vec::new(), 64 << 10);
-        let metrics = Metrics::default();
-        let now = Instant::now();
-        let mut most = 0;
-        for i in 0..5000u32 {
-            let name = Name::from_ascii(format!("n{i}.example.")).unwrap();
-            let record =
-                Record::from_rdata(name.clone(), 30, RData::A(A(std::net::Ipv4Addr::from(i))));
-            let answer = Answer {
-                rcode: ResponseCode::NoError,
-                answers: vec![record],
-                authorities: Vec::new(),
-                additionals: Vec::new(),
-            };
-            // Later ones expire later, as they would.
-            let at = now + Duration::from_millis(u64::from(i));
-            forwarder.store(
-                (name, RecordType::A, DNSClass::IN),
-                &answer,
-                60,
-                at,
-                &metrics,
-            );
-            most = most.max(forwarder.cache_bytes());
-        }
-        assert!(most <= 64 << 10, "{most} bytes");
-        let last = Name::from_ascii("n4999.example.").unwrap();
-        assert!(
-            forwarder
-                .cached(&last, RecordType::A, DNSClass::IN, &metrics)
-                .is_some()
-        );
-        let first = Name::from_ascii("n0.example.").unwrap();
-        assert!(
-            forwarder
-                .entry(&(first, RecordType::A, DNSClass::IN))
-                .is_none()
-        );
-        assert_eq!(
-            metrics.cache_bytes.load(Relaxed),
-            u64::try_from(forwarder.cache_bytes()).unwrap()
-        );
-    }
-}
+mod tests;

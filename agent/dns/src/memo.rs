@@ -178,8 +178,12 @@ impl Resolver {
         {
             let mut wire = entry.wire.to_vec();
             patch(&mut wire, bytes);
-            self.metrics
-                .answered(Some(entry.qtype), entry.rcode, started.elapsed());
+            self.metrics.answered(
+                Some(entry.qtype),
+                entry.rcode,
+                Transport::Udp,
+                started.elapsed(),
+            );
             return Step::Done(Some(wire));
         }
         let (step, from_zone) = self.try_answer_at(bytes, Transport::Udp, started);

@@ -10,6 +10,8 @@ use std::{
 
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 
+mod coredns;
+
 const TYPES: [(&str, RecordType); 9] = [
     ("A", RecordType::A),
     ("AAAA", RecordType::AAAA),
@@ -70,9 +72,15 @@ impl Refused {
 #[derive(Default)]
 pub struct Metrics {
     queries: [[AtomicU64; OTHER_RCODE + 1]; OTHER_TYPE + 1],
-    latency: [AtomicU64; BUCKETS.len() + 1],
-    latency_sum_us: AtomicU64,
+    /// Of those, over TCP (the rest over UDP).
+    tcp_queries: [AtomicU64; OTHER_TYPE + 1],
+    latency: [[AtomicU64; BUCKETS.len() + 1]; OTHER_TYPE + 1],
+    latency_sum_us: [AtomicU64; OTHER_TYPE + 1],
     pub cache_hits: AtomicU64,
+    /// Of the hits, negative answers (NXDOMAIN, NODATA).
+    pub cache_denials: AtomicU64,
+    /// Forward cache entries: positive, negative.
+    pub cache_entries: [AtomicU64; 2],
     pub cache_misses: AtomicU64,
     pub cache_stale: AtomicU64,
     pub upstream_failures: AtomicU64,
@@ -86,11 +94,33 @@ pub struct Metrics {
     pub memo_bytes: AtomicU64,
     /// TCP connections closed for a client that did not read its answer.
     pub tcp_write_timeouts: AtomicU64,
+    /// Health checks of down upstreams that got no answer.
+    pub health_check_failures: AtomicU64,
+    /// `dns://<address>:53`, CoreDNS's `server` label.
+    server: std::sync::OnceLock<String>,
+    /// The forwarder's upstreams, for their health.
+    upstreams: std::sync::OnceLock<Vec<std::sync::Arc<crate::forward::Upstream>>>,
 }
 
 impl Metrics {
+    /// Names the server (`dns://10.96.0.10:53`) in CoreDNS's series.
+    pub fn set_server(&self, addr: std::net::SocketAddr) {
+        let _ = self.server.set(format!("dns://{addr}"));
+    }
+
+    /// The upstreams whose health `/metrics` shows.
+    pub fn set_upstreams(&self, upstreams: Vec<std::sync::Arc<crate::forward::Upstream>>) {
+        let _ = self.upstreams.set(upstreams);
+    }
+
     /// One answered query.
-    pub fn answered(&self, qtype: Option<RecordType>, rcode: ResponseCode, took: Duration) {
+    pub fn answered(
+        &self,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        transport: crate::respond::Transport,
+        took: Duration,
+    ) {
         let t = qtype
             .and_then(|q| TYPES.iter().position(|(_, t)| *t == q))
             .unwrap_or(OTHER_TYPE);
@@ -101,16 +131,22 @@ impl Metrics {
         if let Some(c) = self.queries.get(t).and_then(|row| row.get(r)) {
             c.fetch_add(1, Relaxed);
         }
+        if transport == crate::respond::Transport::Tcp
+            && let Some(c) = self.tcp_queries.get(t)
+        {
+            c.fetch_add(1, Relaxed);
+        }
         let secs = took.as_secs_f64();
         let b = BUCKETS
             .iter()
             .position(|le| secs <= *le)
             .unwrap_or(BUCKETS.len());
-        if let Some(c) = self.latency.get(b) {
+        if let Some(c) = self.latency.get(t).and_then(|row| row.get(b)) {
             c.fetch_add(1, Relaxed);
         }
-        self.latency_sum_us
-            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        if let Some(c) = self.latency_sum_us.get(t) {
+            c.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        }
     }
 
     pub fn refused(&self, why: Refused) {
@@ -193,33 +229,7 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP sluice_dns_request_duration_seconds Time from a query's arrival to its answer.\n");
-        out.push_str("# TYPE sluice_dns_request_duration_seconds histogram\n");
-        let mut cumulative = 0;
-        for (i, c) in self.latency.iter().enumerate() {
-            cumulative += c.load(Relaxed);
-            match BUCKETS.get(i) {
-                Some(le) => {
-                    let _ = writeln!(
-                        out,
-                        "sluice_dns_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "sluice_dns_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-                    );
-                }
-            }
-        }
-        #[expect(clippy::cast_precision_loss, reason = "a sum in seconds for display")]
-        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "sluice_dns_request_duration_seconds_sum {sum}");
-        let _ = writeln!(
-            out,
-            "sluice_dns_request_duration_seconds_count {cumulative}"
-        );
+        self.render_latency(&mut out);
         for (name, help, value) in [
             (
                 "sluice_dns_cache_hits_total",
@@ -273,6 +283,66 @@ impl Metrics {
             "sluice_dns_dropped_total{{reason=\"response\"}} {}",
             self.dropped_response.load(Relaxed)
         );
+        self.render_upstreams(&mut out);
+        coredns::render(self, &mut out);
         out
     }
+
+    /// The latency histogram over every query type.
+    fn render_latency(&self, out: &mut String) {
+        out.push_str("# HELP sluice_dns_request_duration_seconds Time from a query's arrival to its answer.\n");
+        out.push_str("# TYPE sluice_dns_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for i in 0..=BUCKETS.len() {
+            cumulative += self
+                .latency
+                .iter()
+                .filter_map(|row| row.get(i))
+                .map(|c| c.load(Relaxed))
+                .sum::<u64>();
+            match BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(
+                        out,
+                        "sluice_dns_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "sluice_dns_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let sum_us: u64 = self.latency_sum_us.iter().map(|c| c.load(Relaxed)).sum();
+        #[expect(clippy::cast_precision_loss, reason = "a sum in seconds for display")]
+        let sum = sum_us as f64 / 1e6;
+        let _ = writeln!(out, "sluice_dns_request_duration_seconds_sum {sum}");
+        let _ = writeln!(
+            out,
+            "sluice_dns_request_duration_seconds_count {cumulative}"
+        );
+    }
+
+    /// Each upstream's health.
+    fn render_upstreams(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP sluice_dns_health_check_failures_total Health checks of down upstreams that got no answer.\n# TYPE sluice_dns_health_check_failures_total counter\nsluice_dns_health_check_failures_total {}",
+            self.health_check_failures.load(Relaxed)
+        );
+        out.push_str("# HELP sluice_dns_upstream_up Whether an upstream is up (1) or down after failures in a row (0).\n# TYPE sluice_dns_upstream_up gauge\n");
+        for up in self.upstreams.get().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "sluice_dns_upstream_up{{upstream=\"{}\"}} {}",
+                up.addr,
+                u8::from(up.is_up())
+            );
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

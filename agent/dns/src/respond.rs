@@ -97,7 +97,7 @@ impl Resolver {
         transport: Transport,
         started: Instant,
     ) -> (Step, bool) {
-        let request = match self.parse(bytes, started) {
+        let request = match self.parse(bytes, transport, started) {
             Ok(request) => request,
             Err(done) => return (Step::Done(done), false),
         };
@@ -118,13 +118,16 @@ impl Resolver {
     /// The wire answer to the wire query `bytes`, or `None` to stay silent.
     pub async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let started = Instant::now();
-        let request = match self.parse(bytes, started) {
+        let request = match self.parse(bytes, transport, started) {
             Ok(request) => request,
             Err(done) => return done,
         };
         let outcome = match check(&request) {
             Err(outcome) => outcome,
-            Ok(query) => self.resolve(query.name(), query.query_type(), 0).await,
+            Ok(query) => {
+                self.resolve(query.name(), query.query_type(), 0, transport)
+                    .await
+            }
         };
         self.finish(&request, outcome, transport, started)
     }
@@ -133,7 +136,7 @@ impl Resolver {
     /// list, or past its share), or nothing for what is not a query.
     pub fn refuse(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let started = Instant::now();
-        let request = match self.parse(bytes, started) {
+        let request = match self.parse(bytes, Transport::Udp, started) {
             Ok(request) => request,
             Err(done) => return done,
         };
@@ -146,7 +149,12 @@ impl Resolver {
     }
 
     /// The request, or what to send instead (FORMERR, or nothing).
-    fn parse(&self, bytes: &[u8], started: Instant) -> Result<Message, Option<Vec<u8>>> {
+    fn parse(
+        &self,
+        bytes: &[u8],
+        transport: Transport,
+        started: Instant,
+    ) -> Result<Message, Option<Vec<u8>>> {
         let Some(header) = bytes.get(..12) else {
             self.metrics.dropped(Dropped::Short);
             return Err(None);
@@ -157,7 +165,7 @@ impl Resolver {
         }
         Message::from_vec(bytes).map_err(|_| {
             self.metrics
-                .answered(None, ResponseCode::FormErr, started.elapsed());
+                .answered(None, ResponseCode::FormErr, transport, started.elapsed());
             Some(formerr(header))
         })
     }
@@ -172,7 +180,8 @@ impl Resolver {
         let rcode = outcome.rcode;
         let wire = encode(request, outcome, transport, &self.metrics);
         let qtype = request.queries.first().map(Query::query_type);
-        self.metrics.answered(qtype, rcode, started.elapsed());
+        self.metrics
+            .answered(qtype, rcode, transport, started.elapsed());
         wire
     }
 
@@ -219,7 +228,13 @@ impl Resolver {
         }
     }
 
-    async fn resolve(&self, name: &Name, qtype: RecordType, depth: usize) -> Outcome {
+    async fn resolve(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        depth: usize,
+        transport: Transport,
+    ) -> Outcome {
         match self.zone.lookup(name, qtype) {
             Lookup::Alias { cname, target } => {
                 let mut outcome = Outcome {
@@ -234,7 +249,7 @@ impl Resolver {
                 // address questions, through this same server.
                 let chase = matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY);
                 if chase && depth < MAX_CHAIN {
-                    let next = Box::pin(self.resolve(&target, qtype, depth + 1)).await;
+                    let next = Box::pin(self.resolve(&target, qtype, depth + 1, transport)).await;
                     if next.rcode != ResponseCode::ServFail {
                         outcome.rcode = next.rcode;
                         outcome.answers.extend(next.answers);
@@ -246,7 +261,7 @@ impl Resolver {
             Lookup::NotOurs => {
                 match self
                     .forwarder
-                    .resolve(name, qtype, DNSClass::IN, &self.metrics)
+                    .resolve(name, qtype, DNSClass::IN, transport, &self.metrics)
                     .await
                 {
                     Ok(answer) => Outcome::forwarded(answer),

@@ -380,3 +380,67 @@ fn the_secure_ports_auth_and_tls_settings_are_checked() {
         Err(ConfigError::SecurePortWithoutCerts)
     ));
 }
+
+#[test]
+fn forward_zones_and_the_forwarding_protocol_are_parsed_and_checked() {
+    let args = || Settings {
+        manifests: Some("/m".into()),
+        interfaces: Some("eth0".into()),
+        dns_ip: Some("169.254.20.10".parse().unwrap()),
+        upstream: Some("10.0.0.1".into()),
+        ..Settings::default()
+    };
+    let c = RunConfig::from_args(Settings {
+        forward_zone: Some(vec![
+            "corp.example=10.0.0.53,10.0.0.54:5353".into(),
+            "Lab.Test.=[fd00::53]:53".into(),
+        ]),
+        dns_force_tcp: Some(true),
+        ..args()
+    })
+    .unwrap();
+    let dns = services(c).dns.unwrap();
+    assert_eq!(
+        dns.forward_zones,
+        vec![
+            (
+                "corp.example.".to_owned(),
+                vec![
+                    "10.0.0.53:53".parse().unwrap(),
+                    "10.0.0.54:5353".parse().unwrap()
+                ]
+            ),
+            (
+                "Lab.Test.".to_owned(),
+                vec!["[fd00::53]:53".parse().unwrap()]
+            ),
+        ]
+    );
+    assert_eq!(dns.protocol, sluice_dns::forward::Protocol::ForceTcp);
+    for bad in [
+        "corp.example",
+        "=10.0.0.1",
+        "corp.example=",
+        "corp.example=nohost",
+    ] {
+        let err = RunConfig::from_args(Settings {
+            forward_zone: Some(vec![bad.into()]),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ForwardZone(_)), "{bad}: {err}");
+    }
+    assert!(matches!(
+        RunConfig::from_args(Settings {
+            dns_prefer_udp: Some(true),
+            dns_force_tcp: Some(true),
+            ..args()
+        }),
+        Err(ConfigError::DnsProtocols)
+    ));
+    let c = RunConfig::from_args(args()).unwrap();
+    assert_eq!(
+        services(c).dns.unwrap().protocol,
+        sluice_dns::forward::Protocol::SameAsClient
+    );
+}
