@@ -86,6 +86,10 @@ pub enum ConfigError {
     DnsWithoutIp,
     #[error("`forward-zone` `{0}`: give ZONE=IP[:PORT][,IP[:PORT]…], e.g. corp.example=10.0.0.53")]
     ForwardZone(String),
+    #[error("`dns-ip`: one or two addresses (the node-local one, and kube-dns's ClusterIP)")]
+    DnsIp,
+    #[error("`dns-pods` `{0}`: insecure or disabled")]
+    DnsPods(String),
     #[error("`dns-prefer-udp` and `dns-force-tcp` exclude each other")]
     DnsProtocols,
     #[error("`dns-allow-cidrs`: {0}")]
@@ -362,13 +366,11 @@ fn dataplane_config(
         }
         None => DataplaneConfig::default(),
     };
-    // The DNS address is the agent's own: the dataplane passes it.
-    if let Some(DnsConfig {
-        ip: std::net::IpAddr::V4(ip),
-        ..
-    }) = dns
-    {
-        dataplane = dataplane.with_local_ip(*ip);
+    // The DNS addresses are the agent's own: the dataplane passes them.
+    for ip in dns.iter().flat_map(|d| &d.ips) {
+        if let std::net::IpAddr::V4(ip) = ip {
+            dataplane = dataplane.with_local_ip(*ip);
+        }
     }
     Ok(dataplane)
 }

@@ -25,7 +25,9 @@ use crate::model::{ObjectKey, store::Store};
 /// The DNS part of `sluice run`'s configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsConfig {
-    pub ip: IpAddr,
+    /// The addresses served: the node-local one, and optionally kube-dns's
+    /// ClusterIP (NodeLocal DNSCache's setup). The first names the server.
+    pub ips: Vec<IpAddr>,
     pub cluster_domain: String,
     pub ttl: u32,
     pub upstreams: Vec<SocketAddr>,
@@ -38,6 +40,8 @@ pub struct DnsConfig {
     /// `(zone, upstreams)`: names in the zone go there (`--forward-zone`).
     pub forward_zones: Vec<(String, Vec<SocketAddr>)>,
     pub protocol: forward::Protocol,
+    /// What pod names answer.
+    pub pods: zone::Pods,
 }
 
 /// Default of `--dns-cache-bytes`.
@@ -68,28 +72,31 @@ pub struct Dns {
     zone: Arc<zone::ClusterZone>,
     metrics: Arc<metrics::Metrics>,
     // Field order is drop order: the listeners, then their runtime.
-    servers: Option<server::Servers>,
+    servers: Vec<server::Servers>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Dns {
-    /// Makes the address local, binds UDP and TCP port 53 on it and serves
-    /// the sources `cfg.allow` lists, or else the node and the pods behind
-    /// `pods`.
+    /// Makes the addresses local, binds UDP and TCP port 53 on each and
+    /// serves the sources `cfg.allow` lists, or else the node and the pods
+    /// behind `pods`.
     pub async fn start(
         cfg: &DnsConfig,
         pods: &crate::interfaces::InterfaceMatcher,
     ) -> Result<Self, DnsError> {
         let domain = Name::from_ascii(&cfg.cluster_domain)
             .map_err(|_| DnsError::Domain(cfg.cluster_domain.clone()))?;
-        let placed = address::ensure(cfg.ip).await?;
-        let zone = Arc::new(zone::ClusterZone::new(&domain, cfg.ttl));
+        let mut placed = Vec::new();
+        for ip in &cfg.ips {
+            placed.push(address::ensure(*ip).await?);
+        }
+        let zone = Arc::new(zone::ClusterZone::new(&domain, cfg.ttl).with_pods(cfg.pods));
         let metrics = Arc::new(metrics::Metrics::default());
         let upstreams: Vec<SocketAddr> = cfg
             .upstreams
             .iter()
             .copied()
-            .filter(|u| u.ip() != cfg.ip)
+            .filter(|u| !cfg.ips.contains(&u.ip()))
             .collect();
         if upstreams.len() < cfg.upstreams.len() {
             tracing::warn!("the DNS address itself is not an upstream (that would loop); skipped");
@@ -121,8 +128,10 @@ impl Dns {
             .enable_all()
             .build()
             .map_err(DnsError::Runtime)?;
-        let addr = SocketAddr::new(cfg.ip, 53);
-        metrics.set_server(SocketAddr::new(cfg.ip, 53));
+        let addrs: Vec<SocketAddr> = cfg.ips.iter().map(|ip| SocketAddr::new(*ip, 53)).collect();
+        if let Some(first) = addrs.first() {
+            metrics.set_server(*first);
+        }
         metrics.set_upstreams(resolver.forwarder.upstreams());
         runtime.spawn(resolver.forwarder.health_checks(Arc::clone(&metrics)));
         if cfg.allow.is_none() {
@@ -130,16 +139,26 @@ impl Dns {
             clients.set_access(access::node_and_pods(pods).await);
             runtime.spawn(access::follow(pods.clone(), Arc::clone(&clients)));
         }
-        let servers = server::serve(
-            addr,
-            workers,
-            resolver,
-            runtime.handle(),
-            cfg.cache_bytes / 2,
-        )
-        .map_err(|source| DnsError::Listen { addr, source })?;
+        let mut servers = Vec::new();
+        for addr in &addrs {
+            // The memos' bytes are shared by every address's workers.
+            let memo_bytes = cfg.cache_bytes / 2 / addrs.len().max(1);
+            servers.push(
+                server::serve(
+                    *addr,
+                    workers,
+                    Arc::clone(&resolver),
+                    runtime.handle(),
+                    memo_bytes,
+                )
+                .map_err(|source| DnsError::Listen {
+                    addr: *addr,
+                    source,
+                })?,
+            );
+        }
         tracing::info!(
-            %addr,
+            ?addrs,
             domain = %zone.domain(),
             ttl = cfg.ttl,
             upstreams = ?upstreams,
@@ -155,7 +174,7 @@ impl Dns {
         Ok(Self {
             zone,
             metrics,
-            servers: Some(servers),
+            servers,
             runtime: Some(runtime),
         })
     }
@@ -191,7 +210,7 @@ impl Dns {
 
 impl Drop for Dns {
     fn drop(&mut self) {
-        drop(self.servers.take());
+        self.servers.clear();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

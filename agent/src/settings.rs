@@ -183,9 +183,11 @@ settings! {
     #[arg(long)]
     cgroup_path: PathBuf,
     /// Serve cluster DNS on this address (made local to the node; passed
-    /// untouched by the dataplane), UDP and TCP port 53.
-    #[arg(long)]
-    dns_ip: std::net::IpAddr,
+    /// untouched by the dataplane), UDP and TCP port 53; or on two,
+    /// comma-separated: the node-local one and kube-dns's ClusterIP, which
+    /// the dataplane then passes untouched too (NodeLocal DNSCache's setup).
+    #[arg(long, value_name = "IP[,IP]")]
+    dns_ip: ListValue,
     /// The cluster domain (default `cluster.local`).
     #[arg(long)]
     cluster_domain: String,
@@ -201,6 +203,11 @@ settings! {
     /// domains); repeatable; the longest zone wins.
     #[arg(long, value_name = "ZONE=IP[:PORT][,IP[:PORT]…]")]
     forward_zone: Vec<String>,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: `insecure` (default, as the
+    /// Kubernetes Corefile's `pods insecure`: the address the name spells)
+    /// or `disabled` (NXDOMAIN).
+    #[arg(long, value_name = "insecure|disabled")]
+    dns_pods: String,
     /// Forward over UDP first even for a TCP client (CoreDNS's
     /// `prefer_udp`; default false: the client's protocol)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]

@@ -108,9 +108,21 @@ struct Data {
 }
 
 /// The cluster zone (`<domain>`), shared by the DNS workers.
+/// What `<a-b-c-d>.<ns>.pod.<zone>` answers (CoreDNS's `pods` option).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pods {
+    /// The address the name spells, unchecked (`pods insecure`, the
+    /// Kubernetes default Corefile's).
+    #[default]
+    Insecure,
+    /// NXDOMAIN (`pods disabled`).
+    Disabled,
+}
+
 pub struct ClusterZone {
     domain: Name,
     ttl: u32,
+    pods: Pods,
     data: RwLock<Data>,
     /// Bumped after every change: an answer computed after reading `n`
     /// holds while the generation is still `n`.
@@ -125,9 +137,17 @@ impl ClusterZone {
         Self {
             domain,
             ttl,
+            pods: Pods::default(),
             data: RwLock::default(),
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// With pod records answered as `pods` says.
+    #[must_use]
+    pub fn with_pods(mut self, pods: Pods) -> Self {
+        self.pods = pods;
+        self
     }
 
     pub fn domain(&self) -> &Name {
@@ -277,6 +297,10 @@ impl ClusterZone {
                 Some(svc) => answer.endpoint(svc, first),
                 None => Lookup::NxDomain,
             },
+            [ip, _ns, "pod"] => match (self.pods, undashed(ip)) {
+                (Pods::Insecure, Some(ip)) => answer.pod(ip),
+                _ => Lookup::NxDomain,
+            },
             [port, proto, name, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
                 match data.services.get(*ns).and_then(|m| m.get(*name)) {
                     Some(svc) => answer.srv(svc, ns, name, port.trim_start_matches('_'), proto),
@@ -302,6 +326,23 @@ fn reverse_entries(svc: &DnsService, fqdn: Option<&Name>) -> Vec<(IpAddr, Name)>
             .collect(),
         DnsKind::ExternalName(_) => Vec::new(),
     }
+}
+
+/// `10-244-1-5` → `10.244.1.5`; `fd00--1` → `fd00::1` (a pod's name).
+fn undashed(label: &str) -> Option<IpAddr> {
+    let four: Vec<&str> = label.split('-').collect();
+    if four.len() == 4
+        && four
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return label.replace('-', ".").parse().ok();
+    }
+    label
+        .replace('-', ":")
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 /// The address of a full `in-addr.arpa.` / `ip6.arpa.` name.
@@ -350,6 +391,11 @@ impl Answerer<'_> {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A pod's record: the address its name spells.
+    fn pod(&self, ip: IpAddr) -> Lookup {
+        records(self.addresses(self.qname, &[ip], self.qtype), Vec::new())
     }
 
     fn service(&self, svc: &DnsService, ns: &str, name: &str) -> Lookup {

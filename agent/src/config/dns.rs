@@ -19,12 +19,13 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
     let allow = c.dns_allow_cidrs.take().map(ListValue::items);
     let zones = c.forward_zone.take();
     let (prefer_udp, force_tcp) = (c.dns_prefer_udp, c.dns_force_tcp);
+    let pods = c.dns_pods.take();
     let (forwards, tcp, cache_bytes) = (
         c.dns_max_forwards_per_client,
         c.dns_max_tcp_per_client,
         c.dns_cache_bytes,
     );
-    let Some(ip) = c.dns_ip else {
+    let Some(ips) = c.dns_ip.take() else {
         if domain.is_some()
             || ttl.is_some()
             || upstream.is_some()
@@ -35,46 +36,31 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
             || zones.is_some()
             || prefer_udp.is_some()
             || force_tcp.is_some()
+            || pods.is_some()
         {
             return Err(ConfigError::DnsWithoutIp);
         }
         return Ok(None);
     };
+    let ips = ips
+        .items()
+        .iter()
+        .map(|ip| ip.parse::<std::net::IpAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|ips| (1..=2).contains(&ips.len()))
+        .ok_or(ConfigError::DnsIp)?;
     let allow = allow
         .map(|items| sluice_dns::clients::AccessList::parse(&items))
         .transpose()
         .map_err(ConfigError::DnsAllow)?;
-    let per_client = |v: Option<u32>, default: u32, what: &'static str| match v {
-        Some(0) => Err(ConfigError::DnsShare(what)),
-        Some(n) => Ok(n),
-        None => Ok(default),
-    };
-    let forwards_per_client = per_client(
-        forwards,
-        sluice_dns::clients::DEFAULT_FORWARDS_PER_CLIENT,
-        "dns-max-forwards-per-client",
-    )?;
-    let tcp_per_client = per_client(
-        tcp,
-        sluice_dns::clients::DEFAULT_TCP_PER_CLIENT,
-        "dns-max-tcp-per-client",
-    )?;
+    let (forwards_per_client, tcp_per_client, cache_bytes) = shares(forwards, tcp, cache_bytes)?;
     let forward_zones = zones
         .unwrap_or_default()
         .iter()
         .map(|z| parse_forward_zone(z))
         .collect::<Result<Vec<_>, _>>()?;
-    let protocol = match (prefer_udp.unwrap_or(false), force_tcp.unwrap_or(false)) {
-        (true, true) => return Err(ConfigError::DnsProtocols),
-        (true, false) => sluice_dns::forward::Protocol::PreferUdp,
-        (false, true) => sluice_dns::forward::Protocol::ForceTcp,
-        (false, false) => sluice_dns::forward::Protocol::SameAsClient,
-    };
-    let cache_bytes = match cache_bytes {
-        None => crate::dns::DEFAULT_CACHE_BYTES,
-        Some(n) if n >= 1 << 20 => usize::try_from(n).unwrap_or(usize::MAX),
-        Some(n) => return Err(ConfigError::DnsCacheBytes(n)),
-    };
+    let (protocol, pods) = protocol_and_pods(prefer_udp, force_tcp, pods.as_deref())?;
     let ttl = ttl.unwrap_or(crate::dns::DEFAULT_TTL);
     if ttl > 3600 {
         return Err(ConfigError::DnsTtl);
@@ -94,7 +80,7 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
         }
     };
     Ok(Some(DnsConfig {
-        ip,
+        ips,
         cluster_domain: domain.unwrap_or_else(|| crate::dns::DEFAULT_CLUSTER_DOMAIN.to_owned()),
         ttl,
         upstreams,
@@ -104,7 +90,57 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
         cache_bytes,
         forward_zones,
         protocol,
+        pods,
     }))
+}
+
+/// Each client's shares and the caches' bytes.
+fn shares(
+    forwards: Option<u32>,
+    tcp: Option<u32>,
+    cache_bytes: Option<u64>,
+) -> Result<(u32, u32, usize), ConfigError> {
+    let per_client = |v: Option<u32>, default: u32, what: &'static str| match v {
+        Some(0) => Err(ConfigError::DnsShare(what)),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let forwards_per_client = per_client(
+        forwards,
+        sluice_dns::clients::DEFAULT_FORWARDS_PER_CLIENT,
+        "dns-max-forwards-per-client",
+    )?;
+    let tcp_per_client = per_client(
+        tcp,
+        sluice_dns::clients::DEFAULT_TCP_PER_CLIENT,
+        "dns-max-tcp-per-client",
+    )?;
+    let cache_bytes = match cache_bytes {
+        None => crate::dns::DEFAULT_CACHE_BYTES,
+        Some(n) if n >= 1 << 20 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => return Err(ConfigError::DnsCacheBytes(n)),
+    };
+    Ok((forwards_per_client, tcp_per_client, cache_bytes))
+}
+
+/// How queries are forwarded, and what pod names answer.
+fn protocol_and_pods(
+    prefer_udp: Option<bool>,
+    force_tcp: Option<bool>,
+    pods: Option<&str>,
+) -> Result<(sluice_dns::forward::Protocol, sluice_dns::zone::Pods), ConfigError> {
+    let protocol = match (prefer_udp.unwrap_or(false), force_tcp.unwrap_or(false)) {
+        (true, true) => return Err(ConfigError::DnsProtocols),
+        (true, false) => sluice_dns::forward::Protocol::PreferUdp,
+        (false, true) => sluice_dns::forward::Protocol::ForceTcp,
+        (false, false) => sluice_dns::forward::Protocol::SameAsClient,
+    };
+    let pods = match pods {
+        None | Some("insecure") => sluice_dns::zone::Pods::Insecure,
+        Some("disabled") => sluice_dns::zone::Pods::Disabled,
+        Some(other) => return Err(ConfigError::DnsPods(other.to_owned())),
+    };
+    Ok((protocol, pods))
 }
 
 /// `ZONE=IP[:PORT][,IP[:PORT]…]`.

@@ -23,6 +23,9 @@ pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 /// served by the agent itself: never NATed nor rejected, even when a
 /// Service has it as ClusterIP (as NodeLocal DNSCache binds kube-dns's).
 pub const CFG_LOCAL_IP: u32 = 2;
+/// `DataplaneConfig::flags`: `local_ip2_be` is a second such address (the
+/// kube-dns ClusterIP beside the link-local one, as NodeLocal DNSCache).
+pub const CFG_LOCAL_IP2: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +46,9 @@ pub struct DataplaneConfig {
     /// is taken for a SNATed flow's.
     pub snat_min: u16,
     pub snat_max: u16,
+    pub local_ip2_be: [u8; 4],
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 48);
+const _: () = assert!(size_of::<DataplaneConfig>() == 52);
 
 /// The default SNAT ports: above Linux's default ephemeral range
 /// (32768-60999).
@@ -69,6 +73,7 @@ impl DataplaneConfig {
         lifetimes: Lifetimes::DEFAULT,
         snat_min: DEFAULT_SNAT_PORTS.0,
         snat_max: DEFAULT_SNAT_PORTS.1,
+        local_ip2_be: [0; 4],
     };
 
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
@@ -125,19 +130,27 @@ impl DataplaneConfig {
         port >= self.nodeport_min && port <= self.nodeport_max && self.nodeport_max != 0
     }
 
-    /// The same, with `ip` passed untouched to the node's own stack.
+    /// The same, with `ip` passed untouched to the node's own stack (the
+    /// first call sets the first local address, the next the second; more
+    /// are not kept).
     #[must_use]
     pub const fn with_local_ip(mut self, ip: Ipv4Addr) -> Self {
-        self.local_ip_be = ip.octets();
-        self.flags |= CFG_LOCAL_IP;
+        if self.flags & CFG_LOCAL_IP == 0 {
+            self.local_ip_be = ip.octets();
+            self.flags |= CFG_LOCAL_IP;
+        } else {
+            self.local_ip2_be = ip.octets();
+            self.flags |= CFG_LOCAL_IP2;
+        }
         self
     }
 
-    /// Whether `addr_be` is the node-local address that passes untouched.
+    /// Whether `addr_be` is a node-local address that passes untouched.
     #[inline(always)]
     pub const fn is_local_ip(&self, addr_be: [u8; 4]) -> bool {
-        self.flags & CFG_LOCAL_IP != 0
-            && u32::from_ne_bytes(addr_be) == u32::from_ne_bytes(self.local_ip_be)
+        let addr = u32::from_ne_bytes(addr_be);
+        (self.flags & CFG_LOCAL_IP != 0 && addr == u32::from_ne_bytes(self.local_ip_be))
+            || (self.flags & CFG_LOCAL_IP2 != 0 && addr == u32::from_ne_bytes(self.local_ip2_be))
     }
 
     /// Whether `addr_be` lies in the configured service CIDR.
@@ -176,6 +189,9 @@ mod tests {
         let c = c.with_local_ip(Ipv4Addr::new(169, 254, 20, 10));
         assert!(c.is_local_ip([169, 254, 20, 10]));
         assert!(!c.is_local_ip([169, 254, 20, 11]));
+        let c = c.with_local_ip(Ipv4Addr::new(10, 96, 0, 10));
+        assert!(c.is_local_ip([169, 254, 20, 10]) && c.is_local_ip([10, 96, 0, 10]));
+        assert!(!c.is_local_ip([10, 96, 0, 11]));
         assert!(
             !c.in_service_cidr([169, 254, 20, 10]),
             "no service CIDR set"

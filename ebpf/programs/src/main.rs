@@ -149,12 +149,12 @@ pub fn xdp_ingress(md: *mut xdp_md) -> u32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, Event::SockConnect)
+    sock::translate(&ctx, &CONFIG.load(), Event::SockConnect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, Event::SockSendmsg)
+    sock::translate(&ctx, &CONFIG.load(), Event::SockSendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

@@ -17,6 +17,7 @@ use aya_ebpf::{
 };
 use sluice_abi::{
     affinity::CLIENT_NETNS,
+    config::DataplaneConfig,
     proto,
     service::Backend,
     sock::{SockRevKey, SockRevValue},
@@ -68,9 +69,11 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 
 /// `connect4` and `sendmsg4`: a frontend becomes a backend.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext, event: Event) -> i32 {
+pub fn translate(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event) -> i32 {
     let (daddr, dport, protocol) = addr(ctx);
-    if protocol != proto::TCP && protocol != proto::UDP {
+    // The agent's own DNS addresses, kube-dns's ClusterIP among them: the
+    // node's processes reach the agent there, untranslated.
+    if (protocol != proto::TCP && protocol != proto::UDP) || config.is_local_ip(daddr) {
         return ALLOW;
     }
     let Some((_, svc)) = lb::frontend_or_node_port(daddr, dport, protocol) else {

@@ -178,6 +178,12 @@ impl Lab {
     /// config file, no hosts file and no resolv.conf.
     pub fn add_dnsmasq(&mut self, name: &str, ip: Ipv4Addr, args: &[&str]) -> Result<()> {
         self.add_pod(name, ip)?;
+        self.start_dnsmasq(name, args)
+    }
+
+    /// dnsmasq in pod `name` (again, after `stop_server`), on its address.
+    pub fn start_dnsmasq(&mut self, name: &str, args: &[&str]) -> Result<()> {
+        let ip = self.pod(name).ip;
         let file = self.pod(name).ns.open()?;
         let mut cmd = dnsmasq_command(ip);
         cmd.args(args);

@@ -309,3 +309,42 @@ fn nothing_is_answered_before_the_model_is_listed() {
         Lookup::NotOurs
     );
 }
+
+#[test]
+fn pod_names_answer_the_address_they_spell_unless_pods_are_disabled() {
+    let z = zone();
+    let q = |s: &str, t| z.lookup(&name(s), t);
+    assert_eq!(
+        addrs(&q("10-244-1-5.default.pod.cluster.local.", RecordType::A)),
+        ["10.244.1.5"]
+    );
+    // Unchecked, as `pods insecure`: any namespace, any address.
+    assert_eq!(
+        addrs(&q("192-0-2-7.nosuch.pod.cluster.local.", RecordType::A)),
+        ["192.0.2.7"]
+    );
+    assert_eq!(
+        addrs(&q("fd00--1.default.pod.cluster.local.", RecordType::AAAA)),
+        ["fd00::1"]
+    );
+    assert!(matches!(
+        q("10-244-1-5.default.pod.cluster.local.", RecordType::AAAA),
+        Lookup::NoData
+    ));
+    for bad in [
+        "10-244-1.default.pod.cluster.local.",
+        "web.default.pod.cluster.local.",
+        "10-244-1-500.default.pod.cluster.local.",
+    ] {
+        assert!(matches!(q(bad, RecordType::A), Lookup::NxDomain), "{bad}");
+    }
+    let disabled = ClusterZone::new(&name("cluster.local"), 5).with_pods(Pods::Disabled);
+    disabled.set_synced();
+    assert!(matches!(
+        disabled.lookup(
+            &name("10-244-1-5.default.pod.cluster.local."),
+            RecordType::A
+        ),
+        Lookup::NxDomain
+    ));
+}

@@ -16,6 +16,7 @@ mod clusterip;
 mod conntrack;
 mod dns;
 mod dns_fairness;
+mod dns_parity;
 mod fragments;
 mod hairpin;
 mod icmp;
