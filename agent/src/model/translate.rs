@@ -237,6 +237,12 @@ fn external_addresses(
     let mut lb_ips = Vec::new();
     for (i, entry) in ingress.into_iter().flatten().enumerate() {
         // Hostname-only entries (some cloud load balancers) have no address.
+        // `ipMode: Proxy` (KEP-1860): the load balancer proxies, so the
+        // address is not short-circuited; traffic to it goes out to the
+        // load balancer, as kube-proxy leaves it.
+        if entry.ip_mode.as_deref() == Some("Proxy") {
+            continue;
+        }
         if let Some(ip) = &entry.ip {
             lb_ips.push(c.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
         }
