@@ -17,7 +17,7 @@ use crate::{
     config::{RunConfig, ServicesConfig, Source},
     dataplane::Dataplane,
     dns::Dns,
-    external::{self, NodeInterfaces},
+    external::{self, NodeInterfaces, NodePortAddresses},
     interfaces::InterfaceMatcher,
     links::{LinkEvent, LinkWatcher},
     model::NodeInfo,
@@ -79,6 +79,7 @@ async fn run_services(
         interfaces,
         external_interfaces,
         nodeport_range,
+        nodeport_addresses,
         snat_ports,
         dataplane: options,
         dns,
@@ -107,9 +108,14 @@ async fn run_services(
     let mut health_checks = lb_checks::HealthChecks::default();
     let source_task = spawn_source(source, node_name, events_tx).await?;
 
-    let (mut links, mut ext) =
-        watch_links(&mut dp, &interfaces, external_interfaces, &health).await?;
-    reserve_local_ports(nodeport_range, snat_ports);
+    let (mut links, mut ext) = watch_links(
+        &mut dp,
+        &interfaces,
+        (external_interfaces, nodeport_addresses),
+        &health,
+    )
+    .await?;
+    external::reserve_local_ports(nodeport_range, snat_ports);
     // The new programs are in every link now.
     dp.finish_upgrade();
 
@@ -338,15 +344,26 @@ fn on_link_event(
 async fn watch_links(
     dp: &mut Dataplane,
     interfaces: &InterfaceMatcher,
-    external_interfaces: Option<InterfaceMatcher>,
+    (external_interfaces, node_ports): (Option<InterfaceMatcher>, NodePortAddresses),
     health: &Health,
 ) -> anyhow::Result<(LinkWatcher, Externals)> {
     let links = LinkWatcher::start()?;
     let present = links.list().await?;
     dp.prune_links(&present.iter().map(|(index, _)| *index).collect());
+    // `primary` among the NodePort addresses: read once, at start.
+    let primary = match &node_ports {
+        NodePortAddresses::Only { primary: true, .. } => {
+            let primary = external::primary_ipv4().await;
+            tracing::info!(?primary, "the node's primary address (NodePorts)");
+            primary
+        }
+        _ => None,
+    };
     let mut ext = Externals {
         ifs: NodeInterfaces::default(),
         explicit: external_interfaces,
+        node_ports,
+        primary,
         addrs: None,
         snat: std::collections::BTreeMap::new(),
         health: health.clone(),
@@ -364,21 +381,14 @@ async fn watch_links(
     Ok((links, ext))
 }
 
-/// The node's own sockets never take an ephemeral port that a NodePort or
-/// a SNATed flow uses: no reply to them looks like one of those.
-fn reserve_local_ports(nodeport_range: (u16, u16), snat_ports: (u16, u16)) {
-    for (what, range) in [("NodePort", nodeport_range), ("SNAT", snat_ports)] {
-        if let Err(e) = external::reserve_ports(what, range) {
-            tracing::warn!("cannot reserve the {what} ports among local ports: {e}");
-        }
-    }
-}
-
 /// The node's addresses and external interfaces, kept in the dataplane.
 struct Externals {
     ifs: NodeInterfaces,
     /// `--external-interfaces`; `None`: the default.
     explicit: Option<InterfaceMatcher>,
+    /// `--nodeport-addresses`, and the node's primary address.
+    node_ports: NodePortAddresses,
+    primary: Option<std::net::Ipv4Addr>,
     /// The node addresses last written.
     addrs: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// The SNAT address of each interface with XDP.
@@ -394,9 +404,11 @@ impl Externals {
     fn follow(&mut self, dp: &mut Dataplane, pods: &InterfaceMatcher, first: bool) {
         let addrs = self.ifs.node_addrs();
         if self.addrs.as_ref() != Some(&addrs) {
-            match dp.set_node_addrs(&addrs) {
+            let serves = |a| self.node_ports.serves(a, self.primary);
+            match dp.set_node_addrs(&addrs, serves) {
                 Ok(()) => {
-                    tracing::info!(addresses = ?addrs, "node addresses (NodePorts)");
+                    let node_ports: Vec<_> = addrs.iter().filter(|a| serves(**a)).collect();
+                    tracing::info!(addresses = ?addrs, ?node_ports, "node addresses (and those serving NodePorts)");
                     self.addrs = Some(addrs);
                 }
                 Err(e) => tracing::error!("{}", e.chain()),

@@ -62,6 +62,8 @@ pub enum ConfigError {
     XdpMode(String),
     #[error("`tc-attach`: `{0}` is not auto, tcx or netlink")]
     TcAttach(String),
+    #[error("`nodeport-addresses`: {0}")]
+    NodePortAddresses(String),
     #[error("`nodeport-range`: `{0}` is not a range MIN-MAX of ports such as 30000-32767")]
     NodePortRange(String),
     #[error(
@@ -145,6 +147,8 @@ pub struct ServicesConfig {
     pub external_interfaces: Option<InterfaceMatcher>,
     /// The NodePort range, inclusive.
     pub nodeport_range: (u16, u16),
+    /// Which node addresses serve NodePorts.
+    pub nodeport_addresses: crate::external::NodePortAddresses,
     /// The SNAT ports, inclusive.
     pub snat_ports: (u16, u16),
     /// How the dataplane is loaded.
@@ -231,6 +235,11 @@ fn services_config(c: &mut Settings) -> Result<ServicesConfig, ConfigError> {
         Some("netlink") => crate::dataplane::TcAttach::Netlink,
         Some(other) => return Err(ConfigError::TcAttach(other.to_owned())),
     };
+    let nodeport_addresses = match c.nodeport_addresses.take() {
+        None => crate::external::NodePortAddresses::All,
+        Some(list) => crate::external::NodePortAddresses::parse(&list.items())
+            .map_err(ConfigError::NodePortAddresses)?,
+    };
     let nodeport_range = match c.nodeport_range.take() {
         None => DEFAULT_NODEPORT_RANGE,
         Some(r) => parse_port_range(&r).ok_or(ConfigError::NodePortRange(r))?,
@@ -270,6 +279,7 @@ fn services_config(c: &mut Settings) -> Result<ServicesConfig, ConfigError> {
         interfaces,
         external_interfaces,
         nodeport_range,
+        nodeport_addresses,
         snat_ports,
         dataplane: crate::dataplane::Options {
             pin_dir: c.pin_dir.take().unwrap_or_else(|| DEFAULT_PIN_DIR.into()),

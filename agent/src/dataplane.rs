@@ -530,9 +530,13 @@ impl Dataplane {
         self.xdp_links.values().map(|a| a.name.as_str())
     }
 
-    /// The node's own addresses, for NodePorts.
-    pub fn set_node_addrs(&mut self, addrs: &BTreeSet<std::net::Ipv4Addr>) -> Result<(), Error> {
-        self.maps.set_node_addrs(addrs)
+    /// The node's own addresses, and which of them serve NodePorts.
+    pub fn set_node_addrs(
+        &mut self,
+        addrs: &BTreeSet<std::net::Ipv4Addr>,
+        node_ports: impl Fn(std::net::Ipv4Addr) -> bool,
+    ) -> Result<(), Error> {
+        self.maps.set_node_addrs(addrs, node_ports)
     }
 
     /// Detaches from an interface that is gone or no longer matches: drops

@@ -1,5 +1,6 @@
 //! The node's own addresses and its external (node-facing) interfaces,
-//! followed from rtnetlink: NodePorts answer on every node address, and
+//! followed from rtnetlink: NodePorts answer on the node addresses
+//! `--nodeport-addresses` allows (by default every one), and
 //! the XDP program serves the external interfaces (`--external-interfaces`,
 //! by default those holding a node address, but loopback and the
 //! pod-facing `--interfaces`). A flow to a backend on another node leaving
@@ -182,5 +183,149 @@ mod tests {
             Some("8080,30000-32767")
         );
         assert_eq!(with_range("8080,30000-32767", 30000, 32767), None);
+    }
+}
+
+/// The node's own sockets never take an ephemeral port that a NodePort or
+/// a SNATed flow uses: no reply to them looks like one of those.
+pub fn reserve_local_ports(nodeport_range: (u16, u16), snat_ports: (u16, u16)) {
+    for (what, range) in [("NodePort", nodeport_range), ("SNAT", snat_ports)] {
+        if let Err(e) = reserve_ports(what, range) {
+            tracing::warn!("cannot reserve the {what} ports among local ports: {e}");
+        }
+    }
+}
+
+/// Which node addresses serve NodePorts (`--nodeport-addresses`,
+/// kube-proxy's `nodePortAddresses`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every node address.
+    #[default]
+    All,
+    /// Those in these CIDRs, and the node's primary address if `primary`.
+    Only {
+        cidrs: Vec<(Ipv4Addr, u8)>,
+        primary: bool,
+    },
+}
+
+impl NodePortAddresses {
+    /// From CIDRs and the word `primary`.
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, String> {
+        let mut cidrs = Vec::new();
+        let mut primary = false;
+        for item in items {
+            let item = item.as_ref().trim();
+            if item == "primary" {
+                primary = true;
+                continue;
+            }
+            let cidr = item
+                .split_once('/')
+                .and_then(|(net, len)| {
+                    Some((
+                        net.parse::<Ipv4Addr>().ok()?,
+                        len.parse::<u8>().ok().filter(|l| *l <= 32)?,
+                    ))
+                })
+                .ok_or_else(|| format!("`{item}` is neither an IPv4 CIDR nor `primary`"))?;
+            cidrs.push(cidr);
+        }
+        if cidrs.is_empty() && !primary {
+            return Err("give CIDRs, `primary`, or both".into());
+        }
+        Ok(Self::Only { cidrs, primary })
+    }
+
+    /// Whether `addr` serves NodePorts, given the node's primary address.
+    pub fn serves(&self, addr: Ipv4Addr, node_primary: Option<Ipv4Addr>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only { cidrs, primary } => {
+                (*primary && node_primary == Some(addr))
+                    || cidrs.iter().any(|&(net, len)| {
+                        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                        u32::from(net) & mask == u32::from(addr) & mask
+                    })
+            }
+        }
+    }
+}
+
+/// The node's primary IPv4 address: the preferred source of its default
+/// route, else the first address of that route's interface.
+pub async fn primary_ipv4() -> Option<Ipv4Addr> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::{
+        address::AddressAttribute,
+        route::{RouteAddress, RouteAttribute},
+    };
+    let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+    let conn = tokio::spawn(conn);
+    let mut routes = handle
+        .route()
+        .get(rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut found = None;
+    while let Ok(Some(route)) = routes.try_next().await {
+        if route.header.destination_prefix_length != 0 || route.header.table != 254 {
+            continue;
+        }
+        let mut oif = None;
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::PrefSource(RouteAddress::Inet(a)) => {
+                    found = Some(Err(*a));
+                }
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if found.is_none() {
+            found = oif.map(Ok);
+        }
+        break;
+    }
+    let primary = match found? {
+        Err(addr) => Some(addr),
+        Ok(oif) => {
+            let mut addrs = handle.address().get().set_link_index_filter(oif).execute();
+            let mut first = None;
+            while let Ok(Some(msg)) = addrs.try_next().await {
+                first = msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+                    _ => None,
+                });
+                if first.is_some() {
+                    break;
+                }
+            }
+            first
+        }
+    };
+    conn.abort();
+    primary
+}
+
+#[cfg(test)]
+mod node_port_tests {
+    #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+    use super::*;
+
+    #[test]
+    fn nodeport_addresses_are_cidrs_and_the_primary_address() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(NodePortAddresses::All.serves(ip("192.0.2.1"), None));
+        let only = NodePortAddresses::parse(&["10.0.0.0/8", "primary"]).unwrap();
+        assert!(only.serves(ip("10.1.2.3"), None));
+        assert!(!only.serves(ip("192.168.1.5"), None));
+        assert!(only.serves(ip("192.168.1.5"), Some(ip("192.168.1.5"))));
+        let cidr_only = NodePortAddresses::parse(&["192.168.1.5/32"]).unwrap();
+        assert!(!cidr_only.serves(ip("192.168.1.6"), Some(ip("192.168.1.6"))));
+        assert!(NodePortAddresses::parse(&["10.0.0.0/33"]).is_err());
+        assert!(NodePortAddresses::parse(&["eth0"]).is_err());
+        assert!(NodePortAddresses::parse::<&str>(&[]).is_err());
     }
 }

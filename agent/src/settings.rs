@@ -116,6 +116,11 @@ settings! {
     /// NodePorts among the node's local ports, and never a SNAT port.
     #[arg(long)]
     nodeport_range: String,
+    /// Which node addresses serve NodePorts: IPv4 CIDRs and the word
+    /// `primary` (the source address of the default route), comma-separated
+    /// (kube-proxy's `nodePortAddresses`). Default: every node address.
+    #[arg(long, value_name = "CIDR|primary[,…]")]
+    nodeport_addresses: ListValue,
     /// The ports flows from outside to backends on other nodes are SNATed
     /// to, `MIN-MAX` (default 61000-65535): reserved among the node's local
     /// ports, apart from the NodePort range.

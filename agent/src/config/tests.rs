@@ -444,3 +444,37 @@ fn forward_zones_and_the_forwarding_protocol_are_parsed_and_checked() {
         sluice_dns::forward::Protocol::SameAsClient
     );
 }
+
+#[test]
+fn nodeport_addresses_are_every_address_by_default_or_cidrs_and_primary() {
+    let args = || Settings {
+        manifests: Some("/m".into()),
+        interfaces: Some("eth0".into()),
+        ..Settings::default()
+    };
+    let c = services(RunConfig::from_args(args()).unwrap());
+    assert_eq!(
+        c.nodeport_addresses,
+        crate::external::NodePortAddresses::All
+    );
+    let c = services(
+        RunConfig::from_args(Settings {
+            nodeport_addresses: Some("192.168.0.0/16, primary".into()),
+            ..args()
+        })
+        .unwrap(),
+    );
+    assert_eq!(
+        c.nodeport_addresses,
+        crate::external::NodePortAddresses::Only {
+            cidrs: vec![("192.168.0.0".parse().unwrap(), 16)],
+            primary: true
+        }
+    );
+    let err = RunConfig::from_args(Settings {
+        nodeport_addresses: Some("eth0".into()),
+        ..args()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("nodeport-addresses"), "{err}");
+}

@@ -367,26 +367,35 @@ impl Maps {
         counter(&self.events, event as u32)
     }
 
-    /// Makes the node's addresses exactly `addrs`.
+    /// Makes the node's addresses exactly `addrs`, those `node_ports`
+    /// says serving NodePorts.
     pub fn set_node_addrs(
         &mut self,
         addrs: &std::collections::BTreeSet<Ipv4Addr>,
+        node_ports: impl Fn(Ipv4Addr) -> bool,
     ) -> Result<(), Error> {
-        let held: Vec<NodeAddr> = self
+        use sluice_abi::service::{NODE_ADDR, NODE_ADDR_NODEPORTS};
+        let held: Vec<(NodeAddr, u32)> = self
             .node_addrs
-            .keys()
+            .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::NODE_ADDRS))?;
         for addr in addrs {
             let key = NodeAddr {
                 addr_be: addr.octets(),
             };
-            if !held.contains(&key) {
+            let value = if node_ports(*addr) {
+                NODE_ADDR | NODE_ADDR_NODEPORTS
+            } else {
+                NODE_ADDR
+            };
+            if !held.contains(&(key, value)) {
                 self.node_addrs
-                    .insert(key, 1, 0)
+                    .insert(key, value, 0)
                     .map_err(map_err(names::NODE_ADDRS))?;
             }
         }
+        let held: Vec<NodeAddr> = held.into_iter().map(|(k, _)| k).collect();
         for key in held {
             if !addrs.contains(&Ipv4Addr::from(key.addr_be)) {
                 removed(self.node_addrs.remove(&key), names::NODE_ADDRS)?;

@@ -227,6 +227,12 @@ pub struct NodeAddr {
 }
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 
+/// A node address's value: one of the node's addresses.
+pub const NODE_ADDR: u32 = 1;
+/// A node address's value: it serves NodePorts (`--nodeport-addresses`,
+/// kube-proxy's `nodePortAddresses`).
+pub const NODE_ADDR_NODEPORTS: u32 = 2;
+
 /// An external (node-facing) interface the XDP program is attached to,
 /// keyed by ifindex: a backend routed out of one is on another node.
 #[repr(C)]

@@ -90,7 +90,11 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     let to_node = maps::is_node_addr(p.daddr);
     let frontend = match lb::frontend_of(p.daddr, p.dport, p.proto) {
         Some(f) => Some(f),
-        None => lb::node_port(p.dport, p.proto, to_node),
+        None => lb::node_port(
+            p.dport,
+            p.proto,
+            to_node && maps::serves_node_ports(p.daddr),
+        ),
     };
     if let Some((key, svc)) = frontend
         && svc.flags & SVC_FLAG_EXTERNAL != 0

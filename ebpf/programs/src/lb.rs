@@ -50,7 +50,7 @@ pub fn frontend_or_node_port(
     if let Some(f) = frontend_of(addr_be, port_be, proto) {
         return Some(f);
     }
-    node_port(port_be, proto, maps::is_node_addr(addr_be))
+    node_port(port_be, proto, maps::serves_node_ports(addr_be))
 }
 
 /// The NodePort of a port, for a packet to one of the node's addresses

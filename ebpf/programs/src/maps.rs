@@ -22,8 +22,8 @@ use sluice_abi::{
         SOCK_REV_SIZE,
     },
     service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
-        ServiceValue, SlotKey, SourceRangeKey,
+        Backend, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, RefusedClaim,
+        ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
     },
     sock::{SockRevKey, SockRevValue},
     stats::{DropReason, Event, TrafficStats},
@@ -400,6 +400,14 @@ pub fn source_allowed(service_id: u32, saddr: [u8; 4]) -> bool {
 #[inline(always)]
 pub fn is_node_addr(addr_be: [u8; 4]) -> bool {
     SLUICE_NODE_IP.get_ptr(NodeAddr { addr_be }).is_some()
+}
+
+/// Whether `addr` is one of the node's addresses that serve NodePorts.
+#[inline(always)]
+pub fn serves_node_ports(addr_be: [u8; 4]) -> bool {
+    SLUICE_NODE_IP
+        .get_ptr(NodeAddr { addr_be })
+        .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } & NODE_ADDR_NODEPORTS != 0)
 }
 
 /// The external interface `ifindex`, if the XDP program serves it.

@@ -218,7 +218,10 @@ impl Harness {
         let topo = Topology::new(tag);
         let config = DataplaneConfig::default().with_nodeport_range(30000, 32767);
         let mut loaded = Loaded::new(Hook::Xdp, &config, sluice_abi::maps::DEFAULT_CONNTRACK_SIZE);
-        loaded.maps.set_node_addrs(&BTreeSet::from([NODE])).unwrap();
+        loaded
+            .maps
+            .set_node_addrs(&BTreeSet::from([NODE]), |_| true)
+            .unwrap();
         loaded.maps.set_ext_if(topo.ext0, Some(NODE)).unwrap();
         let mut h = Self { loaded, side: topo };
         h.set(&services(), &[]);
@@ -819,4 +822,42 @@ fn xdp_a_fragmented_datagram_follows_its_first_fragment_through_snat_both_ways()
         (datagram.src, datagram.dst),
         ((NODE, REMOTE_NP), (CLIENT, 40080))
     );
+}
+
+#[test]
+fn xdp_node_ports_answer_only_on_the_node_addresses_that_serve_them() {
+    if !require_privileges("xdp_node_ports_answer_only_on_the_node_addresses_that_serve_them") {
+        return;
+    }
+    // A second node address, outside `--nodeport-addresses`.
+    let other = Ipv4Addr::new(192, 168, 77, 2);
+    let mut h = Harness::new("npaddrs");
+    h.loaded
+        .maps
+        .set_node_addrs(&BTreeSet::from([NODE, other]), |a| a == NODE)
+        .unwrap();
+    let frame = build(&from_client(40070, (other, LOCAL_NP)));
+    let (verdict, out) = h.run(&frame);
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, frame),
+        "untouched on the other address"
+    );
+    assert_eq!(h.events(Event::NewFlow), 0);
+    let (verdict, out) = h.run(&build(&from_client(40071, (NODE, LOCAL_NP))));
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        parse_checked(&out).dst,
+        (LOCAL_POD, 8080),
+        "DNAT on its own"
+    );
+    assert_eq!(h.events(Event::NewFlow), 1);
+    // A node address still: a packet from outside forged with its source
+    // is dropped, whether or not it serves NodePorts.
+    let forged = build(&Spec {
+        src: (other, 40072),
+        dst: (NODE, LOCAL_NP),
+        ..Spec::default()
+    });
+    assert_eq!(h.run(&forged).0, XDP_DROP);
 }
