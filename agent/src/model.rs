@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-pub use desired::{ServiceDesired, service_desired};
+pub use desired::{Here, ServiceDesired, service_desired};
 use sluice_abi::{proto, service::ServiceKey};
 
 /// Label that joins an EndpointSlice to its Service.
@@ -187,6 +187,9 @@ impl EndpointInfo {
             terminating: false,
             hostname: None,
             node_name: None,
+            pod_name: None,
+            for_zones: Vec::new(),
+            for_nodes: Vec::new(),
         }
     }
 }
@@ -206,6 +209,13 @@ pub struct EndpointInfo {
     pub terminating: bool,
     pub hostname: Option<String>,
     pub node_name: Option<String>,
+    /// The pod it targets (`targetRef` of kind Pod), for DNS's
+    /// `endpoint_pod_names`.
+    pub pod_name: Option<String>,
+    /// Topology hints (`hints.forZones`, `hints.forNodes`): the zones and
+    /// nodes whose traffic it should take (`trafficDistribution`).
+    pub for_zones: Vec<String>,
+    pub for_nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -230,6 +240,8 @@ pub struct NodeInfo {
     /// Why the node takes no new traffic from load balancers: it is being
     /// deleted, or the cluster autoscaler is removing it (KEP-3836).
     pub leaving: Option<String>,
+    /// Its `topology.kubernetes.io/zone` label, for topology hints.
+    pub zone: Option<String>,
 }
 
 /// Every Service and EndpointSlice a source knows (and this node).
@@ -291,8 +303,11 @@ impl Model {
         let mut touched = frontends::Touched::default();
         for svc in self.services.values() {
             let slices = by_service.get(&svc.key).map_or(&[][..], Vec::as_slice);
-            let node = self.node.as_ref().map(|n| n.name.as_str());
-            let want = service_desired(svc, slices, node);
+            let here = Here {
+                node: self.node.as_ref().map(|n| n.name.as_str()),
+                zone: self.node.as_ref().and_then(|n| n.zone.as_deref()),
+            };
+            let want = service_desired(svc, slices, here);
             claims.set(&svc.key, Some(want), &mut touched);
         }
         let changes = claims.changes(&claims.all());

@@ -10,6 +10,7 @@
 //! ```text
 //! One line naming the rule, then any prose.
 //! # node: node-a                (optional: `--node-name`)
+//! # zone: zone-a                (optional: the Node's zone label)
 //! # max-frontends: 4            (optional: capacity limits)
 //! # max-backends: 10
 //!
@@ -34,7 +35,11 @@ use std::{
 
 use sluice_abi::service::{SVC_FLAG_MARKER, ServiceKey, ServiceValue};
 use sluice_agent::{
-    model::{frontends::Refused, store::list_events},
+    model::{
+        NodeInfo, ObjectKey,
+        frontends::Refused,
+        store::{Event, SourceEvent, list_events},
+    },
     plan::{
         Planner,
         capacity::{Entries, Resource},
@@ -53,6 +58,7 @@ enum Section {
 
 struct Case {
     node: Option<String>,
+    zone: Option<String>,
     limits: Vec<(Resource, u64)>,
     /// The text before the first section.
     preamble: String,
@@ -62,6 +68,7 @@ struct Case {
 fn parse(text: &str) -> Case {
     let mut case = Case {
         node: None,
+        zone: None,
         limits: Vec::new(),
         preamble: String::new(),
         sections: Vec::new(),
@@ -98,6 +105,7 @@ fn parse(text: &str) -> Case {
                     let value = value.trim();
                     match key {
                         "node" => case.node = Some(value.to_owned()),
+                        "zone" => case.zone = Some(value.to_owned()),
                         "max-frontends" => case
                             .limits
                             .push((Resource::Frontends, value.parse().unwrap())),
@@ -132,6 +140,21 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let manifests = ManifestDir::new(dir.path());
         let mut planner = Planner::new(case.node.clone());
+        if let Some(zone) = &case.zone {
+            // This node's Node object, with its zone label.
+            let name = case.node.clone().unwrap_or_default();
+            planner.apply(vec![SourceEvent::Node(Event::Applied(
+                ObjectKey {
+                    namespace: String::new(),
+                    name: name.clone(),
+                },
+                Some(NodeInfo {
+                    name,
+                    zone: Some(zone.clone()),
+                    ..NodeInfo::default()
+                }),
+            ))]);
+        }
         let mut limits = Entries::UNLIMITED;
         for &(r, n) in &case.limits {
             limits.set(r, n);

@@ -106,6 +106,9 @@ mod tests {
             terminating: false,
             hostname: hostname.map(Into::into),
             node_name: None,
+            pod_name: None,
+            for_zones: Vec::new(),
+            for_nodes: Vec::new(),
         }
     }
 

@@ -23,15 +23,18 @@ pub struct ServiceDesired {
     pub created: Option<i64>,
 }
 
+/// Where this node is: its name, for the `Local` traffic policies (without
+/// it no endpoint is local) and node hints; its zone, for zone hints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Here<'a> {
+    pub node: Option<&'a str>,
+    pub zone: Option<&'a str>,
+}
+
 /// The frontends of one Service given its slices, with kube-proxy's
 /// semantics: none for headless and ExternalName Services and those of
-/// another proxy; IPv4 addresses only. `node` is this node's name, for the
-/// `Local` traffic policies (without it no endpoint is local).
-pub fn service_desired(
-    svc: &ServiceInfo,
-    slices: &[&SliceInfo],
-    node: Option<&str>,
-) -> ServiceDesired {
+/// another proxy; IPv4 addresses only.
+pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo], here: Here<'_>) -> ServiceDesired {
     let mut desired = ServiceDesired {
         created: svc.created,
         ..ServiceDesired::default()
@@ -52,7 +55,8 @@ pub fn service_desired(
     };
     let cluster_ips = v4(ips);
     desired.cluster_ips.extend(cluster_ips.iter().copied());
-    let here = node.unwrap_or_default();
+    let node = here.node.unwrap_or_default();
+    let topology = Topology::of(slices, here);
     for port in &svc.ports {
         let Some(ip_proto) = port.protocol.ip_proto() else {
             continue;
@@ -62,7 +66,7 @@ pub fn service_desired(
         } else {
             format!("{}:{}", svc.key, port.name)
         };
-        let all = backends_for(port, slices, None);
+        let all = backends_for(port, slices, Pick::Cluster(topology));
         let front =
             |backends: &BTreeSet<(Ipv4Addr, u16)>, external, source_ranges| DesiredFrontend {
                 name: name.clone(),
@@ -75,7 +79,7 @@ pub fn service_desired(
         // external address or a NodePort uses every endpoint (kube-proxy
         // short-circuits it inside the cluster).
         let cluster = if svc.internal_local {
-            backends_for(port, slices, Some(here))
+            backends_for(port, slices, Pick::Local(node))
         } else {
             all.clone()
         };
@@ -101,7 +105,7 @@ pub fn service_desired(
         }
         let local = svc
             .external_local
-            .then(|| backends_for(port, slices, Some(here)));
+            .then(|| backends_for(port, slices, Pick::Local(node)));
         for (key, ranges) in external {
             match &local {
                 None => {
@@ -129,13 +133,14 @@ pub fn service_desired(
 /// protocol (the targetPort was resolved into it when the slice was made);
 /// only the first address of an endpoint is used; ready endpoints are used,
 /// and only when none is ready, the serving and terminating ones
-/// (KEP-1669, ProxyTerminatingEndpoints). With `local` (a node name), only
-/// the endpoints on that node count, as for the `Local` traffic policies:
-/// with none there, the Service has no backend on this node.
+/// (KEP-1669, ProxyTerminatingEndpoints). `Pick::Local` (a node name):
+/// only the endpoints on that node count, as for the `Local` traffic
+/// policies; with none there, the Service has no backend on this node.
+/// `Pick::Cluster`: the ready endpoints the topology hints give this node.
 fn backends_for(
     port: &ServicePortInfo,
     slices: &[&SliceInfo],
-    local: Option<&str>,
+    pick: Pick<'_>,
 ) -> BTreeSet<(Ipv4Addr, u16)> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
@@ -151,8 +156,12 @@ fn backends_for(
             let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
                 continue;
             };
-            if local.is_some_and(|node| node.is_empty() || ep.node_name.as_deref() != Some(node)) {
-                continue;
+            match pick {
+                Pick::Local(node) if node.is_empty() || ep.node_name.as_deref() != Some(node) => {
+                    continue;
+                }
+                Pick::Cluster(topology) if ep.ready && !topology.takes(ep) => continue,
+                _ => {}
             }
             if ep.ready {
                 ready.insert((addr, slice_port.port));
@@ -162,6 +171,63 @@ fn backends_for(
         }
     }
     if ready.is_empty() { terminating } else { ready }
+}
+
+/// Which endpoints a frontend gets.
+#[derive(Clone, Copy, Debug)]
+enum Pick<'a> {
+    /// The cluster's, as the topology hints say for this node.
+    Cluster(Topology<'a>),
+    /// This node's only (the `Local` policies).
+    Local(&'a str),
+}
+
+/// How topology hints narrow a Service's cluster endpoints on this node,
+/// as kube-proxy decides it (`CategorizeEndpoints`): same-node when every
+/// ready endpoint has node hints and one is for this node; else same-zone
+/// when every ready endpoint has zone hints and one is for this node's
+/// zone; else every endpoint. The EndpointSlice controller writes the
+/// hints for `trafficDistribution` (and topology-aware routing).
+#[derive(Clone, Copy, Debug)]
+enum Topology<'a> {
+    All,
+    SameNode(&'a str),
+    SameZone(&'a str),
+}
+
+impl<'a> Topology<'a> {
+    fn of(slices: &[&SliceInfo], here: Here<'a>) -> Self {
+        let ready = || {
+            slices
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .filter(|ep| ep.ready)
+        };
+        if ready().next().is_none() {
+            return Self::All;
+        }
+        if let Some(node) = here.node.filter(|n| !n.is_empty())
+            && ready().all(|ep| !ep.for_nodes.is_empty())
+            && ready().any(|ep| ep.for_nodes.iter().any(|n| n == node))
+        {
+            return Self::SameNode(node);
+        }
+        if let Some(zone) = here.zone.filter(|z| !z.is_empty())
+            && ready().all(|ep| !ep.for_zones.is_empty())
+            && ready().any(|ep| ep.for_zones.iter().any(|z| z == zone))
+        {
+            return Self::SameZone(zone);
+        }
+        Self::All
+    }
+
+    fn takes(self, ep: &super::EndpointInfo) -> bool {
+        match self {
+            Self::All => true,
+            Self::SameNode(node) => ep.for_nodes.iter().any(|n| n == node),
+            Self::SameZone(zone) => ep.for_zones.iter().any(|z| z == zone),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -204,7 +270,14 @@ mod tests {
     #[test]
     fn node_ports_and_external_addresses_are_served_from_outside_with_every_endpoint() {
         let s = slice();
-        let d = service_desired(&web(false), &[&s], Some("a"));
+        let d = service_desired(
+            &web(false),
+            &[&s],
+            Here {
+                node: Some("a"),
+                zone: None,
+            },
+        );
         let np = ServiceKey::node_port(30080, proto::TCP);
         let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP);
         let ext = ServiceKey::new("192.0.2.50".parse().unwrap(), 80, proto::TCP);
@@ -228,7 +301,14 @@ mod tests {
     #[test]
     fn external_traffic_policy_local_adds_a_local_scope_with_this_nodes_endpoints() {
         let s = slice();
-        let d = service_desired(&web(true), &[&s], Some("a"));
+        let d = service_desired(
+            &web(true),
+            &[&s],
+            Here {
+                node: Some("a"),
+                zone: None,
+            },
+        );
         let np = ServiceKey::node_port(30080, proto::TCP);
         assert_eq!(d.frontends[&np].external, External::ViaLocalScope);
         assert_eq!(
@@ -246,7 +326,7 @@ mod tests {
         let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP).local_scope();
         assert_eq!(d.frontends[&lb].source_ranges.len(), 1);
         // Without a node name nothing is local.
-        let d = service_desired(&web(true), &[&s], None);
+        let d = service_desired(&web(true), &[&s], Here::default());
         assert!(d.frontends[&np.local_scope()].backends.is_empty());
         assert_eq!(
             d.frontends.len(),

@@ -175,7 +175,12 @@ impl Store {
                 }
             }
             SourceEvent::Node(e) => {
+                let zone = self.node().and_then(|n| n.zone.clone());
                 self.node.apply(e);
+                // Zone hints are read against this node's zone.
+                if self.node().and_then(|n| n.zone.clone()) != zone {
+                    dirty.extend(self.services.items.keys().cloned());
+                }
             }
         }
     }
@@ -193,7 +198,12 @@ impl Store {
             .node_name
             .as_deref()
             .or_else(|| self.node().map(|n| n.name.as_str()));
-        Some(service_desired(svc, &self.slices_of(key), node))
+        let zone = self.node().and_then(|n| n.zone.as_deref());
+        Some(service_desired(
+            svc,
+            &self.slices_of(key),
+            super::desired::Here { node, zone },
+        ))
     }
 
     /// The trigger times of slice changes since the last call
@@ -367,5 +377,38 @@ mod tests {
                 .changed
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_change_of_this_nodes_zone_plans_every_service_again() {
+        use crate::model::{NodeInfo, ServiceInfo, ServiceKind};
+        let mut store = Store::default();
+        let mut dirty = BTreeSet::new();
+        let svc = ServiceInfo::test(
+            "web",
+            ServiceKind::ClusterIp {
+                ips: vec!["10.96.0.10".parse().unwrap()],
+            },
+            Vec::new(),
+        );
+        store.apply(
+            SourceEvent::Service(Event::Applied(key("web"), Some(svc))),
+            &mut dirty,
+        );
+        let node = |zone: &str| {
+            SourceEvent::Node(Event::Applied(
+                key("n1"),
+                Some(NodeInfo {
+                    name: "n1".into(),
+                    zone: Some(zone.into()),
+                    ..NodeInfo::default()
+                }),
+            ))
+        };
+        for (event, replanned) in [(node("a"), true), (node("a"), false), (node("b"), true)] {
+            dirty.clear();
+            store.apply(event, &mut dirty);
+            assert_eq!(dirty.contains(&key("web")), replanned, "{dirty:?}");
+        }
     }
 }

@@ -24,6 +24,9 @@ fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
         terminating,
         hostname: None,
         node_name: None,
+        pod_name: None,
+        for_zones: Vec::new(),
+        for_nodes: Vec::new(),
     }
 }
 
@@ -147,6 +150,7 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints_only() {
         name: "n1".into(),
         addresses: Vec::new(),
         leaving: None,
+        zone: None,
     });
     assert_eq!(
         backends(&m.desired(), "10.96.0.10", 80, proto::TCP),

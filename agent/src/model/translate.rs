@@ -420,6 +420,23 @@ fn endpoint(
         terminating: cond.terminating.unwrap_or(false),
         hostname: ep.hostname.clone(),
         node_name: ep.node_name.clone(),
+        pod_name: ep
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.name.clone()),
+        for_zones: ep
+            .hints
+            .iter()
+            .flat_map(|h| h.for_zones.iter().flatten())
+            .map(|z| z.name.clone())
+            .collect(),
+        for_nodes: ep
+            .hints
+            .iter()
+            .flat_map(|h| h.for_nodes.iter().flatten())
+            .map(|n| n.name.clone())
+            .collect(),
     })
 }
 
@@ -448,6 +465,12 @@ pub fn node(node: &Node) -> NodeInfo {
         name: node.metadata.name.clone().unwrap_or_default(),
         addresses,
         leaving,
+        zone: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("topology.kubernetes.io/zone"))
+            .cloned(),
     }
 }
 

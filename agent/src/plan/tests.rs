@@ -73,6 +73,9 @@ fn slice(rng: &mut Rng, j: u64) -> SliceInfo {
             terminating: rng.next(2) == 0,
             hostname: None,
             node_name: None,
+            pod_name: None,
+            for_zones: Vec::new(),
+            for_nodes: Vec::new(),
         })
         .collect();
     SliceInfo {
