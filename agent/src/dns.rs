@@ -42,6 +42,8 @@ pub struct DnsConfig {
     pub protocol: forward::Protocol,
     /// What pod names answer.
     pub pods: zone::Pods,
+    /// Endpoints without a hostname are named by their pods.
+    pub endpoint_pod_names: bool,
 }
 
 /// Default of `--dns-cache-bytes`.
@@ -70,6 +72,8 @@ pub enum DnsError {
 /// The running DNS service.
 pub struct Dns {
     zone: Arc<zone::ClusterZone>,
+    /// Endpoints named by their pods (`--dns-endpoint-pod-names`).
+    pod_names: bool,
     metrics: Arc<metrics::Metrics>,
     // Field order is drop order: the listeners, then their runtime.
     servers: Vec<server::Servers>,
@@ -173,6 +177,7 @@ impl Dns {
         );
         Ok(Self {
             zone,
+            pod_names: cfg.endpoint_pod_names,
             metrics,
             servers,
             runtime: Some(runtime),
@@ -184,7 +189,7 @@ impl Dns {
         for key in changed {
             let published = store
                 .service(key)
-                .map(|svc| publish::dns_service(svc, &store.slices_of(key)));
+                .map(|svc| publish::dns_service(svc, &store.slices_of(key), self.pod_names));
             self.zone.set(&key.namespace, &key.name, published);
         }
     }

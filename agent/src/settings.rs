@@ -213,6 +213,11 @@ settings! {
     /// or `disabled` (NXDOMAIN).
     #[arg(long, value_name = "insecure|disabled")]
     dns_pods: String,
+    /// Name an endpoint without a hostname by its pod in DNS
+    /// (`<pod>.<svc>.<ns>.svc.<zone>`), as CoreDNS's `endpoint_pod_names`
+    /// (default false: its dashed address)
+    #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]
+    dns_endpoint_pod_names: bool,
     /// Forward over UDP first even for a TCP client (CoreDNS's
     /// `prefer_udp`; default false: the client's protocol)
     #[arg(long, action = clap::ArgAction::Set, value_name = "true|false")]

@@ -20,6 +20,7 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
     let zones = c.forward_zone.take();
     let (prefer_udp, force_tcp) = (c.dns_prefer_udp, c.dns_force_tcp);
     let pods = c.dns_pods.take();
+    let pod_names = c.dns_endpoint_pod_names;
     let (forwards, tcp, cache_bytes) = (
         c.dns_max_forwards_per_client,
         c.dns_max_tcp_per_client,
@@ -37,6 +38,7 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
             || prefer_udp.is_some()
             || force_tcp.is_some()
             || pods.is_some()
+            || pod_names.is_some()
         {
             return Err(ConfigError::DnsWithoutIp);
         }
@@ -91,6 +93,7 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
         forward_zones,
         protocol,
         pods,
+        endpoint_pod_names: pod_names.unwrap_or(false),
     }))
 }
 

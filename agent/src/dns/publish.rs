@@ -21,8 +21,10 @@ fn dashed(ip: IpAddr) -> String {
     ip.to_string().replace(['.', ':'], "-")
 }
 
-/// What Service `svc` publishes, given its slices.
-pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo]) -> DnsService {
+/// What Service `svc` publishes, given its slices. With `pod_names`
+/// (CoreDNS's `endpoint_pod_names`), an endpoint without a hostname is
+/// named by its pod, else by its dashed address.
+pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo], pod_names: bool) -> DnsService {
     let kind = match &svc.kind {
         ServiceKind::ClusterIp { ips } => DnsKind::ClusterIp(ips.clone()),
         ServiceKind::Headless => DnsKind::Headless,
@@ -65,6 +67,11 @@ pub fn dns_service(svc: &ServiceInfo, slices: &[&SliceInfo]) -> DnsService {
                 .hostname
                 .as_deref()
                 .filter(|h| !h.is_empty())
+                .or_else(|| {
+                    ep.pod_name
+                        .as_deref()
+                        .filter(|p| pod_names && !p.is_empty())
+                })
                 .map_or_else(|| dashed(*first), str::to_ascii_lowercase);
             // Dual-stack Services have a slice per family: one endpoint.
             if let Some(same) = endpoints.iter_mut().find(|e| e.name == name) {
@@ -123,7 +130,7 @@ mod tests {
             ep("10.0.0.1", None, true),
             ep("10.0.0.3", Some("X"), false),
         ]);
-        let published = dns_service(&db, &[&s]);
+        let published = dns_service(&db, &[&s], false);
         assert_eq!(published.endpoints.len(), 1);
         assert_eq!(
             published.endpoints[0].name, "10-0-0-1",
@@ -134,9 +141,32 @@ mod tests {
             "names are lowercase"
         );
         db.publish_not_ready = true;
-        let all = dns_service(&db, &[&s]);
+        let all = dns_service(&db, &[&s], false);
         assert_eq!(all.endpoints.len(), 2);
         assert_eq!(all.endpoints[1].name, "x");
+    }
+
+    #[test]
+    fn with_endpoint_pod_names_an_endpoint_without_hostname_is_named_by_its_pod() {
+        let db = svc(ServiceKind::Headless);
+        let pod = |ip, hostname, pod: &str| EndpointInfo {
+            pod_name: Some(pod.into()),
+            ..ep(ip, hostname, true)
+        };
+        let s = slice(vec![
+            pod("10.0.0.1", None, "DB-0"),
+            pod("10.0.0.2", Some("primary"), "db-1"),
+            ep("10.0.0.3", None, true),
+        ]);
+        let names = |pod_names| -> Vec<String> {
+            dns_service(&db, &[&s], pod_names)
+                .endpoints
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(names(true), ["db-0", "primary", "10-0-0-3"]);
+        assert_eq!(names(false), ["10-0-0-1", "primary", "10-0-0-3"]);
     }
 
     #[test]
@@ -144,7 +174,7 @@ mod tests {
         let db = svc(ServiceKind::Headless);
         let v4 = slice(vec![ep("10.0.0.1", Some("db-0"), true)]);
         let v6 = slice(vec![ep("fd00::1", Some("db-0"), true)]);
-        let published = dns_service(&db, &[&v4, &v6]);
+        let published = dns_service(&db, &[&v4, &v6], false);
         assert_eq!(published.endpoints.len(), 1);
         assert_eq!(published.endpoints[0].ips.len(), 2);
     }
@@ -154,7 +184,7 @@ mod tests {
         let ext = svc(ServiceKind::ExternalName {
             name: "WWW.Example.org".into(),
         });
-        let DnsKind::ExternalName(target) = dns_service(&ext, &[]).kind else {
+        let DnsKind::ExternalName(target) = dns_service(&ext, &[], false).kind else {
             panic!("an alias")
         };
         assert_eq!(target.to_string(), "www.example.org.");

@@ -3,7 +3,12 @@
 //! kube-controller-manager's. Services without a selector keep the slices
 //! users write. A slice changed by a Pod or Service change carries the
 //! time that change was seen (`endpoints.kubernetes.io/last-change-trigger-time`),
-//! from which proxies measure their programming latency.
+//! from which proxies measure their programming latency. Each endpoint
+//! carries its node's zone (`topology.kubernetes.io/zone`), and, for a
+//! Service with `trafficDistribution`, its hints: `PreferClose` and
+//! `PreferSameZone` hint each endpoint for its own zone, `PreferSameNode`
+//! for its own node and zone; when an endpoint has no zone, no endpoint
+//! gets zone hints.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -72,6 +77,32 @@ impl Controller for EndpointSlices {
                     sync(app, ns, str_at(&svc, "/metadata/name"), trigger.as_deref());
                 }
             }
+        }
+    }
+}
+
+/// The hints `trafficDistribution` asks for, as kube-controller-manager
+/// writes them.
+fn hint(distribution: &str, endpoints: &mut [Value]) {
+    let (zones, nodes) = match distribution {
+        "PreferClose" | "PreferSameZone" => (true, false),
+        "PreferSameNode" => (true, true),
+        _ => return,
+    };
+    let every_zone = endpoints.iter().all(|e| e.get("zone").is_some());
+    for e in endpoints.iter_mut() {
+        let mut hints = serde_json::Map::new();
+        if zones
+            && every_zone
+            && let Some(zone) = e.get("zone").cloned()
+        {
+            hints.insert("forZones".into(), json!([{"name": zone}]));
+        }
+        if nodes && let Some(node) = e.get("nodeName").cloned() {
+            hints.insert("forNodes".into(), json!([{"name": node}]));
+        }
+        if !hints.is_empty() {
+            e["hints"] = Value::Object(hints);
         }
     }
 }
@@ -257,6 +288,14 @@ fn desired_slices(
         let node = str_at(pod, "/spec/nodeName");
         if !node.is_empty() {
             endpoint["nodeName"] = json!(node);
+            let zone = app.store.get(&format!("core/nodes//{node}")).and_then(|n| {
+                n.pointer("/metadata/labels/topology.kubernetes.io~1zone")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+            if let Some(zone) = zone {
+                endpoint["zone"] = json!(zone);
+            }
         }
         let hostname = str_at(pod, "/spec/hostname");
         if !hostname.is_empty() && str_at(pod, "/spec/subdomain") == name {
@@ -283,6 +322,10 @@ fn desired_slices(
             .or_insert_with(|| (ports, Vec::new()))
             .1
             .push(endpoint);
+    }
+    let distribution = str_at(svc, "/spec/trafficDistribution");
+    for (_, endpoints) in groups.values_mut() {
+        hint(distribution, endpoints);
     }
     let mut out = Vec::new();
     for (_, (ports, mut endpoints)) in groups {

@@ -76,7 +76,13 @@ fn csr_manifest(name: &str, pem: &str) -> String {
     )
 }
 
-fn apply(s: &ApiServer, dir: &Path, kubeconfig: Option<&Path>, file: &str, yaml: &str) -> String {
+pub(crate) fn apply(
+    s: &ApiServer,
+    dir: &Path,
+    kubeconfig: Option<&Path>,
+    file: &str,
+    yaml: &str,
+) -> String {
     let path = dir.join(file);
     fs::write(&path, yaml).unwrap();
     let path = path.to_str().unwrap();
@@ -86,7 +92,21 @@ fn apply(s: &ApiServer, dir: &Path, kubeconfig: Option<&Path>, file: &str, yaml:
     }
 }
 
-fn jsonpath(s: &ApiServer, args: &[&str], path: &str) -> String {
+/// Merges `status` (JSON) into pod `pod`'s status.
+pub(crate) fn set_pod_status(s: &ApiServer, pod: &str, status: &str) {
+    s.kubectl(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ])
+    .unwrap();
+}
+
+pub(crate) fn jsonpath(s: &ApiServer, args: &[&str], path: &str) -> String {
     let expr = format!("jsonpath={path}");
     let mut all = args.to_vec();
     all.extend(["-o", &expr]);
@@ -243,18 +263,7 @@ apiVersion: v1\nkind: Pod\nmetadata: {name: other, labels: {app: db}}\nspec:\n  
             "{.items[*].endpoints}",
         )
     };
-    let set_status = |status: &str| {
-        s.kubectl(&[
-            "patch",
-            "pod",
-            "web-1",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            status,
-        ])
-        .unwrap();
-    };
+    let set_status = |status: &str| set_pod_status(&s, "web-1", status);
     set_status(
         r#"{"status":{"podIP":"10.244.1.5","conditions":[{"type":"Ready","status":"True"}]}}"#,
     );

@@ -27,4 +27,5 @@ mod policy;
 mod sa_keys;
 mod secure_port;
 mod socketlb;
+mod topology;
 mod xdp;
