@@ -20,6 +20,9 @@ const UPSTREAM: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 53);
 const CORP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 54);
 /// The first default upstream: nothing there until the test starts it.
 const LATE: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 55);
+/// The very first default upstream: it answers too late to be of use
+/// (past the agent's 2 s per attempt).
+const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 57);
 const HEALTH: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10256));
 
 /// `dig +short` from the client pod, with short timeouts.
@@ -87,6 +90,14 @@ fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
     .unwrap();
     // A pod with no server yet: queries to it are refused by its kernel.
     lab.add_pod("late", LATE).unwrap();
+    lab.add_pod("blackhole", BLACKHOLE).unwrap();
+    let _blackhole = sluice_lab::SlowDns::start(
+        &lab.pod("blackhole").ns,
+        BLACKHOLE,
+        Duration::from_secs(10),
+        Ipv4Addr::new(192, 0, 2, 66),
+    )
+    .unwrap();
     lab.write_manifest("cluster.yaml", &cluster_manifests())
         .unwrap();
     let opts = AgentOptions {
@@ -94,6 +105,7 @@ fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
         dns: Some(LabDns {
             ip: IpAddr::V4(DNS_IP),
             upstreams: vec![
+                SocketAddr::from((BLACKHOLE, 53)),
                 SocketAddr::from((LATE, 53)),
                 SocketAddr::from((UPSTREAM, 53)),
             ],
@@ -106,20 +118,24 @@ fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
     // The zone's upstream, and the default ones for the rest.
     assert_eq!(dig(&lab, &["www.corp.test"]), "192.0.2.20");
     assert_eq!(dig(&lab, &["+tcp", "www.corp.test"]), "192.0.2.20");
-    // `late` fails twice (refused), `upstream` answers.
+    // `blackhole` times out (2 s) and `late` is refused, twice each;
+    // `upstream` answers.
     assert_eq!(dig(&lab, &["www.example.test"]), "192.0.2.10");
     assert_eq!(dig(&lab, &["+tcp", "www.example.test"]), "192.0.2.10");
     let page = metrics(&lab);
     let late_up = format!(r#"sluice_dns_upstream_up{{upstream="{LATE}:53"}}"#);
+    let blackhole_up = format!(r#"sluice_dns_upstream_up{{upstream="{BLACKHOLE}:53"}}"#);
     assert_eq!(sample(&page, &late_up), Some(0), "{page}");
+    assert_eq!(sample(&page, &blackhole_up), Some(0), "{page}");
     let failures = sample(&page, "sluice_dns_upstream_failures_total").unwrap();
-    assert_eq!(failures, 2, "{page}");
-    // Down: skipped, so new names fail nowhere.
+    assert_eq!(failures, 4, "{page}");
+    // Down: skipped, so a query no longer waits out the dead upstream's
+    // timeout: each is answered within dig's 1 s.
     for i in 0..5 {
         assert_eq!(
-            dig(&lab, &[&format!("n{i}.example.test")]),
+            dig(&lab, &["+time=1", &format!("n{i}.example.test")]),
             "",
-            "NXDOMAIN from the upstream"
+            "NXDOMAIN from the upstream, within 1 s"
         );
     }
     assert_eq!(

@@ -91,6 +91,32 @@ fn openssl_rsa_and_ecdsa_keys_sign_tokens_that_authenticate_across_key_changes()
     let legacy_rsa = legacy_token(&s, dir.path());
     let bound_rsa = bound_token(&s);
     assert!(authenticates(&s, dir.path(), &bound_rsa), "RS256");
+    // `kubectl auth can-i` with the token Secret answers by RBAC.
+    let as_demo = token_kubeconfig(&s, dir.path(), "demo", &legacy_rsa);
+    let can = |verb: &str| {
+        s.kubectl_output(&as_demo, &["auth", "can-i", verb, "pods"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap()
+    };
+    assert_eq!(can("list"), "no");
+    s.kubectl(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=list",
+        "--resource=pods",
+    ])
+    .unwrap();
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "pod-reader",
+        "--role=pod-reader",
+        "--serviceaccount=default:demo",
+    ])
+    .unwrap();
+    assert_eq!(can("list"), "yes");
+    assert_eq!(can("delete"), "no");
 
     // ECDSA now, with both public keys in one file (a rotation): the RSA
     // tokens still authenticate, so the token Secret keeps its token.
