@@ -62,11 +62,10 @@ fn assert_coredns_series(page: &str) {
     );
 }
 
-#[test]
-fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
-    if !require_privileges("forward_zones_pod_records_upstream_health_and_coredns_metrics") {
-        return;
-    }
+/// A client; upstreams: `upstream` (example.test), `corp` (corp.test, a
+/// forward zone), `late` (no server yet) and `blackhole` (too slow); the
+/// agent with the default upstreams `blackhole`, `late`, `upstream`.
+fn parity_lab() -> (Lab, sluice_lab::SlowDns) {
     let mut lab = Lab::new().unwrap();
     lab.add_pod("client", CLIENT).unwrap();
     lab.pod("client").ns.set_resolv_conf(RESOLV_CONF).unwrap();
@@ -91,7 +90,7 @@ fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
     // A pod with no server yet: queries to it are refused by its kernel.
     lab.add_pod("late", LATE).unwrap();
     lab.add_pod("blackhole", BLACKHOLE).unwrap();
-    let _blackhole = sluice_lab::SlowDns::start(
+    let blackhole = sluice_lab::SlowDns::start(
         &lab.pod("blackhole").ns,
         BLACKHOLE,
         Duration::from_secs(10),
@@ -114,6 +113,15 @@ fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
         ..AgentOptions::default()
     };
     lab.start_agent(&opts).unwrap();
+    (lab, blackhole)
+}
+
+#[test]
+fn forward_zones_pod_records_upstream_health_and_coredns_metrics() {
+    if !require_privileges("forward_zones_pod_records_upstream_health_and_coredns_metrics") {
+        return;
+    }
+    let (mut lab, _blackhole) = parity_lab();
 
     // The zone's upstream, and the default ones for the rest.
     assert_eq!(dig(&lab, &["www.corp.test"]), "192.0.2.20");
