@@ -23,6 +23,7 @@ mod icmp;
 mod lifecycle;
 mod nodeport;
 mod packet;
+mod parity;
 mod policy;
 mod sa_keys;
 mod secure_port;
