@@ -1,12 +1,14 @@
 //! Defaulting and validation on create and update, per kind: what
 //! kube-apiserver's registries and admission plugins do for the types here.
 
+mod cluster_ips;
 mod csr;
 mod node_ports;
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use base64::Engine as _;
+pub use cluster_ips::IpAllocator;
 pub use csr::{approval_update, status_update as csr_status_update, validate_csr_request};
 pub use node_ports::{PortAllocator, node_ports};
 use serde_json::{Value, json};
@@ -16,85 +18,6 @@ use crate::{
     error::{ApiError, ApiResult},
     request::ResourceRequest,
 };
-
-/// ClusterIPs: allocated from the service CIDR, never handed out twice.
-pub struct IpAllocator {
-    base: u32,
-    size: u32,
-    used: Mutex<BTreeSet<u32>>,
-}
-
-impl IpAllocator {
-    pub fn new(cidr: &str) -> anyhow::Result<Self> {
-        let (net, len) = cidr
-            .split_once('/')
-            .ok_or_else(|| anyhow::anyhow!("`{cidr}` is not a CIDR"))?;
-        let len: u32 = len.parse()?;
-        anyhow::ensure!(
-            (8..=30).contains(&len),
-            "service CIDR prefix must be /8../30"
-        );
-        let mask = u32::MAX << (32 - len);
-        let base = net.parse::<Ipv4Addr>()?.to_bits() & mask;
-        Ok(Self {
-            base,
-            size: 1 << (32 - len),
-            used: Mutex::new(BTreeSet::new()),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
-        self.used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let bits = ip.to_bits();
-        bits > self.base && bits < self.base + self.size - 1
-    }
-
-    /// The first usable address (the `kubernetes` Service's).
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from_bits(self.base + 1)
-    }
-
-    pub fn claim(&self, ip: Ipv4Addr) -> Result<(), String> {
-        if !self.contains(ip) {
-            return Err(format!(
-                "{ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}",
-                Ipv4Addr::from_bits(self.base),
-                32 - self.size.trailing_zeros()
-            ));
-        }
-        if !self.lock().insert(ip.to_bits()) {
-            return Err(format!("{ip}: provided IP is already allocated"));
-        }
-        Ok(())
-    }
-
-    /// Random free address, so that a restart does not hand out a just
-    /// released one next (as kube-apiserver's bitmap allocator).
-    pub fn allocate(&self) -> Result<Ipv4Addr, String> {
-        let mut used = self.lock();
-        let usable = self.size.saturating_sub(2);
-        if used.len() >= usable as usize {
-            return Err("range is full".into());
-        }
-        let start = rand::random::<u32>() % usable;
-        for i in 0..usable {
-            let bits = self.base + 1 + (start + i) % usable;
-            if used.insert(bits) {
-                return Ok(Ipv4Addr::from_bits(bits));
-            }
-        }
-        Err("range is full".into())
-    }
-
-    pub fn release(&self, ip: Ipv4Addr) {
-        self.lock().remove(&ip.to_bits());
-    }
-}
 
 fn invalid(kind: &str, obj: &Value, message: impl AsRef<str>) -> ApiError {
     let name = obj
@@ -193,7 +116,7 @@ pub fn on_delete(kind: &str, old: &Value, ips: &IpAllocator, ports: &PortAllocat
     }
 }
 
-pub fn cluster_ips(svc: &Value) -> Vec<Ipv4Addr> {
+pub fn cluster_ips(svc: &Value) -> Vec<std::net::IpAddr> {
     svc.pointer("/spec/clusterIPs")
         .and_then(Value::as_array)
         .into_iter()
@@ -248,31 +171,10 @@ fn service_ips(obj: &mut Value, ips: &IpAllocator) -> ApiResult<()> {
         obj["spec"]["clusterIPs"] = json!(["None"]);
         return Ok(());
     }
-    let ip = if requested.is_empty() {
-        ips.allocate().map_err(|e| {
-            invalid(
-                "Service",
-                obj,
-                format!("spec.clusterIPs: Internal error: failed to allocate a serviceIP: {e}"),
-            )
-        })?
-    } else {
-        let ip: Ipv4Addr = requested.parse().map_err(|_| {
-            invalid(
-                "Service",
-                obj,
-                format!(
-                    "spec.clusterIPs[0]: Invalid value: \"{requested}\": must be a valid IP address"
-                ),
-            )
-        })?;
-        ips.claim(ip).map_err(|e| invalid("Service", obj, format!("spec.clusterIPs: Invalid value: []string{{\"{requested}\"}}: failed to allocate IP {e}")))?;
-        ip
-    };
-    obj["spec"]["clusterIP"] = json!(ip.to_string());
-    obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
-    obj["spec"]["ipFamilies"] = json!(["IPv4"]);
-    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    let mut new_spec = obj["spec"].take();
+    let assigned = cluster_ips::assign(&mut new_spec, ips);
+    obj["spec"] = new_spec;
+    assigned.map_err(|e| invalid("Service", obj, e))?;
     obj["spec"]["internalTrafficPolicy"] = spec
         .get("internalTrafficPolicy")
         .cloned()
@@ -421,40 +323,4 @@ pub fn now() -> String {
     let now = now.replace_nanosecond(0).unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_ips_are_allocated_in_range_and_never_twice() {
-        let ips = IpAllocator::new("10.96.0.0/28").unwrap();
-        assert!(ips.claim("10.96.0.5".parse().unwrap()).is_ok());
-        assert!(
-            ips.claim("10.96.0.5".parse().unwrap())
-                .unwrap_err()
-                .contains("already allocated")
-        );
-        assert!(
-            ips.claim("10.97.0.5".parse().unwrap())
-                .unwrap_err()
-                .contains("not in the valid range")
-        );
-        assert!(
-            ips.claim("10.96.0.15".parse().unwrap()).is_err(),
-            "broadcast address"
-        );
-        let mut seen = BTreeSet::new();
-        while let Ok(ip) = ips.allocate() {
-            assert!(ips.contains(ip));
-            assert!(seen.insert(ip));
-        }
-        assert_eq!(seen.len(), 13, "14 usable addresses, one claimed");
-        ips.release("10.96.0.5".parse().unwrap());
-        assert_eq!(
-            ips.allocate().unwrap(),
-            "10.96.0.5".parse::<Ipv4Addr>().unwrap()
-        );
-    }
 }

@@ -225,10 +225,10 @@ fn write_credentials(
     config: &Config,
     pki: &Pki,
     host: std::net::IpAddr,
-    first_service_ip: std::net::Ipv4Addr,
+    first_service_ip: std::net::IpAddr,
     advertise: &str,
 ) -> Result<pki::Issued> {
-    let mut serving_ips = vec!["127.0.0.1".parse()?, host, first_service_ip.into()];
+    let mut serving_ips = vec!["127.0.0.1".parse()?, host, first_service_ip];
     serving_ips.dedup();
     let dns = [
         "localhost",

@@ -1,6 +1,6 @@
 //! get, list, create, update, patch, delete and deletecollection.
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -290,7 +290,7 @@ pub fn create_object(
     result
 }
 
-fn release(app: &App, ips: &[Ipv4Addr]) {
+fn release(app: &App, ips: &[std::net::IpAddr]) {
     for ip in ips {
         app.ips.release(*ip);
     }

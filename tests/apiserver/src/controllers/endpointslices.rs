@@ -107,6 +107,81 @@ fn hint(distribution: &str, endpoints: &mut [Value]) {
     }
 }
 
+/// One slice's content: its address type, ports and endpoints.
+type Slice = (&'static str, Vec<Value>, Vec<Value>);
+type PortsAndEndpoints = (Vec<Value>, Vec<Value>);
+
+/// The Service's families, the primary first (`IPv4` when unset).
+fn service_families(svc: &Value) -> Vec<&'static str> {
+    svc.pointer("/spec/ipFamilies")
+        .and_then(Value::as_array)
+        .map(|fs| {
+            fs.iter()
+                .filter_map(|f| match f.as_str() {
+                    Some("IPv6") => Some("IPv6"),
+                    Some("IPv4") => Some("IPv4"),
+                    _ => None,
+                })
+                .collect()
+        })
+        .filter(|fs: &Vec<&str>| !fs.is_empty())
+        .unwrap_or_else(|| vec!["IPv4"])
+}
+
+/// The endpoint of `pod` at `ip` for Service `service`: conditions, the
+/// pod, its node and zone, and its hostname under the Service's subdomain.
+fn endpoint(
+    app: &Arc<App>,
+    pod: &Value,
+    ip: &str,
+    service: &str,
+    publish_not_ready: bool,
+) -> Value {
+    let terminating = pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|d| !d.is_null());
+    let serving = pod_ready(pod) || publish_not_ready;
+    let mut endpoint = json!({
+        "addresses": [ip],
+        "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+        "targetRef": {"kind": "Pod", "namespace": str_at(pod, "/metadata/namespace"), "name": str_at(pod, "/metadata/name"), "uid": str_at(pod, "/metadata/uid")},
+    });
+    let node = str_at(pod, "/spec/nodeName");
+    if !node.is_empty() {
+        endpoint["nodeName"] = json!(node);
+        let zone = app.store.get(&format!("core/nodes//{node}")).and_then(|n| {
+            n.pointer("/metadata/labels/topology.kubernetes.io~1zone")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        if let Some(zone) = zone {
+            endpoint["zone"] = json!(zone);
+        }
+    }
+    let hostname = str_at(pod, "/spec/hostname");
+    if !hostname.is_empty() && str_at(pod, "/spec/subdomain") == service {
+        endpoint["hostname"] = json!(hostname);
+    }
+    endpoint
+}
+
+/// The pod's address of `family` (`IPv4` or `IPv6`): from `status.podIPs`,
+/// else `status.podIP`.
+fn pod_ip<'a>(pod: &'a Value, family: &str) -> Option<&'a str> {
+    let of_family = |ip: &&str| match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => family == "IPv4",
+        Ok(std::net::IpAddr::V6(_)) => family == "IPv6",
+        Err(_) => false,
+    };
+    pod.pointer("/status/podIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("ip").and_then(Value::as_str))
+        .find(of_family)
+        .or_else(|| Some(str_at(pod, "/status/podIP")).filter(of_family))
+}
+
 fn has_selector(svc: &Value) -> bool {
     svc.pointer("/spec/selector")
         .and_then(Value::as_object)
@@ -192,9 +267,9 @@ fn sync(app: &Arc<App>, ns: &str, name: &str, trigger: Option<&str>) {
     };
     let desired = desired_slices(app, &svc, &Selector::from_map(&selector));
     let uid = str_at(&svc, "/metadata/uid").to_owned();
-    for (i, (ports, endpoints)) in desired.iter().enumerate() {
+    for (i, (family, ports, endpoints)) in desired.iter().enumerate() {
         let content = |obj: &mut Value| {
-            obj["addressType"] = json!("IPv4");
+            obj["addressType"] = json!(family);
             obj["ports"] = json!(ports);
             obj["endpoints"] = json!(endpoints);
         };
@@ -251,12 +326,10 @@ fn sync(app: &Arc<App>, ns: &str, name: &str, trigger: Option<&str>) {
     }
 }
 
-/// Endpoints grouped by their resolved port set, in chunks of at most 100.
-fn desired_slices(
-    app: &Arc<App>,
-    svc: &Value,
-    selector: &Selector,
-) -> Vec<(Vec<Value>, Vec<Value>)> {
+/// Endpoints grouped by address family (one slice per family of the
+/// Service's `ipFamilies`, from each pod's `podIPs`) and resolved port set,
+/// in chunks of at most 100.
+fn desired_slices(app: &Arc<App>, svc: &Value, selector: &Selector) -> Vec<Slice> {
     let ns = str_at(svc, "/metadata/namespace");
     let name = str_at(svc, "/metadata/name");
     let svc_ports: Vec<Value> = svc
@@ -268,67 +341,49 @@ fn desired_slices(
         .pointer("/spec/publishNotReadyAddresses")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let families = service_families(svc);
     let (pods, _) = app.store.list(&format!("core/pods/{ns}/"));
-    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // (family, port set) → (ports, endpoints).
+    let mut groups: BTreeMap<(&'static str, String), PortsAndEndpoints> = BTreeMap::new();
     for pod in pods.iter().filter(|p| selector.matches_labels(p)) {
-        let ip = str_at(pod, "/status/podIP");
         let phase = str_at(pod, "/status/phase");
-        if ip.is_empty() || matches!(phase, "Succeeded" | "Failed") {
+        if matches!(phase, "Succeeded" | "Failed") {
             continue;
         }
-        let terminating = pod
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|d| !d.is_null());
-        let serving = pod_ready(pod) || publish_not_ready;
-        let mut endpoint = json!({
-            "addresses": [ip],
-            "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
-            "targetRef": {"kind": "Pod", "namespace": ns, "name": str_at(pod, "/metadata/name"), "uid": str_at(pod, "/metadata/uid")},
-        });
-        let node = str_at(pod, "/spec/nodeName");
-        if !node.is_empty() {
-            endpoint["nodeName"] = json!(node);
-            let zone = app.store.get(&format!("core/nodes//{node}")).and_then(|n| {
-                n.pointer("/metadata/labels/topology.kubernetes.io~1zone")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
-            if let Some(zone) = zone {
-                endpoint["zone"] = json!(zone);
-            }
+        for family in &families {
+            let Some(ip) = pod_ip(pod, family) else {
+                continue;
+            };
+            let endpoint = endpoint(app, pod, ip, name, publish_not_ready);
+            let ports: Vec<Value> = svc_ports
+                .iter()
+                .filter_map(|p| {
+                    let port = resolve_port(p, pod)?;
+                    let mut out = json!({
+                        "name": p.get("name").and_then(Value::as_str).unwrap_or_default(),
+                        "port": port,
+                        "protocol": p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+                    });
+                    if let Some(app_protocol) = p.get("appProtocol") {
+                        out["appProtocol"] = app_protocol.clone();
+                    }
+                    Some(out)
+                })
+                .collect();
+            let key = serde_json::to_string(&ports).unwrap_or_default();
+            groups
+                .entry((family, key))
+                .or_insert_with(|| (ports, Vec::new()))
+                .1
+                .push(endpoint);
         }
-        let hostname = str_at(pod, "/spec/hostname");
-        if !hostname.is_empty() && str_at(pod, "/spec/subdomain") == name {
-            endpoint["hostname"] = json!(hostname);
-        }
-        let ports: Vec<Value> = svc_ports
-            .iter()
-            .filter_map(|p| {
-                let port = resolve_port(p, pod)?;
-                let mut out = json!({
-                    "name": p.get("name").and_then(Value::as_str).unwrap_or_default(),
-                    "port": port,
-                    "protocol": p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
-                });
-                if let Some(app_protocol) = p.get("appProtocol") {
-                    out["appProtocol"] = app_protocol.clone();
-                }
-                Some(out)
-            })
-            .collect();
-        let key = serde_json::to_string(&ports).unwrap_or_default();
-        groups
-            .entry(key)
-            .or_insert_with(|| (ports, Vec::new()))
-            .1
-            .push(endpoint);
     }
     let distribution = str_at(svc, "/spec/trafficDistribution");
     for (_, endpoints) in groups.values_mut() {
         hint(distribution, endpoints);
     }
     let mut out = Vec::new();
-    for (_, (ports, mut endpoints)) in groups {
+    for ((family, _), (ports, mut endpoints)) in groups {
         endpoints.sort_by_key(|e| {
             e.pointer("/targetRef/name")
                 .and_then(Value::as_str)
@@ -336,12 +391,12 @@ fn desired_slices(
                 .to_owned()
         });
         for chunk in endpoints.chunks(MAX_ENDPOINTS) {
-            out.push((ports.clone(), chunk.to_vec()));
+            out.push((family, ports.clone(), chunk.to_vec()));
         }
     }
     if out.is_empty() {
         // kube-controller-manager keeps one empty placeholder slice.
-        out.push((Vec::new(), Vec::new()));
+        out.push((families[0], Vec::new(), Vec::new()));
     }
     out
 }

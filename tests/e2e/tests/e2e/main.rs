@@ -17,6 +17,7 @@ mod conntrack;
 mod dns;
 mod dns_fairness;
 mod dns_parity;
+mod dual_stack;
 mod fragments;
 mod hairpin;
 mod icmp;
