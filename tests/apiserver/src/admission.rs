@@ -63,7 +63,7 @@ pub fn on_update(
     rr: &ResourceRequest,
     old: &Value,
     new: &mut Value,
-    ports: &PortAllocator,
+    (ips, ports): (&IpAllocator, &PortAllocator),
 ) -> ApiResult<()> {
     let kind = rr.resource.kind;
     let sub = rr.subresource.as_deref();
@@ -95,7 +95,7 @@ pub fn on_update(
         }
     }
     match kind {
-        "Service" => service_update(old, new, ports)?,
+        "Service" => service_update(old, new, ips, ports)?,
         "Secret" => secret_defaults(new),
         "EndpointSlice" => validate_slice(new)?,
         "CertificateSigningRequest" | "Namespace" => new["spec"] = old["spec"].clone(),
@@ -224,7 +224,12 @@ fn service_ports(obj: &mut Value) -> ApiResult<()> {
     }
 }
 
-fn service_update(old: &Value, new: &mut Value, ports: &PortAllocator) -> ApiResult<()> {
+fn service_update(
+    old: &Value,
+    new: &mut Value,
+    ips: &IpAllocator,
+    ports: &PortAllocator,
+) -> ApiResult<()> {
     service_ports(new)?;
     // Allocated values stay unless the update names them (kube-apiserver's
     // patchAllocatedValues); changing them is refused.
@@ -246,6 +251,11 @@ fn service_update(old: &Value, new: &mut Value, ports: &PortAllocator) -> ApiRes
             ));
         }
     }
+    let old_spec = old.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let mut spec = new["spec"].take();
+    let changed = cluster_ips::change_policy(&old_spec, &mut spec, ips);
+    new["spec"] = spec;
+    changed.map_err(|e| invalid("Service", new, e))?;
     if new.pointer("/spec/type").is_none_or(Value::is_null) {
         new["spec"]["type"] = old
             .pointer("/spec/type")

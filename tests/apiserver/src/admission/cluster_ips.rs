@@ -237,6 +237,59 @@ pub fn assign(spec: &mut Value, ips: &IpAllocator) -> Result<(), String> {
     Ok(())
 }
 
+/// An update's `ipFamilyPolicy`, as kube-apiserver applies it: to
+/// `PreferDualStack` or `RequireDualStack`, a single-stack Service gets
+/// its second family's address; to `SingleStack`, a dual-stack one gives
+/// its second back. `spec` has the old allocated values already.
+pub fn change_policy(old: &Value, spec: &mut Value, ips: &IpAllocator) -> Result<(), String> {
+    let policy = spec
+        .get("ipFamilyPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("SingleStack")
+        .to_owned();
+    if old.get("ipFamilyPolicy").and_then(Value::as_str) == Some(policy.as_str())
+        || spec.get("clusterIP").and_then(Value::as_str) == Some("None")
+    {
+        return Ok(());
+    }
+    let mut addrs = requested(spec)?;
+    let mut families: Vec<Family> = addrs.iter().map(|ip| Family::of(*ip)).collect();
+    match policy.as_str() {
+        "SingleStack" => {
+            for ip in addrs.drain(1..) {
+                ips.release(ip);
+            }
+            families.truncate(1);
+        }
+        "PreferDualStack" | "RequireDualStack" => {
+            let other = ips.families().into_iter().find(|f| !families.contains(f));
+            match other {
+                Some(f) if families.len() == 1 => {
+                    addrs.push(ips.allocate(f).map_err(|e| {
+                        format!(
+                            "spec.clusterIPs: Internal error: failed to allocate a serviceIP: {e}"
+                        )
+                    })?);
+                    families.push(f);
+                }
+                _ if policy == "RequireDualStack" && families.len() < 2 => {
+                    return Err("spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services".into());
+                }
+                _ => {}
+            }
+        }
+        other => {
+            return Err(format!(
+                "spec.ipFamilyPolicy: Unsupported value: \"{other}\""
+            ));
+        }
+    }
+    let strings: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    spec["clusterIPs"] = json!(strings);
+    spec["ipFamilies"] = json!(families.iter().map(|f| f.name()).collect::<Vec<_>>());
+    Ok(())
+}
+
 /// The addresses `clusterIPs` (or `clusterIP`) asks for.
 fn requested(spec: &Value) -> Result<Vec<IpAddr>, String> {
     let listed = spec
@@ -470,5 +523,23 @@ mod tests {
         let mut spec = json!({"ipFamilyPolicy": "RequireDualStack", "clusterIPs": ["10.96.0.20", "10.96.0.21"]});
         assert!(assign(&mut spec, &dual).is_err());
         assert!(dual.claim(ip("10.96.0.20")).is_ok(), "released");
+    }
+
+    #[test]
+    fn an_update_of_the_policy_adds_or_gives_back_the_second_family() {
+        let dual = IpAllocator::new("10.96.0.0/12,fd00:10:96::/112").unwrap();
+        let mut spec = json!({});
+        assign(&mut spec, &dual).unwrap();
+        let old = spec.clone();
+        spec["ipFamilyPolicy"] = json!("PreferDualStack");
+        change_policy(&old, &mut spec, &dual).unwrap();
+        assert_eq!(spec["ipFamilies"], json!(["IPv4", "IPv6"]));
+        let second: IpAddr = spec["clusterIPs"][1].as_str().unwrap().parse().unwrap();
+        assert!(dual.claim(second).is_err(), "allocated");
+        let old = spec.clone();
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+        change_policy(&old, &mut spec, &dual).unwrap();
+        assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
+        assert!(dual.claim(second).is_ok(), "released");
     }
 }

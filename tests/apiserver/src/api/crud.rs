@@ -358,7 +358,7 @@ fn prepare_update(app: &App, rr: &ResourceRequest, old: &Value, new: &mut Value)
             }
         }
     }
-    admission::on_update(rr, old, new, &app.node_ports)?;
+    admission::on_update(rr, old, new, (&app.ips, &app.node_ports))?;
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64);
     if let Some(g) = generation {
         let spec_changed = old.get("spec") != new.get("spec");

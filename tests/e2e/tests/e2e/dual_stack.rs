@@ -80,6 +80,27 @@ fn a_dual_stack_range_gives_each_service_its_families_and_a_slice_per_family() {
         .to_string();
     assert!(err.contains("Duplicate value"), "{err}");
 
+    // A single-stack Service made dual-stack gets its second address, and
+    // gives it back when made single-stack again.
+    let policy = |p: &str| {
+        s.kubectl(&[
+            "patch",
+            "service",
+            "four",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"ipFamilyPolicy":"{p}"}}}}"#),
+        ])
+        .unwrap();
+    };
+    let first = get("four", "{.spec.clusterIP}");
+    policy("PreferDualStack");
+    assert_eq!(get("four", "{.spec.ipFamilies}"), r#"["IPv4","IPv6"]"#);
+    assert_eq!(get("four", "{.spec.clusterIP}"), first, "the primary stays");
+    policy("SingleStack");
+    assert_eq!(get("four", "{.spec.ipFamilies}"), r#"["IPv4"]"#);
+    assert_eq!(get("four", "{.spec.clusterIPs}"), format!(r#"["{first}"]"#));
+
     set_pod_status(
         &s,
         "web-1",
