@@ -408,7 +408,7 @@ impl Externals {
             match dp.set_node_addrs(&addrs, serves) {
                 Ok(()) => {
                     let node_ports: Vec<_> = addrs.iter().filter(|a| serves(**a)).collect();
-                    tracing::info!(addresses = ?addrs, ?node_ports, "node addresses (and those serving NodePorts)");
+                    tracing::info!(addresses = ?addrs, ?node_ports, "node addresses (NodePorts)");
                     self.addrs = Some(addrs);
                 }
                 Err(e) => tracing::error!("{}", e.chain()),
