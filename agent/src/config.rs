@@ -371,7 +371,7 @@ fn dataplane_config(
 ) -> Result<DataplaneConfig, ConfigError> {
     let mut dataplane = match service_cidr {
         Some(cidr) => {
-            let (net, len) = parse_cidr(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
+            let (net, len) = crate::cidr::parse(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
             DataplaneConfig::with_service_cidr(net, len)
         }
         None => DataplaneConfig::default(),
@@ -483,12 +483,6 @@ fn capacities(c: &Settings) -> Result<(u32, u32), ConfigError> {
             sluice_abi::maps::MAX_BACKENDS,
         )?,
     ))
-}
-
-fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
-    let (net, len) = cidr.split_once('/')?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((net.parse().ok()?, len))
 }
 
 mod dns;

@@ -221,14 +221,7 @@ impl NodePortAddresses {
                 primary = true;
                 continue;
             }
-            let cidr = item
-                .split_once('/')
-                .and_then(|(net, len)| {
-                    Some((
-                        net.parse::<Ipv4Addr>().ok()?,
-                        len.parse::<u8>().ok().filter(|l| *l <= 32)?,
-                    ))
-                })
+            let cidr = crate::cidr::parse(item)
                 .ok_or_else(|| format!("`{item}` is neither an IPv4 CIDR nor `primary`"))?;
             cidrs.push(cidr);
         }
@@ -244,10 +237,7 @@ impl NodePortAddresses {
             Self::All => true,
             Self::Only { cidrs, primary } => {
                 (*primary && node_primary == Some(addr))
-                    || cidrs.iter().any(|&(net, len)| {
-                        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                        u32::from(net) & mask == u32::from(addr) & mask
-                    })
+                    || cidrs.iter().any(|&net| crate::cidr::contains(net, addr))
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod certs;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

@@ -178,14 +178,17 @@ impl Forwarder {
             .map_or(&self.upstreams, |(_, ups)| ups)
     }
 
+    /// The default upstreams, then each zone's.
+    fn all(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .chain(self.zones.iter().flat_map(|(_, ups)| ups))
+    }
+
     /// Every upstream, once (an address in several zones is one server).
     pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut seen: Vec<Arc<Upstream>> = Vec::new();
-        for up in self
-            .upstreams
-            .iter()
-            .chain(self.zones.iter().flat_map(|(_, ups)| ups))
-        {
+        for up in self.all() {
             if !seen.iter().any(|u| u.addr == up.addr) {
                 seen.push(Arc::clone(up));
             }
@@ -199,12 +202,7 @@ impl Forwarder {
         &self,
         metrics: Arc<Metrics>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let all: Vec<Arc<Upstream>> = self
-            .upstreams
-            .iter()
-            .chain(self.zones.iter().flat_map(|(_, ups)| ups))
-            .cloned()
-            .collect();
+        let all: Vec<Arc<Upstream>> = self.all().cloned().collect();
         // An address in several zones is one upstream here and one there:
         // each is probed, and each comes back on its own.
         async move {

@@ -82,12 +82,8 @@ impl Checker {
     /// An IPv4 CIDR, as its network address and prefix length (host bits
     /// cleared, as the API server accepts `10.0.0.1/8` too).
     fn cidr(&self, field: &str, cidr: &str) -> Result<(Ipv4Addr, u8), InvalidObject> {
-        let bad = || self.err(field, format!("`{cidr}` is not an IPv4 CIDR"));
-        let (addr, len) = cidr.trim().split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
+        crate::cidr::parse(cidr)
+            .ok_or_else(|| self.err(field, format!("`{cidr}` is not an IPv4 CIDR")))
     }
 }
 
