@@ -200,6 +200,12 @@ pub const FEATURES: &[Feature] = &[
         probe: || sock_addr_hook(10),
     },
     Feature {
+        name: "attach point cgroup/connect6",
+        since: "4.17",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(11),
+    },
+    Feature {
         name: "attach point cgroup/sendmsg4",
         since: "4.18",
         need: Need::SocketLb,
@@ -212,10 +218,22 @@ pub const FEATURES: &[Feature] = &[
         probe: || sock_addr_hook(19),
     },
     Feature {
+        name: "attach point cgroup/recvmsg6",
+        since: "5.2",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(20),
+    },
+    Feature {
         name: "attach point cgroup/getpeername4",
         since: "5.8",
         need: Need::SocketLb,
         probe: || sock_addr_hook(29),
+    },
+    Feature {
+        name: "attach point cgroup/getpeername6",
+        since: "5.8",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(30),
     },
     Feature {
         name: "helper bpf_set_retval",

@@ -1,6 +1,6 @@
 //! Socket LB: the cgroup `sock_addr` programs and their pinned links.
 //!
-//! The four programs are attached to one cgroup (v2) and act on every
+//! The programs are attached to one cgroup (v2) and act on every
 //! process in its subtree. Their links are pinned next to the TC links, so
 //! they keep working while the agent is down. A restart attaches the new
 //! programs first and then renames their pins over the old ones: the old
@@ -22,12 +22,16 @@ use aya::{
 
 use super::{Error, attach::LINKS_DIR};
 
-/// The programs in the eBPF object (their pins have the same names).
-pub const PROGRAMS: [&str; 4] = [
+/// The programs in the eBPF object (their pins have the same names). The
+/// `*6` programs serve IPv6 sockets' IPv4-mapped addresses.
+pub const PROGRAMS: [&str; 7] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.

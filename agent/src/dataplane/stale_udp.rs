@@ -11,7 +11,8 @@
 //!
 //! A socket is closed only if socket LB translated it (its cookie and peer
 //! are in the reverse map) and its peer is no longer a backend of the
-//! frontend it asked for.
+//! frontend it asked for: IPv4 sockets, and IPv6 sockets whose peer is an
+//! IPv4-mapped address.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -63,9 +64,14 @@ pub fn close(pin_dir: &Path, cgroup: &Path, live: &LiveBackends) -> io::Result<u
     let mut closed = 0;
     for netns in namespaces(cgroup) {
         closed += std::thread::scope(|s| {
-            s.spawn(|| in_netns(&netns, || close_in_this_netns(&stale)))
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the socket scan panicked")))
+            s.spawn(|| {
+                in_netns(&netns, || {
+                    Ok(close_in_this_netns(Family::V4, &stale)?
+                        + close_in_this_netns(Family::Mapped, &stale)?)
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the socket scan panicked")))
         })?;
     }
     Ok(closed)
@@ -172,10 +178,42 @@ struct DiagMsg {
     id: SockId,
 }
 
-fn close_in_this_netns(stale: &(impl Fn(&SockRevKey) -> bool + Sync)) -> io::Result<usize> {
+/// Which sockets a scan reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    /// IPv4 sockets.
+    V4,
+    /// IPv6 sockets connected to IPv4-mapped addresses (`::ffff:a.b.c.d`),
+    /// which socket LB translates as IPv4.
+    Mapped,
+}
+
+impl Family {
+    fn af(self) -> u8 {
+        let af = match self {
+            Self::V4 => libc::AF_INET,
+            Self::Mapped => libc::AF_INET6,
+        };
+        u8::try_from(af).unwrap_or(0)
+    }
+
+    /// The IPv4 peer of a socket of this family, if it has one.
+    fn peer(self, dst: &[[u8; 4]; 4]) -> Option<[u8; 4]> {
+        match self {
+            Self::V4 => Some(dst[0]),
+            Self::Mapped => (dst[0] == [0; 4] && dst[1] == [0; 4] && dst[2] == [0, 0, 0xff, 0xff])
+                .then_some(dst[3]),
+        }
+    }
+}
+
+fn close_in_this_netns(
+    family: Family,
+    stale: &(impl Fn(&SockRevKey) -> bool + Sync),
+) -> io::Result<usize> {
     let sock = netlink()?;
     let mut dump = Request {
-        family: u8::try_from(libc::AF_INET).unwrap_or(2),
+        family: family.af(),
         protocol: proto::UDP,
         states: CONNECTED,
         ..Request::default()
@@ -200,11 +238,12 @@ fn close_in_this_netns(stale: &(impl Fn(&SockRevKey) -> bool + Sync)) -> io::Res
                 NLMSG_ERROR => return Err(netlink_error(&buf[..n], at)),
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(msg) = read_struct::<DiagMsg>(&buf[..n], at + size_of::<NlMsgHdr>())
+                        && let Some(peer) = family.peer(&msg.id.dst)
                     {
                         let key = SockRevKey {
                             cookie: u64::from(msg.id.cookie[0])
                                 | (u64::from(msg.id.cookie[1]) << 32),
-                            addr_be: msg.id.dst[0],
+                            addr_be: peer,
                             port_be: msg.id.dport,
                             _pad: [0; 2],
                         };
@@ -225,7 +264,7 @@ fn close_in_this_netns(stale: &(impl Fn(&SockRevKey) -> bool + Sync)) -> io::Res
     let mut closed = 0;
     for (seq, id) in (2..).zip(victims) {
         let mut destroy = Request {
-            family: u8::try_from(libc::AF_INET).unwrap_or(2),
+            family: family.af(),
             protocol: proto::UDP,
             states: u32::MAX,
             id,
@@ -327,4 +366,25 @@ fn read_struct<T: Copy + Default>(buf: &[u8], at: usize) -> Option<T> {
 fn netlink_error(buf: &[u8], at: usize) -> io::Error {
     let code = read_struct::<i32>(buf, at + size_of::<NlMsgHdr>()).unwrap_or(-libc::EIO);
     io::Error::from_raw_os_error(-code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sockets_count_only_with_ipv4_mapped_peers() {
+        let v4 = [[10, 244, 1, 10], [0; 4], [0; 4], [0; 4]];
+        assert_eq!(Family::V4.peer(&v4), Some([10, 244, 1, 10]));
+        let mapped = [[0; 4], [0; 4], [0, 0, 0xff, 0xff], [10, 244, 1, 10]];
+        assert_eq!(Family::Mapped.peer(&mapped), Some([10, 244, 1, 10]));
+        let native = [
+            [0xfd, 0, 0, 0],
+            [0; 4],
+            [0, 0, 0xff, 0xff],
+            [10, 244, 1, 10],
+        ];
+        assert_eq!(Family::Mapped.peer(&native), None);
+        assert_eq!(Family::Mapped.peer(&[[0; 4]; 4]), None);
+    }
 }

@@ -1,10 +1,10 @@
 //! Socket-level load balancing: the reverse translation of a socket.
 //!
-//! `connect4` and `sendmsg4` point a socket at a backend instead of the
+//! `connect` and `sendmsg` point a socket at a backend instead of the
 //! Service frontend it asked for, and record here, per socket and backend,
-//! the frontend to show the application again: `recvmsg4` rewrites the
-//! source of what the socket receives from the backend, `getpeername4` its
-//! peer. Keyed by socket cookie, as Cilium's `cilium_lb4_reverse_sk`.
+//! the frontend to show the application again: `recvmsg` rewrites the
+//! source of what the socket receives from the backend, `getpeername` its
+//! peer. IPv6 sockets' IPv4-mapped addresses are kept as IPv4. Keyed by socket cookie, as Cilium's `cilium_lb4_reverse_sk`.
 
 use crate::pod;
 

@@ -4,7 +4,8 @@
 //! - `xdp_ingress` on external interfaces, for traffic from outside the
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
-//! - `sock_*`: socket LB on a cgroup (`sock.rs`).
+//! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 sockets and
+//!   IPv6 sockets' IPv4-mapped addresses.
 //!
 //! A drop is counted with its reason, and shown to a monitor, here.
 #![no_std]
@@ -36,7 +37,7 @@ use sluice_abi::{
     stats::{DropReason, Event},
 };
 
-use crate::parse::Parsed;
+use crate::{parse::Parsed, sock::Family};
 
 /// TC verdicts (linux/pkt_cls.h), as the classifier returns them.
 pub const TC_ACT_OK: i32 = 0;
@@ -149,22 +150,37 @@ pub fn xdp_ingress(md: *mut xdp_md) -> u32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, &CONFIG.load(), Event::SockConnect)
+    sock::translate(&ctx, Family::V4, &CONFIG.load(), Event::SockConnect)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, &CONFIG.load(), Event::SockSendmsg)
+    sock::translate(&ctx, Family::V4, &CONFIG.load(), Event::SockSendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse(&ctx, Family::V4)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::translate(&ctx, Family::Mapped, &CONFIG.load(), Event::SockConnect)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, Family::Mapped)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, Family::Mapped)
 }
 
 #[cfg(not(test))]

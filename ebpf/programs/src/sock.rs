@@ -7,9 +7,18 @@
 //! of the peer (`getpeername`, `recvfrom`) show the frontend again.
 //!
 //! TCP picks a backend at random, as the TC path does (`ClientIP` affinity
-//! keys clients by network namespace). UDP picks by the socket cookie, so an unconnected socket keeps one backend while the
-//! frontend's slots stay, and moves on its next send when its backend
-//! leaves (connected sockets are the agent's to close).
+//! keys clients by network namespace). UDP picks by the socket cookie, so
+//! an unconnected socket keeps one backend while the frontend's slots
+//! stay, and moves on its next send when its backend leaves (connected
+//! sockets are the agent's to close).
+//!
+//! An IPv6 socket reaches IPv4 Services through IPv4-mapped addresses
+//! (`::ffff:10.96.0.10`, what Java and dual-stack servers use): the
+//! `*6` programs translate those as the `*4` programs translate IPv4
+//! addresses, and leave the mapping in place. The kernel calls `connect6`,
+//! `recvmsg6` and `getpeername6` for them; an unconnected `sendmsg` to a
+//! mapped address goes through `sendmsg4` (`udpv6_sendmsg` hands it to
+//! `udp_sendmsg` before its own hook).
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
@@ -32,14 +41,45 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
-/// The address a call names (or, for `recvmsg4` and `getpeername4`, the
-/// peer the kernel is about to report).
+/// Where a program's IPv4 address is in its `bpf_sock_addr`.
+#[derive(Clone, Copy)]
+pub enum Family {
+    /// `user_ip4`: the `*4` programs.
+    V4,
+    /// The last word of `user_ip6` when the address is IPv4-mapped
+    /// (`::ffff:a.b.c.d`): the `*6` programs. Other IPv6 addresses are
+    /// left alone.
+    Mapped,
+}
+
+/// `::ffff:0:0/96`'s third word, in network order.
+const MAPPED_PREFIX: u32 = 0xffff_u32.to_be();
+
+/// The address a call names (or, for `recvmsg` and `getpeername`, the
+/// peer the kernel is about to report), if it is IPv4.
 #[inline(always)]
-fn addr(ctx: &SockAddrContext) -> ([u8; 4], [u8; 2], u8) {
+fn addr(ctx: &SockAddrContext, family: Family) -> Option<([u8; 4], [u8; 2], u8)> {
     let sa = ctx.sock_addr;
-    // user_ip4 holds the address in network order, user_port the port in
-    // network order in its low 16 bits.
-    let (ip, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    // user_ip4 and user_ip6 hold the address in network order, user_port
+    // the port in network order in its low 16 bits.
+    let ip = match family {
+        Family::V4 => unsafe { (*sa).user_ip4 },
+        Family::Mapped => {
+            let (w0, w1, w2, w3) = unsafe {
+                (
+                    (*sa).user_ip6[0],
+                    (*sa).user_ip6[1],
+                    (*sa).user_ip6[2],
+                    (*sa).user_ip6[3],
+                )
+            };
+            if w0 != 0 || w1 != 0 || w2 != MAPPED_PREFIX {
+                return None;
+            }
+            w3
+        }
+    };
+    let (port, protocol) = unsafe { ((*sa).user_port, (*sa).protocol) };
     #[expect(
         clippy::cast_possible_truncation,
         reason = "the port is the low 16 bits"
@@ -50,14 +90,19 @@ fn addr(ctx: &SockAddrContext) -> ([u8; 4], [u8; 2], u8) {
         reason = "IP protocol numbers are below 256"
     )]
     let protocol = protocol as u8;
-    (ip.to_ne_bytes(), port.to_ne_bytes(), protocol)
+    Some((ip.to_ne_bytes(), port.to_ne_bytes(), protocol))
 }
 
+/// Points the call at `addr_be:port_be` (an IPv4-mapped address stays
+/// mapped).
 #[inline(always)]
-fn set_addr(ctx: &SockAddrContext, addr_be: [u8; 4], port_be: [u8; 2]) {
+fn set_addr(ctx: &SockAddrContext, family: Family, addr_be: [u8; 4], port_be: [u8; 2]) {
     let sa = ctx.sock_addr;
     unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes(addr_be);
+        match family {
+            Family::V4 => (*sa).user_ip4 = u32::from_ne_bytes(addr_be),
+            Family::Mapped => (*sa).user_ip6[3] = u32::from_ne_bytes(addr_be),
+        }
         (*sa).user_port = u32::from(u16::from_ne_bytes(port_be));
     }
 }
@@ -67,10 +112,17 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) }
 }
 
-/// `connect4` and `sendmsg4`: a frontend becomes a backend.
+/// `connect` and `sendmsg`: a frontend becomes a backend.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event) -> i32 {
-    let (daddr, dport, protocol) = addr(ctx);
+pub fn translate(
+    ctx: &SockAddrContext,
+    family: Family,
+    config: &DataplaneConfig,
+    event: Event,
+) -> i32 {
+    let Some((daddr, dport, protocol)) = addr(ctx, family) else {
+        return ALLOW;
+    };
     // The agent's own DNS addresses, kube-dns's ClusterIP among them: the
     // node's processes reach the agent there, untranslated.
     if (protocol != proto::TCP && protocol != proto::UDP) || config.is_local_ip(daddr) {
@@ -122,17 +174,19 @@ pub fn translate(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event) 
     if maps::sock_rev_insert(&key, &value).is_err() {
         stats::event(Event::SockRevNotKept);
     }
-    set_addr(ctx, b.addr_be, b.port_be);
+    set_addr(ctx, family, b.addr_be, b.port_be);
     stats::connection(svc.id, b.id);
     stats::event(event);
     ALLOW
 }
 
-/// `recvmsg4` and `getpeername4`: a backend this socket was pointed at is
+/// `recvmsg` and `getpeername`: a backend this socket was pointed at is
 /// shown as the frontend it asked for.
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext) -> i32 {
-    let (addr_be, port_be, _) = addr(ctx);
+pub fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some((addr_be, port_be, _)) = addr(ctx, family) else {
+        return ALLOW;
+    };
     let key = SockRevKey {
         cookie: cookie(ctx),
         addr_be,
@@ -140,7 +194,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
         _pad: [0; 2],
     };
     if let Some(front) = maps::sock_rev(&key) {
-        set_addr(ctx, front.addr_be, front.port_be);
+        set_addr(ctx, family, front.addr_be, front.port_be);
         stats::event(Event::SockReverse);
     }
     ALLOW

@@ -15,6 +15,9 @@
 //!   request every 20 ms for SECONDS, `reply <answer>` each; an error
 //!   prints `error <errno>` and the probe connects a new socket.
 //!
+//! An IPv6 `ADDR` (`[::ffff:10.96.0.10]:53`) makes the UDP socket an
+//! IPv6 one, as a TCP connect to it does.
+//!
 //! Every wait is bounded (1 s per answer).
 
 use std::{
@@ -106,8 +109,13 @@ fn tcp(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// An unbound UDP socket of `to`'s family.
+fn udp_socket(to: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })
+}
+
 fn udp(addr: SocketAddr, n: u64, connected: bool) -> Result<()> {
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| errno(&e))?;
+    let s = udp_socket(addr).map_err(|e| errno(&e))?;
     s.set_read_timeout(Some(WAIT)).map_err(|e| errno(&e))?;
     if connected {
         s.connect(addr).map_err(|e| errno(&e))?;
@@ -131,7 +139,7 @@ fn udp(addr: SocketAddr, n: u64, connected: bool) -> Result<()> {
 fn udp_stream(addr: SocketAddr, seconds: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let connect = || -> std::io::Result<UdpSocket> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = udp_socket(addr)?;
         s.set_read_timeout(Some(WAIT))?;
         s.connect(addr)?;
         Ok(s)

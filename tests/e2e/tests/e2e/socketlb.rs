@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
@@ -58,12 +59,46 @@ fn from_the_node_tcp_and_udp_reach_every_backend_and_show_the_cluster_ip() {
     }
     let mut lab = web_lab(3);
     lab.start_agent(&AgentOptions::default()).unwrap();
-    let http_s = http().to_string();
-    let dns_s = dns().to_string();
+    reach_every_backend_from_the_node(&lab, http(), dns());
+}
+
+#[test]
+fn ipv6_sockets_reach_ipv4_services_through_mapped_addresses() {
+    if !require_privileges("ipv6_sockets_reach_ipv4_services_through_mapped_addresses") {
+        return;
+    }
+    let mut lab = web_lab(3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    reach_every_backend_from_the_node(&lab, mapped(http()), mapped(dns()));
+    // From a pod in the cgroup: translated at connect(), so TC has nothing
+    // to NAT (without the IPv6 hooks TC would, and the entries show it).
+    let client = &lab.pod("client").ns;
+    for _ in 0..5 {
+        let out = probe(&lab, client, &["tcp", &mapped(http()).to_string()]);
+        assert_eq!(line(&out, "peer "), mapped(http()).to_string());
+        assert!(who(line(&out, "reply ")).starts_with('b'), "{out:?}");
+    }
+    assert_eq!(conntrack_entries(&lab), 0);
+}
+
+/// An IPv4 address as an IPv6 socket names it: `[::ffff:a.b.c.d]:port`.
+fn mapped(to: SocketAddr) -> SocketAddr {
+    let IpAddr::V4(v4) = to.ip() else {
+        return to;
+    };
+    SocketAddr::from((v4.to_ipv6_mapped(), to.port()))
+}
+
+/// From the node: TCP reaches each of the three backends and
+/// `getpeername` shows `http`; unconnected UDP reaches each and `recvfrom`
+/// shows `dns`; a connected UDP socket's peer and sources are `dns`.
+fn reach_every_backend_from_the_node(lab: &Lab, http: SocketAddr, dns: SocketAddr) {
+    let http_s = http.to_string();
+    let dns_s = dns.to_string();
 
     let mut tcp = BTreeSet::new();
     for _ in 0..40 {
-        let out = probe(&lab, lab.node(), &["tcp", &http_s]);
+        let out = probe(lab, lab.node(), &["tcp", &http_s]);
         assert_eq!(
             line(&out, "peer "),
             http_s,
@@ -82,7 +117,7 @@ fn from_the_node_tcp_and_udp_reach_every_backend_and_show_the_cluster_ip() {
 
     let mut udp = BTreeSet::new();
     for _ in 0..40 {
-        let out = probe(&lab, lab.node(), &["udp", &dns_s, "2"]);
+        let out = probe(lab, lab.node(), &["udp", &dns_s, "2"]);
         let reply = line(&out, "reply ");
         let (from, answer) = reply.split_once(' ').unwrap();
         assert_eq!(from, dns_s, "recvfrom shows the ClusterIP:port");
@@ -97,7 +132,7 @@ fn from_the_node_tcp_and_udp_reach_every_backend_and_show_the_cluster_ip() {
         "unconnected UDP reaches every backend: {udp:?}"
     );
 
-    let out = probe(&lab, lab.node(), &["udp-connected", &dns_s, "3"]);
+    let out = probe(lab, lab.node(), &["udp-connected", &dns_s, "3"]);
     assert_eq!(line(&out, "peer "), dns_s);
     let replies: BTreeSet<&str> = out
         .iter()
@@ -136,12 +171,28 @@ fn a_connected_udp_socket_never_reaches_a_removed_backend() {
     if !require_privileges("a_connected_udp_socket_never_reaches_a_removed_backend") {
         return;
     }
+    stale_udp_is_closed(dns());
+}
+
+#[test]
+fn an_ipv6_socket_connected_to_a_mapped_address_never_reaches_a_removed_backend() {
+    if !require_privileges(
+        "an_ipv6_socket_connected_to_a_mapped_address_never_reaches_a_removed_backend",
+    ) {
+        return;
+    }
+    stale_udp_is_closed(mapped(dns()));
+}
+
+/// A pod's connected UDP socket to `dns` streams; one backend is removed;
+/// the socket is closed, and the new one reaches the other backend only.
+fn stale_udp_is_closed(dns: SocketAddr) {
     let mut lab = web_lab(2);
     lab.start_agent(&AgentOptions::default()).unwrap();
     let (cmd, ns) = probe_command(
         &lab,
         &lab.pod("client").ns,
-        &["udp-stream", &dns().to_string(), "8"],
+        &["udp-stream", &dns.to_string(), "8"],
     );
     let mut stream = Process::spawn("probe", cmd, false).unwrap();
     drop(ns);
