@@ -113,7 +113,7 @@ pub struct Dataplane {
     /// Conntrack's garbage collector (stopped on drop).
     collector: conntrack::Collector,
     /// What the refused-claims map holds.
-    refused: BTreeMap<sluice_abi::service::ServiceKey, sluice_abi::service::RefusedClaim>,
+    refused: BTreeMap<crate::frontend::FrontendKey, sluice_abi::service::RefusedClaim>,
     /// What the maps can hold (`plan::capacity`).
     limits: Entries,
     /// Pins replaced at load (`layout`).
@@ -218,7 +218,7 @@ impl Dataplane {
         let maps = maps::Maps::take(&mut ebpf)?;
         let current = maps.adopt()?.with_maglev_size(opts.maglev_size);
         let limits = steps::limits(opts, &maps);
-        let refused = maps.refused.iter().filter_map(Result::ok).collect();
+        let refused = maps.refused_claims().into_iter().collect();
         // Before the new programs take over: the old layout's flows.
         convert_conntrack(&opts.pin_dir, &maps);
         let collector = conntrack::Collector::spawn(
@@ -329,7 +329,7 @@ impl Dataplane {
                     .slots
                     .iter()
                     .filter(|(slot, _)| **slot < f.count)
-                    .map(|(_, b)| (b.addr(), b.port()))
+                    .map(|(_, b)| (b.addr, b.port))
                     .collect();
                 (*key, backends)
             })
@@ -354,7 +354,7 @@ impl Dataplane {
     /// that other Services hold, as they change.
     fn record_refused(
         &mut self,
-        refused: &BTreeMap<sluice_abi::service::ServiceKey, Option<Refused>>,
+        refused: &BTreeMap<crate::frontend::FrontendKey, Option<Refused>>,
     ) {
         use sluice_abi::service::{RefusedClaim, ServiceName};
         for (key, r) in refused {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod dns;
 pub mod external;
+pub mod frontend;
 pub mod interfaces;
 pub mod links;
 pub mod model;

@@ -13,11 +13,13 @@ pub mod translate;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 pub use desired::{Here, ServiceDesired, service_desired};
-use sluice_abi::{proto, service::ServiceKey};
+use sluice_abi::proto;
+
+use crate::frontend::FrontendKey;
 
 /// Label that joins an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -115,8 +117,9 @@ pub struct ServiceInfo {
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`: its load balancer addresses.
     pub lb_ips: Vec<IpAddr>,
-    /// `spec.loadBalancerSourceRanges`, for the load balancer addresses.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// `spec.loadBalancerSourceRanges`, for the load balancer addresses
+    /// (each applies to the addresses of its family).
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 #[cfg(test)]
@@ -257,12 +260,12 @@ pub struct Model {
 pub struct DesiredFrontend {
     /// `namespace/name:port-name`, for `sluice status`.
     pub name: String,
-    pub backends: BTreeSet<(Ipv4Addr, u16)>,
+    pub backends: BTreeSet<(IpAddr, u16)>,
     /// `ClientIP` session affinity timeout in seconds; 0: none.
     pub affinity_secs: u32,
     /// Only these clients (network, prefix length) may open flows; empty:
     /// any.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(IpAddr, u8)>,
     /// Whether and how traffic from outside the cluster (XDP) uses it.
     pub external: External,
 }
@@ -283,9 +286,9 @@ pub enum External {
 /// What the dataplane maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
-    /// Every allocated IPv4 ClusterIP (for rejecting unknown ports).
-    pub cluster_ips: BTreeSet<Ipv4Addr>,
+    pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    /// Every allocated ClusterIP (for rejecting unknown ports).
+    pub cluster_ips: BTreeSet<IpAddr>,
 }
 
 impl Model {

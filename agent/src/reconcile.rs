@@ -14,33 +14,36 @@ pub mod sim;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use sluice_abi::service::{
-    Backend, SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV,
-    SVC_FLAG_MARKER, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SlotKey,
+    SVC_FLAG_AFFINITY, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_MAGLEV, SVC_FLAG_MARKER,
+    SVC_FLAG_SOURCE_RANGES, ServiceValue, SlotKey,
 };
 
-use crate::model::{
-    Desired, DesiredFrontend, External,
-    frontends::{DesiredChanges, Touched},
+use crate::{
+    frontend::{BackendRef, FrontendKey},
+    model::{
+        Desired, DesiredFrontend, External,
+        frontends::{DesiredChanges, Touched},
+    },
 };
 
 /// One write or delete in the dataplane maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// A new backend (its counters appear with its first packet).
-    PutBackend(Backend),
+    PutBackend(BackendRef),
     PutSlot {
         slot: SlotKey,
-        backend: Backend,
+        backend: BackendRef,
     },
     /// Create or update a frontend; `name` is set when it is new or renamed.
     /// `affinity_secs` is its `ClientIP` affinity timeout (0: none), written
     /// next to it when `value.flags` has `SVC_FLAG_AFFINITY`.
     PutFrontend {
-        key: ServiceKey,
+        key: FrontendKey,
         value: ServiceValue,
         name: Option<String>,
         affinity_secs: u32,
@@ -48,22 +51,22 @@ pub enum Op {
     DeleteSlot(SlotKey),
     /// Remove a frontend, its name and its counters.
     DeleteFrontend {
-        key: ServiceKey,
+        key: FrontendKey,
         id: u32,
     },
     /// Remove a backend and its counters.
     DeleteBackend(u32),
-    PutMarker(Ipv4Addr),
-    DeleteMarker(Ipv4Addr),
+    PutMarker(IpAddr),
+    DeleteMarker(IpAddr),
     /// A source range (network, prefix length) of frontend `id`.
     PutSourceRange {
         id: u32,
-        net: Ipv4Addr,
+        net: IpAddr,
         len: u8,
     },
     DeleteSourceRange {
         id: u32,
-        net: Ipv4Addr,
+        net: IpAddr,
         len: u8,
     },
     /// Frontend `id`'s Maglev table of `size` entries: backend ids.
@@ -132,11 +135,11 @@ pub struct FrontendState {
     pub id: u32,
     pub name: String,
     pub count: u32,
-    pub slots: BTreeMap<u32, Backend>,
+    pub slots: BTreeMap<u32, BackendRef>,
     /// `ClientIP` affinity timeout in seconds; 0: none.
     pub affinity_secs: u32,
     /// Source ranges (network, prefix length); empty: any client.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(IpAddr, u8)>,
     /// How traffic from outside uses it.
     pub external: External,
     /// The size of its Maglev table; 0: none.
@@ -162,8 +165,8 @@ impl FrontendState {
 /// What the dataplane maps hold, as far as reconcile is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Current {
-    pub frontends: BTreeMap<ServiceKey, FrontendState>,
-    pub markers: BTreeSet<Ipv4Addr>,
+    pub frontends: BTreeMap<FrontendKey, FrontendState>,
+    pub markers: BTreeSet<IpAddr>,
     next_service_id: u32,
     next_backend_id: u32,
     /// The configured Maglev table size (`--maglev-table-size`); larger
@@ -190,18 +193,18 @@ impl Current {
     /// Rebuilds the state from map contents (adopting pinned maps after a
     /// restart), so that the next reconcile writes only what changed.
     pub fn adopt(
-        services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
-        slots: impl IntoIterator<Item = (SlotKey, Backend)>,
+        services: impl IntoIterator<Item = (FrontendKey, ServiceValue)>,
+        slots: impl IntoIterator<Item = (SlotKey, BackendRef)>,
         names: &BTreeMap<u32, String>,
         affinity: &BTreeMap<u32, u32>,
-        source_ranges: &BTreeMap<u32, Vec<(Ipv4Addr, u8)>>,
+        source_ranges: &BTreeMap<u32, Vec<(IpAddr, u8)>>,
         maglev_sizes: &BTreeMap<u32, u32>,
     ) -> Self {
         let mut current = Self::default();
         let mut by_id = BTreeMap::new();
         for (key, value) in services {
             if value.flags & SVC_FLAG_MARKER != 0 {
-                current.markers.insert(key.addr());
+                current.markers.insert(key.addr);
                 continue;
             }
             by_id.insert(value.id, key);
@@ -304,7 +307,7 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Pla
     }
     for (key, want) in &changes.frontends {
         let Some(want) = want else { continue };
-        let backends: Vec<(Ipv4Addr, u16)> = want
+        let backends: Vec<(IpAddr, u16)> = want
             .backends
             .iter()
             .copied()
@@ -344,7 +347,7 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Pla
 
 /// Writes the ranges of frontend `id` that are new, deletes those that
 /// went.
-fn sync_source_ranges(id: u32, old: &[(Ipv4Addr, u8)], new: &[(Ipv4Addr, u8)], ops: &mut Vec<Op>) {
+fn sync_source_ranges(id: u32, old: &[(IpAddr, u8)], new: &[(IpAddr, u8)], ops: &mut Vec<Op>) {
     ops.extend(
         new.iter()
             .filter(|r| !old.contains(r))
@@ -390,9 +393,9 @@ const fn external_of(flags: u16) -> External {
 
 fn sync_frontend(
     current: &mut Current,
-    key: ServiceKey,
+    key: FrontendKey,
     desired: &DesiredFrontend,
-    want: &[(Ipv4Addr, u16)],
+    want: &[(IpAddr, u16)],
     ops: &mut Vec<Op>,
 ) {
     let name = desired.name.as_str();
@@ -403,15 +406,15 @@ fn sync_frontend(
         None => FrontendState::empty(current.alloc_service_id()),
     };
     let id = old.id;
-    let wanted: BTreeSet<(Ipv4Addr, u16)> = want.iter().copied().collect();
+    let wanted: BTreeSet<(IpAddr, u16)> = want.iter().copied().collect();
     let new_len = u32::try_from(want.len()).unwrap_or(u32::MAX);
 
     // Backends that stay keep their slot when it is still in range.
-    let mut layout: BTreeMap<u32, Backend> = BTreeMap::new();
-    let mut kept: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
-    let mut moved: Vec<Backend> = Vec::new();
+    let mut layout: BTreeMap<u32, BackendRef> = BTreeMap::new();
+    let mut kept: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+    let mut moved: Vec<BackendRef> = Vec::new();
     for (&slot, b) in &old.slots {
-        let addr = (b.addr(), b.port());
+        let addr = (b.addr, b.port);
         if slot >= old.count || !wanted.contains(&addr) || !kept.insert(addr) {
             continue;
         }
@@ -424,7 +427,7 @@ fn sync_frontend(
     let mut added = Vec::new();
     for &(addr, port) in want {
         if !kept.contains(&(addr, port)) {
-            added.push(Backend::new(current.alloc_backend_id(), addr, port));
+            added.push(BackendRef::new(current.alloc_backend_id(), addr, port));
         }
     }
     // New backends, then those beyond the new end, go into the lowest free

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use sluice_abi::{
     proto,
-    service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue},
+    service::{SVC_FLAG_MARKER, ServiceValue},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -14,6 +14,7 @@ use crate::{
         conntrack::{Census, Conntrack},
         maps::{Maps, sum_stats},
     },
+    frontend::{BackendRef, FrontendKey, HostPort},
     plan::capacity::Resource,
 };
 
@@ -28,21 +29,22 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
-/// `10.96.0.10:80/TCP`; a NodePort (every node address) is
-/// `<node>:30080/TCP`, and a frontend's local-endpoints scope (the
-/// `externalTrafficPolicy: Local` entry) has ` (local)` after it.
-pub fn frontend(k: ServiceKey) -> String {
-    let addr = if k.is_node_port() {
-        "<node>".to_owned()
-    } else {
-        k.addr().to_string()
+/// `10.96.0.10:80/TCP` or `[fd00:96::a]:80/TCP`; a NodePort (every node
+/// address of its family) is `<node>:30080/TCP` or `[<node>]:30080/TCP`,
+/// and a frontend's local-endpoints scope (the `externalTrafficPolicy:
+/// Local` entry) has ` (local)` after it.
+pub fn frontend(k: FrontendKey) -> String {
+    let at = match (k.is_node_port(), k.is_ipv6()) {
+        (true, false) => format!("<node>:{}", k.port),
+        (true, true) => format!("[<node>]:{}", k.port),
+        (false, _) => HostPort(k.addr, k.port).to_string(),
     };
     let scope = if k.scope == sluice_abi::service::SCOPE_LOCAL {
         " (local)"
     } else {
         ""
     };
-    format!("{addr}:{}/{}{scope}", k.port(), proto_name(k.proto))
+    format!("{at}/{}{scope}", proto_name(k.proto))
 }
 
 /// Traffic counters of a frontend or backend.
@@ -125,14 +127,34 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         .filter_map(Result::ok)
         .map(|(id, n)| (id, n.as_str().to_owned()))
         .collect();
-    let mut slots: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+    let mut slots: BTreeMap<u32, Vec<(u32, BackendRef)>> = BTreeMap::new();
     for (k, b) in maps.slots.iter().filter_map(Result::ok) {
-        slots.entry(k.service_id).or_default().push((k.slot, b));
+        slots
+            .entry(k.service_id)
+            .or_default()
+            .push((k.slot, b.into()));
     }
-    let services = maps
+    for (k, b) in maps.slots6.iter().filter_map(Result::ok) {
+        slots
+            .entry(k.service_id)
+            .or_default()
+            .push((k.slot, b.into()));
+    }
+    let all: Vec<(FrontendKey, ServiceValue)> = maps
         .services
         .iter()
         .filter_map(Result::ok)
+        .map(|(k, v)| (k.into(), v))
+        .chain(
+            maps.services6
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (k.into(), v)),
+        )
+        .collect();
+    let cluster_ips = all.iter().filter(|(k, _)| k.is_marker()).count();
+    let services = all
+        .into_iter()
         .filter(|(_, v)| v.flags & SVC_FLAG_MARKER == 0);
     let svc_stats = |id: u32| {
         maps.service_stats
@@ -154,16 +176,9 @@ pub fn collect(pin_dir: &Path, conntrack: Option<Census>) -> Result<Snapshot, Er
         |id| svc_stats(id).into(),
         |id| be_stats(id).into(),
     );
-    let cluster_ips = maps
-        .services
-        .keys()
-        .filter_map(Result::ok)
-        .filter(ServiceKey::is_marker)
-        .count();
     let mut refused: Vec<RefusedRow> = maps
-        .refused
-        .iter()
-        .filter_map(Result::ok)
+        .refused_claims()
+        .into_iter()
         .map(|(key, r)| RefusedRow {
             frontend: frontend(key),
             owner: r.owner.as_str().to_owned(),
@@ -237,14 +252,14 @@ pub fn flag_words(flags: u16) -> String {
 /// cases' dumps from the simulated ones, with a frontend id's and a
 /// backend id's counters.
 pub fn service_rows(
-    frontends: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+    frontends: impl IntoIterator<Item = (FrontendKey, ServiceValue)>,
     name: impl Fn(u32) -> Option<String>,
-    mut slots: BTreeMap<u32, Vec<(u32, Backend)>>,
+    mut slots: BTreeMap<u32, Vec<(u32, BackendRef)>>,
     flags: impl Fn(&ServiceValue) -> String,
     frontend_traffic: impl Fn(u32) -> Traffic,
     backend_traffic: impl Fn(u32) -> Traffic,
 ) -> Vec<ServiceRow> {
-    let mut frontends: Vec<(ServiceKey, ServiceValue, Option<String>)> = frontends
+    let mut frontends: Vec<(FrontendKey, ServiceValue, Option<String>)> = frontends
         .into_iter()
         .map(|(k, v)| (k, v, name(v.id)))
         .collect();
@@ -264,7 +279,7 @@ pub fn service_rows(
                     .into_iter()
                     .map(|(slot, b)| BackendRow {
                         slot,
-                        address: format!("{}:{}", b.addr(), b.port()),
+                        address: HostPort(b.addr, b.port).to_string(),
                         traffic: backend_traffic(b.id),
                     })
                     .collect(),
@@ -465,17 +480,18 @@ fn ordered<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
-    use sluice_abi::{proto, service::ServiceKey};
+    use sluice_abi::proto;
 
     use super::frontend;
+    use crate::frontend::FrontendKey;
 
     #[test]
     fn frontends_name_node_ports_and_local_scopes() {
-        let vip = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 80, proto::TCP);
+        let vip = FrontendKey::new(IpAddr::from([10, 96, 0, 10]), 80, proto::TCP);
         assert_eq!(frontend(vip), "10.96.0.10:80/TCP");
-        let np = ServiceKey::node_port(30080, proto::UDP);
+        let np = FrontendKey::node_port(30080, proto::UDP);
         assert_eq!(frontend(np), "<node>:30080/UDP");
         assert_eq!(frontend(np.local_scope()), "<node>:30080/UDP (local)");
     }

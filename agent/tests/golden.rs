@@ -33,8 +33,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sluice_abi::service::{SVC_FLAG_MARKER, ServiceKey, ServiceValue};
+use sluice_abi::service::{SVC_FLAG_MARKER, ServiceValue};
 use sluice_agent::{
+    frontend::FrontendKey,
     model::{
         NodeInfo, ObjectKey,
         frontends::Refused,
@@ -131,7 +132,7 @@ struct Run {
     planner: Planner,
     current: Current,
     maps: SimMaps,
-    refused: BTreeMap<ServiceKey, Refused>,
+    refused: BTreeMap<FrontendKey, Refused>,
     listed: bool,
 }
 
@@ -266,7 +267,7 @@ impl Run {
             .services
             .keys()
             .filter(|k| k.is_marker())
-            .map(|k| k.addr().to_string())
+            .map(|k| k.addr.to_string())
             .collect();
         let _ = write!(out, "\nClusterIPs:");
         for m in &markers {

@@ -23,10 +23,10 @@ use sluice_abi::{
     conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey},
     maps as names,
     service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey, ServiceName,
-        ServiceValue, SlotKey, SourceRangeKey,
+        Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim, ServiceKey,
+        ServiceKey6, ServiceName, ServiceValue, SlotKey, SourceRangeKey, SourceRangeKey6,
     },
-    sock::{SockRevKey, SockRevValue},
+    sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -82,8 +82,8 @@ fn map_type(name: &str) -> MapType {
             MapType::PerCpuArray
         }
         names::SERVICE_STATS | names::BACKEND_STATS => MapType::PerCpuHash,
-        names::SOCK_REV | names::AFFINITY => MapType::LruHash,
-        names::SOURCE_RANGES => MapType::LpmTrie,
+        names::SOCK_REV | names::SOCK_REV6 | names::AFFINITY => MapType::LruHash,
+        names::SOURCE_RANGES | names::SOURCE_RANGES6 => MapType::LpmTrie,
         names::MONITOR => MapType::RingBuf,
         names::MONITOR_ON => MapType::Array,
         _ if names::CONNTRACK.contains(&name) => {
@@ -193,6 +193,9 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SERVICES => (size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         names::SLOTS => (size_of::<SlotKey>(), size_of::<Backend>()),
         names::BACKENDS => (size_of::<u32>(), size_of::<Backend>()),
+        names::SERVICES6 => (size_of::<ServiceKey6>(), size_of::<ServiceValue>()),
+        names::SLOTS6 => (size_of::<SlotKey>(), size_of::<Backend6>()),
+        names::BACKENDS6 => (size_of::<u32>(), size_of::<Backend6>()),
         _ if names::CONNTRACK.contains(&name) => (size_of::<CtKey>(), size_of::<CtEntry>()),
         names::CONNTRACK_STATS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_STATS | names::BACKEND_STATS => {
@@ -201,12 +204,15 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::DROPS | names::EVENTS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_NAMES => (size_of::<u32>(), size_of::<ServiceName>()),
         names::SOCK_REV => (size_of::<SockRevKey>(), size_of::<SockRevValue>()),
+        names::SOCK_REV6 => (size_of::<SockRevKey6>(), size_of::<SockRevValue6>()),
         names::AFFINITY_CONFIG => (size_of::<u32>(), size_of::<u32>()),
         names::AFFINITY => (size_of::<AffinityKey>(), size_of::<AffinityValue>()),
         names::SOURCE_RANGES => (size_of::<u32>() + size_of::<SourceRangeKey>(), 1),
+        names::SOURCE_RANGES6 => (size_of::<u32>() + size_of::<SourceRangeKey6>(), 1),
         names::NODE_ADDRS => (size_of::<NodeAddr>(), size_of::<u32>()),
         names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
         names::REFUSED => (size_of::<ServiceKey>(), size_of::<RefusedClaim>()),
+        names::REFUSED6 => (size_of::<ServiceKey6>(), size_of::<RefusedClaim>()),
         names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
         names::MONITOR => (0, 0),
         names::MONITOR_ON => (size_of::<u32>(), size_of::<u32>()),

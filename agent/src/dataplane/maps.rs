@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, OwnedFd},
     path::Path,
 };
@@ -17,22 +17,30 @@ use aya::{
 use sluice_abi::{
     maps as names,
     service::{
-        Backend, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim,
-        SVC_FLAG_MARKER, ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+        Backend, Backend6, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim,
+        SVC_FLAG_MARKER, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SlotKey,
+        SourceRangeKey, SourceRangeKey6,
     },
     stats::TrafficStats,
 };
 
 use super::{Error, batch};
 use crate::{
+    frontend::{BackendRef, FrontendKey, MapBackend, MapKey},
     plan::capacity::Resource,
     reconcile::{Current, Op, Plan},
 };
 
+/// The maps of the frontends, slots and backends, and source ranges, one
+/// set per IP family (`crate::frontend`); the maps keyed by frontend or
+/// backend id are shared.
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub slots: HashMap<MapData, SlotKey, Backend>,
     pub backends: HashMap<MapData, u32, Backend>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub slots6: HashMap<MapData, SlotKey, Backend6>,
+    pub backends6: HashMap<MapData, u32, Backend6>,
     pub service_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     pub backend_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     pub drops: PerCpuArray<MapData, u64>,
@@ -42,12 +50,14 @@ pub struct Maps {
     pub affinity_config: HashMap<MapData, u32, u32>,
     /// `loadBalancerSourceRanges` by frontend id.
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub source_ranges6: LpmTrie<MapData, SourceRangeKey6, u8>,
     /// The node's own addresses.
     pub node_addrs: HashMap<MapData, NodeAddr, u32>,
     /// External interfaces with the XDP program, and their SNAT address.
     pub ext_ifs: HashMap<MapData, u32, ExtIf>,
     /// Refused claims on frontends, for `sluice status`.
     pub refused: HashMap<MapData, ServiceKey, RefusedClaim>,
+    pub refused6: HashMap<MapData, ServiceKey6, RefusedClaim>,
     /// Maglev tables, in chunks.
     pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     /// Descriptors of the maps that programming writes in batches.
@@ -58,6 +68,9 @@ struct BatchFds {
     services: OwnedFd,
     slots: OwnedFd,
     backends: OwnedFd,
+    services6: OwnedFd,
+    slots6: OwnedFd,
+    backends6: OwnedFd,
     names: OwnedFd,
     affinity_config: OwnedFd,
     maglev: OwnedFd,
@@ -114,6 +127,9 @@ impl Maps {
         let services = get(names::SERVICES)?;
         let slots = get(names::SLOTS)?;
         let backends = get(names::BACKENDS)?;
+        let services6 = get(names::SERVICES6)?;
+        let slots6 = get(names::SLOTS6)?;
+        let backends6 = get(names::BACKENDS6)?;
         let service_names = get(names::SERVICE_NAMES)?;
         let affinity_config = get(names::AFFINITY_CONFIG)?;
         let maglev = get(names::MAGLEV)?;
@@ -123,12 +139,18 @@ impl Maps {
             services: batch_fd(names::SERVICES, &services)?,
             slots: batch_fd(names::SLOTS, &slots)?,
             backends: batch_fd(names::BACKENDS, &backends)?,
+            services6: batch_fd(names::SERVICES6, &services6)?,
+            slots6: batch_fd(names::SLOTS6, &slots6)?,
+            backends6: batch_fd(names::BACKENDS6, &backends6)?,
             names: batch_fd(names::SERVICE_NAMES, &service_names)?,
         };
         Ok(Self {
             services: typed(names::SERVICES, services)?,
             slots: typed(names::SLOTS, slots)?,
             backends: typed(names::BACKENDS, backends)?,
+            services6: typed(names::SERVICES6, services6)?,
+            slots6: typed(names::SLOTS6, slots6)?,
+            backends6: typed(names::BACKENDS6, backends6)?,
             service_stats: typed(names::SERVICE_STATS, get(names::SERVICE_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             drops: typed(names::DROPS, get(names::DROPS)?)?,
@@ -136,15 +158,18 @@ impl Maps {
             names: typed(names::SERVICE_NAMES, service_names)?,
             affinity_config: typed(names::AFFINITY_CONFIG, affinity_config)?,
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
+            source_ranges6: typed(names::SOURCE_RANGES6, get(names::SOURCE_RANGES6)?)?,
             node_addrs: typed(names::NODE_ADDRS, get(names::NODE_ADDRS)?)?,
             ext_ifs: typed(names::EXT_IFS, get(names::EXT_IFS)?)?,
             refused: typed(names::REFUSED, get(names::REFUSED)?)?,
+            refused6: typed(names::REFUSED6, get(names::REFUSED6)?)?,
             maglev: typed(names::MAGLEV, maglev)?,
             batch,
         })
     }
 
-    /// How many entries the map that counts `resource` was created with.
+    /// How many entries the map that counts `resource` was created with
+    /// (each family's map has as many).
     pub fn max_entries(&self, resource: Resource) -> Option<u32> {
         use aya::maps::IterableMap as _;
         let info = match resource {
@@ -158,8 +183,22 @@ impl Maps {
 
     /// Reads back what reconcile needs to know of the maps.
     pub fn adopt(&self) -> Result<Current, Error> {
-        let services = collect(self.services.iter(), names::SERVICES)?;
-        let slots = collect(self.slots.iter(), names::SLOTS)?;
+        let services = collect(self.services.iter(), names::SERVICES)?
+            .into_iter()
+            .map(|(k, v)| (FrontendKey::from(k), v))
+            .chain(
+                collect(self.services6.iter(), names::SERVICES6)?
+                    .into_iter()
+                    .map(|(k, v)| (FrontendKey::from(k), v)),
+            );
+        let slots = collect(self.slots.iter(), names::SLOTS)?
+            .into_iter()
+            .map(|(k, b)| (k, BackendRef::from(b)))
+            .chain(
+                collect(self.slots6.iter(), names::SLOTS6)?
+                    .into_iter()
+                    .map(|(k, b)| (k, BackendRef::from(b))),
+            );
         let labels: BTreeMap<u32, String> = collect(self.names.iter(), names::SERVICE_NAMES)?
             .into_iter()
             .map(|(id, n)| (id, n.as_str().to_owned()))
@@ -168,14 +207,22 @@ impl Maps {
             collect(self.affinity_config.iter(), names::AFFINITY_CONFIG)?
                 .into_iter()
                 .collect();
-        let mut ranges: BTreeMap<u32, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
+        let mut ranges: BTreeMap<u32, Vec<(IpAddr, u8)>> = BTreeMap::new();
         for (key, _) in collect(self.source_ranges.iter(), names::SOURCE_RANGES)? {
             let data = key.data();
             let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(32);
             ranges
                 .entry(u32::from_be_bytes(data.service_id_be))
                 .or_default()
-                .push((Ipv4Addr::from(data.addr_be), len));
+                .push((Ipv4Addr::from(data.addr_be).into(), len));
+        }
+        for (key, _) in collect(self.source_ranges6.iter(), names::SOURCE_RANGES6)? {
+            let data = key.data();
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(128);
+            ranges
+                .entry(u32::from_be_bytes(data.service_id_be))
+                .or_default()
+                .push((std::net::Ipv6Addr::from(data.addr_be).into(), len));
         }
         let mut maglev = BTreeMap::new();
         for key in self.maglev.keys() {
@@ -197,6 +244,9 @@ impl Maps {
         let mut backends = Vec::new();
         let mut slots = Vec::new();
         let mut services = Vec::new();
+        let mut backends6 = Vec::new();
+        let mut slots6 = Vec::new();
+        let mut services6 = Vec::new();
         let mut labels = Vec::new();
         let mut affinity = Vec::new();
         let mut no_affinity = Vec::new();
@@ -206,8 +256,14 @@ impl Maps {
                 Op::PutMaglev { id, size, table } => {
                     maglev.extend(maglev_chunks(*id, *size, table));
                 }
-                Op::PutBackend(b) => backends.push((b.id, *b)),
-                Op::PutSlot { slot, backend } => slots.push((*slot, *backend)),
+                Op::PutBackend(b) => match b.map_value() {
+                    MapBackend::V4(v) => backends.push((b.id, v)),
+                    MapBackend::V6(v) => backends6.push((b.id, v)),
+                },
+                Op::PutSlot { slot, backend } => match backend.map_value() {
+                    MapBackend::V4(v) => slots.push((*slot, v)),
+                    MapBackend::V6(v) => slots6.push((*slot, v)),
+                },
                 Op::PutFrontend {
                     key,
                     value,
@@ -222,9 +278,15 @@ impl Maps {
                     } else {
                         affinity.push((value.id, *affinity_secs));
                     }
-                    services.push((*key, *value));
+                    match key.map_key() {
+                        MapKey::V4(k) => services.push((k, *value)),
+                        MapKey::V6(k) => services6.push((k, *value)),
+                    }
                 }
-                Op::PutMarker(ip) => services.push((ServiceKey::marker(*ip), MARKER)),
+                Op::PutMarker(ip) => match FrontendKey::marker(*ip).map_key() {
+                    MapKey::V4(k) => services.push((k, MARKER)),
+                    MapKey::V6(k) => services6.push((k, MARKER)),
+                },
                 // Few, and written before the frontends that point at them.
                 Op::PutSourceRange { .. } => self.apply(op)?,
                 _ => {}
@@ -232,13 +294,16 @@ impl Maps {
         }
         let batch = |name: &'static str| move |e| Error::Batch { name, source: e };
         batch::update(&self.batch.backends, &backends).map_err(batch(names::BACKENDS))?;
+        batch::update(&self.batch.backends6, &backends6).map_err(batch(names::BACKENDS6))?;
         batch::update(&self.batch.slots, &slots).map_err(batch(names::SLOTS))?;
+        batch::update(&self.batch.slots6, &slots6).map_err(batch(names::SLOTS6))?;
         batch::update(&self.batch.maglev, &maglev).map_err(batch(names::MAGLEV))?;
         batch::update(&self.batch.names, &labels).map_err(batch(names::SERVICE_NAMES))?;
         // The timeout before the flag that points at it.
         batch::update(&self.batch.affinity_config, &affinity)
             .map_err(batch(names::AFFINITY_CONFIG))?;
         batch::update(&self.batch.services, &services).map_err(batch(names::SERVICES))?;
+        batch::update(&self.batch.services6, &services6).map_err(batch(names::SERVICES6))?;
         for id in no_affinity {
             self.set_affinity(id, 0)?;
         }
@@ -263,14 +328,16 @@ impl Maps {
     /// leave these to it).
     fn apply(&mut self, op: &Op) -> Result<(), Error> {
         match op {
-            Op::PutBackend(b) => self
-                .backends
-                .insert(b.id, b, 0)
-                .map_err(map_err(names::BACKENDS)),
-            Op::PutSlot { slot, backend } => self
-                .slots
-                .insert(slot, backend, 0)
-                .map_err(map_err(names::SLOTS)),
+            Op::PutBackend(b) => match b.map_value() {
+                MapBackend::V4(v) => self.backends.insert(b.id, v, 0),
+                MapBackend::V6(v) => self.backends6.insert(b.id, v, 0),
+            }
+            .map_err(map_err(names::BACKENDS)),
+            Op::PutSlot { slot, backend } => match backend.map_value() {
+                MapBackend::V4(v) => self.slots.insert(slot, v, 0),
+                MapBackend::V6(v) => self.slots6.insert(slot, v, 0),
+            }
+            .map_err(map_err(names::SLOTS)),
             Op::PutFrontend {
                 key,
                 value,
@@ -283,37 +350,46 @@ impl Maps {
                         .insert(value.id, ServiceName::new(name), 0)
                         .map_err(map_err(names::SERVICE_NAMES))?;
                 }
-                self.services
-                    .insert(key, value, 0)
-                    .map_err(map_err(names::SERVICES))
+                self.put_service(*key, *value)
             }
-            Op::DeleteSlot(slot) => removed(self.slots.remove(slot), names::SLOTS),
+            // A slot id is in one family's map; the other has none.
+            Op::DeleteSlot(slot) => {
+                removed(self.slots.remove(slot), names::SLOTS)?;
+                removed(self.slots6.remove(slot), names::SLOTS6)
+            }
             Op::DeleteFrontend { key, id } => {
-                removed(self.services.remove(key), names::SERVICES)?;
+                self.delete_service(*key)?;
                 removed(self.names.remove(id), names::SERVICE_NAMES)?;
                 removed(self.affinity_config.remove(id), names::AFFINITY_CONFIG)?;
                 removed(self.service_stats.remove(id), names::SERVICE_STATS)
             }
             Op::DeleteBackend(id) => {
                 removed(self.backends.remove(id), names::BACKENDS)?;
+                removed(self.backends6.remove(id), names::BACKENDS6)?;
                 removed(self.backend_stats.remove(id), names::BACKEND_STATS)
             }
-            Op::PutMarker(ip) => self
-                .services
-                .insert(ServiceKey::marker(*ip), MARKER, 0)
-                .map_err(map_err(names::SERVICES)),
-            Op::PutSourceRange { id, net, len } => self
-                .source_ranges
-                .insert(&range_key(*id, *net, *len), 1, 0)
-                .map_err(map_err(names::SOURCE_RANGES)),
-            Op::DeleteSourceRange { id, net, len } => removed(
-                self.source_ranges.remove(&range_key(*id, *net, *len)),
-                names::SOURCE_RANGES,
-            ),
-            Op::DeleteMarker(ip) => removed(
-                self.services.remove(&ServiceKey::marker(*ip)),
-                names::SERVICES,
-            ),
+            Op::PutMarker(ip) => self.put_service(FrontendKey::marker(*ip), MARKER),
+            Op::PutSourceRange { id, net, len } => match *net {
+                IpAddr::V4(net) => self
+                    .source_ranges
+                    .insert(&range_key(*id, net, *len), 1, 0)
+                    .map_err(map_err(names::SOURCE_RANGES)),
+                IpAddr::V6(net) => self
+                    .source_ranges6
+                    .insert(&range_key6(*id, net, *len), 1, 0)
+                    .map_err(map_err(names::SOURCE_RANGES6)),
+            },
+            Op::DeleteSourceRange { id, net, len } => match *net {
+                IpAddr::V4(net) => removed(
+                    self.source_ranges.remove(&range_key(*id, net, *len)),
+                    names::SOURCE_RANGES,
+                ),
+                IpAddr::V6(net) => removed(
+                    self.source_ranges6.remove(&range_key6(*id, net, *len)),
+                    names::SOURCE_RANGES6,
+                ),
+            },
+            Op::DeleteMarker(ip) => self.delete_service(FrontendKey::marker(*ip)),
             Op::PutMaglev { id, size, table } => {
                 for (key, chunk) in maglev_chunks(*id, *size, table) {
                     self.maglev
@@ -335,18 +411,52 @@ impl Maps {
         }
     }
 
+    fn put_service(&mut self, key: FrontendKey, value: ServiceValue) -> Result<(), Error> {
+        match key.map_key() {
+            MapKey::V4(k) => self
+                .services
+                .insert(k, value, 0)
+                .map_err(map_err(names::SERVICES)),
+            MapKey::V6(k) => self
+                .services6
+                .insert(k, value, 0)
+                .map_err(map_err(names::SERVICES6)),
+        }
+    }
+
+    fn delete_service(&mut self, key: FrontendKey) -> Result<(), Error> {
+        match key.map_key() {
+            MapKey::V4(k) => removed(self.services.remove(&k), names::SERVICES),
+            MapKey::V6(k) => removed(self.services6.remove(&k), names::SERVICES6),
+        }
+    }
+
+    /// The refused claims of both families (unreadable entries skipped).
+    pub fn refused_claims(&self) -> Vec<(FrontendKey, RefusedClaim)> {
+        let v4 = self.refused.iter().filter_map(Result::ok);
+        let v6 = self.refused6.iter().filter_map(Result::ok);
+        v4.map(|(k, r)| (k.into(), r))
+            .chain(v6.map(|(k, r)| (k.into(), r)))
+            .collect()
+    }
+
     /// Records the refused claims on frontend `key` (`None`: there are none).
     pub fn set_refused(
         &mut self,
-        key: ServiceKey,
+        key: FrontendKey,
         claim: Option<RefusedClaim>,
     ) -> Result<(), Error> {
-        match claim {
-            Some(c) => self
+        match (key.map_key(), claim) {
+            (MapKey::V4(k), Some(c)) => self
                 .refused
-                .insert(key, c, 0)
+                .insert(k, c, 0)
                 .map_err(map_err(names::REFUSED)),
-            None => removed(self.refused.remove(&key), names::REFUSED),
+            (MapKey::V4(k), None) => removed(self.refused.remove(&k), names::REFUSED),
+            (MapKey::V6(k), Some(c)) => self
+                .refused6
+                .insert(k, c, 0)
+                .map_err(map_err(names::REFUSED6)),
+            (MapKey::V6(k), None) => removed(self.refused6.remove(&k), names::REFUSED6),
         }
     }
 
@@ -449,6 +559,14 @@ fn range_key(id: u32, net: Ipv4Addr, len: u8) -> Key<SourceRangeKey> {
     Key::new(
         SourceRangeKey::prefix_len(len),
         SourceRangeKey::new(id, net),
+    )
+}
+
+/// The LPM key of IPv6 range `net/len` of frontend `id`.
+fn range_key6(id: u32, net: std::net::Ipv6Addr, len: u8) -> Key<SourceRangeKey6> {
+    Key::new(
+        SourceRangeKey::prefix_len(len),
+        SourceRangeKey6::new(id, net),
     )
 }
 

@@ -212,6 +212,12 @@ pub const FEATURES: &[Feature] = &[
         probe: || sock_addr_hook(14),
     },
     Feature {
+        name: "attach point cgroup/sendmsg6",
+        since: "4.18",
+        need: Need::SocketLb,
+        probe: || sock_addr_hook(15),
+    },
+    Feature {
         name: "attach point cgroup/recvmsg4",
         since: "5.2",
         need: Need::SocketLb,

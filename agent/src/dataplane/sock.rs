@@ -23,13 +23,15 @@ use aya::{
 use super::{Error, attach::LINKS_DIR};
 
 /// The programs in the eBPF object (their pins have the same names). The
-/// `*6` programs serve IPv6 sockets' IPv4-mapped addresses.
-pub const PROGRAMS: [&str; 7] = [
+/// `*6` programs serve IPv6 frontends and IPv6 sockets' IPv4-mapped
+/// addresses.
+pub const PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
     "sock_connect6",
+    "sock_sendmsg6",
     "sock_recvmsg6",
     "sock_getpeername6",
 ];

@@ -11,13 +11,13 @@
 //!
 //! A socket is closed only if socket LB translated it (its cookie and peer
 //! are in the reverse map) and its peer is no longer a backend of the
-//! frontend it asked for: IPv4 sockets, and IPv6 sockets whose peer is an
-//! IPv4-mapped address.
+//! frontend it asked for: IPv4 and IPv6 sockets (an IPv4-mapped peer is
+//! IPv4).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::fs::MetadataExt as _,
@@ -28,38 +28,73 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use sluice_abi::{
     maps as names, proto,
-    service::ServiceKey,
-    sock::{SockRevKey, SockRevValue},
+    sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
 };
 
+use crate::frontend::FrontendKey;
+
 /// The live backends of every UDP frontend.
-pub type LiveBackends = BTreeMap<ServiceKey, BTreeSet<(Ipv4Addr, u16)>>;
+pub type LiveBackends = BTreeMap<FrontendKey, BTreeSet<(IpAddr, u16)>>;
 
 /// Bounds on the walk: cgroups visited, sockets read per namespace.
 const MAX_CGROUPS: usize = 100_000;
 const MAX_SOCKETS: usize = 1_000_000;
 
+/// A connected socket as the scan sees it: its cookie and its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    cookie: u64,
+    addr: IpAddr,
+    port: u16,
+}
+
 /// Closes the stale sockets; returns how many were closed.
 pub fn close(pin_dir: &Path, cgroup: &Path, live: &LiveBackends) -> io::Result<usize> {
-    let data = MapData::from_pin(pin_dir.join(names::SOCK_REV)).map_err(io::Error::other)?;
+    let open = |name: &str| MapData::from_pin(pin_dir.join(name)).map_err(io::Error::other);
     let rev: HashMap<MapData, SockRevKey, SockRevValue> =
-        HashMap::try_from(Map::LruHashMap(data)).map_err(io::Error::other)?;
-    let stale = |key: &SockRevKey| -> bool {
-        let Ok(front) = rev.get(key, 0) else {
+        HashMap::try_from(Map::LruHashMap(open(names::SOCK_REV)?)).map_err(io::Error::other)?;
+    let rev6: HashMap<MapData, SockRevKey6, SockRevValue6> =
+        HashMap::try_from(Map::LruHashMap(open(names::SOCK_REV6)?)).map_err(io::Error::other)?;
+    // The frontend socket LB pointed the socket at its peer for.
+    let frontend = |p: &Peer| -> Option<FrontendKey> {
+        let (addr, port): (IpAddr, [u8; 2]) = match p.addr {
+            IpAddr::V4(a) => {
+                let key = SockRevKey {
+                    cookie: p.cookie,
+                    addr_be: a.octets(),
+                    port_be: p.port.to_be_bytes(),
+                    _pad: [0; 2],
+                };
+                let front = rev.get(&key, 0).ok()?;
+                (Ipv4Addr::from(front.addr_be).into(), front.port_be)
+            }
+            IpAddr::V6(a) => {
+                let key = SockRevKey6 {
+                    cookie: p.cookie,
+                    addr_be: a.octets(),
+                    port_be: p.port.to_be_bytes(),
+                    _pad: [0; 6],
+                };
+                let front = rev6.get(&key, 0).ok()?;
+                (Ipv6Addr::from(front.addr_be).into(), front.port_be)
+            }
+        };
+        Some(FrontendKey::new(addr, u16::from_be_bytes(port), proto::UDP))
+    };
+    let stale = |p: &Peer| -> bool {
+        let Some(frontend) = frontend(p) else {
             return false;
         };
-        let frontend = ServiceKey::new(
-            Ipv4Addr::from(front.addr_be),
-            u16::from_be_bytes(front.port_be),
-            proto::UDP,
-        );
         // A NodePort was asked for at one of the node's addresses.
-        let node_port = ServiceKey::node_port(frontend.port(), proto::UDP);
-        let backend = (Ipv4Addr::from(key.addr_be), u16::from_be_bytes(key.port_be));
+        let node_port = if frontend.is_ipv6() {
+            FrontendKey::node_port6(frontend.port, proto::UDP)
+        } else {
+            FrontendKey::node_port(frontend.port, proto::UDP)
+        };
         !live
             .get(&frontend)
             .or_else(|| live.get(&node_port))
-            .is_some_and(|b| b.contains(&backend))
+            .is_some_and(|b| b.contains(&(p.addr, p.port)))
     };
     let mut closed = 0;
     for netns in namespaces(cgroup) {
@@ -67,7 +102,7 @@ pub fn close(pin_dir: &Path, cgroup: &Path, live: &LiveBackends) -> io::Result<u
             s.spawn(|| {
                 in_netns(&netns, || {
                     Ok(close_in_this_netns(Family::V4, &stale)?
-                        + close_in_this_netns(Family::Mapped, &stale)?)
+                        + close_in_this_netns(Family::V6, &stale)?)
                 })
             })
             .join()
@@ -183,33 +218,36 @@ struct DiagMsg {
 enum Family {
     /// IPv4 sockets.
     V4,
-    /// IPv6 sockets connected to IPv4-mapped addresses (`::ffff:a.b.c.d`),
-    /// which socket LB translates as IPv4.
-    Mapped,
+    /// IPv6 sockets: their IPv4-mapped peers (`::ffff:a.b.c.d`) are
+    /// translated as IPv4 by socket LB, and are IPv4 here.
+    V6,
 }
 
 impl Family {
     fn af(self) -> u8 {
         let af = match self {
             Self::V4 => libc::AF_INET,
-            Self::Mapped => libc::AF_INET6,
+            Self::V6 => libc::AF_INET6,
         };
         u8::try_from(af).unwrap_or(0)
     }
 
-    /// The IPv4 peer of a socket of this family, if it has one.
-    fn peer(self, dst: &[[u8; 4]; 4]) -> Option<[u8; 4]> {
+    /// The peer address of a socket of this family.
+    fn peer(self, dst: &[[u8; 4]; 4]) -> IpAddr {
         match self {
-            Self::V4 => Some(dst[0]),
-            Self::Mapped => (dst[0] == [0; 4] && dst[1] == [0; 4] && dst[2] == [0, 0, 0xff, 0xff])
-                .then_some(dst[3]),
+            Self::V4 => Ipv4Addr::from(dst[0]).into(),
+            Self::V6 => {
+                let [a, b, c, d] = *dst;
+                let octets: [u8; 16] = [a, b, c, d].concat().try_into().unwrap_or([0; 16]);
+                Ipv6Addr::from(octets).to_canonical()
+            }
         }
     }
 }
 
 fn close_in_this_netns(
     family: Family,
-    stale: &(impl Fn(&SockRevKey) -> bool + Sync),
+    stale: &(impl Fn(&Peer) -> bool + Sync),
 ) -> io::Result<usize> {
     let sock = netlink()?;
     let mut dump = Request {
@@ -238,16 +276,14 @@ fn close_in_this_netns(
                 NLMSG_ERROR => return Err(netlink_error(&buf[..n], at)),
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(msg) = read_struct::<DiagMsg>(&buf[..n], at + size_of::<NlMsgHdr>())
-                        && let Some(peer) = family.peer(&msg.id.dst)
                     {
-                        let key = SockRevKey {
+                        let peer = Peer {
                             cookie: u64::from(msg.id.cookie[0])
                                 | (u64::from(msg.id.cookie[1]) << 32),
-                            addr_be: peer,
-                            port_be: msg.id.dport,
-                            _pad: [0; 2],
+                            addr: family.peer(&msg.id.dst),
+                            port: u16::from_be_bytes(msg.id.dport),
                         };
-                        if stale(&key) {
+                        if stale(&peer) {
                             victims.push(msg.id);
                         }
                     }
@@ -373,18 +409,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_sockets_count_only_with_ipv4_mapped_peers() {
+    fn ipv6_sockets_ipv4_mapped_peers_are_ipv4() {
         let v4 = [[10, 244, 1, 10], [0; 4], [0; 4], [0; 4]];
-        assert_eq!(Family::V4.peer(&v4), Some([10, 244, 1, 10]));
+        assert_eq!(Family::V4.peer(&v4), Ipv4Addr::new(10, 244, 1, 10));
         let mapped = [[0; 4], [0; 4], [0, 0, 0xff, 0xff], [10, 244, 1, 10]];
-        assert_eq!(Family::Mapped.peer(&mapped), Some([10, 244, 1, 10]));
-        let native = [
-            [0xfd, 0, 0, 0],
-            [0; 4],
-            [0, 0, 0xff, 0xff],
-            [10, 244, 1, 10],
-        ];
-        assert_eq!(Family::Mapped.peer(&native), None);
-        assert_eq!(Family::Mapped.peer(&[[0; 4]; 4]), None);
+        assert_eq!(Family::V6.peer(&mapped), Ipv4Addr::new(10, 244, 1, 10));
+        let native = [[0xfd, 0, 0x02, 0x44], [0; 4], [0; 4], [0, 0, 0, 0x10]];
+        assert_eq!(
+            Family::V6.peer(&native),
+            "fd00:244::10".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -69,7 +69,6 @@ pub(super) fn limits(opts: &Options, maps: &maps::Maps) -> Entries {
 /// (each with its ClusterIP's marker), in steps whose new entries fit in
 /// the maps' headroom.
 pub(super) fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredChanges> {
-    use sluice_abi::service::ServiceKey;
     let room = |r: Resource| {
         let limit = u32::try_from(limits.get(r)).unwrap_or(u32::MAX);
         usize::try_from(capacity::headroom(limit)).unwrap_or(usize::MAX)
@@ -87,21 +86,16 @@ pub(super) fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredCh
     let mut steps = Vec::new();
     let mut step = DesiredChanges::default();
     let (mut frontends, mut backends) = (0, 0);
-    let mut last: Option<ServiceKey> = None;
+    let mut last: Option<crate::frontend::FrontendKey> = None;
     for (key, want) in &changes.frontends {
         let Some(front) = want else {
             removals.frontends.insert(*key, None);
             continue;
         };
-        let marker = markers.remove(&key.addr());
+        let marker = markers.remove(&key.addr);
         let (f, b) = (1 + usize::from(marker), front.backends.len());
         // A frontend's scopes (the `Local` policies' entries) go together.
-        let same = last.is_some_and(|k| {
-            ServiceKey {
-                scope: key.scope,
-                ..k
-            } == *key
-        });
+        let same = last.is_some_and(|k| k.local_scope() == key.local_scope());
         if last.is_some() && !same && (frontends + f > frontend_room || backends + b > backend_room)
         {
             steps.push(std::mem::take(&mut step));
@@ -109,7 +103,7 @@ pub(super) fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredCh
         }
         step.frontends.insert(*key, want.clone());
         if marker {
-            step.cluster_ips.insert(key.addr(), true);
+            step.cluster_ips.insert(key.addr, true);
         }
         (frontends, backends) = (frontends + f, backends + b);
         last = Some(*key);
@@ -131,26 +125,26 @@ pub(super) fn steps(changes: &DesiredChanges, limits: &Entries) -> Vec<DesiredCh
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
-    use sluice_abi::{proto, service::ServiceKey};
+    use sluice_abi::proto;
 
     use super::*;
-    use crate::model::DesiredFrontend;
+    use crate::{frontend::FrontendKey, model::DesiredFrontend};
 
     #[test]
     fn removals_go_first_and_writes_in_steps_that_fit_the_headroom() {
         let mut changes = DesiredChanges::default();
         for i in 0..200u8 {
-            let key = ServiceKey::new(Ipv4Addr::new(10, 96, 0, i), 80, proto::TCP);
+            let key = FrontendKey::new(IpAddr::from([10, 96, 0, i]), 80, proto::TCP);
             let want = (i % 4 != 0).then(|| DesiredFrontend {
                 backends: (0..10)
-                    .map(|b| (Ipv4Addr::new(10, 0, i, b), 8080))
+                    .map(|b| (IpAddr::from([10, 0, i, b]), 8080))
                     .collect(),
                 ..DesiredFrontend::default()
             });
             changes.frontends.insert(key, want);
-            changes.cluster_ips.insert(key.addr(), i % 4 != 0);
+            changes.cluster_ips.insert(key.addr, i % 4 != 0);
         }
         let mut limits = Entries::UNLIMITED;
         // Headroom: 64 frontends, 125 backends.
@@ -175,7 +169,7 @@ mod tests {
             assert!(
                 step.cluster_ips
                     .keys()
-                    .all(|ip| step.frontends.keys().any(|k| k.addr() == *ip))
+                    .all(|ip| step.frontends.keys().any(|k| k.addr == *ip))
             );
             written += step.frontends.len();
         }

@@ -6,18 +6,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
-use sluice_abi::service::ServiceKey;
-
 use super::{DesiredFrontend, External, ServiceInfo, ServiceKind, ServicePortInfo, SliceInfo};
+use crate::frontend::FrontendKey;
 
 /// What one Service asks of the dataplane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceDesired {
-    pub frontends: BTreeMap<ServiceKey, DesiredFrontend>,
-    pub cluster_ips: BTreeSet<Ipv4Addr>,
+    pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    pub cluster_ips: BTreeSet<IpAddr>,
     /// The Service's creation time (`ServiceInfo::created`), which decides
     /// between claims on one frontend.
     pub created: Option<i64>,
@@ -33,7 +32,10 @@ pub struct Here<'a> {
 
 /// The frontends of one Service given its slices, with kube-proxy's
 /// semantics: none for headless and ExternalName Services and those of
-/// another proxy; IPv4 addresses only.
+/// another proxy. Each IP family of its ClusterIPs is served on its own,
+/// as kube-proxy runs a proxier per family: that family's ClusterIP,
+/// external and load balancer addresses, NodePorts (at `0.0.0.0` or `::`)
+/// and source ranges, with that family's endpoints.
 pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo], here: Here<'_>) -> ServiceDesired {
     let mut desired = ServiceDesired {
         created: svc.created,
@@ -45,18 +47,41 @@ pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo], here: Here<'_>)
     if svc.other_proxy {
         return desired;
     }
-    let v4 = |ips: &[IpAddr]| -> Vec<Ipv4Addr> {
+    desired.cluster_ips.extend(ips.iter().copied());
+    for v6 in [false, true] {
+        if ips.iter().any(|ip| ip.is_ipv6() == v6) {
+            family_desired(svc, slices, here, v6, &mut desired);
+        }
+    }
+    desired
+}
+
+/// The frontends of one family (`v6` or not) of a Service.
+fn family_desired(
+    svc: &ServiceInfo,
+    slices: &[&SliceInfo],
+    here: Here<'_>,
+    v6: bool,
+    desired: &mut ServiceDesired,
+) {
+    let ServiceKind::ClusterIp { ips } = &svc.kind else {
+        return;
+    };
+    let ours = |ips: &[IpAddr]| -> Vec<IpAddr> {
         ips.iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
+            .copied()
+            .filter(|ip| ip.is_ipv6() == v6)
             .collect()
     };
-    let cluster_ips = v4(ips);
-    desired.cluster_ips.extend(cluster_ips.iter().copied());
+    let cluster_ips = ours(ips);
+    let source_ranges: Vec<(IpAddr, u8)> = svc
+        .source_ranges
+        .iter()
+        .copied()
+        .filter(|(net, _)| net.is_ipv6() == v6)
+        .collect();
     let node = here.node.unwrap_or_default();
-    let topology = Topology::of(slices, here);
+    let topology = Topology::of(slices, here, v6);
     for port in &svc.ports {
         let Some(ip_proto) = port.protocol.ip_proto() else {
             continue;
@@ -66,46 +91,50 @@ pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo], here: Here<'_>)
         } else {
             format!("{}:{}", svc.key, port.name)
         };
-        let all = backends_for(port, slices, Pick::Cluster(topology));
-        let front =
-            |backends: &BTreeSet<(Ipv4Addr, u16)>, external, source_ranges| DesiredFrontend {
-                name: name.clone(),
-                backends: backends.clone(),
-                affinity_secs: svc.affinity_secs,
-                source_ranges,
-                external,
-            };
+        let all = backends_for(port, slices, Pick::Cluster(topology), v6);
+        let front = |backends: &BTreeSet<(IpAddr, u16)>, external, source_ranges| DesiredFrontend {
+            name: name.clone(),
+            backends: backends.clone(),
+            affinity_secs: svc.affinity_secs,
+            source_ranges,
+            external,
+        };
         // internalTrafficPolicy is for ClusterIPs; traffic from pods to an
         // external address or a NodePort uses every endpoint (kube-proxy
         // short-circuits it inside the cluster).
         let cluster = if svc.internal_local {
-            backends_for(port, slices, Pick::Local(node))
+            backends_for(port, slices, Pick::Local(node), v6)
         } else {
             all.clone()
         };
         for ip in &cluster_ips {
             desired.frontends.insert(
-                ServiceKey::new(*ip, port.port, ip_proto),
+                FrontendKey::new(*ip, port.port, ip_proto),
                 front(&cluster, External::No, Vec::new()),
             );
         }
         // loadBalancerSourceRanges guard the load balancer addresses only.
-        let mut external: Vec<(ServiceKey, Vec<(Ipv4Addr, u8)>)> = v4(&svc.external_ips)
+        let mut external: Vec<(FrontendKey, Vec<(IpAddr, u8)>)> = ours(&svc.external_ips)
             .into_iter()
-            .map(|ip| (ServiceKey::new(ip, port.port, ip_proto), Vec::new()))
+            .map(|ip| (FrontendKey::new(ip, port.port, ip_proto), Vec::new()))
             .collect();
-        external.extend(v4(&svc.lb_ips).into_iter().map(|ip| {
+        external.extend(ours(&svc.lb_ips).into_iter().map(|ip| {
             (
-                ServiceKey::new(ip, port.port, ip_proto),
-                svc.source_ranges.clone(),
+                FrontendKey::new(ip, port.port, ip_proto),
+                source_ranges.clone(),
             )
         }));
         if let Some(node_port) = port.node_port {
-            external.push((ServiceKey::node_port(node_port, ip_proto), Vec::new()));
+            let key = if v6 {
+                FrontendKey::node_port6(node_port, ip_proto)
+            } else {
+                FrontendKey::node_port(node_port, ip_proto)
+            };
+            external.push((key, Vec::new()));
         }
         let local = svc
             .external_local
-            .then(|| backends_for(port, slices, Pick::Local(node)));
+            .then(|| backends_for(port, slices, Pick::Local(node), v6));
         for (key, ranges) in external {
             match &local {
                 None => {
@@ -124,10 +153,10 @@ pub fn service_desired(svc: &ServiceInfo, slices: &[&SliceInfo], here: Here<'_>)
             }
         }
     }
-    desired
 }
 
-/// The IPv4 backends of one Service port across its slices.
+/// The backends of one family (`v6` or not) of one Service port across
+/// its slices.
 ///
 /// kube-proxy: the endpoint port is the slice port with the same name and
 /// protocol (the targetPort was resolved into it when the slice was made);
@@ -141,7 +170,8 @@ fn backends_for(
     port: &ServicePortInfo,
     slices: &[&SliceInfo],
     pick: Pick<'_>,
-) -> BTreeSet<(Ipv4Addr, u16)> {
+    v6: bool,
+) -> BTreeSet<(IpAddr, u16)> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for slice in slices {
@@ -153,7 +183,7 @@ fn backends_for(
             continue;
         };
         for ep in &slice.endpoints {
-            let Some(IpAddr::V4(addr)) = ep.addresses.first().copied() else {
+            let Some(addr) = ep.addresses.first().copied().filter(|a| a.is_ipv6() == v6) else {
                 continue;
             };
             match pick {
@@ -196,12 +226,14 @@ enum Topology<'a> {
 }
 
 impl<'a> Topology<'a> {
-    fn of(slices: &[&SliceInfo], here: Here<'a>) -> Self {
+    /// Over the ready endpoints of one family, as kube-proxy's proxier of
+    /// that family sees them.
+    fn of(slices: &[&SliceInfo], here: Here<'a>, v6: bool) -> Self {
         let ready = || {
             slices
                 .iter()
                 .flat_map(|s| &s.endpoints)
-                .filter(|ep| ep.ready)
+                .filter(|ep| ep.ready && ep.addresses.first().is_some_and(|a| a.is_ipv6() == v6))
         };
         if ready().next().is_none() {
             return Self::All;
@@ -249,7 +281,7 @@ mod tests {
             external_local,
             external_ips: vec!["192.0.2.50".parse().unwrap()],
             lb_ips: vec!["198.51.100.7".parse().unwrap()],
-            source_ranges: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+            source_ranges: vec![("10.0.0.0".parse().unwrap(), 8)],
             ..ServiceInfo::test("web", ServiceKind::ClusterIp { ips }, ports)
         }
     }
@@ -278,10 +310,10 @@ mod tests {
                 zone: None,
             },
         );
-        let np = ServiceKey::node_port(30080, proto::TCP);
-        let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP);
-        let ext = ServiceKey::new("192.0.2.50".parse().unwrap(), 80, proto::TCP);
-        let cluster = ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP);
+        let np = FrontendKey::node_port(30080, proto::TCP);
+        let lb = FrontendKey::new("198.51.100.7".parse::<IpAddr>().unwrap(), 80, proto::TCP);
+        let ext = FrontendKey::new("192.0.2.50".parse::<IpAddr>().unwrap(), 80, proto::TCP);
+        let cluster = FrontendKey::new("10.96.0.10".parse::<IpAddr>().unwrap(), 80, proto::TCP);
         assert_eq!(d.frontends.len(), 4, "{:?}", d.frontends.keys());
         for key in [np, lb, ext] {
             assert_eq!(d.frontends[&key].external, External::Serve, "{key:?}");
@@ -309,7 +341,7 @@ mod tests {
                 zone: None,
             },
         );
-        let np = ServiceKey::node_port(30080, proto::TCP);
+        let np = FrontendKey::node_port(30080, proto::TCP);
         assert_eq!(d.frontends[&np].external, External::ViaLocalScope);
         assert_eq!(
             d.frontends[&np].backends.len(),
@@ -321,9 +353,10 @@ mod tests {
         assert_eq!(local.external, External::Serve);
         assert_eq!(
             local.backends.iter().copied().collect::<Vec<_>>(),
-            [(Ipv4Addr::new(10, 244, 1, 10), 8080)]
+            [("10.244.1.10".parse().unwrap(), 8080)]
         );
-        let lb = ServiceKey::new("198.51.100.7".parse().unwrap(), 80, proto::TCP).local_scope();
+        let lb = FrontendKey::new("198.51.100.7".parse::<IpAddr>().unwrap(), 80, proto::TCP)
+            .local_scope();
         assert_eq!(d.frontends[&lb].source_ranges.len(), 1);
         // Without a node name nothing is local.
         let d = service_desired(&web(true), &[&s], Here::default());

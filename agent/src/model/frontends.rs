@@ -18,28 +18,27 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use sluice_abi::service::ServiceKey;
-
 use super::{DesiredFrontend, External, ObjectKey, ServiceDesired};
+use crate::frontend::FrontendKey;
 
 /// Frontends and ClusterIPs whose desired state may have changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub frontends: BTreeSet<ServiceKey>,
-    pub cluster_ips: BTreeSet<Ipv4Addr>,
+    pub frontends: BTreeSet<FrontendKey>,
+    pub cluster_ips: BTreeSet<IpAddr>,
 }
 
 /// The desired state of some frontends and ClusterIPs: `None` / `false`
 /// means it should not exist.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredChanges {
-    pub frontends: BTreeMap<ServiceKey, Option<DesiredFrontend>>,
-    pub cluster_ips: BTreeMap<Ipv4Addr, bool>,
+    pub frontends: BTreeMap<FrontendKey, Option<DesiredFrontend>>,
+    pub cluster_ips: BTreeMap<IpAddr, bool>,
     /// Claims on a frontend that were refused (`None`: there are none).
-    pub refused: BTreeMap<ServiceKey, Option<Refused>>,
+    pub refused: BTreeMap<FrontendKey, Option<Refused>>,
 }
 
 /// The claims on one frontend that lost, and who holds it.
@@ -75,8 +74,8 @@ impl Claim {
 #[derive(Debug, Default)]
 pub struct Frontends {
     by_service: BTreeMap<ObjectKey, ServiceDesired>,
-    claims: BTreeMap<ServiceKey, BTreeSet<Claim>>,
-    ip_claims: BTreeMap<Ipv4Addr, BTreeSet<ObjectKey>>,
+    claims: BTreeMap<FrontendKey, BTreeSet<Claim>>,
+    ip_claims: BTreeMap<IpAddr, BTreeSet<ObjectKey>>,
 }
 
 impl Frontends {
@@ -121,19 +120,8 @@ impl Frontends {
 
     /// Every frontend at `ip`, whose owner may change with who holds `ip`
     /// as a ClusterIP.
-    fn touch_address(&self, ip: Ipv4Addr, touched: &mut Touched) {
-        let lo = ServiceKey {
-            addr_be: ip.octets(),
-            port_be: [0; 2],
-            proto: 0,
-            scope: 0,
-        };
-        let hi = ServiceKey {
-            port_be: [u8::MAX; 2],
-            proto: u8::MAX,
-            scope: u8::MAX,
-            ..lo
-        };
+    fn touch_address(&self, ip: IpAddr, touched: &mut Touched) {
+        let (lo, hi) = FrontendKey::bounds(ip);
         touched
             .frontends
             .extend(self.claims.range(lo..=hi).map(|(k, _)| *k));
@@ -141,11 +129,11 @@ impl Frontends {
 
     /// Whether `claim` may own `key`: an external claim may not use another
     /// Service's ClusterIP.
-    fn may_own(&self, key: ServiceKey, claim: &Claim) -> bool {
+    fn may_own(&self, key: FrontendKey, claim: &Claim) -> bool {
         !claim.external
             || self
                 .ip_claims
-                .get(&key.addr())
+                .get(&key.addr)
                 .is_none_or(|owners| owners.iter().all(|o| *o == claim.service))
     }
 
@@ -170,7 +158,7 @@ impl Frontends {
             let holder = owner.map(|c| c.service.clone()).or_else(|| {
                 // Refused for the address: its ClusterIP's Service.
                 self.ip_claims
-                    .get(&key.addr())
+                    .get(&key.addr)
                     .and_then(|o| o.first().cloned())
             });
             let refusal = match holder {

@@ -1,6 +1,9 @@
 //! The model: what a Service and its slices ask of the dataplane.
 
+use std::net::IpAddr;
+
 use super::*;
+use crate::frontend::FrontendKey;
 
 fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> ServiceInfo {
     let ports = ports
@@ -47,8 +50,8 @@ fn model(services: Vec<ServiceInfo>, slices: Vec<SliceInfo>) -> Model {
     }
 }
 
-fn backends(d: &Desired, ip: &str, port: u16, proto: u8) -> Vec<(Ipv4Addr, u16)> {
-    d.frontends[&ServiceKey::new(ip.parse().unwrap(), port, proto)]
+fn backends(d: &Desired, ip: &str, port: u16, proto: u8) -> Vec<(IpAddr, u16)> {
+    d.frontends[&FrontendKey::new(ip.parse::<IpAddr>().unwrap(), port, proto)]
         .backends
         .iter()
         .copied()
@@ -86,7 +89,8 @@ fn named_ports_map_to_the_slice_port_of_the_same_name_and_protocol() {
     assert_eq!(d.frontends.len(), 2);
     assert!(d.cluster_ips.contains(&"10.96.0.10".parse().unwrap()));
     assert_eq!(
-        d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)].name,
+        d.frontends[&FrontendKey::new("10.96.0.10".parse::<IpAddr>().unwrap(), 80, proto::TCP)]
+            .name,
         "default/web:http"
     );
 }
@@ -178,7 +182,8 @@ fn internal_traffic_policy_local_keeps_this_nodes_endpoints_only() {
     let d = m.desired();
     assert_eq!(backends(&d, "10.96.0.10", 80, proto::TCP).len(), 2);
     assert_eq!(
-        d.frontends[&ServiceKey::new("10.96.0.10".parse().unwrap(), 80, proto::TCP)].affinity_secs,
+        d.frontends[&FrontendKey::new("10.96.0.10".parse::<IpAddr>().unwrap(), 80, proto::TCP)]
+            .affinity_secs,
         30
     );
 }

@@ -3,7 +3,7 @@
 //! An invalid object is reported with the field at fault; the caller keeps
 //! that object's last good state.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::api::{
     core::v1::{Node, Service, ServiceSpec},
@@ -81,9 +81,9 @@ impl Checker {
 
     /// An IPv4 CIDR, as its network address and prefix length (host bits
     /// cleared, as the API server accepts `10.0.0.1/8` too).
-    fn cidr(&self, field: &str, cidr: &str) -> Result<(Ipv4Addr, u8), InvalidObject> {
-        crate::cidr::parse(cidr)
-            .ok_or_else(|| self.err(field, format!("`{cidr}` is not an IPv4 CIDR")))
+    fn cidr(&self, field: &str, cidr: &str) -> Result<(IpAddr, u8), InvalidObject> {
+        crate::cidr::parse_ip(cidr)
+            .ok_or_else(|| self.err(field, format!("`{cidr}` is not a CIDR")))
     }
 }
 
@@ -258,7 +258,7 @@ fn external_addresses(
 }
 
 /// What `external_addresses` finds.
-type External = (Vec<IpAddr>, Vec<IpAddr>, Vec<(Ipv4Addr, u8)>);
+type External = (Vec<IpAddr>, Vec<IpAddr>, Vec<(IpAddr, u8)>);
 
 /// `internalTrafficPolicy` (Local or not) and the `ClientIP` affinity
 /// timeout (0: none) of a Service spec.

@@ -261,12 +261,12 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
-    use sluice_abi::{proto, service::ServiceKey};
+    use sluice_abi::proto;
 
     use super::*;
-    use crate::model::DesiredFrontend;
+    use crate::{frontend::FrontendKey, model::DesiredFrontend};
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
@@ -277,16 +277,16 @@ mod tests {
 
     /// A ClusterIP Service with `backends` endpoints, created at `created`.
     fn service(i: u8, created: Option<i64>, backends: u8) -> ServiceDesired {
-        let ip = Ipv4Addr::new(10, 96, 0, i);
+        let ip = IpAddr::from([10, 96, 0, i]);
         let front = DesiredFrontend {
             name: format!("default/s{i}:http"),
             backends: (0..backends)
-                .map(|b| (Ipv4Addr::new(10, 0, i, b), 8080))
+                .map(|b| (IpAddr::from([10, 0, i, b]), 8080))
                 .collect(),
             ..DesiredFrontend::default()
         };
         ServiceDesired {
-            frontends: [(ServiceKey::new(ip, 80, proto::TCP), front)].into(),
+            frontends: [(FrontendKey::new(ip, 80, proto::TCP), front)].into(),
             cluster_ips: [ip].into(),
             created,
         }

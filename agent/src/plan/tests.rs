@@ -151,10 +151,10 @@ fn content(c: &Current) -> Content {
             let backends = f
                 .slots
                 .values()
-                .map(|b| (b.addr().to_string(), b.port()))
+                .map(|b| (b.addr.to_string(), b.port))
                 .collect();
             (
-                format!("{}:{}/{}", k.addr(), k.port(), k.proto),
+                format!("{}:{}/{}", k.addr, k.port, k.proto),
                 (f.name.clone(), backends),
             )
         })
@@ -228,7 +228,7 @@ fn one_changed_slice_plans_only_its_services_frontends() {
     assert_eq!(next.frontends.len(), 1);
     assert_eq!(
         next.cluster_ips.keys().collect::<Vec<_>>(),
-        [&"10.96.1.42".parse::<std::net::Ipv4Addr>().unwrap()]
+        [&"10.96.1.42".parse::<IpAddr>().unwrap()]
     );
 
     // A failed write makes the next plan full again.
@@ -258,7 +258,14 @@ fn services_that_do_not_fit_are_never_planned_and_come_back_when_room_frees() {
     planner.done(true);
     assert_eq!(current.frontends.len(), 100);
     assert_eq!(current.markers.len(), 100);
-    let served: BTreeSet<u8> = current.markers.iter().map(|ip| ip.octets()[3]).collect();
+    let served: BTreeSet<u8> = current
+        .markers
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4.octets()[3]),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
     assert_eq!(served, (0..100).collect(), "the oldest");
     let left_out = planner.admission().left_out();
     assert_eq!(left_out.len(), 50);

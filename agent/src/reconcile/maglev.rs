@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_abi::{
-    maglev::{backend_key, populate, table_size},
-    service::{Backend, maglev_chunks},
+    maglev::{populate, table_size},
+    service::maglev_chunks,
 };
 
 use super::{FrontendState, Op};
-use crate::model::External;
+use crate::{frontend::BackendRef, model::External};
 
 /// Writes the table frontend `old` (as it was) needs with its new slots
 /// `layout`, or deletes the one it no longer needs; returns the size of
@@ -19,7 +19,7 @@ use crate::model::External;
 pub fn sync(
     old: &FrontendState,
     external: External,
-    layout: &BTreeMap<u32, Backend>,
+    layout: &BTreeMap<u32, BackendRef>,
     configured: u32,
     ops: &mut Vec<Op>,
 ) -> u32 {
@@ -29,13 +29,13 @@ pub fn sync(
     }
     let count = u32::try_from(layout.len()).unwrap_or(u32::MAX);
     let size = table_size(count, configured);
-    let before: BTreeSet<Backend> = old
+    let before: BTreeSet<BackendRef> = old
         .slots
         .iter()
         .filter(|(slot, _)| **slot < old.count)
         .map(|(_, b)| *b)
         .collect();
-    let after: BTreeSet<Backend> = layout.values().copied().collect();
+    let after: BTreeSet<BackendRef> = layout.values().copied().collect();
     if old.maglev_size == size && before == after {
         return size;
     }
@@ -65,11 +65,8 @@ pub fn delete(id: u32, size: u32, from: u32) -> Option<Op> {
 
 /// The table of `size` entries over `backends`: backend ids. Backends are
 /// ordered by address and port, so the table does not depend on ids.
-pub fn table(backends: &BTreeSet<Backend>, size: u32) -> Option<Vec<u32>> {
-    let mut keyed: Vec<(u64, u32)> = backends
-        .iter()
-        .map(|b| (backend_key(b.addr_be, b.port_be), b.id))
-        .collect();
+pub fn table(backends: &BTreeSet<BackendRef>, size: u32) -> Option<Vec<u32>> {
+    let mut keyed: Vec<(u64, u32)> = backends.iter().map(|b| (b.maglev_key(), b.id)).collect();
     keyed.sort_unstable();
     keyed.dedup_by_key(|(key, _)| *key);
     let keys: Vec<u64> = keyed.iter().map(|(key, _)| *key).collect();
@@ -84,22 +81,23 @@ pub fn table(backends: &BTreeSet<Backend>, size: u32) -> Option<Vec<u32>> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     use sluice_abi::{
         maglev::DEFAULT_TABLE_SIZE,
         proto,
-        service::{MAGLEV_CHUNK, SVC_FLAG_MAGLEV, ServiceKey},
+        service::{MAGLEV_CHUNK, SVC_FLAG_MAGLEV},
     };
 
     use super::*;
     use crate::{
+        frontend::FrontendKey,
         model::{Desired, DesiredFrontend},
         reconcile::{Current, reconcile},
     };
 
-    fn node_port() -> ServiceKey {
-        ServiceKey::node_port(30080, proto::TCP)
+    fn node_port() -> FrontendKey {
+        FrontendKey::node_port(30080, proto::TCP)
     }
 
     fn desired(external: External, backends: &[u8]) -> Desired {
@@ -110,7 +108,7 @@ mod tests {
                 name: "default/web".into(),
                 backends: backends
                     .iter()
-                    .map(|&b| (Ipv4Addr::new(10, 244, 2, b), 8080))
+                    .map(|&b| (IpAddr::from([10, 244, 2, b]), 8080))
                     .collect(),
                 external,
                 ..DesiredFrontend::default()
@@ -120,11 +118,11 @@ mod tests {
     }
 
     /// The backend addresses a table points at, entry by entry.
-    fn addresses(current: &Current, table: &[u32]) -> Vec<Ipv4Addr> {
-        let by_id: BTreeMap<u32, Ipv4Addr> = current.frontends[&node_port()]
+    fn addresses(current: &Current, table: &[u32]) -> Vec<IpAddr> {
+        let by_id: BTreeMap<u32, IpAddr> = current.frontends[&node_port()]
             .slots
             .values()
-            .map(|b| (b.id, b.addr()))
+            .map(|b| (b.id, b.addr))
             .collect();
         table.iter().map(|id| by_id[id]).collect()
     }
@@ -143,7 +141,7 @@ mod tests {
         let (size, table) = put_maglev(&ops).unwrap();
         assert_eq!(size, DEFAULT_TABLE_SIZE);
         assert_eq!(table.len(), DEFAULT_TABLE_SIZE as usize);
-        let seen: BTreeSet<Ipv4Addr> = addresses(&current, &table).into_iter().collect();
+        let seen: BTreeSet<IpAddr> = addresses(&current, &table).into_iter().collect();
         assert_eq!(seen.len(), 3, "every backend has entries");
         let order: &[Op] = &ops;
         let table_at = order
@@ -168,7 +166,7 @@ mod tests {
             .into_values()
             .map(|f| {
                 (
-                    ServiceKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, proto::TCP),
+                    FrontendKey::new(IpAddr::from([10, 96, 0, 1]), 80, proto::TCP),
                     f,
                 )
             })
@@ -191,7 +189,7 @@ mod tests {
         let ops = reconcile(&desired(External::Serve, &[1, 2]), &mut current);
         let table = put_maglev(&ops).unwrap().1;
         assert!(
-            !addresses(&current, &table).contains(&Ipv4Addr::new(10, 244, 2, 3)),
+            !addresses(&current, &table).contains(&IpAddr::from([10, 244, 2, 3])),
             "the removed backend has no entry"
         );
         // Local policy: this entry serves pods; the local scope has the table.

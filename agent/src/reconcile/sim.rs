@@ -5,22 +5,24 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use sluice_abi::service::{Backend, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey};
+use sluice_abi::service::{SVC_FLAG_MARKER, ServiceValue, SlotKey};
 
 use super::Op;
+use crate::frontend::{BackendRef, FrontendKey};
 
-/// The maps reconcile writes, as ordered maps.
+/// The maps reconcile writes, as ordered maps; both families' in one
+/// (keys and backends say which).
 #[derive(Clone, Debug, Default)]
 pub struct SimMaps {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub slots: BTreeMap<SlotKey, Backend>,
-    pub backends: BTreeMap<u32, Backend>,
+    pub services: BTreeMap<FrontendKey, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, BackendRef>,
+    pub backends: BTreeMap<u32, BackendRef>,
     pub names: BTreeMap<u32, String>,
     pub affinity: BTreeMap<u32, u32>,
-    pub ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
+    pub ranges: BTreeSet<(u32, IpAddr, u8)>,
     /// Frontend id → its Maglev table's size.
     pub maglev: BTreeMap<u32, u32>,
     /// Operations applied so far.
@@ -71,10 +73,10 @@ impl SimMaps {
                     count: 0,
                     flags: SVC_FLAG_MARKER,
                 };
-                self.services.insert(ServiceKey::marker(*ip), v);
+                self.services.insert(FrontendKey::marker(*ip), v);
             }
             Op::DeleteMarker(ip) => {
-                self.services.remove(&ServiceKey::marker(*ip));
+                self.services.remove(&FrontendKey::marker(*ip));
             }
             Op::PutSourceRange { id, net, len } => {
                 self.ranges.insert((*id, *net, *len));
@@ -120,7 +122,7 @@ impl SimMaps {
     }
 
     /// The backends in frontend `key`'s slots below its count.
-    pub fn backends_of(&self, key: ServiceKey) -> BTreeSet<(Ipv4Addr, u16)> {
+    pub fn backends_of(&self, key: FrontendKey) -> BTreeSet<(IpAddr, u16)> {
         let Some(v) = self.services.get(&key) else {
             return BTreeSet::new();
         };
@@ -131,7 +133,7 @@ impl SimMaps {
                     slot,
                 })
             })
-            .map(|b| (b.addr(), b.port()))
+            .map(|b| (b.addr, b.port))
             .collect()
     }
 }

@@ -1,14 +1,17 @@
 //! Reconcile against simulated maps, with the invariant (every frontend
 //! finds a valid backend) checked after every operation.
 
+use std::net::IpAddr;
+
 use sluice_abi::proto;
 
 use super::{sim::SimMaps, *};
+use crate::frontend::FrontendKey;
 
 /// Applies `ops` in their order, as the dataplane writes a `Plan`,
 /// checking after each that a packet finds a backend, and one of the old
 /// or the new desired state (`allowed`).
-fn apply(maps: &mut SimMaps, ops: &[Op], allowed: &BTreeSet<(Ipv4Addr, u16)>) {
+fn apply(maps: &mut SimMaps, ops: &[Op], allowed: &BTreeSet<(IpAddr, u16)>) {
     for op in ops {
         maps.apply(op);
         maps.check().unwrap();
@@ -19,7 +22,7 @@ fn apply(maps: &mut SimMaps, ops: &[Op], allowed: &BTreeSet<(Ipv4Addr, u16)>) {
                     slot,
                 }];
                 assert!(
-                    allowed.contains(&(b.addr(), b.port())),
+                    allowed.contains(&(b.addr, b.port)),
                     "{key:?} slot {slot} holds {b:?}"
                 );
             }
@@ -27,22 +30,22 @@ fn apply(maps: &mut SimMaps, ops: &[Op], allowed: &BTreeSet<(Ipv4Addr, u16)>) {
     }
 }
 
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, last)
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([10, 0, 0, last])
 }
 
-fn vip() -> ServiceKey {
-    ServiceKey::new(Ipv4Addr::new(10, 96, 0, 10), 80, proto::TCP)
+fn vip() -> FrontendKey {
+    FrontendKey::new(IpAddr::from([10, 96, 0, 10]), 80, proto::TCP)
 }
 
-fn desired(sets: &[(ServiceKey, &[u8])]) -> Desired {
+fn desired(sets: &[(FrontendKey, &[u8])]) -> Desired {
     let mut d = Desired::default();
     for (key, backends) in sets {
-        d.cluster_ips.insert(key.addr());
+        d.cluster_ips.insert(key.addr);
         d.frontends.insert(
             *key,
             DesiredFrontend {
-                name: format!("default/svc-{}", key.addr()),
+                name: format!("default/svc-{}", key.addr),
                 backends: backends.iter().map(|&b| (ip(b), 8080)).collect(),
                 ..DesiredFrontend::default()
             },
@@ -56,7 +59,7 @@ fn desired(sets: &[(ServiceKey, &[u8])]) -> Desired {
 fn run(steps: &[Desired]) -> (SimMaps, Plan, Current) {
     let mut current = Current::default();
     let mut maps = SimMaps::default();
-    let mut before: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
+    let mut before: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
     let mut last = Plan::default();
     for d in steps {
         let now: BTreeSet<_> = d
@@ -80,8 +83,8 @@ fn run(steps: &[Desired]) -> (SimMaps, Plan, Current) {
     (maps, last, current)
 }
 
-fn vip2() -> ServiceKey {
-    ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 80, proto::TCP)
+fn vip2() -> FrontendKey {
+    FrontendKey::new(IpAddr::from([10, 96, 0, 11]), 80, proto::TCP)
 }
 
 #[test]
@@ -160,7 +163,7 @@ fn removing_an_endpoint_moves_the_tail_into_its_slot_before_shrinking() {
     ]);
     // Slot of 10.0.0.2 gets the tail (10.0.0.3), count shrinks, tail slot and backend go.
     assert!(
-        matches!(&ops[0], Op::PutSlot { backend, .. } if backend.addr() == ip(3)),
+        matches!(&ops[0], Op::PutSlot { backend, .. } if backend.addr == ip(3)),
         "{ops:?}"
     );
     assert!(matches!(
@@ -180,11 +183,11 @@ fn removing_an_endpoint_moves_the_tail_into_its_slot_before_shrinking() {
 fn backends_that_stay_keep_their_ids() {
     let mut current = Current::default();
     reconcile(&desired(&[(vip(), &[1, 2, 3])]), &mut current);
-    let ids = |c: &Current| -> BTreeMap<Ipv4Addr, u32> {
+    let ids = |c: &Current| -> BTreeMap<IpAddr, u32> {
         c.frontends[&vip()]
             .slots
             .values()
-            .map(|b| (b.addr(), b.id))
+            .map(|b| (b.addr, b.id))
             .collect()
     };
     let before = ids(&current);
@@ -200,14 +203,14 @@ fn backends_that_stay_keep_their_ids() {
 
 #[test]
 fn endpoints_going_to_zero_and_back_and_frontends_going_away() {
-    let other = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 53, proto::UDP);
+    let other = FrontendKey::new(IpAddr::from([10, 96, 0, 11]), 53, proto::UDP);
     let (maps, ops, _) = run(&[
         desired(&[(vip(), &[1, 2]), (other, &[7])]),
         desired(&[(vip(), &[]), (other, &[7])]),
         desired(&[(vip(), &[3]), (other, &[7])]),
         desired(&[(vip(), &[3])]),
     ]);
-    assert!(ops.contains(&Op::DeleteMarker(other.addr())));
+    assert!(ops.contains(&Op::DeleteMarker(other.addr)));
     assert!(
         matches!(ops[0], Op::DeleteFrontend { .. }),
         "the frontend goes before its slots: {ops:?}"
@@ -227,11 +230,11 @@ fn random_churn_keeps_every_slot_valid() {
     };
     let keys = [
         vip(),
-        ServiceKey::new(Ipv4Addr::new(10, 96, 0, 11), 80, proto::TCP),
+        FrontendKey::new(IpAddr::from([10, 96, 0, 11]), 80, proto::TCP),
     ];
     let mut steps = Vec::new();
     for _ in 0..300 {
-        let mut sets: Vec<(ServiceKey, Vec<u8>)> = Vec::new();
+        let mut sets: Vec<(FrontendKey, Vec<u8>)> = Vec::new();
         for key in keys {
             if next() % 5 == 0 {
                 continue;
@@ -239,7 +242,7 @@ fn random_churn_keeps_every_slot_valid() {
             let set: Vec<u8> = (1..=12u8).filter(|_| next() % 2 == 0).collect();
             sets.push((key, set));
         }
-        let borrowed: Vec<(ServiceKey, &[u8])> =
+        let borrowed: Vec<(FrontendKey, &[u8])> =
             sets.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         steps.push(desired(&borrowed));
     }
@@ -273,12 +276,12 @@ fn source_ranges_are_written_before_their_flag_and_go_with_their_frontend() {
     let plain = desired(&[(vip(), &[1])]);
     let mut ranged = plain.clone();
     ranged.frontends.get_mut(&vip()).unwrap().source_ranges =
-        vec![(Ipv4Addr::new(10, 244, 1, 0), 24)];
+        vec![(IpAddr::from([10, 244, 1, 0]), 24)];
     let (maps, ops, current) = run(&[plain.clone(), ranged]);
     let id = current.frontends[&vip()].id;
     assert_eq!(
         maps.ranges,
-        BTreeSet::from([(id, Ipv4Addr::new(10, 244, 1, 0), 24)])
+        BTreeSet::from([(id, IpAddr::from([10, 244, 1, 0]), 24)])
     );
     let phases: Vec<u8> = ops.iter().map(Op::phase).collect();
     assert_eq!(phases, [0, 2], "the range, then the flag: {ops:?}");
@@ -289,7 +292,7 @@ fn source_ranges_are_written_before_their_flag_and_go_with_their_frontend() {
     ));
     let mut ranged = plain;
     ranged.frontends.get_mut(&vip()).unwrap().source_ranges =
-        vec![(Ipv4Addr::new(10, 244, 1, 0), 24)];
+        vec![(IpAddr::from([10, 244, 1, 0]), 24)];
     let (maps, _, _) = run(&[ranged, Desired::default()]);
     assert!(maps.ranges.is_empty(), "a removed frontend's ranges go too");
 }

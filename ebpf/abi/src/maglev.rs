@@ -56,6 +56,15 @@ pub const fn backend_key(addr_be: [u8; 4], port_be: [u8; 2]) -> u64 {
     ((u32::from_be_bytes(addr_be) as u64) << 16) | (u16::from_be_bytes(port_be) as u64)
 }
 
+/// `backend_key` of an IPv6 backend: its address folded to 48 bits, then
+/// the port.
+pub const fn backend_key6(addr_be: [u8; 16], port_be: [u8; 2]) -> u64 {
+    let a = u128::from_be_bytes(addr_be);
+    #[expect(clippy::cast_possible_truncation, reason = "folding to 64 bits")]
+    let folded = (a ^ (a >> 64)) as u64;
+    mix(folded, 0x6b61_6c6d_6576_3a36) << 16 | (u16::from_be_bytes(port_be) as u64)
+}
+
 /// The seed of the second hash (an odd constant with mixed bits).
 const SKIP_SEED: u64 = 0x2545_f491_4f6c_dd1d;
 

@@ -12,6 +12,12 @@ pub const SLOTS: &str = "SLUICE_SLOT";
 /// Live backends by id: `u32` → `Backend`; a conntrack entry whose backend id
 /// is gone from here is stale.
 pub const BACKENDS: &str = "SLUICE_BACKEND";
+/// IPv6 frontends: `ServiceKey6` → `ServiceValue` (ids shared with IPv4).
+pub const SERVICES6: &str = "SLUICE_SVC6";
+/// Backend slots of IPv6 frontends: `SlotKey` → `Backend6`.
+pub const SLOTS6: &str = "SLUICE_SLOT6";
+/// Live IPv6 backends by id: `u32` → `Backend6`.
+pub const BACKENDS6: &str = "SLUICE_BACKEND6";
 /// Connection tracking: `CtKey` → `CtEntry`, eight maps (see
 /// `conntrack`), by `CtTable::map` index: for east-west TCP, east-west
 /// other protocols, north-south TCP and north-south other protocols, the
@@ -45,6 +51,8 @@ pub const SERVICE_NAMES: &str = "SLUICE_SVC_NAME";
 
 /// Socket LB's reverse translation (LRU): `SockRevKey` → `SockRevValue`.
 pub const SOCK_REV: &str = "SLUICE_SOCK_REV";
+/// The same for IPv6 frontends (LRU): `SockRevKey6` → `SockRevValue6`.
+pub const SOCK_REV6: &str = "SLUICE_SOCK_RV6";
 
 /// `ClientIP` affinity timeouts: frontend id `u32` → seconds `u32`.
 pub const AFFINITY_CONFIG: &str = "SLUICE_AFF_CFG";
@@ -54,9 +62,14 @@ pub const AFFINITY: &str = "SLUICE_AFFINITY";
 /// `loadBalancerSourceRanges` (LPM trie): `SourceRangeKey` → `u8` (1).
 pub const SOURCE_RANGES: &str = "SLUICE_SRC_RANGE";
 
+/// IPv6 `loadBalancerSourceRanges` (LPM trie): `SourceRangeKey6` → `u8`.
+pub const SOURCE_RANGES6: &str = "SLUICE_SRC_RNG6";
+
 /// Refused claims on frontends (`sluice status`; never read by the
 /// programs): `ServiceKey` → `RefusedClaim`.
 pub const REFUSED: &str = "SLUICE_REFUSED";
+/// Refused claims on IPv6 frontends: `ServiceKey6` → `RefusedClaim`.
+pub const REFUSED6: &str = "SLUICE_REFUSED6";
 
 /// The node's own addresses: `NodeAddr` → `u32` (1).
 pub const NODE_ADDRS: &str = "SLUICE_NODE_IP";
@@ -89,10 +102,13 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 29] = [
+pub const PINNED: [&str; 35] = [
     SERVICES,
     SLOTS,
     BACKENDS,
+    SERVICES6,
+    SLOTS6,
+    BACKENDS6,
     CONNTRACK[0],
     CONNTRACK[1],
     CONNTRACK[2],
@@ -108,10 +124,13 @@ pub const PINNED: [&str; 29] = [
     EVENTS,
     SERVICE_NAMES,
     SOCK_REV,
+    SOCK_REV6,
     AFFINITY_CONFIG,
     AFFINITY,
     SOURCE_RANGES,
+    SOURCE_RANGES6,
     REFUSED,
+    REFUSED6,
     NODE_ADDRS,
     EXT_IFS,
     MAGLEV,

@@ -1,6 +1,6 @@
 //! Service frontends, backend slots and backends.
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::pod;
 
@@ -77,6 +77,42 @@ impl ServiceKey {
     }
 }
 
+/// An IPv6 frontend (`SLUICE_SVC6`): `ServiceKey`'s fields with a 16-byte
+/// address. The marker and NodePort conventions are the same, NodePorts at
+/// `::`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub addr_be: [u8; 16],
+    pub port_be: [u8; 2],
+    pub proto: u8,
+    pub scope: u8,
+}
+const _: () = assert!(size_of::<ServiceKey6>() == 20);
+
+impl ServiceKey6 {
+    pub const fn new(addr: Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self {
+            addr_be: addr.octets(),
+            port_be: port.to_be_bytes(),
+            proto,
+            scope: SCOPE_ALL,
+        }
+    }
+
+    pub const fn addr(&self) -> Ipv6Addr {
+        Ipv6Addr::from_octets(self.addr_be)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port_be)
+    }
+
+    pub const fn is_marker(&self) -> bool {
+        self.port_be[0] == 0 && self.port_be[1] == 0 && self.proto == 0
+    }
+}
+
 /// What a frontend maps to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +169,25 @@ impl SourceRangeKey {
     }
 }
 
+/// The data of an IPv6 source range key (LPM): the frontend id, then the
+/// client address; a range `net/len` has prefix length `32 + len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey6 {
+    pub service_id_be: [u8; 4],
+    pub addr_be: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceRangeKey6>() == 20);
+
+impl SourceRangeKey6 {
+    pub const fn new(service_id: u32, addr: Ipv6Addr) -> Self {
+        Self {
+            service_id_be: service_id.to_be_bytes(),
+            addr_be: addr.octets(),
+        }
+    }
+}
+
 /// One backend slot of a frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +221,37 @@ impl Backend {
 
     pub const fn addr(&self) -> Ipv4Addr {
         Ipv4Addr::from_octets(self.addr_be)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port_be)
+    }
+}
+
+/// An IPv6 backend (`SLUICE_SLOT6`, `SLUICE_BACKEND6`): `Backend`'s fields
+/// with a 16-byte address; its id is from the same space as IPv4's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend6 {
+    pub id: u32,
+    pub addr_be: [u8; 16],
+    pub port_be: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Backend6>() == 24);
+
+impl Backend6 {
+    pub const fn new(id: u32, addr: Ipv6Addr, port: u16) -> Self {
+        Self {
+            id,
+            addr_be: addr.octets(),
+            port_be: port.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn addr(&self) -> Ipv6Addr {
+        Ipv6Addr::from_octets(self.addr_be)
     }
 
     pub const fn port(&self) -> u16 {
@@ -276,11 +362,14 @@ pub const fn maglev_chunks(size: u32) -> u32 {
 
 pod!(
     ServiceKey,
+    ServiceKey6,
     ServiceValue,
     SlotKey,
     Backend,
+    Backend6,
     ServiceName,
     SourceRangeKey,
+    SourceRangeKey6,
     NodeAddr,
     ExtIf,
     MaglevKey,

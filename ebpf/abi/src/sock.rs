@@ -31,4 +31,26 @@ pub struct SockRevValue {
 }
 const _: () = assert!(size_of::<SockRevValue>() == 12);
 
-pod!(SockRevKey, SockRevValue);
+/// `SockRevKey` of an IPv6 socket pointed at an IPv6 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey6 {
+    pub cookie: u64,
+    pub addr_be: [u8; 16],
+    pub port_be: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<SockRevKey6>() == 32);
+
+/// `SockRevValue` of an IPv6 frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRevValue6 {
+    pub addr_be: [u8; 16],
+    pub port_be: [u8; 2],
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<SockRevValue6>() == 24);
+
+pod!(SockRevKey, SockRevValue, SockRevKey6, SockRevValue6);

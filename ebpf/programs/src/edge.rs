@@ -28,7 +28,8 @@ use sluice_abi::{
     conntrack::{CT_F_SNAT, CtEntry},
     maglev,
     service::{
-        SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
+        Backend, SVC_FLAG_EXT_LOCAL, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES, ServiceKey,
+        ServiceValue,
     },
     stats::{DropReason, Event},
 };
@@ -172,7 +173,7 @@ fn to_service<E: Edge, T: CtMaps>(
         }
         let hash = maglev::flow_hash(p.saddr, p.sport, p.dport, p.proto);
         let client = u64::from(u32::from_be_bytes(p.saddr));
-        let chosen = lb::with_affinity(&svc, client, now, lb::Pick::Maglev(hash))?;
+        let chosen: Backend = lb::with_affinity(&svc, client, now, lb::Pick::Maglev(hash))?;
         let route = fib::lookup(
             ctx,
             ctx.ingress(),

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     service::{
-        Backend, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
+        Backend, Backend6, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
         SVC_FLAG_MAGLEV, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
     },
     stats::{DropReason, Event},
@@ -88,29 +88,115 @@ pub fn is_cluster_ip(addr: [u8; 4]) -> bool {
 /// miss a slot that was just removed; slot 0 always exists while the count
 /// is non-zero, so it is used instead.
 #[inline(always)]
-pub fn select(svc: &ServiceValue) -> Result<Backend, DropReason> {
+pub fn select<B: FamilyBackend>(svc: &ServiceValue) -> Result<B, DropReason> {
     select_by(svc, unsafe { bpf_get_prandom_u32() })
 }
 
 /// The backend in slot `hash % count` (a falling-back slot 0 as above): the
 /// same backend for the same hash while the frontend's slots stay.
 #[inline(always)]
-pub fn select_by(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
+pub fn select_by<B: FamilyBackend>(svc: &ServiceValue, hash: u32) -> Result<B, DropReason> {
     let slot = hash
         .checked_rem(u32::from(svc.count))
         .ok_or(DropReason::NoEndpoints)?;
-    if let Some(b) = maps::slot(&SlotKey {
+    if let Some(b) = B::slot(&SlotKey {
         service_id: svc.id,
         slot,
     }) {
         return Ok(b);
     }
     stats::event(Event::SlotFallback);
-    maps::slot(&SlotKey {
+    B::slot(&SlotKey {
         service_id: svc.id,
         slot: 0,
     })
     .ok_or(DropReason::NoBackend)
+}
+
+/// A backend of one IP family, as its family's slot and backend maps hold
+/// it (frontend and backend ids are one space over both families).
+pub trait FamilyBackend: Copy {
+    /// The backend in a frontend's slot.
+    fn slot(key: &SlotKey) -> Option<Self>;
+    /// The live backend of an id.
+    fn live(id: u32) -> Option<Self>;
+    fn id(&self) -> u32;
+    /// Whether a remembered affinity choice is this backend still.
+    fn remembered_by(&self, v: &AffinityValue) -> bool;
+    /// The address and port an affinity entry keeps of it.
+    fn stamp(&self) -> ([u8; 4], [u8; 2]);
+    /// A new flow's pick.
+    fn pick(svc: &ServiceValue, how: Pick) -> Result<Self, DropReason>;
+}
+
+impl FamilyBackend for Backend {
+    #[inline(always)]
+    fn slot(key: &SlotKey) -> Option<Self> {
+        maps::slot(key)
+    }
+
+    #[inline(always)]
+    fn live(id: u32) -> Option<Self> {
+        maps::backend(id)
+    }
+
+    #[inline(always)]
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    #[inline(always)]
+    fn remembered_by(&self, v: &AffinityValue) -> bool {
+        self.addr_be == v.addr_be && self.port_be == v.port_be
+    }
+
+    #[inline(always)]
+    fn stamp(&self) -> ([u8; 4], [u8; 2]) {
+        (self.addr_be, self.port_be)
+    }
+
+    #[inline(always)]
+    fn pick(svc: &ServiceValue, how: Pick) -> Result<Self, DropReason> {
+        pick(svc, how)
+    }
+}
+
+/// IPv6 backends. Ids are never reused while the agent runs, so a live id
+/// is the backend an affinity entry remembers. Maglev tables are for XDP,
+/// which serves IPv4 only so far: a Maglev pick is random.
+impl FamilyBackend for Backend6 {
+    #[inline(always)]
+    fn slot(key: &SlotKey) -> Option<Self> {
+        maps::slot6(key)
+    }
+
+    #[inline(always)]
+    fn live(id: u32) -> Option<Self> {
+        maps::backend6(id)
+    }
+
+    #[inline(always)]
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    #[inline(always)]
+    fn remembered_by(&self, v: &AffinityValue) -> bool {
+        self.id == v.backend_id
+    }
+
+    #[inline(always)]
+    fn stamp(&self) -> ([u8; 4], [u8; 2]) {
+        ([0; 4], self.port_be)
+    }
+
+    #[inline(always)]
+    fn pick(svc: &ServiceValue, how: Pick) -> Result<Self, DropReason> {
+        match how {
+            Pick::Hash(hash) => select_by(svc, hash),
+            Pick::Random | Pick::Maglev(_) => select(svc),
+        }
+    }
 }
 
 /// The backend of frontend `svc` in its Maglev table at `hash`; while the
@@ -175,13 +261,13 @@ fn pick(svc: &ServiceValue, how: Pick) -> Result<Backend, DropReason> {
 /// timeout and the backend is still live (the entry is refreshed);
 /// otherwise `how`'s pick, remembered for the next flow.
 #[inline(always)]
-pub fn with_affinity(
+pub fn with_affinity<B: FamilyBackend>(
     svc: &ServiceValue,
     client: u64,
     now: u64,
     how: Pick,
-) -> Result<Backend, DropReason> {
-    let pick = |svc: &ServiceValue| pick(svc, how);
+) -> Result<B, DropReason> {
+    let pick = |svc: &ServiceValue| B::pick(svc, how);
     if svc.flags & SVC_FLAG_AFFINITY == 0 {
         return pick(svc);
     }
@@ -197,9 +283,8 @@ pub fn with_affinity(
         let v: AffinityValue = unsafe { *entry };
         let fresh = now.wrapping_sub(v.last_seen_ns) < u64::from(secs).wrapping_mul(1_000_000_000);
         if fresh
-            && let Some(live) = maps::backend(v.backend_id)
-            && live.addr_be == v.addr_be
-            && live.port_be == v.port_be
+            && let Some(live) = B::live(v.backend_id)
+            && live.remembered_by(&v)
         {
             unsafe { (*entry).last_seen_ns = now };
             stats::event(Event::AffinityHit);
@@ -207,10 +292,11 @@ pub fn with_affinity(
         }
     }
     let b = pick(svc)?;
+    let (addr_be, port_be) = b.stamp();
     let value = AffinityValue {
-        backend_id: b.id,
-        addr_be: b.addr_be,
-        port_be: b.port_be,
+        backend_id: b.id(),
+        addr_be,
+        port_be,
         _pad: [0; 6],
         last_seen_ns: now,
     };

@@ -4,8 +4,8 @@
 //! - `xdp_ingress` on external interfaces, for traffic from outside the
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
-//! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 sockets and
-//!   IPv6 sockets' IPv4-mapped addresses.
+//! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 and IPv6
+//!   sockets (and IPv6 sockets' IPv4-mapped addresses).
 //!
 //! A drop is counted with its reason, and shown to a monitor, here.
 #![no_std]
@@ -170,17 +170,22 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, Family::Mapped, &CONFIG.load(), Event::SockConnect)
+    sock::translate6(&ctx, &CONFIG.load(), Event::SockConnect)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::translate6(&ctx, &CONFIG.load(), Event::SockSendmsg)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, Family::Mapped)
+    sock::reverse6(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx, Family::Mapped)
+    sock::reverse6(&ctx)
 }
 
 #[cfg(not(test))]

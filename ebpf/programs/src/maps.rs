@@ -22,10 +22,11 @@ use sluice_abi::{
         SOCK_REV_SIZE,
     },
     service::{
-        Backend, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, RefusedClaim,
-        ServiceKey, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+        Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr,
+        RefusedClaim, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
+        SourceRangeKey6,
     },
-    sock::{SockRevKey, SockRevValue},
+    sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
     stats::{DropReason, Event, TrafficStats},
 };
 
@@ -46,6 +47,19 @@ static SLUICE_SLOT: HashMap<SlotKey, Backend> = HashMap::pinned(MAX_BACKENDS, BP
 /// Live backends by id; conntrack entries are checked against it.
 #[map]
 static SLUICE_BACKEND: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// IPv6 frontends and ClusterIP markers (ids shared with IPv4).
+#[map]
+static SLUICE_SVC6: HashMap<ServiceKey6, ServiceValue> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Backend slots of IPv6 frontends.
+#[map]
+static SLUICE_SLOT6: HashMap<SlotKey, Backend6> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Live IPv6 backends by id.
+#[map]
+static SLUICE_BACKEND6: HashMap<u32, Backend6> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
 // Connection tracking, both directions of every NATed flow, in four tables
 // of two maps each (`sluice_abi::conntrack`). The agent sets each map's size
@@ -109,6 +123,11 @@ static SLUICE_SVC_NAME: HashMap<u32, ServiceName> =
 #[map]
 static SLUICE_SOCK_REV: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(SOCK_REV_SIZE, 0);
 
+/// Socket LB's reverse translations of IPv6 frontends.
+#[map]
+static SLUICE_SOCK_RV6: LruHashMap<SockRevKey6, SockRevValue6> =
+    LruHashMap::pinned(SOCK_REV_SIZE, 0);
+
 /// `ClientIP` affinity timeouts (seconds) by frontend id.
 #[map]
 static SLUICE_AFF_CFG: HashMap<u32, u32> = HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
@@ -122,9 +141,18 @@ static SLUICE_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 static SLUICE_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
+/// `loadBalancerSourceRanges` of IPv6 frontends.
+#[map]
+static SLUICE_SRC_RNG6: LpmTrie<SourceRangeKey6, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
+
 /// Refused claims on frontends, for `sluice status`; never read here.
 #[map]
 static SLUICE_REFUSED: HashMap<ServiceKey, RefusedClaim> =
+    HashMap::pinned(MAX_REFUSED, BPF_F_NO_PREALLOC);
+
+/// Refused claims on IPv6 frontends; never read here.
+#[map]
+static SLUICE_REFUSED6: HashMap<ServiceKey6, RefusedClaim> =
     HashMap::pinned(MAX_REFUSED, BPF_F_NO_PREALLOC);
 
 /// The node's own addresses: NodePorts answer on each.
@@ -204,6 +232,27 @@ pub fn icmp_scratch() -> Option<*mut crate::reject::IcmpError> {
 pub fn service(key: &ServiceKey) -> Option<ServiceValue> {
     SLUICE_SVC
         .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn service6(key: &ServiceKey6) -> Option<ServiceValue> {
+    SLUICE_SVC6
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn slot6(key: &SlotKey) -> Option<Backend6> {
+    SLUICE_SLOT6
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn backend6(id: u32) -> Option<Backend6> {
+    SLUICE_BACKEND6
+        .get_ptr(id)
         .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
@@ -352,6 +401,8 @@ pub fn event_counter(event: Event) -> Option<*mut u64> {
 pub fn touch_names() {
     let _ = &SLUICE_SVC_NAME;
     let _ = &SLUICE_REFUSED;
+    let _ = &SLUICE_REFUSED6;
+    let _ = &SLUICE_SRC_RNG6;
 }
 
 #[inline(always)]
@@ -364,6 +415,18 @@ pub fn sock_rev(key: &SockRevKey) -> Option<SockRevValue> {
 #[inline(always)]
 pub fn sock_rev_insert(key: &SockRevKey, value: &SockRevValue) -> Result<(), i32> {
     SLUICE_SOCK_REV.insert(key, value, ANY)
+}
+
+#[inline(always)]
+pub fn sock_rev6(key: &SockRevKey6) -> Option<SockRevValue6> {
+    SLUICE_SOCK_RV6
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+pub fn sock_rev6_insert(key: &SockRevKey6, value: &SockRevValue6) -> Result<(), i32> {
+    SLUICE_SOCK_RV6.insert(key, value, ANY)
 }
 
 #[inline(always)]

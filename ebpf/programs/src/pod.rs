@@ -10,7 +10,7 @@ use aya_ebpf::programs::TcContext;
 use sluice_abi::{
     config::{CFG_SERVICE_CIDR, DataplaneConfig, HAIRPIN_ADDR},
     conntrack::{CT_F_SNAT, CtEntry},
-    service::{SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
+    service::{Backend, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
     stats::{DropReason, Event},
 };
 
@@ -193,7 +193,8 @@ fn to_service<T: CtMaps>(
                 return reject::reject(ctx, p, DropReason::NoEndpoints);
             }
             let client = u64::from(u32::from_be_bytes(p.saddr));
-            let choice = Binding::from(lb::with_affinity(svc, client, now, lb::Pick::Random)?);
+            let chosen: Backend = lb::with_affinity(svc, client, now, lb::Pick::Random)?;
+            let choice = Binding::from(chosen);
             // To itself (hairpin): from the hairpin address, so that its
             // answer leaves it and comes back here to be translated.
             let snat = (choice.addr == p.saddr).then_some(HAIRPIN_ADDR);

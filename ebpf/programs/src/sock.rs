@@ -12,13 +12,14 @@
 //! stay, and moves on its next send when its backend leaves (connected
 //! sockets are the agent's to close).
 //!
-//! An IPv6 socket reaches IPv4 Services through IPv4-mapped addresses
-//! (`::ffff:10.96.0.10`, what Java and dual-stack servers use): the
-//! `*6` programs translate those as the `*4` programs translate IPv4
-//! addresses, and leave the mapping in place. The kernel calls `connect6`,
-//! `recvmsg6` and `getpeername6` for them; an unconnected `sendmsg` to a
-//! mapped address goes through `sendmsg4` (`udpv6_sendmsg` hands it to
-//! `udp_sendmsg` before its own hook).
+//! The `*6` programs serve IPv6 frontends from the IPv6 maps
+//! (`SLUICE_SVC6`, `SLUICE_SLOT6`, `SLUICE_SOCK_RV6`), and IPv4 Services
+//! through IPv4-mapped addresses (`::ffff:10.96.0.10`, what Java and
+//! dual-stack servers use), which they translate as the `*4` programs
+//! translate IPv4 addresses, leaving the mapping in place. The kernel calls
+//! `connect6`, `recvmsg6` and `getpeername6` for mapped addresses; an
+//! unconnected `sendmsg` to one goes through `sendmsg4` (`udpv6_sendmsg`
+//! hands it to `udp_sendmsg` before its own hook).
 
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
@@ -28,8 +29,8 @@ use sluice_abi::{
     affinity::CLIENT_NETNS,
     config::DataplaneConfig,
     proto,
-    service::Backend,
-    sock::{SockRevKey, SockRevValue},
+    service::{Backend, Backend6, SCOPE_ALL, SVC_FLAG_MARKER, ServiceKey6, ServiceValue},
+    sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
     stats::{DropReason, Event},
 };
 
@@ -136,48 +137,7 @@ pub fn translate(
         }
         return ALLOW;
     };
-    if svc.count == 0 {
-        return refuse(DropReason::NoEndpoints);
-    }
-    let cookie = cookie(ctx);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let client = CLIENT_NETNS | unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let how = if protocol == proto::UDP {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "folding the cookie to 32 bits"
-        )]
-        let hash = (cookie ^ (cookie >> 32)) as u32;
-        lb::Pick::Hash(hash)
-    } else {
-        lb::Pick::Random
-    };
-    let chosen: Result<Backend, DropReason> = lb::with_affinity(&svc, client, now, how);
-    let b = match chosen {
-        Ok(b) => b,
-        Err(reason) => return refuse(reason),
-    };
-    let key = SockRevKey {
-        cookie,
-        addr_be: b.addr_be,
-        port_be: b.port_be,
-        _pad: [0; 2],
-    };
-    let value = SockRevValue {
-        addr_be: daddr,
-        port_be: dport,
-        _pad: [0; 2],
-        service_id: svc.id,
-    };
-    // Without its reverse entry the application would see the backend's
-    // address in replies: not worth a connection that works otherwise.
-    if maps::sock_rev_insert(&key, &value).is_err() {
-        stats::event(Event::SockRevNotKept);
-    }
-    set_addr(ctx, family, b.addr_be, b.port_be);
-    stats::connection(svc.id, b.id);
-    stats::event(event);
-    ALLOW
+    to_backend::<Backend>(ctx, family, &svc, protocol, (daddr, dport), event)
 }
 
 /// `recvmsg` and `getpeername`: a backend this socket was pointed at is
@@ -195,6 +155,223 @@ pub fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
     };
     if let Some(front) = maps::sock_rev(&key) {
         set_addr(ctx, family, front.addr_be, front.port_be);
+        stats::event(Event::SockReverse);
+    }
+    ALLOW
+}
+
+/// A family's backend, as socket LB points a call at it.
+trait Pointed: lb::FamilyBackend {
+    /// A frontend's address.
+    type Addr: Copy;
+    /// Remembers, for the reverse path of socket `cookie` to this backend,
+    /// the frontend it asked for.
+    fn remember(&self, cookie: u64, front: (Self::Addr, [u8; 2]), service_id: u32) -> bool;
+    /// Points the call at this backend (`family`: where an IPv4 address
+    /// goes).
+    fn point(&self, ctx: &SockAddrContext, family: Family);
+}
+
+impl Pointed for Backend {
+    type Addr = [u8; 4];
+
+    #[inline(always)]
+    fn remember(&self, cookie: u64, (addr_be, port_be): ([u8; 4], [u8; 2]), id: u32) -> bool {
+        let key = SockRevKey {
+            cookie,
+            addr_be: self.addr_be,
+            port_be: self.port_be,
+            _pad: [0; 2],
+        };
+        let value = SockRevValue {
+            addr_be,
+            port_be,
+            _pad: [0; 2],
+            service_id: id,
+        };
+        maps::sock_rev_insert(&key, &value).is_ok()
+    }
+
+    #[inline(always)]
+    fn point(&self, ctx: &SockAddrContext, family: Family) {
+        set_addr(ctx, family, self.addr_be, self.port_be);
+    }
+}
+
+impl Pointed for Backend6 {
+    type Addr = [u8; 16];
+
+    #[inline(always)]
+    fn remember(&self, cookie: u64, (addr_be, port_be): ([u8; 16], [u8; 2]), id: u32) -> bool {
+        let key = SockRevKey6 {
+            cookie,
+            addr_be: self.addr_be,
+            port_be: self.port_be,
+            _pad: [0; 6],
+        };
+        let value = SockRevValue6 {
+            addr_be,
+            port_be,
+            _pad: [0; 2],
+            service_id: id,
+        };
+        maps::sock_rev6_insert(&key, &value).is_ok()
+    }
+
+    #[inline(always)]
+    fn point(&self, ctx: &SockAddrContext, _: Family) {
+        set_addr6(ctx, self.addr_be, self.port_be);
+    }
+}
+
+/// Points a call to frontend `svc` (asked for as `front`) at one of its
+/// backends, or refuses it.
+#[inline(always)]
+fn to_backend<B: Pointed>(
+    ctx: &SockAddrContext,
+    family: Family,
+    svc: &ServiceValue,
+    protocol: u8,
+    front: (B::Addr, [u8; 2]),
+    event: Event,
+) -> i32 {
+    if svc.count == 0 {
+        return refuse(DropReason::NoEndpoints);
+    }
+    let (cookie, client, now, how) = choice(ctx, protocol);
+    let chosen: Result<B, DropReason> = lb::with_affinity(svc, client, now, how);
+    let b = match chosen {
+        Ok(b) => b,
+        Err(reason) => return refuse(reason),
+    };
+    // Without its reverse entry the application would see the backend's
+    // address in replies: not worth a connection that works otherwise.
+    if !b.remember(cookie, front, svc.id) {
+        stats::event(Event::SockRevNotKept);
+    }
+    b.point(ctx, family);
+    stats::connection(svc.id, b.id());
+    stats::event(event);
+    ALLOW
+}
+
+/// How a socket's new flow picks its backend: the socket's cookie, the
+/// affinity client (its network namespace), the time, and the pick: at
+/// random for TCP, by cookie for UDP.
+#[inline(always)]
+fn choice(ctx: &SockAddrContext, protocol: u8) -> (u64, u64, u64, lb::Pick) {
+    let cookie = cookie(ctx);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let client = CLIENT_NETNS | unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    let how = if protocol == proto::UDP {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "folding the cookie to 32 bits"
+        )]
+        let hash = (cookie ^ (cookie >> 32)) as u32;
+        lb::Pick::Hash(hash)
+    } else {
+        lb::Pick::Random
+    };
+    (cookie, client, now, how)
+}
+
+/// The IPv6 address, port and protocol a `*6` call names, if the address
+/// is not IPv4-mapped (`Family::Mapped` handles those).
+#[inline(always)]
+fn addr6(ctx: &SockAddrContext) -> Option<([u8; 16], [u8; 2], u8)> {
+    let sa = ctx.sock_addr;
+    let (w0, w1, w2, w3) = unsafe {
+        (
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        )
+    };
+    if w0 == 0 && w1 == 0 && w2 == MAPPED_PREFIX {
+        return None;
+    }
+    let (port, protocol) = unsafe { ((*sa).user_port, (*sa).protocol) };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits"
+    )]
+    let port = port as u16;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "IP protocol numbers are below 256"
+    )]
+    let protocol = protocol as u8;
+    let [a, b, c, d] = [w0, w1, w2, w3].map(u32::to_ne_bytes);
+    let addr = [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ];
+    Some((addr, port.to_ne_bytes(), protocol))
+}
+
+#[inline(always)]
+fn set_addr6(ctx: &SockAddrContext, a: [u8; 16], port_be: [u8; 2]) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        (*sa).user_ip6[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        (*sa).user_ip6[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+        (*sa).user_ip6[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
+        (*sa).user_ip6[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+        (*sa).user_port = u32::from(u16::from_ne_bytes(port_be));
+    }
+}
+
+/// `connect6` and `sendmsg6`: an IPv6 frontend becomes a backend; an
+/// IPv4-mapped address is translated as IPv4.
+#[inline(always)]
+pub fn translate6(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event) -> i32 {
+    let Some((daddr, dport, protocol)) = addr6(ctx) else {
+        return translate(ctx, Family::Mapped, config, event);
+    };
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return ALLOW;
+    }
+    let key = ServiceKey6 {
+        addr_be: daddr,
+        port_be: dport,
+        proto: protocol,
+        scope: SCOPE_ALL,
+    };
+    let svc = match maps::service6(&key) {
+        Some(v) if v.flags & SVC_FLAG_MARKER == 0 => v,
+        _ => {
+            // An allocated ClusterIP's unknown port is refused, as for IPv4.
+            let marker = ServiceKey6 {
+                port_be: [0; 2],
+                proto: 0,
+                ..key
+            };
+            if maps::service6(&marker).is_some() {
+                return refuse(DropReason::UnknownPort);
+            }
+            return ALLOW;
+        }
+    };
+    to_backend::<Backend6>(ctx, Family::V4, &svc, protocol, (daddr, dport), event)
+}
+
+/// `recvmsg6` and `getpeername6`: as `reverse`, for IPv6 backends and
+/// IPv4-mapped ones.
+#[inline(always)]
+pub fn reverse6(ctx: &SockAddrContext) -> i32 {
+    let Some((addr_be, port_be, _)) = addr6(ctx) else {
+        return reverse(ctx, Family::Mapped);
+    };
+    let key = SockRevKey6 {
+        cookie: cookie(ctx),
+        addr_be,
+        port_be,
+        _pad: [0; 6],
+    };
+    if let Some(front) = maps::sock_rev6(&key) {
+        set_addr6(ctx, front.addr_be, front.port_be);
         stats::event(Event::SockReverse);
     }
     ALLOW

@@ -11,7 +11,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,6 +27,11 @@ use crate::{
 
 /// The pods' default gateway: an address of the node namespace.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The node's IPv6 address (on its loopback), for pods given one too.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 1);
+/// The link-local address of the node's side of every pod's veth: an IPv6
+/// pod's default route goes through it.
+const LINK_GATEWAY6: &str = "fe80::1";
 pub(crate) const LAB_DIR_PREFIX: &str = "sluice-lab-";
 
 pub struct Pod {
@@ -75,6 +80,16 @@ impl Lab {
         lab.node
             .ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
         lab.node.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GATEWAY6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
+        lab.node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // Replies are reverse-NATed to the ClusterIP before routing; the
         // ClusterIP has no route back through the backend's veth.
         lab.node.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
@@ -98,6 +113,46 @@ impl Lab {
     pub fn add_pod(&mut self, name: &str, ip: Ipv4Addr) -> Result<&Pod> {
         let host_if = format!("veth{}", self.pods.len());
         self.add_wired(name, ip, host_if)
+    }
+
+    /// Gives pod `name` an IPv6 address too, routed as its IPv4 one is:
+    /// the node's side of its veth is `fe80::1`, its default route.
+    pub fn add_ipv6(&mut self, name: &str, ip: Ipv6Addr) -> Result<()> {
+        let pod = self.pod(name);
+        let host_if = pod.host_if.clone();
+        pod.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let link_local = format!("{LINK_GATEWAY6}/64");
+        // Several pods' veths carry the same link-local address.
+        self.node.ip(&[
+            "-6",
+            "addr",
+            "replace",
+            &link_local,
+            "dev",
+            &host_if,
+            "nodad",
+        ])?;
+        pod.ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            "default",
+            "via",
+            LINK_GATEWAY6,
+            "dev",
+            "eth0",
+        ])?;
+        self.node
+            .ip(&["-6", "route", "add", &format!("{ip}/128"), "dev", &host_if])?;
+        Ok(())
     }
 
     /// A namespace wired as a pod is, but through an interface the agent

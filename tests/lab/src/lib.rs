@@ -36,7 +36,7 @@ pub use apiserver::{ApiServer, apiserver_bin};
 pub use bpffs::Bpffs;
 pub use cgroup::{Cgroup, cgroup2_root};
 pub use cluster::{Cluster, EXT_IF, FarClient};
-pub use lab::{GATEWAY, Lab, Pod, mac_of};
+pub use lab::{GATEWAY, GATEWAY6, Lab, Pod, mac_of};
 pub use netns::{Entered, Netns, enter_on_spawn, reap_stale, unique_stem};
 pub use responder::Responder;
 pub use slow_dns::SlowDns;

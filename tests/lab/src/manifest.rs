@@ -1,6 +1,9 @@
 //! Service and EndpointSlice manifests for the lab, as YAML text.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 /// One Service port: name (may be empty), port, protocol.
 #[derive(Clone, Debug)]
@@ -31,16 +34,16 @@ impl Port {
 /// One endpoint of a slice and its conditions.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
 }
 
 impl Endpoint {
-    pub fn ready(ip: Ipv4Addr) -> Self {
+    pub fn ready(ip: impl Into<IpAddr>) -> Self {
         Self {
-            ip,
+            ip: ip.into(),
             ready: true,
             serving: true,
             terminating: false,
@@ -75,10 +78,25 @@ pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port]) -> String {
     out
 }
 
-/// An EndpointSlice of `service`; `ports` carry the endpoint (target) ports.
-pub fn endpoint_slice(name: &str, service: &str, ports: &[Port], endpoints: &[Endpoint]) -> String {
+/// A dual-stack ClusterIP Service (`RequireDualStack`, IPv4 first).
+pub fn dual_stack_service(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, ports: &[Port]) -> String {
     let mut out = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {v4}\n  clusterIPs: [\"{v4}\", \"{v6}\"]\n"
+    );
+    ports_yaml(&mut out, ports, false);
+    out
+}
+
+/// An EndpointSlice of `service`; `ports` carry the endpoint (target) ports.
+/// Its address type is its first endpoint's family (IPv4 when empty).
+pub fn endpoint_slice(name: &str, service: &str, ports: &[Port], endpoints: &[Endpoint]) -> String {
+    let family = if endpoints.first().is_some_and(|e| e.ip.is_ipv6()) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    let mut out = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\n"
     );
     ports_yaml(&mut out, ports, true);
     out.push_str("endpoints:\n");

@@ -1,10 +1,12 @@
 //! A small TCP/UDP responder run in a pod: every request line (TCP) or
 //! datagram (UDP) is answered with `<name> <peer-ip>:<peer-port>\n`, so a
 //! client learns which backend answered and what source that backend saw.
+//! Its sockets are dual-stack (`[::]`), for the pods given an IPv6
+//! address too (`Lab::add_ipv6`).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,6 +28,8 @@ pub struct Responder {
 }
 
 pub fn answer(name: &str, peer: SocketAddr) -> String {
+    // The sockets are dual-stack: an IPv4 peer shows as IPv4.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     format!("{name} {peer}\n")
 }
 
@@ -37,11 +41,11 @@ impl Responder {
             move || -> std::io::Result<(Vec<TcpListener>, Vec<UdpSocket>)> {
                 let l = tcp
                     .iter()
-                    .map(|p| TcpListener::bind(("0.0.0.0", *p)))
+                    .map(|p| TcpListener::bind((Ipv6Addr::UNSPECIFIED, *p)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let u = udp
                     .iter()
-                    .map(|p| UdpSocket::bind(("0.0.0.0", *p)))
+                    .map(|p| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, *p)))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((l, u))
             },

@@ -1,9 +1,12 @@
 //! Claims on frontends: who owns each, who is refused, and the desired
 //! state of what a change touched.
 
+use std::net::IpAddr;
+
 use sluice_abi::proto;
 
 use super::*;
+use crate::frontend::FrontendKey;
 
 fn svc(name: &str) -> ObjectKey {
     ObjectKey {
@@ -13,13 +16,13 @@ fn svc(name: &str) -> ObjectKey {
 }
 
 fn want(ip: [u8; 4], port: u16, backend: u8, name: &str) -> ServiceDesired {
-    let ip = Ipv4Addr::from(ip);
+    let ip = IpAddr::from(ip);
     ServiceDesired {
         frontends: BTreeMap::from([(
-            ServiceKey::new(ip, port, proto::TCP),
+            FrontendKey::new(ip, port, proto::TCP),
             DesiredFrontend {
                 name: name.into(),
-                backends: BTreeSet::from([(Ipv4Addr::new(10, 0, 0, backend), 8080)]),
+                backends: BTreeSet::from([(IpAddr::from([10, 0, 0, backend]), 8080)]),
                 affinity_secs: 0,
                 source_ranges: Vec::new(),
                 ..DesiredFrontend::default()
@@ -43,17 +46,17 @@ fn a_change_touches_only_its_own_frontends() {
     let changes = f.changes(&t);
     assert_eq!(changes.frontends.len(), 1);
     let (key, front) = changes.frontends.iter().next().unwrap();
-    assert_eq!(key.addr(), Ipv4Addr::new(10, 96, 0, 1));
+    assert_eq!(key.addr, IpAddr::from([10, 96, 0, 1]));
     assert!(
         front
             .as_ref()
             .unwrap()
             .backends
-            .contains(&(Ipv4Addr::new(10, 0, 0, 3), 8080))
+            .contains(&(IpAddr::from([10, 0, 0, 3]), 8080))
     );
     assert_eq!(
         changes.cluster_ips,
-        BTreeMap::from([(Ipv4Addr::new(10, 96, 0, 1), true)])
+        BTreeMap::from([(IpAddr::from([10, 96, 0, 1]), true)])
     );
 
     // Gone: its frontend and ClusterIP should not exist.
@@ -76,11 +79,11 @@ fn external(ip: [u8; 4], port: u16, backend: u8, name: &str, t: Option<i64>) -> 
     w
 }
 
-fn owner(c: &DesiredChanges, key: ServiceKey) -> Option<String> {
+fn owner(c: &DesiredChanges, key: FrontendKey) -> Option<String> {
     c.frontends[&key].as_ref().map(|d| d.name.clone())
 }
 
-fn refused(c: &DesiredChanges, key: ServiceKey) -> Option<(String, Vec<String>)> {
+fn refused(c: &DesiredChanges, key: FrontendKey) -> Option<(String, Vec<String>)> {
     c.refused[&key].as_ref().map(|r| {
         (
             r.owner.name.clone(),
@@ -91,8 +94,8 @@ fn refused(c: &DesiredChanges, key: ServiceKey) -> Option<(String, Vec<String>)>
 
 const VIP: [u8; 4] = [10, 96, 0, 1];
 
-fn key(ip: [u8; 4], port: u16) -> ServiceKey {
-    ServiceKey::new(Ipv4Addr::from(ip), port, proto::TCP)
+fn key(ip: [u8; 4], port: u16) -> FrontendKey {
+    FrontendKey::new(IpAddr::from(ip), port, proto::TCP)
 }
 
 #[test]

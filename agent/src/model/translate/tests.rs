@@ -1,6 +1,8 @@
 //! Kubernetes objects to model types: what translates, and what is refused
 //! with the field at fault.
 
+use std::net::IpAddr;
+
 use super::*;
 
 fn svc(yaml: &str) -> Service {
@@ -96,8 +98,8 @@ fn traffic_policy_and_session_affinity() {
     assert_eq!(
         ranged.source_ranges,
         [
-            (Ipv4Addr::new(10, 1, 0, 0), 16),
-            (Ipv4Addr::new(192, 0, 2, 0), 24)
+            (IpAddr::from([10, 1, 0, 0]), 16),
+            (IpAddr::from([192, 0, 2, 0]), 24)
         ],
         "host bits cleared, sorted, once each"
     );

@@ -298,7 +298,7 @@ fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
             .iter()
             .enumerate()
             .map(|(i, &(ready, serving, terminating))| Endpoint {
-                ip: backend_ip(i),
+                ip: backend_ip(i).into(),
                 ready,
                 serving,
                 terminating,

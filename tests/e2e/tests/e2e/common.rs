@@ -209,3 +209,16 @@ pub fn metric(lab: &Lab, needle: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("{line}"))
 }
+
+/// Starts the agent on node `node-a` watching the lab's API server (as its
+/// admin), with the lab's Service CIDR.
+pub fn start_agent_on_apiserver(lab: &mut Lab) {
+    let kubeconfig = lab.apiserver().admin_kubeconfig();
+    lab.start_agent(&AgentOptions {
+        source: sluice_lab::AgentSource::Kubeconfig(kubeconfig),
+        service_cidr: Some(SERVICE_CIDR.into()),
+        extra_args: vec!["--node-name".into(), "node-a".into()],
+        ..AgentOptions::default()
+    })
+    .unwrap();
+}

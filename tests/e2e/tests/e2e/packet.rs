@@ -111,12 +111,12 @@ impl Harness {
     fn set(&mut self, frontends: &[(ServiceKey, Vec<(Ipv4Addr, u16)>)]) {
         let mut desired = Desired::default();
         for (key, backends) in frontends {
-            desired.cluster_ips.insert(key.addr());
+            desired.cluster_ips.insert(key.addr().into());
             desired.frontends.insert(
-                *key,
+                (*key).into(),
                 DesiredFrontend {
                     name: format!("test/{}", key.addr()),
-                    backends: backends.iter().copied().collect(),
+                    backends: backends.iter().map(|&(a, p)| (a.into(), p)).collect(),
                     ..DesiredFrontend::default()
                 },
             );
@@ -133,15 +133,15 @@ impl Harness {
     }
 
     fn service_stats(&self, key: ServiceKey) -> TrafficStats {
-        let id = self.current.frontends[&key].id;
+        let id = self.current.frontends[&key.into()].id;
         sum_stats(&self.maps.service_stats.get(&id, 0).unwrap())
     }
 
     fn backend_stats(&self, key: ServiceKey, addr: Ipv4Addr) -> TrafficStats {
-        let id = self.current.frontends[&key]
+        let id = self.current.frontends[&key.into()]
             .slots
             .values()
-            .find(|b| b.addr() == addr)
+            .find(|b| b.addr == addr)
             .unwrap()
             .id;
         sum_stats(&self.maps.backend_stats.get(&id, 0).unwrap())

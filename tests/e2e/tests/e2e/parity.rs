@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use sluice_lab::{AgentOptions, require_privileges};
 
-use crate::common::{SERVICE_CIDR, T, apply, web_lab, who};
+use crate::common::{SERVICE_CIDR, T, apply, start_agent_on_apiserver, web_lab, who};
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
@@ -124,14 +124,7 @@ fn topology_hints_keep_traffic_in_the_nodes_zone_or_on_the_node_and_fall_back_to
     lab.apiserver()
         .kubectl(&["apply", "-f", file.to_str().unwrap()])
         .unwrap();
-    let kubeconfig = lab.apiserver().admin_kubeconfig();
-    lab.start_agent(&AgentOptions {
-        source: sluice_lab::AgentSource::Kubeconfig(kubeconfig),
-        service_cidr: Some(SERVICE_CIDR.into()),
-        extra_args: vec!["--node-name".into(), "node-a".into()],
-        ..AgentOptions::default()
-    })
-    .unwrap();
+    start_agent_on_apiserver(&mut lab);
     let web = Ipv4Addr::new(10, 96, 0, 10);
     let near = Ipv4Addr::new(10, 96, 0, 12);
     // 30 connections: each of three backends would be missed by all of

@@ -5,13 +5,18 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
 
 use sluice_agent::dataplane::conntrack::Conntrack;
-use sluice_lab::{AgentOptions, Lab, Netns, enter_on_spawn, process::Process, require_privileges};
+use sluice_lab::{
+    AgentOptions, Lab, Netns, enter_on_spawn,
+    manifest::{self, Endpoint, Port},
+    process::Process,
+    require_privileges,
+};
 
 use crate::common::*;
 
@@ -28,7 +33,7 @@ fn probe_command(lab: &Lab, ns: &Netns, args: &[&str]) -> (Command, std::fs::Fil
 }
 
 /// Runs the probe to its end; its output lines.
-fn probe(lab: &Lab, ns: &Netns, args: &[&str]) -> Vec<String> {
+pub(crate) fn probe(lab: &Lab, ns: &Netns, args: &[&str]) -> Vec<String> {
     let (mut cmd, _ns) = probe_command(lab, ns, args);
     let out = cmd.output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -37,7 +42,7 @@ fn probe(lab: &Lab, ns: &Netns, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+pub(crate) fn line<'a>(lines: &'a [String], prefix: &str) -> &'a str {
     lines
         .iter()
         .find_map(|l| l.strip_prefix(prefix))
@@ -79,6 +84,110 @@ fn ipv6_sockets_reach_ipv4_services_through_mapped_addresses() {
         assert!(who(line(&out, "reply ")).starts_with('b'), "{out:?}");
     }
     assert_eq!(conntrack_entries(&lab), 0);
+}
+
+/// `web`'s IPv6 ClusterIP.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
+
+pub(crate) fn backend_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x244,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0x10 + u16::try_from(i).unwrap(),
+    )
+}
+
+/// `web` dual-stack (`10.96.0.10` and `fd00:96::a`), with an IPv4 and an
+/// IPv6 slice of `backends`.
+fn dual_stack_web(backends: &[usize]) -> String {
+    let ports = [Port::tcp("http", 80), Port::udp("dns", 53)];
+    let targets = [Port::tcp("http", 8080), Port::udp("dns", 5353)];
+    let v4: Vec<Endpoint> = backends
+        .iter()
+        .map(|&i| Endpoint::ready(backend_ip(i)))
+        .collect();
+    let v6: Vec<Endpoint> = backends
+        .iter()
+        .map(|&i| Endpoint::ready(backend_ip6(i)))
+        .collect();
+    format!(
+        "{}---\n{}---\n{}",
+        manifest::dual_stack_service("web", VIP, VIP6, &ports),
+        manifest::endpoint_slice("web-v4", "web", &targets, &v4),
+        manifest::endpoint_slice("web-v6", "web", &targets, &v6),
+    )
+}
+
+/// The client pod's IPv6 address.
+pub(crate) const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
+
+/// `web_lab(n)` with IPv6 on the client and the backends.
+pub(crate) fn web_lab6(n: usize) -> Lab {
+    let mut lab = web_lab(n);
+    lab.add_ipv6("client", CLIENT6).unwrap();
+    for i in 0..n {
+        lab.add_ipv6(&backend_name(i), backend_ip6(i)).unwrap();
+    }
+    lab
+}
+
+/// `web_lab6(n)` with `web` dual-stack.
+fn dual_stack_lab(n: usize) -> Lab {
+    let lab = web_lab6(n);
+    lab.write_manifest("web.yaml", &dual_stack_web(&(0..n).collect::<Vec<_>>()))
+        .unwrap();
+    lab
+}
+
+#[test]
+fn an_ipv6_cluster_ip_reaches_every_backend_from_the_node_and_a_pod() {
+    if !require_privileges("an_ipv6_cluster_ip_reaches_every_backend_from_the_node_and_a_pod") {
+        return;
+    }
+    let mut lab = dual_stack_lab(3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let http6 = SocketAddr::from((VIP6, 80));
+    reach_every_backend_from_the_node(&lab, http6, SocketAddr::from((VIP6, 53)));
+    // The IPv4 half of the dual-stack Service still works.
+    reach_every_backend_from_the_node(&lab, http(), dns());
+    let client = &lab.pod("client").ns;
+    for _ in 0..5 {
+        let out = probe(&lab, client, &["tcp", &http6.to_string()]);
+        assert_eq!(line(&out, "peer "), http6.to_string());
+        let answer = line(&out, "reply ");
+        assert!(who(answer).starts_with('b'), "{out:?}");
+        assert_eq!(
+            peer(answer).ip(),
+            CLIENT6,
+            "the backend sees the pod's IPv6 address"
+        );
+    }
+    // An unknown port of the IPv6 ClusterIP is refused at once.
+    let out = probe(&lab, lab.node(), &["tcp", "[fd00:96::a]:81"]);
+    assert!(line(&out, "error ").starts_with("ECONNREFUSED"), "{out:?}");
+    let status = lab.status(&sluice_lab::default_bin()).unwrap();
+    assert!(
+        status.contains("[fd00:96::a]:80/TCP") && status.contains("[fd00:244:1::10]:8080"),
+        "status shows the IPv6 frontend and backends: {status}"
+    );
+}
+
+#[test]
+fn an_ipv6_service_without_endpoints_refuses_connect_at_once() {
+    if !require_privileges("an_ipv6_service_without_endpoints_refuses_connect_at_once") {
+        return;
+    }
+    let mut lab = dual_stack_lab(1);
+    lab.write_manifest("web.yaml", &dual_stack_web(&[]))
+        .unwrap();
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    let out = probe(&lab, lab.node(), &["tcp", "[fd00:96::a]:80"]);
+    assert!(line(&out, "error ").starts_with("ECONNREFUSED"), "{out:?}");
 }
 
 /// An IPv4 address as an IPv6 socket names it: `[::ffff:a.b.c.d]:port`.
@@ -171,7 +280,7 @@ fn a_connected_udp_socket_never_reaches_a_removed_backend() {
     if !require_privileges("a_connected_udp_socket_never_reaches_a_removed_backend") {
         return;
     }
-    stale_udp_is_closed(dns());
+    stale_udp_is_closed(web_lab(2), dns(), |kept| web_manifest(&[kept]));
 }
 
 #[test]
@@ -181,13 +290,22 @@ fn an_ipv6_socket_connected_to_a_mapped_address_never_reaches_a_removed_backend(
     ) {
         return;
     }
-    stale_udp_is_closed(mapped(dns()));
+    stale_udp_is_closed(web_lab(2), mapped(dns()), |kept| web_manifest(&[kept]));
 }
 
-/// A pod's connected UDP socket to `dns` streams; one backend is removed;
-/// the socket is closed, and the new one reaches the other backend only.
-fn stale_udp_is_closed(dns: SocketAddr) {
-    let mut lab = web_lab(2);
+#[test]
+fn an_ipv6_connected_udp_socket_never_reaches_a_removed_backend() {
+    if !require_privileges("an_ipv6_connected_udp_socket_never_reaches_a_removed_backend") {
+        return;
+    }
+    let dns6 = SocketAddr::from((VIP6, 53));
+    stale_udp_is_closed(dual_stack_lab(2), dns6, |kept| dual_stack_web(&[kept]));
+}
+
+/// A pod's connected UDP socket to `dns` streams; one backend is removed
+/// (`web.yaml` becomes `with_only(kept)`); the socket is closed, and the
+/// new one reaches the other backend only.
+fn stale_udp_is_closed(mut lab: Lab, dns: SocketAddr, with_only: impl Fn(usize) -> String) {
     lab.start_agent(&AgentOptions::default()).unwrap();
     let (cmd, ns) = probe_command(
         &lab,
@@ -201,7 +319,7 @@ fn stale_udp_is_closed(dns: SocketAddr) {
     let kept: usize = usize::from(removed == backend_name(0));
     let mark = stream.log_len();
 
-    apply(&mut lab, "web.yaml", &web_manifest(&[kept]));
+    apply(&mut lab, "web.yaml", &with_only(kept));
     // The socket is closed under the application, which connects again.
     let error = stream
         .wait_for("error ", mark, Duration::from_secs(5))

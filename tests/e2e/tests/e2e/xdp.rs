@@ -233,15 +233,15 @@ impl Harness {
         let mut desired = Desired::default();
         for (key, backends, external) in frontends {
             if *external == External::No {
-                desired.cluster_ips.insert(key.addr());
+                desired.cluster_ips.insert(key.addr().into());
             }
             desired.frontends.insert(
-                *key,
+                (*key).into(),
                 DesiredFrontend {
                     name: format!("test/{}:{}", key.addr(), key.port()),
-                    backends: backends.iter().copied().collect(),
+                    backends: backends.iter().map(|&(a, p)| (a.into(), p)).collect(),
                     source_ranges: if key.addr() == LB_IP {
-                        ranges.to_vec()
+                        ranges.iter().map(|&(a, l)| (a.into(), l)).collect()
                     } else {
                         Vec::new()
                     },
