@@ -390,7 +390,7 @@ struct Externals {
     node_ports: NodePortAddresses,
     primary: Option<std::net::Ipv4Addr>,
     /// The node addresses last written.
-    addrs: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+    addrs: Option<std::collections::BTreeSet<std::net::IpAddr>>,
     /// The SNAT address of each interface with XDP.
     snat: std::collections::BTreeMap<u32, std::net::Ipv4Addr>,
     /// Told of interfaces the programs could not be attached to.

@@ -88,7 +88,9 @@ pub enum ConfigError {
     DnsWithoutIp,
     #[error("`forward-zone` `{0}`: give ZONE=IP[:PORT][,IP[:PORT]…], e.g. corp.example=10.0.0.53")]
     ForwardZone(String),
-    #[error("`dns-ip`: one or two addresses (the node-local one, and kube-dns's ClusterIP)")]
+    #[error(
+        "`dns-ip`: one to three addresses (the node-local one, and kube-dns's ClusterIPs), at most two IPv4 and one IPv6"
+    )]
     DnsIp,
     #[error("`dns-pods` `{0}`: insecure or disabled")]
     DnsPods(String),
@@ -378,9 +380,10 @@ fn dataplane_config(
     };
     // The DNS addresses are the agent's own: the dataplane passes them.
     for ip in dns.iter().flat_map(|d| &d.ips) {
-        if let std::net::IpAddr::V4(ip) = ip {
-            dataplane = dataplane.with_local_ip(*ip);
-        }
+        dataplane = match ip {
+            std::net::IpAddr::V4(ip) => dataplane.with_local_ip(*ip),
+            std::net::IpAddr::V6(ip) => dataplane.with_local_ip6(*ip),
+        };
     }
     Ok(dataplane)
 }

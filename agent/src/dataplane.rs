@@ -533,8 +533,8 @@ impl Dataplane {
     /// The node's own addresses, and which of them serve NodePorts.
     pub fn set_node_addrs(
         &mut self,
-        addrs: &BTreeSet<std::net::Ipv4Addr>,
-        node_ports: impl Fn(std::net::Ipv4Addr) -> bool,
+        addrs: &BTreeSet<std::net::IpAddr>,
+        node_ports: impl Fn(std::net::IpAddr) -> bool,
     ) -> Result<(), Error> {
         self.maps.set_node_addrs(addrs, node_ports)
     }

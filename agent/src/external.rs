@@ -9,17 +9,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use crate::interfaces::InterfaceMatcher;
 
-/// Interfaces and their IPv4 addresses, as rtnetlink reported them.
+/// Interfaces and their addresses of both families, as rtnetlink reported
+/// them.
 #[derive(Debug, Default)]
 pub struct NodeInterfaces {
     names: BTreeMap<u32, String>,
     /// Per interface, in the order they came (the primary address first).
-    addrs: BTreeMap<u32, Vec<Ipv4Addr>>,
+    addrs: BTreeMap<u32, Vec<IpAddr>>,
 }
 
 impl NodeInterfaces {
@@ -32,21 +33,21 @@ impl NodeInterfaces {
         self.addrs.remove(&index);
     }
 
-    pub fn add(&mut self, index: u32, addr: Ipv4Addr) {
+    pub fn add(&mut self, index: u32, addr: IpAddr) {
         let list = self.addrs.entry(index).or_default();
         if !list.contains(&addr) {
             list.push(addr);
         }
     }
 
-    pub fn remove(&mut self, index: u32, addr: Ipv4Addr) {
+    pub fn remove(&mut self, index: u32, addr: IpAddr) {
         if let Some(list) = self.addrs.get_mut(&index) {
             list.retain(|a| *a != addr);
         }
     }
 
-    /// Every address of the node but loopback's 127/8.
-    pub fn node_addrs(&self) -> BTreeSet<Ipv4Addr> {
+    /// Every address of the node but loopback's (127/8, `::1`).
+    pub fn node_addrs(&self) -> BTreeSet<IpAddr> {
         self.addrs
             .values()
             .flatten()
@@ -56,21 +57,23 @@ impl NodeInterfaces {
     }
 
     /// The external interfaces: ifindex → (name, SNAT address). An
-    /// interface named by `--external-interfaces` without an address of its
-    /// own SNATs to the first node address; with none at all it is left out.
+    /// interface named by `--external-interfaces` without an IPv4 address
+    /// of its own SNATs to the first IPv4 node address; with none at all it
+    /// is left out (north-south is IPv4 so far).
     pub fn external(
         &self,
         explicit: Option<&InterfaceMatcher>,
         pod_facing: &InterfaceMatcher,
     ) -> BTreeMap<u32, (String, Ipv4Addr)> {
-        let fallback = self.node_addrs().into_iter().next();
+        let v4 = |a: &IpAddr| match a {
+            IpAddr::V4(v4) if !v4.is_loopback() => Some(*v4),
+            _ => None,
+        };
+        let fallback = self.node_addrs().iter().find_map(v4);
         self.names
             .iter()
             .filter_map(|(index, name)| {
-                let own = self
-                    .addrs
-                    .get(index)
-                    .and_then(|l| l.iter().find(|a| !a.is_loopback()).copied());
+                let own = self.addrs.get(index).and_then(|l| l.iter().find_map(v4));
                 let chosen = match explicit {
                     Some(m) => m.matches(name),
                     None => name != "lo" && !pod_facing.matches(name) && own.is_some(),
@@ -126,11 +129,13 @@ mod tests {
         for (i, name) in [(1, "lo"), (2, "eth0"), (3, "veth0"), (4, "eth1")] {
             n.link(i, name);
         }
-        n.add(1, Ipv4Addr::new(10, 244, 0, 1));
-        n.add(1, Ipv4Addr::LOCALHOST);
-        n.add(2, Ipv4Addr::new(192, 168, 1, 10));
-        n.add(2, Ipv4Addr::new(192, 168, 1, 11));
-        n.add(3, Ipv4Addr::new(169, 254, 1, 1));
+        n.add(1, Ipv4Addr::new(10, 244, 0, 1).into());
+        n.add(1, Ipv4Addr::LOCALHOST.into());
+        n.add(1, std::net::Ipv6Addr::LOCALHOST.into());
+        n.add(2, "fd00:1::10".parse().unwrap());
+        n.add(2, Ipv4Addr::new(192, 168, 1, 10).into());
+        n.add(2, Ipv4Addr::new(192, 168, 1, 11).into());
+        n.add(3, Ipv4Addr::new(169, 254, 1, 1).into());
         n
     }
 
@@ -144,8 +149,9 @@ mod tests {
             BTreeMap::from([(2, ("eth0".to_owned(), Ipv4Addr::new(192, 168, 1, 10)))]),
             "the primary address is the SNAT address"
         );
-        assert_eq!(n.node_addrs().len(), 4, "{:?}", n.node_addrs());
-        assert!(!n.node_addrs().contains(&Ipv4Addr::LOCALHOST));
+        assert_eq!(n.node_addrs().len(), 5, "{:?}", n.node_addrs());
+        assert!(!n.node_addrs().contains(&Ipv4Addr::LOCALHOST.into()));
+        assert!(n.node_addrs().contains(&"fd00:1::10".parse().unwrap()));
     }
 
     #[test]
@@ -160,19 +166,22 @@ mod tests {
             Ipv4Addr::new(10, 244, 0, 1),
             "no address: the first node address"
         );
-        n.add(4, Ipv4Addr::new(172, 16, 0, 5));
+        n.add(4, Ipv4Addr::new(172, 16, 0, 5).into());
         assert_eq!(
             n.external(Some(&named), &pods)[&4].1,
             Ipv4Addr::new(172, 16, 0, 5)
         );
-        n.remove(2, Ipv4Addr::new(192, 168, 1, 10));
+        n.remove(2, Ipv4Addr::new(192, 168, 1, 10).into());
         assert_eq!(
             n.external(None, &pods)[&2].1,
             Ipv4Addr::new(192, 168, 1, 11)
         );
         n.link_gone(2);
         assert!(!n.external(None, &pods).contains_key(&2));
-        assert!(!n.node_addrs().contains(&Ipv4Addr::new(192, 168, 1, 11)));
+        assert!(
+            !n.node_addrs()
+                .contains(&Ipv4Addr::new(192, 168, 1, 11).into())
+        );
     }
 
     #[test]
@@ -205,7 +214,7 @@ pub enum NodePortAddresses {
     All,
     /// Those in these CIDRs, and the node's primary address if `primary`.
     Only {
-        cidrs: Vec<(Ipv4Addr, u8)>,
+        cidrs: Vec<(IpAddr, u8)>,
         primary: bool,
     },
 }
@@ -221,8 +230,8 @@ impl NodePortAddresses {
                 primary = true;
                 continue;
             }
-            let cidr = crate::cidr::parse(item)
-                .ok_or_else(|| format!("`{item}` is neither an IPv4 CIDR nor `primary`"))?;
+            let cidr = crate::cidr::parse_ip(item)
+                .ok_or_else(|| format!("`{item}` is neither a CIDR nor `primary`"))?;
             cidrs.push(cidr);
         }
         if cidrs.is_empty() && !primary {
@@ -232,12 +241,12 @@ impl NodePortAddresses {
     }
 
     /// Whether `addr` serves NodePorts, given the node's primary address.
-    pub fn serves(&self, addr: Ipv4Addr, node_primary: Option<Ipv4Addr>) -> bool {
+    pub fn serves(&self, addr: IpAddr, node_primary: Option<Ipv4Addr>) -> bool {
         match self {
             Self::All => true,
             Self::Only { cidrs, primary } => {
-                (*primary && node_primary == Some(addr))
-                    || cidrs.iter().any(|&net| crate::cidr::contains(net, addr))
+                (*primary && node_primary.map(IpAddr::V4) == Some(addr))
+                    || cidrs.iter().any(|&net| crate::cidr::contains_ip(net, addr))
             }
         }
     }
@@ -284,7 +293,7 @@ pub async fn primary_ipv4() -> Option<Ipv4Addr> {
             let mut first = None;
             while let Ok(Some(msg)) = addrs.try_next().await {
                 first = msg.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+                    AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
                     _ => None,
                 });
                 if first.is_some() {
@@ -306,14 +315,17 @@ mod node_port_tests {
 
     #[test]
     fn nodeport_addresses_are_cidrs_and_the_primary_address() {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert!(NodePortAddresses::All.serves(ip("192.0.2.1"), None));
-        let only = NodePortAddresses::parse(&["10.0.0.0/8", "primary"]).unwrap();
+        let only = NodePortAddresses::parse(&["10.0.0.0/8", "primary", "fd00:1::/64"]).unwrap();
         assert!(only.serves(ip("10.1.2.3"), None));
+        assert!(only.serves(ip("fd00:1::10"), None));
+        assert!(!only.serves(ip("fd00:2::10"), None));
         assert!(!only.serves(ip("192.168.1.5"), None));
-        assert!(only.serves(ip("192.168.1.5"), Some(ip("192.168.1.5"))));
+        assert!(only.serves(ip("192.168.1.5"), Some(v4("192.168.1.5"))));
         let cidr_only = NodePortAddresses::parse(&["192.168.1.5/32"]).unwrap();
-        assert!(!cidr_only.serves(ip("192.168.1.6"), Some(ip("192.168.1.6"))));
+        assert!(!cidr_only.serves(ip("192.168.1.6"), Some(v4("192.168.1.6"))));
         assert!(NodePortAddresses::parse(&["10.0.0.0/33"]).is_err());
         assert!(NodePortAddresses::parse(&["eth0"]).is_err());
         assert!(NodePortAddresses::parse::<&str>(&[]).is_err());

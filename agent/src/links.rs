@@ -1,7 +1,7 @@
 //! Network interfaces of this namespace and their IPv4 addresses, and
 //! their coming and going (rtnetlink link and address notifications).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
@@ -37,14 +37,15 @@ pub enum LinkEvent {
         index: u32,
         name: String,
     },
-    /// An IPv4 address (not of host scope) was added to an interface.
+    /// An address (not of host scope, nor an IPv6 link-local one) was
+    /// added to an interface.
     AddressAdded {
         index: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
     },
     AddressRemoved {
         index: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
     },
 }
 
@@ -80,9 +81,9 @@ impl LinkWatcher {
         Ok(links.iter().filter_map(name_of).collect())
     }
 
-    /// Every IPv4 address (not of host scope) now: (ifindex, address), in
-    /// the kernel's order (an interface's primary address first).
-    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Addr)>, LinksError> {
+    /// Every address (as `AddressAdded` has them) now: (ifindex, address),
+    /// in the kernel's order (an interface's primary address first).
+    pub async fn addresses(&self) -> Result<Vec<(u32, IpAddr)>, LinksError> {
         let addrs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -135,19 +136,24 @@ fn name_of(link: &LinkMessage) -> Option<(u32, String)> {
     })
 }
 
-/// The IPv4 address of an address message, unless it is of host scope
-/// (127.0.0.1): the local address (`IFA_LOCAL`), not a point-to-point peer.
-fn address_of(a: &AddressMessage) -> Option<(u32, Ipv4Addr)> {
+/// The address of an address message, unless it is of host scope
+/// (127.0.0.1, `::1`) or an IPv6 link-local one (`fe80::/10`, never a node
+/// address to serve on): the local address (`IFA_LOCAL`), not a
+/// point-to-point peer.
+fn address_of(a: &AddressMessage) -> Option<(u32, IpAddr)> {
     if a.header.scope == AddressScope::Host {
         return None;
     }
     let pick = |local: bool| {
         a.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Local(IpAddr::V4(v4)) if local => Some(*v4),
-            AddressAttribute::Address(IpAddr::V4(v4)) if !local => Some(*v4),
+            AddressAttribute::Local(ip) if local => Some(*ip),
+            AddressAttribute::Address(ip) if !local => Some(*ip),
             _ => None,
         })
     };
     let addr = pick(true).or_else(|| pick(false))?;
+    if addr.is_ipv6() && a.header.scope == AddressScope::Link {
+        return None;
+    }
     Some((a.header.index, addr))
 }

@@ -116,8 +116,8 @@ settings! {
     /// NodePorts among the node's local ports, and never a SNAT port.
     #[arg(long)]
     nodeport_range: String,
-    /// Which node addresses serve NodePorts: IPv4 CIDRs and the word
-    /// `primary` (the source address of the default route), comma-separated
+    /// Which node addresses serve NodePorts: CIDRs of either family and the
+    /// word `primary` (the IPv4 source address of the default route), comma-separated
     /// (kube-proxy's `nodePortAddresses`). Default: every node address.
     #[arg(long, value_name = "CIDR|primary[,…]")]
     nodeport_addresses: ListValue,
@@ -188,10 +188,11 @@ settings! {
     #[arg(long)]
     cgroup_path: PathBuf,
     /// Serve cluster DNS on this address (made local to the node; passed
-    /// untouched by the dataplane), UDP and TCP port 53; or on two,
-    /// comma-separated: the node-local one and kube-dns's ClusterIP, which
-    /// the dataplane then passes untouched too (NodeLocal DNSCache's setup).
-    #[arg(long, value_name = "IP[,IP]")]
+    /// untouched by the dataplane), UDP and TCP port 53; or on up to three,
+    /// comma-separated: the node-local one and kube-dns's ClusterIPs (one
+    /// per family, at most two IPv4 addresses and one IPv6), which the
+    /// dataplane then passes untouched too (NodeLocal DNSCache's setup).
+    #[arg(long, value_name = "IP[,IP[,IP]]")]
     dns_ip: ListValue,
     /// The cluster domain (default `cluster.local`).
     #[arg(long)]

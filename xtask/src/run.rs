@@ -1,16 +1,17 @@
 //! `cargo xtask run`: Sluice on its embedded default, a local lab.
 //!
-//! A node namespace with a client pod and three backend pods, the local API
-//! server on the node with the example Services (manifests/examples/)
-//! applied by kubectl, the agent on the node watching it, and a client that
-//! keeps sending requests through the ClusterIP and prints which backend
-//! answered. `--source manifests` feeds the agent from a watched manifest
+//! A dual-stack node namespace with a client pod and three backend pods
+//! (each with an IPv4 and an IPv6 address), the local API server on the
+//! node with a service range per family and the example Services
+//! (manifests/examples/) applied by kubectl, the agent on the node watching
+//! it, and a client that keeps sending requests through the ClusterIP and
+//! prints which backend answered. `--source manifests` feeds the agent from a watched manifest
 //! directory instead. Ctrl-C tears the lab down.
 
 use std::{
     collections::BTreeMap,
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -33,7 +34,18 @@ const BACKENDS: [(&str, Ipv4Addr); 3] = [
     ("web-1", Ipv4Addr::new(10, 244, 1, 11)),
     ("web-2", Ipv4Addr::new(10, 244, 1, 12)),
 ];
+/// `web`'s IPv6 ClusterIP, and the pods' IPv6 addresses (the backends' in
+/// `BACKENDS`' order).
+const WEB_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x2);
+const BACKENDS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x10),
+    Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x11),
+    Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x12),
+];
 const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The local API server's service ranges, one per family.
+const SERVICE_RANGES: &str = "10.96.0.0/12,fd00:96::/112";
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Node-local DNS, where NodeLocal DNSCache listens.
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
@@ -147,10 +159,11 @@ pub fn run(args: &Args) -> Result<()> {
     );
     let dns = resolve_web(&lab);
     println!(
-        "DNS: getent hosts web in the client (search path, agent at {DNS_IP}): {}",
-        outcome(dns.as_ref().map(String::clone))
+        "DNS: getent ahostsv4 and ahostsv6 web in the client (search path, agent at {DNS_IP}): {}",
+        outcome(dns.as_ref().map(|(v4, v6)| format!("{v4} {v6}")))
     );
     let counts = request_loop(&lab, args.requests, interactive);
+    let counts6 = ipv6_requests(&lab, args.requests.unwrap_or(10));
     println!("\n{}", lab.status(&bin)?);
     drop(lab);
     println!("lab torn down");
@@ -159,32 +172,70 @@ pub fn run(args: &Args) -> Result<()> {
         if counts.len() != BACKENDS.len() {
             bail!("not every backend answered: {counts:?}");
         }
+        if counts6.len() != BACKENDS.len() {
+            bail!("not every backend answered on the IPv6 ClusterIP: {counts6:?}");
+        }
         if refused.is_ok() {
             bail!("a Service without endpoints answered");
         }
         udp.context("UDP through the ClusterIP")?;
-        if dns.context("cluster DNS")? != WEB_VIP.to_string() {
-            bail!("`web` did not resolve to its ClusterIP");
+        let (v4, v6) = dns.context("cluster DNS")?;
+        if v4 != WEB_VIP.to_string() || v6 != WEB_VIP6.to_string() {
+            bail!("`web` did not resolve to its two ClusterIPs: {v4} {v6}");
         }
     }
     Ok(())
 }
 
-/// `getent hosts web` in the client pod: glibc's resolver, the pod's
-/// resolv.conf, the agent's DNS.
-fn resolve_web(lab: &Lab) -> Result<String> {
-    let out = lab
-        .pod("client")
-        .ns
-        .command("getent")
-        .args(["hosts", "web"])
-        .output()
-        .context("running getent")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .context("`web` did not resolve")
+/// `getent ahostsv4 web` and `getent ahostsv6 web` in the client pod:
+/// glibc's resolver, the pod's resolv.conf, the agent's DNS (A and AAAA).
+fn resolve_web(lab: &Lab) -> Result<(String, String)> {
+    let first = |database: &str| -> Result<String> {
+        let out = lab
+            .pod("client")
+            .ns
+            .command("getent")
+            .args([database, "web"])
+            .output()
+            .context("running getent")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .with_context(|| format!("`web` did not resolve ({database})"))
+    };
+    Ok((first("ahostsv4")?, first("ahostsv6")?))
+}
+
+/// `n` requests through the IPv6 ClusterIP from the client pod, by a
+/// process in the lab's cgroup (socket LB serves IPv6 so far): which
+/// backend answered, how often.
+fn ipv6_requests(lab: &Lab, n: u32) -> BTreeMap<String, u32> {
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for sent in 1..=n {
+        let mut cmd = lab.pod("client").ns.command("timeout");
+        cmd.args([
+            "5",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{WEB_VIP6}/80 && echo hi >&3 && head -1 <&3"),
+        ]);
+        let answer = lab
+            .cgroup()
+            .enter_on_spawn(&mut cmd)
+            .and_then(|()| Ok(cmd.output()?))
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        match answer {
+            Ok(a) if !a.is_empty() => {
+                let backend = a.split_whitespace().next().unwrap_or("?").to_owned();
+                *counts.entry(backend.clone()).or_default() += 1;
+                println!("request {sent:>4} to [{WEB_VIP6}]:80 answered by {backend}");
+            }
+            Ok(_) => println!("request {sent:>4} to [{WEB_VIP6}]:80 got no answer"),
+            Err(e) => println!("request {sent:>4} to [{WEB_VIP6}]:80 failed: {e:#}"),
+        }
+    }
+    counts
 }
 
 fn outcome(r: Result<String, &anyhow::Error>) -> String {
@@ -195,8 +246,10 @@ fn outcome(r: Result<String, &anyhow::Error>) -> String {
 fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
     let mut lab = Lab::new()?;
     lab.add_pod("client", CLIENT)?;
-    for (name, ip) in BACKENDS {
+    lab.add_ipv6("client", CLIENT6)?;
+    for ((name, ip), ip6) in BACKENDS.into_iter().zip(BACKENDS6) {
         lab.add_pod(name, ip)?;
+        lab.add_ipv6(name, ip6)?;
         lab.serve(name, &[8080], &[5353])?;
     }
     let examples = workspace_root().join("manifests/examples");
@@ -213,7 +266,7 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
             AgentSource::Manifests
         }
         DemoSource::Apiserver => {
-            let server = lab.start_apiserver(&[])?;
+            let server = lab.start_apiserver(&["--service-cluster-ip-range", SERVICE_RANGES])?;
             print!(
                 "{}",
                 server.kubectl(&["apply", "-f", &examples.display().to_string()])?
@@ -244,9 +297,12 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
         "\nSluice is running in namespace {}; pods are namespaces too:",
         lab.node().name()
     );
-    println!("  client {CLIENT}  (ip netns exec {} …)", client.ns.name());
-    for (name, ip) in BACKENDS {
-        println!("  {name} {ip}");
+    println!(
+        "  client {CLIENT} {CLIENT6}  (ip netns exec {} …)",
+        client.ns.name()
+    );
+    for ((name, ip), ip6) in BACKENDS.into_iter().zip(BACKENDS6) {
+        println!("  {name} {ip} {ip6}");
     }
     match source {
         DemoSource::Manifests => println!(
@@ -273,8 +329,14 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
         client.ns.name()
     );
     println!(
-        "         ip netns exec {} dig web.default.svc.cluster.local   (DNS at {DNS_IP})\n",
+        "         ip netns exec {} dig web.default.svc.cluster.local   (DNS at {DNS_IP})",
         client.ns.name()
+    );
+    println!(
+        "IPv6 (socket LB, for processes in the lab's cgroup):\n         \
+         ip netns exec {} bash -c 'echo $$ > {}/cgroup.procs; exec 3<>/dev/tcp/{WEB_VIP6}/80; echo hi >&3; head -1 <&3'\n",
+        client.ns.name(),
+        lab.cgroup().path().display()
     );
     Ok(lab)
 }

@@ -50,7 +50,10 @@ pub(super) fn dns_config(c: &mut Settings) -> Result<Option<DnsConfig>, ConfigEr
         .map(|ip| ip.parse::<std::net::IpAddr>())
         .collect::<Result<Vec<_>, _>>()
         .ok()
-        .filter(|ips| (1..=2).contains(&ips.len()))
+        .filter(|ips| {
+            let v6 = ips.iter().filter(|ip| ip.is_ipv6()).count();
+            (1..=3).contains(&ips.len()) && v6 <= 1 && ips.len() - v6 <= 2
+        })
         .ok_or(ConfigError::DnsIp)?;
     let allow = allow
         .map(|items| sluice_dns::clients::AccessList::parse(&items))

@@ -478,3 +478,29 @@ fn nodeport_addresses_are_every_address_by_default_or_cidrs_and_primary() {
     .unwrap_err();
     assert!(err.to_string().contains("nodeport-addresses"), "{err}");
 }
+
+#[test]
+fn dns_ips_are_one_to_three_with_one_ipv6_passed_by_the_dataplane() {
+    let with = |ips: &str| {
+        RunConfig::from_args(Settings {
+            manifests: Some("/m".into()),
+            interfaces: Some("eth0".into()),
+            dns_ip: Some(ips.parse().unwrap()),
+            upstream: Some("10.0.0.1".into()),
+            ..Settings::default()
+        })
+    };
+    let c = services(with("169.254.20.10,10.96.0.10,fd00:96::a").unwrap());
+    let dp = c.dataplane.config;
+    assert!(dp.is_local_ip([169, 254, 20, 10]) && dp.is_local_ip([10, 96, 0, 10]));
+    let six: std::net::Ipv6Addr = "fd00:96::a".parse().unwrap();
+    assert!(dp.is_local_ip6(six.octets()));
+    assert_eq!(c.dns.unwrap().ips.len(), 3);
+    for bad in [
+        "fd00::1,fd00::2",
+        "10.0.0.1,10.0.0.2,10.0.0.3",
+        "169.254.20.10,10.96.0.10,fd00::1,fd00::2",
+    ] {
+        assert!(matches!(with(bad), Err(ConfigError::DnsIp)), "{bad}");
+    }
+}

@@ -17,8 +17,8 @@ use aya::{
 use sluice_abi::{
     maps as names,
     service::{
-        Backend, Backend6, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, RefusedClaim,
-        SVC_FLAG_MARKER, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SlotKey,
+        Backend, Backend6, ExtIf, MAGLEV_CHUNK, MaglevChunk, MaglevKey, NodeAddr, NodeAddr6,
+        RefusedClaim, SVC_FLAG_MARKER, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SlotKey,
         SourceRangeKey, SourceRangeKey6,
     },
     stats::TrafficStats,
@@ -53,6 +53,7 @@ pub struct Maps {
     pub source_ranges6: LpmTrie<MapData, SourceRangeKey6, u8>,
     /// The node's own addresses.
     pub node_addrs: HashMap<MapData, NodeAddr, u32>,
+    pub node_addrs6: HashMap<MapData, NodeAddr6, u32>,
     /// External interfaces with the XDP program, and their SNAT address.
     pub ext_ifs: HashMap<MapData, u32, ExtIf>,
     /// Refused claims on frontends, for `sluice status`.
@@ -160,6 +161,7 @@ impl Maps {
             source_ranges: typed(names::SOURCE_RANGES, get(names::SOURCE_RANGES)?)?,
             source_ranges6: typed(names::SOURCE_RANGES6, get(names::SOURCE_RANGES6)?)?,
             node_addrs: typed(names::NODE_ADDRS, get(names::NODE_ADDRS)?)?,
+            node_addrs6: typed(names::NODE_ADDRS6, get(names::NODE_ADDRS6)?)?,
             ext_ifs: typed(names::EXT_IFS, get(names::EXT_IFS)?)?,
             refused: typed(names::REFUSED, get(names::REFUSED)?)?,
             refused6: typed(names::REFUSED6, get(names::REFUSED6)?)?,
@@ -477,41 +479,41 @@ impl Maps {
         counter(&self.events, event as u32)
     }
 
-    /// Makes the node's addresses exactly `addrs`, those `node_ports`
-    /// says serving NodePorts.
+    /// Makes the node's addresses exactly `addrs` (each family in its
+    /// map), those `node_ports` says serving NodePorts.
     pub fn set_node_addrs(
         &mut self,
-        addrs: &std::collections::BTreeSet<Ipv4Addr>,
-        node_ports: impl Fn(Ipv4Addr) -> bool,
+        addrs: &std::collections::BTreeSet<IpAddr>,
+        node_ports: impl Fn(IpAddr) -> bool,
     ) -> Result<(), Error> {
         use sluice_abi::service::{NODE_ADDR, NODE_ADDR_NODEPORTS};
-        let held: Vec<(NodeAddr, u32)> = self
-            .node_addrs
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::NODE_ADDRS))?;
-        for addr in addrs {
-            let key = NodeAddr {
-                addr_be: addr.octets(),
-            };
-            let value = if node_ports(*addr) {
+        let value = |addr: IpAddr| {
+            if node_ports(addr) {
                 NODE_ADDR | NODE_ADDR_NODEPORTS
             } else {
                 NODE_ADDR
-            };
-            if !held.contains(&(key, value)) {
-                self.node_addrs
-                    .insert(key, value, 0)
-                    .map_err(map_err(names::NODE_ADDRS))?;
             }
-        }
-        let held: Vec<NodeAddr> = held.into_iter().map(|(k, _)| k).collect();
-        for key in held {
-            if !addrs.contains(&Ipv4Addr::from(key.addr_be)) {
-                removed(self.node_addrs.remove(&key), names::NODE_ADDRS)?;
-            }
-        }
-        Ok(())
+        };
+        let v4 = addrs.iter().filter_map(|a| match a {
+            IpAddr::V4(v4) => Some((
+                NodeAddr {
+                    addr_be: v4.octets(),
+                },
+                value(*a),
+            )),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = addrs.iter().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some((
+                NodeAddr6 {
+                    addr_be: v6.octets(),
+                },
+                value(*a),
+            )),
+            IpAddr::V4(_) => None,
+        });
+        sync_map(&mut self.node_addrs, &v4.collect(), names::NODE_ADDRS)?;
+        sync_map(&mut self.node_addrs6, &v6.collect(), names::NODE_ADDRS6)
     }
 
     /// Marks `ifindex` external, with `addr` to SNAT to (or unmarks it: `None`).
@@ -531,6 +533,31 @@ impl Maps {
             None => removed(self.ext_ifs.remove(&ifindex), names::EXT_IFS),
         }
     }
+}
+
+/// Makes hash map `map` hold exactly `want`, writing only what differs.
+fn sync_map<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    want: &BTreeMap<K, V>,
+    name: &'static str,
+) -> Result<(), Error>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let held: BTreeMap<K, V> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for (key, value) in want {
+        if held.get(key) != Some(value) {
+            map.insert(key, value, 0).map_err(map_err(name))?;
+        }
+    }
+    for key in held.keys().filter(|k| !want.contains_key(k)) {
+        removed(map.remove(key), name)?;
+    }
+    Ok(())
 }
 
 /// A Maglev table of `size` entries, cut into its map chunks.

@@ -1,6 +1,6 @@
 //! Load-time configuration of the programs (an `aya_ebpf::Global`).
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::{conntrack::Lifetimes, pod};
 
@@ -26,6 +26,9 @@ pub const CFG_LOCAL_IP: u32 = 2;
 /// `DataplaneConfig::flags`: `local_ip2_be` is a second such address (the
 /// kube-dns ClusterIP beside the link-local one, as NodeLocal DNSCache).
 pub const CFG_LOCAL_IP2: u32 = 4;
+/// `DataplaneConfig::flags`: `local_ip6_be` is an IPv6 such address (an
+/// IPv6 kube-dns ClusterIP).
+pub const CFG_LOCAL_IP6: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +50,9 @@ pub struct DataplaneConfig {
     pub snat_min: u16,
     pub snat_max: u16,
     pub local_ip2_be: [u8; 4],
+    pub local_ip6_be: [u8; 16],
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 52);
+const _: () = assert!(size_of::<DataplaneConfig>() == 68);
 
 /// The default SNAT ports: above Linux's default ephemeral range
 /// (32768-60999).
@@ -74,6 +78,7 @@ impl DataplaneConfig {
         snat_min: DEFAULT_SNAT_PORTS.0,
         snat_max: DEFAULT_SNAT_PORTS.1,
         local_ip2_be: [0; 4],
+        local_ip6_be: [0; 16],
     };
 
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
@@ -145,6 +150,22 @@ impl DataplaneConfig {
         self
     }
 
+    /// The same, with IPv6 `ip` passed untouched (one is kept).
+    #[must_use]
+    pub const fn with_local_ip6(mut self, ip: Ipv6Addr) -> Self {
+        self.local_ip6_be = ip.octets();
+        self.flags |= CFG_LOCAL_IP6;
+        self
+    }
+
+    /// Whether IPv6 `addr_be` is the node-local address that passes
+    /// untouched.
+    #[inline(always)]
+    pub const fn is_local_ip6(&self, addr_be: [u8; 16]) -> bool {
+        self.flags & CFG_LOCAL_IP6 != 0
+            && u128::from_ne_bytes(addr_be) == u128::from_ne_bytes(self.local_ip6_be)
+    }
+
     /// Whether `addr_be` is a node-local address that passes untouched.
     #[inline(always)]
     pub const fn is_local_ip(&self, addr_be: [u8; 4]) -> bool {
@@ -192,6 +213,11 @@ mod tests {
         let c = c.with_local_ip(Ipv4Addr::new(10, 96, 0, 10));
         assert!(c.is_local_ip([169, 254, 20, 10]) && c.is_local_ip([10, 96, 0, 10]));
         assert!(!c.is_local_ip([10, 96, 0, 11]));
+        let six = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+        assert!(!c.is_local_ip6(six.octets()) && !c.is_local_ip6([0; 16]));
+        let c = c.with_local_ip6(six);
+        assert!(c.is_local_ip6(six.octets()));
+        assert!(!c.is_local_ip6(Ipv6Addr::UNSPECIFIED.octets()));
         assert!(
             !c.in_service_cidr([169, 254, 20, 10]),
             "no service CIDR set"

@@ -73,6 +73,8 @@ pub const REFUSED6: &str = "SLUICE_REFUSED6";
 
 /// The node's own addresses: `NodeAddr` → `u32` (1).
 pub const NODE_ADDRS: &str = "SLUICE_NODE_IP";
+/// The node's own IPv6 addresses: `NodeAddr6` → `u32`.
+pub const NODE_ADDRS6: &str = "SLUICE_NODE_IP6";
 /// External interfaces with the XDP program: ifindex `u32` → `ExtIf`.
 pub const EXT_IFS: &str = "SLUICE_EXT_IF";
 /// Maglev tables of the frontends XDP serves: `MaglevKey` → `MaglevChunk`.
@@ -102,7 +104,7 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 35] = [
+pub const PINNED: [&str; 36] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -132,6 +134,7 @@ pub const PINNED: [&str; 35] = [
     REFUSED,
     REFUSED6,
     NODE_ADDRS,
+    NODE_ADDRS6,
     EXT_IFS,
     MAGLEV,
     MONITOR,

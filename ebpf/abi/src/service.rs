@@ -313,6 +313,15 @@ pub struct NodeAddr {
 }
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 
+/// One of the node's own IPv6 addresses (`SLUICE_NODE_IP6`), with
+/// `NodeAddr`'s values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddr6 {
+    pub addr_be: [u8; 16],
+}
+const _: () = assert!(size_of::<NodeAddr6>() == 16);
+
 /// A node address's value: one of the node's addresses.
 pub const NODE_ADDR: u32 = 1;
 /// A node address's value: it serves NodePorts (`--nodeport-addresses`,
@@ -371,6 +380,7 @@ pod!(
     SourceRangeKey,
     SourceRangeKey6,
     NodeAddr,
+    NodeAddr6,
     ExtIf,
     MaglevKey,
     MaglevChunk,

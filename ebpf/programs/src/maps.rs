@@ -22,7 +22,7 @@ use sluice_abi::{
         SOCK_REV_SIZE,
     },
     service::{
-        Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr,
+        Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, NodeAddr6,
         RefusedClaim, ServiceKey, ServiceKey6, ServiceName, ServiceValue, SlotKey, SourceRangeKey,
         SourceRangeKey6,
     },
@@ -158,6 +158,11 @@ static SLUICE_REFUSED6: HashMap<ServiceKey6, RefusedClaim> =
 /// The node's own addresses: NodePorts answer on each.
 #[map]
 static SLUICE_NODE_IP: HashMap<NodeAddr, u32> = HashMap::pinned(MAX_NODE_ADDRS, BPF_F_NO_PREALLOC);
+
+/// The node's own IPv6 addresses: IPv6 NodePorts answer on each.
+#[map]
+static SLUICE_NODE_IP6: HashMap<NodeAddr6, u32> =
+    HashMap::pinned(MAX_NODE_ADDRS, BPF_F_NO_PREALLOC);
 
 /// External interfaces (XDP) by ifindex, with the address to SNAT to.
 #[map]
@@ -470,6 +475,14 @@ pub fn is_node_addr(addr_be: [u8; 4]) -> bool {
 pub fn serves_node_ports(addr_be: [u8; 4]) -> bool {
     SLUICE_NODE_IP
         .get_ptr(NodeAddr { addr_be })
+        .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } & NODE_ADDR_NODEPORTS != 0)
+}
+
+/// Whether IPv6 `addr_be` is one of the node's addresses serving NodePorts.
+#[inline(always)]
+pub fn serves_node_ports6(addr_be: [u8; 16]) -> bool {
+    SLUICE_NODE_IP6
+        .get_ptr(NodeAddr6 { addr_be })
         .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } & NODE_ADDR_NODEPORTS != 0)
 }
 

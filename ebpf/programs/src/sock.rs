@@ -330,7 +330,8 @@ pub fn translate6(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event)
     let Some((daddr, dport, protocol)) = addr6(ctx) else {
         return translate(ctx, Family::Mapped, config, event);
     };
-    if protocol != proto::TCP && protocol != proto::UDP {
+    // The agent's IPv6 DNS address (kube-dns's IPv6 ClusterIP): untouched.
+    if (protocol != proto::TCP && protocol != proto::UDP) || config.is_local_ip6(daddr) {
         return ALLOW;
     }
     let key = ServiceKey6 {
@@ -339,20 +340,30 @@ pub fn translate6(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event)
         proto: protocol,
         scope: SCOPE_ALL,
     };
+    // A frontend at the address, or the NodePort (at `::`) of a node
+    // address that serves NodePorts.
+    let node_port = ServiceKey6 {
+        addr_be: [0; 16],
+        ..key
+    };
     let svc = match maps::service6(&key) {
         Some(v) if v.flags & SVC_FLAG_MARKER == 0 => v,
-        _ => {
-            // An allocated ClusterIP's unknown port is refused, as for IPv4.
-            let marker = ServiceKey6 {
-                port_be: [0; 2],
-                proto: 0,
-                ..key
-            };
-            if maps::service6(&marker).is_some() {
-                return refuse(DropReason::UnknownPort);
+        found => match maps::service6(&node_port) {
+            Some(v) if found.is_none() && maps::serves_node_ports6(daddr) => v,
+            _ => {
+                // An allocated ClusterIP's unknown port is refused, as for
+                // IPv4.
+                let marker = ServiceKey6 {
+                    port_be: [0; 2],
+                    proto: 0,
+                    ..key
+                };
+                if maps::service6(&marker).is_some() {
+                    return refuse(DropReason::UnknownPort);
+                }
+                return ALLOW;
             }
-            return ALLOW;
-        }
+        },
     };
     to_backend::<Backend6>(ctx, Family::V4, &svc, protocol, (daddr, dport), event)
 }

@@ -5,12 +5,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-/// One Service port: name (may be empty), port, protocol.
+/// One Service port: name (may be empty), port, protocol, and the
+/// NodePort of a NodePort Service's port.
 #[derive(Clone, Debug)]
 pub struct Port {
     pub name: String,
     pub port: u16,
     pub protocol: &'static str,
+    pub node_port: Option<u16>,
 }
 
 impl Port {
@@ -19,7 +21,15 @@ impl Port {
             name: name.into(),
             port,
             protocol: "TCP",
+            node_port: None,
         }
+    }
+
+    /// The same port with a NodePort (the Service becomes a NodePort one).
+    #[must_use]
+    pub const fn node_port(mut self, port: u16) -> Self {
+        self.node_port = Some(port);
+        self
     }
 
     pub fn udp(name: &str, port: u16) -> Self {
@@ -27,6 +37,7 @@ impl Port {
             name: name.into(),
             port,
             protocol: "UDP",
+            node_port: None,
         }
     }
 }
@@ -66,6 +77,9 @@ fn ports_yaml(out: &mut String, ports: &[Port], target: bool) {
         if !p.name.is_empty() {
             let _ = writeln!(out, "{indent}  name: {}", p.name);
         }
+        if let Some(node_port) = p.node_port {
+            let _ = writeln!(out, "{indent}  nodePort: {node_port}");
+        }
     }
 }
 
@@ -78,10 +92,16 @@ pub fn service(name: &str, cluster_ip: Ipv4Addr, ports: &[Port]) -> String {
     out
 }
 
-/// A dual-stack ClusterIP Service (`RequireDualStack`, IPv4 first).
+/// A dual-stack Service (`RequireDualStack`, IPv4 first): of type
+/// NodePort when a port has one, else ClusterIP.
 pub fn dual_stack_service(name: &str, v4: Ipv4Addr, v6: Ipv6Addr, ports: &[Port]) -> String {
+    let kind = if ports.iter().any(|p| p.node_port.is_some()) {
+        "NodePort"
+    } else {
+        "ClusterIP"
+    };
     let mut out = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {v4}\n  clusterIPs: [\"{v4}\", \"{v6}\"]\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: {kind}\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {v4}\n  clusterIPs: [\"{v4}\", \"{v6}\"]\n"
     );
     ports_yaml(&mut out, ports, false);
     out

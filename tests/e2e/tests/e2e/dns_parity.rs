@@ -5,11 +5,15 @@
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use sluice_lab::{AgentOptions, Lab, LabDns, require_privileges};
+use sluice_lab::{
+    AgentOptions, Lab, LabDns,
+    manifest::{self, Endpoint, Port},
+    require_privileges,
+};
 
 use crate::{
     common::{SERVICE_CIDR, http_get},
@@ -194,7 +198,8 @@ const COREDNS_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 56);
 
 /// `dig +short @server name` in `ns`, inside the lab's cgroup (where
 /// socket LB applies), with short timeouts.
-fn dig_at(lab: &Lab, ns: &sluice_lab::Netns, server: Ipv4Addr, args: &[&str]) -> String {
+fn dig_at(lab: &Lab, ns: &sluice_lab::Netns, server: impl Into<IpAddr>, args: &[&str]) -> String {
+    let server = server.into();
     let mut cmd = std::process::Command::new("dig");
     cmd.args(["+time=3", "+tries=1", "+short", &format!("@{server}")])
         .args(args);
@@ -205,6 +210,12 @@ fn dig_at(lab: &Lab, ns: &sluice_lab::Netns, server: Ipv4Addr, args: &[&str]) ->
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// kube-dns's IPv6 ClusterIP and its endpoint's IPv6 address.
+const KUBE_DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+const COREDNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x56);
+
+/// kube-dns dual-stack, its ClusterIPs of both families given to
+/// `--dns-ip` beside the node-local address.
 #[test]
 fn the_kube_dns_cluster_ip_is_answered_by_the_agent_with_no_nat_from_pods_and_the_node() {
     if !require_privileges(
@@ -214,26 +225,36 @@ fn the_kube_dns_cluster_ip_is_answered_by_the_agent_with_no_nat_from_pods_and_th
     }
     let mut lab = Lab::new().unwrap();
     lab.add_pod("client", CLIENT).unwrap();
-    // kube-dns's endpoint: a server that answers every cluster name with
-    // 192.0.2.66, so that an answer says who gave it.
-    lab.add_dnsmasq(
+    lab.add_ipv6("client", Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2))
+        .unwrap();
+    // kube-dns's endpoint, on both families: it answers every cluster name
+    // with 192.0.2.66, so that an answer says who gave it.
+    lab.add_pod("coredns", COREDNS_POD).unwrap();
+    lab.add_ipv6("coredns", COREDNS6).unwrap();
+    lab.start_dnsmasq(
         "coredns",
-        COREDNS_POD,
-        &["--address=/cluster.local/192.0.2.66"],
+        &[
+            "--address=/cluster.local/192.0.2.66",
+            &format!("--listen-address={COREDNS6}"),
+        ],
     )
     .unwrap();
-    let kube_dns = sluice_lab::manifest::service_with_endpoints(
-        "kube-dns",
-        KUBE_DNS,
-        &[
-            sluice_lab::manifest::Port::udp("dns", 53),
-            sluice_lab::manifest::Port::tcp("dns-tcp", 53),
-        ],
-        &[
-            sluice_lab::manifest::Port::udp("dns", 53),
-            sluice_lab::manifest::Port::tcp("dns-tcp", 53),
-        ],
-        &[sluice_lab::manifest::Endpoint::ready(COREDNS_POD)],
+    let ports = [Port::udp("dns", 53), Port::tcp("dns-tcp", 53)];
+    let kube_dns = format!(
+        "{}---\n{}---\n{}",
+        manifest::dual_stack_service("kube-dns", KUBE_DNS, KUBE_DNS6, &ports),
+        manifest::endpoint_slice(
+            "kube-dns-v4",
+            "kube-dns",
+            &ports,
+            &[Endpoint::ready(COREDNS_POD)]
+        ),
+        manifest::endpoint_slice(
+            "kube-dns-v6",
+            "kube-dns",
+            &ports,
+            &[Endpoint::ready(COREDNS6)]
+        ),
     );
     lab.write_manifest(
         "cluster.yaml",
@@ -244,7 +265,7 @@ fn the_kube_dns_cluster_ip_is_answered_by_the_agent_with_no_nat_from_pods_and_th
         service_cidr: Some(SERVICE_CIDR.into()),
         extra_args: vec![
             "--dns-ip".into(),
-            format!("{DNS_IP},{KUBE_DNS}"),
+            format!("{DNS_IP},{KUBE_DNS},{KUBE_DNS6}"),
             "--upstream".into(),
             COREDNS_POD.to_string(),
         ],
@@ -252,14 +273,18 @@ fn the_kube_dns_cluster_ip_is_answered_by_the_agent_with_no_nat_from_pods_and_th
     };
     lab.start_agent(&opts).unwrap();
     let web = "web.default.svc.cluster.local";
-    // The endpoint itself answers otherwise: the agent's answer is the
-    // agent's.
-    assert_eq!(
-        dig_at(&lab, &lab.pod("client").ns, COREDNS_POD, &[web]),
-        "192.0.2.66"
-    );
+    // The endpoint itself answers otherwise, on both families: the agent's
+    // answer is the agent's.
+    for endpoint in [IpAddr::from(COREDNS_POD), COREDNS6.into()] {
+        assert_eq!(
+            dig_at(&lab, &lab.pod("client").ns, endpoint, &[web]),
+            "192.0.2.66"
+        );
+    }
+    // TC and socket LB leave kube-dns's ClusterIPs to the agent, from the
+    // pod and from the node.
     for ns in [&lab.pod("client").ns, lab.node()] {
-        for server in [KUBE_DNS, DNS_IP] {
+        for server in [KUBE_DNS.into(), DNS_IP.into(), IpAddr::from(KUBE_DNS6)] {
             assert_eq!(dig_at(&lab, ns, server, &[web]), "10.96.0.10", "@{server}");
             assert_eq!(
                 dig_at(&lab, ns, server, &["+tcp", web]),

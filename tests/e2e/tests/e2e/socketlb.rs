@@ -12,7 +12,7 @@ use std::{
 
 use sluice_agent::dataplane::conntrack::Conntrack;
 use sluice_lab::{
-    AgentOptions, Lab, Netns, enter_on_spawn,
+    AgentOptions, GATEWAY, GATEWAY6, Lab, Netns, enter_on_spawn,
     manifest::{self, Endpoint, Port},
     process::Process,
     require_privileges,
@@ -103,9 +103,12 @@ pub(crate) fn backend_ip6(i: usize) -> Ipv6Addr {
 }
 
 /// `web` dual-stack (`10.96.0.10` and `fd00:96::a`), with an IPv4 and an
-/// IPv6 slice of `backends`.
+/// IPv6 slice of `backends`, and NodePorts 30080 (http) and 30053 (dns).
 fn dual_stack_web(backends: &[usize]) -> String {
-    let ports = [Port::tcp("http", 80), Port::udp("dns", 53)];
+    let ports = [
+        Port::tcp("http", 80).node_port(30080),
+        Port::udp("dns", 53).node_port(30053),
+    ];
     let targets = [Port::tcp("http", 8080), Port::udp("dns", 5353)];
     let v4: Vec<Endpoint> = backends
         .iter()
@@ -145,8 +148,10 @@ fn dual_stack_lab(n: usize) -> Lab {
 }
 
 #[test]
-fn an_ipv6_cluster_ip_reaches_every_backend_from_the_node_and_a_pod() {
-    if !require_privileges("an_ipv6_cluster_ip_reaches_every_backend_from_the_node_and_a_pod") {
+fn an_ipv6_cluster_ip_and_node_port_reach_every_backend_from_the_node_and_a_pod() {
+    if !require_privileges(
+        "an_ipv6_cluster_ip_and_node_port_reach_every_backend_from_the_node_and_a_pod",
+    ) {
         return;
     }
     let mut lab = dual_stack_lab(3);
@@ -167,6 +172,19 @@ fn an_ipv6_cluster_ip_reaches_every_backend_from_the_node_and_a_pod() {
             "the backend sees the pod's IPv6 address"
         );
     }
+    // The NodePorts on the node's IPv6 address (and its IPv4 one), from a pod.
+    for node in [
+        SocketAddr::from((GATEWAY6, 30080)),
+        SocketAddr::from((GATEWAY, 30080)),
+    ] {
+        let out = probe(&lab, client, &["tcp", &node.to_string()]);
+        assert_eq!(line(&out, "peer "), node.to_string());
+        assert!(who(line(&out, "reply ")).starts_with('b'), "{out:?}");
+    }
+    let out = probe(&lab, client, &["udp", &format!("[{GATEWAY6}]:30053"), "2"]);
+    let (from, answer) = line(&out, "reply ").split_once(' ').unwrap();
+    assert_eq!(from, format!("[{GATEWAY6}]:30053"));
+    assert!(who(answer).starts_with('b'), "{out:?}");
     // An unknown port of the IPv6 ClusterIP is refused at once.
     let out = probe(&lab, lab.node(), &["tcp", "[fd00:96::a]:81"]);
     assert!(line(&out, "error ").starts_with("ECONNREFUSED"), "{out:?}");

@@ -220,7 +220,7 @@ impl Harness {
         let mut loaded = Loaded::new(Hook::Xdp, &config, sluice_abi::maps::DEFAULT_CONNTRACK_SIZE);
         loaded
             .maps
-            .set_node_addrs(&BTreeSet::from([NODE]), |_| true)
+            .set_node_addrs(&BTreeSet::from([NODE.into()]), |_| true)
             .unwrap();
         loaded.maps.set_ext_if(topo.ext0, Some(NODE)).unwrap();
         let mut h = Self { loaded, side: topo };
@@ -834,7 +834,7 @@ fn xdp_node_ports_answer_only_on_the_node_addresses_that_serve_them() {
     let mut h = Harness::new("npaddrs");
     h.loaded
         .maps
-        .set_node_addrs(&BTreeSet::from([NODE, other]), |a| a == NODE)
+        .set_node_addrs(&BTreeSet::from([NODE.into(), other.into()]), |a| a == NODE)
         .unwrap();
     let frame = build(&from_client(40070, (other, LOCAL_NP)));
     let (verdict, out) = h.run(&frame);
