@@ -297,7 +297,7 @@ impl Dataplane {
             count += ops.len();
             removed |= ops
                 .iter()
-                .any(|op| matches!(op, Op::DeleteBackend(_) | Op::DeleteFrontend { .. }));
+                .any(|op| matches!(op, Op::DeleteBackend { .. } | Op::DeleteFrontend { .. }));
         }
         self.record_refused(&changes.refused);
         // Only UDP frontends have connected sockets to close.

@@ -48,14 +48,21 @@ pub enum Op {
         name: Option<String>,
         affinity_secs: u32,
     },
-    DeleteSlot(SlotKey),
+    /// A slot of a frontend of the family `v6` says.
+    DeleteSlot {
+        slot: SlotKey,
+        v6: bool,
+    },
     /// Remove a frontend, its name and its counters.
     DeleteFrontend {
         key: FrontendKey,
         id: u32,
     },
-    /// Remove a backend and its counters.
-    DeleteBackend(u32),
+    /// Remove a backend (of the family `v6` says) and its counters.
+    DeleteBackend {
+        id: u32,
+        v6: bool,
+    },
     PutMarker(IpAddr),
     DeleteMarker(IpAddr),
     /// A source range (network, prefix length) of frontend `id`.
@@ -90,8 +97,10 @@ impl Op {
             Self::PutSlot { .. } | Self::PutMaglev { .. } => 1,
             Self::PutFrontend { .. } => 2,
             Self::DeleteFrontend { .. } => 3,
-            Self::DeleteSlot(_) | Self::DeleteMaglev { .. } => 4,
-            Self::DeleteBackend(_) | Self::DeleteMarker(_) | Self::DeleteSourceRange { .. } => 5,
+            Self::DeleteSlot { .. } | Self::DeleteMaglev { .. } => 4,
+            Self::DeleteBackend { .. } | Self::DeleteMarker(_) | Self::DeleteSourceRange { .. } => {
+                5
+            }
         }
     }
 }
@@ -321,14 +330,16 @@ pub fn reconcile_changes(changes: &DesiredChanges, current: &mut Current) -> Pla
                 key: *key,
                 id: f.id,
             });
+            let v6 = key.is_ipv6();
             for slot in f.slots.keys() {
-                ops.push(Op::DeleteSlot(SlotKey {
+                let slot = SlotKey {
                     service_id: f.id,
                     slot: *slot,
-                }));
+                };
+                ops.push(Op::DeleteSlot { slot, v6 });
             }
             let ids: BTreeSet<u32> = f.slots.values().map(|b| b.id).collect();
-            ops.extend(ids.into_iter().map(Op::DeleteBackend));
+            ops.extend(ids.into_iter().map(|id| Op::DeleteBackend { id, v6 }));
             ops.extend(
                 f.source_ranges
                     .iter()
@@ -482,11 +493,13 @@ fn sync_frontend(
             affinity_secs,
         });
     }
+    let v6 = key.is_ipv6();
     for &slot in old.slots.keys().filter(|&&s| s >= new_len) {
-        ops.push(Op::DeleteSlot(SlotKey {
+        let slot = SlotKey {
             service_id: id,
             slot,
-        }));
+        };
+        ops.push(Op::DeleteSlot { slot, v6 });
     }
     let live: BTreeSet<u32> = new.slots.values().map(|b| b.id).collect();
     let removed: BTreeSet<u32> = old
@@ -495,7 +508,7 @@ fn sync_frontend(
         .map(|b| b.id)
         .filter(|i| !live.contains(i))
         .collect();
-    ops.extend(removed.into_iter().map(Op::DeleteBackend));
+    ops.extend(removed.into_iter().map(|id| Op::DeleteBackend { id, v6 }));
 
     current.frontends.insert(key, new);
 }

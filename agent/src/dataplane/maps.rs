@@ -354,20 +354,20 @@ impl Maps {
                 }
                 self.put_service(*key, *value)
             }
-            // A slot id is in one family's map; the other has none.
-            Op::DeleteSlot(slot) => {
-                removed(self.slots.remove(slot), names::SLOTS)?;
-                removed(self.slots6.remove(slot), names::SLOTS6)
-            }
+            Op::DeleteSlot { slot, v6: false } => removed(self.slots.remove(slot), names::SLOTS),
+            Op::DeleteSlot { slot, v6: true } => removed(self.slots6.remove(slot), names::SLOTS6),
             Op::DeleteFrontend { key, id } => {
                 self.delete_service(*key)?;
                 removed(self.names.remove(id), names::SERVICE_NAMES)?;
                 removed(self.affinity_config.remove(id), names::AFFINITY_CONFIG)?;
                 removed(self.service_stats.remove(id), names::SERVICE_STATS)
             }
-            Op::DeleteBackend(id) => {
-                removed(self.backends.remove(id), names::BACKENDS)?;
-                removed(self.backends6.remove(id), names::BACKENDS6)?;
+            Op::DeleteBackend { id, v6 } => {
+                if *v6 {
+                    removed(self.backends6.remove(id), names::BACKENDS6)?;
+                } else {
+                    removed(self.backends.remove(id), names::BACKENDS)?;
+                }
                 removed(self.backend_stats.remove(id), names::BACKEND_STATS)
             }
             Op::PutMarker(ip) => self.put_service(FrontendKey::marker(*ip), MARKER),

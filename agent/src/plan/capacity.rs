@@ -39,7 +39,8 @@ impl Resource {
     ];
 
     /// The map it is counted in (`SLUICE_SLOT` has as many entries as
-    /// `SLUICE_BACKEND`).
+    /// `SLUICE_BACKEND`). Both IP families count against it together: the
+    /// IPv6 twins (`SLUICE_SVC6`, …) are as large, so neither overflows.
     pub const fn map(self) -> &'static str {
         match self {
             Self::Frontends => "SLUICE_SVC",

@@ -56,15 +56,15 @@ impl SimMaps {
                     self.names.insert(value.id, n.clone());
                 }
             }
-            Op::DeleteSlot(s) => {
-                self.slots.remove(s);
+            Op::DeleteSlot { slot, .. } => {
+                self.slots.remove(slot);
             }
             Op::DeleteFrontend { key, id } => {
                 self.services.remove(key);
                 self.names.remove(id);
                 self.affinity.remove(id);
             }
-            Op::DeleteBackend(id) => {
+            Op::DeleteBackend { id, .. } => {
                 self.backends.remove(id);
             }
             Op::PutMarker(ip) => {

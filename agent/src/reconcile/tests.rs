@@ -173,8 +173,14 @@ fn removing_an_endpoint_moves_the_tail_into_its_slot_before_shrinking() {
             ..
         }
     ));
-    assert!(matches!(ops[2], Op::DeleteSlot(SlotKey { slot: 2, .. })));
-    assert!(matches!(ops[3], Op::DeleteBackend(_)));
+    assert!(matches!(
+        ops[2],
+        Op::DeleteSlot {
+            slot: SlotKey { slot: 2, .. },
+            v6: false
+        }
+    ));
+    assert!(matches!(ops[3], Op::DeleteBackend { v6: false, .. }));
     assert_eq!(ops.len(), 4);
     assert_eq!(maps.backends.len(), 2);
 }
@@ -320,4 +326,33 @@ fn adopting_the_maps_after_a_restart_writes_nothing() {
         .map(|b| b.id)
         .collect();
     assert_eq!(ids.len(), 4);
+}
+
+#[test]
+fn an_ipv6_frontends_deletes_go_to_its_familys_maps() {
+    let six = FrontendKey::new("fd00:96::a".parse::<IpAddr>().unwrap(), 80, proto::TCP);
+    let mut d = Desired::default();
+    d.frontends.insert(
+        six,
+        DesiredFrontend {
+            name: "default/six".into(),
+            backends: [("fd00:244::1".parse().unwrap(), 8080)].into(),
+            ..DesiredFrontend::default()
+        },
+    );
+    let mut current = Current::default();
+    let _ = reconcile(&d, &mut current);
+    let ops = reconcile(&Desired::default(), &mut current);
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, Op::DeleteSlot { v6: true, .. }))
+            && ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteBackend { v6: true, .. }))
+            && !ops.iter().any(|op| matches!(
+                op,
+                Op::DeleteSlot { v6: false, .. } | Op::DeleteBackend { v6: false, .. }
+            )),
+        "{ops:?}"
+    );
 }
