@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -40,7 +40,9 @@ pub enum ConfigError {
     TwoSources,
     #[error("no interfaces: give `--interfaces LIST` (or `interfaces:` in the config file)")]
     NoInterfaces,
-    #[error("`service-cidr`: `{0}` is not an IPv4 CIDR such as 10.96.0.0/12")]
+    #[error(
+        "`service-cidr`: `{0}` is not one CIDR, or one of each IP family comma-separated, such as 10.96.0.0/12,fd00:96::/108"
+    )]
     ServiceCidr(String),
     #[error("`metrics-per-service-top` needs `metrics-per-service: true`")]
     TopWithoutPerService,
@@ -371,18 +373,30 @@ fn dataplane_config(
     service_cidr: Option<String>,
     dns: Option<&DnsConfig>,
 ) -> Result<DataplaneConfig, ConfigError> {
-    let mut dataplane = match service_cidr {
-        Some(cidr) => {
-            let (net, len) = crate::cidr::parse(&cidr).ok_or(ConfigError::ServiceCidr(cidr))?;
-            DataplaneConfig::with_service_cidr(net, len)
+    let mut dataplane = DataplaneConfig::default();
+    if let Some(cidrs) = service_cidr {
+        // One range per family, as kube-apiserver's and kube-proxy's.
+        let bad = || ConfigError::ServiceCidr(cidrs.clone());
+        let (mut v4, mut v6) = (None, None);
+        for cidr in cidrs.split(',').map(str::trim) {
+            match crate::cidr::parse_ip(cidr).ok_or_else(bad)? {
+                (IpAddr::V4(net), len) if v4.is_none() => v4 = Some((net, len)),
+                (IpAddr::V6(net), len) if v6.is_none() => v6 = Some((net, len)),
+                _ => return Err(bad()),
+            }
         }
-        None => DataplaneConfig::default(),
-    };
+        if let Some((net, len)) = v4 {
+            dataplane = DataplaneConfig::with_service_cidr(net, len);
+        }
+        if let Some((net, len)) = v6 {
+            dataplane = dataplane.with_service_cidr6(net, len);
+        }
+    }
     // The DNS addresses are the agent's own: the dataplane passes them.
     for ip in dns.iter().flat_map(|d| &d.ips) {
         dataplane = match ip {
-            std::net::IpAddr::V4(ip) => dataplane.with_local_ip(*ip),
-            std::net::IpAddr::V6(ip) => dataplane.with_local_ip6(*ip),
+            IpAddr::V4(ip) => dataplane.with_local_ip(*ip),
+            IpAddr::V6(ip) => dataplane.with_local_ip6(*ip),
         };
     }
     Ok(dataplane)

@@ -51,6 +51,10 @@ use crate::{
 const TC_PROGRAM: &str = "tc_ingress";
 /// The XDP program's function name in the eBPF object.
 const XDP_PROGRAM: &str = "xdp_ingress";
+/// The programs `tc_ingress` tail-calls, by their slot in `SLUICE_TAIL`
+/// (`maps::TAIL_*` in the programs): pod-facing IPv6, its new flows, its
+/// ICMPv6 errors.
+const TAILS: [&str; 3] = ["tc_ingress6", "tc_ingress6_new", "tc_ingress6_icmp"];
 /// The TC program behind XDP on external interfaces.
 const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";
@@ -93,7 +97,7 @@ pub enum XdpAttach {
     Tc,
 }
 
-pub use attach::{TcAttach, TcPath, pinned_path};
+pub use attach::{TcAttach, TcPath, link_tail_calls, pinned_path};
 pub use batch::create_map;
 
 pub struct Dataplane {
@@ -182,6 +186,9 @@ impl Dataplane {
         for (name, size) in names::CONNTRACK.iter().zip(ct_sizes) {
             loader.map_max_entries(name, size);
         }
+        for (name, size) in names::CONNTRACK6.iter().zip(ct_sizes) {
+            loader.map_max_entries(name, size);
+        }
         for (name, limit) in steps::capacity_maps(opts) {
             loader.map_max_entries(name, capacity::map_size(limit));
         }
@@ -202,6 +209,7 @@ impl Dataplane {
                     source: Box::new(e),
                 })?;
         }
+        link_tail_calls(&mut ebpf)?;
         if !tc_mode {
             xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
                 name: XDP_PROGRAM,

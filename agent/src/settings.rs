@@ -130,15 +130,17 @@ settings! {
     /// frontends with many backends get larger tables.
     #[arg(long)]
     maglev_table_size: u32,
-    /// Service CIDR: reject unallocated addresses in it and unknown ports of ClusterIPs.
+    /// Service CIDR, or one per IP family comma-separated: reject unallocated
+    /// addresses in it and unknown ports of ClusterIPs.
     #[arg(long)]
     service_cidr: String,
     /// bpffs directory for the pinned maps and links (mounted if needed).
     #[arg(long)]
     pin_dir: PathBuf,
-    /// Conntrack entries over all its maps (two per flow; default: 0.25 %
-    /// of the node's memory, at least 262144). Split between east-west and
-    /// north-south, TCP and other protocols, established and new flows.
+    /// Conntrack entries over all its maps, per IP family (two per flow;
+    /// default: 0.25 % of the node's memory, at least 262144). Split between
+    /// east-west and north-south, TCP and other protocols, established and
+    /// new flows.
     #[arg(long)]
     conntrack_size: u32,
     /// Frontends (a Service port on one address) and ClusterIPs the maps

@@ -428,7 +428,7 @@ pub fn left_out(health: std::net::SocketAddr) -> String {
 fn render_conntrack(out: &mut String, c: &Census) {
     let _ = writeln!(
         out,
-        "\n{:<18} {:<12} {:>9} {:>9} {:>6}  {:<44} {:>10} {:>10} {:>10}",
+        "\n{:<18} {:<12} {:>9} {:>9} {:>6}  {:<44} {:>10} {:>10} {:>10}  FAMILY",
         "CONNTRACK",
         "MAP",
         "ENTRIES",
@@ -447,7 +447,7 @@ fn render_conntrack(out: &mut String, c: &Census) {
             .collect();
         let _ = writeln!(
             out,
-            "{:<18} {:<12} {:>9} {:>9} {:>5.1}%  {:<44} {:>10} {:>10} {:>10}",
+            "{:<18} {:<12} {:>9} {:>9} {:>5.1}%  {:<44} {:>10} {:>10} {:>10}  {}",
             m.table,
             m.map,
             m.entries,
@@ -456,7 +456,8 @@ fn render_conntrack(out: &mut String, c: &Census) {
             states.join(" "),
             m.inserted,
             m.expired,
-            m.evicted
+            m.evicted,
+            m.family
         );
     }
     if let Some(p) = &c.pass {

@@ -268,6 +268,33 @@ fn bad_values_are_named() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("service-cidr"));
+    // One range per family at most.
+    for cidrs in [
+        "10.96.0.0/12,10.112.0.0/12",
+        "fd00::/108,fd01::/108",
+        "10.96.0.0/12,",
+    ] {
+        let err = RunConfig::from_args(Settings {
+            service_cidr: Some(cidrs.into()),
+            ..args()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("one of each IP family"),
+            "{cidrs}: {err}"
+        );
+    }
+    let both = RunConfig::from_args(Settings {
+        service_cidr: Some("10.96.0.0/12, fd00:96::/108".into()),
+        ..args()
+    })
+    .map(services)
+    .unwrap();
+    let c = both.dataplane.config;
+    assert!(c.in_service_cidr([10, 100, 0, 1]));
+    assert!(c.in_service_cidr6(sluice_abi::addr::In6::from_octets(
+        "fd00:96::a".parse::<std::net::Ipv6Addr>().unwrap().octets()
+    )));
     assert!(matches!(
         RunConfig::from_args(Settings {
             kubeconfig: Some("/k".into()),

@@ -428,6 +428,44 @@ pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error>
     classifier(ebpf, super::TC_PROGRAM)
 }
 
+/// Loads the programs `tc_ingress` hands packets on to and puts them in
+/// its tail-call map (`SLUICE_TAIL`), each at its slot: `tc_ingress6`,
+/// IPv6 from pods, `tc_ingress6_new`, their new flows, and
+/// `tc_ingress6_icmp`, their ICMPv6 errors. Without them, IPv6 from pods
+/// passes untouched.
+pub fn link_tail_calls(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let map_name = sluice_abi::maps::TAIL_CALLS;
+    let map_err = |e| Error::Map {
+        name: map_name,
+        source: Box::new(e),
+    };
+    let mut fds = Vec::with_capacity(super::TAILS.len());
+    for name in super::TAILS {
+        let prog = classifier(ebpf, name)?;
+        let program_err = |e| Error::Program {
+            name,
+            source: Box::new(e),
+        };
+        prog.load().map_err(program_err)?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
+            .map_err(program_err)?;
+        fds.push(fd);
+    }
+    let map = ebpf.map_mut(map_name).ok_or(Error::Map {
+        name: map_name,
+        source: Box::new(aya::maps::MapError::InvalidName {
+            name: map_name.into(),
+        }),
+    })?;
+    let mut tails = aya::maps::ProgramArray::try_from(map).map_err(map_err)?;
+    for (slot, fd) in (0u32..).zip(&fds) {
+        tails.set(slot, fd, 0).map_err(map_err)?;
+    }
+    Ok(())
+}
+
 /// A TC program of the object, by name.
 pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,

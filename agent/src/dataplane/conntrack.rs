@@ -20,12 +20,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+};
 use sluice_abi::{
+    addr::In6,
     conntrack::{
         CT_CLOSED, CT_CLOSING, CT_COUNTERS, CT_DIR_ORIGINAL, CT_ESTABLISHED, CT_EXPIRED,
         CT_F_FIN_ORIGINAL, CT_F_REPLIED, CT_F_RST, CT_F_SNAT, CT_INSERTED, CT_REMOVED, CT_STATES,
-        CT_TIER_ESTABLISHED, CT_TIERS, CtEntry, CtKey, CtTable, Lifetimes, Partition,
+        CT_TIER_ESTABLISHED, CT_TIERS, CtEntry, CtEntry6, CtEntryOf, CtKey, CtKey6, CtKeyOf,
+        CtTable, Lifetimes, Partition,
         legacy::{CtValueV2, V2_F_SNAT, V2_TCP_FIN, V2_TCP_RST},
         partner, reply_of_original,
     },
@@ -34,22 +39,33 @@ use sluice_abi::{
 
 use super::{Error, batch};
 
-/// The conntrack maps and their counters, opened from the pins.
+/// The conntrack maps of both families and their counters, opened from
+/// the pins.
 pub struct Conntrack {
-    maps: Vec<CtMap>,
+    v4: Family<[u8; 4]>,
+    /// Absent in pins of a build before IPv6 conntrack (`sluice status`
+    /// against an older agent).
+    v6: Option<Family<In6>>,
+}
+
+/// One family's eight maps and their counters.
+struct Family<A> {
+    label: &'static str,
+    maps: Vec<CtMap<A>>,
     stats: PerCpuArray<MapData, u64>,
 }
 
-struct CtMap {
+struct CtMap<A> {
     /// `CtTable::map` index.
     index: u32,
-    map: HashMap<MapData, CtKey, CtEntry>,
+    name: &'static str,
+    map: HashMap<MapData, CtKeyOf<A>, CtEntryOf<A>>,
     /// A duplicate descriptor for batch reads.
     fd: OwnedFd,
     capacity: u32,
 }
 
-impl CtMap {
+impl<A> CtMap<A> {
     fn table(&self) -> CtTable {
         CtTable(self.index / CT_TIERS)
     }
@@ -72,8 +88,75 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
 
 impl Conntrack {
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, Error> {
-        let mut maps = Vec::with_capacity(names::CONNTRACK.len());
-        for (index, name) in (0u32..).zip(names::CONNTRACK) {
+        let v4 = Family::open(pin_dir, "ipv4", &names::CONNTRACK, names::CONNTRACK_STATS)?;
+        let v6 = if pin_dir.join(names::CONNTRACK6_STATS).exists() {
+            Some(Family::open(
+                pin_dir,
+                "ipv6",
+                &names::CONNTRACK6,
+                names::CONNTRACK6_STATS,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { v4, v6 })
+    }
+
+    /// Every IPv4 entry, with its table and map (`CT_TIER_*`): for tests
+    /// and debugging.
+    pub fn entries(&self) -> Vec<(CtTable, u32, CtKey, CtEntry)> {
+        self.v4.entries()
+    }
+
+    /// Every IPv6 entry, as `entries`.
+    pub fn entries6(&self) -> Vec<(CtTable, u32, CtKey6, CtEntry6)> {
+        self.v6.as_ref().map(Family::entries).unwrap_or_default()
+    }
+
+    /// What the maps hold, without removing anything.
+    pub fn census(&self) -> Census {
+        let mut maps = self.v4.census();
+        if let Some(v6) = &self.v6 {
+            maps.extend(v6.census());
+        }
+        Census { maps, pass: None }
+    }
+
+    /// Removes what is past its lifetime at `now` (`CLOCK_MONOTONIC`, as
+    /// `bpf_ktime_get_ns`), and says what the maps held.
+    pub fn collect_garbage(&mut self, l: &Lifetimes, now: u64) -> Census {
+        let started = Instant::now();
+        let mut pass = PassStats {
+            visited: 0,
+            removed: 0,
+            seconds: 0.0,
+        };
+        let mut maps = self.v4.collect_garbage(l, now, &mut pass);
+        if let Some(v6) = &mut self.v6 {
+            maps.extend(v6.collect_garbage(l, now, &mut pass));
+        }
+        pass.seconds = started.elapsed().as_secs_f64();
+        Census {
+            maps,
+            pass: Some(pass),
+        }
+    }
+}
+
+impl<A> Family<A>
+where
+    A: Copy + Eq + std::hash::Hash,
+    CtKeyOf<A>: Pod + Eq + std::hash::Hash,
+    CtEntryOf<A>: Pod,
+{
+    fn open(
+        pin_dir: &Path,
+        label: &'static str,
+        names: &'static [&'static str; 8],
+        stats_name: &'static str,
+    ) -> Result<Self, Error> {
+        let mut maps = Vec::with_capacity(names.len());
+        for (index, name) in (0u32..).zip(names.iter().copied()) {
             let data = super::open_pinned(pin_dir, name)?;
             let info = data.info().map_err(map_err(name))?;
             let fd = data
@@ -85,17 +168,16 @@ impl Conntrack {
             let map = HashMap::try_from(map).map_err(map_err(name))?;
             maps.push(CtMap {
                 index,
+                name,
                 map,
                 fd,
                 capacity: info.max_entries(),
             });
         }
-        let data = super::open_pinned(pin_dir, names::CONNTRACK_STATS)?;
-        let stats = PerCpuArray::try_from(
-            Map::from_map_data(data).map_err(map_err(names::CONNTRACK_STATS))?,
-        )
-        .map_err(map_err(names::CONNTRACK_STATS))?;
-        Ok(Self { maps, stats })
+        let data = super::open_pinned(pin_dir, stats_name)?;
+        let stats = PerCpuArray::try_from(Map::from_map_data(data).map_err(map_err(stats_name))?)
+            .map_err(map_err(stats_name))?;
+        Ok(Self { label, maps, stats })
     }
 
     /// Counter `counter` of map `index`, summed over CPUs.
@@ -125,50 +207,38 @@ impl Conntrack {
         }
     }
 
-    /// Every entry, with its table and map (`CT_TIER_*`): for tests and
-    /// debugging.
-    pub fn entries(&self) -> Vec<(CtTable, u32, CtKey, CtEntry)> {
+    fn entries(&self) -> Vec<(CtTable, u32, CtKeyOf<A>, CtEntryOf<A>)> {
         let mut out = Vec::new();
         for m in &self.maps {
             let (table, tier) = (m.table(), m.index % CT_TIERS);
-            let read = batch::for_each::<CtKey, CtEntry>(&m.fd, |k, e| {
+            let read = batch::for_each::<CtKeyOf<A>, CtEntryOf<A>>(&m.fd, |k, e| {
                 out.push((table, tier, *k, *e));
             });
             if let Err(e) = read {
-                tracing::warn!(
-                    map = names::CONNTRACK[m.index as usize],
-                    "reading conntrack: {e}"
-                );
+                tracing::warn!(map = m.name, "reading conntrack: {e}");
             }
         }
         out
     }
 
-    /// What the maps hold, without removing anything.
-    pub fn census(&self) -> Census {
-        let maps = self
-            .maps
+    fn census(&self) -> Vec<MapCensus> {
+        self.maps
             .iter()
             .map(|m| self.map_census(m, |_, _| {}))
-            .collect();
-        Census { maps, pass: None }
+            .collect()
     }
 
-    /// Removes what is past its lifetime at `now` (`CLOCK_MONOTONIC`, as
-    /// `bpf_ktime_get_ns`), and says what the maps held.
-    pub fn collect_garbage(&mut self, l: &Lifetimes, now: u64) -> Census {
-        let started = Instant::now();
+    fn collect_garbage(&mut self, l: &Lifetimes, now: u64, pass: &mut PassStats) -> Vec<MapCensus> {
         let mut censuses = Vec::with_capacity(self.maps.len());
-        let (mut visited, mut removed) = (0, 0);
         for i in 0..self.maps.len() {
             let tcp = self.maps[i].table().is_tcp();
-            let mut candidates: StdHashMap<CtKey, CtEntry> = StdHashMap::new();
+            let mut candidates: StdHashMap<CtKeyOf<A>, CtEntryOf<A>> = StdHashMap::new();
             let census = self.map_census(&self.maps[i], |k, e| {
                 if e.expired_since(e.last_seen_ns, tcp, now, l) {
                     candidates.insert(*k, *e);
                 }
             });
-            visited += census.entries;
+            pass.visited += census.entries;
             let m = &mut self.maps[i];
             let mut gone = 0;
             for (k, e) in &candidates {
@@ -188,40 +258,35 @@ impl Conntrack {
             }
             let index = m.index;
             self.add_expired(index, gone);
-            removed += gone;
+            pass.removed += gone;
             censuses.push(census);
         }
-        Census {
-            maps: censuses,
-            pass: Some(PassStats {
-                visited,
-                removed,
-                seconds: started.elapsed().as_secs_f64(),
-            }),
-        }
+        censuses
     }
 
     /// One map's census; `visit` sees every entry.
-    fn map_census(&self, m: &CtMap, mut visit: impl FnMut(&CtKey, &CtEntry)) -> MapCensus {
+    fn map_census(
+        &self,
+        m: &CtMap<A>,
+        mut visit: impl FnMut(&CtKeyOf<A>, &CtEntryOf<A>),
+    ) -> MapCensus {
         // Counters first: entries inserted while the map is read make the
         // eviction count low, never high.
         let [inserted, removed, expired] =
             [CT_INSERTED, CT_REMOVED, CT_EXPIRED].map(|c| self.counter(m.index, c));
         let mut by_state = [0u64; 4];
-        let read = batch::for_each::<CtKey, CtEntry>(&m.fd, |k, e| {
+        let read = batch::for_each::<CtKeyOf<A>, CtEntryOf<A>>(&m.fd, |k, e| {
             if let Some(n) = by_state.get_mut(usize::from(e.state)) {
                 *n += 1;
             }
             visit(k, e);
         });
         if let Err(e) = read {
-            tracing::warn!(
-                map = names::CONNTRACK[m.index as usize],
-                "reading conntrack: {e}"
-            );
+            tracing::warn!(map = m.name, "reading conntrack: {e}");
         }
         let entries: u64 = by_state.iter().sum();
         MapCensus {
+            family: self.label,
             table: m.table().label(),
             map: m.tier_label(),
             capacity: m.capacity,
@@ -241,6 +306,8 @@ impl Conntrack {
 /// What one conntrack map holds, and what happened to its entries.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MapCensus {
+    /// `ipv4` or `ipv6`: each family has tables of its own.
+    pub family: &'static str,
     /// `east_west_tcp`, `east_west_other`, `north_south_tcp`, `north_south_other`.
     pub table: &'static str,
     /// `established` or `new`.
@@ -359,8 +426,8 @@ fn collect_loop(
     stop: &(Mutex<bool>, Condvar),
     latest: &Mutex<Option<Census>>,
 ) {
-    let mut warned = [false; 8];
-    let mut evicted_seen = [0u64; 8];
+    let mut warned = [false; 16];
+    let mut evicted_seen = [0u64; 16];
     loop {
         let mut census = ct.collect_garbage(l, monotonic_ns());
         for (i, m) in census.maps.iter_mut().enumerate() {
@@ -495,7 +562,7 @@ pub fn convert_v2(
         let reply_key = reply_of_original(k, &original);
         for part in parts {
             let index = CtTable::of(*part, tcp).map(CT_TIER_ESTABLISHED);
-            let Some(m) = ct.maps.iter_mut().find(|m| m.index == index) else {
+            let Some(m) = ct.v4.maps.iter_mut().find(|m| m.index == index) else {
                 continue;
             };
             // BPF_NOEXIST: what the new programs wrote stays.

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, fs, os::fd::AsFd as _, path::Path};
 use aya::maps::{HashMap, Map, MapData, MapType};
 use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
-    conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey},
+    conntrack::{CT_COUNTERS, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtEntry6, CtKey, CtKey6},
     maps as names,
     service::{
         Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NodeAddr, NodeAddr6, RefusedClaim,
@@ -79,26 +79,20 @@ pub fn stamp(map: Map) -> Result<(), Error> {
 /// The map type each pinned map has in this build.
 fn map_type(name: &str) -> MapType {
     match name {
-        names::CONNTRACK_STATS | names::DROPS | names::EVENTS | names::MONITOR_LIMIT => {
-            MapType::PerCpuArray
-        }
+        names::CONNTRACK_STATS
+        | names::CONNTRACK6_STATS
+        | names::DROPS
+        | names::EVENTS
+        | names::MONITOR_LIMIT => MapType::PerCpuArray,
         names::SERVICE_STATS | names::BACKEND_STATS => MapType::PerCpuHash,
         names::SOCK_REV | names::SOCK_REV6 | names::AFFINITY => MapType::LruHash,
         names::SOURCE_RANGES | names::SOURCE_RANGES6 => MapType::LpmTrie,
         names::MONITOR => MapType::RingBuf,
         names::MONITOR_ON => MapType::Array,
-        _ if names::CONNTRACK.contains(&name) => {
-            let index = names::CONNTRACK
-                .iter()
-                .position(|n| *n == name)
-                .unwrap_or(0);
-            if u32::try_from(index).unwrap_or(0) % CT_TIERS == CT_TIER_NEW {
-                MapType::LruHash
-            } else {
-                MapType::Hash
-            }
-        }
-        _ => MapType::Hash,
+        _ => match names::conntrack_map(name) {
+            Some((index, _)) if index % CT_TIERS == CT_TIER_NEW => MapType::LruHash,
+            _ => MapType::Hash,
+        },
     }
 }
 
@@ -125,12 +119,11 @@ fn misfit(
     let count = match name {
         names::DROPS => Some(DropReason::COUNT),
         names::EVENTS => Some(Event::COUNT),
-        names::CONNTRACK_STATS => Some(CT_TABLES * CT_TIERS * CT_COUNTERS),
-        _ => names::CONNTRACK
-            .iter()
-            .zip(conntrack_sizes)
-            .find(|(n, _)| **n == name)
-            .map(|(_, size)| *size),
+        names::CONNTRACK_STATS | names::CONNTRACK6_STATS => {
+            Some(CT_TABLES * CT_TIERS * CT_COUNTERS)
+        }
+        _ => names::conntrack_map(name)
+            .and_then(|(index, _)| conntrack_sizes.get(index as usize).copied()),
     };
     count
         .filter(|n| info.max_entries() != *n)
@@ -198,7 +191,8 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::SLOTS6 => (size_of::<SlotKey>(), size_of::<Backend6>()),
         names::BACKENDS6 => (size_of::<u32>(), size_of::<Backend6>()),
         _ if names::CONNTRACK.contains(&name) => (size_of::<CtKey>(), size_of::<CtEntry>()),
-        names::CONNTRACK_STATS => (size_of::<u32>(), size_of::<u64>()),
+        _ if names::CONNTRACK6.contains(&name) => (size_of::<CtKey6>(), size_of::<CtEntry6>()),
+        names::CONNTRACK_STATS | names::CONNTRACK6_STATS => (size_of::<u32>(), size_of::<u64>()),
         names::SERVICE_STATS | names::BACKEND_STATS => {
             (size_of::<u32>(), size_of::<TrafficStats>())
         }

@@ -184,14 +184,14 @@ fn conntrack_metrics(out: &mut String, c: &Census) {
         out,
         "sluice_conntrack_entries",
         "gauge",
-        "Conntrack entries (two per flow), by table, map and state.",
+        "Conntrack entries (two per flow), by table, map, state and IP family.",
     );
     for m in &c.maps {
         for (state, n) in m.states() {
             let _ = writeln!(
                 out,
-                "sluice_conntrack_entries{{table=\"{}\",map=\"{}\",state=\"{state}\"}} {n}",
-                m.table, m.map
+                "sluice_conntrack_entries{{table=\"{}\",map=\"{}\",state=\"{state}\",family=\"{}\"}} {n}",
+                m.table, m.map, m.family
             );
         }
     }
@@ -238,9 +238,10 @@ fn conntrack_metrics(out: &mut String, c: &Census) {
         for m in &c.maps {
             let _ = writeln!(
                 out,
-                "sluice_conntrack_{name}{{table=\"{}\",map=\"{}\"}} {}",
+                "sluice_conntrack_{name}{{table=\"{}\",map=\"{}\",family=\"{}\"}} {}",
                 m.table,
                 m.map,
+                m.family,
                 value(m)
             );
         }

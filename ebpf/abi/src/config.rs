@@ -2,7 +2,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::{conntrack::Lifetimes, pod};
+use crate::{addr::In6, conntrack::Lifetimes, pod};
 
 /// The XDP metadata word by which `xdp_ingress` hands a packet it
 /// translated but could not send (its next hop unresolved) to `tc_external`
@@ -19,6 +19,11 @@ pub const CFG_SERVICE_CIDR: u32 = 1;
 /// pod's answers leave it and come back through TC, as with Cilium's
 /// `IPV4_LOOPBACK` (kube-proxy masquerades to the node's address).
 pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+/// The IPv6 hairpin source: `100::a9fe:2a01`, in the discard-only prefix
+/// (RFC 6666), so never any pod's or node's, reached through the pod's
+/// default route (a link-local address would be asked for on its link),
+/// and dropped by any router should it ever leave the node.
+pub const HAIRPIN_ADDR6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01];
 /// `DataplaneConfig::flags`: `local_ip_be` is the node-local DNS address,
 /// served by the agent itself: never NATed nor rejected, even when a
 /// Service has it as ClusterIP (as NodeLocal DNSCache binds kube-dns's).
@@ -29,6 +34,9 @@ pub const CFG_LOCAL_IP2: u32 = 4;
 /// `DataplaneConfig::flags`: `local_ip6_be` is an IPv6 such address (an
 /// IPv6 kube-dns ClusterIP).
 pub const CFG_LOCAL_IP6: u32 = 8;
+/// `DataplaneConfig::flags`: an IPv6 service CIDR is set
+/// (`service_net6_be`, `service_mask6_be`), as `CFG_SERVICE_CIDR` for IPv4.
+pub const CFG_SERVICE_CIDR6: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +59,11 @@ pub struct DataplaneConfig {
     pub snat_max: u16,
     pub local_ip2_be: [u8; 4],
     pub local_ip6_be: [u8; 16],
+    /// The IPv6 service CIDR, as four words: its network and its mask.
+    pub service_net6_be: In6,
+    pub service_mask6_be: In6,
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 68);
+const _: () = assert!(size_of::<DataplaneConfig>() == 100);
 
 /// The default SNAT ports: above Linux's default ephemeral range
 /// (32768-60999).
@@ -79,6 +90,8 @@ impl DataplaneConfig {
         snat_max: DEFAULT_SNAT_PORTS.1,
         local_ip2_be: [0; 4],
         local_ip6_be: [0; 16],
+        service_net6_be: In6([0; 4]),
+        service_mask6_be: In6([0; 4]),
     };
 
     pub const fn with_service_cidr(net: Ipv4Addr, prefix_len: u8) -> Self {
@@ -94,6 +107,34 @@ impl DataplaneConfig {
             flags: CFG_SERVICE_CIDR,
             ..Self::DEFAULT
         }
+    }
+
+    /// The same, with the IPv6 service CIDR `net/prefix_len` (kube-proxy's
+    /// one range per family).
+    #[must_use]
+    pub const fn with_service_cidr6(mut self, net: Ipv6Addr, prefix_len: u8) -> Self {
+        let mask = if prefix_len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - prefix_len as u32)
+        };
+        let net = net.to_bits() & mask;
+        self.service_net6_be = In6::from_octets(net.to_be_bytes());
+        self.service_mask6_be = In6::from_octets(mask.to_be_bytes());
+        self.flags |= CFG_SERVICE_CIDR6;
+        self
+    }
+
+    /// Whether `addr` lies in the configured IPv6 service CIDR.
+    #[inline(always)]
+    pub const fn in_service_cidr6(&self, addr: In6) -> bool {
+        if self.flags & CFG_SERVICE_CIDR6 == 0 {
+            return false;
+        }
+        let [a0, a1, a2, a3] = addr.0;
+        let [m0, m1, m2, m3] = self.service_mask6_be.0;
+        let [n0, n1, n2, n3] = self.service_net6_be.0;
+        a0 & m0 == n0 && a1 & m1 == n1 && a2 & m2 == n2 && a3 & m3 == n3
     }
 
     /// The same, with the NodePort range `min..=max`.
@@ -199,6 +240,13 @@ mod tests {
         assert!(c.in_service_cidr([10, 111, 255, 255]));
         assert!(!c.in_service_cidr([10, 112, 0, 0]));
         assert!(!DataplaneConfig::default().in_service_cidr([10, 96, 0, 1]));
+        let v6 = c.with_service_cidr6("fd00:96::".parse().unwrap(), 108);
+        let at = |s: &str| In6::from_octets(s.parse::<Ipv6Addr>().unwrap().octets());
+        assert!(v6.in_service_cidr6(at("fd00:96::a")));
+        assert!(v6.in_service_cidr6(at("fd00:96::f:ffff")));
+        assert!(!v6.in_service_cidr6(at("fd00:96::10:0")));
+        assert!(!c.in_service_cidr6(at("fd00:96::a")), "none set");
+        assert!(v6.in_service_cidr([10, 96, 0, 1]), "IPv4's kept");
         let all = DataplaneConfig::with_service_cidr(Ipv4Addr::new(1, 2, 3, 4), 0);
         assert!(all.in_service_cidr([8, 8, 8, 8]));
     }

@@ -30,33 +30,43 @@
 //!   replaced. When this map is full, a flow stays in the new map (counted
 //!   as `ct_unprotected`).
 
-use crate::pod;
+use crate::{addr::In6, pod};
 
 /// `CtKey::dir`: the client's direction.
 pub const CT_DIR_ORIGINAL: u8 = 0;
 /// `CtKey::dir`: the backend's replies.
 pub const CT_DIR_REPLY: u8 = 1;
 
-#[repr(C)]
+/// A flow's key in one direction, for either IP family: `A` is the
+/// address, `[u8; 4]` (`CtKey`) or `In6` (`CtKey6`). IPv6 flows have
+/// tables of their own, as Cilium's `ct6` maps, so IPv4 keys stay 16 bytes.
+/// 4-aligned, so that the programs move addresses a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr_be: [u8; 4],
-    pub daddr_be: [u8; 4],
+pub struct CtKeyOf<A> {
+    pub saddr_be: A,
+    pub daddr_be: A,
     pub sport_be: [u8; 2],
     pub dport_be: [u8; 2],
     pub proto: u8,
     pub dir: u8,
     pub _pad: [u8; 2],
 }
+pub type CtKey = CtKeyOf<[u8; 4]>;
+pub type CtKey6 = CtKeyOf<In6>;
 const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtKey6>() == 40);
 
-/// One direction of a tracked flow.
-#[repr(C)]
+/// One direction of a tracked flow, for either IP family (`A` as in
+/// `CtKeyOf`). Packed to 4-byte alignment so that the IPv6 entry has no
+/// hidden padding (its clocks fall at offset 28); the IPv4 entry's bytes
+/// are those of the earlier, naturally aligned layout.
+#[repr(C, packed(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntryOf<A> {
     /// Original direction: the backend to DNAT to. Reply direction: the
     /// frontend address and port to restore as the source.
-    pub nat_addr_be: [u8; 4],
+    pub nat_addr_be: A,
     pub nat_port_be: [u8; 2],
     /// `CT_NEW`, `CT_ESTABLISHED`, `CT_CLOSING` or `CT_CLOSED`.
     pub state: u8,
@@ -72,11 +82,14 @@ pub struct CtEntry {
     /// With `CT_F_SNAT`: original direction: the node address and port the
     /// source becomes; reply direction: the client address and port the
     /// destination goes back to.
-    pub snat_addr_be: [u8; 4],
+    pub snat_addr_be: A,
     pub snat_port_be: [u8; 2],
     pub _pad: [u8; 2],
 }
+pub type CtEntry = CtEntryOf<[u8; 4]>;
+pub type CtEntry6 = CtEntryOf<In6>;
 const _: () = assert!(size_of::<CtEntry>() == 40);
+const _: () = assert!(size_of::<CtEntry6>() == 64);
 
 /// `CtEntry::state`: TCP: a SYN was seen, the handshake is not complete.
 /// Other protocols: not established yet.
@@ -160,7 +173,7 @@ pub const CT_STREAM_NS: u64 = 2_000_000_000;
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
 
-impl CtEntry {
+impl<A: Copy> CtEntryOf<A> {
     /// How long this entry lives without traffic.
     #[inline(always)]
     pub const fn lifetime_ns(&self, tcp: bool, l: &Lifetimes) -> u64 {
@@ -258,13 +271,13 @@ pub const fn tcp_may_start(tcp_flags: u8) -> bool {
 /// The original-direction key of the flow a reply entry belongs to:
 /// `reply` is the reply entry's key, `e` its value.
 #[inline(always)]
-pub const fn original_of_reply(reply: &CtKey, e: &CtEntry) -> CtKey {
+pub const fn original_of_reply<A: Copy>(reply: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
     let (saddr_be, sport_be) = if e.flags & CT_F_SNAT != 0 {
         (e.snat_addr_be, e.snat_port_be)
     } else {
         (reply.daddr_be, reply.dport_be)
     };
-    CtKey {
+    CtKeyOf {
         saddr_be,
         daddr_be: e.nat_addr_be,
         sport_be,
@@ -278,13 +291,13 @@ pub const fn original_of_reply(reply: &CtKey, e: &CtEntry) -> CtKey {
 /// The reply-direction key of a flow: `original` is the original
 /// entry's key, `e` its value.
 #[inline(always)]
-pub const fn reply_of_original(original: &CtKey, e: &CtEntry) -> CtKey {
+pub const fn reply_of_original<A: Copy>(original: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
     let (daddr_be, dport_be) = if e.flags & CT_F_SNAT != 0 {
         (e.snat_addr_be, e.snat_port_be)
     } else {
         (original.saddr_be, original.sport_be)
     };
-    CtKey {
+    CtKeyOf {
         saddr_be: e.nat_addr_be,
         daddr_be,
         sport_be: e.nat_port_be,
@@ -298,7 +311,7 @@ pub const fn reply_of_original(original: &CtKey, e: &CtEntry) -> CtKey {
 /// The partner of an entry: the reply key of an original entry and the
 /// other way round.
 #[inline(always)]
-pub const fn partner(key: &CtKey, e: &CtEntry) -> CtKey {
+pub const fn partner<A: Copy>(key: &CtKeyOf<A>, e: &CtEntryOf<A>) -> CtKeyOf<A> {
     if key.dir == CT_DIR_ORIGINAL {
         reply_of_original(key, e)
     } else {
@@ -403,7 +416,7 @@ const fn max(a: u32, b: u32) -> u32 {
     if a > b { a } else { b }
 }
 
-pod!(CtKey, CtEntry, Lifetimes);
+pod!(CtKey, CtEntry, CtKey6, CtEntry6, Lifetimes);
 
 /// The layouts this one replaces, for upgrades (the agent converts their
 /// entries).

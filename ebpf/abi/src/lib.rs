@@ -11,6 +11,7 @@
     reason = "the eBPF programs use these helpers; the verifier is happier without BPF-to-BPF calls"
 )]
 
+pub mod addr;
 pub mod affinity;
 pub mod config;
 pub mod conntrack;

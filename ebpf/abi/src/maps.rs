@@ -34,6 +34,33 @@ pub const CONNTRACK: [&str; 8] = [
 ];
 /// Per-CPU counters per conntrack map (`conntrack::CT_COUNTERS` each).
 pub const CONNTRACK_STATS: &str = "SLUICE_CT_STAT";
+/// IPv6 connection tracking: `CtKey6` → `CtEntry6`, the same eight maps
+/// for IPv6 flows (tables of their own, as Cilium's `ct6`), each the size
+/// of its IPv4 twin: `--conntrack-size` holds per family.
+pub const CONNTRACK6: [&str; 8] = [
+    "SLUICE_CT6_EWT",
+    "SLUICE_CT6_EWT_N",
+    "SLUICE_CT6_EWO",
+    "SLUICE_CT6_EWO_N",
+    "SLUICE_CT6_NST",
+    "SLUICE_CT6_NST_N",
+    "SLUICE_CT6_NSO",
+    "SLUICE_CT6_NSO_N",
+];
+/// Per-CPU counters per IPv6 conntrack map, as `CONNTRACK_STATS`.
+pub const CONNTRACK6_STATS: &str = "SLUICE_CT6_STAT";
+
+/// A conntrack map's `CtTable::map` index, and whether it is IPv6's.
+pub fn conntrack_map(name: &str) -> Option<(u32, bool)> {
+    let at = |maps: &[&str; 8]| {
+        maps.iter()
+            .position(|n| *n == name)
+            .and_then(|i| u32::try_from(i).ok())
+    };
+    at(&CONNTRACK)
+        .map(|i| (i, false))
+        .or_else(|| at(&CONNTRACK6).map(|i| (i, true)))
+}
 /// The conntrack map of the previous layout: one LRU map for every flow
 /// (`conntrack::legacy::CtValueV2`); converted, then removed.
 pub const CONNTRACK_V2: &str = "SLUICE_CT_V2";
@@ -87,6 +114,10 @@ pub const MONITOR_ON: &str = "SLUICE_MON_ON";
 /// Per-CPU `monitor::MonitorLimiter`: the rate limit, and what it suppressed.
 pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
 
+/// Programs `tc_ingress` tail-calls, by slot (not pinned): slot 0 is
+/// `tc_ingress6`.
+pub const TAIL_CALLS: &str = "SLUICE_TAIL";
+
 /// The layout version of every pinned map, as the build that pinned it
 /// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.
 pub const LAYOUT: &str = "SLUICE_LAYOUT";
@@ -104,7 +135,7 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 36] = [
+pub const PINNED: [&str; 45] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -120,6 +151,15 @@ pub const PINNED: [&str; 36] = [
     CONNTRACK[6],
     CONNTRACK[7],
     CONNTRACK_STATS,
+    CONNTRACK6[0],
+    CONNTRACK6[1],
+    CONNTRACK6[2],
+    CONNTRACK6[3],
+    CONNTRACK6[4],
+    CONNTRACK6[5],
+    CONNTRACK6[6],
+    CONNTRACK6[7],
+    CONNTRACK6_STATS,
     SERVICE_STATS,
     BACKEND_STATS,
     DROPS,

@@ -80,7 +80,7 @@ impl ServiceKey {
 /// An IPv6 frontend (`SLUICE_SVC6`): `ServiceKey`'s fields with a 16-byte
 /// address. The marker and NodePort conventions are the same, NodePorts at
 /// `::`.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey6 {
     pub addr_be: [u8; 16],
@@ -171,7 +171,7 @@ impl SourceRangeKey {
 
 /// The data of an IPv6 source range key (LPM): the frontend id, then the
 /// client address; a range `net/len` has prefix length `32 + len`.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourceRangeKey6 {
     pub service_id_be: [u8; 4],
@@ -315,7 +315,7 @@ const _: () = assert!(size_of::<NodeAddr>() == 4);
 
 /// One of the node's own IPv6 addresses (`SLUICE_NODE_IP6`), with
 /// `NodeAddr`'s values.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeAddr6 {
     pub addr_be: [u8; 16],

@@ -59,7 +59,8 @@ macro_rules! counter_enum {
 counter_enum! {
     /// Why a packet was dropped (or, for rejects, answered with ICMP instead).
     DropReason {
-        /// IPv4 header truncated, or IHL below 5.
+        /// IPv4 header truncated, or IHL below 5; IPv6 header or extension
+        /// headers truncated.
         MalformedIp = 0 => "malformed_ip",
         /// TCP or UDP header truncated.
         MalformedL4 = 1 => "malformed_l4",
@@ -108,6 +109,9 @@ counter_enum! {
         /// through that interface (strict reverse path): a pod that lies
         /// about its address gets no Service translation.
         SpoofedSource = 17 => "spoofed_source",
+        /// A packet to be handed to another program (IPv6 on pod
+        /// interfaces) that was not loaded.
+        TailCall = 18 => "tail_call",
     }
 }
 

@@ -10,52 +10,56 @@ use sluice_abi::{
     config::DataplaneConfig,
     conntrack::{
         CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_ESTABLISHED, CT_F_SNAT, CT_NEW, CT_REFRESH_NS,
-        CT_TIER_ESTABLISHED, CT_TIER_NEW, CtEntry, CtKey, Lifetimes, partner, tcp_may_start,
+        CT_TIER_ESTABLISHED, CT_TIER_NEW, CtEntryOf, CtKeyOf, Lifetimes, partner, tcp_may_start,
     },
-    service::Backend,
     stats::{DropReason, Event},
 };
 
 use crate::{
+    family::Family,
+    lb::FamilyBackend,
     maps::{self, CtMaps},
     parse::Packet,
     stats,
 };
 
-/// The backend a tracked flow is bound to.
+/// The backend a tracked flow is bound to, of either family (`A`, as in
+/// `Packet`).
 #[derive(Clone, Copy)]
-pub struct Binding {
-    pub addr: [u8; 4],
+pub struct Binding<A = [u8; 4]> {
+    pub addr: A,
     pub port: [u8; 2],
     pub backend_id: u32,
     /// The node address and port the source becomes, for a flow SNATed to
     /// a backend on another node.
-    pub snat: Option<Snat>,
+    pub snat: Option<Snat<A>>,
 }
 
 /// An address and port a flow's source is rewritten to.
 #[derive(Clone, Copy)]
-pub struct Snat {
-    pub addr: [u8; 4],
+pub struct Snat<A = [u8; 4]> {
+    pub addr: A,
     pub port: [u8; 2],
 }
 
-impl From<Backend> for Binding {
+impl<A: Family> Binding<A> {
+    /// A new flow's binding to backend `b`.
     #[inline(always)]
-    fn from(b: Backend) -> Self {
+    pub fn to(b: &A::Backend) -> Self {
+        let (addr, port) = A::backend_at(b);
         Self {
-            addr: b.addr_be,
-            port: b.port_be,
-            backend_id: b.id,
+            addr,
+            port,
+            backend_id: b.id(),
             snat: None,
         }
     }
 }
 
-impl Binding {
+impl<A: Copy> Binding<A> {
     /// The binding an original-direction entry holds.
     #[inline(always)]
-    const fn of(v: &CtEntry) -> Self {
+    const fn of(v: &CtEntryOf<A>) -> Self {
         Self {
             addr: v.nat_addr_be,
             port: v.nat_port_be,
@@ -85,8 +89,8 @@ pub fn now() -> u64 {
 
 /// The key of a packet in its own direction.
 #[inline(always)]
-pub const fn key(p: &Packet, dir: u8) -> CtKey {
-    CtKey {
+pub const fn key<A: Copy>(p: &Packet<A>, dir: u8) -> CtKeyOf<A> {
+    CtKeyOf {
         saddr_be: p.saddr,
         daddr_be: p.daddr,
         sport_be: p.sport,
@@ -100,12 +104,12 @@ pub const fn key(p: &Packet, dir: u8) -> CtKey {
 /// The key under which the backend's replies to this flow are tracked:
 /// sent to the client, or to the SNAT address and port.
 #[inline(always)]
-const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
+const fn reply_key<A: Copy>(p: &Packet<A>, to: &Binding<A>) -> CtKeyOf<A> {
     let (daddr_be, dport_be) = match to.snat {
         Some(s) => (s.addr, s.port),
         None => (p.saddr, p.sport),
     };
-    CtKey {
+    CtKeyOf {
         saddr_be: to.addr,
         daddr_be,
         sport_be: to.port,
@@ -117,9 +121,9 @@ const fn reply_key(p: &Packet, to: &Binding) -> CtKey {
 }
 
 /// The original-direction entry of a client packet.
-pub enum Tracked {
+pub enum Tracked<A = [u8; 4]> {
     /// The flow keeps this backend.
-    Keep(Binding),
+    Keep(Binding<A>),
     /// No entry, or one that must pick again (see below, and counted as
     /// `reselect`; its entries are gone): a new flow.
     New,
@@ -137,13 +141,17 @@ pub enum Tracked {
 /// SYN reusing the tuple of a closed connection. An established TCP
 /// connection to a removed endpoint keeps it and drains, as with kube-proxy.
 #[inline(always)]
-pub fn lookup_original<T: CtMaps>(p: &Packet, now: u64, l: &Lifetimes) -> Tracked {
+pub fn lookup_original<A: Family, T: CtMaps<A>>(
+    p: &Packet<A>,
+    now: u64,
+    l: &Lifetimes,
+) -> Tracked<A> {
     let k = key(p, CT_DIR_ORIGINAL);
     if let Some(e) = T::get::<ESTABLISHED>(&k) {
-        return on_original::<T, ESTABLISHED>(p, &k, e, now, l);
+        return on_original::<A, T, ESTABLISHED>(p, &k, e, now, l);
     }
     if let Some(e) = T::get::<NEW>(&k) {
-        return on_original::<T, NEW>(p, &k, e, now, l);
+        return on_original::<A, T, NEW>(p, &k, e, now, l);
     }
     if p.is_tcp() && !tcp_may_start(p.tcp_flags) {
         return Tracked::Invalid;
@@ -152,14 +160,14 @@ pub fn lookup_original<T: CtMaps>(p: &Packet, now: u64, l: &Lifetimes) -> Tracke
 }
 
 #[inline(always)]
-fn on_original<T: CtMaps, const TIER: u32>(
-    p: &Packet,
-    k: &CtKey,
-    e: *mut CtEntry,
+fn on_original<A: Family, T: CtMaps<A>, const TIER: u32>(
+    p: &Packet<A>,
+    k: &CtKeyOf<A>,
+    e: *mut CtEntryOf<A>,
     now: u64,
     l: &Lifetimes,
-) -> Tracked {
-    let v: CtEntry = unsafe { *e };
+) -> Tracked<A> {
+    let v: CtEntryOf<A> = unsafe { *e };
     let bound = Binding::of(&v);
     let tcp = p.is_tcp();
     let reply = partner(k, &v);
@@ -167,7 +175,8 @@ fn on_original<T: CtMaps, const TIER: u32>(
     let expired = v.expired_since(v.last_seen_ns, tcp, now, l)
         && T::get::<TIER>(&reply).is_none_or(|r| {
             let r = unsafe { *r };
-            v.expired_since(r.last_seen_ns.max(v.last_seen_ns), tcp, now, l)
+            let (seen, own) = (r.last_seen_ns, v.last_seen_ns);
+            v.expired_since(seen.max(own), tcp, now, l)
         });
     let starts = tcp_may_start(p.tcp_flags);
     let keep = if !tcp {
@@ -189,12 +198,12 @@ fn on_original<T: CtMaps, const TIER: u32>(
     }
     let (state, flags) = v.advance(tcp, CT_DIR_ORIGINAL, p.tcp_flags, now);
     if state != v.state || flags != v.flags {
-        update_flow::<T, TIER>(k, e, &reply, state, flags, now);
+        update_flow::<A, T, TIER>(k, e, &reply, state, flags, now);
     } else if now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
         unsafe { (*e).last_seen_ns = now };
         // An established flow its full table could not take: try again.
         if TIER == NEW && state == CT_ESTABLISHED {
-            let _ = promote::<T>(k, &reply);
+            let _ = promote::<A, T>(k, &reply);
         }
     }
     Tracked::Keep(bound)
@@ -204,7 +213,7 @@ fn on_original<T: CtMaps, const TIER: u32>(
 /// as it is (for an ICMP error about the flow: it neither refreshes nor
 /// advances it).
 #[inline(always)]
-pub fn peek<T: CtMaps>(k: &CtKey) -> Option<CtEntry> {
+pub fn peek<A: Copy, T: CtMaps<A>>(k: &CtKeyOf<A>) -> Option<CtEntryOf<A>> {
     let e = T::get::<ESTABLISHED>(k).or_else(|| T::get::<NEW>(k))?;
     Some(unsafe { *e })
 }
@@ -212,26 +221,26 @@ pub fn peek<T: CtMaps>(k: &CtKey) -> Option<CtEntry> {
 /// Looks up the reply-direction entry of a packet from a backend, in table
 /// `T`, and updates the flow's state.
 #[inline(always)]
-pub fn lookup_reply<T: CtMaps>(p: &Packet, now: u64) -> Option<CtEntry> {
+pub fn lookup_reply<A: Family, T: CtMaps<A>>(p: &Packet<A>, now: u64) -> Option<CtEntryOf<A>> {
     let k = key(p, CT_DIR_REPLY);
     if let Some(e) = T::get::<ESTABLISHED>(&k) {
-        return Some(on_reply::<T, ESTABLISHED>(p, &k, e, now));
+        return Some(on_reply::<A, T, ESTABLISHED>(p, &k, e, now));
     }
     let e = T::get::<NEW>(&k)?;
-    Some(on_reply::<T, NEW>(p, &k, e, now))
+    Some(on_reply::<A, T, NEW>(p, &k, e, now))
 }
 
 #[inline(always)]
-fn on_reply<T: CtMaps, const TIER: u32>(
-    p: &Packet,
-    k: &CtKey,
-    e: *mut CtEntry,
+fn on_reply<A: Family, T: CtMaps<A>, const TIER: u32>(
+    p: &Packet<A>,
+    k: &CtKeyOf<A>,
+    e: *mut CtEntryOf<A>,
     now: u64,
-) -> CtEntry {
-    let v: CtEntry = unsafe { *e };
+) -> CtEntryOf<A> {
+    let v: CtEntryOf<A> = unsafe { *e };
     let (state, flags) = v.advance(p.is_tcp(), CT_DIR_REPLY, p.tcp_flags, now);
     if state != v.state || flags != v.flags {
-        update_flow::<T, TIER>(k, e, &partner(k, &v), state, flags, now);
+        update_flow::<A, T, TIER>(k, e, &partner(k, &v), state, flags, now);
     } else if now.wrapping_sub(v.last_seen_ns) > CT_REFRESH_NS {
         unsafe { (*e).last_seen_ns = now };
     }
@@ -241,10 +250,10 @@ fn on_reply<T: CtMaps, const TIER: u32>(
 /// Writes a flow's new state to both its entries (`e` is `k`'s); an
 /// established flow moves out of the new-flow map.
 #[inline(always)]
-fn update_flow<T: CtMaps, const TIER: u32>(
-    k: &CtKey,
-    e: *mut CtEntry,
-    other: &CtKey,
+fn update_flow<A: Copy, T: CtMaps<A>, const TIER: u32>(
+    k: &CtKeyOf<A>,
+    e: *mut CtEntryOf<A>,
+    other: &CtKeyOf<A>,
     state: u8,
     flags: u8,
     now: u64,
@@ -261,7 +270,7 @@ fn update_flow<T: CtMaps, const TIER: u32>(
         }
     }
     if TIER == NEW && state == CT_ESTABLISHED {
-        match promote::<T>(k, other) {
+        match promote::<A, T>(k, other) {
             Ok(()) => stats::event(Event::CtEstablished),
             Err(()) => stats::event(Event::CtUnprotected),
         }
@@ -271,7 +280,7 @@ fn update_flow<T: CtMaps, const TIER: u32>(
 /// Moves a flow's two entries from the new-flow map to the established
 /// one. Fails when the established map is full; the flow then stays.
 #[inline(always)]
-fn promote<T: CtMaps>(a: &CtKey, b: &CtKey) -> Result<(), ()> {
+fn promote<A: Copy, T: CtMaps<A>>(a: &CtKeyOf<A>, b: &CtKeyOf<A>) -> Result<(), ()> {
     let (Some(ea), Some(eb)) = (T::get::<NEW>(a), T::get::<NEW>(b)) else {
         // Half the flow is gone (evicted): it cannot be kept whole.
         return Err(());
@@ -293,8 +302,8 @@ fn promote<T: CtMaps>(a: &CtKey, b: &CtKey) -> Result<(), ()> {
 
 /// Whether the backend id still names the same backend (ids are reused).
 #[inline(always)]
-fn backend_live(b: &Binding) -> bool {
-    maps::backend(b.backend_id).is_some_and(|live| live.addr_be == b.addr && live.port_be == b.port)
+fn backend_live<A: Family>(b: &Binding<A>) -> bool {
+    A::backend_live(b.backend_id, b.addr, b.port)
 }
 
 /// Records a new flow from the client in `p` to `to`, for frontend
@@ -312,29 +321,32 @@ fn backend_live(b: &Binding) -> bool {
 /// becomes that address and a port of `config`'s SNAT range free for this
 /// backend. The port is taken by creating the reply entry.
 #[inline(always)]
-pub fn create<T: CtMaps>(
-    p: &Packet,
-    to: &Binding,
+pub fn create<A: Family, T: CtMaps<A>>(
+    p: &Packet<A>,
+    to: &Binding<A>,
     service_id: u32,
     now: u64,
-    snat: Option<[u8; 4]>,
+    snat: Option<A>,
     config: &DataplaneConfig,
-) -> Result<Binding, DropReason> {
+) -> Result<Binding<A>, DropReason> {
     // Only a bare SYN (`tcp_may_start`) or a datagram gets here: the flow
-    // is new, nothing seen yet.
-    let mut reply = CtEntry {
-        nat_addr_be: p.daddr,
-        nat_port_be: p.dport,
-        state: CT_NEW,
-        flags: 0,
-        service_id,
-        backend_id: to.backend_id,
-        last_seen_ns: now,
-        created_ns: now,
-        snat_addr_be: [0; 4],
-        snat_port_be: [0; 2],
-        _pad: [0; 2],
-    };
+    // is new, nothing seen yet. Its entries are written in this CPU's
+    // scratch, the reply's and then the original's, rather than on the
+    // stack, where IPv6's do not fit beside the rest of the program.
+    let e = A::ct_scratch().ok_or(DropReason::CtInsert)?;
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let e = unsafe { &mut *e };
+    e.nat_addr_be = p.daddr;
+    e.nat_port_be = p.dport;
+    e.state = CT_NEW;
+    e.flags = 0;
+    e.service_id = service_id;
+    e.backend_id = to.backend_id;
+    e.last_seen_ns = now;
+    e.created_ns = now;
+    e.snat_addr_be = A::default();
+    e.snat_port_be = [0; 2];
+    e._pad = [0; 2];
     let mut bound = Binding { snat: None, ..*to };
     // Reply entry first: once the original entry exists, the backend may answer.
     let reply_key = match snat {
@@ -346,40 +358,37 @@ pub fn create<T: CtMaps>(
             // backend's answers to this tuple are this flow's now. In the
             // established map it would be found first.
             T::remove::<ESTABLISHED>(&k);
-            if T::insert::<NEW>(&k, &reply, maps::NOEXIST).is_err() {
-                T::insert::<NEW>(&k, &reply, maps::ANY).map_err(|_| DropReason::CtInsert)?;
+            if T::insert::<NEW>(&k, e, maps::NOEXIST).is_err() {
+                T::insert::<NEW>(&k, e, maps::ANY).map_err(|_| DropReason::CtInsert)?;
             }
             k
         }
         Some(addr) => {
-            reply.flags |= CT_F_SNAT;
-            reply.snat_addr_be = p.saddr;
-            reply.snat_port_be = p.sport;
-            let k = take_snat_port::<T>(p, &mut bound, addr, config, &reply)?;
+            e.flags |= CT_F_SNAT;
+            e.snat_addr_be = p.saddr;
+            e.snat_port_be = p.sport;
+            let k = take_snat_port::<A, T>(p, &mut bound, addr, config, e)?;
             stats::event(Event::Snat);
             k
         }
     };
+    // The original entry: the reply's but for the NAT fields.
     let (snat_flag, snat_addr_be, snat_port_be) = match bound.snat {
         Some(s) => (CT_F_SNAT, s.addr, s.port),
-        None => (0, [0; 4], [0; 2]),
+        None => (0, A::default(), [0; 2]),
     };
-    let original = CtEntry {
-        nat_addr_be: to.addr,
-        nat_port_be: to.port,
-        flags: snat_flag,
-        snat_addr_be,
-        snat_port_be,
-        ..reply
-    };
+    e.nat_addr_be = to.addr;
+    e.nat_port_be = to.port;
+    e.flags = snat_flag;
+    e.snat_addr_be = snat_addr_be;
+    e.snat_port_be = snat_port_be;
     let k = key(p, CT_DIR_ORIGINAL);
-    match T::insert::<NEW>(&k, &original, maps::NOEXIST) {
+    match T::insert::<NEW>(&k, e, maps::NOEXIST) {
         Ok(()) => Ok(bound),
         Err(maps::EEXIST) => {
-            let winner = T::get::<NEW>(&k)
-                .map(|e| unsafe { *e })
-                .ok_or(DropReason::CtInsert)?;
-            let winner = Binding::of(&winner);
+            let winner = T::get::<NEW>(&k).ok_or(DropReason::CtInsert)?;
+            // SAFETY: a live entry of the map, read once.
+            let winner = Binding::of(unsafe { &*winner });
             if winner.backend_id != bound.backend_id || bound.snat.is_some() {
                 T::remove::<NEW>(&reply_key);
             }
@@ -397,13 +406,13 @@ pub fn create<T: CtMaps>(
 /// client's own: it could be one of the node's sockets' (K7 of the 2026-12
 /// review).
 #[inline(always)]
-fn take_snat_port<T: CtMaps>(
-    p: &Packet,
-    bound: &mut Binding,
-    addr: [u8; 4],
+fn take_snat_port<A: Copy, T: CtMaps<A>>(
+    p: &Packet<A>,
+    bound: &mut Binding<A>,
+    addr: A,
     config: &DataplaneConfig,
-    reply: &CtEntry,
-) -> Result<CtKey, DropReason> {
+    reply: &CtEntryOf<A>,
+) -> Result<CtKeyOf<A>, DropReason> {
     for _ in 0..SNAT_TRIES {
         #[expect(clippy::cast_possible_truncation, reason = "16 random bits")]
         let port = config.snat_port(unsafe { bpf_get_prandom_u32() } as u16);

@@ -111,10 +111,10 @@ pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, Dro
     // another node.
     let now = conntrack::now();
     let reply = match (p.is_tcp(), to_node) {
-        (true, true) => conntrack::lookup_reply::<NsTcp>(&p, now),
-        (true, false) => conntrack::lookup_reply::<EwTcp>(&p, now),
-        (false, true) => conntrack::lookup_reply::<NsOther>(&p, now),
-        (false, false) => conntrack::lookup_reply::<EwOther>(&p, now),
+        (true, true) => conntrack::lookup_reply::<_, NsTcp>(&p, now),
+        (true, false) => conntrack::lookup_reply::<_, EwTcp>(&p, now),
+        (false, true) => conntrack::lookup_reply::<_, NsOther>(&p, now),
+        (false, false) => conntrack::lookup_reply::<_, EwOther>(&p, now),
     };
     if let Some(reply) = reply {
         return from_backend(ctx, &p, &reply);
@@ -151,7 +151,7 @@ fn to_service<E: Edge, T: CtMaps>(
         *all
     };
     let now = conntrack::now();
-    let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
+    let tracked = conntrack::lookup_original::<_, T>(p, now, &config.lifetimes);
     if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {
         // A later fragment never starts a flow: its first did, or failed.
         return Err(DropReason::Fragment);
@@ -189,7 +189,7 @@ fn to_service<E: Edge, T: CtMaps>(
             Some(ext) if !local_policy => Some(ext.addr_be),
             _ => None,
         };
-        let to = conntrack::create::<T>(p, &Binding::from(chosen), svc.id, now, snat, config)?;
+        let to = conntrack::create::<_, T>(p, &Binding::to(&chosen), svc.id, now, snat, config)?;
         stats::event(Event::NewFlow);
         crate::monitor::new_flow(p, ctx.ingress(), svc.id, &to);
         (to, true, route)
@@ -279,9 +279,9 @@ fn icmp_error<E: Edge>(ctx: &E, p: &Packet) -> Result<E::Verdict, DropReason> {
         return Ok(pass::<E>());
     };
     let t = if q.is_tcp() {
-        icmp::translation::<NsTcp>(p, &q).or_else(|| icmp::translation::<EwTcp>(p, &q))
+        icmp::translation::<_, NsTcp>(p, &q).or_else(|| icmp::translation::<_, EwTcp>(p, &q))
     } else {
-        icmp::translation::<NsOther>(p, &q).or_else(|| icmp::translation::<EwOther>(p, &q))
+        icmp::translation::<_, NsOther>(p, &q).or_else(|| icmp::translation::<_, EwOther>(p, &q))
     };
     let Some(t) = t else {
         return Ok(pass::<E>());

@@ -11,11 +11,12 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
-use sluice_abi::service::ExtIf;
+use sluice_abi::{addr::In6, service::ExtIf};
 
 use crate::{maps, parse::Packet};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Where the stack would send a packet: `hop` says how, the other fields
 /// what goes with it (zero otherwise). A struct whose every field is set,
@@ -180,6 +181,33 @@ pub fn source_routed_here(ctx: &TcContext, p: &Packet) -> bool {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let back = lookup(ctx, ifindex, p, p.daddr, p.saddr, 0);
     back.hop != Hop::Local && back.ifindex == ifindex
+}
+
+/// Strict reverse path for an IPv6 packet arriving on a pod's interface,
+/// as `source_routed_here`.
+#[inline(always)]
+pub fn source_routed_here6(ctx: &TcContext, p: &Packet<In6>) -> bool {
+    let Some(params) = maps::fib_scratch() else {
+        return false;
+    };
+    zero(params);
+    // SAFETY: this CPU's scratch entry, as in `lookup`.
+    let params = unsafe { &mut *params };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.family = AF_INET6;
+    params.l4_protocol = p.proto;
+    params.sport = u16::from_ne_bytes(p.dport);
+    params.dport = u16::from_ne_bytes(p.sport);
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv6_src = p.daddr.0;
+    params.__bindgen_anon_4.ipv6_dst = p.saddr.0;
+    #[expect(clippy::cast_possible_truncation, reason = "the struct is 64 bytes")]
+    let size = size_of::<bpf_fib_lookup>() as i32;
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size, 0) };
+    matches!(
+        u32::try_from(rc),
+        Ok(BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH)
+    ) && params.ifindex == ifindex
 }
 
 /// Sends a packet whose source became one of the node's own addresses

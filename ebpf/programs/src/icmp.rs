@@ -32,25 +32,29 @@
 //! address the other end knows it by.
 
 use sluice_abi::{
-    conntrack::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_SNAT, CtKey},
+    conntrack::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_F_SNAT, CtKeyOf},
     csum, proto,
     stats::DropReason,
 };
 
 use crate::{
     conntrack,
+    family::Family,
     maps::CtMaps,
     parse::{self, Frame, Packet, ptr_at, ptr_at_mut},
 };
 
-/// The packet an ICMP error quotes: its IPv4 header and its ports.
-pub struct Quoted {
-    /// Offset of the quoted IPv4 header (the ICMP header's + 8).
+pub mod ipv6;
+
+/// The packet an ICMP error quotes: its IP header and its ports (`A`, the
+/// address, as `Packet`'s).
+pub struct Quoted<A = [u8; 4]> {
+    /// Offset of the quoted IP header (the ICMP header's + 8).
     pub ip_off: usize,
     /// Offset of the quoted TCP or UDP header.
     pub l4_off: usize,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub saddr: A,
+    pub daddr: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -59,7 +63,7 @@ pub struct Quoted {
     pub has_check: bool,
 }
 
-impl Quoted {
+impl<A: Copy> Quoted<A> {
     #[inline(always)]
     pub const fn is_tcp(&self) -> bool {
         self.proto == proto::TCP
@@ -67,7 +71,7 @@ impl Quoted {
 
     /// Offset of the quoted L4 checksum.
     #[inline(always)]
-    const fn check_off(&self) -> usize {
+    pub const fn check_off(&self) -> usize {
         if self.is_tcp() {
             self.l4_off + 16
         } else {
@@ -78,8 +82,8 @@ impl Quoted {
     /// The conntrack key of a packet going the other way: what the flow's
     /// far end sends back.
     #[inline(always)]
-    const fn back(&self, dir: u8) -> CtKey {
-        CtKey {
+    const fn back(&self, dir: u8) -> CtKeyOf<A> {
+        CtKeyOf {
             saddr_be: self.daddr,
             daddr_be: self.saddr,
             sport_be: self.dport,
@@ -150,11 +154,11 @@ pub fn quoted(ctx: &impl Frame, p: &Packet) -> Option<Quoted> {
 }
 
 /// What an error becomes: its own addresses, and the quoted packet's.
-pub struct Translation {
-    pub outer_src: [u8; 4],
-    pub outer_dst: [u8; 4],
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+pub struct Translation<A = [u8; 4]> {
+    pub outer_src: A,
+    pub outer_dst: A,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
 }
@@ -162,8 +166,11 @@ pub struct Translation {
 /// The translation of error `p` quoting `q`, if `q` is a packet of a flow
 /// in table `T` (see the module comment for the two kinds).
 #[inline(always)]
-pub fn translation<T: CtMaps>(p: &Packet, q: &Quoted) -> Option<Translation> {
-    if let Some(e) = conntrack::peek::<T>(&q.back(CT_DIR_REPLY)) {
+pub fn translation<A: Family, T: CtMaps<A>>(
+    p: &Packet<A>,
+    q: &Quoted<A>,
+) -> Option<Translation<A>> {
+    if let Some(e) = conntrack::peek::<_, T>(&q.back(CT_DIR_REPLY)) {
         // Towards the client: the quote is client → backend.
         let snat = e.flags & CT_F_SNAT != 0;
         let (saddr, sport, outer_dst) = if snat {
@@ -182,7 +189,7 @@ pub fn translation<T: CtMaps>(p: &Packet, q: &Quoted) -> Option<Translation> {
         });
     }
     // Towards the backend: the quote is frontend → client.
-    let e = conntrack::peek::<T>(&q.back(CT_DIR_ORIGINAL))?;
+    let e = conntrack::peek::<_, T>(&q.back(CT_DIR_ORIGINAL))?;
     let snat = e.flags & CT_F_SNAT != 0;
     let (daddr, dport) = if snat {
         (e.snat_addr_be, e.snat_port_be)

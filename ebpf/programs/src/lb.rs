@@ -5,7 +5,7 @@ use sluice_abi::{
     affinity::{AffinityKey, AffinityValue},
     service::{
         Backend, Backend6, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
-        SVC_FLAG_MAGLEV, SVC_FLAG_MARKER, ServiceKey, ServiceValue, SlotKey,
+        SVC_FLAG_MAGLEV, SVC_FLAG_MARKER, ServiceKey, ServiceKey6, ServiceValue, SlotKey,
     },
     stats::{DropReason, Event},
 };
@@ -74,6 +74,48 @@ pub fn local_scope(key: &ServiceKey) -> Option<ServiceValue> {
 pub fn is_cluster_ip(addr: [u8; 4]) -> bool {
     maps::service(&ServiceKey {
         addr_be: addr,
+        port_be: [0; 2],
+        proto: 0,
+        scope: SCOPE_ALL,
+    })
+    .is_some()
+}
+
+/// The IPv6 frontend at an address, or the NodePort (at `::`) of a node
+/// address that serves NodePorts, as `frontend_or_node_port`.
+#[inline(always)]
+pub fn frontend_or_node_port6(
+    addr_be: [u8; 16],
+    port_be: [u8; 2],
+    proto: u8,
+) -> Option<(ServiceKey6, ServiceValue)> {
+    let key = ServiceKey6 {
+        addr_be,
+        port_be,
+        proto,
+        scope: SCOPE_ALL,
+    };
+    match maps::service6(&key) {
+        Some(v) if v.flags & SVC_FLAG_MARKER == 0 => return Some((key, v)),
+        Some(_) => return None,
+        None => {}
+    }
+    if !maps::serves_node_ports6(addr_be) {
+        return None;
+    }
+    let node_port = ServiceKey6 {
+        addr_be: [0; 16],
+        ..key
+    };
+    let v = maps::service6(&node_port)?;
+    (v.flags & SVC_FLAG_MARKER == 0).then_some((node_port, v))
+}
+
+/// Whether IPv6 `addr` is an allocated ClusterIP (its marker exists).
+#[inline(always)]
+pub fn is_cluster_ip6(addr_be: [u8; 16]) -> bool {
+    maps::service6(&ServiceKey6 {
+        addr_be,
         port_be: [0; 2],
         proto: 0,
         scope: SCOPE_ALL,

@@ -1,6 +1,9 @@
 //! Sluice's kernel programs: the entry points, each handing its packet to
 //! the module with the logic.
-//! - `tc_ingress`, on the host side of pod-facing interfaces: `pod::run`.
+//! - `tc_ingress`, on the host side of pod-facing interfaces: `pod::run`;
+//!   IPv6 packets go on to `tc_ingress6` (a tail call): `pod::run6`, and
+//!   from there to `tc_ingress6_new` (new flows) and `tc_ingress6_icmp`
+//!   (ICMPv6 errors).
 //! - `xdp_ingress` on external interfaces, for traffic from outside the
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
@@ -13,6 +16,7 @@
 
 mod conntrack;
 mod edge;
+mod family;
 mod fib;
 mod icmp;
 mod lb;
@@ -61,6 +65,56 @@ static CONFIG: Global<DataplaneConfig> = Global::new(DataplaneConfig::DEFAULT);
 pub fn tc_ingress(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     match pod::run(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
+/// The load-time configuration, read in place, a field where it is used:
+/// `CONFIG.load()` copies all of it, which in IPv6's larger program costs
+/// more stack than there is (each byte of its IPv6 address a register,
+/// spilled). `black_box` keeps the compiler from taking the fields for the
+/// initializer's, as the volatile copy does.
+#[inline(always)]
+fn config() -> &'static DataplaneConfig {
+    let at = core::hint::black_box(core::ptr::from_ref(&CONFIG));
+    // SAFETY: `Global` is `repr(transparent)` over an always initialised
+    // `DataplaneConfig`, which the loader writes before the program runs.
+    unsafe { &*at.cast::<DataplaneConfig>() }
+}
+
+/// Pod-facing interfaces' IPv6 packets: `tc_ingress` tail-calls this
+/// program (`SLUICE_TAIL`), so that each family's path has the 512 bytes
+/// of stack a program gets.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_ingress6(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match pod::run6(&ctx, config()) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
+/// New IPv6 flows from pods: `tc_ingress6` tail-calls this program for a
+/// packet that starts one.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_ingress6_new(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match pod::run6_new(&ctx, config()) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
+/// ICMPv6 errors from pods: `tc_ingress6` tail-calls this program for
+/// them, to be translated if they are about a translated flow.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_ingress6_icmp(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match pod::run6_icmp(&ctx) {
         Ok(action) => action,
         Err(reason) => tc_drop(&ctx, reason),
     }

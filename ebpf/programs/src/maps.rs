@@ -8,13 +8,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, lpm_trie::Key},
 };
 use sluice_abi::{
+    addr::In6,
     affinity::{AffinityKey, AffinityValue},
     conntrack::{
-        CT_COUNTERS, CT_INSERTED, CT_REMOVED, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtKey,
-        CtTable, split_sizes,
+        CT_COUNTERS, CT_INSERTED, CT_REMOVED, CT_TABLES, CT_TIER_NEW, CT_TIERS, CtEntry, CtEntry6,
+        CtEntryOf, CtKey, CtKey6, CtKeyOf, CtTable, split_sizes,
     },
     maps::{
         AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, FRAG_SIZE, MAX_BACKENDS, MAX_EXT_IFS,
@@ -94,6 +95,39 @@ static SLUICE_CT_NSO_N: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_SIZES
 /// Entries inserted and removed per conntrack map, by the programs.
 #[map]
 static SLUICE_CT_STAT: PerCpuArray<u64> =
+    PerCpuArray::pinned(CT_TABLES * CT_TIERS * CT_COUNTERS, 0);
+
+// IPv6 flows: the same four tables, in maps of their own, each the size of
+// its IPv4 twin.
+
+/// IPv6 east-west TCP, established.
+#[map]
+static SLUICE_CT6_EWT: HashMap<CtKey6, CtEntry6> = HashMap::pinned(CT_SIZES[0], 0);
+/// IPv6 east-west TCP, new (LRU).
+#[map]
+static SLUICE_CT6_EWT_N: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(CT_SIZES[1], 0);
+/// IPv6 east-west, other protocols, established.
+#[map]
+static SLUICE_CT6_EWO: HashMap<CtKey6, CtEntry6> = HashMap::pinned(CT_SIZES[2], 0);
+/// IPv6 east-west, other protocols, new (LRU).
+#[map]
+static SLUICE_CT6_EWO_N: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(CT_SIZES[3], 0);
+/// IPv6 north-south TCP, established.
+#[map]
+static SLUICE_CT6_NST: HashMap<CtKey6, CtEntry6> = HashMap::pinned(CT_SIZES[4], 0);
+/// IPv6 north-south TCP, new (LRU).
+#[map]
+static SLUICE_CT6_NST_N: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(CT_SIZES[5], 0);
+/// IPv6 north-south, other protocols, established.
+#[map]
+static SLUICE_CT6_NSO: HashMap<CtKey6, CtEntry6> = HashMap::pinned(CT_SIZES[6], 0);
+/// IPv6 north-south, other protocols, new (LRU).
+#[map]
+static SLUICE_CT6_NSO_N: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(CT_SIZES[7], 0);
+
+/// Entries inserted and removed per IPv6 conntrack map.
+#[map]
+static SLUICE_CT6_STAT: PerCpuArray<u64> =
     PerCpuArray::pinned(CT_TABLES * CT_TIERS * CT_COUNTERS, 0);
 
 /// Traffic per frontend id; an entry is created by the first packet.
@@ -222,6 +256,59 @@ pub fn fragment_ports(key: &FragKey) -> Option<[[u8; 2]; 2]> {
         .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
+/// An IPv6 fragmented datagram (the fragment header's 32-bit id).
+#[repr(C, align(4))]
+#[derive(Clone, Copy)]
+pub struct FragKey6 {
+    pub saddr: In6,
+    pub daddr: In6,
+    pub id: [u8; 4],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The ports of IPv6 fragmented datagrams, as `SLUICE_FRAG`.
+#[map]
+static SLUICE_FRAG6: LruHashMap<FragKey6, [[u8; 2]; 2]> =
+    LruHashMap::with_max_entries(FRAG_SIZE, 0);
+
+/// Remembers the ports of an IPv6 datagram's first fragment.
+#[inline(always)]
+pub fn remember_fragment6(key: &FragKey6, ports: [[u8; 2]; 2]) {
+    if SLUICE_FRAG6.insert(key, ports, 0).is_err() {
+        crate::stats::dropped(DropReason::Fragment);
+    }
+}
+
+/// The ports of a later IPv6 fragment's datagram, if its first was seen.
+#[inline(always)]
+pub fn fragment_ports6(key: &FragKey6) -> Option<[[u8; 2]; 2]> {
+    SLUICE_FRAG6
+        .get_ptr(key)
+        .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// Programs `tc_ingress` hands packets on to (tail calls), set by the
+/// agent after loading: `TAIL_POD6`. Not pinned: each load has its own.
+#[map]
+static SLUICE_TAIL: ProgramArray = ProgramArray::with_max_entries(TAILS, 0);
+
+/// `SLUICE_TAIL`'s slots: `tc_ingress6`, IPv6 from pods;
+/// `tc_ingress6_new`, their new flows; `tc_ingress6_icmp`, their ICMPv6
+/// errors.
+pub const TAIL_POD6: u32 = 0;
+pub const TAIL_POD6_NEW: u32 = 1;
+pub const TAIL_POD6_ICMP: u32 = 2;
+const TAILS: u32 = 3;
+
+/// Hands the packet to the program in slot `index` of `SLUICE_TAIL`; returns
+/// only when there is none there.
+#[inline(always)]
+pub fn tail_call(ctx: &impl aya_ebpf::EbpfContext, index: u32) {
+    // SAFETY: the context is the program's own.
+    unsafe { SLUICE_TAIL.tail_call(ctx, index) };
+}
+
 /// Per-CPU scratch for the ICMP error a reject builds (76 bytes).
 #[map]
 static SLUICE_ICMP: PerCpuArray<crate::reject::IcmpError> = PerCpuArray::with_max_entries(1, 0);
@@ -230,6 +317,38 @@ static SLUICE_ICMP: PerCpuArray<crate::reject::IcmpError> = PerCpuArray::with_ma
 #[inline(always)]
 pub fn icmp_scratch() -> Option<*mut crate::reject::IcmpError> {
     SLUICE_ICMP.get_ptr_mut(0)
+}
+
+/// Per-CPU scratch for a new flow's conntrack entries, written there rather
+/// than on the stack (`conntrack::create`).
+#[map]
+static SLUICE_CT_SCR: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+/// The same for IPv6 flows.
+#[map]
+static SLUICE_CT6_SCR: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch conntrack entry.
+#[inline(always)]
+pub fn ct_scratch() -> Option<*mut CtEntry> {
+    SLUICE_CT_SCR.get_ptr_mut(0)
+}
+
+/// This CPU's scratch IPv6 conntrack entry.
+#[inline(always)]
+pub fn ct6_scratch() -> Option<*mut CtEntry6> {
+    SLUICE_CT6_SCR.get_ptr_mut(0)
+}
+
+/// Per-CPU scratch for the ICMPv6 error a reject builds, header and all
+/// (116 bytes): built in place rather than on the stack.
+#[map]
+static SLUICE_ICMP6: PerCpuArray<crate::reject::ipv6::Icmp6Frame> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's ICMPv6 error under construction.
+#[inline(always)]
+pub fn icmp6_scratch() -> Option<*mut crate::reject::ipv6::Icmp6Frame> {
+    SLUICE_ICMP6.get_ptr_mut(0)
 }
 
 /// Copies a frontend out of the map (a value, not a pointer into it).
@@ -282,43 +401,55 @@ pub const NOEXIST: u64 = 1;
 pub const EEXIST: i32 = -17;
 
 /// One conntrack table: its established map (`TIER` 0) and its new-flow
-/// map (`TIER` 1). Each hook is compiled once per table it uses, so the
-/// verifier always knows which map a pointer is in.
-pub trait CtMaps {
+/// map (`TIER` 1), for addresses `A` (`[u8; 4]` or `In6`: each family
+/// has maps of its own). Each hook is compiled once per table it uses, so
+/// the verifier always knows which map a pointer is in.
+pub trait CtMaps<A: Copy = [u8; 4]> {
     const TABLE: CtTable;
-    fn get<const TIER: u32>(key: &CtKey) -> Option<*mut CtEntry>;
-    fn put<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32>;
-    fn delete<const TIER: u32>(key: &CtKey) -> Result<(), i32>;
+    fn get<const TIER: u32>(key: &CtKeyOf<A>) -> Option<*mut CtEntryOf<A>>;
+    fn put<const TIER: u32>(key: &CtKeyOf<A>, value: &CtEntryOf<A>, flags: u64) -> Result<(), i32>;
+    fn delete<const TIER: u32>(key: &CtKeyOf<A>) -> Result<(), i32>;
+    /// Counts `counter` of map `map` (`CtTable::map`) of this family.
+    fn count(map: u32, counter: u32);
 
     /// Inserts an entry; a new one is counted.
     #[inline(always)]
-    fn insert<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32> {
+    fn insert<const TIER: u32>(
+        key: &CtKeyOf<A>,
+        value: &CtEntryOf<A>,
+        flags: u64,
+    ) -> Result<(), i32> {
         let r = Self::put::<TIER>(key, value, flags);
         if r.is_ok() && flags == NOEXIST {
-            ct_count(Self::TABLE.map(TIER), CT_INSERTED);
+            Self::count(Self::TABLE.map(TIER), CT_INSERTED);
         }
         r
     }
 
     /// Removes an entry, if it is there (it may have been evicted).
     #[inline(always)]
-    fn remove<const TIER: u32>(key: &CtKey) {
+    fn remove<const TIER: u32>(key: &CtKeyOf<A>) {
         if Self::delete::<TIER>(key).is_ok() {
-            ct_count(Self::TABLE.map(TIER), CT_REMOVED);
+            Self::count(Self::TABLE.map(TIER), CT_REMOVED);
         }
     }
 }
 
 macro_rules! ct_maps {
-    ($(#[$doc:meta])* $name:ident = $index:literal: $established:ident, $new:ident) => {
+    ($(#[$doc:meta])* $name:ident = $index:literal:
+        $established:ident, $new:ident; $established6:ident, $new6:ident) => {
         $(#[$doc])*
         pub struct $name;
 
-        impl CtMaps for $name {
+        ct_maps!(@impl $name, $index, [u8; 4], $established, $new, SLUICE_CT_STAT);
+        ct_maps!(@impl $name, $index, In6, $established6, $new6, SLUICE_CT6_STAT);
+    };
+    (@impl $name:ident, $index:literal, $addr:ty, $established:ident, $new:ident, $stats:ident) => {
+        impl CtMaps<$addr> for $name {
             const TABLE: CtTable = CtTable($index);
 
             #[inline(always)]
-            fn get<const TIER: u32>(key: &CtKey) -> Option<*mut CtEntry> {
+            fn get<const TIER: u32>(key: &CtKeyOf<$addr>) -> Option<*mut CtEntryOf<$addr>> {
                 if TIER == CT_TIER_NEW {
                     $new.get_ptr_mut(key)
                 } else {
@@ -327,7 +458,11 @@ macro_rules! ct_maps {
             }
 
             #[inline(always)]
-            fn put<const TIER: u32>(key: &CtKey, value: &CtEntry, flags: u64) -> Result<(), i32> {
+            fn put<const TIER: u32>(
+                key: &CtKeyOf<$addr>,
+                value: &CtEntryOf<$addr>,
+                flags: u64,
+            ) -> Result<(), i32> {
                 if TIER == CT_TIER_NEW {
                     $new.insert(key, value, flags)
                 } else {
@@ -336,11 +471,18 @@ macro_rules! ct_maps {
             }
 
             #[inline(always)]
-            fn delete<const TIER: u32>(key: &CtKey) -> Result<(), i32> {
+            fn delete<const TIER: u32>(key: &CtKeyOf<$addr>) -> Result<(), i32> {
                 if TIER == CT_TIER_NEW {
                     $new.remove(key)
                 } else {
                     $established.remove(key)
+                }
+            }
+
+            #[inline(always)]
+            fn count(map: u32, counter: u32) {
+                if let Some(c) = $stats.get_ptr_mut(map * CT_COUNTERS + counter) {
+                    unsafe { *c += 1 };
                 }
             }
         }
@@ -349,27 +491,20 @@ macro_rules! ct_maps {
 
 ct_maps!(
     /// East-west TCP.
-    EwTcp = 0: SLUICE_CT_EWT, SLUICE_CT_EWT_N
+    EwTcp = 0: SLUICE_CT_EWT, SLUICE_CT_EWT_N; SLUICE_CT6_EWT, SLUICE_CT6_EWT_N
 );
 ct_maps!(
     /// East-west, other protocols.
-    EwOther = 1: SLUICE_CT_EWO, SLUICE_CT_EWO_N
+    EwOther = 1: SLUICE_CT_EWO, SLUICE_CT_EWO_N; SLUICE_CT6_EWO, SLUICE_CT6_EWO_N
 );
 ct_maps!(
     /// North-south TCP.
-    NsTcp = 2: SLUICE_CT_NST, SLUICE_CT_NST_N
+    NsTcp = 2: SLUICE_CT_NST, SLUICE_CT_NST_N; SLUICE_CT6_NST, SLUICE_CT6_NST_N
 );
 ct_maps!(
     /// North-south, other protocols.
-    NsOther = 3: SLUICE_CT_NSO, SLUICE_CT_NSO_N
+    NsOther = 3: SLUICE_CT_NSO, SLUICE_CT_NSO_N; SLUICE_CT6_NSO, SLUICE_CT6_NSO_N
 );
-
-#[inline(always)]
-fn ct_count(map: u32, counter: u32) {
-    if let Some(c) = SLUICE_CT_STAT.get_ptr_mut(map * CT_COUNTERS + counter) {
-        unsafe { *c += 1 };
-    }
-}
 
 /// The counters of a frontend, created (zero on every CPU) by its first
 /// packet: the agent writes no counter entries, which halves the map
@@ -407,7 +542,6 @@ pub fn touch_names() {
     let _ = &SLUICE_SVC_NAME;
     let _ = &SLUICE_REFUSED;
     let _ = &SLUICE_REFUSED6;
-    let _ = &SLUICE_SRC_RNG6;
 }
 
 #[inline(always)]
@@ -462,6 +596,19 @@ pub fn source_allowed(service_id: u32, saddr: [u8; 4]) -> bool {
         },
     );
     SLUICE_SRC_RANGE.get(&key).is_some()
+}
+
+/// Whether IPv6 `saddr` is in one of frontend `service_id`'s source ranges.
+#[inline(always)]
+pub fn source_allowed6(service_id: u32, saddr: In6) -> bool {
+    let key = Key::new(
+        160,
+        SourceRangeKey6 {
+            service_id_be: service_id.to_be_bytes(),
+            addr_be: saddr.octets(),
+        },
+    );
+    SLUICE_SRC_RNG6.get(&key).is_some()
 }
 
 /// Whether `addr` is one of the node's own addresses.

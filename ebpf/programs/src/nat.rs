@@ -3,30 +3,33 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use sluice_abi::stats::DropReason;
+use sluice_abi::{addr::In6, stats::DropReason};
 
-use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet};
+use crate::{
+    family::Family,
+    parse::{IP_CHECK_OFF, IP_TTL_OFF, Packet},
+};
 
 /// DNAT: the destination becomes `addr:port`.
 #[inline(always)]
-pub fn rewrite_dst(
+pub fn rewrite_dst<A: Family>(
     ctx: &TcContext,
-    p: &Packet,
-    addr: [u8; 4],
+    p: &Packet<A>,
+    addr: A,
     port: [u8; 2],
 ) -> Result<(), DropReason> {
-    rewrite(
-        ctx,
-        p,
-        IP_DADDR_OFF,
-        p.l4_off + 2,
-        p.daddr,
-        addr,
-        p.dport,
-        port,
-    )
+    let r = Rewrite {
+        addr_off: A::DADDR_OFF,
+        port_off: p.l4_off + 2,
+        old_addr: p.daddr,
+        new_addr: addr,
+        old_port: p.dport,
+        new_port: port,
+    };
+    A::rewrite(ctx, p, &r)
 }
 
 /// One hop, for a packet BPF forwards itself: its TTL goes down by one
@@ -43,56 +46,107 @@ pub fn ttl_down(ctx: &TcContext, p: &Packet) -> Result<(), DropReason> {
 
 /// Reverse NAT of a reply: the source becomes `addr:port`.
 #[inline(always)]
-pub fn rewrite_src(
+pub fn rewrite_src<A: Family>(
     ctx: &TcContext,
-    p: &Packet,
-    addr: [u8; 4],
+    p: &Packet<A>,
+    addr: A,
     port: [u8; 2],
 ) -> Result<(), DropReason> {
-    rewrite(ctx, p, IP_SADDR_OFF, p.l4_off, p.saddr, addr, p.sport, port)
+    let r = Rewrite {
+        addr_off: A::SADDR_OFF,
+        port_off: p.l4_off,
+        old_addr: p.saddr,
+        new_addr: addr,
+        old_port: p.sport,
+        new_port: port,
+    };
+    A::rewrite(ctx, p, &r)
 }
 
+/// One address and port of a packet, where they are, what they are and
+/// what they become.
+pub struct Rewrite<A> {
+    pub addr_off: usize,
+    pub port_off: usize,
+    pub old_addr: A,
+    pub new_addr: A,
+    pub old_port: [u8; 2],
+    pub new_port: [u8; 2],
+}
+
+/// UDP: a zero checksum means "none" and must stay zero; a computed zero
+/// is sent as 0xffff (`BPF_F_MARK_MANGLED_0`).
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one rewrite, spelled out")]
-fn rewrite(
-    ctx: &TcContext,
-    p: &Packet,
-    addr_off: usize,
-    port_off: usize,
-    old_addr: [u8; 4],
-    new_addr: [u8; 4],
-    old_port: [u8; 2],
-    new_port: [u8; 2],
-) -> Result<(), DropReason> {
-    // UDP: a zero checksum means "none" and must stay zero; a computed zero
-    // is sent as 0xffff (BPF_F_MARK_MANGLED_0).
-    let udp = if p.is_tcp() {
+fn udp_flag<A>(p: &Packet<A>) -> u64 {
+    if p.is_tcp() {
         0
     } else {
         u64::from(BPF_F_MARK_MANGLED_0)
-    };
+    }
+}
+
+/// An IPv4 rewrite: the L4 checksum (pseudo-header and port) and the
+/// header's own.
+#[inline(always)]
+pub fn rewrite4(ctx: &TcContext, p: &Packet, r: &Rewrite<[u8; 4]>) -> Result<(), DropReason> {
+    let udp = udp_flag(p);
     let check = p.l4_check_off();
     let (oa, na) = (
-        u64::from(u32::from_ne_bytes(old_addr)),
-        u64::from(u32::from_ne_bytes(new_addr)),
+        u64::from(u32::from_ne_bytes(r.old_addr)),
+        u64::from(u32::from_ne_bytes(r.new_addr)),
     );
     let (op, np) = (
-        u64::from(u16::from_ne_bytes(old_port)),
-        u64::from(u16::from_ne_bytes(new_port)),
+        u64::from(u16::from_ne_bytes(r.old_port)),
+        u64::from(u16::from_ne_bytes(r.new_port)),
     );
     if !p.l4 {
         // A later fragment: its first fragment's L4 checksum covered the
         // change (and its ports are not here).
-        let r = ctx
+        let res = ctx
             .l3_csum_replace(IP_CHECK_OFF, oa, na, 4)
-            .and_then(|()| ctx.store(addr_off, &new_addr, 0));
-        return r.map_err(|_| DropReason::Rewrite);
+            .and_then(|()| ctx.store(r.addr_off, &r.new_addr, 0));
+        return res.map_err(|_| DropReason::Rewrite);
     }
-    let r = ctx
+    let res = ctx
         .l4_csum_replace(check, oa, na, udp | u64::from(BPF_F_PSEUDO_HDR) | 4)
         .and_then(|()| ctx.l4_csum_replace(check, op, np, udp | 2))
         .and_then(|()| ctx.l3_csum_replace(IP_CHECK_OFF, oa, na, 4))
-        .and_then(|()| ctx.store(addr_off, &new_addr, 0))
-        .and_then(|()| ctx.store(port_off, &new_port, 0));
-    r.map_err(|_| DropReason::Rewrite)
+        .and_then(|()| ctx.store(r.addr_off, &r.new_addr, 0))
+        .and_then(|()| ctx.store(r.port_off, &r.new_port, 0));
+    res.map_err(|_| DropReason::Rewrite)
+}
+
+/// An IPv6 rewrite: IPv6 has no header checksum; the address's change to
+/// the L4 checksum (its pseudo-header) is one 16-byte difference.
+#[inline(always)]
+pub fn rewrite6(ctx: &TcContext, p: &Packet<In6>, r: &Rewrite<In6>) -> Result<(), DropReason> {
+    if !p.l4 {
+        // A later fragment: the first fragment's checksum covered it.
+        return ctx
+            .store(r.addr_off, &r.new_addr, 0)
+            .map_err(|_| DropReason::Rewrite);
+    }
+    let udp = udp_flag(p);
+    let check = p.l4_check_off();
+    let mut old = r.old_addr.0;
+    let mut new = r.new_addr.0;
+    // SAFETY: two 16-byte arrays on the stack, whole words.
+    let diff = unsafe { bpf_csum_diff(old.as_mut_ptr(), 16, new.as_mut_ptr(), 16, 0) };
+    #[expect(clippy::cast_sign_loss, reason = "a checksum, or an error below")]
+    let diff = if diff < 0 {
+        return Err(DropReason::Rewrite);
+    } else {
+        diff as u64 & 0xffff_ffff
+    };
+    let (op, np) = (
+        u64::from(u16::from_ne_bytes(r.old_port)),
+        u64::from(u16::from_ne_bytes(r.new_port)),
+    );
+    // Size 0: `diff` is a checksum difference, not a field's old and new.
+    let res = ctx
+        .l4_csum_replace(check, 0, diff, udp | u64::from(BPF_F_PSEUDO_HDR))
+        .and_then(|()| ctx.l4_csum_replace(check, op, np, udp | 2))
+        .and_then(|()| ctx.store(r.addr_off, &r.new_addr, 0))
+        .and_then(|()| ctx.store(r.port_off, &r.new_port, 0));
+    res.map_err(|_| DropReason::Rewrite)
 }

@@ -16,6 +16,8 @@ use crate::{
     stats,
 };
 
+pub mod ipv6;
+
 /// Offset of the IPv4 header: pod-facing interfaces are Ethernet.
 pub const IP_OFF: usize = EthHdr::LEN;
 /// Offsets inside the IPv4 header.
@@ -30,14 +32,17 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
-/// What the dataplane needs of a TCP or UDP packet, copied out of it.
-pub struct Packet {
-    /// Offset of the L4 header (honours IPv4 options).
+/// What the dataplane needs of a TCP or UDP packet, copied out of it: an
+/// IPv4 packet (`A` = `[u8; 4]`) or an IPv6 one (`In6`, `ipv6.rs`).
+pub struct Packet<A = [u8; 4]> {
+    /// Offset of the L4 header (honours IPv4 options and IPv6 extension
+    /// headers).
     pub l4_off: usize,
-    /// IPv4 header length in bytes, 20..=60.
+    /// IPv4 header length in bytes, 20..=60; IPv6: 40 plus the extension
+    /// headers.
     pub ihl_bytes: usize,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub saddr: A,
+    pub daddr: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -45,12 +50,13 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Length of the whole frame, for byte counters.
     pub len: u32,
-    /// The IPv4 total length (host order), for route MTU checks.
+    /// The IPv4 total length (host order), for route MTU checks; IPv6:
+    /// the payload length plus 40.
     pub tot_len: u16,
     /// Don't Fragment: a packet too big for its route is answered with
-    /// ICMP fragmentation-needed rather than fragmented.
+    /// ICMP fragmentation-needed rather than fragmented (always, for IPv6).
     pub df: bool,
-    /// The IPv4 time to live.
+    /// The IPv4 time to live, or the IPv6 hop limit.
     pub ttl: u8,
     /// Whether the TCP or UDP header is in this packet: not in a later
     /// fragment, whose ports are its first fragment's (the fragment map),
@@ -58,7 +64,7 @@ pub struct Packet {
     pub l4: bool,
 }
 
-impl Packet {
+impl<A> Packet<A> {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub const fn l4_check_off(&self) -> usize {
@@ -75,24 +81,33 @@ impl Packet {
     }
 }
 
-pub enum Parsed {
-    /// Not IPv4 TCP/UDP: pass it.
+pub enum Parsed<A = [u8; 4]> {
+    /// Not TCP/UDP or an ICMP error: pass it.
     NotOurs,
-    /// A later IPv4 TCP/UDP fragment to `daddr` whose ports are not known
-    /// (its first fragment was not seen; or TCP, whose flags it lacks).
+    /// A later TCP/UDP fragment to `daddr` whose ports are not known (its
+    /// first fragment was not seen; or TCP, whose flags it lacks).
     Fragment {
-        daddr: [u8; 4],
+        daddr: A,
     },
-    Packet(Packet),
+    Packet(Packet<A>),
     /// An ICMP error (destination unreachable, time exceeded, parameter
     /// problem), not fragmented: `proto` is ICMP, the ports are zero and
     /// `l4_off` is the ICMP header's offset. What it is about is
     /// `icmp::quoted`'s to read.
-    IcmpError(Packet),
+    IcmpError(Packet<A>),
+}
+
+/// The packet's network protocol (the Ethernet type): IPv4, IPv6, or
+/// another, which is passed.
+#[inline(always)]
+pub fn ether_type(ctx: &impl Frame) -> Option<u16> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // The raw field: never read an enum from packet memory.
+    Some(unsafe { (*eth).ether_type })
 }
 
 /// The packet memory of a program's context.
-pub trait Frame {
+pub trait Frame: Sized {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// Bytes in the whole packet.
@@ -100,6 +115,12 @@ pub trait Frame {
     /// Makes the first `len` bytes linear, if they are not; `false` when
     /// that failed or is not possible (XDP frames are linear already).
     fn pull(&self, len: u32) -> bool;
+
+    /// A copy of the `T` at `off`, linear or not.
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        ptr_at::<T>(self, off).map(|p| unsafe { p.read_unaligned() })
+    }
 }
 
 impl Frame for TcContext {
@@ -121,6 +142,12 @@ impl Frame for TcContext {
     #[inline(always)]
     fn pull(&self, len: u32) -> bool {
         self.pull_data(len).is_ok()
+    }
+
+    /// `bpf_skb_load_bytes`: the bytes need not be in the linear area.
+    #[inline(always)]
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        self.load(off).ok()
     }
 }
 
@@ -182,6 +209,25 @@ pub fn header<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
         return None;
     }
     ptr_at::<T>(ctx, off)
+}
+
+/// The ports of the TCP or UDP header at `l4_off`, and TCP's flags (0
+/// for UDP); either family.
+#[inline(always)]
+pub fn ports(
+    ctx: &impl Frame,
+    l4_off: usize,
+    l4proto: u8,
+) -> Result<([u8; 2], [u8; 2], u8), DropReason> {
+    if l4proto == proto::TCP {
+        let tcp = header::<[u8; 20]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
+        let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, _, flags, ..] = unsafe { *tcp };
+        Ok(([s0, s1], [d0, d1], flags))
+    } else {
+        let udp = header::<[u8; 8]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
+        let [s0, s1, d0, d1, ..] = unsafe { *udp };
+        Ok(([s0, s1], [d0, d1], 0))
+    }
 }
 
 /// Parses Ethernet, IPv4 and the TCP/UDP ports.
@@ -275,15 +321,7 @@ pub fn parse(ctx: &impl Frame) -> Result<Parsed, DropReason> {
         }
         return Ok(Parsed::IcmpError(packet));
     }
-    let (sport, dport, tcp_flags) = if l4proto == proto::TCP {
-        let tcp = header::<[u8; 20]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
-        let [s0, s1, d0, d1, _, _, _, _, _, _, _, _, _, flags, ..] = unsafe { *tcp };
-        ([s0, s1], [d0, d1], flags)
-    } else {
-        let udp = header::<[u8; 8]>(ctx, l4_off).ok_or(DropReason::MalformedL4)?;
-        let [s0, s1, d0, d1, ..] = unsafe { *udp };
-        ([s0, s1], [d0, d1], 0)
-    };
+    let (sport, dport, tcp_flags) = ports(ctx, l4_off, l4proto)?;
     packet.sport = sport;
     packet.dport = dport;
     packet.tcp_flags = tcp_flags;

@@ -7,27 +7,39 @@
 //! path); everything else passes untouched.
 
 use aya_ebpf::programs::TcContext;
+use network_types::eth::EtherType;
 use sluice_abi::{
-    config::{CFG_SERVICE_CIDR, DataplaneConfig, HAIRPIN_ADDR},
-    conntrack::{CT_F_SNAT, CtEntry},
-    service::{Backend, SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue},
+    config::{CFG_SERVICE_CIDR, DataplaneConfig},
+    conntrack::{CT_F_SNAT, CtEntry, CtEntryOf},
+    service::{SVC_FLAG_SOURCE_RANGES, ServiceValue},
     stats::{DropReason, Event},
 };
 
 use crate::{
     TC_ACT_OK, TC_ACT_REDIRECT,
     conntrack::{self, Binding, Tracked},
+    family::Family,
     fib, icmp, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
-    monitor, nat,
+    nat,
     parse::{self, Packet, Parsed},
     reject, stats,
 };
+
+mod ipv6;
+
+pub use ipv6::{run as run6, run_icmp as run6_icmp, run_new as run6_new};
 
 /// A packet from a pod (the host side of its interface's ingress).
 #[inline(always)]
 pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason> {
     maps::touch_names();
+    if parse::ether_type(ctx) == Some(EtherType::Ipv6 as u16) {
+        // `tc_ingress6`; it does not return. Without it (an agent that did
+        // not set it), IPv6 passes untouched.
+        maps::tail_call(ctx, maps::TAIL_POD6);
+        return Ok(pass());
+    }
     let p = match parse::parse(ctx)? {
         Parsed::Packet(p) => p,
         Parsed::NotOurs => return Ok(pass()),
@@ -48,22 +60,18 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
     }
     // Every frontend uses all endpoints from a pod, a NodePort too:
     // kube-proxy short-circuits traffic from inside the cluster.
-    if let Some((key, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto) {
-        return if p.is_tcp() {
-            to_service::<EwTcp>(ctx, &p, &key, &svc, config)
-        } else {
-            to_service::<EwOther>(ctx, &p, &key, &svc, config)
-        };
+    if let Some((_, svc)) = lb::frontend_or_node_port(p.daddr, p.dport, p.proto) {
+        return to_frontend(ctx, &p, &svc, config);
     }
     // A backend's reply: of a flow from a pod, or from outside to a
     // backend on this node.
     let now = conntrack::now();
     let reply = if p.is_tcp() {
-        conntrack::lookup_reply::<EwTcp>(&p, now)
-            .or_else(|| conntrack::lookup_reply::<NsTcp>(&p, now))
+        conntrack::lookup_reply::<_, EwTcp>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<_, NsTcp>(&p, now))
     } else {
-        conntrack::lookup_reply::<EwOther>(&p, now)
-            .or_else(|| conntrack::lookup_reply::<NsOther>(&p, now))
+        conntrack::lookup_reply::<_, EwOther>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<_, NsOther>(&p, now))
     };
     if let Some(reply) = reply {
         return from_backend(ctx, &p, &reply);
@@ -90,12 +98,7 @@ fn from_backend(ctx: &TcContext, p: &Packet, reply: &CtEntry) -> Result<i32, Dro
         return Err(DropReason::SpoofedSource);
     }
     if reply.flags & CT_F_SNAT != 0 {
-        // A hairpin flow's answer: back into the pod that is both ends.
-        nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
-        nat::rewrite_dst(ctx, p, reply.snat_addr_be, reply.snat_port_be)?;
-        stats::traffic(reply.service_id, reply.backend_id, p.len, false);
-        stats::event(Event::Reply);
-        return hairpin(ctx);
+        return hairpin_reply(ctx, p, reply);
     }
     // A NodePort's reply comes from a node address: sent on from here
     // (the stack would take it for a martian), along a route looked up
@@ -138,9 +141,9 @@ fn icmp_from_pod(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
         return Ok(pass());
     };
     let t = if q.is_tcp() {
-        icmp::translation::<EwTcp>(p, &q).or_else(|| icmp::translation::<NsTcp>(p, &q))
+        icmp::translation::<_, EwTcp>(p, &q).or_else(|| icmp::translation::<_, NsTcp>(p, &q))
     } else {
-        icmp::translation::<EwOther>(p, &q).or_else(|| icmp::translation::<NsOther>(p, &q))
+        icmp::translation::<_, EwOther>(p, &q).or_else(|| icmp::translation::<_, NsOther>(p, &q))
     };
     let Some(t) = t else {
         return Ok(pass());
@@ -158,52 +161,102 @@ fn icmp_from_pod(ctx: &TcContext, p: &Packet) -> Result<i32, DropReason> {
     Ok(fib::redirect(&route).unwrap_or(TC_ACT_OK))
 }
 
-/// A packet from a client to a Service frontend, tracked in table `T`.
+/// A pod's packet to a frontend of either family, in the east-west table of
+/// its protocol.
 #[inline(always)]
-fn to_service<T: CtMaps>(
+fn to_frontend<A: Family>(
     ctx: &TcContext,
-    p: &Packet,
-    _key: &ServiceKey,
+    p: &Packet<A>,
+    svc: &ServiceValue,
+    config: &DataplaneConfig,
+) -> Result<i32, DropReason>
+where
+    EwTcp: CtMaps<A>,
+    EwOther: CtMaps<A>,
+{
+    if p.is_tcp() {
+        to_service::<_, EwTcp>(ctx, p, svc, config)
+    } else {
+        to_service::<_, EwOther>(ctx, p, svc, config)
+    }
+}
+
+/// A packet from a client to a Service frontend of either family, tracked
+/// in table `T`. IPv6's new flows go on to `tc_ingress6_new` (`A::TAIL_NEW`),
+/// whose stack has room for them.
+#[inline(always)]
+fn to_service<A: Family, T: CtMaps<A>>(
+    ctx: &TcContext,
+    p: &Packet<A>,
     svc: &ServiceValue,
     config: &DataplaneConfig,
 ) -> Result<i32, DropReason> {
-    if !fib::source_routed_here(ctx, p) {
+    if !A::source_routed_here(ctx, p) {
         return Err(DropReason::SpoofedSource);
     }
     let now = conntrack::now();
-    let tracked = conntrack::lookup_original::<T>(p, now, &config.lifetimes);
+    let tracked = conntrack::lookup_original::<_, T>(p, now, &config.lifetimes);
     if !p.l4 && !matches!(tracked, Tracked::Keep(_)) {
         // A later fragment never starts a flow: its first did, or failed.
         return Err(DropReason::Fragment);
     }
-    let (to, new_flow) = match tracked {
+    match tracked {
         Tracked::Keep(bound) => {
             stats::event(Event::Established);
-            (bound, false)
+            translate(ctx, p, svc, &bound, false)
         }
         // kube-proxy drops ctstate INVALID.
-        Tracked::Invalid => return Err(DropReason::CtInvalid),
+        Tracked::Invalid => Err(DropReason::CtInvalid),
         Tracked::New => {
-            if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, p.saddr) {
-                // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
-                return Err(DropReason::SourceRange);
+            if let Some(slot) = A::TAIL_NEW {
+                maps::tail_call(ctx, slot);
+                return Err(DropReason::TailCall);
             }
-            if svc.count == 0 {
-                // kube-proxy: a Service with no endpoints REJECTs.
-                return reject::reject(ctx, p, DropReason::NoEndpoints);
-            }
-            let client = u64::from(u32::from_be_bytes(p.saddr));
-            let chosen: Backend = lb::with_affinity(svc, client, now, lb::Pick::Random)?;
-            let choice = Binding::from(chosen);
-            // To itself (hairpin): from the hairpin address, so that its
-            // answer leaves it and comes back here to be translated.
-            let snat = (choice.addr == p.saddr).then_some(HAIRPIN_ADDR);
-            let to = conntrack::create::<T>(p, &choice, svc.id, now, snat, config)?;
-            stats::event(Event::NewFlow);
-            monitor::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
-            (to, true)
+            new_flow::<A, T>(ctx, p, svc, config, now)
         }
-    };
+    }
+}
+
+/// A new flow from a client to frontend `svc`, tracked in table `T`: its
+/// backend chosen, its entries created, the packet translated.
+#[inline(always)]
+fn new_flow<A: Family, T: CtMaps<A>>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    svc: &ServiceValue,
+    config: &DataplaneConfig,
+    now: u64,
+) -> Result<i32, DropReason> {
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !A::source_allowed(svc.id, p.saddr) {
+        // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
+        return Err(DropReason::SourceRange);
+    }
+    if svc.count == 0 {
+        // kube-proxy: a Service with no endpoints REJECTs.
+        return A::reject(ctx, p, DropReason::NoEndpoints);
+    }
+    let client = A::client(p.saddr);
+    let chosen: A::Backend = lb::with_affinity(svc, client, now, lb::Pick::Random)?;
+    let choice = Binding::to(&chosen);
+    // To itself (hairpin): from the hairpin address, so that its answer
+    // leaves it and comes back here to be translated.
+    let snat = (choice.addr == p.saddr).then_some(A::HAIRPIN);
+    let to = conntrack::create::<A, T>(p, &choice, svc.id, now, snat, config)?;
+    stats::event(Event::NewFlow);
+    A::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
+    translate(ctx, p, svc, &to, true)
+}
+
+/// DNAT of a client's packet to the backend its flow is bound to (`to`),
+/// and the hairpin SNAT when the client is that backend.
+#[inline(always)]
+fn translate<A: Family>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    svc: &ServiceValue,
+    to: &Binding<A>,
+    new_flow: bool,
+) -> Result<i32, DropReason> {
     nat::rewrite_dst(ctx, p, to.addr, to.port)?;
     stats::traffic(svc.id, to.backend_id, p.len, new_flow);
     if let Some(snat) = to.snat {
@@ -211,6 +264,21 @@ fn to_service<T: CtMaps>(
         return hairpin(ctx);
     }
     Ok(TC_ACT_OK)
+}
+
+/// A hairpin flow's answer, of either family: back into the pod that is
+/// both ends.
+#[inline(always)]
+fn hairpin_reply<A: Family>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    reply: &CtEntryOf<A>,
+) -> Result<i32, DropReason> {
+    nat::rewrite_src(ctx, p, reply.nat_addr_be, reply.nat_port_be)?;
+    nat::rewrite_dst(ctx, p, reply.snat_addr_be, reply.snat_port_be)?;
+    stats::traffic(reply.service_id, reply.backend_id, p.len, false);
+    stats::event(Event::Reply);
+    hairpin(ctx)
 }
 
 /// Sends a hairpin packet back into the pod it came from (the egress of

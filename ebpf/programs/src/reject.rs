@@ -18,6 +18,8 @@ use sluice_abi::{
     stats::{DropReason, Event},
 };
 
+pub mod ipv6;
+
 use crate::{
     TC_ACT_REDIRECT,
     parse::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IP_OFF, Packet},
@@ -108,6 +110,14 @@ pub fn answer(
     let about = crate::monitor::About::refused(sluice_abi::monitor::KIND_REJECT, reason, ifindex);
     crate::monitor::packet(p, &about);
     build(ctx, p, &icmp).ok_or(DropReason::RejectFailed)?;
+    send_back(ctx)
+}
+
+/// Sends the error a packet became back out of the interface it came in
+/// on (either family).
+#[inline(always)]
+pub fn send_back(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let action = unsafe { bpf_redirect(ifindex, 0) };
     if action != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RejectFailed);
@@ -200,8 +210,14 @@ pub fn ip_header(p: &Packet, msg_len: usize, from: [u8; 4]) -> Ipv4Hdr {
 /// The Internet checksum of `len` bytes (a multiple of 4) at `data`.
 #[inline(always)]
 fn checksum(data: *mut u32, len: usize) -> u16 {
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, data, len as u32, 0) };
-    // The helper returns the 32-bit partial sum of native-order words;
-    // folding it gives the field value in memory order.
-    csum::finish(sum as u32)
+    csum::finish(partial_sum(data, len, 0))
+}
+
+/// The 32-bit partial sum of `len` bytes (a multiple of 4) at `data`,
+/// added to `seed`: the helper sums native-order words, so that folding
+/// it gives the field value in memory order.
+#[inline(always)]
+pub fn partial_sum(data: *mut u32, len: usize, seed: u32) -> u32 {
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, data, len as u32, seed) };
+    sum as u32
 }

@@ -29,7 +29,7 @@ use sluice_abi::{
     affinity::CLIENT_NETNS,
     config::DataplaneConfig,
     proto,
-    service::{Backend, Backend6, SCOPE_ALL, SVC_FLAG_MARKER, ServiceKey6, ServiceValue},
+    service::{Backend, Backend6, ServiceValue},
     sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
     stats::{DropReason, Event},
 };
@@ -334,36 +334,13 @@ pub fn translate6(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event)
     if (protocol != proto::TCP && protocol != proto::UDP) || config.is_local_ip6(daddr) {
         return ALLOW;
     }
-    let key = ServiceKey6 {
-        addr_be: daddr,
-        port_be: dport,
-        proto: protocol,
-        scope: SCOPE_ALL,
-    };
-    // A frontend at the address, or the NodePort (at `::`) of a node
-    // address that serves NodePorts.
-    let node_port = ServiceKey6 {
-        addr_be: [0; 16],
-        ..key
-    };
-    let svc = match maps::service6(&key) {
-        Some(v) if v.flags & SVC_FLAG_MARKER == 0 => v,
-        found => match maps::service6(&node_port) {
-            Some(v) if found.is_none() && maps::serves_node_ports6(daddr) => v,
-            _ => {
-                // An allocated ClusterIP's unknown port is refused, as for
-                // IPv4.
-                let marker = ServiceKey6 {
-                    port_be: [0; 2],
-                    proto: 0,
-                    ..key
-                };
-                if maps::service6(&marker).is_some() {
-                    return refuse(DropReason::UnknownPort);
-                }
-                return ALLOW;
-            }
-        },
+    // A frontend at the address, or the NodePort of a node address.
+    let Some((_, svc)) = lb::frontend_or_node_port6(daddr, dport, protocol) else {
+        // An allocated ClusterIP's unknown port is refused, as for IPv4.
+        if lb::is_cluster_ip6(daddr) {
+            return refuse(DropReason::UnknownPort);
+        }
+        return ALLOW;
     };
     to_backend::<Backend6>(ctx, Family::V4, &svc, protocol, (daddr, dport), event)
 }

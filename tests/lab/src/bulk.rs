@@ -43,7 +43,8 @@ pub struct BulkServer {
 
 impl BulkServer {
     pub fn start(ns: &Netns, port: u16) -> Result<Self> {
-        let listener = ns.run(move || TcpListener::bind(("0.0.0.0", port)))??;
+        // `::` takes IPv4 too (mapped), unless the namespace says otherwise.
+        let listener = ns.run(move || TcpListener::bind(("::", port)))??;
         let accepting = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -192,7 +193,7 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start(ns: &Netns, port: u16) -> Result<Self> {
-        let sock = ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??;
+        let sock = ns.run(move || UdpSocket::bind(("::", port)))??;
         // The stop flag is seen within this.
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -226,7 +227,7 @@ impl Drop for UdpEcho {
 /// `to` within `limit`.
 pub fn udp_echo(ns: &Netns, to: SocketAddr, n: usize, limit: Duration) -> Result<()> {
     ns.run(move || -> Result<()> {
-        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        let s = UdpSocket::bind(crate::lab::unspecified(to))?;
         s.connect(to)?;
         s.set_read_timeout(Some(limit))?;
         let mut out = vec![0u8; n];

@@ -380,7 +380,7 @@ impl Pod {
     /// One UDP request/response from a fresh socket.
     pub fn udp_request(&self, to: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
         self.ns.run(move || -> Result<(String, SocketAddr)> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(unspecified(to))?;
             s.set_read_timeout(Some(timeout))?;
             s.send_to(b"hello\n", to)?;
             let mut buf = [0u8; 2048];
@@ -411,6 +411,15 @@ impl Pod {
     /// A UDP socket in this pod on `port`.
     pub fn udp_socket_on(&self, port: u16) -> Result<UdpSocket> {
         Ok(self.ns.run(move || UdpSocket::bind(("0.0.0.0", port)))??)
+    }
+}
+
+/// Any port of the unspecified address of `to`'s family, to bind a client
+/// socket to.
+pub fn unspecified(to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     }
 }
 

@@ -260,23 +260,23 @@ fn floods_of_new_flows_from_a_pod_and_from_outside_never_break_idle_established_
     let metrics = http_get(lab, SocketAddr::from(([127, 0, 0, 1], 10256)), "/metrics")
         .unwrap()
         .1;
-    let series = |name: &str| -> f64 {
+    // IPv4's series (`labels` without the family).
+    let series = |name: &str, labels: &str| -> f64 {
+        let name = format!("{name}{{{labels},family=\"ipv4\"}}");
         metrics
             .lines()
-            .find(|l| l.starts_with(name))
+            .find(|l| l.starts_with(&name))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no `{name}` in {metrics}"))
     };
-    assert!(series("sluice_conntrack_evicted_total{table=\"north_south_tcp\",map=\"new\"}") > 0.0);
+    let new = |table: &str| format!("table=\"{table}\",map=\"new\"");
+    assert!(series("sluice_conntrack_evicted_total", &new("north_south_tcp")) > 0.0);
     // Full, for an LRU map: each CPU keeps some free entries aside.
-    let fill = series("sluice_conntrack_fill_ratio{table=\"east_west_other\",map=\"new\"}");
+    let fill = series("sluice_conntrack_fill_ratio", &new("east_west_other"));
     assert!(fill > 0.5, "fill {fill}\n{metrics}");
-    assert!(
-        series(
-            "sluice_conntrack_entries{table=\"east_west_tcp\",map=\"established\",state=\"established\"}"
-        ) >= 40.0
-    );
+    let established = "table=\"east_west_tcp\",map=\"established\",state=\"established\"";
+    assert!(series("sluice_conntrack_entries", established) >= 40.0);
     let status = lab.status(&sluice_lab::default_bin()).unwrap();
     assert!(
         status

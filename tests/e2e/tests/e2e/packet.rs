@@ -7,6 +7,7 @@
 pub mod builder;
 mod conntrack;
 pub mod harness;
+mod ipv6;
 mod matrix;
 mod rewrites;
 
@@ -46,7 +47,7 @@ type Harness = harness::Harness<PodSide>;
 
 /// The node the program believes it runs in, for its route lookups: the
 /// frames arrive on `vpod`, a pod's interface, through which the pods'
-/// network (10.244.0.0/16) is routed.
+/// networks (`10.244.0.0/16`, `fd00:244::/32`) are routed.
 struct PodSide {
     ns: Netns,
     vpod: u32,
@@ -62,10 +63,12 @@ impl PodSide {
             &["link", "set", "vpod", "up"],
             &["link", "set", "vpodp", "up"],
             &["route", "add", "10.244.0.0/16", "dev", "vpod"],
+            &["-6", "route", "add", "fd00:244::/32", "dev", "vpod"],
         ] {
             ns.ip(args).unwrap();
         }
         ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
         // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
         let vpod = ns
             .run(|| unsafe { libc::if_nametoindex(c"vpod".as_ptr()) })

@@ -140,7 +140,7 @@ pub(crate) fn web_lab6(n: usize) -> Lab {
 }
 
 /// `web_lab6(n)` with `web` dual-stack.
-fn dual_stack_lab(n: usize) -> Lab {
+pub(crate) fn dual_stack_lab(n: usize) -> Lab {
     let lab = web_lab6(n);
     lab.write_manifest("web.yaml", &dual_stack_web(&(0..n).collect::<Vec<_>>()))
         .unwrap();

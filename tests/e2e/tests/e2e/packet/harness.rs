@@ -61,16 +61,22 @@ impl Loaded {
         for (name, size) in sluice_abi::maps::CONNTRACK.iter().zip(sizes) {
             loader.map_max_entries(name, size);
         }
+        for (name, size) in sluice_abi::maps::CONNTRACK6.iter().zip(sizes) {
+            loader.map_max_entries(name, size);
+        }
         let mut ebpf = loader
             .override_global("CONFIG", config, true)
             .load(EBPF_OBJ)
             .unwrap();
         let program = ebpf.program_mut(hook.program()).unwrap();
         match hook {
-            Hook::Tc => <&mut SchedClassifier>::try_from(program)
-                .unwrap()
-                .load()
-                .unwrap(),
+            Hook::Tc => {
+                <&mut SchedClassifier>::try_from(program)
+                    .unwrap()
+                    .load()
+                    .unwrap();
+                sluice_agent::dataplane::link_tail_calls(&mut ebpf).unwrap();
+            }
             Hook::Xdp => <&mut Xdp>::try_from(program).unwrap().load().unwrap(),
         }
         let maps = Maps::take(&mut ebpf).unwrap();
