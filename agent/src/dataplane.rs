@@ -54,7 +54,8 @@ const XDP_PROGRAM: &str = "xdp_ingress";
 /// The programs `tc_ingress` tail-calls, by their slot in `SLUICE_TAIL`
 /// (`maps::TAIL_*` in the programs): pod-facing IPv6, its new flows, its
 /// ICMPv6 errors.
-const TAILS: [&str; 3] = ["tc_ingress6", "tc_ingress6_new", "tc_ingress6_icmp"];
+const TAILS: [&str; names::TAIL_SLOTS as usize] =
+    ["tc_ingress6", "tc_ingress6_new", "tc_ingress6_icmp"];
 /// The TC program behind XDP on external interfaces.
 const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";

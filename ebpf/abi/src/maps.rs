@@ -114,9 +114,14 @@ pub const MONITOR_ON: &str = "SLUICE_MON_ON";
 /// Per-CPU `monitor::MonitorLimiter`: the rate limit, and what it suppressed.
 pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
 
-/// Programs `tc_ingress` tail-calls, by slot (not pinned): slot 0 is
-/// `tc_ingress6`.
+/// Programs `tc_ingress` tail-calls, by slot (`TAIL_SLOTS`): `tc_ingress6`,
+/// `tc_ingress6_new`, `tc_ingress6_icmp`. Pinned, as Cilium pins its
+/// `cilium_calls_*`: the kernel empties a program array when the last
+/// process holding it closes it, and the programs must keep serving IPv6
+/// while no agent runs. A restarted agent puts its programs in each slot.
 pub const TAIL_CALLS: &str = "SLUICE_TAIL";
+/// Slots of `TAIL_CALLS`.
+pub const TAIL_SLOTS: u32 = 3;
 
 /// The layout version of every pinned map, as the build that pinned it
 /// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.
@@ -135,7 +140,7 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 45] = [
+pub const PINNED: [&str; 46] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -180,6 +185,7 @@ pub const PINNED: [&str; 45] = [
     MONITOR,
     MONITOR_ON,
     MONITOR_LIMIT,
+    TAIL_CALLS,
     LAYOUT,
 ];
 

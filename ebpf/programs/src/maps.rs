@@ -20,7 +20,7 @@ use sluice_abi::{
     maps::{
         AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, FRAG_SIZE, MAX_BACKENDS, MAX_EXT_IFS,
         MAX_MAGLEV_CHUNKS, MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES,
-        SOCK_REV_SIZE,
+        SOCK_REV_SIZE, TAIL_SLOTS,
     },
     service::{
         Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, NodeAddr6,
@@ -289,9 +289,10 @@ pub fn fragment_ports6(key: &FragKey6) -> Option<[[u8; 2]; 2]> {
 }
 
 /// Programs `tc_ingress` hands packets on to (tail calls), set by the
-/// agent after loading: `TAIL_POD6`. Not pinned: each load has its own.
+/// agent after loading. Pinned: the kernel empties a program array that
+/// no process holds, and the programs serve while no agent runs.
 #[map]
-static SLUICE_TAIL: ProgramArray = ProgramArray::with_max_entries(TAILS, 0);
+static SLUICE_TAIL: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 
 /// `SLUICE_TAIL`'s slots: `tc_ingress6`, IPv6 from pods;
 /// `tc_ingress6_new`, their new flows; `tc_ingress6_icmp`, their ICMPv6
@@ -299,7 +300,6 @@ static SLUICE_TAIL: ProgramArray = ProgramArray::with_max_entries(TAILS, 0);
 pub const TAIL_POD6: u32 = 0;
 pub const TAIL_POD6_NEW: u32 = 1;
 pub const TAIL_POD6_ICMP: u32 = 2;
-const TAILS: u32 = 3;
 
 /// Hands the packet to the program in slot `index` of `SLUICE_TAIL`; returns
 /// only when there is none there.

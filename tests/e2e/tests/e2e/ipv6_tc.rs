@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::ErrorKind,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     time::Duration,
@@ -17,6 +18,7 @@ use sluice_lab::{
     AgentOptions, Lab, Netns,
     bulk::{self, BulkServer, UdpEcho},
     ethtool,
+    lab::request_line,
     manifest::{self, Endpoint, Port},
     require_privileges,
 };
@@ -271,4 +273,164 @@ fn a_connected_udp_client_hears_econnrefused_when_its_ipv6_backend_has_no_listen
         Err(ErrorKind::ConnectionRefused)
     );
     assert!(event_count(&lab, "icmp_error") > errors, "translated in TC");
+}
+
+/// `web` dual-stack on b0..b2 with extra `spec` lines, each endpoint of
+/// its IPv6 slice on the node `nodes` names (`None`: left out).
+fn web6_on(spec: &str, nodes: [Option<&str>; 3]) -> String {
+    let eps: Vec<String> = (0..3)
+        .filter_map(|i| {
+            nodes[i].map(|node| {
+                format!(
+                    "{{addresses: [\"{}\"], nodeName: {node}, conditions: {{ready: true}}}}",
+                    backend_ip6(i)
+                )
+            })
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\", \"{VIP6}\"]\n  ports: [{{name: http, port: 80}}]\n{spec}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-v6\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv6\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+const NODE: &str = "lab-node";
+
+fn agent_on_node() -> AgentOptions {
+    AgentOptions {
+        extra_args: vec!["--node-name".into(), NODE.into()],
+        ..AgentOptions::default()
+    }
+}
+
+/// The backends that answer `n` connections to `web`'s IPv6 ClusterIP from
+/// pod `pod`.
+fn answering6(lab: &Lab, pod: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            who(&lab
+                .pod(pod)
+                .tcp_request(SocketAddr::from((VIP6, 80)), T)
+                .unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn an_ipv6_endpoint_removed_gets_no_new_connections_and_flows_to_the_others_survive() {
+    if !require_privileges(
+        "an_ipv6_endpoint_removed_gets_no_new_connections_and_flows_to_the_others_survive",
+    ) {
+        return;
+    }
+    let mut lab = web_lab6(3);
+    let all = [Some(NODE); 3];
+    lab.write_manifest("web.yaml", &web6_on("", all)).unwrap();
+    lab.start_agent(&agent_on_node()).unwrap();
+    let http6 = SocketAddr::from((VIP6, 80));
+    let mut conns = BTreeMap::new();
+    for _ in 0..100 {
+        let mut c = lab.pod("client").tcp_connect(http6, T).unwrap();
+        let name = who(&request_line(&mut c, T).unwrap());
+        conns.entry(name).or_insert(c);
+        if conns.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(conns.len(), 3, "connections to all three backends");
+    apply(
+        &mut lab,
+        "web.yaml",
+        &web6_on("", [Some(NODE), None, Some(NODE)]),
+    );
+    for (name, conn) in &mut conns {
+        if name != "b1" {
+            let answer =
+                request_line(conn, T).unwrap_or_else(|e| panic!("flow to {name} broke: {e:#}"));
+            assert_eq!(&who(&answer), name, "the flow kept its backend");
+        }
+    }
+    let seen = answering6(&lab, "client", 30);
+    assert!(
+        !seen.contains("b1"),
+        "a removed endpoint got a new connection: {seen:?}"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_and_client_ip_affinity_hold_for_ipv6_through_tc() {
+    if !require_privileges(
+        "internal_traffic_policy_local_and_client_ip_affinity_hold_for_ipv6_through_tc",
+    ) {
+        return;
+    }
+    let mut lab = web_lab6(3);
+    let clients: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    for (i, name) in (0u8..).zip(&clients) {
+        lab.add_pod(name, Ipv4Addr::new(10, 244, 2, 10 + i))
+            .unwrap();
+        let ip6 = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x10 + u16::from(i));
+        lab.add_ipv6(name, ip6).unwrap();
+    }
+    let local = "  internalTrafficPolicy: Local\n";
+    lab.write_manifest(
+        "web.yaml",
+        &web6_on(local, [Some(NODE), Some(NODE), Some("other")]),
+    )
+    .unwrap();
+    lab.start_agent(&agent_on_node()).unwrap();
+    assert_eq!(
+        answering6(&lab, "client", 40),
+        BTreeSet::from(["b0".to_owned(), "b1".to_owned()]),
+        "only this node's endpoints"
+    );
+    // Local with none here: refused, not sent elsewhere.
+    apply(&mut lab, "web.yaml", &web6_on(local, [Some("other"); 3]));
+    let refused = lab
+        .pod("client")
+        .tcp_request(SocketAddr::from((VIP6, 80)), T)
+        .unwrap_err();
+    assert!(refused.to_string().contains("refused"), "{refused:#}");
+
+    // ClientIP affinity: each client sticks to one backend; the clients
+    // spread over several.
+    let affinity =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n";
+    apply(&mut lab, "web.yaml", &web6_on(affinity, [Some(NODE); 3]));
+    let mut picks = BTreeSet::new();
+    for name in &clients {
+        let seen = answering6(&lab, name, 12);
+        assert_eq!(seen.len(), 1, "{name} moved: {seen:?}");
+        picks.extend(seen);
+    }
+    assert!(
+        picks.len() > 1,
+        "every client got the same backend: {picks:?}"
+    );
+    assert!(event_count(&lab, "affinity_hit") >= 80);
+}
+
+#[test]
+fn ipv6_flows_through_tc_survive_an_agent_restart() {
+    if !require_privileges("ipv6_flows_through_tc_survive_an_agent_restart") {
+        return;
+    }
+    let mut lab = web6(3);
+    let http6 = SocketAddr::from((VIP6, 80));
+    let mut conn = lab.pod("client").tcp_connect(http6, T).unwrap();
+    let backend = who(&request_line(&mut conn, T).unwrap());
+    let exit = lab.take_agent().unwrap().stop().unwrap();
+    assert!(exit.success(), "SIGTERM exits cleanly: {exit}");
+    // No agent: the pinned programs, their tail calls and the maps serve.
+    assert_eq!(who(&request_line(&mut conn, T).unwrap()), backend);
+    assert_eq!(spread(&lab, http6, 3, 60).len(), 3);
+    lab.start_agent(&AgentOptions::default()).unwrap();
+    assert_eq!(
+        who(&request_line(&mut conn, T).unwrap()),
+        backend,
+        "the connection survived the restart"
+    );
+    assert_eq!(spread(&lab, http6, 3, 60).len(), 3);
 }
