@@ -163,7 +163,9 @@ pub fn run(args: &Args) -> Result<()> {
         outcome(dns.as_ref().map(|(v4, v6)| format!("{v4} {v6}")))
     );
     let counts = request_loop(&lab, args.requests, interactive);
-    let counts6 = ipv6_requests(&lab, args.requests.unwrap_or(10));
+    let n6 = args.requests.unwrap_or(10);
+    let counts6 = ipv6_requests(&lab, n6, true);
+    let counts6_tc = ipv6_requests(&lab, n6, false);
     println!("\n{}", lab.status(&bin)?);
     drop(lab);
     println!("lab torn down");
@@ -173,7 +175,10 @@ pub fn run(args: &Args) -> Result<()> {
             bail!("not every backend answered: {counts:?}");
         }
         if counts6.len() != BACKENDS.len() {
-            bail!("not every backend answered on the IPv6 ClusterIP: {counts6:?}");
+            bail!("not every backend answered on the IPv6 ClusterIP (socket LB): {counts6:?}");
+        }
+        if counts6_tc.len() != BACKENDS.len() {
+            bail!("not every backend answered on the IPv6 ClusterIP (TC): {counts6_tc:?}");
         }
         if refused.is_ok() {
             bail!("a Service without endpoints answered");
@@ -207,12 +212,18 @@ fn resolve_web(lab: &Lab) -> Result<(String, String)> {
     Ok((first("ahostsv4")?, first("ahostsv6")?))
 }
 
-/// `n` requests through the IPv6 ClusterIP from the client pod, by a
-/// process in the lab's cgroup (socket LB serves IPv6 so far): which
-/// backend answered, how often.
-fn ipv6_requests(lab: &Lab, n: u32) -> BTreeMap<String, u32> {
+/// At least `n` requests through the IPv6 ClusterIP from the client pod,
+/// and more (up to three times as many) until every backend answered, by a
+/// process in the lab's cgroup (`socket_lb`: socket LB connects it to a
+/// backend) or outside it (TC translates its packets): which backend
+/// answered, how often.
+fn ipv6_requests(lab: &Lab, n: u32, socket_lb: bool) -> BTreeMap<String, u32> {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    for sent in 1..=n {
+    let path = if socket_lb { "socket LB" } else { "TC" };
+    for sent in 1..=3 * n {
+        if sent > n && counts.len() == BACKENDS.len() {
+            break;
+        }
         let mut cmd = lab.pod("client").ns.command("timeout");
         cmd.args([
             "5",
@@ -220,19 +231,23 @@ fn ipv6_requests(lab: &Lab, n: u32) -> BTreeMap<String, u32> {
             "-c",
             &format!("exec 3<>/dev/tcp/{WEB_VIP6}/80 && echo hi >&3 && head -1 <&3"),
         ]);
-        let answer = lab
-            .cgroup()
-            .enter_on_spawn(&mut cmd)
+        let entered = if socket_lb {
+            lab.cgroup().enter_on_spawn(&mut cmd)
+        } else {
+            Ok(())
+        };
+        let answer = entered
             .and_then(|()| Ok(cmd.output()?))
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        let to = format!("[{WEB_VIP6}]:80 ({path})");
         match answer {
             Ok(a) if !a.is_empty() => {
                 let backend = a.split_whitespace().next().unwrap_or("?").to_owned();
                 *counts.entry(backend.clone()).or_default() += 1;
-                println!("request {sent:>4} to [{WEB_VIP6}]:80 answered by {backend}");
+                println!("request {sent:>4} to {to} answered by {backend}");
             }
-            Ok(_) => println!("request {sent:>4} to [{WEB_VIP6}]:80 got no answer"),
-            Err(e) => println!("request {sent:>4} to [{WEB_VIP6}]:80 failed: {e:#}"),
+            Ok(_) => println!("request {sent:>4} to {to} got no answer"),
+            Err(e) => println!("request {sent:>4} to {to} failed: {e:#}"),
         }
     }
     counts
@@ -333,8 +348,11 @@ fn start_lab(bin: &Path, source: DemoSource, interactive: bool) -> Result<Lab> {
         client.ns.name()
     );
     println!(
-        "IPv6 (socket LB, for processes in the lab's cgroup):\n         \
+        "IPv6 (TC):\n         \
+         ip netns exec {} bash -c 'exec 3<>/dev/tcp/{WEB_VIP6}/80; echo hi >&3; head -1 <&3'\n\
+         IPv6 (socket LB, for processes in the lab's cgroup):\n         \
          ip netns exec {} bash -c 'echo $$ > {}/cgroup.procs; exec 3<>/dev/tcp/{WEB_VIP6}/80; echo hi >&3; head -1 <&3'\n",
+        client.ns.name(),
         client.ns.name(),
         lab.cgroup().path().display()
     );
