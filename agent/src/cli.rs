@@ -49,7 +49,7 @@ pub struct MonitorArgs {
     pub reason: Option<String>,
     /// Only events with this address as source, destination, backend or SNAT.
     #[arg(long)]
-    pub addr: Option<std::net::Ipv4Addr>,
+    pub addr: Option<std::net::IpAddr>,
     /// Only `drop`, `reject`, `new-flow` or `snat` events.
     #[arg(long)]
     pub kind: Option<String>,

@@ -8,17 +8,20 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use sluice_abi::{
+    addr::In6,
     maps as names,
-    monitor::{KIND_DROP, KIND_NEW_FLOW, KIND_REJECT, MonitorEvent, MonitorLimiter},
+    monitor::{
+        FAMILY_V6, KIND_DROP, KIND_NEW_FLOW, KIND_REJECT, MonitorEvent, MonitorLimiter, as_v4,
+    },
     proto,
-    service::{ServiceKey, ServiceName, ServiceValue},
+    service::{ServiceKey, ServiceKey6, ServiceName, ServiceValue},
     stats::DropReason,
 };
 use tokio::{
@@ -34,7 +37,7 @@ pub struct Filter {
     /// A drop reason's label (`no_endpoints`, …).
     pub reason: Option<String>,
     /// The event's source, destination, backend or SNAT address.
-    pub addr: Option<Ipv4Addr>,
+    pub addr: Option<IpAddr>,
     /// `drop`, `reject`, `new-flow` or `snat` (new flows that got a SNAT port).
     pub kind: Option<String>,
 }
@@ -58,6 +61,9 @@ pub struct Line {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat: Option<String>,
     pub iface: String,
+    /// The addresses above, for `Filter::addr`.
+    #[serde(skip)]
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Line {
@@ -97,13 +103,7 @@ impl Line {
             "snat" => self.snat.is_some(),
             other => other == self.kind,
         });
-        let addr = f.addr.is_none_or(|want| {
-            [&self.src, &self.dst]
-                .into_iter()
-                .chain(&self.backend)
-                .chain(&self.snat)
-                .any(|a| a.split(':').next() == Some(want.to_string().as_str()))
-        });
+        let addr = f.addr.is_none_or(|want| self.addrs.contains(&want));
         service && reason && kind && addr
     }
 }
@@ -112,6 +112,8 @@ impl Line {
 struct Names {
     map: HashMap<MapData, u32, ServiceName>,
     frontends: HashMap<MapData, ServiceKey, ServiceValue>,
+    /// Absent in the pins of a build without IPv6.
+    frontends6: Option<HashMap<MapData, ServiceKey6, ServiceValue>>,
     known: BTreeMap<u32, String>,
 }
 
@@ -122,12 +124,18 @@ impl Names {
         if e.service_id != 0 {
             return self.get(e.service_id);
         }
-        let key = ServiceKey::new(
-            Ipv4Addr::from(e.daddr_be),
-            u16::from_be_bytes(e.dport_be),
-            e.proto,
-        );
-        let value = self.frontends.get(&key, 0).ok()?;
+        let port = u16::from_be_bytes(e.dport_be);
+        let value = match address(e.family, e.daddr_be) {
+            IpAddr::V4(a) => self
+                .frontends
+                .get(&ServiceKey::new(a, port, e.proto), 0)
+                .ok()?,
+            IpAddr::V6(a) => self
+                .frontends6
+                .as_ref()?
+                .get(&ServiceKey6::new(a, port, e.proto), 0)
+                .ok()?,
+        };
         self.get(value.id)
     }
 
@@ -182,6 +190,9 @@ async fn watch(pin_dir: PathBuf, filter: &Filter, json: bool) -> anyhow::Result<
     let mut names = Names {
         map: HashMap::try_from(Map::HashMap(open(&pin_dir, names::SERVICE_NAMES)?))?,
         frontends: HashMap::try_from(Map::HashMap(open(&pin_dir, names::SERVICES)?))?,
+        frontends6: open(&pin_dir, names::SERVICES6)
+            .ok()
+            .and_then(|m| HashMap::try_from(Map::HashMap(m)).ok()),
         known: BTreeMap::new(),
     };
     let mut flag: Array<MapData, u32> =
@@ -276,12 +287,21 @@ impl Clock {
     }
 }
 
-fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
+/// An event's address field, as its family reads.
+fn address(family: u8, a: In6) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(a))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(as_v4(a)))
+    }
+}
+
+fn endpoint(addr: IpAddr, port: [u8; 2]) -> String {
     let port = u16::from_be_bytes(port);
     if port == 0 {
-        Ipv4Addr::from(addr).to_string()
+        addr.to_string()
     } else {
-        format!("{}:{port}", Ipv4Addr::from(addr))
+        std::net::SocketAddr::from((addr, port)).to_string()
     }
 }
 
@@ -304,17 +324,22 @@ fn describe(e: &MonitorEvent, names: &mut Names, clock: &Clock) -> Line {
         |_| format!("#{}", e.ifindex),
         |n| n.to_string_lossy().into_owned(),
     );
+    let at = |a| address(e.family, a);
+    let (src, dst) = (at(e.saddr_be), at(e.daddr_be));
+    let backend = (e.backend_be != In6::default()).then(|| at(e.backend_be));
+    let snat = (e.snat_be != In6::default()).then(|| at(e.snat_be));
     Line {
         time: clock.wall(e.ts_ns),
         kind,
         reason,
         proto,
-        src: endpoint(e.saddr_be, e.sport_be),
-        dst: endpoint(e.daddr_be, e.dport_be),
+        src: endpoint(src, e.sport_be),
+        dst: endpoint(dst, e.dport_be),
         frontend: names.of(e),
-        backend: (e.backend_be != [0; 4]).then(|| endpoint(e.backend_be, e.backend_port_be)),
-        snat: (e.snat_be != [0; 4]).then(|| endpoint(e.snat_be, e.snat_port_be)),
+        backend: backend.map(|a| endpoint(a, e.backend_port_be)),
+        snat: snat.map(|a| endpoint(a, e.snat_port_be)),
         iface,
+        addrs: [src, dst].into_iter().chain(backend).chain(snat).collect(),
     }
 }
 
@@ -334,6 +359,9 @@ mod tests {
             backend: Some("10.244.1.10:8080".into()),
             snat: None,
             iface: "veth0".into(),
+            addrs: ["10.244.1.2", "10.96.0.10", "10.244.1.10"]
+                .map(|a| a.parse().unwrap())
+                .to_vec(),
         }
     }
 
@@ -372,14 +400,22 @@ mod tests {
             kind: KIND_REJECT,
             reason: DropReason::NoEndpoints as u8,
             proto: proto::TCP,
-            saddr_be: [10, 244, 1, 2],
-            daddr_be: [10, 96, 0, 10],
+            family: sluice_abi::monitor::FAMILY_V4,
+            saddr_be: sluice_abi::monitor::v4([10, 244, 1, 2]),
+            daddr_be: sluice_abi::monitor::v4([10, 96, 0, 10]),
             sport_be: 40000u16.to_be_bytes(),
             dport_be: 80u16.to_be_bytes(),
             ..MonitorEvent::default()
         };
-        let bytes: [u8; 48] = unsafe { core::mem::transmute(e) };
+        let bytes: [u8; 96] = unsafe { core::mem::transmute(e) };
         assert_eq!(read_event(&bytes), Some(e));
-        assert_eq!(read_event(&bytes[..40]), None);
+        assert_eq!(read_event(&bytes[..90]), None);
+        assert_eq!(address(e.family, e.saddr_be), IpAddr::from([10, 244, 1, 2]));
+        let v6: Ipv6Addr = "fd00:96::a".parse().unwrap();
+        assert_eq!(address(FAMILY_V6, In6::from(v6)), IpAddr::V6(v6));
+        assert_eq!(
+            endpoint(IpAddr::V6(v6), 80u16.to_be_bytes()),
+            "[fd00:96::a]:80"
+        );
     }
 }

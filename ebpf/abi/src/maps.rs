@@ -130,9 +130,17 @@ pub const LAYOUT: &str = "SLUICE_LAYOUT";
 /// The version of pinned map `name`'s layout in this build: raised with
 /// any change of what its keys or values mean, so that a build meeting
 /// another version's pins converts them or replaces them, and says so.
-/// Conntrack is at 3 (after `SLUICE_CT` and `SLUICE_CT_V2`).
+/// Conntrack is at 3 (after `SLUICE_CT` and `SLUICE_CT_V2`), the monitor's ring
+/// buffer at 2 (its events grew IPv6 addresses).
 pub fn layout_version(name: &str) -> u32 {
-    if CONNTRACK.contains(&name) { 3 } else { 1 }
+    if CONNTRACK.contains(&name) {
+        3
+    } else if name == MONITOR {
+        // Events of 96 bytes, with IPv6 addresses.
+        2
+    } else {
+        1
+    }
 }
 
 /// Pins of earlier layouts, removed once this build's maps exist (and

@@ -3,7 +3,7 @@
 //! `MONITOR_RATE` events a second per CPU; the rest are counted as
 //! suppressed.
 
-use crate::pod;
+use crate::{addr::In6, pod};
 
 /// A dropped packet (`reason` says why).
 pub const KIND_DROP: u8 = 1;
@@ -21,6 +21,12 @@ pub const MONITOR_BURST: u64 = 500;
 /// The budget of one event, in nanoseconds of refill.
 pub const MONITOR_EVENT_NS: u64 = 1_000_000_000 / MONITOR_RATE;
 
+/// `MonitorEvent::family`: IPv4 addresses, in the first 4 bytes of each
+/// address field (the rest zero: `v4`).
+pub const FAMILY_V4: u8 = 4;
+/// `MonitorEvent::family`: IPv6 addresses.
+pub const FAMILY_V6: u8 = 6;
+
 /// One event. The tuple is the packet's as the program saw it: for drops,
 /// when it was dropped.
 #[repr(C)]
@@ -32,22 +38,36 @@ pub struct MonitorEvent {
     /// A `DropReason`, for drops and rejects.
     pub reason: u8,
     pub proto: u8,
-    pub _pad: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`: how the addresses read.
+    pub family: u8,
     pub ifindex: u32,
-    pub saddr_be: [u8; 4],
-    pub daddr_be: [u8; 4],
+    pub saddr_be: In6,
+    pub daddr_be: In6,
     pub sport_be: [u8; 2],
     pub dport_be: [u8; 2],
     /// The frontend's id (0: none known).
     pub service_id: u32,
-    pub backend_be: [u8; 4],
+    pub backend_be: In6,
     pub backend_port_be: [u8; 2],
     pub snat_port_be: [u8; 2],
     /// The SNAT address a new flow got (zero: none).
-    pub snat_be: [u8; 4],
-    pub _pad2: [u8; 4],
+    pub snat_be: In6,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<MonitorEvent>() == 48);
+const _: () = assert!(size_of::<MonitorEvent>() == 96);
+
+/// An IPv4 address as the event holds it: its four bytes first.
+#[inline(always)]
+pub const fn v4(a: [u8; 4]) -> In6 {
+    In6([u32::from_ne_bytes(a), 0, 0, 0])
+}
+
+/// The IPv4 address of an event's `FAMILY_V4` address field.
+#[inline(always)]
+pub const fn as_v4(a: In6) -> [u8; 4] {
+    let [w, ..] = a.0;
+    w.to_ne_bytes()
+}
 
 /// A CPU's token bucket, in nanoseconds of budget.
 #[repr(C)]

@@ -9,15 +9,15 @@ use sluice_abi::{
     addr::In6,
     config::{HAIRPIN_ADDR, HAIRPIN_ADDR6},
     conntrack::CtEntryOf,
+    monitor::{FAMILY_V4, FAMILY_V6, v4 as monitor_v4},
     service::{Backend, Backend6},
     stats::DropReason,
 };
 
 use crate::{
-    conntrack::Binding,
     fib,
     lb::FamilyBackend,
-    maps, monitor,
+    maps,
     nat::{self, Rewrite},
     parse::{
         IP_DADDR_OFF, IP_SADDR_OFF, Packet,
@@ -57,8 +57,10 @@ pub trait Family: Copy + PartialEq + Default {
     fn reject(ctx: &TcContext, p: &Packet<Self>, reason: DropReason) -> Result<i32, DropReason>;
     /// This CPU's scratch conntrack entry, where a new flow's are written.
     fn ct_scratch() -> Option<*mut CtEntryOf<Self>>;
-    /// Tells a monitor of a new flow of `p` to `to`.
-    fn new_flow(p: &Packet<Self>, ifindex: u32, service_id: u32, to: &Binding<Self>);
+    /// `MonitorEvent::family` of this family's events.
+    const MONITOR_FAMILY: u8;
+    /// An address as a `MonitorEvent` holds it.
+    fn monitor_addr(a: Self) -> In6;
 }
 
 impl Family for [u8; 4] {
@@ -109,9 +111,11 @@ impl Family for [u8; 4] {
         maps::ct_scratch()
     }
 
+    const MONITOR_FAMILY: u8 = FAMILY_V4;
+
     #[inline(always)]
-    fn new_flow(p: &Packet<Self>, ifindex: u32, service_id: u32, to: &Binding<Self>) {
-        monitor::new_flow(p, ifindex, service_id, to);
+    fn monitor_addr(a: Self) -> In6 {
+        monitor_v4(a)
     }
 }
 
@@ -168,8 +172,10 @@ impl Family for In6 {
         maps::ct6_scratch()
     }
 
-    /// The monitor's records hold IPv4 addresses: IPv6 flows are counted,
-    /// not shown.
+    const MONITOR_FAMILY: u8 = FAMILY_V6;
+
     #[inline(always)]
-    fn new_flow(_: &Packet<Self>, _: u32, _: u32, _: &Binding<Self>) {}
+    fn monitor_addr(a: Self) -> In6 {
+        a
+    }
 }

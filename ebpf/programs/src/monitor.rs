@@ -7,12 +7,13 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use sluice_abi::{
+    addr::In6,
     monitor::{
-        KIND_DROP, KIND_NEW_FLOW, MONITOR_BURST, MONITOR_EVENT_NS, MONITOR_RING_SIZE, MonitorEvent,
-        MonitorLimiter,
+        self, FAMILY_V4, FAMILY_V6, KIND_DROP, KIND_NEW_FLOW, MONITOR_BURST, MONITOR_EVENT_NS,
+        MONITOR_RING_SIZE, MonitorEvent, MonitorLimiter,
     },
     proto,
     stats::DropReason,
@@ -20,6 +21,7 @@ use sluice_abi::{
 
 use crate::{
     conntrack::Binding,
+    family::Family,
     parse::{IP_OFF, Packet},
 };
 
@@ -67,17 +69,17 @@ fn suppressed() {
     }
 }
 
-/// What an event says beyond its packet.
-pub struct About {
+/// What an event says beyond its packet: a drop or reject's reason, or a
+/// new flow's frontend and backend (`A`, the family's address).
+pub struct About<'a, A = [u8; 4]> {
     pub kind: u8,
     pub reason: u8,
     pub ifindex: u32,
     pub service_id: u32,
-    pub backend: ([u8; 4], [u8; 2]),
-    pub snat: ([u8; 4], [u8; 2]),
+    pub to: Option<&'a Binding<A>>,
 }
 
-impl About {
+impl<A> About<'_, A> {
     /// A drop or reject for `reason`, of a packet that came in on `ifindex`.
     #[inline(always)]
     pub const fn refused(kind: u8, reason: DropReason, ifindex: u32) -> Self {
@@ -86,54 +88,93 @@ impl About {
             reason: reason as u8,
             ifindex,
             service_id: 0,
-            backend: ([0; 4], [0; 2]),
-            snat: ([0; 4], [0; 2]),
+            to: None,
         }
     }
 }
 
 /// Writes an event about parsed packet `p`, when a monitor is attached.
+/// The event is filled in the ring buffer from `p` and `about` where they
+/// are: copies of IPv6 addresses held across the reserve would cost stack.
 #[inline(always)]
-pub fn packet(p: &Packet, about: &About) {
+pub fn packet<A: Family>(p: &Packet<A>, about: &About<'_, A>) {
     if !attached() {
         return;
     }
-    write(about, p.proto, (p.saddr, p.sport), (p.daddr, p.dport));
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !allowed(now) {
+        return;
+    }
+    let Some(mut entry) = SLUICE_MONITOR.reserve::<MonitorEvent>(0) else {
+        suppressed();
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        (*e).ts_ns = now;
+        (*e).kind = about.kind;
+        (*e).reason = about.reason;
+        (*e).proto = p.proto;
+        (*e).family = A::MONITOR_FAMILY;
+        (*e).ifindex = about.ifindex;
+        (*e).saddr_be = A::monitor_addr(p.saddr);
+        (*e).sport_be = p.sport;
+        (*e).daddr_be = A::monitor_addr(p.daddr);
+        (*e).dport_be = p.dport;
+        (*e).service_id = about.service_id;
+        let none = (In6::default(), [0; 2]);
+        let (backend, snat) = match about.to {
+            Some(to) => (
+                (A::monitor_addr(to.addr), to.port),
+                to.snat.map_or(none, |s| (A::monitor_addr(s.addr), s.port)),
+            ),
+            None => (none, none),
+        };
+        (*e).backend_be = backend.0;
+        (*e).backend_port_be = backend.1;
+        (*e).snat_be = snat.0;
+        (*e).snat_port_be = snat.1;
+        (*e)._pad = [0; 4];
+    }
+    entry.submit(0);
 }
 
 /// Writes a new-flow event: `p` (before its translation) went to the
 /// backend `to` of frontend `service_id`, SNATed when `to` says so.
 #[inline(always)]
-pub fn new_flow(p: &Packet, ifindex: u32, service_id: u32, to: &Binding) {
-    if !attached() {
-        return;
-    }
-    let snat = match &to.snat {
-        Some(s) => (s.addr, s.port),
-        None => ([0; 4], [0; 2]),
-    };
+pub fn new_flow<A: Family>(p: &Packet<A>, ifindex: u32, service_id: u32, to: &Binding<A>) {
     let about = About {
         kind: KIND_NEW_FLOW,
         reason: 0,
         ifindex,
         service_id,
-        backend: (to.addr, to.port),
-        snat,
+        to: Some(to),
     };
-    write(&about, p.proto, (p.saddr, p.sport), (p.daddr, p.dport));
+    packet(p, &about);
 }
 
-/// Writes a drop event for the frame at `data..data_end` (its IPv4
-/// addresses and ports, if it has them), when a monitor is attached.
+/// Writes a drop event for the frame at `data..data_end` (its addresses
+/// and ports, IPv4 or IPv6, if it has them), when a monitor is attached.
 #[inline(always)]
 pub fn dropped_frame(data: usize, data_end: usize, reason: DropReason, ifindex: u32) {
     if !attached() {
         return;
     }
-    let about = About::refused(KIND_DROP, reason, ifindex);
     let ip = data + IP_OFF;
+    if ip + 40 <= data_end && unsafe { *((data + 12) as *const [u8; 2]) } == [0x86, 0xdd] {
+        dropped6(ip, data_end, reason, ifindex);
+        return;
+    }
     if ip + 20 > data_end || unsafe { *((data + 12) as *const [u8; 2]) } != [0x08, 0x00] {
-        write(&about, 0, ([0; 4], [0; 2]), ([0; 4], [0; 2]));
+        write(
+            KIND_DROP,
+            reason,
+            ifindex,
+            0,
+            FAMILY_V4,
+            [In6::default(); 2],
+            [[0; 2]; 2],
+        );
         return;
     }
     let (ihl, proto, frag, saddr, daddr) = unsafe {
@@ -153,37 +194,117 @@ pub fn dropped_frame(data: usize, data_end: usize, reason: DropReason, ifindex: 
             dport = *((l4 + 2) as *const [u8; 2]);
         }
     }
-    write(&about, proto, (saddr, sport), (daddr, dport));
+    let addrs = [monitor::v4(saddr), monitor::v4(daddr)];
+    write(
+        KIND_DROP,
+        reason,
+        ifindex,
+        proto,
+        FAMILY_V4,
+        addrs,
+        [sport, dport],
+    );
 }
 
+/// `dropped_frame` of an IPv6 frame whose 40-byte header is at `ip`: the
+/// ports when TCP or UDP follows it directly. The addresses are copied
+/// from the frame into the event where it lies in the ring: held in
+/// registers across the reserve, their 32 bytes would cost stack.
 #[inline(always)]
-fn write(about: &About, proto: u8, src: ([u8; 4], [u8; 2]), dst: ([u8; 4], [u8; 2])) {
+fn dropped6(ip: usize, data_end: usize, reason: DropReason, ifindex: u32) {
+    // SAFETY: the caller checked that the 40 bytes are in the frame.
+    let next = unsafe { *((ip + 6) as *const u8) };
+    let l4 = ip + 40;
+    let (mut sport, mut dport) = ([0; 2], [0; 2]);
+    if matches!(next, proto::TCP | proto::UDP) && l4 + 4 <= data_end {
+        unsafe {
+            sport = *(l4 as *const [u8; 2]);
+            dport = *((l4 + 2) as *const [u8; 2]);
+        }
+    }
+    let none = [In6::default(); 2];
+    let Some((entry, e)) = reserve(
+        KIND_DROP,
+        reason,
+        ifindex,
+        next,
+        FAMILY_V6,
+        none,
+        [sport, dport],
+    ) else {
+        return;
+    };
+    // SAFETY: 16 bytes each from the frame (checked by the caller) into
+    // the reserved event.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            (ip + 8) as *const u8,
+            (&raw mut (*e).saddr_be).cast::<u8>(),
+            16,
+        );
+        core::ptr::copy_nonoverlapping(
+            (ip + 24) as *const u8,
+            (&raw mut (*e).daddr_be).cast::<u8>(),
+            16,
+        );
+    }
+    entry.submit(0);
+}
+
+/// A drop event of a frame's addresses and ports.
+#[inline(always)]
+fn write(
+    kind: u8,
+    reason: DropReason,
+    ifindex: u32,
+    proto: u8,
+    family: u8,
+    addrs: [In6; 2],
+    ports: [[u8; 2]; 2],
+) {
+    if let Some((entry, _)) = reserve(kind, reason, ifindex, proto, family, addrs, ports) {
+        entry.submit(0);
+    }
+}
+
+/// Reserves a drop event in the ring, filled in; `None` when over the
+/// rate or the ring is full (counted as suppressed).
+#[inline(always)]
+fn reserve(
+    kind: u8,
+    reason: DropReason,
+    ifindex: u32,
+    proto: u8,
+    family: u8,
+    [saddr, daddr]: [In6; 2],
+    [sport, dport]: [[u8; 2]; 2],
+) -> Option<(RingBufEntry<MonitorEvent>, *mut MonitorEvent)> {
     let now = unsafe { bpf_ktime_get_ns() };
     if !allowed(now) {
-        return;
+        return None;
     }
     let Some(mut entry) = SLUICE_MONITOR.reserve::<MonitorEvent>(0) else {
         suppressed();
-        return;
+        return None;
     };
     let e = entry.as_mut_ptr();
     unsafe {
         (*e).ts_ns = now;
-        (*e).kind = about.kind;
-        (*e).reason = about.reason;
+        (*e).kind = kind;
+        (*e).reason = reason as u8;
         (*e).proto = proto;
-        (*e)._pad = 0;
-        (*e).ifindex = about.ifindex;
-        (*e).saddr_be = src.0;
-        (*e).sport_be = src.1;
-        (*e).daddr_be = dst.0;
-        (*e).dport_be = dst.1;
-        (*e).service_id = about.service_id;
-        (*e).backend_be = about.backend.0;
-        (*e).backend_port_be = about.backend.1;
-        (*e).snat_be = about.snat.0;
-        (*e).snat_port_be = about.snat.1;
-        (*e)._pad2 = [0; 4];
+        (*e).family = family;
+        (*e).ifindex = ifindex;
+        (*e).saddr_be = saddr;
+        (*e).sport_be = sport;
+        (*e).daddr_be = daddr;
+        (*e).dport_be = dport;
+        (*e).service_id = 0;
+        (*e).backend_be = In6::default();
+        (*e).backend_port_be = [0; 2];
+        (*e).snat_be = In6::default();
+        (*e).snat_port_be = [0; 2];
+        (*e)._pad = [0; 4];
     }
-    entry.submit(0);
+    Some((entry, e))
 }

@@ -21,7 +21,7 @@ use crate::{
     family::Family,
     fib, icmp, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
-    nat,
+    monitor, nat,
     parse::{self, Packet, Parsed},
     reject, stats,
 };
@@ -243,7 +243,7 @@ fn new_flow<A: Family, T: CtMaps<A>>(
     let snat = (choice.addr == p.saddr).then_some(A::HAIRPIN);
     let to = conntrack::create::<A, T>(p, &choice, svc.id, now, snat, config)?;
     stats::event(Event::NewFlow);
-    A::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
+    monitor::new_flow(p, unsafe { (*ctx.skb.skb).ifindex }, svc.id, &to);
     translate(ctx, p, svc, &to, true)
 }
 

@@ -44,6 +44,9 @@ pub struct Icmp6Frame {
 #[inline(always)]
 pub fn reject(ctx: &TcContext, p: &Packet<In6>, reason: DropReason) -> Result<i32, DropReason> {
     stats::dropped(reason);
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let about = crate::monitor::About::refused(sluice_abi::monitor::KIND_REJECT, reason, ifindex);
+    crate::monitor::packet(p, &about);
     build(ctx, p).ok_or(DropReason::RejectFailed)?;
     send_back(ctx)
 }

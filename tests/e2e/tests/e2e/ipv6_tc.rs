@@ -15,7 +15,7 @@ use std::{
 
 use sluice_agent::dataplane::conntrack::Conntrack;
 use sluice_lab::{
-    AgentOptions, Lab, Netns,
+    AgentOptions, GATEWAY6, Lab, Netns,
     bulk::{self, BulkServer, UdpEcho},
     ethtool,
     lab::request_line,
@@ -25,6 +25,7 @@ use sluice_lab::{
 
 use crate::{
     common::*,
+    lifecycle::start_monitor,
     socketlb::{CLIENT6, backend_ip6, dual_stack_lab, web_lab6},
 };
 
@@ -433,4 +434,78 @@ fn ipv6_flows_through_tc_survive_an_agent_restart() {
         "the connection survived the restart"
     );
     assert_eq!(spread(&lab, http6, 3, 60).len(), 3);
+}
+
+#[test]
+fn a_pod_outside_socket_lb_reaches_ipv6_node_ports_on_the_nodes_ipv6_address_through_tc() {
+    if !require_privileges(
+        "a_pod_outside_socket_lb_reaches_ipv6_node_ports_on_the_nodes_ipv6_address_through_tc",
+    ) {
+        return;
+    }
+    // `web` has NodePorts 30080 (http) and 30053 (dns).
+    let lab = web6(3);
+    let node = SocketAddr::from((GATEWAY6, 30080));
+    let seen = spread(&lab, node, 3, 60);
+    assert_eq!(seen.len(), 3, "every backend answers: {seen:?}");
+    let client = lab.pod("client");
+    let answer = client.tcp_request(node, T).unwrap();
+    assert_eq!(peer(&answer).ip(), CLIENT6, "no SNAT from a pod: {answer}");
+    let (answer, from) = client
+        .udp_request(SocketAddr::from((GATEWAY6, 30053)), T)
+        .unwrap();
+    assert_eq!(from, SocketAddr::from((GATEWAY6, 30053)), "{answer}");
+    // A port no NodePort has is the node's own business.
+    let closed = client
+        .tcp_request(SocketAddr::from((GATEWAY6, 30099)), T)
+        .unwrap_err();
+    assert!(closed.to_string().contains("refused"), "{closed:#}");
+}
+
+#[test]
+fn the_monitor_shows_ipv6_rejects_and_new_flows_through_tc() {
+    if !require_privileges("the_monitor_shows_ipv6_rejects_and_new_flows_through_tc") {
+        return;
+    }
+    let mut lab = web6(1);
+    let ports = [Port::tcp("http", 8080)];
+    apply(
+        &mut lab,
+        "empty.yaml",
+        &dual_stack("empty", OTHER_VIP, OTHER_VIP6, &ports, &[]),
+    );
+    let mut monitor = start_monitor(&lab, &["--addr", &CLIENT6.to_string()]);
+    let client = lab.pod("client");
+    assert!(
+        client
+            .tcp_request(SocketAddr::from((OTHER_VIP6, 8080)), T)
+            .is_err()
+    );
+    let line = monitor.wait_for("\"reject\"", 0, T).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["reason"], "no_endpoints", "{line}");
+    assert_eq!(event["dst"], format!("[{OTHER_VIP6}]:8080"), "{line}");
+    assert_eq!(event["frontend"], "default/empty:http", "{line}");
+    assert!(
+        event["src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("[{CLIENT6}]:")),
+        "{line}"
+    );
+    let mark = monitor.log_len();
+    assert_eq!(
+        who(&client.tcp_request(SocketAddr::from((VIP6, 80)), T).unwrap()),
+        "b0"
+    );
+    let line = monitor.wait_for("\"new-flow\"", mark, T).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["dst"], format!("[{VIP6}]:80"), "{line}");
+    assert_eq!(
+        event["backend"],
+        format!("[{}]:8080", backend_ip6(0)),
+        "{line}"
+    );
+    assert_eq!(event["frontend"], "default/web:http", "{line}");
+    assert!(monitor.stop().unwrap().success());
 }

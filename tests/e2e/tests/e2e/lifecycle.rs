@@ -801,7 +801,7 @@ fn services_that_do_not_fit_are_left_out_whole_named_and_come_back_when_room_fre
 
 /// `sluice monitor -o json` (and `args`) in the node's namespace, once it
 /// says it is watching.
-fn start_monitor(lab: &Lab, args: &[&str]) -> sluice_lab::process::Process {
+pub(crate) fn start_monitor(lab: &Lab, args: &[&str]) -> sluice_lab::process::Process {
     let mut cmd = Command::new(default_bin());
     cmd.arg("monitor")
         .arg("--pin-dir")
