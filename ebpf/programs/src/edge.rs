@@ -17,13 +17,17 @@
 //! this node's endpoints only and keeps the client's address.
 //!
 //! ICMP errors about translated flows are translated back (`icmp.rs`).
-//! What is not Service traffic passes untouched: ARP, IPv6, other ICMP,
-//! fragments, ClusterIPs, and the node's own ports.
+//! What is not Service traffic passes untouched: ARP, IPv6 (not translated
+//! here yet; but one from outside with a node's IPv6 address as source is
+//! forged, and dropped), other ICMP, fragments, ClusterIPs, and the node's
+//! own ports.
 
 pub mod tc;
 
 use aya_ebpf::EbpfContext;
+use network_types::eth::EtherType;
 use sluice_abi::{
+    addr::In6,
     config::DataplaneConfig,
     conntrack::{CT_F_SNAT, CtEntry},
     maglev,
@@ -38,10 +42,23 @@ use crate::{
     conntrack::{self, Binding, Tracked},
     fib, icmp, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
-    parse::{self, Frame, Packet, Parsed},
+    parse::{self, Frame, Packet, Parsed, ipv6::IP6_SADDR_OFF},
     reject::Icmp,
     stats,
 };
+
+/// IPv6 from outside: not translated here yet (issue 20), but one whose
+/// source is one of the node's own addresses is forged, and dropped as
+/// IPv4's is.
+#[inline(always)]
+fn ipv6<E: Edge>(ctx: &E) -> Result<E::Verdict, DropReason> {
+    if let Some(saddr) = ctx.read::<[u32; 4]>(IP6_SADDR_OFF)
+        && maps::is_node_addr6(In6(saddr))
+    {
+        return Err(DropReason::ForgedSource);
+    }
+    Ok(pass::<E>())
+}
 
 /// What differs between XDP and TC at an external interface.
 pub trait Edge: EbpfContext + Frame {
@@ -72,6 +89,9 @@ pub trait Edge: EbpfContext + Frame {
 
 #[inline(always)]
 pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, DropReason> {
+    if parse::ether_type(ctx) == Some(EtherType::Ipv6 as u16) {
+        return ipv6(ctx);
+    }
     let (p, error) = match parse::parse(ctx)? {
         Parsed::Packet(p) => (p, false),
         Parsed::IcmpError(p) => (p, true),

@@ -625,6 +625,16 @@ pub fn serves_node_ports(addr_be: [u8; 4]) -> bool {
         .is_some_and(|v| unsafe { core::ptr::read_volatile(v) } & NODE_ADDR_NODEPORTS != 0)
 }
 
+/// Whether IPv6 `addr` is one of the node's own addresses.
+#[inline(always)]
+pub fn is_node_addr6(addr: In6) -> bool {
+    SLUICE_NODE_IP6
+        .get_ptr(NodeAddr6 {
+            addr_be: addr.octets(),
+        })
+        .is_some()
+}
+
 /// Whether IPv6 `addr_be` is one of the node's addresses serving NodePorts.
 #[inline(always)]
 pub fn serves_node_ports6(addr_be: [u8; 16]) -> bool {

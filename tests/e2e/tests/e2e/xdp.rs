@@ -861,3 +861,39 @@ fn xdp_node_ports_answer_only_on_the_node_addresses_that_serve_them() {
     });
     assert_eq!(h.run(&forged).0, XDP_DROP);
 }
+
+/// An IPv6 UDP frame from `src` to `dst` (its checksum left zero: nothing
+/// here reads it).
+fn udp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, UDP, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]);
+    f
+}
+
+#[test]
+fn xdp_drops_ipv6_from_outside_with_a_node_address_as_source_and_passes_the_rest() {
+    if !require_privileges(
+        "xdp_drops_ipv6_from_outside_with_a_node_address_as_source_and_passes_the_rest",
+    ) {
+        return;
+    }
+    let node6: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
+    let client6: std::net::Ipv6Addr = "fd00:77::100".parse().unwrap();
+    let mut h = Harness::new("forged6");
+    h.maps
+        .set_node_addrs(&BTreeSet::from([NODE.into(), node6.into()]), |_| true)
+        .unwrap();
+    let honest = udp6(client6, node6);
+    assert_eq!(h.run(&honest), (XDP_PASS, honest.clone()));
+    for _ in 0..3 {
+        let forged = udp6(node6, client6);
+        assert_eq!(h.run(&forged).0, XDP_DROP, "a node source from outside");
+    }
+    assert_eq!(h.drops(DropReason::ForgedSource), 3);
+}
