@@ -13,7 +13,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use sluice_abi::{addr::In6, csum, stats::DropReason};
 
-use super::{INNER_MAX, IcmpError, partial_sum, send_back};
+use super::{IcmpError, partial_sum, send_back};
 use crate::{
     parse::{
         IP_OFF, Packet,
@@ -57,17 +57,12 @@ fn build(ctx: &TcContext, p: &Packet<In6>) -> Option<()> {
     let eth: EthHdr = ctx.load(0).ok()?;
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let f = unsafe { &mut *crate::maps::icmp6_scratch()? };
-    // The IPv6 header, its extension headers and the ports, up to the
-    // scratch's room: what the client's stack needs to find its socket.
-    // The volatile read hides the known range from LLVM, so that the
-    // verifier sees the bound.
-    let ihl = unsafe { core::ptr::read_volatile(&raw const p.ihl_bytes) };
-    let quoted = (ihl & 0x78) + 8;
-    let quoted = if quoted > INNER_MAX {
-        INNER_MAX
-    } else {
-        quoted
-    };
+    // The IPv6 header and the ports, what the client's stack needs to find
+    // its socket; behind extension headers, the first 8 bytes of them and
+    // the 8 after (the whole of one, then the ports). Two constants: a
+    // length clamped at run time reached Linux 6.1's verifier spilled
+    // before its bound was known ("invalid access to map value").
+    let quoted: usize = if p.ihl_bytes == 40 { 48 } else { 56 };
     let skb = ctx.skb.skb;
     let inner = core::ptr::from_mut(&mut f.msg.inner).cast();
     if unsafe { bpf_skb_load_bytes(skb.cast(), IP_OFF as u32, inner, quoted as u32) } != 0 {
