@@ -626,6 +626,36 @@ fn an_endpoint_change_through_the_api_server_is_timed_to_the_maps() {
              apiVersion: v1\nkind: Pod\nmetadata: {{name: b0, namespace: default, labels: {{app: web}}}}\nspec:\n  containers: [{{name: c, image: web}}]\n"
         ),
     );
+    // The controller writes slices from its own task, after the apply
+    // returns. A slice written after the agent's first list would be a
+    // change, so the agent starts once the controller has caught up: it
+    // handles events in order, and a later Service's slice means it has
+    // handled the Service and the Pod above.
+    kubectl_apply(
+        &mut lab,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: fence, namespace: default}\nspec:\n  selector: {app: fence}\n  ports: [{port: 80}]\n",
+    );
+    let deadline = Instant::now() + CATCH_UP;
+    while kubectl(
+        &mut lab,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=fence",
+            "-o",
+            "name",
+        ],
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the controller wrote no slice for fence"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let opts = kubeconfig_agent(&mut lab);
     lab.start_agent(&opts).unwrap();
     lab.agent()
