@@ -392,7 +392,7 @@ struct Externals {
     /// The node addresses last written.
     addrs: Option<std::collections::BTreeSet<std::net::IpAddr>>,
     /// The SNAT address of each interface with XDP.
-    snat: std::collections::BTreeMap<u32, std::net::Ipv4Addr>,
+    snat: std::collections::BTreeMap<u32, external::Snat>,
     /// Told of interfaces the programs could not be attached to.
     health: Health,
 }

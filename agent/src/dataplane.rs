@@ -51,11 +51,18 @@ use crate::{
 const TC_PROGRAM: &str = "tc_ingress";
 /// The XDP program's function name in the eBPF object.
 const XDP_PROGRAM: &str = "xdp_ingress";
-/// The programs `tc_ingress` tail-calls, by their slot in `SLUICE_TAIL`
-/// (`maps::TAIL_*` in the programs): pod-facing IPv6, its new flows, its
-/// ICMPv6 errors.
-const TAILS: [&str; names::TAIL_SLOTS as usize] =
-    ["tc_ingress6", "tc_ingress6_new", "tc_ingress6_icmp"];
+/// The programs tail-called, by their slot in `SLUICE_TAIL` (`maps::TAIL_*`
+/// in the programs): from `tc_ingress`, pod-facing IPv6, its new flows, its
+/// ICMPv6 errors; from the external interfaces' TC programs, the same for
+/// IPv6 from outside.
+const TAILS: [&str; names::TAIL_SLOTS as usize] = [
+    "tc_ingress6",
+    "tc_ingress6_new",
+    "tc_ingress6_icmp",
+    "tc_edge6",
+    "tc_edge6_new",
+    "tc_edge6_icmp",
+];
 /// The TC program behind XDP on external interfaces.
 const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";
@@ -210,7 +217,7 @@ impl Dataplane {
                     source: Box::new(e),
                 })?;
         }
-        link_tail_calls(&mut ebpf)?;
+        link_tail_calls(&mut ebpf, |_| true)?;
         if !tc_mode {
             xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
                 name: XDP_PROGRAM,
@@ -446,10 +453,11 @@ impl Dataplane {
         &mut self,
         index: u32,
         name: &str,
-        snat: std::net::Ipv4Addr,
+        snat: crate::external::Snat,
     ) -> Result<(), Error> {
         // Before the program sees a packet: routes out of here are remote.
-        self.maps.set_ext_if(index, Some(snat))?;
+        self.maps.set_ext_if6(index, snat.v6)?;
+        self.maps.set_ext_if(index, Some(snat.v4))?;
         if let Some(attached) = self.xdp_links.get_mut(&index) {
             name.clone_into(&mut attached.name);
             return Ok(());
@@ -468,6 +476,7 @@ impl Dataplane {
             }
             Err(e) => {
                 let _ = self.maps.set_ext_if(index, None);
+                let _ = self.maps.set_ext_if6(index, None);
                 Err(e)
             }
         }
@@ -521,8 +530,13 @@ impl Dataplane {
         }
         attach::remove_pin(&attach::xdp_pin_path(&self.pin_dir, index));
         attach::remove_pin(&attach::ext_tc_pin_path(&self.pin_dir, index));
-        if let Err(e) = self.maps.set_ext_if(index, None) {
-            tracing::warn!("{}", e.chain());
+        for result in [
+            self.maps.set_ext_if(index, None),
+            self.maps.set_ext_if6(index, None),
+        ] {
+            if let Err(e) = result {
+                tracing::warn!("{}", e.chain());
+            }
         }
     }
 

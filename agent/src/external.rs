@@ -4,12 +4,12 @@
 //! the XDP program serves the external interfaces (`--external-interfaces`,
 //! by default those holding a node address, but loopback and the
 //! pod-facing `--interfaces`). A flow to a backend on another node leaving
-//! through one is SNATed to its first address.
+//! through one is SNATed to its first address of the flow's family.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs, io,
-    net::{IpAddr, Ipv4Addr},
+    fmt, fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use crate::interfaces::InterfaceMatcher;
@@ -56,32 +56,68 @@ impl NodeInterfaces {
             .collect()
     }
 
-    /// The external interfaces: ifindex → (name, SNAT address). An
+    /// The external interfaces: ifindex → (name, SNAT addresses). An
     /// interface named by `--external-interfaces` without an IPv4 address
     /// of its own SNATs to the first IPv4 node address; with none at all it
-    /// is left out (north-south is IPv4 so far).
+    /// is left out. Its IPv6 SNAT address is its first global one, else the
+    /// node's first; without any, its IPv6 flows to other nodes are dropped.
     pub fn external(
         &self,
         explicit: Option<&InterfaceMatcher>,
         pod_facing: &InterfaceMatcher,
-    ) -> BTreeMap<u32, (String, Ipv4Addr)> {
+    ) -> BTreeMap<u32, (String, Snat)> {
         let v4 = |a: &IpAddr| match a {
             IpAddr::V4(v4) if !v4.is_loopback() => Some(*v4),
             _ => None,
         };
+        // Not link-local (fe80::/10): a SNATed flow's replies must be
+        // routable back from another node.
+        let v6 = |a: &IpAddr| match a {
+            IpAddr::V6(v6)
+                if !v6.is_loopback()
+                    && !v6.is_unicast_link_local()
+                    && !v6.is_multicast()
+                    && !v6.is_unspecified() =>
+            {
+                Some(*v6)
+            }
+            _ => None,
+        };
         let fallback = self.node_addrs().iter().find_map(v4);
+        let fallback6 = self.node_addrs().iter().find_map(v6);
         self.names
             .iter()
             .filter_map(|(index, name)| {
                 let own = self.addrs.get(index).and_then(|l| l.iter().find_map(v4));
+                let own6 = self.addrs.get(index).and_then(|l| l.iter().find_map(v6));
                 let chosen = match explicit {
                     Some(m) => m.matches(name),
                     None => name != "lo" && !pod_facing.matches(name) && own.is_some(),
                 };
-                let snat = own.or(fallback)?;
+                let snat = Snat {
+                    v4: own.or(fallback)?,
+                    v6: own6.or(fallback6),
+                };
                 chosen.then(|| (*index, (name.clone(), snat)))
             })
             .collect()
+    }
+}
+
+/// The addresses flows leaving an external interface for backends on
+/// other nodes are SNATed to, one per family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snat {
+    pub v4: Ipv4Addr,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl fmt::Display for Snat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.v6 {
+            Some(v6) => write!(f, "{}, {v6}", self.v4),
+            None => write!(f, "{}", self.v4),
+        }
     }
 }
 
@@ -131,7 +167,7 @@ mod tests {
         }
         n.add(1, Ipv4Addr::new(10, 244, 0, 1).into());
         n.add(1, Ipv4Addr::LOCALHOST.into());
-        n.add(1, std::net::Ipv6Addr::LOCALHOST.into());
+        n.add(1, Ipv6Addr::LOCALHOST.into());
         n.add(2, "fd00:1::10".parse().unwrap());
         n.add(2, Ipv4Addr::new(192, 168, 1, 10).into());
         n.add(2, Ipv4Addr::new(192, 168, 1, 11).into());
@@ -144,10 +180,14 @@ mod tests {
         let n = node();
         let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
         let ext = n.external(None, &pods);
+        let snat = Snat {
+            v4: Ipv4Addr::new(192, 168, 1, 10),
+            v6: Some("fd00:1::10".parse().unwrap()),
+        };
         assert_eq!(
             ext,
-            BTreeMap::from([(2, ("eth0".to_owned(), Ipv4Addr::new(192, 168, 1, 10)))]),
-            "the primary address is the SNAT address"
+            BTreeMap::from([(2, ("eth0".to_owned(), snat))]),
+            "the primary address of each family is the SNAT address"
         );
         assert_eq!(n.node_addrs().len(), 5, "{:?}", n.node_addrs());
         assert!(!n.node_addrs().contains(&Ipv4Addr::LOCALHOST.into()));
@@ -163,17 +203,26 @@ mod tests {
         assert_eq!(ext.len(), 2);
         assert_eq!(
             ext[&4].1,
-            Ipv4Addr::new(10, 244, 0, 1),
-            "no address: the first node address"
+            Snat {
+                v4: Ipv4Addr::new(10, 244, 0, 1),
+                v6: Some("fd00:1::10".parse().unwrap()),
+            },
+            "no address: the first node address of each family"
         );
         n.add(4, Ipv4Addr::new(172, 16, 0, 5).into());
+        n.add(4, "fe80::5".parse().unwrap());
+        n.add(4, "2001:db8::5".parse().unwrap());
         assert_eq!(
             n.external(Some(&named), &pods)[&4].1,
-            Ipv4Addr::new(172, 16, 0, 5)
+            Snat {
+                v4: Ipv4Addr::new(172, 16, 0, 5),
+                v6: Some("2001:db8::5".parse().unwrap()),
+            },
+            "its own, but not link-local"
         );
         n.remove(2, Ipv4Addr::new(192, 168, 1, 10).into());
         assert_eq!(
-            n.external(None, &pods)[&2].1,
+            n.external(None, &pods)[&2].1.v4,
             Ipv4Addr::new(192, 168, 1, 11)
         );
         n.link_gone(2);

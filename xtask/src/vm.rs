@@ -54,7 +54,7 @@ pub fn fetch_kernel(series: &str) -> Result<()> {
 }
 
 /// The guest's whole run, boot to power-off, at most.
-const LIMIT: Duration = Duration::from_secs(8 * 60);
+const LIMIT: Duration = Duration::from_secs(10 * 60);
 
 /// Modules of sluice-e2e's test binary (`e2e`) that run in the guest, one
 /// run each, with their filters (each runs the module's tests whose names

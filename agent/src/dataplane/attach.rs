@@ -428,19 +428,24 @@ pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error>
     classifier(ebpf, super::TC_PROGRAM)
 }
 
-/// Loads the programs `tc_ingress` hands packets on to and puts them in
-/// its tail-call map (`SLUICE_TAIL`), each at its slot: `tc_ingress6`,
-/// IPv6 from pods, `tc_ingress6_new`, their new flows, and
-/// `tc_ingress6_icmp`, their ICMPv6 errors. Without them, IPv6 from pods
-/// passes untouched.
-pub fn link_tail_calls(ebpf: &mut Ebpf) -> Result<(), Error> {
+/// Loads the programs other programs hand packets on to and puts them in
+/// the tail-call map (`SLUICE_TAIL`), each at its slot (`TAILS`):
+/// `tc_ingress6`, IPv6 from pods, `tc_ingress6_new`, their new flows, and
+/// `tc_ingress6_icmp`, their ICMPv6 errors; `tc_edge6` and its two, the
+/// same for IPv6 from outside. Without them, IPv6 passes untouched.
+/// `wanted` picks them by name (the agent takes every one; a test, those
+/// of the program it runs).
+pub fn link_tail_calls(ebpf: &mut Ebpf, wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
     let map_name = sluice_abi::maps::TAIL_CALLS;
     let map_err = |e| Error::Map {
         name: map_name,
         source: Box::new(e),
     };
     let mut fds = Vec::with_capacity(super::TAILS.len());
-    for name in super::TAILS {
+    for (slot, name) in (0u32..).zip(super::TAILS) {
+        if !wanted(name) {
+            continue;
+        }
         let prog = classifier(ebpf, name)?;
         let program_err = |e| Error::Program {
             name,
@@ -451,7 +456,7 @@ pub fn link_tail_calls(ebpf: &mut Ebpf) -> Result<(), Error> {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
             .map_err(program_err)?;
-        fds.push(fd);
+        fds.push((slot, fd));
     }
     let map = ebpf.map_mut(map_name).ok_or(Error::Map {
         name: map_name,
@@ -460,8 +465,8 @@ pub fn link_tail_calls(ebpf: &mut Ebpf) -> Result<(), Error> {
         }),
     })?;
     let mut tails = aya::maps::ProgramArray::try_from(map).map_err(map_err)?;
-    for (slot, fd) in (0u32..).zip(&fds) {
-        tails.set(slot, fd, 0).map_err(map_err)?;
+    for (slot, fd) in &fds {
+        tails.set(*slot, fd, 0).map_err(map_err)?;
     }
     Ok(())
 }

@@ -209,6 +209,7 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::NODE_ADDRS => (size_of::<NodeAddr>(), size_of::<u32>()),
         names::NODE_ADDRS6 => (size_of::<NodeAddr6>(), size_of::<u32>()),
         names::EXT_IFS => (size_of::<u32>(), size_of::<ExtIf>()),
+        names::EXT_IFS6 => (size_of::<u32>(), size_of::<NodeAddr6>()),
         names::REFUSED => (size_of::<ServiceKey>(), size_of::<RefusedClaim>()),
         names::REFUSED6 => (size_of::<ServiceKey6>(), size_of::<RefusedClaim>()),
         names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, OwnedFd},
     path::Path,
 };
@@ -56,6 +56,7 @@ pub struct Maps {
     pub node_addrs6: HashMap<MapData, NodeAddr6, u32>,
     /// External interfaces with the XDP program, and their SNAT address.
     pub ext_ifs: HashMap<MapData, u32, ExtIf>,
+    pub ext_ifs6: HashMap<MapData, u32, NodeAddr6>,
     /// Refused claims on frontends, for `sluice status`.
     pub refused: HashMap<MapData, ServiceKey, RefusedClaim>,
     pub refused6: HashMap<MapData, ServiceKey6, RefusedClaim>,
@@ -163,6 +164,7 @@ impl Maps {
             node_addrs: typed(names::NODE_ADDRS, get(names::NODE_ADDRS)?)?,
             node_addrs6: typed(names::NODE_ADDRS6, get(names::NODE_ADDRS6)?)?,
             ext_ifs: typed(names::EXT_IFS, get(names::EXT_IFS)?)?,
+            ext_ifs6: typed(names::EXT_IFS6, get(names::EXT_IFS6)?)?,
             refused: typed(names::REFUSED, get(names::REFUSED)?)?,
             refused6: typed(names::REFUSED6, get(names::REFUSED6)?)?,
             maglev: typed(names::MAGLEV, maglev)?,
@@ -224,7 +226,7 @@ impl Maps {
             ranges
                 .entry(u32::from_be_bytes(data.service_id_be))
                 .or_default()
-                .push((std::net::Ipv6Addr::from(data.addr_be).into(), len));
+                .push((Ipv6Addr::from(data.addr_be).into(), len));
         }
         let mut maglev = BTreeMap::new();
         for key in self.maglev.keys() {
@@ -533,6 +535,25 @@ impl Maps {
             None => removed(self.ext_ifs.remove(&ifindex), names::EXT_IFS),
         }
     }
+
+    /// The IPv6 address IPv6 flows leaving external interface `ifindex` are
+    /// SNATed to (`None`: it has none; its IPv6 flows to backends on other
+    /// nodes are dropped, `no_snat_address`).
+    pub fn set_ext_if6(&mut self, ifindex: u32, addr: Option<Ipv6Addr>) -> Result<(), Error> {
+        match addr {
+            Some(addr) => self
+                .ext_ifs6
+                .insert(
+                    ifindex,
+                    NodeAddr6 {
+                        addr_be: addr.octets(),
+                    },
+                    0,
+                )
+                .map_err(map_err(names::EXT_IFS6)),
+            None => removed(self.ext_ifs6.remove(&ifindex), names::EXT_IFS6),
+        }
+    }
 }
 
 /// Makes hash map `map` hold exactly `want`, writing only what differs.
@@ -590,7 +611,7 @@ fn range_key(id: u32, net: Ipv4Addr, len: u8) -> Key<SourceRangeKey> {
 }
 
 /// The LPM key of IPv6 range `net/len` of frontend `id`.
-fn range_key6(id: u32, net: std::net::Ipv6Addr, len: u8) -> Key<SourceRangeKey6> {
+fn range_key6(id: u32, net: Ipv6Addr, len: u8) -> Key<SourceRangeKey6> {
     Key::new(
         SourceRangeKey::prefix_len(len),
         SourceRangeKey6::new(id, net),

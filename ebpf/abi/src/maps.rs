@@ -104,6 +104,9 @@ pub const NODE_ADDRS: &str = "SLUICE_NODE_IP";
 pub const NODE_ADDRS6: &str = "SLUICE_NODE_IP6";
 /// External interfaces with the XDP program: ifindex `u32` → `ExtIf`.
 pub const EXT_IFS: &str = "SLUICE_EXT_IF";
+/// Their IPv6 addresses to SNAT to, where they have one: ifindex `u32` →
+/// `NodeAddr6`.
+pub const EXT_IFS6: &str = "SLUICE_EXT_IF6";
 /// Maglev tables of the frontends XDP serves: `MaglevKey` → `MaglevChunk`.
 pub const MAGLEV: &str = "SLUICE_MAGLEV";
 
@@ -115,13 +118,15 @@ pub const MONITOR_ON: &str = "SLUICE_MON_ON";
 pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
 
 /// Programs `tc_ingress` tail-calls, by slot (`TAIL_SLOTS`): `tc_ingress6`,
-/// `tc_ingress6_new`, `tc_ingress6_icmp`. Pinned, as Cilium pins its
+/// `tc_ingress6_new`, `tc_ingress6_icmp`; and those `tc_north_south` and
+/// `tc_external` tail-call: `tc_edge6`, `tc_edge6_new`, `tc_edge6_icmp`.
+/// Pinned, as Cilium pins its
 /// `cilium_calls_*`: the kernel empties a program array when the last
 /// process holding it closes it, and the programs must keep serving IPv6
 /// while no agent runs. A restarted agent puts its programs in each slot.
 pub const TAIL_CALLS: &str = "SLUICE_TAIL";
 /// Slots of `TAIL_CALLS`.
-pub const TAIL_SLOTS: u32 = 3;
+pub const TAIL_SLOTS: u32 = 6;
 
 /// The layout version of every pinned map, as the build that pinned it
 /// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.
@@ -148,7 +153,7 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 46] = [
+pub const PINNED: [&str; 47] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -189,6 +194,7 @@ pub const PINNED: [&str; 46] = [
     NODE_ADDRS,
     NODE_ADDRS6,
     EXT_IFS,
+    EXT_IFS6,
     MAGLEV,
     MONITOR,
     MONITOR_ON,

@@ -110,8 +110,13 @@ counter_enum! {
         /// about its address gets no Service translation.
         SpoofedSource = 17 => "spoofed_source",
         /// A packet to be handed to another program (IPv6 on pod
-        /// interfaces) that was not loaded.
+        /// interfaces, and from outside) that was not loaded.
         TailCall = 18 => "tail_call",
+        /// A new flow from outside to a backend on another node, leaving
+        /// through an external interface without an address of the flow's
+        /// family to SNAT to (IPv6 on an interface, and node, without a
+        /// global IPv6 address).
+        NoSnatAddress = 19 => "no_snat_address",
     }
 }
 

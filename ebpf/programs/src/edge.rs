@@ -17,11 +17,11 @@
 //! this node's endpoints only and keeps the client's address.
 //!
 //! ICMP errors about translated flows are translated back (`icmp.rs`).
-//! What is not Service traffic passes untouched: ARP, IPv6 (not translated
-//! here yet; but one from outside with a node's IPv6 address as source is
-//! forged, and dropped), other ICMP, fragments, ClusterIPs, and the node's
-//! own ports.
+//! What is not Service traffic passes untouched: ARP, other ICMP,
+//! fragments, ClusterIPs, and the node's own ports. IPv6 is served in TC
+//! (`ipv6.rs`).
 
+pub mod ipv6;
 pub mod tc;
 
 use aya_ebpf::EbpfContext;
@@ -47,9 +47,10 @@ use crate::{
     stats,
 };
 
-/// IPv6 from outside: not translated here yet (issue 20), but one whose
-/// source is one of the node's own addresses is forged, and dropped as
-/// IPv4's is.
+/// IPv6 from outside: one whose source is one of the node's own addresses
+/// is forged, and dropped as IPv4's is; the rest goes on to `tc_edge6`
+/// (`ipv6.rs`): XDP passes it to the stack, in front of which
+/// `tc_external` hands it on; `tc_north_south` hands it on itself.
 #[inline(always)]
 fn ipv6<E: Edge>(ctx: &E) -> Result<E::Verdict, DropReason> {
     if let Some(saddr) = ctx.read::<[u32; 4]>(IP6_SADDR_OFF)
@@ -57,6 +58,7 @@ fn ipv6<E: Edge>(ctx: &E) -> Result<E::Verdict, DropReason> {
     {
         return Err(DropReason::ForgedSource);
     }
+    ctx.to_ipv6();
     Ok(pass::<E>())
 }
 
@@ -85,6 +87,9 @@ pub trait Edge: EbpfContext + Frame {
     /// Sends a translated packet towards its next hop, or to the stack when
     /// the route is not a plain forward.
     fn forward(&self, route: &fib::Route) -> Self::Verdict;
+    /// Hands an IPv6 packet on to `tc_edge6` where this program can (TC);
+    /// XDP passes it, and `tc_external` does.
+    fn to_ipv6(&self) {}
 }
 
 #[inline(always)]

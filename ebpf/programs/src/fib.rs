@@ -113,17 +113,10 @@ pub fn lookup(
     #[expect(clippy::cast_possible_truncation, reason = "the struct is 64 bytes")]
     let size = size_of::<bpf_fib_lookup>() as i32;
     let rc = unsafe { fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size, 0) };
+    if let Some(found) = found(rc, params) {
+        return found;
+    }
     match u32::try_from(rc) {
-        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Route {
-            ifindex: params.ifindex,
-            smac: params.smac,
-            dmac: params.dmac,
-            ..Route::of(Hop::Forward)
-        },
-        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Route {
-            ifindex: params.ifindex,
-            ..Route::of(Hop::NoNeigh)
-        },
         Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
             // The union's other member: the route's MTU.
             let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
@@ -187,27 +180,69 @@ pub fn source_routed_here(ctx: &TcContext, p: &Packet) -> bool {
 /// as `source_routed_here`.
 #[inline(always)]
 pub fn source_routed_here6(ctx: &TcContext, p: &Packet<In6>) -> bool {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let back = route6(ctx, ifindex, p, (p.daddr, p.dport), (p.saddr, p.sport));
+    matches!(back.hop, Hop::Forward | Hop::NoNeigh) && back.ifindex == ifindex
+}
+
+/// The route of an IPv6 skb arriving on `ingress` whose addresses and
+/// ports become `src` → `dst`. The MTU is checked per segment, as
+/// `route`'s; a route too big reports the MTU.
+#[inline(always)]
+pub fn route6(
+    ctx: &TcContext,
+    ingress: u32,
+    p: &Packet<In6>,
+    src: (In6, [u8; 2]),
+    dst: (In6, [u8; 2]),
+) -> Route {
     let Some(params) = maps::fib_scratch() else {
-        return false;
+        return Route::LOCAL;
     };
     zero(params);
     // SAFETY: this CPU's scratch entry, as in `lookup`.
     let params = unsafe { &mut *params };
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.family = AF_INET6;
     params.l4_protocol = p.proto;
-    params.sport = u16::from_ne_bytes(p.dport);
-    params.dport = u16::from_ne_bytes(p.sport);
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv6_src = p.daddr.0;
-    params.__bindgen_anon_4.ipv6_dst = p.saddr.0;
+    params.sport = u16::from_ne_bytes(src.1);
+    params.dport = u16::from_ne_bytes(dst.1);
+    params.ifindex = ingress;
+    params.__bindgen_anon_3.ipv6_src = src.0.0;
+    params.__bindgen_anon_4.ipv6_dst = dst.0.0;
     #[expect(clippy::cast_possible_truncation, reason = "the struct is 64 bytes")]
     let size = size_of::<bpf_fib_lookup>() as i32;
     let rc = unsafe { fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size, 0) };
-    matches!(
-        u32::try_from(rc),
-        Ok(BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH)
-    ) && params.ifindex == ifindex
+    if let Some(found) = found(rc, params) {
+        return found;
+    }
+    if u32::try_from(rc) == Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+        return Route {
+            ifindex: params.ifindex,
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
+            ..Route::of(Hop::TooBig)
+        };
+    }
+    Route::of(Hop::Local)
+}
+
+/// The route a lookup that returned `rc` found, when it found one to
+/// forward along: its next hop, or its interface when the neighbour is not
+/// resolved yet.
+#[inline(always)]
+fn found(rc: i64, params: &bpf_fib_lookup) -> Option<Route> {
+    match u32::try_from(rc) {
+        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Some(Route {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+            ..Route::of(Hop::Forward)
+        }),
+        Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => Some(Route {
+            ifindex: params.ifindex,
+            ..Route::of(Hop::NoNeigh)
+        }),
+        _ => None,
+    }
 }
 
 /// Sends a packet whose source became one of the node's own addresses

@@ -111,6 +111,16 @@ pub fn frontend_or_node_port6(
     (v.flags & SVC_FLAG_MARKER == 0).then_some((node_port, v))
 }
 
+/// The local-endpoints entry of an IPv6 frontend, as `local_scope`.
+#[inline(always)]
+pub fn local_scope6(key: &ServiceKey6) -> Option<ServiceValue> {
+    let local = ServiceKey6 {
+        scope: SCOPE_LOCAL,
+        ..*key
+    };
+    maps::service6(&local).filter(|v| v.flags & SVC_FLAG_MARKER == 0)
+}
+
 /// Whether IPv6 `addr` is an allocated ClusterIP (its marker exists).
 #[inline(always)]
 pub fn is_cluster_ip6(addr_be: [u8; 16]) -> bool {
@@ -204,8 +214,7 @@ impl FamilyBackend for Backend {
 }
 
 /// IPv6 backends. Ids are never reused while the agent runs, so a live id
-/// is the backend an affinity entry remembers. Maglev tables are for XDP,
-/// which serves IPv4 only so far: a Maglev pick is random.
+/// is the backend an affinity entry remembers.
 impl FamilyBackend for Backend6 {
     #[inline(always)]
     fn slot(key: &SlotKey) -> Option<Self> {
@@ -234,18 +243,16 @@ impl FamilyBackend for Backend6 {
 
     #[inline(always)]
     fn pick(svc: &ServiceValue, how: Pick) -> Result<Self, DropReason> {
-        match how {
-            Pick::Hash(hash) => select_by(svc, hash),
-            Pick::Random | Pick::Maglev(_) => select(svc),
-        }
+        pick(svc, how)
     }
 }
 
 /// The backend of frontend `svc` in its Maglev table at `hash`; while the
-/// table is missing or mid-update, a random slot.
+/// table is missing or mid-update, a random slot. The table holds backend
+/// ids, of either family.
 #[inline(always)]
-pub fn select_maglev(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReason> {
-    if let Some(b) = maglev_backend(svc.id, hash) {
+pub fn select_maglev<B: FamilyBackend>(svc: &ServiceValue, hash: u32) -> Result<B, DropReason> {
+    if let Some(b) = maglev_id(svc.id, hash).and_then(B::live) {
         return Ok(b);
     }
     stats::event(Event::MaglevMiss);
@@ -253,7 +260,7 @@ pub fn select_maglev(svc: &ServiceValue, hash: u32) -> Result<Backend, DropReaso
 }
 
 #[inline(always)]
-fn maglev_backend(service_id: u32, hash: u32) -> Option<Backend> {
+fn maglev_id(service_id: u32, hash: u32) -> Option<u32> {
     let first = maps::maglev_chunk(service_id, 0)?;
     let size = unsafe { (*first).size };
     let index = hash.checked_rem(size)?;
@@ -271,8 +278,7 @@ fn maglev_backend(service_id: u32, hash: u32) -> Option<Backend> {
     if unsafe { (*entries).size } != size {
         return None;
     }
-    let id = unsafe { (*entries).ids.get(at as usize).copied() }?;
-    maps::backend(id)
+    unsafe { (*entries).ids.get(at as usize).copied() }
 }
 
 /// How a new flow picks a backend (a value, not a closure: a closure may
@@ -289,7 +295,7 @@ pub enum Pick {
 }
 
 #[inline(always)]
-fn pick(svc: &ServiceValue, how: Pick) -> Result<Backend, DropReason> {
+fn pick<B: FamilyBackend>(svc: &ServiceValue, how: Pick) -> Result<B, DropReason> {
     match how {
         Pick::Random => select(svc),
         Pick::Hash(hash) => select_by(svc, hash),

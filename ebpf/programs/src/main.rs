@@ -7,6 +7,9 @@
 //! - `xdp_ingress` on external interfaces, for traffic from outside the
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
+//!   IPv6 from outside is served in TC in either mode: both hand it to
+//!   `tc_edge6` (`edge::ipv6`), and from there new flows go on to
+//!   `tc_edge6_new` and ICMPv6 errors to `tc_edge6_icmp`.
 //! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 and IPv6
 //!   sockets (and IPv6 sockets' IPv4-mapped addresses).
 //!
@@ -36,6 +39,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use network_types::eth::EtherType;
 use sluice_abi::{
     config::{DataplaneConfig, XDP_HANDOFF},
     stats::{DropReason, Event},
@@ -120,6 +124,40 @@ pub fn tc_ingress6_icmp(skb: *mut __sk_buff) -> i32 {
     }
 }
 
+/// IPv6 from outside at an external interface (`edge::ipv6`), in every
+/// mode: `tc_north_south` and `tc_external` tail-call this program.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_edge6(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match edge::ipv6::run(&ctx, config()) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
+/// New IPv6 flows from outside: `tc_edge6` tail-calls this program.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_edge6_new(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match edge::ipv6::run_new(&ctx, config()) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
+/// ICMPv6 errors from outside: `tc_edge6` tail-calls this program.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier")]
+pub fn tc_edge6_icmp(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    match edge::ipv6::run_icmp(&ctx) {
+        Ok(action) => action,
+        Err(reason) => tc_drop(&ctx, reason),
+    }
+}
+
 /// On external interfaces, behind `xdp_ingress`: a packet XDP translated
 /// but passed to the stack (its next hop had no neighbour entry yet) has
 /// one of the node's addresses as source; it is sent on from here. Only
@@ -144,6 +182,11 @@ fn tc_drop(ctx: &TcContext, reason: DropReason) -> i32 {
 
 #[inline(always)]
 fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
+    if parse::ether_type(ctx) == Some(EtherType::Ipv6 as u16) {
+        // IPv6 from outside, which XDP passed on: `tc_edge6`.
+        maps::tail_call(ctx, maps::TAIL_EDGE6);
+        return Ok(TC_ACT_OK);
+    }
     let p = match parse::parse(ctx)? {
         Parsed::Packet(p) | Parsed::IcmpError(p) => p,
         Parsed::NotOurs | Parsed::Fragment { .. } => return Ok(TC_ACT_OK),

@@ -201,6 +201,9 @@ static SLUICE_NODE_IP6: HashMap<NodeAddr6, u32> =
 /// External interfaces (XDP) by ifindex, with the address to SNAT to.
 #[map]
 static SLUICE_EXT_IF: HashMap<u32, ExtIf> = HashMap::pinned(MAX_EXT_IFS, BPF_F_NO_PREALLOC);
+/// Their IPv6 addresses to SNAT to (an interface without one has none).
+#[map]
+static SLUICE_EXT_IF6: HashMap<u32, NodeAddr6> = HashMap::pinned(MAX_EXT_IFS, BPF_F_NO_PREALLOC);
 
 /// Maglev tables of the frontends XDP serves, in 4 KiB chunks.
 #[map]
@@ -288,7 +291,8 @@ pub fn fragment_ports6(key: &FragKey6) -> Option<[[u8; 2]; 2]> {
         .map(|p| unsafe { core::ptr::read_volatile(p) })
 }
 
-/// Programs `tc_ingress` hands packets on to (tail calls), set by the
+/// Programs `tc_ingress` and the external interfaces' TC programs hand
+/// packets on to (tail calls), set by the
 /// agent after loading. Pinned: the kernel empties a program array that
 /// no process holds, and the programs serve while no agent runs.
 #[map]
@@ -296,10 +300,14 @@ static SLUICE_TAIL: ProgramArray = ProgramArray::pinned(TAIL_SLOTS, 0);
 
 /// `SLUICE_TAIL`'s slots: `tc_ingress6`, IPv6 from pods;
 /// `tc_ingress6_new`, their new flows; `tc_ingress6_icmp`, their ICMPv6
-/// errors.
+/// errors; `tc_edge6`, `tc_edge6_new` and `tc_edge6_icmp`, the same for
+/// IPv6 from outside at an external interface.
 pub const TAIL_POD6: u32 = 0;
 pub const TAIL_POD6_NEW: u32 = 1;
 pub const TAIL_POD6_ICMP: u32 = 2;
+pub const TAIL_EDGE6: u32 = 3;
+pub const TAIL_EDGE6_NEW: u32 = 4;
+pub const TAIL_EDGE6_ICMP: u32 = 5;
 
 /// Hands the packet to the program in slot `index` of `SLUICE_TAIL`; returns
 /// only when there is none there.
@@ -649,6 +657,15 @@ pub fn ext_if(ifindex: u32) -> Option<ExtIf> {
     SLUICE_EXT_IF
         .get_ptr(ifindex)
         .map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+/// The IPv6 address flows to remote backends leaving external interface
+/// `ifindex` are SNATed to, if it has one.
+#[inline(always)]
+pub fn ext_if6(ifindex: u32) -> Option<In6> {
+    let at = SLUICE_EXT_IF6.get_ptr(ifindex)?.cast::<[u32; 4]>();
+    // SAFETY: a map value of 16 bytes, 4-aligned.
+    Some(In6(unsafe { core::ptr::read_volatile(at) }))
 }
 
 /// Chunk `chunk` of frontend `service_id`'s Maglev table.

@@ -122,18 +122,20 @@ pub fn packet<A: Family>(p: &Packet<A>, about: &About<'_, A>) {
         (*e).daddr_be = A::monitor_addr(p.daddr);
         (*e).dport_be = p.dport;
         (*e).service_id = about.service_id;
-        let none = (In6::default(), [0; 2]);
-        let (backend, snat) = match about.to {
-            Some(to) => (
-                (A::monitor_addr(to.addr), to.port),
-                to.snat.map_or(none, |s| (A::monitor_addr(s.addr), s.port)),
-            ),
-            None => (none, none),
-        };
-        (*e).backend_be = backend.0;
-        (*e).backend_port_be = backend.1;
-        (*e).snat_be = snat.0;
-        (*e).snat_port_be = snat.1;
+        // Each field written where it comes from: tuples of addresses
+        // built first would take stack.
+        (*e).backend_be = In6::default();
+        (*e).backend_port_be = [0; 2];
+        (*e).snat_be = In6::default();
+        (*e).snat_port_be = [0; 2];
+        if let Some(to) = about.to {
+            (*e).backend_be = A::monitor_addr(to.addr);
+            (*e).backend_port_be = to.port;
+            if let Some(s) = to.snat {
+                (*e).snat_be = A::monitor_addr(s.addr);
+                (*e).snat_port_be = s.port;
+            }
+        }
         (*e)._pad = [0; 4];
     }
     entry.submit(0);

@@ -10,7 +10,7 @@ use sluice_abi::{addr::In6, stats::DropReason};
 
 use crate::{
     family::Family,
-    parse::{IP_CHECK_OFF, IP_TTL_OFF, Packet},
+    parse::{IP_CHECK_OFF, IP_OFF, IP_TTL_OFF, Packet},
 };
 
 /// DNAT: the destination becomes `addr:port`.
@@ -43,6 +43,18 @@ pub fn ttl_down(ctx: &TcContext, p: &Packet) -> Result<(), DropReason> {
         .and_then(|()| ctx.store(IP_TTL_OFF, &ttl, 0))
         .map_err(|_| DropReason::Rewrite)
 }
+
+/// One hop for an IPv6 packet BPF forwards itself: its hop limit goes down
+/// by one (the caller made sure it is above 1). IPv6 has no header
+/// checksum.
+#[inline(always)]
+pub fn hop_down6(ctx: &TcContext, p: &Packet<In6>) -> Result<(), DropReason> {
+    ctx.store(IP6_HOP_LIMIT_OFF, &p.ttl.saturating_sub(1), 0)
+        .map_err(|_| DropReason::Rewrite)
+}
+
+/// Where the IPv6 header's hop limit is.
+const IP6_HOP_LIMIT_OFF: usize = IP_OFF + 7;
 
 /// Reverse NAT of a reply: the source becomes `addr:port`.
 #[inline(always)]

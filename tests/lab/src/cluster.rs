@@ -2,13 +2,14 @@
 //! north-south tests: NodePorts, external and load balancer addresses.
 //!
 //! ```text
-//!   client ns: eth0 192.168.77.100/24; routes to the external addresses
-//!              via node a
+//!   client ns: eth0 192.168.77.100/24, fd00:77::100/64; routes to the
+//!              external addresses via node a
 //!   wire ns:   bridge br0 joining the client and both nodes
-//!   node a:    ext0 192.168.77.1/24, pods 10.244.1.0/24,
-//!              route 10.244.2.0/24 via 192.168.77.2
-//!   node b:    ext0 192.168.77.2/24, pods 10.244.2.0/24,
-//!              route 10.244.1.0/24 via 192.168.77.1
+//!   node a:    ext0 192.168.77.1/24, fd00:77::1/64; pods 10.244.1.0/24
+//!              and fd00:244:1::/64, routes to node b's via 192.168.77.2
+//!              and fd00:77::2
+//!   node b:    ext0 192.168.77.2/24, fd00:77::2/64; pods 10.244.2.0/24
+//!              and fd00:244:2::/64, routes to node a's as a's to b's
 //! ```
 //!
 //! Each node is a `Lab` of its own (namespace, pods, agent, pins). Frames
@@ -16,7 +17,10 @@
 //! side of each node's veth runs `return XDP_PASS`, without which native
 //! XDP on the node cannot send into it. Every route ends inside the lab.
 
-use std::{net::Ipv4Addr, os::fd::OwnedFd};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::OwnedFd,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -24,6 +28,7 @@ use crate::{Lab, Netns, Pod, ethtool, netns::unique_stem, xdp_pass};
 
 pub const SEGMENT_PREFIX: u8 = 24;
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 100);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100);
 /// The interface of each node on the segment.
 pub const EXT_IF: &str = "ext0";
 
@@ -45,6 +50,7 @@ impl Cluster {
         wire.ip(&["link", "set", "br0", "up"])?;
         let client_ns = Netns::create(&format!("{stem}-client"))?;
         plug(&wire, &client_ns, "pclient", "eth0", CLIENT_IP)?;
+        add_ip6(&client_ns, "eth0", CLIENT_IP6, 64)?;
         let client = Pod {
             name: "client".into(),
             ip: CLIENT_IP,
@@ -62,6 +68,7 @@ impl Cluster {
             let ip = Ipv4Addr::new(192, 168, 77, i);
             let port = format!("pnode{i}");
             plug(&cluster.wire, lab.node(), &port, EXT_IF, ip)?;
+            add_ip6(lab.node(), EXT_IF, segment_ip6(i), 64)?;
             cluster
                 .wire_xdp
                 .push(xdp_pass::attach(&cluster.wire, &port)?);
@@ -71,6 +78,16 @@ impl Cluster {
                 &format!("10.244.{peer}.0/24"),
                 "via",
                 &format!("192.168.77.{peer}"),
+                "dev",
+                EXT_IF,
+            ])?;
+            lab.node().ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{}/64", pod_net6(peer)),
+                "via",
+                &segment_ip6(peer).to_string(),
                 "dev",
                 EXT_IF,
             ])?;
@@ -93,6 +110,12 @@ impl Cluster {
         self.nodes[i].1
     }
 
+    /// Node `i`'s IPv6 address on the segment.
+    pub fn node_ip6(&self, i: usize) -> Ipv6Addr {
+        #[expect(clippy::cast_possible_truncation, reason = "two nodes")]
+        segment_ip6(i as u8 + 1)
+    }
+
     /// The client outside the cluster.
     pub fn client(&self) -> &Pod {
         &self.client
@@ -107,6 +130,19 @@ impl Cluster {
             &format!("{addr}/32"),
             "via",
             &self.node_ip(i).to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// Routes IPv6 `addr` from the client through node `i`.
+    pub fn route_via6(&self, addr: Ipv6Addr, i: usize) -> Result<()> {
+        self.client.ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{addr}/128"),
+            "via",
+            &self.node_ip6(i).to_string(),
         ])?;
         Ok(())
     }
@@ -163,17 +199,37 @@ impl Cluster {
             (&r2, "t0", "192.168.78.2/30"),
         )?;
         plug(&self.wire, &r2, "pfar", "s0", FAR_ROUTER_IP)?;
+        // IPv6 beside IPv4, link by link.
+        add_ip6(&r1, "c0", Ipv6Addr::new(0xfd00, 0x79, 0, 0, 0, 0, 0, 1), 64)?;
+        add_ip6(&client_ns, "eth0", FAR_CLIENT_IP6, 64)?;
+        add_ip6(&r1, "t0", Ipv6Addr::new(0xfd00, 0x78, 0, 0, 0, 0, 0, 1), 64)?;
+        add_ip6(&r2, "t0", Ipv6Addr::new(0xfd00, 0x78, 0, 0, 0, 0, 0, 2), 64)?;
+        add_ip6(&r2, "s0", FAR_ROUTER_IP6, 64)?;
         for ns in [&r1, &r2] {
             ns.ip(&["link", "set", "t0", "mtu", &mtu.to_string()])?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         }
         client_ns.ip(&["route", "add", "default", "via", "192.168.79.1"])?;
         r1.ip(&["route", "add", "default", "via", "192.168.78.2"])?;
         r2.ip(&["route", "add", "192.168.79.0/24", "via", "192.168.78.1"])?;
+        client_ns.ip(&["-6", "route", "add", "default", "via", "fd00:79::1"])?;
+        r1.ip(&["-6", "route", "add", "default", "via", "fd00:78::2"])?;
+        r2.ip(&["-6", "route", "add", "fd00:79::/64", "via", "fd00:78::1"])?;
         for (lab, _) in &self.nodes {
             for net in ["192.168.79.0/24", "192.168.78.0/30"] {
                 lab.node()
                     .ip(&["route", "add", net, "via", &FAR_ROUTER_IP.to_string()])?;
+            }
+            for net in ["fd00:79::/64", "fd00:78::/64"] {
+                lab.node().ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    net,
+                    "via",
+                    &FAR_ROUTER_IP6.to_string(),
+                ])?;
             }
         }
         for (ns, iface) in [
@@ -232,9 +288,13 @@ pub struct FarClient {
     r2: Netns,
 }
 
-/// The far client's address, and its second router's on the segment.
+/// The far client's address, and its second router's on the segment, of
+/// each family (the IPv6 links are `fd00:79::/64`, `fd00:78::/64` and the
+/// segment's).
 pub const FAR_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 79, 100);
 pub const FAR_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 254);
+pub const FAR_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x79, 0, 0, 0, 0, 0, 0x100);
+pub const FAR_ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0xfe);
 
 impl FarClient {
     /// Routes `addr` (an external or load balancer address) from the
@@ -249,6 +309,44 @@ impl FarClient {
         ])?;
         Ok(())
     }
+
+    /// Routes IPv6 `addr` from the routers through `node`.
+    pub fn route_via6(&self, addr: Ipv6Addr, node: Ipv6Addr) -> Result<()> {
+        self.r2.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{addr}/128"),
+            "via",
+            &node.to_string(),
+        ])?;
+        Ok(())
+    }
+}
+
+/// Node `n`'s (1 or 2) IPv6 address on the segment.
+const fn segment_ip6(n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, n as u16)
+}
+
+/// The IPv6 network of node `n`'s (1 or 2) pods: `fd00:244:<n>::/64`.
+pub const fn pod_net6(n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, n as u16, 0, 0, 0, 0, 0)
+}
+
+/// Adds IPv6 `ip/prefix` to `iface` in `ns`, without duplicate address
+/// detection (the address works at once).
+fn add_ip6(ns: &Netns, iface: &str, ip: Ipv6Addr, prefix: u8) -> Result<()> {
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip}/{prefix}"),
+        "dev",
+        iface,
+        "nodad",
+    ])?;
+    Ok(())
 }
 
 /// A veth between `a` and `b`, each end with its name and address.

@@ -53,6 +53,12 @@ impl Edge for TcContext {
         reject::answer(self, p, reason, icmp)
     }
 
+    /// `tc_edge6`; it does not return. Without it, IPv6 passes.
+    #[inline(always)]
+    fn to_ipv6(&self) {
+        crate::maps::tail_call(self, crate::maps::TAIL_EDGE6);
+    }
+
     #[inline(always)]
     fn forward(&self, route: &fib::Route) -> i32 {
         let action = match route.hop {

@@ -8,11 +8,37 @@
 use aya_ebpf::programs::TcContext;
 use sluice_abi::{addr::In6, csum, proto, stats::DropReason};
 
-use super::{Quoted, Translation};
-use crate::parse::{
-    Frame, Packet,
-    ipv6::{IP6_DADDR_OFF, IP6_SADDR_OFF},
+use super::{Quoted, Translation, translation};
+use crate::{
+    maps::{EwOther, EwTcp, NsOther, NsTcp},
+    parse::{
+        Frame, Packet, Parsed,
+        ipv6::{self, IP6_DADDR_OFF, IP6_SADDR_OFF},
+    },
 };
+
+/// An ICMPv6 error, the packet it quotes, and what they become.
+pub type Translated6 = (Packet<In6>, Quoted<In6>, Translation<In6>);
+
+/// An ICMPv6 error in `ctx` about a flow translated here, with what it
+/// becomes: the error, its quote and their translation (a flow of a pod
+/// or from outside, whichever table has it). `None`: not an error about a
+/// translated flow; it passes as it is.
+#[inline(always)]
+pub fn about_a_flow(ctx: &impl Frame) -> Result<Option<Translated6>, DropReason> {
+    let Parsed::IcmpError(p) = ipv6::parse(ctx)? else {
+        return Ok(None);
+    };
+    let Some(q) = quoted(ctx, &p) else {
+        return Ok(None);
+    };
+    let t = if q.is_tcp() {
+        translation::<_, EwTcp>(&p, &q).or_else(|| translation::<_, NsTcp>(&p, &q))
+    } else {
+        translation::<_, EwOther>(&p, &q).or_else(|| translation::<_, NsOther>(&p, &q))
+    };
+    Ok(t.map(|t| (p, q, t)))
+}
 
 /// The TCP or UDP packet the ICMPv6 error `p` quotes, if it is one whose
 /// IPv6 header is followed by its TCP or UDP header (no extension headers:

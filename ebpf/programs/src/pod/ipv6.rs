@@ -16,7 +16,7 @@ use sluice_abi::{
 use super::{hairpin_reply, new_flow, pass, to_frontend};
 use crate::{
     TC_ACT_OK, conntrack, fib, icmp, lb,
-    maps::{self, EwOther, EwTcp},
+    maps::{self, EwOther, EwTcp, NsOther, NsTcp},
     nat,
     parse::{Packet, Parsed, ipv6},
     reject, stats,
@@ -52,10 +52,14 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
         return to_frontend(ctx, &p, &svc, config);
     }
     let now = conntrack::now();
+    // A backend's reply: of a flow from a pod, or from outside to a
+    // backend on this node (`edge/ipv6.rs`), which the stack sends out.
     let reply = if p.is_tcp() {
         conntrack::lookup_reply::<_, EwTcp>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<_, NsTcp>(&p, now))
     } else {
         conntrack::lookup_reply::<_, EwOther>(&p, now)
+            .or_else(|| conntrack::lookup_reply::<_, NsOther>(&p, now))
     };
     if let Some(reply) = reply {
         return from_backend(ctx, &p, &reply);
@@ -99,18 +103,7 @@ pub fn run_new(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropRea
 /// Anything else passes.
 #[inline(always)]
 pub fn run_icmp(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Parsed::IcmpError(p) = ipv6::parse(ctx)? else {
-        return Ok(pass());
-    };
-    let Some(q) = icmp::ipv6::quoted(ctx, &p) else {
-        return Ok(pass());
-    };
-    let t = if q.is_tcp() {
-        icmp::translation::<_, EwTcp>(&p, &q)
-    } else {
-        icmp::translation::<_, EwOther>(&p, &q)
-    };
-    let Some(t) = t else {
+    let Some((p, q, t)) = icmp::ipv6::about_a_flow(ctx)? else {
         return Ok(pass());
     };
     if !fib::source_routed_here6(ctx, &p) {

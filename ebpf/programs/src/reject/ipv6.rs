@@ -1,7 +1,8 @@
 //! REJECT for IPv6: the packet turned into an ICMPv6 port-unreachable
 //! (RFC 4443 type 1, code 4), sent back out of the interface it came in
 //! on, as ip6tables' `REJECT --reject-with icmp6-port-unreachable` that
-//! kube-proxy's IPv6 rules use.
+//! kube-proxy's IPv6 rules use; and the other errors a hop sends (hop
+//! limit exceeded, Packet Too Big), built the same way.
 //!
 //! The error is built in a per-CPU scratch (`Icmp6Frame`), header and
 //! all: IPv6's addresses on the stack cost more than the program has.
@@ -17,7 +18,7 @@ use super::{IcmpError, partial_sum, send_back};
 use crate::{
     parse::{
         IP_OFF, Packet,
-        ipv6::{ICMP6_DEST_UNREACH, ICMPV6},
+        ipv6::{ICMP6_DEST_UNREACH, ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, ICMPV6},
     },
     stats,
 };
@@ -39,21 +40,80 @@ pub struct Icmp6Frame {
     pub msg: IcmpError,
 }
 
+/// An ICMPv6 error to answer a packet with: its type, code, the header's
+/// last four bytes, and its source.
+#[derive(Clone, Copy)]
+pub struct Icmp6 {
+    pub kind: u8,
+    pub code: u8,
+    pub rest: [u8; 4],
+    pub from: In6,
+}
+
+impl Icmp6 {
+    /// kube-proxy's REJECT (`icmp6-port-unreachable`), from the address
+    /// the client tried.
+    #[inline(always)]
+    pub const fn port_unreachable(p: &Packet<In6>) -> Self {
+        Self {
+            kind: ICMP6_DEST_UNREACH,
+            code: ICMP6_PORT_UNREACH,
+            rest: [0; 4],
+            from: p.daddr,
+        }
+    }
+
+    /// "Hop limit exceeded in transit" (type 3, code 0), from `from`.
+    #[inline(always)]
+    pub const fn time_exceeded(from: In6) -> Self {
+        Self {
+            kind: ICMP6_TIME_EXCEEDED,
+            code: 0,
+            rest: [0; 4],
+            from,
+        }
+    }
+
+    /// Packet Too Big (type 2) with the route's MTU, from `from`.
+    #[inline(always)]
+    pub const fn too_big(mtu: u16, from: In6) -> Self {
+        let [hi, lo] = mtu.to_be_bytes();
+        Self {
+            kind: ICMP6_PACKET_TOO_BIG,
+            code: 0,
+            rest: [0, 0, hi, lo],
+            from,
+        }
+    }
+}
+
 /// Counts `reason`, then answers `p` with ICMPv6 port-unreachable from the
 /// address it was sent to.
 #[inline(always)]
 pub fn reject(ctx: &TcContext, p: &Packet<In6>, reason: DropReason) -> Result<i32, DropReason> {
+    answer(ctx, p, reason, &Icmp6::port_unreachable(p))
+}
+
+/// Counts `reason`, then answers `p` with the ICMPv6 error `icmp`, sent
+/// back out of the interface it came in on.
+#[inline(always)]
+pub fn answer(
+    ctx: &TcContext,
+    p: &Packet<In6>,
+    reason: DropReason,
+    icmp: &Icmp6,
+) -> Result<i32, DropReason> {
     stats::dropped(reason);
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let about = crate::monitor::About::refused(sluice_abi::monitor::KIND_REJECT, reason, ifindex);
     crate::monitor::packet(p, &about);
-    build(ctx, p).ok_or(DropReason::RejectFailed)?;
+    build(ctx, p, icmp).ok_or(DropReason::RejectFailed)?;
     send_back(ctx)
 }
 
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "at most 130 bytes")]
-fn build(ctx: &TcContext, p: &Packet<In6>) -> Option<()> {
+fn build(ctx: &TcContext, p: &Packet<In6>, icmp: &Icmp6) -> Option<()> {
     let eth: EthHdr = ctx.load(0).ok()?;
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let f = unsafe { &mut *crate::maps::icmp6_scratch()? };
@@ -72,12 +132,12 @@ fn build(ctx: &TcContext, p: &Packet<In6>) -> Option<()> {
     let [l0, l1] = (msg_len as u16).to_be_bytes();
     f.version = [0x60, 0, 0, 0];
     f.len_next_hop = [l0, l1, ICMPV6, HOP_LIMIT];
-    f.src = p.daddr;
+    f.src = icmp.from;
     f.dst = p.saddr;
-    f.msg.kind = ICMP6_DEST_UNREACH;
-    f.msg.code = ICMP6_PORT_UNREACH;
+    f.msg.kind = icmp.kind;
+    f.msg.code = icmp.code;
     f.msg.check = [0; 2];
-    f.msg.unused = [0; 4];
+    f.msg.unused = icmp.rest;
     // The checksum's pseudo-header (RFC 8200 §8.1): the addresses, as they
     // are in the header, then the length and next header as 32-bit words.
     let mut tail = [

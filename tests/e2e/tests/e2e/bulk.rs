@@ -114,7 +114,7 @@ fn bulk_cluster(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
 }
 
 /// 64 MiB down and up through `to`, from `from`.
-fn both_ways(from: &sluice_lab::Pod, to: SocketAddr, what: &str) {
+pub fn both_ways(from: &sluice_lab::Pod, to: SocketAddr, what: &str) {
     let down = bulk::download(&from.ns, to, SIZE, LIMIT)
         .unwrap_or_else(|e| panic!("{what}: download: {e:#}"));
     let up =

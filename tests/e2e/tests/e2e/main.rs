@@ -21,6 +21,7 @@ mod dual_stack;
 mod fragments;
 mod hairpin;
 mod icmp;
+mod ipv6_edge;
 mod ipv6_tc;
 mod lifecycle;
 mod nodeport;

@@ -1,10 +1,11 @@
 //! Packet tests of IPv6 from pods (`tc_ingress`, which hands IPv6 to
 //! `tc_ingress6` and its new flows to `tc_ingress6_new`): DNAT and reverse
 //! NAT of TCP and UDP, extension headers, fragments, ICMPv6 rejects,
-//! what passes and what is dropped. Checksums are recomputed here from
+//! what passes and what is dropped; and of IPv6 from outside
+//! (`tc_north_south`, which hands it to `tc_edge6`). Checksums are recomputed here from
 //! scratch, over IPv6's pseudo-header (RFC 8200 §8.1).
 
-use std::net::Ipv6Addr;
+use std::{collections::BTreeSet, net::Ipv6Addr};
 
 use sluice_abi::{
     config::DataplaneConfig,
@@ -13,12 +14,13 @@ use sluice_abi::{
 };
 use sluice_agent::{
     frontend::FrontendKey,
-    model::{Desired, DesiredFrontend},
+    model::{Desired, DesiredFrontend, External},
 };
 
 use super::{
-    Harness, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    Harness, PodSide, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     builder::{ACK, CLIENT_MAC, HOST_MAC, SYN, TCP, UDP, fold, sum},
+    harness::{Hook, Loaded},
     privileged,
 };
 
@@ -553,4 +555,258 @@ fn with_an_ipv6_service_cidr_unallocated_addresses_and_unknown_ports_are_rejecte
         assert_eq!(h.drops(reason), 1);
     }
     assert_eq!(h.run(&outside), (TC_ACT_OK, outside.clone()));
+}
+
+/// The node's IPv6 address, a client and a router outside, and the
+/// NodePorts of the edge tests.
+const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x100);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0xfe);
+const NP: u16 = 30090;
+const REMOTE_NP: u16 = 30091;
+const EMPTY_NP: u16 = 30093;
+/// A backend on another node, behind `OTHER_NODE6` on `ext0`.
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x10);
+const OTHER_NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+
+impl Harness {
+    /// `tc_north_south` (`--xdp-mode tc`), whose IPv6 goes on to
+    /// `tc_edge6`: `NODE6` serves NodePorts; NodePort `NP`/TCP goes to
+    /// `B6[0]`:8080, `REMOTE_NP`/TCP to `REMOTE6`:8080 on the other node
+    /// (behind `ext0`, an external interface whose SNAT address is `NODE6`),
+    /// `EMPTY_NP`/TCP has no endpoints.
+    fn edge6() -> Self {
+        let config = DataplaneConfig::default().with_nodeport_range(30000, 32767);
+        let loaded = Loaded::new(
+            Hook::TcEdge,
+            &config,
+            sluice_abi::maps::DEFAULT_CONNTRACK_SIZE,
+        );
+        let mut h = Self {
+            loaded,
+            side: PodSide::new(),
+        };
+        h.maps
+            .set_node_addrs(&BTreeSet::from([NODE6.into()]), |_| true)
+            .unwrap();
+        let ns = &h.side.ns;
+        let other = OTHER_NODE6.to_string();
+        for args in [
+            &[
+                "link", "add", "ext0", "type", "veth", "peer", "name", "wire0",
+            ][..],
+            &["link", "set", "ext0", "up"],
+            &["link", "set", "wire0", "up"],
+            &["-6", "addr", "add", "fd00:77::1/64", "dev", "ext0", "nodad"],
+            &[
+                "-6",
+                "route",
+                "add",
+                "fd00:244:2::/64",
+                "via",
+                &other,
+                "dev",
+                "ext0",
+            ],
+            &[
+                "-6",
+                "neigh",
+                "add",
+                &other,
+                "lladdr",
+                "02:00:00:00:00:03",
+                "dev",
+                "ext0",
+                "nud",
+                "permanent",
+            ],
+        ] {
+            ns.ip(args).unwrap();
+        }
+        // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
+        let ext0 = ns
+            .run(|| unsafe { libc::if_nametoindex(c"ext0".as_ptr()) })
+            .unwrap();
+        h.maps
+            .set_ext_if(ext0, Some(std::net::Ipv4Addr::new(192, 168, 77, 1)))
+            .unwrap();
+        h.maps.set_ext_if6(ext0, Some(NODE6)).unwrap();
+        let mut desired = Desired::default();
+        for (port, backends) in [
+            (NP, vec![B6[0]]),
+            (REMOTE_NP, vec![REMOTE6]),
+            (EMPTY_NP, Vec::new()),
+        ] {
+            desired.frontends.insert(
+                FrontendKey::node_port6(port, proto::TCP),
+                DesiredFrontend {
+                    name: format!("test/np{port}"),
+                    backends: backends.iter().map(|&b| (b.into(), 8080)).collect(),
+                    external: External::Serve,
+                    ..DesiredFrontend::default()
+                },
+            );
+        }
+        h.program(&desired);
+        h
+    }
+}
+
+#[test]
+fn ipv6_from_outside_is_dnated_its_packet_too_big_translated_and_forgeries_dropped() {
+    if !privileged(
+        "ipv6_from_outside_is_dnated_its_packet_too_big_translated_and_forgeries_dropped",
+    ) {
+        return;
+    }
+    let h = Harness::edge6();
+    let syn = Spec6 {
+        src: (OUTSIDE6, 41000),
+        dst: (NODE6, NP),
+        ..Spec6::default()
+    };
+    let (verdict, out) = h.run(&build6(&syn));
+    assert_eq!(
+        verdict, TC_ACT_OK,
+        "to the stack, which routes it to the pod"
+    );
+    let seen = parse6_checked(&out);
+    assert_eq!((seen.src, seen.dst), (syn.src, (B6[0], 8080)), "DNAT only");
+    // The flow keeps its backend.
+    let ack = Spec6 {
+        tcp_flags: ACK,
+        ..syn.clone()
+    };
+    assert_eq!(parse6_checked(&h.run(&build6(&ack)).1).dst, (B6[0], 8080));
+    assert_eq!(h.events(Event::NewFlow), 1);
+    // The first packet too: once its flow is made, it is translated as the
+    // flow's next packets are.
+    assert_eq!(h.events(Event::Established), 2);
+
+    // A router's Packet Too Big about a reply (NODE6:NP -> client, as the
+    // pod's interface sent it out): to the backend, about what it sent.
+    let reply = build6(&Spec6 {
+        src: (NODE6, NP),
+        dst: syn.src,
+        tcp_flags: ACK,
+        payload: vec![7; 1400],
+        ..Spec6::default()
+    });
+    let too_big = icmp6_error(
+        ROUTER6,
+        NODE6,
+        2,
+        0,
+        1280u32.to_be_bytes(),
+        &reply[14..14 + 1232],
+    );
+    let (verdict, out) = h.run(&too_big);
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst) = addrs(&out);
+    assert_eq!((src, dst), (ROUTER6, B6[0]), "to the backend");
+    let msg = &out[54..];
+    assert_eq!(
+        fold(pseudo6(src, dst, ICMPV6, msg.len()) + sum(msg)),
+        0xffff,
+        "ICMPv6 checksum"
+    );
+    assert_eq!((msg[0], &msg[4..8]), (2, &1280u32.to_be_bytes()[..]));
+    let (qsrc, qdst) = addrs(&[&out[..14], &msg[8..]].concat());
+    assert_eq!(
+        (qsrc, qdst),
+        (B6[0], OUTSIDE6),
+        "the reply as the backend sent it"
+    );
+    assert_eq!(u16::from_be_bytes([msg[48], msg[49]]), 8080);
+    assert_eq!(h.events(Event::IcmpError), 1);
+
+    // No endpoints: ICMPv6 port-unreachable from the node's address.
+    let empty = build6(&Spec6 {
+        dst: (NODE6, EMPTY_NP),
+        ..syn.clone()
+    });
+    let (verdict, out) = h.run(&empty);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back out of its interface");
+    let (src, dst) = addrs(&out);
+    let msg = &out[54..];
+    assert_eq!((src, dst, msg[0], msg[1]), (NODE6, OUTSIDE6, 1, 4));
+    assert_eq!(
+        fold(pseudo6(src, dst, ICMPV6, msg.len()) + sum(msg)),
+        0xffff,
+        "ICMPv6 checksum"
+    );
+    assert_eq!(
+        msg[8..],
+        empty[14..14 + 48],
+        "the header and the ports quoted"
+    );
+    assert_eq!(h.drops(DropReason::NoEndpoints), 1);
+
+    // From outside with the node's own address as source: forged.
+    let forged = build6(&Spec6 {
+        src: (NODE6, 41001),
+        ..syn
+    });
+    assert_eq!(h.run(&forged).0, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::ForgedSource), 1);
+    assert_eq!(h.events(Event::NewFlow), 1);
+}
+
+#[test]
+fn ipv6_from_outside_to_a_backend_on_another_node_is_snated_and_its_replies_reversed() {
+    if !privileged(
+        "ipv6_from_outside_to_a_backend_on_another_node_is_snated_and_its_replies_reversed",
+    ) {
+        return;
+    }
+    let h = Harness::edge6();
+    let syn = Spec6 {
+        src: (OUTSIDE6, 41000),
+        dst: (NODE6, REMOTE_NP),
+        ..Spec6::default()
+    };
+    let sent = build6(&syn);
+    let (verdict, out) = h.run(&sent);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "straight to the next hop");
+    let seen = parse6_checked(&out);
+    assert_eq!(
+        seen.dst,
+        (REMOTE6, 8080),
+        "DNAT to the other node's backend"
+    );
+    assert_eq!(seen.src.0, NODE6, "SNAT to the interface's IPv6 address");
+    assert!(
+        seen.src.1 >= 61_000,
+        "a port of the SNAT range: {}",
+        seen.src.1
+    );
+    assert_eq!(out[21], sent[21] - 1, "one hop");
+    assert_eq!(h.events(Event::Snat), 1);
+
+    // The backend's reply, to the SNAT address: back to the client, from
+    // the NodePort.
+    let reply = Spec6 {
+        src: (REMOTE6, 8080),
+        dst: seen.src,
+        tcp_flags: SYN | ACK,
+        ..Spec6::default()
+    };
+    let (verdict, out) = h.run(&build6(&reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let back = parse6_checked(&out);
+    assert_eq!((back.src, back.dst), ((NODE6, REMOTE_NP), syn.src));
+    assert_eq!(h.events(Event::Reply), 1);
+
+    // With its hop limit spent, the client hears so from the node, about
+    // the packet it sent.
+    let mut last_hop = build6(&Spec6 {
+        src: (OUTSIDE6, 41001),
+        ..syn
+    });
+    last_hop[21] = 1;
+    let (verdict, out) = h.run(&last_hop);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back out of its interface");
+    let (src, dst) = addrs(&out);
+    assert_eq!((src, dst, out[54], out[55]), (NODE6, OUTSIDE6, 3, 0));
+    assert_eq!(h.drops(DropReason::TtlExceeded), 1);
 }

@@ -1,0 +1,221 @@
+//! IPv6 from outside the cluster (`tc_edge6`, in every north-south mode):
+//! IPv6-only LoadBalancer Services' NodePorts on the node's IPv6 address
+//! with a backend on the node and one on the other node (SNATed to the
+//! node's IPv6 address there and back), an external address, a load
+//! balancer address (to the other node), and an `externalTrafficPolicy:
+//! Local` NodePort. 64 MiB each way with GSO and GRO on the segment and every offload
+//! on the pods' veths; then the same from a client behind a link of MTU
+//! 1280 (IPv6's minimum), which only works when the router's Packet Too
+//! Big about a reply is translated back to the backend. A Service without
+//! endpoints answers with ICMPv6 port-unreachable.
+#![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
+
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use sluice_lab::{Cluster, bulk::BulkServer, require_privileges};
+
+use crate::{bulk::both_ways, common::*};
+
+const LOCAL_PORT: u16 = 30090;
+const REMOTE_PORT: u16 = 30091;
+const ETP_LOCAL_PORT: u16 = 30092;
+const EMPTY_PORT: u16 = 30093;
+/// Documentation addresses (RFC 3849), routed by the clients through
+/// node a.
+const EXTERNAL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x50);
+const LB_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 7);
+/// The backends on node a and on node b, in their IPv6 pod networks.
+const BACKENDS: [(Ipv4Addr, Ipv6Addr); 2] = [
+    (
+        Ipv4Addr::new(10, 244, 1, 10),
+        Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x10),
+    ),
+    (
+        Ipv4Addr::new(10, 244, 2, 10),
+        Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x10),
+    ),
+];
+
+/// An IPv6-only LoadBalancer Service `name` at `vip` with NodePort `port`,
+/// more `spec` lines and, with `lb`, that load balancer address; its
+/// slice holds `backend` (on its node: 0 for a, 1 for b), or nothing.
+fn service6(
+    name: &str,
+    vip: Ipv6Addr,
+    port: u16,
+    backend: Option<usize>,
+    spec: &str,
+    lb: Option<Ipv6Addr>,
+) -> String {
+    let status = lb.map_or_else(String::new, |ip| {
+        format!("status: {{loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}}}\n")
+    });
+    let endpoints = backend.map_or_else(
+        || "[]".to_owned(),
+        |i| {
+            let (ip, node) = (BACKENDS[i].1, ["node-a", "node-b"][i]);
+            format!("[{{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{ready: true}}}}]")
+        },
+    );
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIP: \"{vip}\"\n  clusterIPs: [\"{vip}\"]\n{spec}  ports:\n  - {{name: http, port: 80, nodePort: {port}}}\n{status}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-v6\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv6\nports: [{{name: http, port: 8080}}]\nendpoints: {endpoints}\n"
+    )
+}
+
+fn vip6(n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, n)
+}
+
+/// Two nodes running agents with `args`; a bulk server on each
+/// (`BACKENDS`); the Services `local` (also `EXTERNAL_IP6`), `remote` (its
+/// backend on node b; also `LB_IP6`), `etp-local` and `empty` (no
+/// endpoints) on both nodes; every offload on.
+fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
+    let mut c = Cluster::new().unwrap();
+    let mut servers = Vec::new();
+    for (i, (v4, v6)) in BACKENDS.into_iter().enumerate() {
+        let lab = c.node(i);
+        lab.add_pod("server", v4).unwrap();
+        lab.add_ipv6("server", v6).unwrap();
+        servers.push(BulkServer::start(&lab.pod("server").ns, 8080).unwrap());
+    }
+    let services = [
+        (
+            "local",
+            service6(
+                "local",
+                vip6(0x20),
+                LOCAL_PORT,
+                Some(0),
+                &format!("  externalIPs: [\"{EXTERNAL_IP6}\"]\n"),
+                None,
+            ),
+        ),
+        (
+            "remote",
+            service6("remote", vip6(0x21), REMOTE_PORT, Some(1), "", Some(LB_IP6)),
+        ),
+        (
+            "etp-local",
+            service6(
+                "etp-local",
+                vip6(0x22),
+                ETP_LOCAL_PORT,
+                Some(0),
+                "  externalTrafficPolicy: Local\n",
+                None,
+            ),
+        ),
+        (
+            "empty",
+            service6("empty", vip6(0x23), EMPTY_PORT, None, "", None),
+        ),
+    ];
+    for i in 0..2 {
+        for (name, yaml) in &services {
+            c.node(i)
+                .write_manifest(&format!("{name}.yaml"), yaml)
+                .unwrap();
+        }
+    }
+    c.offloads_on().unwrap();
+    start_agents(&mut c, args);
+    for addr in [EXTERNAL_IP6, LB_IP6] {
+        c.route_via6(addr, 0).unwrap();
+    }
+    (c, servers)
+}
+
+/// Every frontend, through node a, from `from`.
+fn every_frontend(c: &Cluster, from: &sluice_lab::Pod, what: &str) {
+    let node = c.node_ip6(0);
+    for (to, path) in [
+        ((node, LOCAL_PORT), "IPv6 NodePort, backend on the node"),
+        (
+            (node, REMOTE_PORT),
+            "IPv6 NodePort, backend on the other node",
+        ),
+        (
+            (node, ETP_LOCAL_PORT),
+            "IPv6 NodePort, externalTrafficPolicy: Local",
+        ),
+        ((EXTERNAL_IP6, 80), "IPv6 external IP"),
+        (
+            (LB_IP6, 80),
+            "IPv6 load balancer IP, backend on the other node",
+        ),
+    ] {
+        both_ways(from, SocketAddr::from(to), &format!("{path}{what}"));
+    }
+}
+
+fn every_path(args: &[&str]) {
+    let (c, _servers) = cluster6(args);
+    let lab = c.node_ref(0);
+    let new_flows = event_count(lab, "new_flow");
+    every_frontend(&c, c.client(), "");
+    assert!(
+        event_count(lab, "new_flow") >= new_flows + 10,
+        "each transfer was a new flow through the frontend"
+    );
+    assert!(
+        event_count(lab, "snat") >= 4,
+        "flows to the other node's backend were SNATed"
+    );
+    // A Service without endpoints: kube-proxy's REJECT, ICMPv6
+    // port-unreachable, which the client's connect hears at once.
+    let to = SocketAddr::from((c.node_ip6(0), EMPTY_PORT));
+    let refused = c
+        .client()
+        .ns
+        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(drop))
+        .unwrap();
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused),
+        "a NodePort without endpoints refuses"
+    );
+    assert!(drop_count(lab, "no_endpoints") > 0);
+    // Through a link of MTU 1280: the second router's Packet Too Big about
+    // the backend's segments, translated back to the backend.
+    let far = c.add_far_client(1280).unwrap();
+    for addr in [EXTERNAL_IP6, LB_IP6] {
+        far.route_via6(addr, c.node_ip6(0)).unwrap();
+    }
+    let errors = event_count(lab, "icmp_error");
+    every_frontend(&c, &far.client, ", path MTU 1280");
+    assert!(
+        event_count(lab, "icmp_error") > errors,
+        "the routers' Packet Too Big were translated"
+    );
+}
+
+#[test]
+fn ipv6_bulk_and_path_mtu_through_every_frontend_in_native_xdp() {
+    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_native_xdp") {
+        return;
+    }
+    every_path(&["--xdp-mode", "native"]);
+}
+
+#[test]
+fn ipv6_bulk_and_path_mtu_through_every_frontend_in_generic_xdp() {
+    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_generic_xdp") {
+        return;
+    }
+    every_path(&["--xdp-mode", "generic"]);
+}
+
+#[test]
+fn ipv6_bulk_and_path_mtu_through_every_frontend_in_tc_mode() {
+    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_tc_mode") {
+        return;
+    }
+    every_path(&["--xdp-mode", "tc"]);
+}
