@@ -1,11 +1,11 @@
-//! Raw frames for tests and benchmarks: Ethernet + IPv4 + UDP or TCP with
-//! correct checksums (RFC 1071, computed here), and an `AF_PACKET` socket
+//! Raw frames for tests and benchmarks: Ethernet + IPv4 + UDP or TCP, or
+//! IPv6 + UDP, with correct checksums (RFC 1071, computed here), and an `AF_PACKET` socket
 //! that sends many of them at once (`sendmmsg`, past the qdisc), as a
 //! packet generator does. Sources may be anything: floods of new flows and
 //! forged sources are what some tests need to send.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -116,6 +116,36 @@ pub fn udp(
     } else {
         wrap(hop, src.0, dst.0, UDP, l4, usize::MAX)
     }
+}
+
+/// An IPv6 UDP datagram with `payload` bytes (0xab), its checksum computed
+/// over IPv6's pseudo-header (RFC 8200 §8.1).
+pub fn udp6(hop: Hop, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: usize) -> Vec<u8> {
+    let len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
+    let mut l4 = Vec::with_capacity(usize::from(len));
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    l4.extend_from_slice(&len.to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend(std::iter::repeat_n(0xab, payload));
+    let pseudo = sum(&src.0.octets()) + sum(&dst.0.octets()) + u32::from(len) + u32::from(UDP);
+    let check = match finish(pseudo + sum(&l4)) {
+        0 => 0xffff,
+        c => c,
+    };
+    l4[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + l4.len());
+    f.extend_from_slice(&hop.dst_mac);
+    f.extend_from_slice(&hop.src_mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.push(UDP);
+    f.push(TTL);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    f.extend_from_slice(&l4);
+    f
 }
 
 /// A TCP segment without payload: `flags` (e.g. `TCP_SYN`), sequence

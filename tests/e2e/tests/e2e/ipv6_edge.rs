@@ -7,16 +7,23 @@
 //! on the pods' veths; then the same from a client behind a link of MTU
 //! 1280 (IPv6's minimum), which only works when the router's Packet Too
 //! Big about a reply is translated back to the backend. A Service without
-//! endpoints answers with ICMPv6 port-unreachable.
+//! endpoints answers with ICMPv6 port-unreachable. A load balancer address
+//! with `loadBalancerSourceRanges` admits only their clients; packets from
+//! outside claiming the node's IPv6 address never reach a pod.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
-use sluice_lab::{Cluster, bulk::BulkServer, require_privileges};
+use sluice_lab::{
+    Cluster, EXT_IF,
+    bulk::{self, BulkServer},
+    cluster::CLIENT_IP6,
+    require_privileges,
+};
 
 use crate::{bulk::both_ways, common::*};
 
@@ -24,10 +31,14 @@ const LOCAL_PORT: u16 = 30090;
 const REMOTE_PORT: u16 = 30091;
 const ETP_LOCAL_PORT: u16 = 30092;
 const EMPTY_PORT: u16 = 30093;
+const RANGED_PORT: u16 = 30094;
 /// Documentation addresses (RFC 3849), routed by the clients through
 /// node a.
 const EXTERNAL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x50);
 const LB_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 7);
+/// A load balancer address behind `loadBalancerSourceRanges`: the far
+/// client's network only.
+const RANGED_LB_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 8);
 /// The backends on node a and on node b, in their IPv6 pod networks.
 const BACKENDS: [(Ipv4Addr, Ipv6Addr); 2] = [
     (
@@ -116,6 +127,17 @@ fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
             "empty",
             service6("empty", vip6(0x23), EMPTY_PORT, None, "", None),
         ),
+        (
+            "ranged",
+            service6(
+                "ranged",
+                vip6(0x24),
+                RANGED_PORT,
+                Some(0),
+                "  loadBalancerSourceRanges: [\"fd00:79::/64\"]\n",
+                Some(RANGED_LB_IP6),
+            ),
+        ),
     ];
     for i in 0..2 {
         for (name, yaml) in &services {
@@ -126,7 +148,7 @@ fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
     }
     c.offloads_on().unwrap();
     start_agents(&mut c, args);
-    for addr in [EXTERNAL_IP6, LB_IP6] {
+    for addr in [EXTERNAL_IP6, LB_IP6, RANGED_LB_IP6] {
         c.route_via6(addr, 0).unwrap();
     }
     (c, servers)
@@ -218,4 +240,85 @@ fn ipv6_bulk_and_path_mtu_through_every_frontend_in_tc_mode() {
         return;
     }
     every_path(&["--xdp-mode", "tc"]);
+}
+
+/// 10,000 UDP datagrams from the client's segment to the backend on node
+/// a, each claiming node a's own IPv6 address as its source: none reaches
+/// the pod, and each is counted. A load balancer address with
+/// `loadBalancerSourceRanges` answers the far client (in them) and drops
+/// the near one (outside them).
+fn forged_and_ranged(args: &[&str]) {
+    let (c, _servers) = cluster6(args);
+    let lab = c.node_ref(0);
+    let pod = lab.pod("server");
+    let socket = pod
+        .ns
+        .run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 9999)))
+        .unwrap()
+        .unwrap();
+    let hop = sluice_lab::frame::Hop {
+        src_mac: c.client().mac("eth0").unwrap(),
+        dst_mac: sluice_lab::mac_of(lab.node(), EXT_IF).unwrap(),
+    };
+    let node = c.node_ip6(0);
+    let frames: Vec<Vec<u8>> = (0..10_000u16)
+        .map(|i| sluice_lab::frame::udp6(hop, (node, 20_000 + i), (BACKENDS[0].1, 9999), 16))
+        .collect();
+    c.client().send_frames(frames).unwrap();
+    // A datagram from the real client, sent after them, marks the end.
+    let pods = format!("{}/64", sluice_lab::cluster::pod_net6(1));
+    let via = node.to_string();
+    c.client()
+        .ns
+        .ip(&["-6", "route", "add", &pods, "via", &via])
+        .unwrap();
+    let client = c
+        .client()
+        .ns
+        .run(|| UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)))
+        .unwrap()
+        .unwrap();
+    client
+        .send_to(b"real", SocketAddr::from((BACKENDS[0].1, 9999)))
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = socket.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"real"[..], IpAddr::from(CLIENT_IP6)),
+        "the first datagram the pod gets is the real one: no forged one came"
+    );
+    assert!(drop_count(lab, "forged_source") >= 10_000);
+
+    let to = SocketAddr::from((RANGED_LB_IP6, 80));
+    let far = c.add_far_client(1500).unwrap();
+    far.route_via6(RANGED_LB_IP6, node).unwrap();
+    bulk::download(&far.client.ns, to, 1 << 20, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("a client in the ranges is answered: {e:#}"));
+    let near = bulk::download(&c.client().ns, to, 1 << 20, Duration::from_secs(2));
+    assert!(near.is_err(), "a client outside the ranges is not answered");
+    assert!(drop_count(lab, "source_range") > 0);
+}
+
+#[test]
+fn ipv6_forged_node_sources_and_sources_outside_ranges_are_dropped_in_native_xdp() {
+    if !require_privileges(
+        "ipv6_forged_node_sources_and_sources_outside_ranges_are_dropped_in_native_xdp",
+    ) {
+        return;
+    }
+    forged_and_ranged(&["--xdp-mode", "native"]);
+}
+
+#[test]
+fn ipv6_forged_node_sources_and_sources_outside_ranges_are_dropped_in_tc_mode() {
+    if !require_privileges(
+        "ipv6_forged_node_sources_and_sources_outside_ranges_are_dropped_in_tc_mode",
+    ) {
+        return;
+    }
+    forged_and_ranged(&["--xdp-mode", "tc"]);
 }
