@@ -104,13 +104,7 @@ pub fn udp(
     payload: usize,
     checksum: bool,
 ) -> Vec<u8> {
-    let len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
-    let mut l4 = Vec::with_capacity(usize::from(len));
-    l4.extend_from_slice(&src.1.to_be_bytes());
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    l4.extend_from_slice(&len.to_be_bytes());
-    l4.extend_from_slice(&[0, 0]);
-    l4.extend(std::iter::repeat_n(0xab, payload));
+    let l4 = udp_datagram(src.1, dst.1, payload);
     if checksum {
         wrap(hop, src.0, dst.0, UDP, l4, 6)
     } else {
@@ -121,13 +115,8 @@ pub fn udp(
 /// An IPv6 UDP datagram with `payload` bytes (0xab), its checksum computed
 /// over IPv6's pseudo-header (RFC 8200 §8.1).
 pub fn udp6(hop: Hop, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: usize) -> Vec<u8> {
-    let len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
-    let mut l4 = Vec::with_capacity(usize::from(len));
-    l4.extend_from_slice(&src.1.to_be_bytes());
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    l4.extend_from_slice(&len.to_be_bytes());
-    l4.extend_from_slice(&[0, 0]);
-    l4.extend(std::iter::repeat_n(0xab, payload));
+    let mut l4 = udp_datagram(src.1, dst.1, payload);
+    let len = u16::try_from(l4.len()).unwrap_or(u16::MAX);
     let pseudo = sum(&src.0.octets()) + sum(&dst.0.octets()) + u32::from(len) + u32::from(UDP);
     let check = match finish(pseudo + sum(&l4)) {
         0 => 0xffff,
@@ -146,6 +135,18 @@ pub fn udp6(hop: Hop, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), payload: usize
     f.extend_from_slice(&dst.0.octets());
     f.extend_from_slice(&l4);
     f
+}
+
+/// A UDP header (checksum zero) and `payload` bytes of 0xab.
+fn udp_datagram(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let len = u16::try_from(8 + payload).unwrap_or(u16::MAX);
+    let mut l4 = Vec::with_capacity(usize::from(len));
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&len.to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend(std::iter::repeat_n(0xab, payload));
+    l4
 }
 
 /// A TCP segment without payload: `flags` (e.g. `TCP_SYN`), sequence
