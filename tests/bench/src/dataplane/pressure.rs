@@ -18,7 +18,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -62,12 +62,12 @@ struct Pressure {
 /// The measured Services: `web` (TCP 80) and the UDP ones, all on every
 /// backend.
 fn ports() -> Vec<SvcPort> {
-    let eps: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_ip).collect();
+    let eps: Vec<IpAddr> = (0..BACKENDS).map(|i| backend_ip(i).into()).collect();
     let mut out = vec![SvcPort {
         id: 0,
         tag: 0,
         name: "web-tcp-http".into(),
-        vip: vip(0),
+        vip: vip(0).into(),
         proto: "tcp",
         port: 80,
         target: TCP_PORT,
@@ -78,7 +78,7 @@ fn ports() -> Vec<SvcPort> {
             id: k,
             tag: 1,
             name: format!("udp{k}-udp-dns"),
-            vip: vip(k),
+            vip: vip(k).into(),
             proto: "udp",
             port: 53,
             target: UDP_PORT,
@@ -100,9 +100,12 @@ fn write_manifests(lab: &Lab) -> Result<()> {
             (Port::udp("p", sp.port), Port::udp("p", sp.target))
         };
         let name = format!("svc{}", sp.id);
+        let IpAddr::V4(vip) = sp.vip else {
+            continue;
+        };
         lab.write_manifest(
             &format!("{name}.yaml"),
-            &manifest::service_with_endpoints(&name, sp.vip, &[port], &[target], &eps),
+            &manifest::service_with_endpoints(&name, vip, &[port], &[target], &eps),
         )?;
     }
     Ok(())
@@ -160,7 +163,7 @@ fn measure(mode: Mode, window: Duration, quick: bool) -> Result<Pressure> {
     let mut topo = topology()?;
     let lab = &mut topo.lab;
     // iptables first: loading the rules makes netfilter track this namespace.
-    let rules = iptables_rules_of(ports());
+    let rules = iptables_rules_of(ports(), super::CLUSTER_CIDR);
     if mode == Mode::Iptables {
         restore(lab, "iptables-restore", &[], &rules)?;
     }
