@@ -2,6 +2,7 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use sluice_abi::{
+    addr::In6,
     affinity::{AffinityKey, AffinityValue},
     service::{
         Backend, Backend6, MAGLEV_CHUNK, NODE_PORT_ADDR, SCOPE_ALL, SCOPE_LOCAL, SVC_FLAG_AFFINITY,
@@ -85,12 +86,12 @@ pub fn is_cluster_ip(addr: [u8; 4]) -> bool {
 /// address that serves NodePorts, as `frontend_or_node_port`.
 #[inline(always)]
 pub fn frontend_or_node_port6(
-    addr_be: [u8; 16],
+    addr: In6,
     port_be: [u8; 2],
     proto: u8,
 ) -> Option<(ServiceKey6, ServiceValue)> {
     let key = ServiceKey6 {
-        addr_be,
+        addr_be: addr.octets(),
         port_be,
         proto,
         scope: SCOPE_ALL,
@@ -100,7 +101,7 @@ pub fn frontend_or_node_port6(
         Some(_) => return None,
         None => {}
     }
-    if !maps::serves_node_ports6(addr_be) {
+    if !maps::serves_node_ports6(key.addr_be) {
         return None;
     }
     let node_port = ServiceKey6 {
@@ -123,9 +124,9 @@ pub fn local_scope6(key: &ServiceKey6) -> Option<ServiceValue> {
 
 /// Whether IPv6 `addr` is an allocated ClusterIP (its marker exists).
 #[inline(always)]
-pub fn is_cluster_ip6(addr_be: [u8; 16]) -> bool {
+pub fn is_cluster_ip6(addr: In6) -> bool {
     maps::service6(&ServiceKey6 {
-        addr_be,
+        addr_be: addr.octets(),
         port_be: [0; 2],
         proto: 0,
         scope: SCOPE_ALL,

@@ -26,6 +26,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use sluice_abi::{
+    addr::In6,
     affinity::CLIENT_NETNS,
     config::DataplaneConfig,
     proto,
@@ -335,9 +336,10 @@ pub fn translate6(ctx: &SockAddrContext, config: &DataplaneConfig, event: Event)
         return ALLOW;
     }
     // A frontend at the address, or the NodePort of a node address.
-    let Some((_, svc)) = lb::frontend_or_node_port6(daddr, dport, protocol) else {
+    let Some((_, svc)) = lb::frontend_or_node_port6(In6::from_octets(daddr), dport, protocol)
+    else {
         // An allocated ClusterIP's unknown port is refused, as for IPv4.
-        if lb::is_cluster_ip6(daddr) {
+        if lb::is_cluster_ip6(In6::from_octets(daddr)) {
             return refuse(DropReason::UnknownPort);
         }
         return ALLOW;

@@ -40,6 +40,7 @@ use sluice_abi::{
 use crate::{
     TC_ACT_OK,
     conntrack::{self, Binding, Tracked},
+    family::Family,
     fib, icmp, lb,
     maps::{self, CtMaps, EwOther, EwTcp, NsOther, NsTcp},
     monitor, nat,
@@ -69,7 +70,7 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
     if maps::is_node_addr6(p.saddr) {
         return Err(DropReason::ForgedSource);
     }
-    if let Some((key, svc)) = lb::frontend_or_node_port6(p.daddr.octets(), p.dport, p.proto)
+    if let Some((key, svc)) = lb::frontend_or_node_port6(p.daddr, p.dport, p.proto)
         && svc.flags & SVC_FLAG_EXTERNAL != 0
     {
         return if p.is_tcp() {
@@ -217,7 +218,7 @@ pub fn run_new(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropRea
     let Parsed::Packet(p) = ipv6::parse(ctx)? else {
         return Ok(pass());
     };
-    let Some((key, all)) = lb::frontend_or_node_port6(p.daddr.octets(), p.dport, p.proto) else {
+    let Some((key, all)) = lb::frontend_or_node_port6(p.daddr, p.dport, p.proto) else {
         return Ok(pass());
     };
     if all.flags & SVC_FLAG_EXTERNAL == 0 {
@@ -256,12 +257,8 @@ fn new_flow<T: CtMaps<In6>>(
     let [s0, s1, s2, s3] = p.saddr.0;
     let folded = (s0 ^ s1 ^ s2 ^ s3).to_ne_bytes();
     let hash = maglev::flow_hash(folded, p.sport, p.dport, p.proto);
-    let client = {
-        let [hi, lo] = p.saddr.halves();
-        hi ^ lo
-    };
     let chosen: sluice_abi::service::Backend6 =
-        lb::with_affinity(&svc, client, now, lb::Pick::Maglev(hash))?;
+        lb::with_affinity(&svc, In6::client(p.saddr), now, lb::Pick::Maglev(hash))?;
     let choice = Binding::to(&chosen);
     // A backend behind an external interface is on another node: SNAT to
     // that interface's IPv6 address, so that its replies come back here.

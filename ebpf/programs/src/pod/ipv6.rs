@@ -38,7 +38,7 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
         Parsed::Fragment { daddr } => {
             // A later fragment whose first was not seen: it cannot be
             // NATed without its ports.
-            if lb::is_cluster_ip6(daddr.octets()) {
+            if lb::is_cluster_ip6(daddr) {
                 return Err(DropReason::Fragment);
             }
             return Ok(pass());
@@ -48,7 +48,7 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
     if config.is_local_ip6(p.daddr.octets()) {
         return Ok(pass());
     }
-    if let Some((_, svc)) = lb::frontend_or_node_port6(p.daddr.octets(), p.dport, p.proto) {
+    if let Some((_, svc)) = lb::frontend_or_node_port6(p.daddr, p.dport, p.proto) {
         return to_frontend(ctx, &p, &svc, config);
     }
     let now = conntrack::now();
@@ -68,7 +68,7 @@ pub fn run(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropReason>
     // ClusterIP's unknown port and an unallocated address in the range are
     // rejected, as for IPv4.
     if config.flags & CFG_SERVICE_CIDR6 != 0 {
-        if lb::is_cluster_ip6(p.daddr.octets()) {
+        if lb::is_cluster_ip6(p.daddr) {
             return reject::ipv6::reject(ctx, &p, DropReason::UnknownPort);
         }
         if config.in_service_cidr6(p.daddr) {
@@ -86,7 +86,7 @@ pub fn run_new(ctx: &TcContext, config: &DataplaneConfig) -> Result<i32, DropRea
     let Parsed::Packet(p) = ipv6::parse(ctx)? else {
         return Ok(pass());
     };
-    let Some((_, svc)) = lb::frontend_or_node_port6(p.daddr.octets(), p.dport, p.proto) else {
+    let Some((_, svc)) = lb::frontend_or_node_port6(p.daddr, p.dport, p.proto) else {
         return Ok(pass());
     };
     let now = conntrack::now();
