@@ -9,7 +9,8 @@
 //! Big about a reply is translated back to the backend. A Service without
 //! endpoints answers with ICMPv6 port-unreachable. A load balancer address
 //! with `loadBalancerSourceRanges` admits only their clients; packets from
-//! outside claiming the node's IPv6 address never reach a pod.
+//! outside claiming the node's IPv6 address never reach a pod. A
+//! dual-stack Service's NodePort answers on both of the node's addresses.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{
@@ -32,6 +33,9 @@ const REMOTE_PORT: u16 = 30091;
 const ETP_LOCAL_PORT: u16 = 30092;
 const EMPTY_PORT: u16 = 30093;
 const RANGED_PORT: u16 = 30094;
+const DUAL_PORT: u16 = 30095;
+/// Each way through the dual-stack Service's NodePorts.
+const DUAL_SIZE: usize = 8 << 20;
 /// Documentation addresses (RFC 3849), routed by the clients through
 /// node a.
 const EXTERNAL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x50);
@@ -76,6 +80,24 @@ fn service6(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIP: \"{vip}\"\n  clusterIPs: [\"{vip}\"]\n{spec}  ports:\n  - {{name: http, port: 80, nodePort: {port}}}\n{status}---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-v6\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
          addressType: IPv6\nports: [{{name: http, port: 8080}}]\nendpoints: {endpoints}\n"
+    )
+}
+
+/// A dual-stack (`RequireDualStack`) NodePort Service, `DUAL_PORT`, with
+/// the backend on node a in a slice per family.
+fn dual_service() -> String {
+    let (v4, v6) = BACKENDS[0];
+    let vip6 = vip6(0x25);
+    let slice = |family: &str, ip: IpAddr| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dual-{family}\n  namespace: default\n  labels: {{kubernetes.io/service-name: dual}}\n\
+             addressType: {family}\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [\"{ip}\"], nodeName: node-a, conditions: {{ready: true}}}}]\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dual, namespace: default}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: \"10.96.0.95\"\n  clusterIPs: [\"10.96.0.95\", \"{vip6}\"]\n  ports:\n  - {{name: http, port: 80, nodePort: {DUAL_PORT}}}\n{}{}",
+        slice("IPv4", v4.into()),
+        slice("IPv6", v6.into()),
     )
 }
 
@@ -138,6 +160,7 @@ fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
                 Some(RANGED_LB_IP6),
             ),
         ),
+        ("dual", dual_service()),
     ];
     for i in 0..2 {
         for (name, yaml) in &services {
@@ -177,11 +200,23 @@ fn every_frontend(c: &Cluster, from: &sluice_lab::Pod, what: &str) {
     }
 }
 
-fn every_path(args: &[&str]) {
+/// `far`: also from behind a link of MTU 1280. Generic XDP passes IPv6 to
+/// the same TC program as native XDP, so it skips that part.
+fn every_path(args: &[&str], far: bool) {
     let (c, _servers) = cluster6(args);
     let lab = c.node_ref(0);
     let new_flows = event_count(lab, "new_flow");
     every_frontend(&c, c.client(), "");
+    // A dual-stack Service: its NodePort on each of the node's families
+    // reaches the backend's address of that family.
+    for node in [IpAddr::from(c.node_ip(0)), IpAddr::from(c.node_ip6(0))] {
+        let to = SocketAddr::from((node, DUAL_PORT));
+        let what = format!("dual-stack Service's NodePort at {to}");
+        bulk::download(&c.client().ns, to, DUAL_SIZE, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what}: download: {e:#}"));
+        bulk::upload(&c.client().ns, to, DUAL_SIZE, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what}: upload: {e:#}"));
+    }
     assert!(
         event_count(lab, "new_flow") >= new_flows + 10,
         "each transfer was a new flow through the frontend"
@@ -204,6 +239,9 @@ fn every_path(args: &[&str]) {
         "a NodePort without endpoints refuses"
     );
     assert!(drop_count(lab, "no_endpoints") > 0);
+    if !far {
+        return;
+    }
     // Through a link of MTU 1280: the second router's Packet Too Big about
     // the backend's segments, translated back to the backend.
     let far = c.add_far_client(1280).unwrap();
@@ -219,27 +257,33 @@ fn every_path(args: &[&str]) {
 }
 
 #[test]
-fn ipv6_bulk_and_path_mtu_through_every_frontend_in_native_xdp() {
-    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_native_xdp") {
+fn ipv6_bulk_and_path_mtu_through_every_frontend_and_a_dual_stack_service_in_native_xdp() {
+    if !require_privileges(
+        "ipv6_bulk_and_path_mtu_through_every_frontend_and_a_dual_stack_service_in_native_xdp",
+    ) {
         return;
     }
-    every_path(&["--xdp-mode", "native"]);
+    every_path(&["--xdp-mode", "native"], true);
 }
 
 #[test]
-fn ipv6_bulk_and_path_mtu_through_every_frontend_in_generic_xdp() {
-    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_generic_xdp") {
+fn ipv6_bulk_through_every_frontend_and_a_dual_stack_service_in_generic_xdp() {
+    if !require_privileges(
+        "ipv6_bulk_through_every_frontend_and_a_dual_stack_service_in_generic_xdp",
+    ) {
         return;
     }
-    every_path(&["--xdp-mode", "generic"]);
+    every_path(&["--xdp-mode", "generic"], false);
 }
 
 #[test]
-fn ipv6_bulk_and_path_mtu_through_every_frontend_in_tc_mode() {
-    if !require_privileges("ipv6_bulk_and_path_mtu_through_every_frontend_in_tc_mode") {
+fn ipv6_bulk_and_path_mtu_through_every_frontend_and_a_dual_stack_service_in_tc_mode() {
+    if !require_privileges(
+        "ipv6_bulk_and_path_mtu_through_every_frontend_and_a_dual_stack_service_in_tc_mode",
+    ) {
         return;
     }
-    every_path(&["--xdp-mode", "tc"]);
+    every_path(&["--xdp-mode", "tc"], true);
 }
 
 /// 10,000 UDP datagrams from the client's segment to the backend on node
