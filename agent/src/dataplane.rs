@@ -457,7 +457,10 @@ impl Dataplane {
     ) -> Result<(), Error> {
         // Before the program sees a packet: routes out of here are remote.
         self.maps.set_ext_if6(index, snat.v6)?;
-        self.maps.set_ext_if(index, Some(snat.v4))?;
+        // No IPv4 address (an IPv6-only node): still external, and its
+        // IPv4 flows to other nodes are dropped (`ExtIf::snat`).
+        let v4 = snat.v4.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        self.maps.set_ext_if(index, Some(v4))?;
         if let Some(attached) = self.xdp_links.get_mut(&index) {
             name.clone_into(&mut attached.name);
             return Ok(());

@@ -56,11 +56,12 @@ impl NodeInterfaces {
             .collect()
     }
 
-    /// The external interfaces: ifindex → (name, SNAT addresses). An
-    /// interface named by `--external-interfaces` without an IPv4 address
-    /// of its own SNATs to the first IPv4 node address; with none at all it
-    /// is left out. Its IPv6 SNAT address is its first global one, else the
-    /// node's first; without any, its IPv6 flows to other nodes are dropped.
+    /// The external interfaces: ifindex → (name, SNAT addresses). By
+    /// default, those with an IPv4 or a global IPv6 address of their own.
+    /// An interface's SNAT address of a family is its own first one, else
+    /// the node's first; without one, its flows of that family to other
+    /// nodes are dropped (`no_snat_address`). An interface without either
+    /// family's (a node without addresses) is left out.
     pub fn external(
         &self,
         explicit: Option<&InterfaceMatcher>,
@@ -92,13 +93,18 @@ impl NodeInterfaces {
                 let own6 = self.addrs.get(index).and_then(|l| l.iter().find_map(v6));
                 let chosen = match explicit {
                     Some(m) => m.matches(name),
-                    None => name != "lo" && !pod_facing.matches(name) && own.is_some(),
+                    None => {
+                        name != "lo"
+                            && !pod_facing.matches(name)
+                            && (own.is_some() || own6.is_some())
+                    }
                 };
                 let snat = Snat {
-                    v4: own.or(fallback)?,
+                    v4: own.or(fallback),
                     v6: own6.or(fallback6),
                 };
-                chosen.then(|| (*index, (name.clone(), snat)))
+                let any = snat.v4.is_some() || snat.v6.is_some();
+                (chosen && any).then(|| (*index, (name.clone(), snat)))
             })
             .collect()
     }
@@ -108,15 +114,17 @@ impl NodeInterfaces {
 /// other nodes are SNATed to, one per family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Snat {
-    pub v4: Ipv4Addr,
+    pub v4: Option<Ipv4Addr>,
     pub v6: Option<Ipv6Addr>,
 }
 
 impl fmt::Display for Snat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.v6 {
-            Some(v6) => write!(f, "{}, {v6}", self.v4),
-            None => write!(f, "{}", self.v4),
+        match (self.v4, self.v6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4}, {v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => write!(f, "none"),
         }
     }
 }
@@ -181,7 +189,7 @@ mod tests {
         let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
         let ext = n.external(None, &pods);
         let snat = Snat {
-            v4: Ipv4Addr::new(192, 168, 1, 10),
+            v4: Some(Ipv4Addr::new(192, 168, 1, 10)),
             v6: Some("fd00:1::10".parse().unwrap()),
         };
         assert_eq!(
@@ -195,6 +203,41 @@ mod tests {
     }
 
     #[test]
+    fn on_an_ipv6_only_node_interfaces_with_a_global_ipv6_address_are_external() {
+        let mut n = NodeInterfaces::default();
+        for (i, name) in [(1, "lo"), (2, "eth0"), (3, "veth0"), (4, "eth1")] {
+            n.link(i, name);
+        }
+        n.add(1, Ipv6Addr::LOCALHOST.into());
+        n.add(2, "fe80::1".parse().unwrap());
+        n.add(2, "2001:db8::1".parse().unwrap());
+        n.add(3, "fe80::2".parse().unwrap());
+        n.add(4, "fe80::4".parse().unwrap());
+        let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
+        let v6only = Snat {
+            v4: None,
+            v6: Some("2001:db8::1".parse().unwrap()),
+        };
+        assert_eq!(
+            n.external(None, &pods),
+            BTreeMap::from([(2, ("eth0".to_owned(), v6only))]),
+            "a global IPv6 address makes an interface external; link-local does not"
+        );
+        let named = InterfaceMatcher::new(&["eth*".into()]).unwrap();
+        assert_eq!(
+            n.external(Some(&named), &pods)[&4].1,
+            v6only,
+            "named, without a global address of its own: the node's"
+        );
+        assert_eq!(v6only.to_string(), "2001:db8::1");
+        n.remove(2, "2001:db8::1".parse().unwrap());
+        assert!(
+            n.external(Some(&named), &pods).is_empty(),
+            "without a SNAT address of either family, no interface is external"
+        );
+    }
+
+    #[test]
     fn named_interfaces_are_external_and_follow_address_changes() {
         let mut n = node();
         let pods = InterfaceMatcher::new(&["veth*".into()]).unwrap();
@@ -204,7 +247,7 @@ mod tests {
         assert_eq!(
             ext[&4].1,
             Snat {
-                v4: Ipv4Addr::new(10, 244, 0, 1),
+                v4: Some(Ipv4Addr::new(10, 244, 0, 1)),
                 v6: Some("fd00:1::10".parse().unwrap()),
             },
             "no address: the first node address of each family"
@@ -215,7 +258,7 @@ mod tests {
         assert_eq!(
             n.external(Some(&named), &pods)[&4].1,
             Snat {
-                v4: Ipv4Addr::new(172, 16, 0, 5),
+                v4: Some(Ipv4Addr::new(172, 16, 0, 5)),
                 v6: Some("2001:db8::5".parse().unwrap()),
             },
             "its own, but not link-local"
@@ -223,7 +266,7 @@ mod tests {
         n.remove(2, Ipv4Addr::new(192, 168, 1, 10).into());
         assert_eq!(
             n.external(None, &pods)[&2].1.v4,
-            Ipv4Addr::new(192, 168, 1, 11)
+            Some(Ipv4Addr::new(192, 168, 1, 11))
         );
         n.link_gone(2);
         assert!(!n.external(None, &pods).contains_key(&2));

@@ -333,11 +333,24 @@ pub const NODE_ADDR_NODEPORTS: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExtIf {
-    /// The address flows to remote backends are SNATed to.
+    /// The IPv4 address flows to remote backends are SNATed to; `0.0.0.0`:
+    /// none (an IPv6-only node), and such flows are dropped.
     pub addr_be: [u8; 4],
     pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<ExtIf>() == 8);
+
+impl ExtIf {
+    /// The IPv4 SNAT address, if the interface (or the node) has one.
+    #[inline(always)]
+    pub const fn snat(&self) -> Option<[u8; 4]> {
+        if u32::from_ne_bytes(self.addr_be) == 0 {
+            None
+        } else {
+            Some(self.addr_be)
+        }
+    }
+}
 
 /// One chunk of a frontend's Maglev table.
 #[repr(C)]

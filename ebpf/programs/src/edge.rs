@@ -211,7 +211,7 @@ fn to_service<E: Edge, T: CtMaps>(
         // so that its replies come back through here. Never under the
         // Local policy, which keeps the client's address.
         let snat = match route.external() {
-            Some(ext) if !local_policy => Some(ext.addr_be),
+            Some(ext) if !local_policy => Some(ext.snat().ok_or(DropReason::NoSnatAddress)?),
             _ => None,
         };
         let to = conntrack::create::<_, T>(p, &Binding::to(&chosen), svc.id, now, snat, config)?;
@@ -288,7 +288,9 @@ fn hop<E: Edge>(ctx: &E, p: &Packet, route: &fib::Route) -> Result<(), DropReaso
 /// traceroute should see), about the packet as it was sent.
 #[inline(always)]
 fn ttl_exceeded<E: Edge>(ctx: &E, p: &Packet) -> Result<E::Verdict, DropReason> {
-    let here = maps::ext_if(ctx.ingress()).map_or(p.daddr, |e| e.addr_be);
+    let here = maps::ext_if(ctx.ingress())
+        .and_then(|e| e.snat())
+        .unwrap_or(p.daddr);
     ctx.answer(p, DropReason::TtlExceeded, Icmp::time_exceeded(here))
 }
 

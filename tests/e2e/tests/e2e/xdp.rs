@@ -421,6 +421,30 @@ fn xdp_external_traffic_policy_local_keeps_the_client_and_drops_without_local_en
     assert_eq!(h.events(Event::Snat), 0);
 }
 
+/// An IPv6-only node's external interface has no IPv4 address to SNAT
+/// to (`0.0.0.0`): IPv4 flows to backends on other nodes are dropped and
+/// counted, and those to backends here are still served.
+#[test]
+fn xdp_without_an_ipv4_snat_address_flows_to_other_nodes_are_dropped_and_local_ones_served() {
+    if !require_privileges(
+        "xdp_without_an_ipv4_snat_address_flows_to_other_nodes_are_dropped_and_local_ones_served",
+    ) {
+        return;
+    }
+    let mut h = Harness::new("nosnat");
+    h.loaded
+        .maps
+        .set_ext_if(h.side.ext0, Some(Ipv4Addr::UNSPECIFIED))
+        .unwrap();
+    let (verdict, _) = h.run(&build(&from_client(40050, (NODE, REMOTE_NP))));
+    assert_eq!(verdict, XDP_DROP, "no address to SNAT to: dropped");
+    assert_eq!(h.drops(DropReason::NoSnatAddress), 1);
+    assert_eq!(h.events(Event::Snat), 0);
+    let (verdict, out) = h.run(&build(&from_client(40051, (NODE, LOCAL_NP))));
+    assert_eq!(verdict, XDP_PASS, "a backend here needs no SNAT");
+    assert_eq!(parse_checked(&out).dst, (LOCAL_POD, 8080));
+}
+
 #[test]
 fn xdp_a_source_outside_load_balancer_source_ranges_is_dropped_and_counted() {
     if !require_privileges(
