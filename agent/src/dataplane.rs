@@ -63,6 +63,9 @@ const TAILS: [&str; names::TAIL_SLOTS as usize] = [
     "tc_edge6_new",
     "tc_edge6_icmp",
 ];
+/// The XDP programs `xdp_ingress` tail-calls, by their slot in
+/// `SLUICE_XDP_TAIL`: IPv6 from outside.
+const XDP_TAILS: [&str; names::XDP_TAIL_SLOTS as usize] = ["xdp_edge6"];
 /// The TC program behind XDP on external interfaces.
 const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";
@@ -217,7 +220,8 @@ impl Dataplane {
                     source: Box::new(e),
                 })?;
         }
-        link_tail_calls(&mut ebpf, |_| true)?;
+        // XDP's only where XDP runs.
+        link_tail_calls(&mut ebpf, |name| !tc_mode || !XDP_TAILS.contains(&name))?;
         if !tc_mode {
             xdp_program(&mut ebpf)?.load().map_err(|e| Error::Program {
                 name: XDP_PROGRAM,

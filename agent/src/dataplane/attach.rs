@@ -22,7 +22,7 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        Link, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Link, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
@@ -432,32 +432,57 @@ pub(super) fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, Error>
 /// the tail-call map (`SLUICE_TAIL`), each at its slot (`TAILS`):
 /// `tc_ingress6`, IPv6 from pods, `tc_ingress6_new`, their new flows, and
 /// `tc_ingress6_icmp`, their ICMPv6 errors; `tc_edge6` and its two, the
-/// same for IPv6 from outside. Without them, IPv6 passes untouched.
-/// `wanted` picks them by name (the agent takes every one; a test, those
+/// same for IPv6 from outside; and `xdp_edge6` in `SLUICE_XDP_TAIL`
+/// (`XDP_TAILS`), IPv6 from outside in XDP. Without them, IPv6 passes
+/// untouched. `wanted` picks them by name (the agent takes every one; a test, those
 /// of the program it runs).
 pub fn link_tail_calls(ebpf: &mut Ebpf, wanted: impl Fn(&str) -> bool) -> Result<(), Error> {
-    let map_name = sluice_abi::maps::TAIL_CALLS;
+    let mut tc = Vec::with_capacity(super::TAILS.len());
+    for (slot, name) in (0u32..).zip(super::TAILS) {
+        if wanted(name) {
+            let prog = classifier(ebpf, name)?;
+            prog.load().map_err(program_err(name))?;
+            tc.push((slot, owned_fd(prog.fd(), name)?));
+        }
+    }
+    set_tails(ebpf, sluice_abi::maps::TAIL_CALLS, &tc)?;
+    let mut xdp = Vec::with_capacity(super::XDP_TAILS.len());
+    for (slot, name) in (0u32..).zip(super::XDP_TAILS) {
+        if wanted(name) {
+            let prog = ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut Xdp>::try_from(p).ok())
+                .ok_or(Error::MissingProgram(name))?;
+            prog.load().map_err(program_err(name))?;
+            xdp.push((slot, owned_fd(prog.fd(), name)?));
+        }
+    }
+    set_tails(ebpf, sluice_abi::maps::XDP_TAIL_CALLS, &xdp)
+}
+
+/// A loaded program's descriptor, for a program array.
+fn owned_fd(fd: Result<&ProgramFd, ProgramError>, name: &'static str) -> Result<ProgramFd, Error> {
+    fd.and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
+        .map_err(program_err(name))
+}
+
+fn program_err(name: &'static str) -> impl Fn(ProgramError) -> Error {
+    move |e| Error::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+/// Puts each program in its slot of program array `map_name`.
+fn set_tails(
+    ebpf: &mut Ebpf,
+    map_name: &'static str,
+    fds: &[(u32, ProgramFd)],
+) -> Result<(), Error> {
     let map_err = |e| Error::Map {
         name: map_name,
         source: Box::new(e),
     };
-    let mut fds = Vec::with_capacity(super::TAILS.len());
-    for (slot, name) in (0u32..).zip(super::TAILS) {
-        if !wanted(name) {
-            continue;
-        }
-        let prog = classifier(ebpf, name)?;
-        let program_err = |e| Error::Program {
-            name,
-            source: Box::new(e),
-        };
-        prog.load().map_err(program_err)?;
-        let fd = prog
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(ProgramError::IOError))
-            .map_err(program_err)?;
-        fds.push((slot, fd));
-    }
     let map = ebpf.map_mut(map_name).ok_or(Error::Map {
         name: map_name,
         source: Box::new(aya::maps::MapError::InvalidName {
@@ -465,7 +490,7 @@ pub fn link_tail_calls(ebpf: &mut Ebpf, wanted: impl Fn(&str) -> bool) -> Result
         }),
     })?;
     let mut tails = aya::maps::ProgramArray::try_from(map).map_err(map_err)?;
-    for (slot, fd) in &fds {
+    for (slot, fd) in fds {
         tails.set(*slot, fd, 0).map_err(map_err)?;
     }
     Ok(())

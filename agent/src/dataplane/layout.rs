@@ -89,7 +89,7 @@ fn map_type(name: &str) -> MapType {
         names::SOURCE_RANGES | names::SOURCE_RANGES6 => MapType::LpmTrie,
         names::MONITOR => MapType::RingBuf,
         names::MONITOR_ON => MapType::Array,
-        names::TAIL_CALLS => MapType::ProgramArray,
+        names::TAIL_CALLS | names::XDP_TAIL_CALLS => MapType::ProgramArray,
         _ => match names::conntrack_map(name) {
             Some((index, _)) if index % CT_TIERS == CT_TIER_NEW => MapType::LruHash,
             _ => MapType::Hash,
@@ -124,6 +124,7 @@ fn misfit(
             Some(CT_TABLES * CT_TIERS * CT_COUNTERS)
         }
         names::TAIL_CALLS => Some(names::TAIL_SLOTS),
+        names::XDP_TAIL_CALLS => Some(names::XDP_TAIL_SLOTS),
         _ => names::conntrack_map(name)
             .and_then(|(index, _)| conntrack_sizes.get(index as usize).copied()),
     };
@@ -214,7 +215,9 @@ fn layout(name: &str) -> Option<(usize, usize)> {
         names::REFUSED6 => (size_of::<ServiceKey6>(), size_of::<RefusedClaim>()),
         names::MAGLEV => (size_of::<MaglevKey>(), size_of::<MaglevChunk>()),
         names::MONITOR => (0, 0),
-        names::MONITOR_ON | names::TAIL_CALLS => (size_of::<u32>(), size_of::<u32>()),
+        names::MONITOR_ON | names::TAIL_CALLS | names::XDP_TAIL_CALLS => {
+            (size_of::<u32>(), size_of::<u32>())
+        }
         names::LAYOUT => (size_of::<Name>(), size_of::<u32>()),
         names::MONITOR_LIMIT => (
             size_of::<u32>(),

@@ -127,6 +127,12 @@ pub const MONITOR_LIMIT: &str = "SLUICE_MON_LIM";
 pub const TAIL_CALLS: &str = "SLUICE_TAIL";
 /// Slots of `TAIL_CALLS`.
 pub const TAIL_SLOTS: u32 = 6;
+/// The XDP programs `xdp_ingress` tail-calls (a program array holds
+/// programs of one type): `xdp_edge6`, IPv6 from outside. Pinned, as
+/// `TAIL_CALLS`.
+pub const XDP_TAIL_CALLS: &str = "SLUICE_XDP_TAIL";
+/// Slots of `XDP_TAIL_CALLS`.
+pub const XDP_TAIL_SLOTS: u32 = 1;
 
 /// The layout version of every pinned map, as the build that pinned it
 /// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.
@@ -153,7 +159,7 @@ pub fn layout_version(name: &str) -> u32 {
 pub const LEGACY: [&str; 2] = ["SLUICE_CT", CONNTRACK_V2];
 
 /// Every pinned map, for cleanup and status.
-pub const PINNED: [&str; 47] = [
+pub const PINNED: [&str; 48] = [
     SERVICES,
     SLOTS,
     BACKENDS,
@@ -200,6 +206,7 @@ pub const PINNED: [&str; 47] = [
     MONITOR_ON,
     MONITOR_LIMIT,
     TAIL_CALLS,
+    XDP_TAIL_CALLS,
     LAYOUT,
 ];
 

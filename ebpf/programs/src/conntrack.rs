@@ -159,6 +159,32 @@ pub fn lookup_original<A: Family, T: CtMaps<A>>(
     Tracked::New
 }
 
+/// `lookup_original` in the established flows' table only (XDP's IPv6
+/// fast path): `None` when the flow is not there, and the caller hands
+/// the packet to a program that looks in both.
+#[inline(always)]
+pub fn lookup_established<A: Family, T: CtMaps<A>>(
+    p: &Packet<A>,
+    now: u64,
+    l: &Lifetimes,
+) -> Option<Tracked<A>> {
+    let k = key(p, CT_DIR_ORIGINAL);
+    let e = T::get::<ESTABLISHED>(&k)?;
+    Some(on_original::<A, T, ESTABLISHED>(p, &k, e, now, l))
+}
+
+/// `lookup_reply` in the established flows' table only, as
+/// `lookup_established`.
+#[inline(always)]
+pub fn lookup_reply_established<A: Family, T: CtMaps<A>>(
+    p: &Packet<A>,
+    now: u64,
+) -> Option<CtEntryOf<A>> {
+    let k = key(p, CT_DIR_REPLY);
+    let e = T::get::<ESTABLISHED>(&k)?;
+    Some(on_reply::<A, T, ESTABLISHED>(p, &k, e, now))
+}
+
 #[inline(always)]
 fn on_original<A: Family, T: CtMaps<A>, const TIER: u32>(
     p: &Packet<A>,

@@ -19,7 +19,8 @@
 //! ICMP errors about translated flows are translated back (`icmp.rs`).
 //! What is not Service traffic passes untouched: ARP, other ICMP,
 //! fragments, ClusterIPs, and the node's own ports. IPv6 is served in TC
-//! (`ipv6.rs`).
+//! (`ipv6.rs`), but for its established flows' packets, which XDP
+//! translates itself (`xdp/ipv6.rs`).
 
 pub mod ipv6;
 pub mod tc;
@@ -48,18 +49,18 @@ use crate::{
 };
 
 /// IPv6 from outside: one whose source is one of the node's own addresses
-/// is forged, and dropped as IPv4's is; the rest goes on to `tc_edge6`
-/// (`ipv6.rs`): XDP passes it to the stack, in front of which
-/// `tc_external` hands it on; `tc_north_south` hands it on itself.
+/// is forged, and dropped as IPv4's is. XDP translates the packets of
+/// tracked flows (`xdp/ipv6.rs`) and passes the rest to the stack, in front
+/// of which `tc_external` hands them to `tc_edge6` (`ipv6.rs`);
+/// `tc_north_south` hands every one on itself.
 #[inline(always)]
-fn ipv6<E: Edge>(ctx: &E) -> Result<E::Verdict, DropReason> {
+fn ipv6<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, DropReason> {
     if let Some(saddr) = ctx.read::<[u32; 4]>(IP6_SADDR_OFF)
         && maps::is_node_addr6(In6(saddr))
     {
         return Err(DropReason::ForgedSource);
     }
-    ctx.to_ipv6();
-    Ok(pass::<E>())
+    ctx.ipv6(config)
 }
 
 /// What differs between XDP and TC at an external interface.
@@ -87,15 +88,16 @@ pub trait Edge: EbpfContext + Frame {
     /// Sends a translated packet towards its next hop, or to the stack when
     /// the route is not a plain forward.
     fn forward(&self, route: &fib::Route) -> Self::Verdict;
-    /// Hands an IPv6 packet on to `tc_edge6` where this program can (TC);
-    /// XDP passes it, and `tc_external` does.
-    fn to_ipv6(&self) {}
+    /// An IPv6 packet whose source is not the node's: TC hands it on to
+    /// `tc_edge6`; XDP translates a tracked flow's and passes the rest,
+    /// which `tc_external` hands on.
+    fn ipv6(&self, config: &DataplaneConfig) -> Result<Self::Verdict, DropReason>;
 }
 
 #[inline(always)]
 pub fn run<E: Edge>(ctx: &E, config: &DataplaneConfig) -> Result<E::Verdict, DropReason> {
     if parse::ether_type(ctx) == Some(EtherType::Ipv6 as u16) {
-        return ipv6(ctx);
+        return ipv6(ctx, config);
     }
     let (p, error) = match parse::parse(ctx)? {
         Parsed::Packet(p) => (p, false),
@@ -346,8 +348,9 @@ fn too_big<E: Edge>(ctx: &E, p: &Packet, mtu: u16) -> Result<E::Verdict, DropRea
     ctx.answer(p, DropReason::FragNeeded, Icmp::frag_needed(mtu, p.daddr))
 }
 
+/// Passed untouched, and counted so.
 #[inline(always)]
-fn pass<E: Edge>() -> E::Verdict {
+pub fn pass<E: Edge>() -> E::Verdict {
     stats::event(Event::Pass);
     E::PASS
 }

@@ -181,20 +181,22 @@ pub fn source_routed_here(ctx: &TcContext, p: &Packet) -> bool {
 #[inline(always)]
 pub fn source_routed_here6(ctx: &TcContext, p: &Packet<In6>) -> bool {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let back = route6(ctx, ifindex, p, (p.daddr, p.dport), (p.saddr, p.sport));
+    let back = route6(ctx, ifindex, p, (p.daddr, p.dport), (p.saddr, p.sport), 0);
     matches!(back.hop, Hop::Forward | Hop::NoNeigh) && back.ifindex == ifindex
 }
 
-/// The route of an IPv6 skb arriving on `ingress` whose addresses and
-/// ports become `src` → `dst`. The MTU is checked per segment, as
-/// `route`'s; a route too big reports the MTU.
+/// The route of an IPv6 packet arriving on `ingress` whose addresses and
+/// ports become `src` → `dst`. The MTU is checked against `tot_len`, as
+/// `lookup`'s: an XDP frame's own; 0 for an skb, checked per segment. A
+/// route too big reports the MTU.
 #[inline(always)]
 pub fn route6(
-    ctx: &TcContext,
+    ctx: &impl EbpfContext,
     ingress: u32,
     p: &Packet<In6>,
     src: (In6, [u8; 2]),
     dst: (In6, [u8; 2]),
+    tot_len: u16,
 ) -> Route {
     let Some(params) = maps::fib_scratch() else {
         return Route::LOCAL;
@@ -206,6 +208,7 @@ pub fn route6(
     params.l4_protocol = p.proto;
     params.sport = u16::from_ne_bytes(src.1);
     params.dport = u16::from_ne_bytes(dst.1);
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ingress;
     params.__bindgen_anon_3.ipv6_src = src.0.0;
     params.__bindgen_anon_4.ipv6_dst = dst.0.0;

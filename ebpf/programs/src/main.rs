@@ -7,8 +7,10 @@
 //! - `xdp_ingress` on external interfaces, for traffic from outside the
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
-//!   IPv6 from outside is served in TC in either mode: both hand it to
-//!   `tc_edge6` (`edge::ipv6`), and from there new flows go on to
+//!   IPv6 from outside: `xdp_ingress` hands it to `xdp_edge6` (a tail
+//!   call; `xdp::ipv6`), which translates established flows' packets and
+//!   passes the rest; `tc_external` behind it, or `tc_north_south`, hands
+//!   that to `tc_edge6` (`edge::ipv6`), and from there new flows go on to
 //!   `tc_edge6_new` and ICMPv6 errors to `tc_edge6_icmp`.
 //! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 and IPv6
 //!   sockets (and IPv6 sockets' IPv4-mapped addresses).
@@ -183,6 +185,10 @@ fn tc_drop(ctx: &TcContext, reason: DropReason) -> i32 {
 #[inline(always)]
 fn try_tc_external(ctx: &TcContext) -> Result<i32, DropReason> {
     if parse::ether_type(ctx) == Some(EtherType::Ipv6 as u16) {
+        // XDP translated it for a backend here: the stack's.
+        if handed_off(ctx) {
+            return Ok(TC_ACT_OK);
+        }
         // IPv6 from outside, which XDP passed on: `tc_edge6`.
         maps::tail_call(ctx, maps::TAIL_EDGE6);
         return Ok(TC_ACT_OK);
@@ -235,14 +241,30 @@ pub fn xdp_ingress(md: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(md);
     match edge::run(&ctx, &CONFIG.load()) {
         Ok(action) => action,
-        Err(reason) => {
-            stats::dropped(reason);
-            #[expect(clippy::cast_possible_truncation, reason = "an ifindex is a u32")]
-            let ifindex = ctx.ingress_ifindex() as u32;
-            monitor::dropped_frame(ctx.data(), ctx.data_end(), reason, ifindex);
-            xdp::XDP_DROP
-        }
+        Err(reason) => xdp_drop(&ctx, reason),
     }
+}
+
+/// IPv6 from outside in XDP, from `xdp_ingress` (a tail call), its source
+/// checked there: a tracked flow's packets translated (`xdp::ipv6`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xdp_edge6(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    match xdp::ipv6::run(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => xdp_drop(&ctx, reason),
+    }
+}
+
+/// Counts a dropped frame (and shows it to a monitor).
+#[inline(always)]
+fn xdp_drop(ctx: &XdpContext, reason: DropReason) -> u32 {
+    stats::dropped(reason);
+    #[expect(clippy::cast_possible_truncation, reason = "an ifindex is a u32")]
+    let ifindex = ctx.ingress_ifindex() as u32;
+    monitor::dropped_frame(ctx.data(), ctx.data_end(), reason, ifindex);
+    xdp::XDP_DROP
 }
 
 #[cgroup_sock_addr(connect4)]

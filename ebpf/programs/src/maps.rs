@@ -20,7 +20,7 @@ use sluice_abi::{
     maps::{
         AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, FRAG_SIZE, MAX_BACKENDS, MAX_EXT_IFS,
         MAX_MAGLEV_CHUNKS, MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES,
-        SOCK_REV_SIZE, TAIL_SLOTS,
+        SOCK_REV_SIZE, TAIL_SLOTS, XDP_TAIL_SLOTS,
     },
     service::{
         Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, NodeAddr6,
@@ -308,6 +308,22 @@ pub const TAIL_POD6_ICMP: u32 = 2;
 pub const TAIL_EDGE6: u32 = 3;
 pub const TAIL_EDGE6_NEW: u32 = 4;
 pub const TAIL_EDGE6_ICMP: u32 = 5;
+
+/// The XDP program `xdp_ingress` hands IPv6 on to (`xdp_edge6`), set by
+/// the agent after loading; pinned, as `SLUICE_TAIL`.
+#[map]
+static SLUICE_XDP_TAIL: ProgramArray = ProgramArray::pinned(XDP_TAIL_SLOTS, 0);
+
+/// `SLUICE_XDP_TAIL`'s slot: `xdp_edge6`.
+pub const XDP_TAIL_EDGE6: u32 = 0;
+
+/// Hands an XDP frame to the program in slot `index` of `SLUICE_XDP_TAIL`;
+/// returns only when there is none there.
+#[inline(always)]
+pub fn xdp_tail_call(ctx: &aya_ebpf::programs::XdpContext, index: u32) {
+    // SAFETY: the context is the program's own.
+    unsafe { SLUICE_XDP_TAIL.tail_call(ctx, index) };
+}
 
 /// Hands the packet to the program in slot `index` of `SLUICE_TAIL`; returns
 /// only when there is none there.

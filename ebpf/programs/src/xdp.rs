@@ -3,12 +3,13 @@
 //! interface (`XDP_REDIRECT`), or passed to the stack. The logic is
 //! `edge.rs`'s.
 
+pub mod ipv6;
 mod reject;
 mod rewrite;
 
 use aya_ebpf::{EbpfContext as _, programs::XdpContext};
 use sluice_abi::{
-    config::XDP_HANDOFF,
+    config::{DataplaneConfig, XDP_HANDOFF},
     stats::{DropReason, Event},
 };
 
@@ -80,6 +81,13 @@ impl Edge for XdpContext {
     #[inline(always)]
     fn answer(&self, p: &Packet, reason: DropReason, icmp: Icmp) -> Result<u32, DropReason> {
         reject::answer(self, p, reason, icmp)
+    }
+
+    /// `xdp_edge6`; it does not return. Without it, IPv6 passes.
+    #[inline(always)]
+    fn ipv6(&self, _config: &DataplaneConfig) -> Result<u32, DropReason> {
+        crate::maps::xdp_tail_call(self, crate::maps::XDP_TAIL_EDGE6);
+        Ok(crate::edge::pass::<Self>())
     }
 
     #[inline(always)]

@@ -122,7 +122,7 @@ fn forward(
         return reject6::answer(ctx, p, DropReason::TtlExceeded, &icmp);
     }
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let route = fib::route6(ctx, ingress, p, src, dst);
+    let route = fib::route6(ctx, ingress, p, src, dst, 0);
     if route.too_big() {
         let icmp = Icmp6::too_big(route.mtu, p.daddr);
         return reject6::answer(ctx, p, DropReason::FragNeeded, &icmp);
@@ -270,6 +270,7 @@ fn new_flow<T: CtMaps<In6>>(
         p,
         (p.saddr, p.sport),
         (choice.addr, choice.port),
+        0,
     );
     let snat = match route.external() {
         Some(_) if all.flags & SVC_FLAG_EXT_LOCAL == 0 => {
@@ -308,6 +309,7 @@ pub fn run_icmp(ctx: &TcContext) -> Result<i32, DropReason> {
         &p,
         (t.outer_src, [0; 2]),
         (t.outer_dst, [0; 2]),
+        0,
     );
     let onward = route.external().is_some();
     if onward && p.ttl <= 1 {

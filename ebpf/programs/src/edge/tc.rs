@@ -7,7 +7,10 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use sluice_abi::stats::{DropReason, Event};
+use sluice_abi::{
+    config::DataplaneConfig,
+    stats::{DropReason, Event},
+};
 
 use super::Edge;
 use crate::{
@@ -55,8 +58,9 @@ impl Edge for TcContext {
 
     /// `tc_edge6`; it does not return. Without it, IPv6 passes.
     #[inline(always)]
-    fn to_ipv6(&self) {
+    fn ipv6(&self, _config: &DataplaneConfig) -> Result<i32, DropReason> {
         crate::maps::tail_call(self, crate::maps::TAIL_EDGE6);
+        Ok(super::pass::<Self>())
     }
 
     #[inline(always)]

@@ -3,9 +3,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
-use sluice_abi::{csum, stats::DropReason};
+use sluice_abi::{addr::In6, csum, stats::DropReason};
 
-use crate::parse::{IP_CHECK_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet, ptr_at_mut};
+use crate::parse::{
+    IP_CHECK_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, Packet,
+    ipv6::{IP6_DADDR_OFF, IP6_SADDR_OFF},
+    ptr_at_mut,
+};
 
 /// DNAT: the destination becomes `addr:port`.
 #[inline(always)]
@@ -88,6 +92,68 @@ fn rewrite(
             *l4_check = c.to_be_bytes();
         }
         *addr = new_addr;
+        *port = new_port;
+    }
+    Ok(())
+}
+
+/// DNAT of an IPv6 packet with its ports here (`Packet::l4`): the
+/// destination becomes `addr:port`.
+#[inline(always)]
+pub fn dst6(ctx: &XdpContext, p: &Packet<In6>, addr: In6, port: [u8; 2]) -> Result<(), DropReason> {
+    rewrite6(ctx, p, IP6_DADDR_OFF, p.l4_off + 2, addr, port)
+}
+
+/// SNAT of an IPv6 packet, or the reverse NAT of a reply: the source
+/// becomes `addr:port`.
+#[inline(always)]
+pub fn src6(ctx: &XdpContext, p: &Packet<In6>, addr: In6, port: [u8; 2]) -> Result<(), DropReason> {
+    rewrite6(ctx, p, IP6_SADDR_OFF, p.l4_off, addr, port)
+}
+
+/// One hop for IPv6: the hop limit goes down by one (the caller made sure
+/// it is above 1). IPv6 has no header checksum.
+#[inline(always)]
+pub fn hop_down6(ctx: &XdpContext) -> Result<(), DropReason> {
+    let hop_limit = ptr_at_mut::<u8>(ctx, IP_OFF + 7).ok_or(DropReason::Rewrite)?;
+    unsafe { *hop_limit = (*hop_limit).saturating_sub(1) };
+    Ok(())
+}
+
+/// An IPv6 address and port rewrite: only the L4 checksum covers them
+/// (through the pseudo-header), updated a word at a time.
+#[inline(always)]
+fn rewrite6(
+    ctx: &XdpContext,
+    p: &Packet<In6>,
+    addr_off: usize,
+    port_off: usize,
+    new_addr: In6,
+    new_port: [u8; 2],
+) -> Result<(), DropReason> {
+    let addr = ptr_at_mut::<[u32; 4]>(ctx, addr_off).ok_or(DropReason::Rewrite)?;
+    let port = ptr_at_mut::<[u8; 2]>(ctx, port_off).ok_or(DropReason::Rewrite)?;
+    let l4_check = ptr_at_mut::<[u8; 2]>(ctx, p.l4_check_off()).ok_or(DropReason::Rewrite)?;
+    unsafe {
+        // Packet memory: no alignment to count on.
+        let [o0, o1, o2, o3] = addr.read_unaligned();
+        let [n0, n1, n2, n3] = new_addr.0;
+        let l4 = u16::from_be_bytes(*l4_check);
+        // UDP as IPv4's: a zero checksum stays zero (IPv6 forbids it, and
+        // it is not ours to mend), a computed zero goes out as 0xffff.
+        if p.is_tcp() || l4 != 0 {
+            let mut c = l4;
+            for (old, new) in [(o0, n0), (o1, n1), (o2, n2), (o3, n3)] {
+                c = csum::replace32(c, u32::from_be(old), u32::from_be(new));
+            }
+            let (op, np) = (u16::from_be_bytes(*port), u16::from_be_bytes(new_port));
+            c = csum::replace16(c, op, np);
+            if !p.is_tcp() && c == 0 {
+                c = 0xffff;
+            }
+            *l4_check = c.to_be_bytes();
+        }
+        addr.write_unaligned(new_addr.0);
         *port = new_port;
     }
     Ok(())

@@ -206,7 +206,18 @@ fn every_path(args: &[&str], far: bool) {
     let (c, _servers) = cluster6(args);
     let lab = c.node_ref(0);
     let new_flows = event_count(lab, "new_flow");
+    let xdp_tx = event_count(lab, "xdp_tx");
     every_frontend(&c, c.client(), "");
+    if args.contains(&"tc") {
+        assert_eq!(event_count(lab, "xdp_tx"), xdp_tx, "no XDP in tc mode");
+    } else {
+        // The client, node a and node b share a segment: the flows to
+        // node b's backend leave as they came, translated in XDP.
+        assert!(
+            event_count(lab, "xdp_tx") > xdp_tx + 10_000,
+            "XDP translated and sent on the established flows' packets"
+        );
+    }
     // A dual-stack Service: its NodePort on each of the node's families
     // reaches the backend's address of that family.
     for node in [IpAddr::from(c.node_ip(0)), IpAddr::from(c.node_ip6(0))] {

@@ -87,7 +87,10 @@ impl Loaded {
                 sluice_agent::dataplane::link_tail_calls(&mut ebpf, |n| n.starts_with(prefix))
                     .unwrap();
             }
-            Hook::Xdp => <&mut Xdp>::try_from(program).unwrap().load().unwrap(),
+            Hook::Xdp => {
+                <&mut Xdp>::try_from(program).unwrap().load().unwrap();
+                sluice_agent::dataplane::link_tail_calls(&mut ebpf, |n| n == "xdp_edge6").unwrap();
+            }
         }
         let maps = Maps::take(&mut ebpf).unwrap();
         Self {
@@ -109,6 +112,31 @@ impl Loaded {
     /// Runs the program on `frame` with context `ctx` (`__sk_buff` or
     /// `xdp_md`), inside `ns`: the verdict and the frame as it left.
     pub fn run(&self, frame: &[u8], ctx: &[u8], ns: &Netns) -> (u32, Vec<u8>) {
+        self.run_hook(self.hook, frame, ctx, ns)
+    }
+
+    /// Loads `xdp_ingress` (and `xdp_edge6`, its tail call) beside a TC
+    /// hook, for tests of flows TC creates and XDP then translates.
+    pub fn load_xdp(&mut self) {
+        let program = self.ebpf.program_mut(Hook::Xdp.program()).unwrap();
+        <&mut Xdp>::try_from(program).unwrap().load().unwrap();
+        sluice_agent::dataplane::link_tail_calls(&mut self.ebpf, |n| n == "xdp_edge6").unwrap();
+    }
+
+    /// Runs `xdp_ingress` (`load_xdp`) on `frame` arriving on interface
+    /// `ifindex`, inside `ns`.
+    pub fn run_xdp(&self, frame: &[u8], ifindex: u32, ns: &Netns) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let len = u32::try_from(frame.len()).unwrap();
+        let ctx: Vec<u8> = [0, len, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
+        self.run_hook(Hook::Xdp, frame, &ctx, ns)
+    }
+
+    fn run_hook(&self, hook: Hook, frame: &[u8], ctx: &[u8], ns: &Netns) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; OUT_MAX];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -116,9 +144,9 @@ impl Loaded {
             ctx_in: Some(ctx),
             ..TestRunOptions::default()
         };
-        let program = self.ebpf.program(self.hook.program()).unwrap();
+        let program = self.ebpf.program(hook.program()).unwrap();
         let _inside = ns.enter().unwrap();
-        let r = match self.hook {
+        let r = match hook {
             Hook::Tc | Hook::TcEdge => <&SchedClassifier>::try_from(program)
                 .unwrap()
                 .test_run(opts),

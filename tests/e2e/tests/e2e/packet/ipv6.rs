@@ -810,3 +810,97 @@ fn ipv6_from_outside_to_a_backend_on_another_node_is_snated_and_its_replies_reve
     assert_eq!((src, dst, out[54], out[55]), (NODE6, OUTSIDE6, 3, 0));
     assert_eq!(h.drops(DropReason::TtlExceeded), 1);
 }
+
+/// XDP verdicts (`enum xdp_action`).
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// Once TC has created a flow from outside and its handshake is done, its
+/// packets are translated in XDP (`xdp_edge6`): the client's to the other
+/// node's backend DNATed, SNATed and sent back out with a hop taken, and
+/// the backend's reply translated back to the client; checksums checked
+/// independently. Before that, and with extension headers, XDP passes the
+/// packet untouched for TC.
+#[test]
+fn ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksums() {
+    if !privileged("ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksums")
+    {
+        return;
+    }
+    let mut h = Harness::edge6();
+    h.loaded.load_xdp();
+    let ns = &h.side.ns;
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        &OUTSIDE6.to_string(),
+        "lladdr",
+        "02:00:00:00:00:04",
+        "dev",
+        "ext0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
+    let ext0 = ns
+        .run(|| unsafe { libc::if_nametoindex(c"ext0".as_ptr()) })
+        .unwrap();
+    let xdp = |frame: &[u8]| h.loaded.run_xdp(frame, ext0, ns);
+
+    let syn = Spec6 {
+        src: (OUTSIDE6, 42000),
+        dst: (NODE6, REMOTE_NP),
+        ..Spec6::default()
+    };
+    let first = build6(&syn);
+    assert_eq!(xdp(&first), (XDP_PASS, first.clone()), "a new flow: TC's");
+    let snat = parse6_checked(&h.run(&first).1).src;
+    let synack = Spec6 {
+        src: (REMOTE6, 8080),
+        dst: snat,
+        tcp_flags: SYN | ACK,
+        ..Spec6::default()
+    };
+    h.run(&build6(&synack));
+    h.run(&build6(&Spec6 {
+        tcp_flags: ACK,
+        ..syn.clone()
+    }));
+
+    let data = Spec6 {
+        tcp_flags: ACK,
+        payload: b"to the backend".to_vec(),
+        ..syn.clone()
+    };
+    let sent = build6(&data);
+    let (verdict, out) = xdp(&sent);
+    assert_eq!(verdict, XDP_TX, "back out of ext0, to the other node");
+    let seen = parse6_checked(&out);
+    assert_eq!((seen.src, seen.dst), (snat, (REMOTE6, 8080)));
+    assert_eq!(out[21], sent[21] - 1, "one hop");
+    assert_eq!(out[..6], [2, 0, 0, 0, 0, 3], "to the other node's MAC");
+    assert_eq!(&out[74..], b"to the backend");
+
+    let reply = Spec6 {
+        src: (REMOTE6, 8080),
+        dst: snat,
+        tcp_flags: ACK,
+        payload: b"to the client".to_vec(),
+        ..Spec6::default()
+    };
+    let (verdict, out) = xdp(&build6(&reply));
+    assert_eq!(verdict, XDP_TX);
+    let back = parse6_checked(&out);
+    assert_eq!((back.src, back.dst), ((NODE6, REMOTE_NP), syn.src));
+    assert_eq!(out[..6], [2, 0, 0, 0, 0, 4], "to the client's MAC");
+    assert_eq!(h.events(Event::XdpTx), 2);
+
+    // Extension headers are TC's to walk.
+    let hop_by_hop = build6(&Spec6 {
+        hop_by_hop: true,
+        ..data
+    });
+    assert_eq!(xdp(&hop_by_hop), (XDP_PASS, hop_by_hop.clone()));
+}
