@@ -64,8 +64,14 @@ const TAILS: [&str; names::TAIL_SLOTS as usize] = [
     "tc_edge6_icmp",
 ];
 /// The XDP programs `xdp_ingress` tail-calls, by their slot in
-/// `SLUICE_XDP_TAIL`: IPv6 from outside.
-const XDP_TAILS: [&str; names::XDP_TAIL_SLOTS as usize] = ["xdp_edge6"];
+/// `SLUICE_XDP_TAIL`: IPv6 from outside, its flows looked up in both
+/// tables, its new flows, and its replies looked up in both tables.
+const XDP_TAILS: [&str; names::XDP_TAIL_SLOTS as usize] = [
+    "xdp_edge6",
+    "xdp_edge6_flow",
+    "xdp_edge6_new",
+    "xdp_edge6_reply",
+];
 /// The TC program behind XDP on external interfaces.
 const TC_EXTERNAL: &str = "tc_external";
 const TC_NORTH_SOUTH: &str = "tc_north_south";

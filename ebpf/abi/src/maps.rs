@@ -132,7 +132,7 @@ pub const TAIL_SLOTS: u32 = 6;
 /// `TAIL_CALLS`.
 pub const XDP_TAIL_CALLS: &str = "SLUICE_XDP_TAIL";
 /// Slots of `XDP_TAIL_CALLS`.
-pub const XDP_TAIL_SLOTS: u32 = 1;
+pub const XDP_TAIL_SLOTS: u32 = 4;
 
 /// The layout version of every pinned map, as the build that pinned it
 /// stamped it: map name (zero-padded to 16 bytes) → `layout_version`.

@@ -8,8 +8,10 @@
 //!   cluster, or `tc_north_south` where XDP cannot: `edge::run`; and
 //!   `tc_external` behind XDP, for the packets XDP handed to the stack.
 //!   IPv6 from outside: `xdp_ingress` hands it to `xdp_edge6` (a tail
-//!   call; `xdp::ipv6`), which translates established flows' packets and
-//!   passes the rest; `tc_external` behind it, or `tc_north_south`, hands
+//!   call; `xdp::ipv6`), which translates established flows' packets,
+//!   hands new flows, and flows still in the new flows' table, to
+//!   `xdp_edge6_flow`, `xdp_edge6_new` and `xdp_edge6_reply`, and passes
+//!   the rest; `tc_external` behind it, or `tc_north_south`, hands
 //!   that to `tc_edge6` (`edge::ipv6`), and from there new flows go on to
 //!   `tc_edge6_new` and ICMPv6 errors to `tc_edge6_icmp`.
 //! - `sock_*`: socket LB on a cgroup (`sock.rs`), for IPv4 and IPv6
@@ -252,6 +254,42 @@ pub fn xdp_ingress(md: *mut xdp_md) -> u32 {
 pub fn xdp_edge6(md: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(md);
     match xdp::ipv6::run(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => xdp_drop(&ctx, reason),
+    }
+}
+
+/// A client's IPv6 packet from outside whose flow `xdp_edge6` did not
+/// find established, or under `externalTrafficPolicy: Local`
+/// (`xdp::ipv6`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xdp_edge6_flow(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    match xdp::ipv6::run_flow(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => xdp_drop(&ctx, reason),
+    }
+}
+
+/// A new IPv6 flow from outside, from `xdp_edge6_flow` (`xdp::ipv6`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xdp_edge6_new(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    match xdp::ipv6::run_new(&ctx, &CONFIG.load()) {
+        Ok(action) => action,
+        Err(reason) => xdp_drop(&ctx, reason),
+    }
+}
+
+/// A backend's IPv6 reply whose flow `xdp_edge6` did not find
+/// established (`xdp::ipv6`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn xdp_edge6_reply(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    match xdp::ipv6::run_reply(&ctx) {
         Ok(action) => action,
         Err(reason) => xdp_drop(&ctx, reason),
     }

@@ -314,8 +314,13 @@ pub const TAIL_EDGE6_ICMP: u32 = 5;
 #[map]
 static SLUICE_XDP_TAIL: ProgramArray = ProgramArray::pinned(XDP_TAIL_SLOTS, 0);
 
-/// `SLUICE_XDP_TAIL`'s slot: `xdp_edge6`.
+/// `SLUICE_XDP_TAIL`'s slots: `xdp_edge6`, IPv6 from outside; its
+/// `xdp_edge6_flow`, a flow looked up in both tables; `xdp_edge6_new`, a
+/// new flow; `xdp_edge6_reply`, a reply looked up in both tables.
 pub const XDP_TAIL_EDGE6: u32 = 0;
+pub const XDP_TAIL_EDGE6_FLOW: u32 = 1;
+pub const XDP_TAIL_EDGE6_NEW: u32 = 2;
+pub const XDP_TAIL_EDGE6_REPLY: u32 = 3;
 
 /// Hands an XDP frame to the program in slot `index` of `SLUICE_XDP_TAIL`;
 /// returns only when there is none there.

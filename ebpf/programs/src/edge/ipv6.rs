@@ -1,7 +1,8 @@
 //! IPv6 from outside, at an external interface: NodePorts on the node's
 //! IPv6 addresses, IPv6 external and load balancer addresses. Served in
-//! TC, in every mode: `tc_north_south` (`--xdp-mode tc`) and `tc_external`
-//! (behind XDP, which passes IPv6 on once its source is checked) hand
+//! TC: `tc_north_south` (`--xdp-mode tc`) and `tc_external` (behind XDP,
+//! for what `xdp::ipv6` leaves: extension headers, ICMPv6, the answers
+//! that ICMPv6 errors are, a next hop without a neighbour entry) hand
 //! IPv6 to `tc_edge6`, whose new flows go on to `tc_edge6_new` and ICMPv6
 //! errors to `tc_edge6_icmp`, as the pod path's do (`pod/ipv6.rs`): each
 //! program has the 512 bytes of stack IPv6's keys need. A new flow, once
@@ -25,7 +26,7 @@
 //! translated back. A backend's reply to a pod's flow (through a backend
 //! on another node) is reverse-NATed here.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{EbpfContext, programs::TcContext};
 use sluice_abi::{
     addr::In6,
     config::DataplaneConfig,
@@ -151,7 +152,7 @@ fn redirect(route: &fib::Route) -> i32 {
 /// there are endpoints but none here, and rejects when there are none
 /// (`NoEndpoints`: the caller rejects).
 #[inline(always)]
-fn scope(key: &ServiceKey6, all: &ServiceValue) -> Result<ServiceValue, DropReason> {
+pub fn scope(key: &ServiceKey6, all: &ServiceValue) -> Result<ServiceValue, DropReason> {
     if all.flags & SVC_FLAG_EXT_LOCAL == 0 {
         return Ok(*all);
     }
@@ -239,17 +240,43 @@ fn new_flow<T: CtMaps<In6>>(
     all: &ServiceValue,
     config: &DataplaneConfig,
 ) -> Result<i32, DropReason> {
-    let svc = match scope(key, all) {
-        Ok(svc) => svc,
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let created =
+        scope(key, all).and_then(|svc| create_flow::<T>(ctx, ingress, p, all, &svc, config));
+    match created {
+        Ok(()) => {}
         Err(DropReason::NoEndpoints) => return reject6::reject(ctx, p, DropReason::NoEndpoints),
         Err(reason) => return Err(reason),
-    };
+    }
+    // Translated and sent on as the flow's next packets are: by
+    // `tc_edge6`, which finds the flow now (and counts the packet). This
+    // program has no stack left for the rewrites: Linux 6.1 counts 32
+    // bytes more for its `memset` calls, of 512.
+    maps::tail_call(ctx, maps::TAIL_EDGE6);
+    Err(DropReason::TailCall)
+}
+
+/// Creates a new flow from outside to frontend `all` (of scope `svc`,
+/// `scope`'s) in table `T`, in TC (`tc_edge6_new`) or XDP
+/// (`xdp_edge6_new`): `loadBalancerSourceRanges` admit its client, Maglev
+/// picks its backend (or client affinity keeps one), and a backend on
+/// another node gets it SNATed. `NoEndpoints` when there are none: the
+/// caller rejects, or leaves it to TC to.
+#[inline(always)]
+pub fn create_flow<T: CtMaps<In6>>(
+    ctx: &impl EbpfContext,
+    ingress: u32,
+    p: &Packet<In6>,
+    all: &ServiceValue,
+    svc: &ServiceValue,
+    config: &DataplaneConfig,
+) -> Result<(), DropReason> {
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed6(svc.id, p.saddr) {
         // kube-proxy's KUBE-FW chain: outside loadBalancerSourceRanges, drop.
         return Err(DropReason::SourceRange);
     }
     if svc.count == 0 {
-        return reject6::reject(ctx, p, DropReason::NoEndpoints);
+        return Err(DropReason::NoEndpoints);
     }
     let now = conntrack::now();
     // Every node picks the same backend for a flow: the source address
@@ -258,12 +285,11 @@ fn new_flow<T: CtMaps<In6>>(
     let folded = (s0 ^ s1 ^ s2 ^ s3).to_ne_bytes();
     let hash = maglev::flow_hash(folded, p.sport, p.dport, p.proto);
     let chosen: sluice_abi::service::Backend6 =
-        lb::with_affinity(&svc, In6::client(p.saddr), now, lb::Pick::Maglev(hash))?;
+        lb::with_affinity(svc, In6::client(p.saddr), now, lb::Pick::Maglev(hash))?;
     let choice = Binding::to(&chosen);
     // A backend behind an external interface is on another node: SNAT to
     // that interface's IPv6 address, so that its replies come back here.
     // Never under the Local policy, which keeps the client's address.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
     let route = fib::route6(
         ctx,
         ingress,
@@ -282,12 +308,7 @@ fn new_flow<T: CtMaps<In6>>(
     stats::event(Event::NewFlow);
     stats::connection(svc.id, to.backend_id);
     monitor::new_flow(p, ingress, svc.id, &to);
-    // Translated and sent on as the flow's next packets are: by
-    // `tc_edge6`, which finds the flow now (and counts the packet). This
-    // program has no stack left for the rewrites: Linux 6.1 counts 32
-    // bytes more for its `memset` calls, of 512.
-    maps::tail_call(ctx, maps::TAIL_EDGE6);
-    Err(DropReason::TailCall)
+    Ok(())
 }
 
 /// An ICMPv6 error from outside (`tc_edge6_icmp`): a router's Packet Too

@@ -200,12 +200,63 @@ fn every_frontend(c: &Cluster, from: &sluice_lab::Pod, what: &str) {
     }
 }
 
+/// Short flows to each NodePort, each a new connection.
+const SHORT_FLOWS: u64 = 100;
+
+/// `SHORT_FLOWS` short flows to the NodePort whose backend is on the other
+/// node, and as many to the `externalTrafficPolicy: Local` one: XDP makes
+/// each flow and translates it from its first packet (its handshake's
+/// packets too, in the new flows' table), so that TC sends on none of
+/// their packets and XDP passes none on untouched, but for a next hop's
+/// neighbour entry once.
+fn short_flows_in_xdp(c: &Cluster) {
+    let lab = c.node_ref(0);
+    let count = |name| event_count(lab, name);
+    let before = ["new_flow", "tc_forward", "pass", "xdp_tx"].map(count);
+    let node = c.node_ip6(0);
+    for port in [REMOTE_PORT, ETP_LOCAL_PORT] {
+        for i in 0..SHORT_FLOWS {
+            let to = SocketAddr::from((node, port));
+            bulk::download(&c.client().ns, to, 1024, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("short flow {i} to {to}: {e:#}"));
+        }
+    }
+    let [new_flows, tc_forward, passed, xdp_tx] = ["new_flow", "tc_forward", "pass", "xdp_tx"]
+        .map(count)
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after - before)
+        .collect::<Vec<_>>()[..]
+    else {
+        unreachable!()
+    };
+    eprintln!(
+        "short flows: {new_flows} new, {tc_forward} sent on by TC, {passed} passed by XDP, {xdp_tx} sent on by XDP"
+    );
+    assert!(new_flows >= 2 * SHORT_FLOWS, "each a new flow");
+    assert!(
+        xdp_tx >= 5 * SHORT_FLOWS,
+        "XDP sent on the other node's flows' packets, handshakes and all"
+    );
+    assert!(
+        tc_forward < SHORT_FLOWS / 10,
+        "TC sent on hardly any of them: {tc_forward}"
+    );
+    assert!(
+        passed < SHORT_FLOWS / 4,
+        "XDP left hardly any packet to TC: {passed}"
+    );
+}
+
 /// `far`: also from behind a link of MTU 1280. Generic XDP passes IPv6 to
 /// the same TC program as native XDP, so it skips that part.
 fn every_path(args: &[&str], far: bool) {
     let (c, _servers) = cluster6(args);
     let lab = c.node_ref(0);
     let new_flows = event_count(lab, "new_flow");
+    if !args.contains(&"tc") {
+        short_flows_in_xdp(&c);
+    }
     let xdp_tx = event_count(lab, "xdp_tx");
     every_frontend(&c, c.client(), "");
     if args.contains(&"tc") {

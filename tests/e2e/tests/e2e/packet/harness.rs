@@ -89,7 +89,8 @@ impl Loaded {
             }
             Hook::Xdp => {
                 <&mut Xdp>::try_from(program).unwrap().load().unwrap();
-                sluice_agent::dataplane::link_tail_calls(&mut ebpf, |n| n == "xdp_edge6").unwrap();
+                sluice_agent::dataplane::link_tail_calls(&mut ebpf, |n| n.starts_with("xdp_edge6"))
+                    .unwrap();
             }
         }
         let maps = Maps::take(&mut ebpf).unwrap();
@@ -120,7 +121,8 @@ impl Loaded {
     pub fn load_xdp(&mut self) {
         let program = self.ebpf.program_mut(Hook::Xdp.program()).unwrap();
         <&mut Xdp>::try_from(program).unwrap().load().unwrap();
-        sluice_agent::dataplane::link_tail_calls(&mut self.ebpf, |n| n == "xdp_edge6").unwrap();
+        sluice_agent::dataplane::link_tail_calls(&mut self.ebpf, |n| n.starts_with("xdp_edge6"))
+            .unwrap();
     }
 
     /// Runs `xdp_ingress` (`load_xdp`) on `frame` arriving on interface

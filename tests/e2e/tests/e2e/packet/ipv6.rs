@@ -650,6 +650,32 @@ impl Harness {
         h.program(&desired);
         h
     }
+
+    /// `edge6` with `xdp_ingress` and its tail calls loaded, and the
+    /// client's neighbour entry; and `ext0`'s index, for `run_xdp`.
+    fn edge6_xdp() -> (Self, u32) {
+        let mut h = Self::edge6();
+        h.loaded.load_xdp();
+        let ns = &h.side.ns;
+        ns.ip(&[
+            "-6",
+            "neigh",
+            "add",
+            &OUTSIDE6.to_string(),
+            "lladdr",
+            "02:00:00:00:00:04",
+            "dev",
+            "ext0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+        // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
+        let ext0 = ns
+            .run(|| unsafe { libc::if_nametoindex(c"ext0".as_ptr()) })
+            .unwrap();
+        (h, ext0)
+    }
 }
 
 #[test]
@@ -812,42 +838,25 @@ fn ipv6_from_outside_to_a_backend_on_another_node_is_snated_and_its_replies_reve
 }
 
 /// XDP verdicts (`enum xdp_action`).
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-/// Once TC has created a flow from outside and its handshake is done, its
-/// packets are translated in XDP (`xdp_edge6`): the client's to the other
-/// node's backend DNATed, SNATed and sent back out with a hop taken, and
-/// the backend's reply translated back to the client; checksums checked
-/// independently. Before that, and with extension headers, XDP passes the
-/// packet untouched for TC.
+/// IPv6 flows from outside are created and translated in XDP
+/// (`xdp_edge6` and its tail calls), from their first packet: a client's
+/// SYN to the other node's backend DNATed, SNATed and sent back out with a
+/// hop taken, the backend's SYN-ACK (its flow still in the new flows'
+/// table) translated back to the client, the handshake's last ACK sent on;
+/// then the flow's data each way. Checksums are checked independently.
+/// Extension headers are TC's: XDP passes them untouched.
 #[test]
-fn ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksums() {
-    if !privileged("ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksums")
+fn ipv6_flows_from_outside_are_created_and_translated_in_xdp_with_valid_checksums() {
+    if !privileged("ipv6_flows_from_outside_are_created_and_translated_in_xdp_with_valid_checksums")
     {
         return;
     }
-    let mut h = Harness::edge6();
-    h.loaded.load_xdp();
-    let ns = &h.side.ns;
-    ns.ip(&[
-        "-6",
-        "neigh",
-        "add",
-        &OUTSIDE6.to_string(),
-        "lladdr",
-        "02:00:00:00:00:04",
-        "dev",
-        "ext0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    // SAFETY: if_nametoindex(3) reads a NUL-terminated string.
-    let ext0 = ns
-        .run(|| unsafe { libc::if_nametoindex(c"ext0".as_ptr()) })
-        .unwrap();
-    let xdp = |frame: &[u8]| h.loaded.run_xdp(frame, ext0, ns);
+    let (h, ext0) = Harness::edge6_xdp();
+    let xdp = |frame: &[u8]| h.loaded.run_xdp(frame, ext0, &h.side.ns);
 
     let syn = Spec6 {
         src: (OUTSIDE6, 42000),
@@ -855,19 +864,42 @@ fn ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksum
         ..Spec6::default()
     };
     let first = build6(&syn);
-    assert_eq!(xdp(&first), (XDP_PASS, first.clone()), "a new flow: TC's");
-    let snat = parse6_checked(&h.run(&first).1).src;
+    let (verdict, out) = xdp(&first);
+    assert_eq!(verdict, XDP_TX, "a new flow, made and sent on in XDP");
+    let seen = parse6_checked(&out);
+    assert_eq!(
+        seen.dst,
+        (REMOTE6, 8080),
+        "DNAT to the other node's backend"
+    );
+    assert_eq!(seen.src.0, NODE6, "SNAT to the interface's IPv6 address");
+    assert_eq!(out[21], first[21] - 1, "one hop");
+    assert_eq!(out[..6], [2, 0, 0, 0, 0, 3], "to the other node's MAC");
+    assert_eq!((h.events(Event::NewFlow), h.events(Event::Snat)), (1, 1));
+    let snat = seen.src;
     let synack = Spec6 {
         src: (REMOTE6, 8080),
         dst: snat,
         tcp_flags: SYN | ACK,
         ..Spec6::default()
     };
-    h.run(&build6(&synack));
-    h.run(&build6(&Spec6 {
+    let (verdict, out) = xdp(&build6(&synack));
+    assert_eq!(verdict, XDP_TX, "the SYN-ACK, its flow not yet established");
+    let back = parse6_checked(&out);
+    assert_eq!((back.src, back.dst), ((NODE6, REMOTE_NP), syn.src));
+    assert_eq!(out[..6], [2, 0, 0, 0, 0, 4], "to the client's MAC");
+    let ack = build6(&Spec6 {
         tcp_flags: ACK,
         ..syn.clone()
-    }));
+    });
+    let (verdict, out) = xdp(&ack);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(parse6_checked(&out).dst, (REMOTE6, 8080));
+    assert_eq!(
+        h.events(Event::CtEstablished),
+        1,
+        "the handshake done: the flow moved to the established flows' table"
+    );
 
     let data = Spec6 {
         tcp_flags: ACK,
@@ -895,7 +927,7 @@ fn ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksum
     let back = parse6_checked(&out);
     assert_eq!((back.src, back.dst), ((NODE6, REMOTE_NP), syn.src));
     assert_eq!(out[..6], [2, 0, 0, 0, 0, 4], "to the client's MAC");
-    assert_eq!(h.events(Event::XdpTx), 2);
+    assert_eq!(h.events(Event::XdpTx), 5, "every packet of the flow");
 
     // Extension headers are TC's to walk.
     let hop_by_hop = build6(&Spec6 {
@@ -903,4 +935,54 @@ fn ipv6_established_flows_from_outside_are_translated_in_xdp_with_valid_checksum
         ..data
     });
     assert_eq!(xdp(&hop_by_hop), (XDP_PASS, hop_by_hop.clone()));
+}
+
+/// In XDP, a new IPv6 flow from outside to a backend on this node is
+/// DNATed and passed to the stack, marked for `tc_external`; one to a
+/// frontend without endpoints is passed untouched, for TC to REJECT; a
+/// segment of no flow that cannot start one is dropped (`ct_invalid`).
+#[test]
+fn ipv6_new_flows_from_outside_to_a_backend_here_are_dnated_in_xdp() {
+    if !privileged("ipv6_new_flows_from_outside_to_a_backend_here_are_dnated_in_xdp") {
+        return;
+    }
+    let (h, ext0) = Harness::edge6_xdp();
+    let xdp = |frame: &[u8]| h.loaded.run_xdp(frame, ext0, &h.side.ns);
+    // To a backend here: DNATed, for the stack to route to the pod.
+    let local = Spec6 {
+        src: (OUTSIDE6, 42001),
+        dst: (NODE6, NP),
+        ..Spec6::default()
+    };
+    let (verdict, out) = xdp(&build6(&local));
+    assert_eq!(verdict, XDP_PASS);
+    // The run's output starts at the metadata, which says XDP translated
+    // the packet (so `tc_external` lets it by).
+    let (meta, out) = out.split_at(4);
+    assert_eq!(meta, sluice_abi::config::XDP_HANDOFF.to_ne_bytes());
+    let seen = parse6_checked(out);
+    assert_eq!(
+        (seen.src, seen.dst),
+        (local.src, (B6[0], 8080)),
+        "DNAT only"
+    );
+    assert_eq!(h.events(Event::NewFlow), 1);
+
+    // Without endpoints: TC's REJECT.
+    let empty = build6(&Spec6 {
+        src: (OUTSIDE6, 42002),
+        dst: (NODE6, EMPTY_NP),
+        ..Spec6::default()
+    });
+    assert_eq!(xdp(&empty), (XDP_PASS, empty.clone()));
+    // A segment of no flow, which cannot start one.
+    let stray = build6(&Spec6 {
+        src: (OUTSIDE6, 42003),
+        dst: (NODE6, REMOTE_NP),
+        tcp_flags: ACK,
+        ..Spec6::default()
+    });
+    assert_eq!(xdp(&stray).0, XDP_DROP);
+    assert_eq!(h.drops(DropReason::CtInvalid), 1);
+    assert_eq!(h.events(Event::NewFlow), 1);
 }
