@@ -241,6 +241,111 @@ fn dig_gets_srv_ptr_cname_headless_and_negative_answers() {
     );
 }
 
+/// A dual-stack Service (one ClusterIP per family), an IPv6-only one, and
+/// a headless one whose endpoints are in an IPv6 slice and an IPv4 one.
+const DUAL_MANIFESTS: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: default}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.12
+  clusterIPs: [10.96.0.12, \"fd00:96::12\"]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: six, namespace: default}
+spec:
+  ipFamilies: [IPv6]
+  clusterIP: \"fd00:96::13\"
+  clusterIPs: [\"fd00:96::13\"]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db6, namespace: default}
+spec:
+  clusterIP: None
+  ipFamilyPolicy: RequireDualStack
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db6-v6
+  namespace: default
+  labels: {kubernetes.io/service-name: db6}
+addressType: IPv6
+ports: [{name: pg, port: 5432}]
+endpoints:
+- addresses: [\"fd00:244:1::20\"]
+  hostname: db-0
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db6-v4
+  namespace: default
+  labels: {kubernetes.io/service-name: db6}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+- addresses: [10.244.1.30]
+  hostname: db-0
+";
+
+/// CoreDNS's answers for IPv6: AAAA records of IPv6 ClusterIPs, a
+/// dual-stack Service's name answering each family by its ClusterIP of
+/// that family, an IPv6-only Service's A query NODATA, a headless
+/// Service's endpoints of both families under one name, and PTR records
+/// in `ip6.arpa`.
+#[test]
+fn ipv6_and_dual_stack_services_get_aaaa_answers_and_ip6_arpa_ptr_records() {
+    if !require_privileges("ipv6_and_dual_stack_services_get_aaaa_answers_and_ip6_arpa_ptr_records")
+    {
+        return;
+    }
+    let mut lab = dns_lab();
+    let mark = lab.agent().log_len();
+    lab.write_manifest("dual.yaml", DUAL_MANIFESTS).unwrap();
+    lab.agent()
+        .wait_for("Services applied", mark, APPLY)
+        .unwrap();
+    let dual = "dual.default.svc.cluster.local";
+    assert_eq!(short(&lab, &["A", dual]), ["10.96.0.12"]);
+    assert_eq!(short(&lab, &["AAAA", dual]), ["fd00:96::12"]);
+    let six = "six.default.svc.cluster.local";
+    assert_eq!(short(&lab, &["AAAA", six]), ["fd00:96::13"]);
+    let nodata = dig(&lab, &["A", six]);
+    assert_eq!(status_of(&nodata), "NOERROR", "{nodata}");
+    assert!(nodata.contains("ANSWER: 0"), "{nodata}");
+    for name in [
+        "db6.default.svc.cluster.local",
+        "db-0.db6.default.svc.cluster.local",
+    ] {
+        assert_eq!(short(&lab, &["AAAA", name]), ["fd00:244:1::20"], "{name}");
+        assert_eq!(short(&lab, &["A", name]), ["10.244.1.30"], "{name}");
+    }
+    // PTR in ip6.arpa, for a ClusterIP and for a headless endpoint, and
+    // in in-addr.arpa for the dual-stack Service's IPv4 ClusterIP.
+    assert_eq!(short(&lab, &["-x", "fd00:96::12"]), [format!("{dual}.")]);
+    assert_eq!(short(&lab, &["-x", "10.96.0.12"]), [format!("{dual}.")]);
+    assert_eq!(short(&lab, &["-x", "fd00:96::13"]), [format!("{six}.")]);
+    assert_eq!(
+        short(&lab, &["-x", "fd00:244:1::20"]),
+        ["db-0.db6.default.svc.cluster.local."]
+    );
+    // glibc's resolver, asked for IPv6 addresses, gets them.
+    assert_eq!(
+        run(&lab, "getent", &["ahostsv6", six])
+            .split_whitespace()
+            .next(),
+        Some("fd00:96::13")
+    );
+}
+
 #[test]
 fn a_new_service_resolves_as_soon_as_its_manifest_lands() {
     if !require_privileges("a_new_service_resolves_as_soon_as_its_manifest_lands") {

@@ -2,7 +2,8 @@
 //! kube-apiserver: ClusterIPs by `ipFamilyPolicy` and `ipFamilies`, and an
 //! EndpointSlice per family from the pods' `podIPs`; and the agent
 //! watching it serves both ClusterIPs of a dual-stack Service to a pod
-//! (socket LB; TC and XDP serve IPv4 only so far).
+//! (through socket LB; `ipv6_tc` covers TC on the pods' interfaces, and
+//! `ipv6_edge` a dual-stack NodePort in every north-south mode).
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{collections::BTreeSet, net::SocketAddr};
