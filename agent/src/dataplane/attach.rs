@@ -418,9 +418,7 @@ where
 
 /// The XDP program of the object.
 pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
-    ebpf.program_mut(super::XDP_PROGRAM)
-        .and_then(|p| <&mut Xdp>::try_from(p).ok())
-        .ok_or(Error::MissingProgram(super::XDP_PROGRAM))
+    xdp(ebpf, super::XDP_PROGRAM)
 }
 
 /// The pod-facing TC program of the object.
@@ -446,18 +444,15 @@ pub fn link_tail_calls(ebpf: &mut Ebpf, wanted: impl Fn(&str) -> bool) -> Result
         }
     }
     set_tails(ebpf, sluice_abi::maps::TAIL_CALLS, &tc)?;
-    let mut xdp = Vec::with_capacity(super::XDP_TAILS.len());
+    let mut xdp_tails = Vec::with_capacity(super::XDP_TAILS.len());
     for (slot, name) in (0u32..).zip(super::XDP_TAILS) {
         if wanted(name) {
-            let prog = ebpf
-                .program_mut(name)
-                .and_then(|p| <&mut Xdp>::try_from(p).ok())
-                .ok_or(Error::MissingProgram(name))?;
+            let prog = xdp(ebpf, name)?;
             prog.load().map_err(program_err(name))?;
-            xdp.push((slot, owned_fd(prog.fd(), name)?));
+            xdp_tails.push((slot, owned_fd(prog.fd(), name)?));
         }
     }
-    set_tails(ebpf, sluice_abi::maps::XDP_TAIL_CALLS, &xdp)
+    set_tails(ebpf, sluice_abi::maps::XDP_TAIL_CALLS, &xdp_tails)
 }
 
 /// A loaded program's descriptor, for a program array.
@@ -497,6 +492,13 @@ fn set_tails(
 }
 
 /// A TC program of the object, by name.
+/// The XDP program `name` of the object.
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
+    ebpf.program_mut(name)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(Error::MissingProgram(name))
+}
+
 pub(super) fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
