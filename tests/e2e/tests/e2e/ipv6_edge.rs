@@ -10,7 +10,8 @@
 //! endpoints answers with ICMPv6 port-unreachable. A load balancer address
 //! with `loadBalancerSourceRanges` admits only their clients; packets from
 //! outside claiming the node's IPv6 address never reach a pod. A
-//! dual-stack Service's NodePort answers on both of the node's addresses.
+//! dual-stack Service's NodePort answers on both of the node's addresses. A
+//! node whose external interface has only IPv6 serves its IPv6 NodePorts.
 #![allow(clippy::unwrap_used, reason = "tests: a failure fails the test")]
 
 use std::{
@@ -110,6 +111,11 @@ fn vip6(n: u16) -> Ipv6Addr {
 /// backend on node b; also `LB_IP6`), `etp-local` and `empty` (no
 /// endpoints) on both nodes; every offload on.
 fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
+    cluster6_with(args, |_| {})
+}
+
+/// `cluster6`, with `before` done to the cluster before the agents start.
+fn cluster6_with(args: &[&str], before: impl FnOnce(&mut Cluster)) -> (Cluster, Vec<BulkServer>) {
     let mut c = Cluster::new().unwrap();
     let mut servers = Vec::new();
     for (i, (v4, v6)) in BACKENDS.into_iter().enumerate() {
@@ -170,6 +176,7 @@ fn cluster6(args: &[&str]) -> (Cluster, Vec<BulkServer>) {
         }
     }
     c.offloads_on().unwrap();
+    before(&mut c);
     start_agents(&mut c, args);
     for addr in [EXTERNAL_IP6, LB_IP6, RANGED_LB_IP6] {
         c.route_via6(addr, 0).unwrap();
@@ -346,6 +353,53 @@ fn ipv6_bulk_and_path_mtu_through_every_frontend_and_a_dual_stack_service_in_tc_
         return;
     }
     every_path(&["--xdp-mode", "tc"], true);
+}
+
+/// Node a as on an IPv6-only cluster: its interface on the segment keeps
+/// only its IPv6 address. The agent takes it for external all the same
+/// (a global IPv6 address; without it, IPv4's), and serves the IPv6
+/// NodePorts on it in XDP: 8 MiB each way to the backend on the node and
+/// to the one on the other node, SNATed to the interface's IPv6 address.
+#[test]
+fn a_node_whose_external_interface_has_only_ipv6_serves_ipv6_node_ports_in_xdp() {
+    if !require_privileges(
+        "a_node_whose_external_interface_has_only_ipv6_serves_ipv6_node_ports_in_xdp",
+    ) {
+        return;
+    }
+    let (mut c, _servers) = cluster6_with(&["--xdp-mode", "native"], |c| {
+        c.node(0)
+            .node()
+            .ip(&["-4", "addr", "flush", "dev", EXT_IF])
+            .unwrap();
+    });
+    let attached = c
+        .node(0)
+        .agent()
+        .wait_for("external interface attached", 0, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        attached.contains(EXT_IF),
+        "{EXT_IF}, without an IPv4 address, is external: {attached}"
+    );
+    let lab = c.node_ref(0);
+    let (xdp_tx, snat) = (event_count(lab, "xdp_tx"), event_count(lab, "snat"));
+    let node = c.node_ip6(0);
+    for port in [LOCAL_PORT, REMOTE_PORT] {
+        let to = SocketAddr::from((node, port));
+        bulk::download(&c.client().ns, to, DUAL_SIZE, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("download through {to}: {e:#}"));
+        bulk::upload(&c.client().ns, to, DUAL_SIZE, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("upload through {to}: {e:#}"));
+    }
+    assert!(
+        event_count(lab, "snat") > snat,
+        "flows to the other node's backend were SNATed to the IPv6 address"
+    );
+    assert!(
+        event_count(lab, "xdp_tx") > xdp_tx + 1_000,
+        "and sent on in XDP"
+    );
 }
 
 /// 10,000 UDP datagrams from the client's segment to the backend on node
