@@ -3,7 +3,9 @@
 //! (native and generic), the same logic in TC (`--xdp-mode tc`), and kube-proxy's iptables DNAT
 //! and masquerade, against plain routing to the pod (the floor); and the
 //! bulk TCP throughput of the same paths (iperf3, one stream and four,
-//! with GSO and GRO on). Every mode gets a fresh `Cluster` (a client, two
+//! with GSO and GRO on). The IPv6 modes measure the same over IPv6: the
+//! Service is dual-stack, its NodePorts on node a's IPv6 address, against
+//! ip6tables rules in kube-proxy's structure and the IPv6 floor. Every mode gets a fresh `Cluster` (a client, two
 //! nodes and a segment of veths and a bridge); modes alternate over
 //! rounds and medians are reported.
 //!
@@ -19,7 +21,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
     path::PathBuf,
     sync::{
         Arc,
@@ -32,6 +34,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use sluice_lab::{
     AgentOptions, Cluster, EXT_IF, Pod,
+    cluster::CLIENT_IP6,
     frame::{self, Hop, RawSocket},
     mac_of,
 };
@@ -43,8 +46,9 @@ const TARGET_PORT: u16 = 8080;
 /// The bulk TCP NodePort and its target, iperf3's port.
 const BULK_NODE_PORT: u16 = 30081;
 const IPERF_PORT: u16 = 5201;
-/// The backend, a pod on node b.
+/// The backend, a pod on node b, and its IPv6 address.
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x10);
 /// UDP payload bytes: 14 + 20 + 8 + 18 = a 60-byte frame (64 on a wire).
 const PAYLOAD: usize = 18;
 /// Frames per `sendmmsg`.
@@ -57,7 +61,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Modes to run, comma-separated (default all): xdp, xdp-generic, tc,
-    /// iptables, floor.
+    /// iptables, floor, and over IPv6 xdp6, tc6, ip6tables, floor6.
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Option<Vec<Mode>>,
     /// Rounds over all modes (default 3; medians are reported).
@@ -81,16 +85,41 @@ enum Mode {
     Tc,
     Iptables,
     Floor,
+    Xdp6,
+    Tc6,
+    Ip6tables,
+    Floor6,
 }
 
 impl Mode {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 9] = [
         Self::Xdp,
         Self::XdpGeneric,
         Self::Tc,
         Self::Iptables,
         Self::Floor,
+        Self::Xdp6,
+        Self::Tc6,
+        Self::Ip6tables,
+        Self::Floor6,
     ];
+
+    const fn ipv6(self) -> bool {
+        matches!(
+            self,
+            Self::Xdp6 | Self::Tc6 | Self::Ip6tables | Self::Floor6
+        )
+    }
+
+    /// The modes this one is compared with: its family's floor and
+    /// kube-proxy.
+    const fn baselines(self) -> (Self, Self) {
+        if self.ipv6() {
+            (Self::Floor6, Self::Ip6tables)
+        } else {
+            (Self::Floor, Self::Iptables)
+        }
+    }
 
     const fn name(self) -> &'static str {
         match self {
@@ -99,6 +128,10 @@ impl Mode {
             Self::Tc => "tc",
             Self::Iptables => "iptables",
             Self::Floor => "floor",
+            Self::Xdp6 => "xdp6",
+            Self::Tc6 => "tc6",
+            Self::Ip6tables => "ip6tables",
+            Self::Floor6 => "floor6",
         }
     }
 
@@ -109,6 +142,10 @@ impl Mode {
             Self::Tc => "Sluice TC (--xdp-mode tc)",
             Self::Iptables => "kube-proxy iptables (DNAT + MASQUERADE)",
             Self::Floor => "no Service (routed to the pod IP)",
+            Self::Xdp6 => "IPv6: Sluice XDP, native",
+            Self::Tc6 => "IPv6: Sluice TC (--xdp-mode tc)",
+            Self::Ip6tables => "IPv6: kube-proxy ip6tables (DNAT + MASQUERADE)",
+            Self::Floor6 => "IPv6: no Service (routed to the pod IP)",
         }
     }
 }
@@ -168,21 +205,28 @@ pub fn run(args: &Args) -> Result<()> {
 fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Sample> {
     let mut c = Cluster::new()?;
     c.node(1).add_pod("backend", BACKEND)?;
+    c.node(1).add_ipv6("backend", BACKEND6)?;
+    let (node, backend, client): (IpAddr, IpAddr, IpAddr) = if mode.ipv6() {
+        (c.node_ip6(0).into(), BACKEND6.into(), CLIENT_IP6.into())
+    } else {
+        (c.node_ip(0).into(), BACKEND.into(), c.client().ip.into())
+    };
     // Bound but never read: frames are counted at the interface and
     // dropped at the full socket, with no ICMP port-unreachable.
     let sink = c
         .node_ref(1)
         .pod("backend")
         .ns
-        .run(move || UdpSocket::bind((BACKEND, TARGET_PORT)))??;
-    let node = c.node_ip(0);
+        .run(move || UdpSocket::bind((backend, TARGET_PORT)))??;
     let (dst, dport, bulk_port) = match mode {
-        Mode::Xdp | Mode::XdpGeneric | Mode::Tc => {
+        Mode::Xdp | Mode::XdpGeneric | Mode::Tc | Mode::Xdp6 | Mode::Tc6 => {
             let lab = c.node(0);
             lab.write_manifest("web.yaml", &service_manifest())?;
             let mut extra_args = vec!["--node-name".to_owned(), "node-a".to_owned()];
             match mode {
-                Mode::Tc => extra_args.extend(["--xdp-mode".to_owned(), "tc".to_owned()]),
+                Mode::Tc | Mode::Tc6 => {
+                    extra_args.extend(["--xdp-mode".to_owned(), "tc".to_owned()]);
+                }
                 Mode::XdpGeneric => {
                     extra_args.extend(["--xdp-mode".to_owned(), "generic".to_owned()]);
                 }
@@ -195,27 +239,33 @@ fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Samp
             agent.wait_for("external interface attached", 0, Duration::from_secs(10))?;
             (node, NODE_PORT, BULK_NODE_PORT)
         }
-        Mode::Iptables => {
-            restore_iptables(&c, node)?;
+        Mode::Iptables | Mode::Ip6tables => {
+            restore_iptables(&c, node, backend)?;
             (node, NODE_PORT, BULK_NODE_PORT)
         }
         Mode::Floor => {
             // iperf3's connection is routed, through node a.
             c.route_via(BACKEND, 0)?;
-            (BACKEND, TARGET_PORT, IPERF_PORT)
+            (backend, TARGET_PORT, IPERF_PORT)
+        }
+        Mode::Floor6 => {
+            c.route_via6(BACKEND6, 0)?;
+            (backend, TARGET_PORT, IPERF_PORT)
         }
     };
-    let client = c.client();
     let hop = Hop {
-        src_mac: mac_of(&client.ns, "eth0")?,
+        src_mac: mac_of(&c.client().ns, "eth0")?,
         dst_mac: mac_of(c.node_ref(0).node(), EXT_IF)?,
     };
-    let frames = frames(hop, client.ip, dst, dport, flows);
-    let generator = Generator::start(client, frames)?;
-    // Neighbours resolve and every flow is set up before the window.
+    let frames = frames(hop, client, dst, dport, flows);
+    let generator = Generator::start(c.client(), frames)?;
+    // Neighbours resolve and every flow is set up before the window: the
+    // backend's interface sees frames (an IPv6 neighbour whose first
+    // solicitation went unanswered is asked again only a second later).
     generator.wait_sent(u64::from(flows) * 4, Duration::from_secs(5))?;
-    thread::sleep(SETTLE);
     let backend = c.node_ref(1).pod("backend");
+    wait_delivering(backend, Duration::from_secs(5))?;
+    thread::sleep(SETTLE);
     let (rx0, tx0, t0) = (rx_packets(backend)?, generator.sent(), Instant::now());
     thread::sleep(window);
     let (rx1, tx1, t1) = (rx_packets(backend)?, generator.sent(), Instant::now());
@@ -248,6 +298,18 @@ fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Samp
     }
     drop(server);
     Ok(sample)
+}
+
+/// Waits until frames reach `pod`'s interface, or fails after `timeout`.
+fn wait_delivering(pod: &Pod, timeout: Duration) -> Result<()> {
+    let (start, deadline) = (rx_packets(pod)?, Instant::now() + timeout);
+    while rx_packets(pod)? < start + 1_000 {
+        if Instant::now() > deadline {
+            bail!("nothing reached the backend in {timeout:?}: the path is broken");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// `iperf3 -s` in a pod; killed on drop.
@@ -294,7 +356,7 @@ impl Drop for Iperf3Server {
 
 /// `iperf3 -c` from `ns` to `to` with `streams` parallel streams for
 /// `secs` seconds: the bits per second the server received.
-fn iperf3(ns: &sluice_lab::Netns, to: (Ipv4Addr, u16), streams: u32, secs: u32) -> Result<f64> {
+fn iperf3(ns: &sluice_lab::Netns, to: (IpAddr, u16), streams: u32, secs: u32) -> Result<f64> {
     let out = ns
         .command("timeout")
         .args([
@@ -322,20 +384,31 @@ fn iperf3(ns: &sluice_lab::Netns, to: (Ipv4Addr, u16), streams: u32, secs: u32) 
         .ok_or_else(|| anyhow!("no received rate in iperf3's JSON"))
 }
 
-/// `web`: a NodePort Service whose one endpoint is the pod on node b.
+/// `web`: a dual-stack NodePort Service whose one endpoint is the pod on
+/// node b, a slice per family.
 fn service_manifest() -> String {
+    let slice = |family: &str, addr: IpAddr| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{family}\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
+             addressType: {family}\nports: [{{name: udp, protocol: UDP, port: {TARGET_PORT}}}, {{name: bulk, protocol: TCP, port: {IPERF_PORT}}}]\n\
+             endpoints: [{{addresses: [\"{addr}\"], nodeName: node-b, conditions: {{ready: true}}}}]\n"
+        )
+    };
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  - {{name: udp, protocol: UDP, port: 53, nodePort: {NODE_PORT}}}\n  - {{name: bulk, protocol: TCP, port: {IPERF_PORT}, nodePort: {BULK_NODE_PORT}}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{{name: udp, protocol: UDP, port: {TARGET_PORT}}}, {{name: bulk, protocol: TCP, port: {IPERF_PORT}}}]\n\
-         endpoints: [{{addresses: [\"{BACKEND}\"], nodeName: node-b, conditions: {{ready: true}}}}]\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:96::a\"]\n  ports:\n  - {{name: udp, protocol: UDP, port: 53, nodePort: {NODE_PORT}}}\n  - {{name: bulk, protocol: TCP, port: {IPERF_PORT}, nodePort: {BULK_NODE_PORT}}}\n{}{}",
+        slice("IPv4", BACKEND.into()),
+        slice("IPv6", BACKEND6.into()),
     )
 }
 
-/// kube-proxy's iptables mode for that Service on node a: the NodePort
-/// chain, the masquerade mark for external traffic, the endpoint's DNAT,
-/// and the masquerade on the way out.
-fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
+/// kube-proxy's iptables mode for that Service on node a (ip6tables for
+/// IPv6): the NodePort chain, the masquerade mark for external traffic,
+/// the endpoint's DNAT, and the masquerade on the way out.
+fn restore_iptables(c: &Cluster, node: IpAddr, backend: IpAddr) -> Result<()> {
+    let (restore, host, to) = match backend {
+        IpAddr::V4(b) => ("iptables-restore", format!("{node}/32"), b.to_string()),
+        IpAddr::V6(b) => ("ip6tables-restore", format!("{node}/128"), format!("[{b}]")),
+    };
     let rules = format!(
         "*nat\n\
          :KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
@@ -344,16 +417,16 @@ fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
          -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
          -A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
-         -A KUBE-NODEPORTS -d {node}/32 -p udp -m udp --dport {NODE_PORT} -j KUBE-EXT-WEB\n\
-         -A KUBE-NODEPORTS -d {node}/32 -p tcp -m tcp --dport {BULK_NODE_PORT} -j KUBE-EXT-BULK\n\
+         -A KUBE-NODEPORTS -d {host} -p udp -m udp --dport {NODE_PORT} -j KUBE-EXT-WEB\n\
+         -A KUBE-NODEPORTS -d {host} -p tcp -m tcp --dport {BULK_NODE_PORT} -j KUBE-EXT-BULK\n\
          -A KUBE-EXT-BULK -j KUBE-MARK-MASQ\n\
          -A KUBE-EXT-BULK -j KUBE-SVC-BULK\n\
          -A KUBE-SVC-BULK -j KUBE-SEP-BULK0\n\
-         -A KUBE-SEP-BULK0 -p tcp -m tcp -j DNAT --to-destination {BACKEND}:{IPERF_PORT}\n\
+         -A KUBE-SEP-BULK0 -p tcp -m tcp -j DNAT --to-destination {to}:{IPERF_PORT}\n\
          -A KUBE-EXT-WEB -j KUBE-MARK-MASQ\n\
          -A KUBE-EXT-WEB -j KUBE-SVC-WEB\n\
          -A KUBE-SVC-WEB -j KUBE-SEP-WEB0\n\
-         -A KUBE-SEP-WEB0 -p udp -m udp -j DNAT --to-destination {BACKEND}:{TARGET_PORT}\n\
+         -A KUBE-SEP-WEB0 -p udp -m udp -j DNAT --to-destination {to}:{TARGET_PORT}\n\
          -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
          -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
          -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
@@ -363,25 +436,22 @@ fn restore_iptables(c: &Cluster, node: Ipv4Addr) -> Result<()> {
     let mut child = c
         .node_ref(0)
         .node()
-        .command("iptables-restore")
+        .command(restore)
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("running iptables-restore")?;
+        .with_context(|| format!("running {restore}"))?;
     std::io::Write::write_all(
         child
             .stdin
             .as_mut()
-            .ok_or_else(|| anyhow!("iptables-restore has no stdin"))?,
+            .ok_or_else(|| anyhow!("{restore} has no stdin"))?,
         rules.as_bytes(),
     )?;
     drop(child.stdin.take());
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{restore}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -395,11 +465,20 @@ pub(crate) fn rx_packets(pod: &Pod) -> Result<u64> {
         .ok_or_else(|| anyhow!("no rx packet count in {out}"))
 }
 
-/// The generator's frames: Ethernet to node a, IPv4 with its checksum,
-/// UDP without one (allowed in IPv4), one per source port.
-fn frames(hop: Hop, src: Ipv4Addr, dst: Ipv4Addr, dport: u16, flows: u16) -> Vec<Vec<u8>> {
+/// The generator's frames: Ethernet to node a; IPv4 with its checksum and
+/// UDP without one (allowed in IPv4), or IPv6 and UDP with its checksum
+/// (required); one per source port.
+fn frames(hop: Hop, src: IpAddr, dst: IpAddr, dport: u16, flows: u16) -> Vec<Vec<u8>> {
     (0..flows)
-        .map(|i| frame::udp(hop, (src, 20_000 + i), (dst, dport), PAYLOAD, false))
+        .map(|i| match (src, dst) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                frame::udp6(hop, (s, 20_000 + i), (d, dport), PAYLOAD)
+            }
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                frame::udp(hop, (s, 20_000 + i), (d, dport), PAYLOAD, false)
+            }
+            _ => Vec::new(),
+        })
         .collect()
 }
 
@@ -524,8 +603,8 @@ fn bulk_rows(t: &mut String, samples: &BTreeMap<Mode, Vec<Sample>>, first: usize
             mode.label(),
             rate(mode, 0).unwrap_or(0.0) / 1e9,
             rate(mode, 1).unwrap_or(0.0) / 1e9,
-            ratio(rate(&Mode::Floor, 1)),
-            ratio(rate(&Mode::Iptables, 1)),
+            ratio(rate(&mode.baselines().0, 1)),
+            ratio(rate(&mode.baselines().1, 1)),
         );
     }
 }
@@ -551,17 +630,18 @@ fn render(
         machine(),
         took.as_secs_f64()
     );
-    let floor = samples
-        .get(&Mode::Floor)
-        .map(|v| median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>()));
+    let delivered_of = |mode: Mode| {
+        samples
+            .get(&mode)
+            .map(|v| median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>()))
+    };
     let _ = writeln!(
         t,
         "| path | delivered (Mpps, median) | sent (Mpps) | delivered / sent | µs per packet | over the floor (µs) | vs iptables |\n|---|---:|---:|---:|---:|---:|---:|"
     );
-    let iptables = samples
-        .get(&Mode::Iptables)
-        .map(|v| median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>()));
     for (mode, v) in samples {
+        let (floor, iptables) = mode.baselines();
+        let (floor, iptables) = (delivered_of(floor), delivered_of(iptables));
         let delivered = median(&v.iter().map(|s| s.delivered).collect::<Vec<_>>());
         let sent = median(&v.iter().map(|s| s.sent).collect::<Vec<_>>());
         let ratio = |base: Option<f64>| {
@@ -602,6 +682,8 @@ fn render(
          Sluice XDP DNATs and SNATs on node a's ext0 and sends the frame back out (XDP_TX), in veth's native XDP \
          or in generic (skb) XDP; TC does the same at the ingress hook with `bpf_redirect`; iptables DNATs in PREROUTING and masquerades in POSTROUTING \
          after the stack's forwarding; the floor sends to the pod's address, routed by node a with no NAT. \
+         The IPv6 rows do the same over IPv6 (the Service is dual-stack; ip6tables in kube-proxy's structure), \
+         each compared with its own family's floor and kube-proxy. \
          Every hop but native XDP's receive runs in the generator's `sendmmsg`, so the time per delivered \
          packet is the cost of the whole path and its excess over the floor is the Service's cost on node a; \
          native XDP on veth receives in NAPI, apart from the sender, so it can send more than the path \
