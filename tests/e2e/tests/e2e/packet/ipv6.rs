@@ -631,23 +631,7 @@ impl Harness {
             .set_ext_if(ext0, Some(std::net::Ipv4Addr::new(192, 168, 77, 1)))
             .unwrap();
         h.maps.set_ext_if6(ext0, Some(NODE6)).unwrap();
-        let mut desired = Desired::default();
-        for (port, backends) in [
-            (NP, vec![B6[0]]),
-            (REMOTE_NP, vec![REMOTE6]),
-            (EMPTY_NP, Vec::new()),
-        ] {
-            desired.frontends.insert(
-                FrontendKey::node_port6(port, proto::TCP),
-                DesiredFrontend {
-                    name: format!("test/np{port}"),
-                    backends: backends.iter().map(|&b| (b.into(), 8080)).collect(),
-                    external: External::Serve,
-                    ..DesiredFrontend::default()
-                },
-            );
-        }
-        h.program(&desired);
+        h.program(&edge6_desired(&[]));
         h
     }
 
@@ -676,6 +660,25 @@ impl Harness {
             .unwrap();
         (h, ext0)
     }
+}
+
+/// `edge6`'s NodePorts, and `extra` ones (TCP, to port 8080 of their
+/// backends).
+fn edge6_desired(extra: &[(u16, &[Ipv6Addr])]) -> Desired {
+    let mut desired = Desired::default();
+    let base: [(u16, &[Ipv6Addr]); 3] = [(NP, &B6[..1]), (REMOTE_NP, &[REMOTE6]), (EMPTY_NP, &[])];
+    for &(port, backends) in base.iter().chain(extra) {
+        desired.frontends.insert(
+            FrontendKey::node_port6(port, proto::TCP),
+            DesiredFrontend {
+                name: format!("test/np{port}"),
+                backends: backends.iter().map(|&b| (b.into(), 8080)).collect(),
+                external: External::Serve,
+                ..DesiredFrontend::default()
+            },
+        );
+    }
+    desired
 }
 
 #[test]
@@ -935,6 +938,44 @@ fn ipv6_flows_from_outside_are_created_and_translated_in_xdp_with_valid_checksum
         ..data
     });
     assert_eq!(xdp(&hop_by_hop), (XDP_PASS, hop_by_hop.clone()));
+}
+
+/// Every node picks the same backend for an IPv6 flow from outside,
+/// through its Maglev table: one node in TC, the other in XDP and
+/// programmed with another frontend first (so its backends have other
+/// ids); over 64 flows both backends are used.
+#[test]
+fn ipv6_flows_from_outside_get_the_same_backend_on_every_node_through_maglev() {
+    if !privileged("ipv6_flows_from_outside_get_the_same_backend_on_every_node_through_maglev") {
+        return;
+    }
+    let maglev_np: u16 = 30095;
+    let two = [REMOTE6, Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x20)];
+    let mut a = Harness::edge6();
+    a.program(&edge6_desired(&[(maglev_np, &two)]));
+    let (mut b, ext0) = Harness::edge6_xdp();
+    let other = [Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 5)];
+    b.program(&edge6_desired(&[(30096, &other)]));
+    b.program(&edge6_desired(&[(30096, &other), (maglev_np, &two)]));
+    let mut spread = BTreeSet::new();
+    for sport in 41000..41064 {
+        let frame = build6(&Spec6 {
+            src: (OUTSIDE6, sport),
+            dst: (NODE6, maglev_np),
+            ..Spec6::default()
+        });
+        let (_, out_a) = a.run(&frame);
+        let (verdict, out_b) = b.loaded.run_xdp(&frame, ext0, &b.side.ns);
+        assert_eq!(verdict, XDP_TX);
+        let (da, db) = (parse6_checked(&out_a).dst, parse6_checked(&out_b).dst);
+        assert_eq!(da, db, "flow from port {sport}");
+        spread.insert(da);
+    }
+    assert_eq!(spread.len(), 2, "flows spread over both backends");
+    assert_eq!(
+        (a.events(Event::MaglevMiss), b.events(Event::MaglevMiss)),
+        (0, 0)
+    );
 }
 
 /// In XDP, a new IPv6 flow from outside to a backend on this node is
