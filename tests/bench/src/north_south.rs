@@ -1,7 +1,9 @@
 //! `cargo xtask bench north-south`: packets per second of NodePort
 //! forwarding to a backend on another node, through Sluice's XDP program
 //! (native and generic), the same logic in TC (`--xdp-mode tc`), and kube-proxy's iptables DNAT
-//! and masquerade, against plain routing to the pod (the floor); and the
+//! and masquerade, against plain routing to the pod (the floor, through
+//! node a both ways; `floor-xdp` is the same with Sluice's native XDP on
+//! node a passing it, veth's XDP receive path without a Service); and the
 //! bulk TCP throughput of the same paths (iperf3, one stream and four,
 //! with GSO and GRO on). The IPv6 modes measure the same over IPv6: the
 //! Service is dual-stack, its NodePorts on node a's IPv6 address, against
@@ -61,7 +63,7 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Modes to run, comma-separated (default all): xdp, xdp-generic, tc,
-    /// iptables, floor, and over IPv6 xdp6, tc6, ip6tables, floor6.
+    /// iptables, floor, floor-xdp, and over IPv6 xdp6, tc6, ip6tables, floor6.
     #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
     modes: Option<Vec<Mode>>,
     /// Rounds over all modes (default 3; medians are reported).
@@ -85,6 +87,7 @@ enum Mode {
     Tc,
     Iptables,
     Floor,
+    FloorXdp,
     Xdp6,
     Tc6,
     Ip6tables,
@@ -92,12 +95,13 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Xdp,
         Self::XdpGeneric,
         Self::Tc,
         Self::Iptables,
         Self::Floor,
+        Self::FloorXdp,
         Self::Xdp6,
         Self::Tc6,
         Self::Ip6tables,
@@ -109,6 +113,17 @@ impl Mode {
             self,
             Self::Xdp6 | Self::Tc6 | Self::Ip6tables | Self::Floor6
         )
+    }
+
+    /// The floor through the same receive path: native XDP on veth takes
+    /// frames apart from GSO (veth strips GSO from the peer of an
+    /// interface with an XDP program, frags-aware or not) and converts each
+    /// to an XDP buffer, whatever the program does with it.
+    const fn receive_floor(self) -> Self {
+        match self {
+            Self::Xdp | Self::FloorXdp => Self::FloorXdp,
+            _ => self.baselines().0,
+        }
     }
 
     /// The modes this one is compared with: its family's floor and
@@ -128,6 +143,7 @@ impl Mode {
             Self::Tc => "tc",
             Self::Iptables => "iptables",
             Self::Floor => "floor",
+            Self::FloorXdp => "floor-xdp",
             Self::Xdp6 => "xdp6",
             Self::Tc6 => "tc6",
             Self::Ip6tables => "ip6tables",
@@ -142,6 +158,7 @@ impl Mode {
             Self::Tc => "Sluice TC (--xdp-mode tc)",
             Self::Iptables => "kube-proxy iptables (DNAT + MASQUERADE)",
             Self::Floor => "no Service (routed to the pod IP)",
+            Self::FloorXdp => "no Service, Sluice's native XDP on ext0 passing it",
             Self::Xdp6 => "IPv6: Sluice XDP, native",
             Self::Tc6 => "IPv6: Sluice TC (--xdp-mode tc)",
             Self::Ip6tables => "IPv6: kube-proxy ip6tables (DNAT + MASQUERADE)",
@@ -219,7 +236,7 @@ fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Samp
         .ns
         .run(move || UdpSocket::bind((backend, TARGET_PORT)))??;
     let (dst, dport, bulk_port) = match mode {
-        Mode::Xdp | Mode::XdpGeneric | Mode::Tc | Mode::Xdp6 | Mode::Tc6 => {
+        Mode::Xdp | Mode::XdpGeneric | Mode::Tc | Mode::Xdp6 | Mode::Tc6 | Mode::FloorXdp => {
             let lab = c.node(0);
             lab.write_manifest("web.yaml", &service_manifest())?;
             let mut extra_args = vec!["--node-name".to_owned(), "node-a".to_owned()];
@@ -237,19 +254,20 @@ fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Samp
                 ..AgentOptions::default()
             })?;
             agent.wait_for("external interface attached", 0, Duration::from_secs(10))?;
-            (node, NODE_PORT, BULK_NODE_PORT)
+            if mode == Mode::FloorXdp {
+                // To the pod's address: XDP passes it, the stack routes it.
+                floor_routes(&c, backend, client)?;
+                (backend, TARGET_PORT, IPERF_PORT)
+            } else {
+                (node, NODE_PORT, BULK_NODE_PORT)
+            }
         }
         Mode::Iptables | Mode::Ip6tables => {
             restore_iptables(&c, node, backend)?;
             (node, NODE_PORT, BULK_NODE_PORT)
         }
-        Mode::Floor => {
-            // iperf3's connection is routed, through node a.
-            c.route_via(BACKEND, 0)?;
-            (backend, TARGET_PORT, IPERF_PORT)
-        }
-        Mode::Floor6 => {
-            c.route_via6(BACKEND6, 0)?;
+        Mode::Floor | Mode::Floor6 => {
+            floor_routes(&c, backend, client)?;
             (backend, TARGET_PORT, IPERF_PORT)
         }
     };
@@ -298,6 +316,42 @@ fn measure(mode: Mode, flows: u16, window: Duration, quick: bool) -> Result<Samp
     }
     drop(server);
     Ok(sample)
+}
+
+/// The floor's routes: the client reaches `backend` through node a, and
+/// node b sends the replies to `client` back through node a, as the
+/// NodePort's SNAT makes them go. Node a forwards the client's packets out
+/// of the interface they came in on, so it would send the client an ICMP
+/// redirect to node b, the client would then go to node b straight, and
+/// the floor would skip node a (measured: `cache <redirected>`, bulk TCP
+/// at twice every other path's). So node a sends none and the client heeds
+/// none.
+fn floor_routes(c: &Cluster, backend: IpAddr, client: IpAddr) -> Result<()> {
+    let (node_a, node_b) = (c.node_ref(0).node(), c.node_ref(1).node());
+    for key in ["all", "default", EXT_IF] {
+        node_a.sysctl(&format!("net.ipv4.conf.{key}.send_redirects"), "0")?;
+    }
+    for family in ["ipv4", "ipv6"] {
+        for key in ["all", "eth0"] {
+            c.client()
+                .ns
+                .sysctl(&format!("net.{family}.conf.{key}.accept_redirects"), "0")?;
+        }
+    }
+    match (backend, client) {
+        (IpAddr::V4(b), IpAddr::V4(cl)) => {
+            c.route_via(b, 0)?;
+            let via = c.node_ip(0).to_string();
+            node_b.ip(&["route", "replace", &format!("{cl}/32"), "via", &via])?;
+        }
+        (IpAddr::V6(b), IpAddr::V6(cl)) => {
+            c.route_via6(b, 0)?;
+            let via = c.node_ip6(0).to_string();
+            node_b.ip(&["-6", "route", "replace", &format!("{cl}/128"), "via", &via])?;
+        }
+        _ => bail!("the backend and the client are of different families"),
+    }
+    Ok(())
 }
 
 /// Waits until frames reach `pod`'s interface, or fails after `timeout`.
@@ -588,23 +642,37 @@ fn bulk_rows(t: &mut String, samples: &BTreeMap<Mode, Vec<Sample>>, first: usize
     let _ = writeln!(
         t,
         "\n## Bulk TCP through the NodePort (iperf3, GSO/GRO on at the hosts): {title}\n\n\
-         | path | 1 stream (Gbit/s) | 4 streams (Gbit/s) | 4 streams vs floor | 4 streams vs iptables |\n|---|---:|---:|---:|---:|"
+         | path | 1 stream (Gbit/s) | 4 streams (Gbit/s) | 4 streams vs floor | 4 streams vs the floor through the same receive path | 4 streams vs iptables |\n|---|---:|---:|---:|---:|---:|"
     );
     for mode in samples.keys() {
-        let ratio = |base: Option<f64>| {
-            base.filter(|b| *b > 0.0).map_or_else(
-                || "-".into(),
-                |b| format!("{:.2}×", rate(mode, 1).unwrap_or(0.0) / b),
-            )
+        // Each round measures every mode back to back, so a ratio is taken
+        // within a round and the rounds' median reported: the machine's
+        // drift between rounds (up to 3× on a shared host) cancels out.
+        let ratio = |base: Mode| {
+            let (Some(v), Some(b)) = (samples.get(mode), samples.get(&base)) else {
+                return "-".to_owned();
+            };
+            let ratios: Vec<f64> = v
+                .iter()
+                .zip(b)
+                .filter(|(_, b)| b.bulk[first + 1] > 0.0)
+                .map(|(s, b)| s.bulk[first + 1] / b.bulk[first + 1])
+                .collect();
+            if ratios.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}×", median(&ratios))
+            }
         };
         let _ = writeln!(
             t,
-            "| {} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {} | {} | {} |",
             mode.label(),
             rate(mode, 0).unwrap_or(0.0) / 1e9,
             rate(mode, 1).unwrap_or(0.0) / 1e9,
-            ratio(rate(&mode.baselines().0, 1)),
-            ratio(rate(&mode.baselines().1, 1)),
+            ratio(mode.baselines().0),
+            ratio(mode.receive_floor()),
+            ratio(mode.baselines().1),
         );
     }
 }
@@ -681,7 +749,9 @@ fn render(
         "\nTopology: client ns → bridge → node a (ext0) → bridge → node b (ext0) → backend pod, all veth. \
          Sluice XDP DNATs and SNATs on node a's ext0 and sends the frame back out (XDP_TX), in veth's native XDP \
          or in generic (skb) XDP; TC does the same at the ingress hook with `bpf_redirect`; iptables DNATs in PREROUTING and masquerades in POSTROUTING \
-         after the stack's forwarding; the floor sends to the pod's address, routed by node a with no NAT. \
+         after the stack's forwarding; the floor sends to the pod's address, routed by node a with no NAT, \
+         and sends it again with Sluice's native XDP on node a's ext0 passing it to the stack, the receive \
+         path native XDP's Service traffic takes on veth. \
          The IPv6 rows do the same over IPv6 (the Service is dual-stack; ip6tables in kube-proxy's structure), \
          each compared with its own family's floor and kube-proxy. \
          Every hop but native XDP's receive runs in the generator's `sendmmsg`, so the time per delivered \
