@@ -56,14 +56,14 @@ fn finish(mut s: u32) -> u16 {
 }
 
 /// Ethernet and IPv4 around `l4` (whose checksum field, at `check_at`,
-/// is filled in here).
+/// is filled in here; `None`: left 0, a UDP datagram without one).
 fn wrap(
     hop: Hop,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     proto: u8,
     mut l4: Vec<u8>,
-    check_at: usize,
+    check_at: Option<usize>,
 ) -> Vec<u8> {
     let len = u16::try_from(l4.len()).unwrap_or(u16::MAX);
     let pseudo = sum(&src.octets()) + sum(&dst.octets()) + u32::from(proto) + u32::from(len);
@@ -74,7 +74,7 @@ fn wrap(
     } else {
         check
     };
-    if let Some(field) = l4.get_mut(check_at..check_at + 2) {
+    if let Some(field) = check_at.and_then(|at| l4.get_mut(at..at.checked_add(2)?)) {
         field.copy_from_slice(&check.to_be_bytes());
     }
     let mut ip = [0u8; 20];
@@ -106,9 +106,9 @@ pub fn udp(
 ) -> Vec<u8> {
     let l4 = udp_datagram(src.1, dst.1, payload);
     if checksum {
-        wrap(hop, src.0, dst.0, UDP, l4, 6)
+        wrap(hop, src.0, dst.0, UDP, l4, Some(6))
     } else {
-        wrap(hop, src.0, dst.0, UDP, l4, usize::MAX)
+        wrap(hop, src.0, dst.0, UDP, l4, None)
     }
 }
 
@@ -159,7 +159,7 @@ pub fn tcp(hop: Hop, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, seq:
     l4[12] = 5 << 4;
     l4[13] = flags;
     l4[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
-    wrap(hop, src.0, dst.0, TCP, l4, 16)
+    wrap(hop, src.0, dst.0, TCP, l4, Some(16))
 }
 
 /// Frames per `sendmmsg`.
