@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: measurements, not tests. Builds the agent,
-//! `sluice-bench` (and, for `sync`, the local API server) in release mode,
-//! runs one benchmark and leaves its table in target/bench/.
+//! `sluice-bench` (and, for `sync`, the local API server) in release mode
+//! (`--debug`: in debug mode, for smoke runs), runs one benchmark and
+//! leaves its table in target/bench/.
 
 use std::process::Command;
 
@@ -15,6 +16,11 @@ pub struct Args {
     /// `dataplane` (against kube-proxy's iptables, nftables and IPVS modes)
     /// or `north-south` (NodePort packets per second: XDP, TC, iptables).
     pub bench: String,
+    /// Build the agent and the benchmark in debug mode, for `cargo xtask
+    /// test`'s smoke runs: they exercise the harness and nobody reads
+    /// their numbers, and a release build takes minutes on a clean clone.
+    #[arg(long)]
+    pub debug: bool,
     /// Passed to the benchmark (e.g. `--scales 1000,10000 --updates 100`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub rest: Vec<String>,
@@ -33,18 +39,24 @@ pub fn bench(args: &Args) -> Result<()> {
             args.bench
         );
     }
-    let agent = run::build_agent(true)?;
+    let agent = run::build_agent(!args.debug)?;
     // Only the control-loop benchmark runs the local API server (a release
     // build of it takes minutes).
     let apiserver = if args.bench == "sync" {
-        Some(run::build_release_bin(
-            "sluice-apiserver",
-            "sluice-apiserver",
-        )?)
+        Some(if args.debug {
+            run::build_bin("sluice-apiserver", "sluice-apiserver")?
+        } else {
+            run::build_release_bin("sluice-apiserver", "sluice-apiserver")?
+        })
     } else {
         None
     };
-    let bench = run::build_release_bin("sluice-bench", "sluice-bench")?;
+    let bench = if args.debug {
+        println!("debug build: the numbers are not a release build's");
+        run::build_bin("sluice-bench", "sluice-bench")?
+    } else {
+        run::build_release_bin("sluice-bench", "sluice-bench")?
+    };
     let out = run::target_dir()
         .join("bench")
         .join(format!("{}.md", args.bench));

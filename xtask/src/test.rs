@@ -9,13 +9,20 @@
 //!    in a Linux 6.1 guest (`vm.rs`);
 //! 4. the DNS fuzz targets (cargo-fuzz), each for a bounded time;
 //! 5. smoke runs of `cargo xtask run` (the README's first command) and of
-//!    `cargo xtask bench dataplane --quick` and `… north-south --quick`
-//!    (their tables, no assertions).
+//!    `cargo xtask bench --debug dataplane --quick` and `… north-south
+//!    --quick` (debug builds: their tables, no assertions).
+//!
+//! Each step's wall time is printed at the end, failed or not (CI's
+//! budget is 45 minutes).
 //!
 //! Under `CI=true` a privileged test that cannot run fails instead of
 //! skipping (see `sluice_lab::require_privileges`).
 
-use std::process::Command;
+use std::{
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 
@@ -34,6 +41,14 @@ pub struct Args {
 }
 
 pub fn test(args: &Args) -> Result<()> {
+    let result = every_tier(args);
+    // On failure too: how far it got, and how long each step took.
+    print_step_times();
+    result
+}
+
+fn every_tier(args: &Args) -> Result<()> {
+    step("setup (`cargo xtask setup`) and builds");
     prereqs::ensure()?;
     if !nix::unistd::geteuid().is_root() && std::env::var("CI").is_ok_and(|v| v == "true") {
         bail!("CI=true: the privileged tests must run, and they need root");
@@ -58,49 +73,7 @@ pub fn test(args: &Args) -> Result<()> {
     )?;
 
     if !args.no_lint {
-        step("lints");
-        // rustfmt.toml uses unstable options (import grouping): nightly rustfmt.
-        prereqs::run(
-            Command::new("cargo")
-                .current_dir(run::workspace_root())
-                .args(["+nightly", "fmt", "--all", "--", "--check"]),
-        )?;
-        cargo(
-            &[
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "sluice-ebpf",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            &[],
-            &[],
-        )?;
-        // The generated protobuf tables are what their generator writes.
-        crate::gen_proto::gen_proto(&crate::gen_proto::Args::checking())?;
-        let mut ebpf = Command::new("cargo");
-        // aya-build passes the same cfg: it selects the helper bindings.
-        ebpf.env(
-            "RUSTFLAGS",
-            format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
-        );
-        ebpf.current_dir(run::workspace_root().join("ebpf/programs"))
-            .args([
-                "+nightly",
-                "clippy",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--",
-                "-D",
-                "warnings",
-            ]);
-        prereqs::run(&mut ebpf)?;
+        lints()?;
     }
 
     step("privileged tests: packet (BPF_PROG_TEST_RUN) and end-to-end (network namespaces)");
@@ -147,6 +120,55 @@ pub fn test(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// rustfmt, clippy on the host crates and on the eBPF crate for its target,
+/// and the generated protobuf tables.
+fn lints() -> Result<()> {
+    step("lints");
+    // rustfmt.toml uses unstable options (import grouping): nightly rustfmt.
+    prereqs::run(
+        Command::new("cargo")
+            .current_dir(run::workspace_root())
+            .args(["+nightly", "fmt", "--all", "--", "--check"]),
+    )?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "sluice-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+        &[],
+    )?;
+    // The generated protobuf tables are what their generator writes.
+    crate::gen_proto::gen_proto(&crate::gen_proto::Args::checking())?;
+    let mut ebpf = Command::new("cargo");
+    // aya-build passes the same cfg: it selects the helper bindings.
+    ebpf.env(
+        "RUSTFLAGS",
+        format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    );
+    ebpf.current_dir(run::workspace_root().join("ebpf/programs"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+    prereqs::run(&mut ebpf)?;
+    Ok(())
+}
+
 /// The README's first command with each source, and the dataplane and
 /// north-south benchmarks' quick runs.
 fn smoke_runs() -> Result<()> {
@@ -166,10 +188,12 @@ fn smoke_runs() -> Result<()> {
     // checked here (benchmarks are not tests).
     for bench in ["dataplane", "north-south"] {
         step(&format!(
-            "smoke run of `cargo xtask bench {bench} --quick` (numbers not asserted)"
+            "smoke run of `cargo xtask bench --debug {bench} --quick` (numbers not asserted)"
         ));
         crate::bench::bench(&crate::bench::Args {
             bench: bench.into(),
+            // Not a release build: its numbers are not read here.
+            debug: true,
             rest: vec!["--quick".into()],
         })?;
     }
@@ -195,8 +219,35 @@ fn fuzz(target: &str, seconds: u32) -> Result<()> {
     )
 }
 
+/// The steps begun so far, with when each began (for CI's time budget:
+/// `print_step_times`).
+static STEPS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
 fn step(name: &str) {
+    let now = Instant::now();
+    if let Ok(mut steps) = STEPS.lock() {
+        if let Some((_, began)) = steps.last() {
+            println!("(took {} s)", now.duration_since(*began).as_secs());
+        }
+        steps.push((name.to_owned(), now));
+    }
     println!("\n==> {name}");
+}
+
+/// Each step's wall time, and the whole run's.
+fn print_step_times() {
+    let Ok(steps) = STEPS.lock() else { return };
+    let Some((_, first)) = steps.first() else {
+        return;
+    };
+    let end = Instant::now();
+    println!("\ntime per step:");
+    for (i, (name, began)) in steps.iter().enumerate() {
+        let until = steps.get(i + 1).map_or(end, |(_, next)| *next);
+        println!("{:>6} s  {name}", until.duration_since(*began).as_secs());
+    }
+    let total: Duration = end.duration_since(*first);
+    println!("{:>6} s  in all", total.as_secs());
 }
 
 fn cargo(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> {
