@@ -105,6 +105,12 @@ pub fn run_flow(ctx: &XdpContext, config: &DataplaneConfig) -> Result<u32, DropR
         return Ok(untouched());
     };
     let now = conntrack::now();
+    // Both tables, the established one again: another CPU may have
+    // promoted the flow since `xdp_edge6` missed it there (`promote`
+    // inserts into the established table, then removes from the new one),
+    // and the new table alone would then take a live TCP segment for
+    // invalid and drop it. Under `externalTrafficPolicy: Local` nothing
+    // has looked yet.
     let tracked = if p.is_tcp() {
         conntrack::lookup_original::<_, NsTcp>(&p, now, &config.lifetimes)
     } else {
@@ -155,6 +161,7 @@ pub fn run_reply(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(untouched());
     };
     let now = conntrack::now();
+    // Both tables, as in `run_flow`: a promotion may have raced the miss.
     let reply = if p.is_tcp() {
         conntrack::lookup_reply::<_, NsTcp>(&p, now)
     } else {
