@@ -1,8 +1,18 @@
 //! The collector, the census and the conversion of the previous layout.
 
-use sluice_abi::conntrack::{CT_DIR_REPLY, original_of_reply};
+use sluice_abi::{
+    conntrack::{
+        CT_CLOSED, CT_CLOSING, CT_DIR_ORIGINAL, CT_DIR_REPLY, CT_ESTABLISHED, CT_F_SNAT,
+        legacy::{CtValueV2, V2_F_SNAT, V2_TCP_FIN, V2_TCP_RST},
+        original_of_reply, reply_of_original,
+    },
+    proto,
+};
 
-use super::*;
+use super::{
+    convert::{convert_flow, upgrade},
+    *,
+};
 
 #[test]
 fn the_default_size_follows_memory_with_a_floor_and_a_cap() {
