@@ -18,9 +18,9 @@ use sluice_abi::{
         CtEntryOf, CtKey, CtKey6, CtKeyOf, CtTable, split_sizes,
     },
     maps::{
-        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, FRAG_SIZE, MAX_BACKENDS, MAX_EXT_IFS,
-        MAX_MAGLEV_CHUNKS, MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES,
-        SOCK_REV_SIZE, TAIL_SLOTS, XDP_TAIL_SLOTS,
+        AFFINITY_SIZE, DEFAULT_CONNTRACK_SIZE, MAX_BACKENDS, MAX_EXT_IFS, MAX_MAGLEV_CHUNKS,
+        MAX_NODE_ADDRS, MAX_REFUSED, MAX_SERVICES, MAX_SOURCE_RANGES, SOCK_REV_SIZE, TAIL_SLOTS,
+        XDP_TAIL_SLOTS,
     },
     service::{
         Backend, Backend6, ExtIf, MaglevChunk, MaglevKey, NODE_ADDR_NODEPORTS, NodeAddr, NodeAddr6,
@@ -30,6 +30,14 @@ use sluice_abi::{
     sock::{SockRevKey, SockRevKey6, SockRevValue, SockRevValue6},
     stats::{DropReason, Event, TrafficStats},
 };
+
+mod frag;
+mod scratch;
+
+pub use frag::{
+    FragKey, FragKey6, fragment_ports, fragment_ports6, remember_fragment, remember_fragment6,
+};
+pub use scratch::{ct_scratch, ct6_scratch, fib_scratch, icmp_scratch, icmp6_scratch};
 
 /// The layout version of each pinned map (written by the agent; the
 /// programs never read it): name → version.
@@ -210,87 +218,6 @@ static SLUICE_EXT_IF6: HashMap<u32, NodeAddr6> = HashMap::pinned(MAX_EXT_IFS, BP
 static SLUICE_MAGLEV: HashMap<MaglevKey, MaglevChunk> =
     HashMap::pinned(MAX_MAGLEV_CHUNKS, BPF_F_NO_PREALLOC);
 
-/// Per-CPU scratch for `bpf_fib_lookup`'s 64-byte parameters: on the
-/// stack, every inlined route lookup would take its own copy of the 512
-/// bytes a program has.
-#[map]
-static SLUICE_FIB: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
-    PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's route lookup parameters.
-#[inline(always)]
-pub fn fib_scratch() -> Option<*mut aya_ebpf::bindings::bpf_fib_lookup> {
-    SLUICE_FIB.get_ptr_mut(0)
-}
-
-/// A fragmented datagram: its addresses, IP ID and protocol, as its
-/// fragments arrive (Cilium's `ipv4_frag_id`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct FragKey {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub id: [u8; 2],
-    pub proto: u8,
-    pub _pad: u8,
-}
-
-/// The ports of fragmented datagrams, from their first fragments, for the
-/// fragments that follow (LRU: a datagram whose fragments never come
-/// leaves when newer ones need the room). Not pinned: a datagram in
-/// flight across a restart is lost, as on any reassembly timeout.
-#[map]
-static SLUICE_FRAG: LruHashMap<FragKey, [[u8; 2]; 2]> = LruHashMap::with_max_entries(FRAG_SIZE, 0);
-
-/// Remembers the ports of a datagram's first fragment.
-#[inline(always)]
-pub fn remember_fragment(key: &FragKey, ports: [[u8; 2]; 2]) {
-    if SLUICE_FRAG.insert(key, ports, 0).is_err() {
-        crate::stats::dropped(DropReason::Fragment);
-    }
-}
-
-/// The ports of a later fragment's datagram, if its first fragment was
-/// seen.
-#[inline(always)]
-pub fn fragment_ports(key: &FragKey) -> Option<[[u8; 2]; 2]> {
-    SLUICE_FRAG
-        .get_ptr(key)
-        .map(|p| unsafe { core::ptr::read_volatile(p) })
-}
-
-/// An IPv6 fragmented datagram (the fragment header's 32-bit id).
-#[repr(C, align(4))]
-#[derive(Clone, Copy)]
-pub struct FragKey6 {
-    pub saddr: In6,
-    pub daddr: In6,
-    pub id: [u8; 4],
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
-
-/// The ports of IPv6 fragmented datagrams, as `SLUICE_FRAG`.
-#[map]
-static SLUICE_FRAG6: LruHashMap<FragKey6, [[u8; 2]; 2]> =
-    LruHashMap::with_max_entries(FRAG_SIZE, 0);
-
-/// Remembers the ports of an IPv6 datagram's first fragment.
-#[inline(always)]
-pub fn remember_fragment6(key: &FragKey6, ports: [[u8; 2]; 2]) {
-    if SLUICE_FRAG6.insert(key, ports, 0).is_err() {
-        crate::stats::dropped(DropReason::Fragment);
-    }
-}
-
-/// The ports of a later IPv6 fragment's datagram, if its first was seen.
-#[inline(always)]
-pub fn fragment_ports6(key: &FragKey6) -> Option<[[u8; 2]; 2]> {
-    SLUICE_FRAG6
-        .get_ptr(key)
-        .map(|p| unsafe { core::ptr::read_volatile(p) })
-}
-
 /// Programs `tc_ingress` and the external interfaces' TC programs hand
 /// packets on to (tail calls), set by the
 /// agent after loading. Pinned: the kernel empties a program array that
@@ -336,48 +263,6 @@ pub fn xdp_tail_call(ctx: &aya_ebpf::programs::XdpContext, index: u32) {
 pub fn tail_call(ctx: &impl aya_ebpf::EbpfContext, index: u32) {
     // SAFETY: the context is the program's own.
     unsafe { SLUICE_TAIL.tail_call(ctx, index) };
-}
-
-/// Per-CPU scratch for the ICMP error a reject builds (76 bytes).
-#[map]
-static SLUICE_ICMP: PerCpuArray<crate::reject::IcmpError> = PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's ICMP error under construction.
-#[inline(always)]
-pub fn icmp_scratch() -> Option<*mut crate::reject::IcmpError> {
-    SLUICE_ICMP.get_ptr_mut(0)
-}
-
-/// Per-CPU scratch for a new flow's conntrack entries, written there rather
-/// than on the stack (`conntrack::create`).
-#[map]
-static SLUICE_CT_SCR: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
-/// The same for IPv6 flows.
-#[map]
-static SLUICE_CT6_SCR: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's scratch conntrack entry.
-#[inline(always)]
-pub fn ct_scratch() -> Option<*mut CtEntry> {
-    SLUICE_CT_SCR.get_ptr_mut(0)
-}
-
-/// This CPU's scratch IPv6 conntrack entry.
-#[inline(always)]
-pub fn ct6_scratch() -> Option<*mut CtEntry6> {
-    SLUICE_CT6_SCR.get_ptr_mut(0)
-}
-
-/// Per-CPU scratch for the ICMPv6 error a reject builds, header and all
-/// (116 bytes): built in place rather than on the stack.
-#[map]
-static SLUICE_ICMP6: PerCpuArray<crate::reject::ipv6::Icmp6Frame> =
-    PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's ICMPv6 error under construction.
-#[inline(always)]
-pub fn icmp6_scratch() -> Option<*mut crate::reject::ipv6::Icmp6Frame> {
-    SLUICE_ICMP6.get_ptr_mut(0)
 }
 
 /// Copies a frontend out of the map (a value, not a pointer into it).
