@@ -43,20 +43,14 @@ pub fn bench(args: &Args) -> Result<()> {
     // Only the control-loop benchmark runs the local API server (a release
     // build of it takes minutes).
     let apiserver = if args.bench == "sync" {
-        Some(if args.debug {
-            run::build_bin("sluice-apiserver", "sluice-apiserver")?
-        } else {
-            run::build_release_bin("sluice-apiserver", "sluice-apiserver")?
-        })
+        Some(build(args, "sluice-apiserver")?)
     } else {
         None
     };
-    let bench = if args.debug {
+    let bench = build(args, "sluice-bench")?;
+    if args.debug {
         println!("debug build: the numbers are not a release build's");
-        run::build_bin("sluice-bench", "sluice-bench")?
-    } else {
-        run::build_release_bin("sluice-bench", "sluice-bench")?
-    };
+    }
     let out = run::target_dir()
         .join("bench")
         .join(format!("{}.md", args.bench));
@@ -71,4 +65,14 @@ pub fn bench(args: &Args) -> Result<()> {
         cmd.env("SLUICE_APISERVER_BIN", apiserver);
     }
     prereqs::run(&mut cmd)
+}
+
+/// Builds the binary named as its package, in release mode unless
+/// `--debug`.
+fn build(args: &Args, package: &str) -> Result<std::path::PathBuf> {
+    if args.debug {
+        run::build_bin(package, package)
+    } else {
+        run::build_release_bin(package, package)
+    }
 }
